@@ -1,0 +1,56 @@
+"""Tiny explicit registries: the CLI, the docs table and the tests all iterate them."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Generic, TypeVar
+
+from cifarlab.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories. `populate` names the module whose import registers the entries."""
+
+    def __init__(self, kind: str, populate: str):
+        self.kind = kind
+        self._populate = populate
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def _load(self) -> None:
+        importlib.import_module(self._populate)
+
+    def get(self, name: str) -> T:
+        self._load()
+        if name not in self._entries:
+            raise UserError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+
+MODELS: Registry[Callable] = Registry("model", "cifarlab.models")
+
+
+def register_model(name: str):
+    """Decorator: `@register_model("custom_resnet")` on a factory `(num_classes, in_channels, norm, dropout, **kw)`."""
+    return MODELS.register(name)
+
+
+def create_model(name: str, **kwargs):
+    return MODELS.get(name)(**kwargs)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
