@@ -1,0 +1,32 @@
+"""cifarlab: train and analyse image classifiers on CIFAR-10-class datasets.
+
+    import cifarlab
+    run = cifarlab.train("fmnist-quick", ["train.epochs=2"])
+    print(run.best_test_acc, run.run_dir)
+
+Nothing heavy happens at import time; the API functions import their modules when called.
+"""
+__version__ = "0.1.0"
+
+
+def train(config=None, overrides=(), run_dir=None):
+    """Train a recipe name, YAML path or `Config` with `key=value` overrides; returns the `Run`."""
+    from cifarlab.experiment import train as _train
+
+    return _train(config, overrides, run_dir)
+
+
+def resume(run_dir):
+    """Continue a run directory from its last checkpoint; returns the `Run`."""
+    from cifarlab.experiment import resume as _resume
+
+    return _resume(run_dir)
+
+
+def load_config(recipe=None, overrides=()):
+    from cifarlab.config import load_config as _load
+
+    return _load(recipe, list(overrides))
+
+
+__all__ = ["train", "resume", "load_config", "__version__"]

@@ -1,0 +1,149 @@
+"""`cifarlab` command line. User errors print one line and exit 2; bugs keep their traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cifarlab.errors import UserError
+
+EXAMPLES = """examples:
+  cifarlab recipes                                  # the reference experiments and quick recipes
+  cifarlab train fmnist-quick                       # real Fashion-MNIST, about 5 minutes on 2 cores
+  cifarlab train custom-resnet-onecycle train.epochs=5 optim.weight_decay=1e-4
+  cifarlab resume runs/fmnist-quick/20261121-120000
+  cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
+  cifarlab report runs/fmnist-quick/20261121-120000
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage first)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _overrides(parser):
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.epochs=5 optim.lr=0.05 augment.cutout=null")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="cifarlab", description="Train and analyse image classifiers on CIFAR-10-class datasets.",
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cifarlab {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a recipe into a new run directory")
+    p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
+    _overrides(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(run=cmd_resume)
+
+    p = sub.add_parser("recipes", help="list the recipes")
+    p.set_defaults(run=cmd_recipes)
+    p = sub.add_parser("models", help="list the models")
+    p.set_defaults(run=cmd_models)
+    p = sub.add_parser("datasets", help="list the datasets and whether each is available offline")
+    p.set_defaults(run=cmd_datasets)
+    p = sub.add_parser("show", help="print the resolved config of a recipe with overrides")
+    p.add_argument("recipe")
+    _overrides(p)
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    p.set_defaults(run=cmd_eval)
+
+    from cifarlab import commands
+
+    commands.add_analysis_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from cifarlab import __version__
+
+    return __version__
+
+
+def cmd_train(args) -> int:
+    from cifarlab.experiment import train
+
+    train(args.recipe, args.overrides)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from cifarlab.experiment import resume
+
+    resume(args.run_dir)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from cifarlab.config import list_recipes
+
+    recipes = list_recipes()
+    width = max(map(len, recipes))
+    for name, description in recipes.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from cifarlab.registry import create_model, list_models
+
+    for name in list_models():
+        params = sum(p.numel() for p in create_model(name).parameters())
+        print(f"{name:<16} {params:>12,} parameters (10 classes, 3 channels)")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from cifarlab.data.sources import dataset_available, list_datasets
+
+    for name in list_datasets():
+        where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
+        print(f"{name:<14} {where}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from cifarlab.config import load_config
+
+    print(load_config(args.recipe, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cifarlab.experiment import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, tta=args.tta)
+    n = result["images"]
+    print(f"Test set: Average loss: {result['test_loss']:.4f}, "
+          f"Accuracy: {round(result['test_acc'] * n)}/{n} ({100 * result['test_acc']:.2f}%)")
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as err:
+        print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

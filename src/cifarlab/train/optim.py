@@ -1,0 +1,134 @@
+"""Optimizers and LR schedules built from their config sections.
+
+`Schedule` hides which torch scheduler steps per batch and which per epoch, so the loop calls
+`after_step()` and `after_epoch(metrics)` and never asks which one it has.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from cifarlab.errors import UserError
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """`cfg` is the `optim` section. Frozen parameters (e.g. fastnet's whitening) are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.nesterov:
+        raise UserError(f"optim.nesterov applies to sgd only, not {cfg.name}")
+    kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return kind(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+class Schedule:
+    """One LR schedule over `epochs` x `steps_per_epoch` optimizer steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
+        self.name = cfg.name
+        self.monitor = cfg.monitor
+        self.optimizer = optimizer
+        self.per_step = cfg.name in ("onecycle", "cosine")
+        self.scheduler = _build(optimizer, cfg, base_lr, epochs, steps_per_epoch)
+        self.lr_used = self.lr  # the lr of the last optimizer step, what logs should show
+
+    def after_step(self) -> None:
+        self.lr_used = self.lr
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        if self.name == "plateau":
+            self.scheduler.step(metrics[self.monitor])
+        elif not self.per_step and self.scheduler is not None:
+            self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {} if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def peak_lr(cfg, optim_lr: float) -> float:
+    if cfg.lr_peak == "auto":
+        raise RuntimeError("schedule.lr_peak=auto must be resolved by the range test before building the schedule")
+    return optim_lr if cfg.lr_peak is None else float(cfg.lr_peak)
+
+
+def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
+    S = torch.optim.lr_scheduler
+    total_steps = epochs * steps_per_epoch
+    if cfg.name == "constant":
+        return None
+    if cfg.name == "onecycle":
+        pct_start = cfg.pct_start if cfg.peak_epoch is None else cfg.peak_epoch / epochs
+        if not 0 < pct_start < 1:
+            raise UserError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {cfg.peak_epoch}")
+        # No annihilation (final_div_factor unset): the cycle ends where it began, at lr_peak / div_factor.
+        final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
+        return S.OneCycleLR(optimizer, max_lr=peak_lr(cfg, base_lr), total_steps=total_steps, pct_start=pct_start,
+                            div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal)
+    if cfg.name == "step":
+        return S.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "multistep":
+        if not cfg.milestones:
+            raise UserError("schedule.milestones must list at least one epoch for multistep, got []")
+        return S.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    if cfg.name == "plateau":
+        return S.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
+                                   threshold=cfg.threshold, threshold_mode=cfg.threshold_mode,
+                                   cooldown=cfg.cooldown, min_lr=cfg.min_lr, eps=cfg.eps)
+    if cfg.name == "cosine":
+        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        floor = cfg.min_lr / base_lr
+        return S.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, floor))
+    raise UserError(f"unknown schedule {cfg.name!r}")
+
+
+class WarmupCosine:
+    """Linear warmup to 1, then cosine decay to `floor` (a multiplier of the base lr)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.0):
+        self.warmup_steps, self.total_steps, self.floor = warmup_steps, max(total_steps, 1), floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GradStep:
+    """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler], grad_clip: Optional[float]):
+        self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, grad_clip
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _clip(self) -> None:
+        if self.grad_clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)

@@ -1,0 +1,94 @@
+"""`TrainState`: everything the loop and its callbacks share, and everything a checkpoint must hold."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from cifarlab.config import Config
+from cifarlab.data.loader import DeviceLoader
+from cifarlab.runtime import Runtime
+from cifarlab.train.optim import GradStep, Schedule
+
+
+class Meter:
+    """Sums of loss, correct predictions and images, kept on the device: reading it is the only sync."""
+
+    def __init__(self, device: torch.device):
+        self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.totals[0].add_(loss.detach().double() * n)
+        self.totals[1].add_(correct)
+        self.totals[2].add_(n)
+
+    def reset(self) -> None:
+        self.totals.zero_()
+
+    def read(self) -> tuple[float, float, int]:
+        """(mean loss, accuracy fraction, images) — synchronises with the device."""
+        loss_sum, correct, n = self.totals.tolist()
+        return (loss_sum / n, correct / n, int(n)) if n else (float("nan"), float("nan"), 0)
+
+
+@dataclass
+class TrainState:
+    cfg: Config
+    runtime: Runtime
+    model: nn.Module  # the plain module: what checkpoints and analysis see
+    train_model: nn.Module  # what the loop calls: the model itself, compiled, or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    grad_step: GradStep
+    loss_fn: nn.Module
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    run_dir: Path
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None
+    classes: tuple[str, ...] = ()
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
+    elapsed_seconds: float = 0.0  # training wall time, carried across resumes
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    epoch_meter: Optional[Meter] = None
+    window_meter: Optional[Meter] = None
+    nonfinite_step: Optional[torch.Tensor] = None  # first step with a non-finite loss, -1 if none; on device
+    stop_reason: Optional[str] = None  # interrupted | diverged | early_stop
+    status: str = "running"
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. lr_peak found by the range test
+
+    def __post_init__(self):
+        device = self.runtime.device
+        self.epoch_meter = self.epoch_meter or Meter(device)
+        self.window_meter = self.window_meter or Meter(device)
+        if self.nonfinite_step is None:
+            self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the last optimizer step."""
+        return self.schedule.lr_used
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def is_main(self) -> bool:
+        return self.runtime.dist.is_main
+
+    def best(self, key: str = "test_acc") -> Optional[dict[str, Any]]:
+        if not self.history:
+            return None
+        pick = min if key.endswith("loss") else max
+        return pick(self.history, key=lambda row: row[key])
