@@ -1,0 +1,51 @@
+"""Confusion matrix and what users read off it: per-class accuracy and the most-confused pairs."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts on the inputs' device; row = true class, column = predicted class."""
+    labels, preds = torch.as_tensor(labels).long().flatten(), torch.as_tensor(preds).long().flatten()
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels and preds differ in length: {labels.numel()} vs {preds.numel()}")
+    for name, values in (("labels", labels), ("preds", preds)):
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} must be in 0..{num_classes - 1}, got values in "
+                             f"{int(values.min())}..{int(values.max())}")
+    flat = torch.bincount(labels * num_classes + preds.to(labels.device), minlength=num_classes * num_classes)
+    return flat.view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
+    """(K,) float: correct / total per true class; NaN for a class with no examples."""
+    confusion = confusion.double()
+    return (confusion.diagonal() / confusion.sum(dim=1)).float()
+
+
+def top_confused(confusion: torch.Tensor, classes: Sequence[str], k: int = 10) -> list[tuple[str, str, int]]:
+    """The k largest off-diagonal cells as (true class, predicted class, count), most frequent first;
+    ties in row-major order; zero counts are left out."""
+    K = confusion.shape[0]
+    if len(classes) != K:
+        raise ValueError(f"{len(classes)} class names for a {K}x{K} confusion matrix")
+    off_diagonal = confusion.clone().cpu()
+    off_diagonal.fill_diagonal_(0)
+    counts, order = off_diagonal.flatten().sort(descending=True, stable=True)
+    keep = (counts > 0).nonzero().numel()
+    return [(classes[int(i) // K], classes[int(i) % K], int(n))
+            for n, i in zip(counts[:min(k, keep)], order[:min(k, keep)])]
+
+
+def format_per_class(confusion: torch.Tensor, classes: Sequence[str]) -> str:
+    """One line per class, names right-aligned as in the course notebooks: `Accuracy of plane : 87 %`."""
+    if len(classes) != confusion.shape[0]:
+        raise ValueError(f"{len(classes)} class names for a {confusion.shape[0]}-class confusion matrix")
+    width = max(len(name) for name in classes)
+    lines = []
+    for name, accuracy in zip(classes, per_class_accuracy(confusion).tolist()):
+        value = "n/a" if accuracy != accuracy else f"{round(100 * accuracy):d} %"
+        lines.append(f"Accuracy of {name:>{width}} : {value}")
+    return "\n".join(lines)

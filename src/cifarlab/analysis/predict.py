@@ -1,0 +1,99 @@
+"""Predictions on a whole split: class probabilities, per-image losses, and the mistakes sorted by loss."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarlab.data.normalize import normalize, to_float
+
+
+@dataclass
+class Predictions:
+    probs: torch.Tensor  # (N, K) float32 softmax probabilities (averaged over flips with TTA), CPU
+    labels: torch.Tensor  # (N,) int64 true classes, CPU
+    losses: torch.Tensor  # (N,) float32 cross-entropy per image, -log probs[label], CPU
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.probs.argmax(dim=1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.preds == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of images classified correctly, in [0, 1]."""
+        return float(self.correct.float().mean()) if len(self.labels) else float("nan")
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.losses.double().mean()) if len(self.labels) else float("nan")
+
+    def misclassified(self, limit: Optional[int] = None) -> torch.Tensor:
+        """Indices of wrong predictions, highest loss first (ties keep dataset order)."""
+        wrong = (~self.correct).nonzero().flatten()
+        order = self.losses[wrong].sort(descending=True, stable=True).indices
+        return wrong[order][:limit]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _log_probs(model, inputs, autocast, tta: bool) -> torch.Tensor:
+    """(B, K) float32 log-probabilities; with TTA the log of the mean of the two softmaxes."""
+    with autocast():
+        logits = model(inputs)
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    if not tta:
+        return log_probs
+    with autocast():
+        flipped = model(inputs.flip(3))
+    both = torch.stack([log_probs, F.log_softmax(flipped.float(), dim=1)])
+    return torch.logsumexp(both, dim=0) - math.log(2.0)  # log((p + p_flip) / 2), exact for tiny p
+
+
+def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+            std: Sequence[float], batch_size: int = 1000,
+            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, tta: bool = False,
+            device: Union[str, torch.device, None] = None, channels_last: bool = True) -> Predictions:
+    """Run `model` over uint8 images (N, C, H, W) in eval mode under inference_mode, batch by batch on
+    `device` (default: the model's), normalised like training input. Results stay on the device until one
+    transfer to the CPU at the end; the model's per-module train/eval modes are restored afterwards."""
+    if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
+        raise ValueError(f"predict expects uint8 images shaped (N, C, H, W), got {images_uint8.dtype} "
+                         f"{tuple(images_uint8.shape)}")
+    if len(labels) != len(images_uint8) or len(labels) == 0:
+        raise ValueError(f"predict needs as many labels as images (and at least one), got "
+                         f"{len(labels)} labels for {len(images_uint8)} images")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    modes = {module: module.training for module in model.modules()}
+    chunks = []
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(images_uint8), batch_size):
+                batch = images_uint8[start:start + batch_size].to(device, non_blocking=True)
+                inputs = normalize(to_float(batch), mean, std, channels_last=channels_last)
+                chunks.append(_log_probs(model, inputs, autocast, tta))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    # Outside inference_mode, so the results are ordinary tensors users may modify or differentiate.
+    log_probs = torch.cat(chunks)
+    losses = -log_probs.gather(1, labels.to(device, dtype=torch.long).view(-1, 1))
+    on_cpu = torch.cat([log_probs.exp(), losses], dim=1).cpu()  # one transfer
+    return Predictions(probs=on_cpu[:, :-1].contiguous(), labels=labels.detach().to("cpu", torch.long),
+                       losses=on_cpu[:, -1].contiguous())
