@@ -44,6 +44,10 @@ def build_parser() -> Parser:
     p.add_argument("run_dir", type=Path)
     p.set_defaults(run=cmd_resume)
 
+    p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST")
+    _overrides(p)
+    p.set_defaults(run=cmd_demo)
+
     p = sub.add_parser("recipes", help="list the recipes")
     p.set_defaults(run=cmd_recipes)
     p = sub.add_parser("models", help="list the models")
@@ -76,6 +80,24 @@ def cmd_train(args) -> int:
     from cifarlab.experiment import train
 
     train(args.recipe, args.overrides)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from cifarlab.data.sources import dataset_available, load_dataset
+    from cifarlab.experiment import train
+
+    if dataset_available("cifar10"):
+        recipe, why = "cifar10-quick", "CIFAR-10 is in the data cache"
+    else:
+        try:
+            load_dataset("cifar10")
+            recipe, why = "cifar10-quick", "CIFAR-10 was downloaded"
+        except UserError as err:
+            recipe, why = "fmnist-quick", f"CIFAR-10 is not cached and could not be downloaded ({err})"
+    print(f"demo: training {recipe} because {why}", file=sys.stderr, flush=True)
+    run = train(recipe, args.overrides)
+    print(run.run_dir)
     return 0
 
 

@@ -1,0 +1,38 @@
+# cifarlab: `make demo` trains for real and prints the run directory; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test bench venv data clean
+
+venv: $(STAMP)
+
+# constraints.txt pins torch==2.13.0 for the install (the CPU build here); the package itself asks torch>=2.4.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Real Fashion-MNIST from the OS package, for offline demos and tests.
+data:
+	@if [ -d $(FMNIST) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist (real Fashion-MNIST for offline runs)"; \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else echo "note: Fashion-MNIST not found in $(FMNIST); install it with 'sudo apt-get install dataset-fashion-mnist' (or let cifarlab download it)"; fi
+
+demo: venv data
+	$(VENV)/bin/cifarlab demo
+
+test: venv data
+	$(PY) -m pytest -q
+
+bench: venv data
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
