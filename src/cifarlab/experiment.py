@@ -75,7 +75,7 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
     if cfg.train.batch_size % runtime.dist.world_size:
         raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
                         f"{runtime.dist.world_size} processes")
-    augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels)
+    augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
     common = dict(device=runtime.device, mean=dataset.mean, std=dataset.std, seed=cfg.seed,
                   channels_last=runtime.channels_last, rank=runtime.dist.rank, world_size=runtime.dist.world_size)
     train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,

@@ -1,0 +1,64 @@
+"""The range test run on a recipe: `cifarlab lr-find` and `schedule.lr_peak: auto` both come here."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from cifarlab.analysis.lr_finder import RangeTestResult, plot_range_test, range_test
+from cifarlab.config import Config
+from cifarlab.data.sources import Dataset
+from cifarlab.runtime import Runtime
+from cifarlab.train.checkpoint import atomic_write_text
+
+
+def _cycle(loader) -> Iterator:
+    """Training batches, epoch after epoch, augmented as in training."""
+    epoch = 0
+    while True:
+        yield from loader.batches(epoch)
+        epoch += 1
+
+
+def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTestResult:
+    """The range test on a freshly built model and optimizer of this recipe (weights are left untouched)."""
+    from cifarlab.experiment import build_state
+
+    state = build_state(cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"lr_peak": None})}),
+                        runtime, dataset, run_dir=Path("."))
+    state.model.train()
+    return range_test(state.model, state.optimizer, state.loss_fn, _cycle(state.train_loader), cfg.lr_find,
+                      autocast=runtime.precision.autocast)
+
+
+def save_range_test(result: RangeTestResult, out_dir: Path, rule: str) -> Path:
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "lr_find.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
+
+
+def describe(result: RangeTestResult) -> str:
+    max_lr, div_factor = result.onecycle()
+    steepest = f"{result.steepest_lr:.3g}" if result.steepest_lr else "none"
+    valley = f"{result.valley_lr:.3g}" if result.valley_lr else "none"
+    return (f"range test over {len(result.lrs)} steps{' (stopped early: loss diverged)' if result.stopped_early else ''}\n"
+            f"  steepest descent (vs log lr): {steepest}\n  valley: {valley}\n"
+            f"  OneCycle: max_lr={max_lr:.3g}, div_factor={div_factor:.3g}")
+
+
+def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> tuple[Config, dict]:
+    """Resolve `schedule.lr_peak: auto`: run the range test, save its plot, return the config with the value."""
+    result = run_range_test(cfg, runtime, dataset)
+    lr_peak = result.suggestion(cfg.lr_find.suggestion)
+    if runtime.dist.enabled:  # every rank swept its own init; all train with rank 0's answer
+        import torch.distributed as dist
+
+        box = [lr_peak]
+        dist.broadcast_object_list(box, src=0)
+        lr_peak = box[0]
+    if runtime.dist.is_main:
+        save_range_test(result, run_dir, cfg.lr_find.suggestion)
+        print(describe(result) + f"\n  using lr_peak={lr_peak:.3g} ({cfg.lr_find.suggestion})", file=sys.stderr)
+    schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
+    return cfg.model_copy(update={"schedule": schedule}), {"lr_peak": float(lr_peak)}
