@@ -50,7 +50,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def versions() -> dict[str, str]:
     from cifarlab import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cifarlab": __version__}
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "cifarlab": __version__}
 
 
 def rng_state(runtime) -> dict[str, Any]:

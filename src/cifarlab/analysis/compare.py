@@ -1,0 +1,170 @@
+"""Several runs side by side: the "Accuracy Report" table and overlaid test curves.
+
+Also the two readers every analysis of a run directory starts from: `read_summary` and `read_metrics`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from cifarlab.errors import UserError
+
+METRICS_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                   "elapsed_seconds", "images_per_second")
+_INT_COLUMNS = ("epoch", "step")
+
+# (row key, markdown header) in table order.
+COLUMNS = (
+    ("run", "Run"),
+    ("recipe", "Recipe"),
+    ("lr_found", "Found max LR"),
+    ("lr_min", "Min LR"),
+    ("best_test_acc", "Best test acc."),
+    ("best_train_acc", "Best train acc."),
+    ("epochs", "Epochs"),
+    ("wall_seconds", "Wall time"),
+    ("images_per_second", "Images/s"),
+    ("status", "Status"),
+)
+
+
+class ComparisonFiles(NamedTuple):
+    markdown: Path
+    csv: Path
+    plot: Path
+
+
+# ---------------------------------------------------------------- run directory readers
+
+def read_summary(run_dir: str | Path) -> dict:
+    """summary.json of a run, or a UserError naming the directory."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{str(run_dir)!r} has no summary.json: not a cifarlab run directory, or the run never finished an epoch")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{str(path)!r} is not valid JSON: {err}") from None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.csv rows with numbers parsed (epoch/step int, the rest float) and empty cells as None.
+
+    A run without metrics.csv has no rows.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [_parse_row(row) for row in csv.DictReader(f)]
+
+
+def _parse_row(row: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {"kind": row.get("kind", "")}
+    for key in METRICS_COLUMNS[1:]:
+        cell = (row.get(key) or "").strip()
+        if cell == "":
+            parsed[key] = None
+        else:
+            parsed[key] = int(float(cell)) if key in _INT_COLUMNS else float(cell)
+    return parsed
+
+
+# ---------------------------------------------------------------- the table
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
+    """One row per run: found max lr, min lr, best test/train accuracy (fractions), epochs, time, speed."""
+    return [_row(Path(run_dir)) for run_dir in run_dirs]
+
+
+def _row(run_dir: Path) -> dict:
+    summary = read_summary(run_dir)
+    metrics = read_metrics(run_dir)
+    lrs = [row["lr"] for row in metrics if row["lr"] is not None]
+    train_accs = [row["train_acc"] for row in metrics if row["kind"] == "epoch" and row["train_acc"] is not None]
+    best_train = summary.get("best_train_acc")
+    if best_train is None and train_accs:
+        best_train = max(train_accs)
+    return {
+        "run": run_label(run_dir),
+        "recipe": summary.get("recipe"),
+        "lr_found": summary.get("lr_peak"),
+        "lr_min": min(lrs) if lrs else None,
+        "best_test_acc": summary.get("best_test_acc"),
+        "best_train_acc": best_train,
+        "epochs": f"{summary.get('epochs_completed', '?')}/{summary.get('epochs', '?')}",
+        "wall_seconds": summary.get("wall_seconds"),
+        "images_per_second": summary.get("train_images_per_second"),
+        "status": summary.get("status"),
+    }
+
+
+def run_label(run_dir: str | Path) -> str:
+    """`runs/custom-resnet-onecycle/20240101-120000` -> `custom-resnet-onecycle/20240101-120000`."""
+    run_dir = Path(run_dir).resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def format_cell(key: str, value: Any) -> str:
+    """One table value as users write it: 91.80%, 1.87E-02, 1:02:03, 5,120."""
+    if value is None or value == "":
+        return "—"
+    if key.endswith("_acc"):
+        return f"{100 * float(value):.2f}%"
+    if key.startswith("lr"):
+        return f"{float(value):.2E}"
+    if key == "wall_seconds":
+        return format_duration(float(value))
+    if key.endswith("images_per_second"):
+        return f"{float(value):,.0f}"
+    if key.endswith("_loss"):
+        return f"{float(value):.4f}"
+    if key == "num_params":
+        return f"{int(value):,}"
+    return str(value)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def to_markdown(rows: Sequence[dict]) -> str:
+    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        lines.append("| " + " | ".join(format_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """Raw values (accuracies as fractions, seconds) for further processing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[key for key, _ in COLUMNS])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else row.get(key) for key, _ in COLUMNS})
+    return path
+
+
+def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> ComparisonFiles:
+    """comparison.md, comparison.csv and comparison.png (overlaid test curves) in `out_dir`."""
+    from cifarlab.analysis.plots import plot_compare
+
+    if not run_dirs:
+        raise UserError("compare needs at least one run directory")
+    rows = compare_runs(run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "comparison.md"
+    markdown.write_text("# Run comparison\n\n" + to_markdown(rows) + "\n![test curves](comparison.png)\n")
+    csv_path = to_csv(rows, out_dir / "comparison.csv")
+    curves = {row["run"]: read_metrics(run_dir) for row, run_dir in zip(rows, run_dirs)}
+    plot = plot_compare(curves, out_dir / "comparison.png")
+    return ComparisonFiles(markdown, csv_path, plot)

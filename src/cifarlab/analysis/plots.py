@@ -1,0 +1,269 @@
+"""Figures for a run's report: curves, learning rate, per-class bars, confusion, galleries, Grad-CAM.
+
+Every function draws onto its own `matplotlib.figure.Figure` (Agg canvas, no pyplot state, so it is
+safe in threads and never opens a window), saves a PNG at README size and returns the path.
+Metric rows are `metrics.csv` rows as dicts; values may be strings (straight from `csv.DictReader`)
+or numbers, empty cells are `""` or `None`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+OVERLAY_ALPHA = 0.5
+OVERLAY_CMAP = "jet"
+
+
+# ---------------------------------------------------------------- helpers
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def _num(value: Any) -> float | None:
+    """A metrics cell as float, or None when empty."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def _rows(rows: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [row for row in rows if row.get("kind") == kind]
+
+
+def _series(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, scale: float = 1.0):
+    """(xs, ys) of the rows where both cells are filled."""
+    points = [(_num(r.get(x_key)), _num(r.get(y_key))) for r in rows]
+    points = [(x, y * scale) for x, y in points if x is not None and y is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _as_hwc(image: Any) -> tuple[np.ndarray, str | None]:
+    """One (C, H, W) image (uint8 0..255 or float 0..1) -> (H, W[, 3]) float in [0, 1] and its cmap."""
+    pixels = _to_numpy(image).astype(np.float32)
+    if pixels.max(initial=0) > 1.0:
+        pixels = pixels / 255.0
+    pixels = np.clip(pixels, 0.0, 1.0)
+    if pixels.shape[0] == 1:
+        return pixels[0], "gray"
+    return pixels.transpose(1, 2, 0), None
+
+
+def _show(ax, image: Any) -> None:
+    pixels, cmap = _as_hwc(image)
+    ax.imshow(pixels, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid(count: int, ncols: int) -> tuple[int, int]:
+    ncols = max(1, min(ncols, count))
+    return (count + ncols - 1) // ncols, ncols
+
+
+# ---------------------------------------------------------------- training curves
+
+def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Two panels over epochs: train/test loss, and train/test accuracy in percent."""
+    epochs = _rows(metrics_rows, "epoch")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key, label, style in (("train", "train", "-o"), ("test", "test", "-s")):
+        loss_ax.plot(*_series(epochs, "epoch", f"{key}_loss"), style, markersize=3, label=label)
+        acc_ax.plot(*_series(epochs, "epoch", f"{key}_acc", scale=100.0), style, markersize=3, label=label)
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    best_epoch, best_acc = _best(epochs)
+    if best_epoch is not None:
+        acc_ax.annotate(f"best test {best_acc:.2f}%\n(epoch {best_epoch:g})", (best_epoch, best_acc),
+                        xytext=(0, -40), textcoords="offset points", ha="center", fontsize=9,
+                        arrowprops=dict(arrowstyle="->", color="gray"))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves")
+    return _save(fig, path)
+
+
+def _best(epoch_rows) -> tuple[float | None, float | None]:
+    xs, ys = _series(epoch_rows, "epoch", "test_acc", scale=100.0)
+    if not ys:
+        return None, None
+    i = int(np.argmax(ys))
+    return xs[i], ys[i]
+
+
+def plot_lr(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Learning rate over global steps (step rows as a line, epoch rows as markers)."""
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    steps, lrs = _series(_rows(metrics_rows, "step"), "step", "lr")
+    epoch_steps, epoch_lrs = _series(_rows(metrics_rows, "epoch"), "step", "lr")
+    if steps:
+        order = np.argsort(steps)
+        ax.plot(np.asarray(steps)[order], np.asarray(lrs)[order], "-", label="logged steps")
+    if epoch_steps:
+        ax.plot(epoch_steps, epoch_lrs, "o", markersize=4, label="end of epoch")
+    values = [v for v in lrs + epoch_lrs if v > 0]
+    # Step decays span decades: on a linear axis everything after the first drop looks like zero.
+    if values and max(values) / min(values) >= 100:
+        ax.set_yscale("log")
+    ax.set(title="Learning rate schedule", xlabel="global step", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    if steps or epoch_steps:
+        ax.legend()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- per-class results
+
+def plot_per_class(acc: Any, classes: Sequence[str], path: str | Path) -> Path:
+    """Bar chart of per-class accuracy (fractions in [0, 1]) with the percentage on each bar."""
+    percent = _to_numpy(acc).astype(np.float64) * 100.0
+    K = len(classes)
+    fig = Figure(figsize=(max(7.0, 0.55 * K), 4.2), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(range(K), percent, color="#4C72B0")
+    if K <= 30:
+        ax.bar_label(bars, labels=[f"{p:.1f}" for p in percent], fontsize=8, padding=2)
+    ax.set_xticks(range(K), list(classes), rotation=45 if K > 10 else 0, ha="right" if K > 10 else "center")
+    mean = float(np.mean(percent))
+    ax.axhline(mean, color="gray", linestyle="--", linewidth=1)
+    ax.set(title=f"Test accuracy per class (dashed: class mean {mean:.1f}%)", xlabel="class",
+           ylabel="accuracy (%)", ylim=(0, 108))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalised: bool) -> Path:
+    """Heat map of a (K, K) confusion matrix, rows = true class; `normalised` shows row percentages."""
+    counts = _to_numpy(conf).astype(np.float64)
+    K = len(classes)
+    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 100.0 if normalised else counts
+    side = max(6.0, 0.55 * K)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class" if normalised else "images")
+    ax.set_xticks(range(K), list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(K), list(classes))
+    if K <= 20:
+        threshold = values.max(initial=0) / 2
+        for i in range(K):
+            for j in range(K):
+                text = f"{values[i, j]:.1f}" if normalised else f"{int(values[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > threshold else "black")
+    kind = "row-normalised, %" if normalised else "counts"
+    ax.set(title=f"Confusion matrix ({kind})", xlabel="predicted class", ylabel="true class")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- image grids
+
+def plot_gallery(images_uint8: Any, titles: Sequence[str], path: str | Path, ncols: int = 5) -> Path:
+    """Grid of (N, C, H, W) images with a title each, e.g. "dog → cat (p=0.87)\\nloss 2.31"."""
+    count = len(titles)
+    nrows, ncols = _grid(max(count, 1), ncols)
+    fig = Figure(figsize=(2.3 * ncols, 2.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for i in range(count):
+        _show(axes[i], images_uint8[i])
+        axes[i].axis("on")
+        axes[i].set_title(titles[i], fontsize=9)
+    fig.suptitle("Misclassified test images, highest loss first")
+    return _save(fig, path)
+
+
+def _upsample(cam: Any, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) map resized bilinearly to the image size, if it is not already."""
+    cam = _to_numpy(cam).astype(np.float32)
+    if cam.shape == size:
+        return cam
+    import torch
+    import torch.nn.functional as F
+
+    resized = F.interpolate(torch.from_numpy(cam)[None, None], size=size, mode="bilinear", align_corners=False)
+    return resized[0, 0].numpy()
+
+
+def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequence[str], path: str | Path) -> Path:
+    """Per image: the image, the predicted-class map over it, the true-class map over it.
+
+    Maps are (N, H, W) in [0, 1]; `titles[i]` names the image ("true dog, pred cat (p=0.87)").
+    Two images share a row when there are more than four, to keep the figure README-sized.
+    """
+    count = len(titles)
+    per_row = 2 if count > 4 else 1
+    nrows = max(1, (count + per_row - 1) // per_row)
+    fig = Figure(figsize=(6.6 * per_row, 2.5 * nrows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(nrows, 3 * per_row))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(count):
+        row, col = divmod(i, per_row)
+        image_ax, pred_ax, true_ax = axes[row, 3 * col: 3 * col + 3]
+        pixels, cmap = _as_hwc(images_uint8[i])
+        size = pixels.shape[:2]
+        for ax, cam, label in ((image_ax, None, titles[i]), (pred_ax, cam_pred[i], "predicted-class map"),
+                               (true_ax, cam_true[i], "true-class map")):
+            ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if cam is not None:
+                ax.imshow(_upsample(cam, size), cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1,
+                          interpolation="bilinear")
+            ax.set_title(label, fontsize=8)
+    fig.suptitle("Grad-CAM: where the model looked for its prediction vs. for the true class")
+    return _save(fig, path)
+
+
+def plot_augment_preview(before_uint8: Any, after_float01: Any, path: str | Path) -> Path:
+    """The same training images before (top row) and after (bottom row) the recipe's augmentation."""
+    count = len(before_uint8)
+    fig = Figure(figsize=(1.6 * max(count, 2), 3.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, max(count, 1)))
+    if count == 1:
+        axes = axes.reshape(2, 1)
+    for i in range(count):
+        _show(axes[0, i], before_uint8[i])
+        _show(axes[1, i], after_float01[i])
+    axes[0, 0].set_ylabel("original", fontsize=10)
+    axes[1, 0].set_ylabel("augmented", fontsize=10)
+    fig.suptitle("Training images before and after augmentation")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- several runs
+
+def plot_compare(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+    """Test accuracy (left) and test loss (right) per epoch, one line per run label."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for label, rows in curves.items():
+        epochs = _rows(rows, "epoch")
+        acc_ax.plot(*_series(epochs, "epoch", "test_acc", scale=100.0), "-o", markersize=3, label=label)
+        loss_ax.plot(*_series(epochs, "epoch", "test_loss"), "-o", markersize=3, label=label)
+    acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    loss_ax.set(title="Test loss", xlabel="epoch", ylabel="cross-entropy loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        if curves:
+            ax.legend(fontsize=8)
+    fig.suptitle("Run comparison")
+    return _save(fig, path)

@@ -1,0 +1,267 @@
+"""Analyse a finished run: predictions on the test split -> plots, tables, model summary, report.
+
+`analyze_run` is what `train` calls at the end (output.report) and `report_from_run_dir` backs
+`cifarlab report RUN_DIR`. Everything lands in the run directory: `plots/*.png`, `tables/*.csv|md`,
+`model_summary.txt`, `report.md`, `report.html`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from cifarlab.analysis import plots
+from cifarlab.analysis.compare import format_cell, read_metrics
+from cifarlab.analysis.report import Bullets, Code, Image, Section, Table, Text, write_report
+from cifarlab.errors import UserError
+
+PREVIEW_COUNT = 8
+PREVIEW_SEED = 0
+TOP_CONFUSED = 10
+SUMMARY_FIELDS = (  # (summary.json key, label in the report)
+    ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
+    ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
+    ("best_test_acc", "best test accuracy"), ("best_epoch", "best epoch"), ("final_test_acc", "final test accuracy"),
+    ("final_test_loss", "final test loss"), ("final_train_acc", "final train accuracy"),
+    ("best_train_acc", "best train accuracy"), ("lr_peak", "found max LR (range test)"),
+    ("wall_seconds", "training wall time"), ("train_images_per_second", "training images/s"),
+)
+
+
+def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, device="cpu", gallery_size: int = 20,
+                gradcam_count: int = 10, gradcam_layer: Optional[str] = None, gradcam_method: str = "gradcam") -> Path:
+    """Write every plot, table and the report for `model` (trained by `cfg`) on `dataset`; returns report.md."""
+    from cifarlab.analysis.predict import predict
+
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    metrics = read_metrics(run_dir)
+    mean, std = _stats(cfg, dataset)
+    test = dataset.test
+    predictions = predict(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
+                          autocast=autocast, tta=cfg.train.tta, device=device, channels_last=cfg.train.channels_last)
+    gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
+    sections = [
+        _summary_section(summary, predictions, cfg),
+        Section("Configuration", [Code(cfg.to_yaml(), "yaml")]),
+        _environment_section(summary, dataset),
+        _curves_section(run_dir, metrics),
+        _lr_section(run_dir, metrics),
+        _lr_find_section(run_dir),
+        _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size),
+        *_class_sections(run_dir, predictions, dataset.classes),
+        _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size),
+        _gradcam_section(run_dir, model, test.images, predictions, dataset.classes, gradcam_options),
+        _augment_section(run_dir, dataset, cfg),
+    ]
+    md_path, _ = write_report(run_dir, [s for s in sections if s is not None])
+    return md_path
+
+
+def report_from_run_dir(run_dir, device: str = "cpu") -> Path:
+    """`cifarlab report RUN_DIR`: load best.pt (else last.pt) and its dataset, then `analyze_run`."""
+    from cifarlab.data.sources import Split, load_dataset
+    from cifarlab.train.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} does not exist")
+    checkpoint = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
+    if checkpoint is None:
+        raise UserError(f"{str(run_dir)!r} has no checkpoints/best.pt or checkpoints/last.pt to report on")
+    model, cfg, meta = load_model(checkpoint, device=device)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.dir, download=cfg.data.download, **cfg.data.options)
+    if cfg.data.test_subset:
+        n = cfg.data.test_subset
+        dataset = dataclasses.replace(dataset, test=Split(dataset.test.images[:n], dataset.test.labels[:n]))
+    # The checkpoint's statistics are the ones the model was trained with.
+    dataset = dataclasses.replace(dataset, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return analyze_run(run_dir, model, dataset, cfg, device=device)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _stats(cfg, dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean = cfg.data.mean if cfg.data.mean is not None else dataset.mean
+    std = cfg.data.std if cfg.data.std is not None else dataset.std
+    return tuple(mean), tuple(std)
+
+
+def _cpu(tensor: Any) -> torch.Tensor:
+    return torch.as_tensor(tensor).detach().cpu()
+
+
+def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    tables = run_dir / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    with (tables / f"{name}.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    (tables / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- sections
+
+def _summary_section(summary: dict, predictions, cfg) -> Section:
+    if not summary:
+        blocks = [Text("summary.json was not found: the run has not finished an epoch.")]
+    else:
+        rows = [(label, format_cell(key, summary[key])) for key, label in SUMMARY_FIELDS if key in summary]
+        blocks = [Table(("field", "value"), rows)]
+        if summary.get("status") not in (None, "completed"):
+            blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
+    count = len(_cpu(predictions.labels))
+    tta = "with flip TTA" if cfg.train.tta else "without TTA"
+    blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "
+                       f"on {count:,} test images ({tta})."))
+    return Section("Summary", blocks)
+
+
+def _environment_section(summary: dict, dataset) -> Section:
+    versions = summary.get("versions") or {}
+    rows = [(f"{name} version", value) for name, value in versions.items()]
+    rows += [("device", summary.get("device", "—")), ("precision", summary.get("precision", "—")),
+             ("dataset", f"{dataset.name}: {len(dataset.train.labels):,} train / {len(dataset.test.labels):,} test "
+                         f"images, {len(dataset.classes)} classes"),
+             ("data origin", dataset.origin)]
+    return Section("Environment", [Table(("item", "value"), rows)])
+
+
+def _curves_section(run_dir: Path, metrics: list[dict]) -> Section:
+    if not any(row["kind"] == "epoch" for row in metrics):
+        return Section("Training curves", [Text("metrics.csv has no epoch rows yet.")])
+    plots.plot_curves(metrics, run_dir / "plots" / "curves.png")
+    return Section("Training curves", [Image("plots/curves.png", "train and test loss and accuracy per epoch")])
+
+
+def _lr_section(run_dir: Path, metrics: list[dict]) -> Section:
+    if not any(row["lr"] is not None for row in metrics):
+        return Section("Learning rate", [Text("metrics.csv has no learning-rate values.")])
+    plots.plot_lr(metrics, run_dir / "plots" / "lr.png")
+    lrs = [row["lr"] for row in metrics if row["lr"] is not None]
+    text = Text(f"Learning rate from {format_cell('lr', lrs[0])} to {format_cell('lr', lrs[-1])}, "
+                f"peak {format_cell('lr', max(lrs))}, minimum {format_cell('lr', min(lrs))}.")
+    return Section("Learning rate", [text, Image("plots/lr.png", "learning rate over global steps")])
+
+
+def _lr_find_section(run_dir: Path) -> Optional[Section]:
+    result = _read_json(run_dir / "lr_find.json")
+    if not result:
+        return None
+    suggestions = [f"steepest descent: {format_cell('lr', result.get('steepest_lr'))}",
+                   f"valley: {format_cell('lr', result.get('valley_lr'))}"]
+    if result.get("stopped_early"):
+        suggestions.append("the test stopped early when the loss diverged")
+    blocks = [Text(f"Range test over {len(result.get('lrs', []))} learning rates; suggestions:"), Bullets(suggestions)]
+    if (run_dir / "plots" / "lr_find.png").is_file():
+        blocks.append(Image("plots/lr_find.png", "loss against learning rate in the range test"))
+    return Section("LR range test", blocks)
+
+
+def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) -> Section:
+    from cifarlab.analysis.summary import model_summary
+
+    text = model_summary(model, input_shape, batch_size)
+    (run_dir / "model_summary.txt").write_text(text + "\n")
+    return Section("Model summary", [Text(f"For a batch of {batch_size}; also in model_summary.txt."), Code(text)])
+
+
+def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[Section]:
+    from cifarlab.analysis.metrics import confusion_matrix, per_class_accuracy, top_confused
+
+    K = len(classes)
+    conf = _cpu(confusion_matrix(_cpu(predictions.labels), _cpu(predictions.preds), K))
+    totals, correct = conf.sum(dim=1), conf.diagonal()
+    acc = _cpu(per_class_accuracy(conf))  # fractions; NaN for a class absent from the test split
+    header = ("class", "correct", "total", "accuracy")
+    rows = [(classes[k], int(correct[k]), int(totals[k]), format_cell("test_acc", None if acc[k].isnan() else acc[k]))
+            for k in range(K)]
+    _write_table(run_dir, "per_class", header, rows)
+    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / "plots" / "per_class.png")
+    per_class = Section("Per-class accuracy", [Table(header, rows),
+                                               Image("plots/per_class.png", "test accuracy per class")])
+    pairs = top_confused(conf, list(classes), TOP_CONFUSED)
+    pair_rows = [(true, pred, int(count)) for true, pred, count in pairs]
+    _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
+    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion.png", normalised=False)
+    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion_normalised.png", normalised=True)
+    top = ", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows) or "none: no test image was misclassified"
+    confusion = Section("Confusion", [
+        Text(f"Most confused pairs (true→predicted, images): {top}."),
+        Table(("true", "predicted", "images"), pair_rows),
+        Image("plots/confusion.png", "confusion matrix, counts"),
+        Image("plots/confusion_normalised.png", "confusion matrix, percent of each true class"),
+    ])
+    return [per_class, confusion]
+
+
+def _misclassified(predictions, limit: int) -> list[int]:
+    return [int(i) for i in _cpu(predictions.misclassified(limit))] if limit > 0 else []
+
+
+def _gallery_section(run_dir: Path, images, predictions, classes, limit: int) -> Section:
+    indices = _misclassified(predictions, limit)
+    if not indices:
+        return Section("Misclassified images", [Text("No misclassified test images to show.")])
+    labels, preds = _cpu(predictions.labels), _cpu(predictions.preds)
+    probs, losses = _cpu(predictions.probs), _cpu(predictions.losses)
+    titles = [f"{classes[labels[i]]} → {classes[preds[i]]} (p={float(probs[i, preds[i]]):.2f})\n"
+              f"loss {float(losses[i]):.2f}" for i in indices]
+    plots.plot_gallery(_cpu(images)[indices], titles, run_dir / "plots" / "misclassified.png")
+    wrong = int((~_cpu(predictions.correct).bool()).sum())
+    text = Text(f"{wrong:,} of {len(labels):,} test images are misclassified; the {len(indices)} with the highest "
+                "loss, with the predicted class's probability:")
+    return Section("Misclassified images", [text, Image("plots/misclassified.png", "misclassified test images")])
+
+
+def _gradcam_section(run_dir: Path, model, images, predictions, classes, options: dict) -> Section:
+    from cifarlab.analysis.gradcam import default_target_layer, gradcam
+    from cifarlab.data.normalize import normalize, to_float
+
+    indices = _misclassified(predictions, options["count"])
+    if not indices:
+        return Section("Grad-CAM", [Text("No misclassified test images to explain.")])
+    device = next(model.parameters()).device
+    chosen = _cpu(images)[indices]
+    inputs = normalize(to_float(chosen.to(device)), options["mean"], options["std"], channels_last=False)
+    labels, preds, probs = _cpu(predictions.labels), _cpu(predictions.preds), _cpu(predictions.probs)
+    true, pred = labels[indices], preds[indices]
+    layer = options["layer"] or default_target_layer(model, (1, *inputs.shape[1:]))
+    run = dict(layer=layer, method=options["method"])
+    cam_pred = _cpu(gradcam(model, inputs, pred.to(device), **run))
+    cam_true = _cpu(gradcam(model, inputs, true.to(device), **run))
+    titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
+              for i, t, p in zip(indices, true.tolist(), pred.tolist())]
+    plots.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / "plots" / "gradcam.png")
+    text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images with the highest loss: "
+                "the image, the map for the predicted class, the map for the true class.")
+    return Section("Grad-CAM", [text, Image("plots/gradcam.png", "Grad-CAM, predicted vs. true class")])
+
+
+def _augment_section(run_dir: Path, dataset, cfg) -> Section:
+    from cifarlab.data.augment import build_augment
+    from cifarlab.data.normalize import to_float
+
+    C, H = dataset.train.images.shape[1:3]
+    aug = build_augment(cfg.augment, H, C, seed=cfg.seed)
+    if not aug.describe():
+        return Section("Augmentation preview", [Text("The recipe uses no augmentation: images are only normalised.")])
+    count = min(PREVIEW_COUNT, len(dataset.train.labels))
+    before = dataset.train.images[:count].cpu()
+    generator = torch.Generator().manual_seed(PREVIEW_SEED)
+    after = aug(to_float(before), generator, indices=torch.arange(count), epoch=0)
+    plots.plot_augment_preview(before, after, run_dir / "plots" / "augment.png")
+    return Section("Augmentation preview", [Text("Applied to training images, in this order:"), Bullets(aug.describe()),
+                                            Image("plots/augment.png", "training images before and after augmentation")])

@@ -1,0 +1,307 @@
+"""Plots, the run comparison table, the report writer and the end-to-end run analysis."""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlab.analysis import plots
+from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
+from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
+from cifarlab.analysis.summary import model_summary
+from cifarlab.errors import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ("cat", "dog", "frog")
+COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+           "elapsed_seconds", "images_per_second")
+
+
+# ---------------------------------------------------------------- fabricated runs
+
+def _metrics_rows(epochs: int = 4, steps_per_epoch: int = 5, lr_peak: float = 0.02) -> list[dict]:
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for s in range(steps_per_epoch):
+            step = (epoch - 1) * steps_per_epoch + s + 1
+            lr = lr_peak * min(1.0, step / (2 * steps_per_epoch))
+            rows.append({"kind": "step", "epoch": epoch, "step": step, "lr": lr, "train_loss": 2.0 / step,
+                         "train_acc": 0.5 + 0.01 * step})
+        rows.append({"kind": "epoch", "epoch": epoch, "step": epoch * steps_per_epoch, "lr": lr,
+                     "train_loss": 1.5 / epoch, "train_acc": 0.5 + 0.02 * epoch, "test_loss": 1.6 / epoch,
+                     "test_acc": 0.45 + 0.02 * epoch, "elapsed_seconds": 10.0 * epoch, "images_per_second": 1234.5})
+    return rows
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row.get(key, "") for key in COLUMNS})
+
+
+def _summary(**changes) -> dict:
+    summary = {"recipe": "custom-resnet-onecycle", "model": "custom_resnet", "dataset": "cifar10",
+               "num_params": 6573130, "epochs_completed": 24, "epochs": 24, "best_test_acc": 0.918, "best_epoch": 23,
+               "final_test_acc": 0.9172, "final_test_loss": 0.27, "final_train_acc": 0.96, "best_train_acc": 0.9693,
+               "wall_seconds": 3723.0, "train_images_per_second": 5120.0, "lr_peak": 0.0187, "precision": "bf16",
+               "device": "cpu", "versions": {"python": "3.11", "torch": "2.13.0", "cifarlab": "0.1.0"},
+               "status": "completed"}
+    summary.update(changes)
+    return summary
+
+
+def _make_run(root: Path, recipe: str, summary: dict, rows: list[dict]) -> Path:
+    run_dir = root / "runs" / recipe / "20240101-120000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    _write_metrics(run_dir, rows)
+    return run_dir
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _linked(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+
+
+# ---------------------------------------------------------------- plots
+
+def test_plots_write_png_files(tmp_path):
+    torch.manual_seed(0)
+    rows = _metrics_rows()
+    conf = torch.tensor([[8, 1, 1], [3, 6, 1], [0, 2, 8]])
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    cams = torch.rand(6, 16, 16)
+    made = [
+        plots.plot_curves(rows, tmp_path / "curves.png"),
+        plots.plot_lr(rows, tmp_path / "lr.png"),
+        plots.plot_per_class(torch.tensor([0.8, 0.6, 0.8]), CLASSES, tmp_path / "per_class.png"),
+        plots.plot_confusion(conf, CLASSES, tmp_path / "confusion.png", normalised=False),
+        plots.plot_confusion(conf, CLASSES, tmp_path / "confusion_normalised.png", normalised=True),
+        plots.plot_gallery(images, [f"cat → dog (p=0.{i}7)\nloss 1.2{i}" for i in range(6)], tmp_path / "gallery.png"),
+        plots.plot_gradcam(images, cams, cams.flip(-1), [f"true cat, pred dog {i}" for i in range(6)],
+                           tmp_path / "gradcam.png"),
+        plots.plot_augment_preview(images, images.float() / 255, tmp_path / "augment.png"),
+        plots.plot_compare({"a": rows, "b": _metrics_rows(epochs=3)}, tmp_path / "compare.png"),
+    ]
+    for path in made:
+        assert _is_png(path), path
+
+
+def test_gallery_and_gradcam_take_grayscale_images_and_coarse_maps(tmp_path):
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    assert _is_png(plots.plot_gallery(images, ["1 → 7 (p=0.51)\nloss 0.9"] * 3, tmp_path / "g.png", ncols=2))
+    coarse = torch.rand(3, 7, 7)  # a map at the layer's resolution is upsampled to the image
+    assert _is_png(plots.plot_gradcam(images, coarse, coarse, ["x"] * 3, tmp_path / "c.png"))
+
+
+def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):
+    run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
+    with (run_dir / "metrics.csv").open() as f:
+        raw = list(csv.DictReader(f))
+    assert raw[0]["test_acc"] == ""  # step rows leave test columns empty
+    assert _is_png(plots.plot_curves(raw, tmp_path / "curves.png"))
+    parsed = read_metrics(run_dir)
+    assert parsed[0]["test_acc"] is None and parsed[5]["test_acc"] == pytest.approx(0.47)
+
+
+# ---------------------------------------------------------------- comparison
+
+def test_compare_table_values_come_from_the_run_files(tmp_path):
+    first = _make_run(tmp_path, "custom-resnet-onecycle", _summary(), _metrics_rows(lr_peak=0.02))
+    second = _make_run(tmp_path, "resnet18-steplr",
+                       _summary(recipe="resnet18-steplr", lr_peak=None, best_test_acc=0.8853, best_train_acc=None,
+                                epochs_completed=3, epochs=115, wall_seconds=59.6, status="interrupted"),
+                       _metrics_rows(epochs=3))
+    rows = compare_runs([first, second])
+    assert rows[0]["recipe"] == "custom-resnet-onecycle" and rows[0]["run"].endswith("custom-resnet-onecycle/20240101-120000")
+    assert rows[0]["lr_found"] == 0.0187 and rows[0]["best_test_acc"] == 0.918 and rows[0]["best_train_acc"] == 0.9693
+    assert rows[0]["lr_min"] == pytest.approx(0.002)  # from metrics.csv: first logged step
+    assert rows[1]["best_train_acc"] == pytest.approx(0.56)  # not in summary: best epoch row of metrics.csv
+    markdown = to_markdown(rows)
+    for text in ("91.80%", "96.93%", "1.87E-02", "88.53%", "3/115", "1:02:03", "5,120", "interrupted", "—"):
+        assert text in markdown
+    with to_csv(rows, tmp_path / "t.csv").open() as f:
+        back = list(csv.DictReader(f))
+    assert float(back[1]["best_test_acc"]) == 0.8853 and back[1]["lr_found"] == ""
+    files = write_comparison([first, second], tmp_path / "cmp")
+    assert "88.53%" in files.markdown.read_text() and _is_png(files.plot) and files.csv.is_file()
+
+
+def test_compare_names_a_directory_without_summary(tmp_path):
+    good = _make_run(tmp_path, "a", _summary(), _metrics_rows())
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    with pytest.raises(UserError, match="not-a-run.*summary.json"):
+        compare_runs([good, empty])
+
+
+# ---------------------------------------------------------------- report writer
+
+def _all_sections(run_dir: Path) -> list[Section]:
+    plots.plot_curves(_metrics_rows(), run_dir / "plots" / "curves.png")
+    blocks = {
+        "Summary": [Table(("field", "value"), [("best_test_acc", "91.80%"), ("note", "<b>a & b</b>")])],
+        "Configuration": [Code("optim:\n  lr: 0.1\n", "yaml")],
+        "Model summary": [Code("Total params: 10")],
+        "Confusion": [Text("Most confused: dog→cat 66."), Bullets(["x < y"])],
+    }
+    return [Section(title, blocks.get(title, [Image("plots/curves.png", f"{title} figure")])) for title in SECTION_TITLES]
+
+
+def test_write_report_has_every_section_and_every_link_exists(tmp_path):
+    run_dir = tmp_path / "runs" / "r" / "20240101-120000"
+    sections = _all_sections(run_dir)
+    md_path, html_path = write_report(run_dir, sections)
+    markdown = md_path.read_text()
+    for title in SECTION_TITLES:
+        assert f"\n## {title}\n" in markdown
+    links = _linked(markdown)
+    assert links and all((run_dir / link).is_file() and not Path(link).is_absolute() for link in links)
+    assert "dog→cat 66" in markdown and "```yaml" in markdown
+
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == len(links)
+    assert "<script" not in page.lower() and "plots/curves.png" not in page  # embedded, not linked
+    assert "&lt;b&gt;a &amp; b&lt;/b&gt;" in page and "<b>a" not in page
+    assert all(f'id="{anchor(title)}">{title}</h2>' in page for title in SECTION_TITLES)
+
+
+def test_write_report_refuses_a_missing_image(tmp_path):
+    with pytest.raises(FileNotFoundError, match="plots/nope.png"):
+        write_report(tmp_path, [Section("Training curves", [Image("plots/nope.png", "missing")])])
+
+
+# ---------------------------------------------------------------- model summary
+
+class TinyNet(nn.Module):
+    def __init__(self, channels: int = 3, num_classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_model_summary_is_torchinfo_table_and_leaves_model_alone():
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    text = model_summary(model, (3, 8, 8), batch_size=512)
+    for needle in ("Output Shape", "Param #", "Mult-Adds", "[512, 16, 8, 8]", f"Total params: {sum(p.numel() for p in model.parameters()):,}",
+                   "Total mult-adds (M)", "Estimated Total Size (MB)"):
+        assert needle in text, needle
+    assert "Units." not in text
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).device.type == "cpu" and model.training
+
+
+# ---------------------------------------------------------------- end to end
+
+def _fake_modules() -> dict[str, types.ModuleType]:
+    """Stand-ins, by the agreed contracts, for analysis modules another engineer has not landed yet."""
+    fakes = {}
+
+    def predict(model, images_uint8, labels, mean, std, batch_size=1000, autocast=None, tta=False, device=None,
+                channels_last=True):
+        from cifarlab.data.normalize import normalize, to_float
+        with torch.inference_mode():
+            probs = model(normalize(to_float(images_uint8), mean, std)).softmax(dim=1)
+        losses = -probs[torch.arange(len(labels)), labels].log()
+        preds = probs.argmax(dim=1)
+        correct = preds == labels
+        return types.SimpleNamespace(probs=probs, labels=labels, losses=losses, preds=preds, correct=correct,
+                                     accuracy=correct.float().mean().item(),
+                                     misclassified=lambda limit: [i for i in losses.argsort(descending=True).tolist()
+                                                                  if not correct[i]][:limit])
+
+    def gradcam(model, inputs, target_classes, layer=None, method="gradcam"):
+        N, _, H, W = inputs.shape
+        return torch.linspace(0, 1, H * W).view(1, H, W).expand(N, H, W)
+
+    def confusion_matrix(labels, preds, K):
+        return torch.bincount(labels * K + preds, minlength=K * K).view(K, K)
+
+    def top_confused(conf, classes, k):
+        off = conf.clone().fill_diagonal_(0)
+        pairs = [(classes[i // len(classes)], classes[i % len(classes)], int(off.view(-1)[i]))
+                 for i in off.view(-1).argsort(descending=True).tolist()]
+        return [p for p in pairs if p[2] > 0][:k]
+
+    for name, functions in (("predict", [predict]), ("gradcam", [gradcam]),
+                            ("metrics", [confusion_matrix, top_confused])):
+        module = types.ModuleType(f"cifarlab.analysis.{name}")
+        for function in functions:
+            setattr(module, function.__name__, function)
+        fakes[name] = module
+    return fakes
+
+
+@pytest.fixture
+def analysis_modules(monkeypatch):
+    for name, fake in _fake_modules().items():
+        try:
+            importlib.import_module(f"cifarlab.analysis.{name}")
+        except ImportError:
+            monkeypatch.setitem(sys.modules, f"cifarlab.analysis.{name}", fake)
+
+
+def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
+    sources = pytest.importorskip("cifarlab.data.sources", reason="cifarlab.data.sources not written yet")
+    from cifarlab.analysis.run_report import analyze_run
+    from cifarlab.config import Config
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: sources.Split(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+                                    torch.randint(0, 3, (n,), generator=g))
+    dataset = sources.Dataset("tiny", split(16), split(30), CLASSES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+    cfg = Config.model_validate({"name": "tiny", "data": {"dataset": "synthetic"},
+                                 "augment": {"crop": {"padding": 2}, "flip": {}, "cutout": {"size": 4}},
+                                 "train": {"batch_size": 4, "eval_batch_size": 16}})
+    run_dir = _make_run(tmp_path, "tiny", _summary(recipe="tiny"), _metrics_rows())
+    (run_dir / "lr_find.json").write_text(json.dumps({"lrs": [1e-4, 1e-3, 1e-2], "losses": [2, 1, 3],
+                                                      "smoothed": [2, 1.5, 2], "steepest_lr": 1e-3,
+                                                      "valley_lr": 2e-3, "stopped_early": True}))
+    plots.plot_lr(_metrics_rows(), run_dir / "plots" / "lr_find.png")  # stands in for the range test's plot
+
+    torch.manual_seed(0)
+    md_path = analyze_run(run_dir, TinyNet().eval(), dataset, cfg, gallery_size=6, gradcam_count=4,
+                          gradcam_layer="features.3")
+    markdown = md_path.read_text()
+    for title in SECTION_TITLES:
+        assert f"\n## {title}\n" in markdown, title
+    links = _linked(markdown)
+    assert len(links) == 9 and all(_is_png(run_dir / link) for link in links)
+    assert "plots/lr_find.png" in links and "1.00E-03" in markdown
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(links) and "<script" not in page.lower()
+    assert "Total params" in (run_dir / "model_summary.txt").read_text()
+    with (run_dir / "tables" / "per_class.csv").open() as f:
+        per_class = list(csv.DictReader(f))
+    assert [row["class"] for row in per_class] == list(CLASSES)
+    assert sum(int(row["total"]) for row in per_class) == 30
+    assert (run_dir / "tables" / "confused_pairs.csv").is_file() and (run_dir / "tables" / "per_class.md").is_file()
+    assert "→" in markdown and "91.80%" in markdown
+
+
+def test_report_from_run_dir_names_what_is_missing(tmp_path):
+    from cifarlab.analysis.run_report import report_from_run_dir
+
+    with pytest.raises(UserError, match="does not exist"):
+        report_from_run_dir(tmp_path / "nope")
+    run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
+    with pytest.raises(UserError, match="checkpoints/best.pt or checkpoints/last.pt"):
+        report_from_run_dir(run_dir)
