@@ -173,11 +173,20 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _schedule_fits_training(self):
+        schedule, epochs = self.schedule, self.train.epochs
+        if schedule.name == "onecycle" and schedule.peak_epoch is not None and not 0 < schedule.peak_epoch < epochs:
+            raise ValueError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {schedule.peak_epoch}")
+        if schedule.name == "multistep" and not schedule.milestones:
+            raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
+        return self
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 # ---------------------------------------------------------------- recipes and overrides

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -154,8 +155,19 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data)
+    created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (new_run_dir(cfg) if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
+    try:
+        state = _prepare(cfg, runtime, dataset, run_dir)
+    except BaseException:
+        if created:  # a run that never started leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return _fit_and_finish(state, dataset)
+
+
+def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
     _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
               f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
               f"device: {runtime.describe()}", runtime)
@@ -168,7 +180,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     state = build_state(cfg, runtime, dataset, run_dir)
     state.extra.update(extra)
-    return _fit_and_finish(state, dataset)
+    return state
 
 
 def resume(run_dir: Union[str, Path]) -> Run:

@@ -1,0 +1,106 @@
+"""The CLI end to end on the synthetic `smoke` recipe: every run-directory file and every command."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarlab.cli import main
+from cifarlab.data.sources import load_dataset
+
+
+def _run_dir(out_root, recipe="smoke"):
+    dirs = sorted(p for p in (out_root / recipe).iterdir() if p.is_dir())
+    assert len(dirs) == 1
+    return dirs[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["train", "smoke", f"output.dir={root}", "train.epochs=3", "output.report=true"]) == 0
+    return _run_dir(root)
+
+
+def test_train_writes_every_run_directory_file(smoke_run):
+    for name in ["config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "report.md", "report.html", "model_summary.txt", "plots/curves.png", "plots/lr.png",
+                 "plots/confusion.png", "plots/misclassified.png", "plots/gradcam.png", "plots/augment.png"]:
+        assert (smoke_run / name).is_file(), name
+    assert list((smoke_run / "tb").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(smoke_run / "metrics.csv")))
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [int(r["epoch"]) for r in epochs] == [1, 2, 3]
+    assert any(r["kind"] == "step" for r in rows)
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    assert summary["best_test_acc"] == max(float(r["test_acc"]) for r in epochs) or \
+        abs(summary["best_test_acc"] - max(float(r["test_acc"]) for r in epochs)) < 1e-5
+    assert summary["train_images_per_second"] > 0
+
+
+def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):
+    assert main(["eval", str(smoke_run / "checkpoints" / "best.pt")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert result["test_acc"] == pytest.approx(summary["best_test_acc"], abs=1e-6)
+    assert result["images"] == 256
+
+
+def test_lr_find_writes_plot_and_suggestions(smoke_run, tmp_path, capsys):
+    assert main(["lr-find", "smoke", "lr_find.num_iter=20", f"output.dir={tmp_path}", "--out", str(tmp_path / "lr")]) == 0
+    out = capsys.readouterr().out
+    assert "steepest descent" in out and "valley" in out and "OneCycle: max_lr=" in out
+    data = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert len(data["lrs"]) <= 20 and data["lrs"][0] < data["lrs"][-1]
+    assert (tmp_path / "lr" / "plots" / "lr_find.png").stat().st_size > 1000
+
+
+def test_summary_reports_parameters_and_mult_adds(capsys):
+    assert main(["summary", "custom_resnet", "dataset=cifar10", "batch_size=512"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 6,573,130" in out and "Total mult-adds (G): 194.18" in out
+
+
+def test_predict_gives_top3_for_image_files_of_any_size(smoke_run, tmp_path, capsys):
+    test = load_dataset("synthetic", num_train=512, num_test=256, image_size=16).test
+    path = tmp_path / "big.png"
+    Image.fromarray(test.images[0].permute(1, 2, 0).numpy()).resize((64, 48)).save(path)
+    assert main(["predict", str(smoke_run / "checkpoints" / "best.pt"), str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(path)) and line.count("%") == 3
+
+
+def test_gradcam_command_on_chosen_test_images(smoke_run, tmp_path):
+    out = tmp_path / "cam.png"
+    assert main(["gradcam", str(smoke_run / "checkpoints" / "best.pt"), "--images", "0,1,2", "--out", str(out),
+                 "--method", "gradcam++"]) == 0
+    assert np.asarray(Image.open(out)).shape[0] > 100
+
+
+def test_compare_two_runs(smoke_run, tmp_path, capsys):
+    assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=2", "output.tensorboard=false"]) == 0
+    other = _run_dir(tmp_path)
+    capsys.readouterr()
+    assert main(["compare", str(smoke_run), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| smoke") == 2 or table.count("smoke") >= 2
+    assert (tmp_path / "cmp").is_dir() and list((tmp_path / "cmp").glob("*.png"))
+
+
+def test_listing_commands(capsys):
+    assert main(["recipes"]) == 0
+    recipes = capsys.readouterr().out
+    for name in ["resnet18-steplr", "resnet18-cutout", "custom-resnet-onecycle", "resnet18-layernorm-plateau",
+                 "custom-resnet-fp16", "fmnist-quick", "smoke"]:
+        assert name in recipes
+    assert main(["models"]) == 0
+    assert "11,173,962" in capsys.readouterr().out
+
+
+def test_bad_override_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["train", "smoke", "optim.lr=-1", f"output.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "optim.lr" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing was created for a rejected config
