@@ -11,13 +11,6 @@ from cifarlab.errors import UserError
 N, C, S = 8, 3, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs ~5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -1,6 +1,7 @@
 """The CLI end to end on the synthetic `smoke` recipe: every run-directory file and every command."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,17 @@ def test_train_writes_every_run_directory_file(smoke_run):
     assert summary["best_test_acc"] == max(float(r["test_acc"]) for r in epochs) or \
         abs(summary["best_test_acc"] - max(float(r["test_acc"]) for r in epochs)) < 1e-5
     assert summary["train_images_per_second"] > 0
+
+
+def test_report_has_every_section_and_every_linked_file(smoke_run):
+    report = (smoke_run / "report.md").read_text()
+    for section in ["Summary", "Configuration", "Environment", "Training curves", "Learning rate", "Model summary",
+                    "Per-class accuracy", "Confusion", "Misclassified images", "Grad-CAM", "Augmentation preview"]:
+        assert f"## {section}" in report, section
+    links = re.findall(r"\]\(((?:plots|tables)/[^)]+)\)", report)
+    assert len(links) >= 8 and all((smoke_run / link).is_file() for link in links)
+    html = (smoke_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len([l for l in links if l.endswith(".png")])
 
 
 def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):

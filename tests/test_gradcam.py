@@ -10,13 +10,6 @@ from cifarlab.errors import UserError
 METHODS = ["gradcam", "gradcam++"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine: a second thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class QuadrantHead(nn.Module):

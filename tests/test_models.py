@@ -11,13 +11,6 @@ INPUTS = [(3, 32), (1, 28)]  # CIFAR, Fashion-MNIST
 NUM_CLASSES = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs ~5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def images(channels: int, size: int, n: int = 2) -> torch.Tensor:
