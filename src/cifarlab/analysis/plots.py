@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 120
 OVERLAY_ALPHA = 0.5
@@ -88,6 +89,8 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
         acc_ax.plot(*_series(epochs, "epoch", f"{key}_acc", scale=100.0), style, markersize=3, label=label)
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     best_epoch, best_acc = _best(epochs)
     if best_epoch is not None:
         acc_ax.annotate(f"best test {best_acc:.2f}%\n(epoch {best_epoch:g})", (best_epoch, best_acc),
@@ -261,6 +264,8 @@ def plot_compare(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | 
         loss_ax.plot(*_series(epochs, "epoch", "test_loss"), "-o", markersize=3, label=label)
     acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)")
     loss_ax.set(title="Test loss", xlabel="epoch", ylabel="cross-entropy loss")
+    for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
         if curves:
