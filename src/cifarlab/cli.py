@@ -15,6 +15,10 @@ EXAMPLES = """examples:
   cifarlab resume runs/fmnist-quick/20261121-120000
   cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
   cifarlab report runs/fmnist-quick/20261121-120000
+
+exit codes of train/resume/demo: 0 done, 2 bad input (one line on stderr), 3 diverged (NaN/inf loss;
+the last good checkpoint is kept), 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint
+(continue with `cifarlab resume RUN_DIR`)
 """
 
 
@@ -76,11 +80,24 @@ def _version() -> str:
     return __version__
 
 
+# Exit codes of train/resume/demo: 0 completed, 2 user error, 3 diverged (NaN/inf loss),
+# 128 + signal number when stopped by a signal after saving a checkpoint (130 SIGINT, 143 SIGTERM).
+EXIT_DIVERGED = 3
+
+
+def run_exit_code(run) -> int:
+    status = run.summary.get("status")
+    if status == "diverged":
+        return EXIT_DIVERGED
+    if status == "interrupted":
+        return 128 + int(run.summary.get("signal_number") or 2)
+    return 0
+
+
 def cmd_train(args) -> int:
     from cifarlab.experiment import train
 
-    train(args.recipe, args.overrides)
-    return 0
+    return run_exit_code(train(args.recipe, args.overrides))
 
 
 def cmd_demo(args) -> int:
@@ -98,14 +115,13 @@ def cmd_demo(args) -> int:
     print(f"demo: training {recipe} because {why}", file=sys.stderr, flush=True)
     run = train(recipe, args.overrides)
     print(run.run_dir)
-    return 0
+    return run_exit_code(run)
 
 
 def cmd_resume(args) -> int:
     from cifarlab.experiment import resume
 
-    resume(args.run_dir)
-    return 0
+    return run_exit_code(resume(args.run_dir))
 
 
 def cmd_recipes(args) -> int:

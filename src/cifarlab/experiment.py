@@ -26,7 +26,7 @@ from cifarlab.errors import UserError
 from cifarlab.registry import create_model
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.train import callbacks as cb
-from cifarlab.train.checkpoint import atomic_write_text, load_checkpoint, restore, versions
+from cifarlab.train.checkpoint import atomic_write_text, load_checkpoint_with_path, restore, versions
 from cifarlab.train.loop import fit
 from cifarlab.train.optim import GradStep, Schedule, build_optimizer
 from cifarlab.train.state import TrainState
@@ -184,23 +184,38 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
 
 
 def resume(run_dir: Union[str, Path]) -> Run:
-    """Continue a run from its last checkpoint, into the same run directory."""
+    """Continue a run from its last checkpoint, into the same run directory.
+
+    Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
+    that already finished and a run that diverged (it would diverge again)."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
+        raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
     if not checkpoint.exists() and not checkpoint.with_name("last.prev.pt").exists():
         raise UserError(f"{run_dir} has no checkpoints/last.pt to resume from")
-    payload = load_checkpoint(checkpoint)
+    payload, used = load_checkpoint_with_path(checkpoint)
     cfg = validate(payload["config"])
     if payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs:
         raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
                         f"nothing to resume — start a new run with `cifarlab train`")
+    try:
+        previous = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        previous = {}
+    if isinstance(previous, dict) and previous.get("status") == "diverged":
+        raise UserError(f"run {run_dir} diverged at step {previous.get('diverged_at', {}).get('step')}; resuming "
+                        f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
+    if payload["versions"].get("torch") != versions()["torch"]:
+        print(f"warning: {used} was written with torch {payload['versions'].get('torch')}, this is "
+              f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
+              file=sys.stderr, flush=True)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data)
     state = build_state(cfg, runtime, dataset, run_dir)
-    restore(state, payload)
+    restore(state, payload, used)
+    state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})", runtime)
     return _fit_and_finish(state, dataset)
 
@@ -212,7 +227,7 @@ def _fit_and_finish(state: TrainState, dataset: Dataset) -> Run:
     summary = write_summary(state, time.perf_counter() - started)
     if runtime.dist.is_main:
         _announce(_closing_message(state), runtime)
-        if cfg.output.report and state.history:
+        if cfg.output.report and state.history and state.status == "completed":
             from cifarlab.analysis.run_report import analyze_run
 
             report = analyze_run(run_dir, state.eval_model, dataset, cfg, autocast=runtime.precision.autocast,
@@ -243,6 +258,11 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
     }
     if "diverged_at" in state.extra:
         summary["diverged_at"] = state.extra["diverged_at"]
+    if state.status in ("diverged", "interrupted"):
+        # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).
+        summary["last_good_checkpoint"] = state.last_checkpoint["path"] if state.last_checkpoint else None
+    if state.status == "interrupted":
+        summary["signal"], summary["signal_number"] = state.extra.get("signal"), state.extra.get("signal_number")
     if state.runtime.dist.is_main:
         atomic_write_text(state.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -254,11 +274,12 @@ def _closing_message(state: TrainState) -> str:
         return (f"stopped by {state.extra.get('signal', 'a signal')} at epoch {state.epoch + 1}, step {state.step}; "
                 f"checkpoint saved. Resume with: cifarlab resume {run_dir}")
     if state.status == "diverged":
-        where = state.extra["diverged_at"]
-        good = f"last good checkpoint: {run_dir / 'checkpoints' / 'last.pt'} (epoch {state.epoch})" if state.epoch \
-            else "no checkpoint was written before it"
+        where, saved = state.extra["diverged_at"], state.last_checkpoint
+        good = (f"last good checkpoint: {saved['path']} (step {saved['step']}, epoch {saved['epoch']})" if saved
+                else "no checkpoint was written before it")
         return (f"training diverged: non-finite loss at step {where['step']} with lr {where['lr']:.4g}; "
-                f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` suggests one")
+                f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` (the LR range test) "
+                f"suggests one")
     best = state.best("test_acc")
     return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
 

@@ -102,7 +102,9 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(root, members=members, **extra)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{archive} could not be extracted ({e}); delete it to download again") from None
+        # tarfile's ReadError lists every compression it tried, one per line: keep the message on one line.
+        reason = "not a readable tar archive" if isinstance(e, tarfile.ReadError) else " ".join(str(e).split())
+        raise UserError(f"{archive} could not be extracted ({reason}); delete it to download again") from None
 
 
 def save_atomic(obj: object, path: Path) -> None:

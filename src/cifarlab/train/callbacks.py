@@ -6,12 +6,16 @@ metrics do so only every `log_every_steps` steps, the one place the loop synchro
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import signal
 import sys
 from pathlib import Path
 
-from cifarlab.train.checkpoint import make_payload, save_checkpoint
+import torch
+
+from cifarlab.train.checkpoint import atomic_write_text, make_payload, save_checkpoint
 
 METRIC_COLUMNS = ["kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "elapsed_seconds", "images_per_second"]
@@ -52,10 +56,10 @@ class StepWindow(Callback):
             state.window_meter.reset()
             state.extra["window"] = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                                      "train_loss": loss, "train_acc": acc}
-            bad_step = int(state.nonfinite_step.item())
-            if bad_step >= 0:
+            bad = state.first_nonfinite()
+            if bad is not None:
                 state.stop_reason = "diverged"
-                state.extra["diverged_at"] = {"step": bad_step, "lr": state.lr}
+                state.extra["diverged_at"] = bad
 
 
 class Progress(Callback):
@@ -113,33 +117,31 @@ class Progress(Callback):
 
 
 class CSVLogger(Callback):
-    """metrics.csv: a `step` row per logging window and an `epoch` row per epoch; appends on resume."""
+    """metrics.csv: a `step` row per logging window and an `epoch` row per epoch; continues on resume."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._last_window = None
 
     def on_fit_start(self, state):
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as handle:
-                csv.writer(handle).writerow(METRIC_COLUMNS)
-        else:
-            self._truncate_after(state.step)
+        # Rows logged after the checkpoint we resume from will be logged again, and a kill may have left
+        # half a line: keep only whole rows up to the checkpoint's step, rewritten atomically.
+        kept = self._rows_up_to(state.step) if self.path.exists() else []
+        out = io.StringIO()
+        writer = csv.DictWriter(out, METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(self.path, out.getvalue())
 
-    def _truncate_after(self, step: int) -> None:
-        """Rows logged after the checkpoint we resume from would be logged again: drop them first."""
+    def _rows_up_to(self, step: int) -> list[dict]:
         with open(self.path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        kept = [row for row in rows if int(row["step"]) <= step]
-        if len(kept) != len(rows):
-            with open(self.path, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, METRIC_COLUMNS)
-                writer.writeheader()
-                writer.writerows(kept)
+        return [row for row in rows if _whole_row(row) and int(row["step"]) <= step]
 
     def _append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+            csv.DictWriter(handle, METRIC_COLUMNS, lineterminator="\n").writerow(
+                {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
 
     def on_step_end(self, state):
         window = state.extra.get("window")
@@ -149,6 +151,11 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, state):
         self._append({"kind": "epoch", **state.history[-1]})
+
+
+def _whole_row(row: dict) -> bool:
+    return row.get("kind") in ("step", "epoch") and None not in row and row.get("images_per_second") is not None \
+        and (row.get("step") or "").isdigit()
 
 
 def _cell(value) -> str:
@@ -168,7 +175,8 @@ class TensorBoard(Callback):
     def on_fit_start(self, state):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step if state.step else None)
+        # On resume, drop the events logged after the checkpoint (steps > state.step): they come again.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
     def on_step_end(self, state):
         window = state.extra.get("window")
@@ -178,10 +186,13 @@ class TensorBoard(Callback):
             self.writer.add_scalar("lr", window["lr"], window["step"])
 
     def on_epoch_end(self, state):
+        # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
+        # the events logged after the checkpoint.
         row = state.history[-1]
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             split, metric = key.split("_")
-            self.writer.add_scalar(f"{metric}/{split}", row[key], row["epoch"])
+            self.writer.add_scalar(f"{metric}/{split}", row[key], row["step"])
+        self.writer.add_scalar("epoch", row["epoch"], row["step"])
         self.writer.flush()
 
     def on_fit_end(self, state):
@@ -190,22 +201,42 @@ class TensorBoard(Callback):
 
 
 class Checkpointer(Callback):
-    """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt."""
+    """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
+
+    Never saves weights that are not finite: after a divergence, last.pt stays the last good state
+    (`state.last_checkpoint` says which)."""
 
     def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None, monitor: str = "test_acc"):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps, self.monitor = every_epochs, every_steps, monitor
 
+    def _healthy(self, state) -> bool:
+        """False (and the run marked diverged) once a loss or a weight is NaN/inf; one device sync."""
+        if state.stop_reason == "diverged":
+            return False
+        finite = torch.stack([torch.isfinite(t).all() for t in state.model.state_dict().values()
+                              if t.is_floating_point()]).all()
+        bad = state.first_nonfinite()
+        if bad is None and bool(finite):
+            return True
+        state.stop_reason = "diverged"
+        state.extra.setdefault("diverged_at", bad or {"step": state.step, "lr": state.lr})
+        if state.status != "running":  # found at the very end (on_fit_end): the run did not just stop, it broke
+            state.status = "diverged"
+        return False
+
     def save_last(self, state) -> None:
-        save_checkpoint(make_payload(state), self.directory / "last.pt")
+        path = self.directory / "last.pt"
+        save_checkpoint(make_payload(state), path)
+        state.last_checkpoint = {"path": str(path), "epoch": state.epoch, "step": state.step}
 
     def on_step_end(self, state):
-        if self.every_steps and state.step % self.every_steps == 0 and state.stop_reason != "diverged" \
-                and state.batch_in_epoch < state.steps_per_epoch:
+        if self.every_steps and state.step % self.every_steps == 0 \
+                and state.batch_in_epoch < state.steps_per_epoch and self._healthy(state):
             self.save_last(state)
 
     def on_epoch_end(self, state):
-        if state.stop_reason == "diverged":
+        if not self._healthy(state):
             return
         best = state.best(self.monitor)
         if best is state.history[-1]:
@@ -214,26 +245,43 @@ class Checkpointer(Callback):
             self.save_last(state)
 
     def on_fit_end(self, state):
-        if state.stop_reason == "interrupted":
+        if state.stop_reason == "interrupted" and self._healthy(state):
             self.save_last(state)
 
 
 class StopOnSignal(Callback):
-    """SIGINT/SIGTERM finish the current step; the loop then stops and the checkpointer saves."""
+    """SIGINT/SIGTERM finish the current step; the loop then stops and the checkpointer saves.
 
-    def __init__(self):
+    A second signal acts as if there were no handler (KeyboardInterrupt, or termination): the atomic
+    writes keep the checkpoint files whole even then."""
+
+    def __init__(self, stream=None):
         self.previous = {}
+        self.stream = stream or sys.stderr
+        self._told = False
 
     def on_fit_start(self, state):
         def handler(signum, frame):
+            if state.stop_reason == "interrupted":  # asked twice: stop now
+                signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+                os.kill(os.getpid(), signum)
+                return
             state.stop_reason = "interrupted"
             state.extra["signal"] = signal.Signals(signum).name
+            state.extra["signal_number"] = int(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm
                 pass
+
+    def on_step_end(self, state):
+        # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
+        if state.stop_reason == "interrupted" and not self._told:
+            self._told = True
+            print(f"\n{state.extra.get('signal', 'signal')} received: finishing step {state.step} and saving a "
+                  f"checkpoint (send it again to stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
         for sig, previous in self.previous.items():

@@ -1,27 +1,46 @@
 """Checkpoints that hold everything the next step depends on, written atomically, loaded safely.
 
+A payload holds model, optimizer, LR schedule, grad scaler, EMA weights, epoch/step/batch position, the
+epoch and window metric sums, every RNG state (Python, NumPy, torch CPU and CUDA), the metric history,
+the resolved config and the library versions. The data loader has no generator state to save: its
+randomness is counter-based (batch k of epoch e is a pure function of (seed, e, k)), so
+`(epoch, batch_in_epoch)` is its whole state.
+
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a kill
 during a save never leaves a half-written `last.pt`; the file it replaces is kept as `last.prev.pt`.
-Loads use `torch.load(weights_only=True)`: a checkpoint from the internet cannot run code.
+The file is a normal `torch.save` archive followed by a one-line trailer with the sha256 of the archive
+bytes (zip readers, `torch.load` included, ignore trailing bytes), so a truncated or bit-flipped file is
+caught even where `torch.load` would happily read it. Loads use `torch.load(weights_only=True)`: a
+checkpoint from the internet cannot run code. A bad newest file falls back to `.prev` with a warning.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import platform
 import random
-import warnings
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 from cifarlab.errors import UserError
 
 FORMAT_VERSION = 1
+TRAILER_TAG = b"\nCIFARLAB-SHA256 "
+TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
+# Per-process values that must not travel into a checkpoint (a resumed run would log or report them again).
+TRANSIENT_EXTRA = ("window", "signal", "signal_number", "diverged_at")
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: Optional[Path] = None) -> None:
+    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`.
+
+    With `keep_previous`, an existing `path` is renamed to it just before the new file takes its place,
+    so at every instant either `path` or `keep_previous` holds a complete file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -29,9 +48,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -54,7 +78,11 @@ def versions() -> dict[str, str]:
 
 
 def rng_state(runtime) -> dict[str, Any]:
-    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2], "torch": torch.get_rng_state()}
+    """Every global RNG (the loader's randomness is counter-based and needs none, see module doc)."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2], "torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np_keys.astype(np.int64)), "numpy_pos": int(np_pos),
+             "numpy_gauss": [int(np_has_gauss), float(np_gauss)]}
     if runtime.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(runtime.device)
     return state
@@ -63,6 +91,9 @@ def rng_state(runtime) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], runtime) -> None:
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        has_gauss, gauss = state["numpy_gauss"]
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
     if "cuda" in state and runtime.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
@@ -74,6 +105,7 @@ def make_payload(state) -> dict[str, Any]:
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "schedule": state.schedule.state_dict(),
+        "lr_used": state.schedule.lr_used,
         "scaler": state.grad_step.scaler.state_dict() if state.grad_step.scaler is not None else None,
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "epoch": state.epoch,
@@ -89,63 +121,120 @@ def make_payload(state) -> dict[str, Any]:
         "mean": list(state.train_loader.mean),
         "std": list(state.train_loader.std),
         "status": state.status,
-        "extra": state.extra,
+        "extra": {key: value for key, value in state.extra.items() if key not in TRANSIENT_EXTRA},
         "versions": versions(),
     }
     return payload
 
 
+def previous_path(path: Path) -> Path:
+    """`last.pt` -> `last.prev.pt`: where the file a save replaces is kept."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def serialize(payload: dict[str, Any]) -> bytes:
+    """torch.save bytes plus the sha256 trailer (see module doc)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode() + b"\n"
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        previous = path.with_name(path.stem + ".prev" + path.suffix)
-        os.replace(path, previous)
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
+    data = serialize(payload)
+    atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_path(path))
+
+
+def _verified_body(path: Path, data: bytes) -> bytes:
+    tail = data[-TRAILER_BYTES:]
+    if len(data) <= TRAILER_BYTES or not tail.startswith(TRAILER_TAG) or not tail.endswith(b"\n"):
+        raise UserError(f"checkpoint {path} is truncated or not a cifarlab checkpoint (no checksum trailer)")
+    body, expected = data[:-TRAILER_BYTES], tail[len(TRAILER_TAG):-1].decode("ascii", "replace")
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise UserError(f"checkpoint {path} is corrupt: its sha256 does not match the one stored with it")
+    return body
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception as err:  # truncated zip, pickle of code objects, wrong file type...
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt") from None
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    body = _verified_body(path, data)
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle of code objects, wrong file type...
         raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "model" not in payload:
+    required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status", "extra")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not all(k in payload for k in required):
         raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
     return payload
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint; if it is bad and a `.prev` sibling is good, warn and use that instead."""
+def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
+    """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
     path = Path(path)
     try:
-        return _read(path)
+        return _read(path), path
     except UserError as err:
-        previous = path.with_name(path.stem + ".prev" + path.suffix)
-        if not previous.exists():
+        previous = previous_path(path)
+        if not previous.is_file():
             raise
-        warnings.warn(f"{err}; falling back to the previous checkpoint {previous}", stacklevel=2)
-        return _read(previous)
+        try:
+            payload = _read(previous)
+        except UserError:
+            raise err from None
+        print(f"warning: {err}; using the previous checkpoint {previous} instead", file=sys.stderr, flush=True)
+        return payload, previous
 
 
-def restore(state, payload: dict[str, Any]) -> None:
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint; if it is bad and a `.prev` sibling is good, warn and use that instead."""
+    return load_checkpoint_with_path(path)[0]
+
+
+def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
     """Put a payload back into a freshly built TrainState (same config), ready for the next step."""
-    state.model.load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.schedule.load_state_dict(payload["schedule"])
-    if state.grad_step.scaler is not None and payload["scaler"] is not None:
-        state.grad_step.scaler.load_state_dict(payload["scaler"])
-    if state.ema is not None and payload["ema"] is not None:
-        state.ema.load_state_dict(payload["ema"])
+    try:
+        state.model.load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        state.schedule.load_state_dict(payload["schedule"])
+        if state.grad_step.scaler is not None and payload["scaler"] is not None:
+            state.grad_step.scaler.load_state_dict(payload["scaler"])
+        if state.ema is not None and payload["ema"] is not None:
+            state.ema.load_state_dict(payload["ema"])
+        state.epoch_meter.totals.copy_(payload["epoch_meter"])
+        state.window_meter.totals.copy_(payload["window_meter"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{source} does not match the model and optimizer its config builds "
+                        f"({_describe_model(payload)}): {_first_line(err)}") from None
     state.epoch, state.step = payload["epoch"], payload["step"]
     state.batch_in_epoch = payload["batch_in_epoch"]
     state.elapsed_seconds = payload["elapsed_seconds"]
-    state.epoch_meter.totals.copy_(payload["epoch_meter"])
-    state.window_meter.totals.copy_(payload["window_meter"])
+    state.schedule.lr_used = payload.get("lr_used", state.schedule.lr)
     state.history = list(payload["history"])
-    state.extra = dict(payload.get("extra", {}))
+    state.extra = {k: v for k, v in payload.get("extra", {}).items() if k not in TRANSIENT_EXTRA}
     set_rng_state(payload["rng"], state.runtime)
+
+
+def _describe_model(payload: dict[str, Any]) -> str:
+    model = payload.get("config", {}).get("model", {})
+    return f"model {model.get('name')!r} with options {model.get('options', {})}, {len(payload.get('classes', []))} classes"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3])[:300] if text else type(err).__name__
 
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
@@ -161,5 +250,9 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     state_dict = payload["ema"] if payload.get("ema") else payload["model"]
     if payload.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items() if k.startswith("module.")}
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        raise UserError(f"checkpoint {path} does not match its own config ({_describe_model(payload)}): "
+                        f"{_first_line(err)}") from None
     return model.to(device).eval(), cfg, meta

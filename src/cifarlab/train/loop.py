@@ -21,9 +21,11 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
         state.ema.update_parameters(state.model)
     state.epoch_meter.update(loss, logits, labels)
     state.window_meter.update(loss, logits, labels)
-    # Remember the first non-finite loss on the device; callbacks read it when they sync anyway.
+    # Remember the first non-finite loss (its 1-based step, as logged, and lr) on the device, without a
+    # host sync; callbacks read it when they sync anyway.
     bad = ~torch.isfinite(loss.detach()) & (state.nonfinite_step < 0)
-    state.nonfinite_step.copy_(torch.where(bad, state.step, state.nonfinite_step))
+    state.nonfinite_lr.copy_(torch.where(bad, state.schedule.lr_used, state.nonfinite_lr))
+    state.nonfinite_step.copy_(torch.where(bad, state.step + 1, state.nonfinite_step))
 
 
 def train_epoch(state: TrainState, callbacks: Callback) -> None:
@@ -73,7 +75,7 @@ def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
     })
     if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
         state.stop_reason = "diverged"
-        state.extra.setdefault("diverged_at", {"step": state.step, "lr": state.lr})
+        state.extra.setdefault("diverged_at", state.first_nonfinite() or {"step": state.step, "lr": state.lr})
     state.schedule.after_epoch(state.history[-1])
 
 
@@ -91,9 +93,9 @@ def fit(state: TrainState, callbacks: Callback) -> TrainState:
         callbacks.on_epoch_start(state)
         first_batch, started = state.batch_in_epoch, time.perf_counter()
         train_epoch(state, callbacks)
-        if state.stop_reason and state.batch_in_epoch < state.steps_per_epoch:
+        if state.stop_reason == "diverged" or (state.stop_reason and state.batch_in_epoch < state.steps_per_epoch):
             state.elapsed_seconds += time.perf_counter() - started
-            break  # interrupted or diverged mid-epoch: no evaluation of a partial epoch
+            break  # diverged, or interrupted mid-epoch: no evaluation of a partial or broken epoch
         batch, total = state.train_loader.batch_size, state.train_loader.num_images
         images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
         end_epoch(state, time.perf_counter() - started, images)

@@ -59,9 +59,11 @@ class TrainState:
     epoch_meter: Optional[Meter] = None
     window_meter: Optional[Meter] = None
     nonfinite_step: Optional[torch.Tensor] = None  # first step with a non-finite loss, -1 if none; on device
+    nonfinite_lr: Optional[torch.Tensor] = None  # the learning rate of that step; on device
     stop_reason: Optional[str] = None  # interrupted | diverged | early_stop
     status: str = "running"
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. lr_peak found by the range test
+    last_checkpoint: Optional[dict[str, Any]] = None  # {path, epoch, step} of the newest last.pt with good weights
 
     def __post_init__(self):
         device = self.runtime.device
@@ -69,6 +71,13 @@ class TrainState:
         self.window_meter = self.window_meter or Meter(device)
         if self.nonfinite_step is None:
             self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
+        if self.nonfinite_lr is None:
+            self.nonfinite_lr = torch.full((), float("nan"), dtype=torch.float64, device=device)
+
+    def first_nonfinite(self) -> Optional[dict[str, Any]]:
+        """{step, lr} of the first step whose loss was NaN/inf, or None; synchronises with the device."""
+        step = int(self.nonfinite_step.item())
+        return {"step": step, "lr": float(self.nonfinite_lr.item())} if step >= 0 else None
 
     @property
     def eval_model(self) -> nn.Module:

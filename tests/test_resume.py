@@ -1,0 +1,296 @@
+"""Exact resume: a run stopped (signal, SIGKILL) and resumed ends bit-identical to an uninterrupted one.
+
+All on the synthetic `smoke` recipe on CPU with `deterministic: true` and one thread. Timing columns
+(elapsed_seconds, images_per_second, wall/train seconds) naturally differ and are left out of the
+comparison; everything else — metrics.csv rows, summary.json, model/optimizer/schedule/EMA/RNG state
+in best.pt and last.pt — must be identical.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarlab.cli import main
+from cifarlab.train import loop
+from cifarlab.train.checkpoint import load_checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
+# 8 steps per epoch (512 images, batch 64); a window row every 4 steps; last.pt every 3 steps and per epoch.
+COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32", "output.tensorboard=false",
+          "output.progress=lines", "checkpoint.every_steps=3"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return ["smoke", f"output.dir={root}", *COMMON, *extra]
+
+
+def _only_run(root: Path) -> Path:
+    (run_dir,) = [p for p in (root / "smoke").iterdir() if p.is_dir()]
+    return run_dir
+
+
+def _train(root: Path, *extra: str) -> Path:
+    assert main(["train", *_args(root, *extra)]) == 0
+    return _only_run(root)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+
+
+def _summary(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in TIMING}
+
+
+def _assert_same_tree(a, b, where: str = "") -> None:
+    """Exact equality of nested checkpoint content; timing keys skipped."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+    elif isinstance(a, dict):
+        keys = set(a) - TIMING
+        assert keys == set(b) - TIMING, where
+        for key in keys:
+            _assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+        assert a == b or both_nan, f"{where}: {a!r} != {b!r}"
+
+
+def _assert_same_run(resumed: Path, reference: Path) -> None:
+    assert _metrics(resumed) == _metrics(reference)
+    assert _summary(resumed) == _summary(reference)
+    for name in ("last.pt", "best.pt"):
+        got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
+        for key in ("model", "optimizer", "schedule", "lr_used", "ema", "epoch", "step", "batch_in_epoch", "history",
+                    "rng", "epoch_meter", "window_meter", "status", "config"):
+            if key != "config":
+                _assert_same_tree(got[key], want[key], f"{name}:{key}")
+        assert {k: v for k, v in got["config"].items() if k != "output"} == \
+            {k: v for k, v in want["config"].items() if k != "output"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted 3-epoch runs, with and without an EMA of the weights."""
+    def run(*extra):
+        root = tmp_path_factory.mktemp("reference")
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        try:
+            return _train(root, "train.epochs=3", *extra)
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+
+    return {"plain": run(), "ema": run("train.ema=0.9")}
+
+
+def _signal_at_step(monkeypatch, step: int, signum=signal.SIGINT) -> None:
+    """Deliver a real signal to this process while the loop runs step `step` (1-based)."""
+    real_step = loop.train_step
+
+    def train_step(state, inputs, labels):
+        if state.step + 1 == step:
+            signal.raise_signal(signum)
+        real_step(state, inputs, labels)
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+
+
+@pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema")],
+                         ids=["between-epochs", "mid-epoch", "mid-epoch-ema"])
+def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, reference, stop_step, variant):
+    extra = ("train.ema=0.9",) if variant == "ema" else ()
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, stop_step)
+        assert main(["train", *_args(tmp_path, "train.epochs=3", *extra)]) == 130
+    run_dir = _only_run(tmp_path)
+    err = capsys.readouterr().err
+    assert f"Resume with: cifarlab resume {run_dir}" in err and "SIGINT" in err
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (stopped["step"], stopped["status"]) == (stop_step, "interrupted")
+    assert stopped["batch_in_epoch"] == stop_step % 8 and stopped["epoch"] == stop_step // 8
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["last_good_checkpoint"].endswith("last.pt")
+
+    assert main(["resume", str(run_dir)]) == 0
+    assert f"resuming {run_dir} at epoch {stop_step // 8 + 1}, batch {stop_step % 8}" in capsys.readouterr().err
+    _assert_same_run(run_dir, reference[variant])
+
+
+def test_resume_after_sigkill_and_torn_metrics_equals_uninterrupted(tmp_path, reference, capsys):
+    """Kill -9 a real training process mid-run, resume it, compare with the uninterrupted run."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "cifarlab", "train", *_args(tmp_path, "train.epochs=3")]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("smoke/*/checkpoints/last.pt")):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    run_dir = _only_run(tmp_path)
+    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert 0 < killed_at["step"] < 24 and killed_at["status"] == "running"
+    with open(run_dir / "metrics.csv", "a") as handle:  # a kill in the middle of a row
+        handle.write("step,2,99,0.0")
+
+    assert main(["resume", str(run_dir)]) == 0
+    capsys.readouterr()
+    _assert_same_run(run_dir, reference["plain"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_sigterm_to_a_real_process_saves_hints_and_resumes_exactly(tmp_path, reference, capsys, signum):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "cifarlab", "train", *_args(tmp_path, "train.epochs=3")]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("smoke/*/checkpoints/last.pt")):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run_dir = _only_run(tmp_path)
+    assert process.returncode == 128 + signum, err
+    assert f"Resume with: cifarlab resume {run_dir}" in err and "Traceback" not in err
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert stopped["status"] == "interrupted" and 0 < stopped["step"] < 24
+
+    assert main(["resume", str(run_dir)]) == 0
+    capsys.readouterr()
+    _assert_same_run(run_dir, reference["plain"])
+
+
+def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path, reference, monkeypatch, capsys):
+    """Stop at step 20, corrupt last.pt: resume warns, takes last.prev.pt (step 18), drops the metrics.csv
+    row and TensorBoard events of step 20, and still ends identical to the uninterrupted run."""
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 20)
+        assert main(["train", *_args(tmp_path, "train.epochs=3", "output.tensorboard=true")]) == 130
+    run_dir = _only_run(tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flipped bits in the middle: torch.load may not notice, the sha256 does
+    last.write_bytes(bytes(data))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.prev.pt")["step"] == 18
+    assert any(row["step"] == "20" for row in _metrics(run_dir))
+
+    assert main(["resume", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "sha256 does not match" in err and "last.prev.pt" in err and "at epoch 3, batch 2 (step 18)" in err
+    _assert_same_run(run_dir, reference["plain"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert steps["train/loss_step"] == [4, 8, 12, 16, 20, 24]
+    assert steps["acc/test"] == steps["epoch"] == [8, 16, 24]
+
+
+def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monkeypatch, capsys):
+    """Weights blow up at step 11 (after the step-9 save): last.pt stays the step-9 state, marked in summary.json."""
+    real_step = loop.train_step
+
+    def train_step(state, inputs, labels):
+        if state.step + 1 == 11:
+            with torch.no_grad():
+                next(state.model.parameters()).fill_(float("inf"))
+        real_step(state, inputs, labels)
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+    assert main(["train", *_args(tmp_path, "train.epochs=3")]) == 3
+    run_dir = _only_run(tmp_path)
+    err = capsys.readouterr().err
+    assert "training diverged: non-finite loss at step 11 with lr" in err and "cifarlab lr-find smoke" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at"]["step"] == 11
+    assert summary["last_good_checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["step"] == 9 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"] == 1
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert main(["resume", str(run_dir)]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_huge_learning_rate_really_diverges_and_names_step_and_lr(tmp_path, capsys):
+    assert main(["train", *_args(tmp_path, "optim.lr=1e6")]) == 3
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("training diverged"))
+    assert "non-finite loss at step" in line and "with lr" in line and "lr-find" in line
+    assert "no checkpoint was written before it" in line
+    summary = json.loads((_only_run(tmp_path) / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["last_good_checkpoint"] is None
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("onecycle", {}), ("cosine", {"warmup_epochs": 1}), ("step", {"step_size": 1}),
+    ("multistep", {"milestones": [1, 2]}), ("plateau", {"patience": 0}),
+])
+def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, extra):
+    from cifarlab.config import ScheduleConfig
+    from cifarlab.train.checkpoint import save_checkpoint
+    from cifarlab.train.optim import Schedule
+
+    def fresh():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+        return opt, Schedule(opt, ScheduleConfig(name=name, **extra), 0.1, epochs=4, steps_per_epoch=5)
+
+    def advance(schedule, steps, start=0):
+        lrs = []
+        for k in range(start, start + steps):
+            schedule.optimizer.step()
+            schedule.after_step()
+            if (k + 1) % 5 == 0:
+                schedule.after_epoch({"test_loss": 1.0})  # a plateau: ReduceLROnPlateau must count it
+            lrs.append(schedule.lr)
+        return lrs
+
+    _, a = fresh()
+    full = advance(a, 20)
+    opt_b, b = fresh()
+    advance(b, 7)
+    save_checkpoint({"optimizer": opt_b.state_dict(), "schedule": b.state_dict()}, tmp_path / "s.pt")
+    blob = torch.load(tmp_path / "s.pt", weights_only=True)  # a plain torch.load ignores the sha256 trailer
+    opt_c, c = fresh()
+    opt_c.load_state_dict(blob["optimizer"])
+    c.load_state_dict(blob["schedule"])
+    assert advance(c, 13, start=7) == full[7:]
