@@ -168,18 +168,19 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 
 
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
-    _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
-              f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
-              f"device: {runtime.describe()}", runtime)
+    """Range test if asked, then the state; the run is announced only once nothing can be rejected."""
     extra = {}
     if cfg.schedule.lr_peak == "auto":
         from cifarlab.analysis.lr_search import find_peak_lr
 
         cfg, extra = find_peak_lr(cfg, runtime, dataset, run_dir)
-    if runtime.dist.is_main:
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     state = build_state(cfg, runtime, dataset, run_dir)
     state.extra.update(extra)
+    if runtime.dist.is_main:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
+              f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
+              f"device: {runtime.describe()}", runtime)
     return state
 
 
