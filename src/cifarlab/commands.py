@@ -1,7 +1,6 @@
 """The analysis subcommands: lr-find, summary, report, gradcam, compare, predict."""
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
