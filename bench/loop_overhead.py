@@ -1,0 +1,83 @@
+"""Loop overhead: cifarlab's `fit` and `train_epoch` vs a bare loop over the same on-device batches.
+
+Same model, precision, optimizer and DeviceLoader batches; only the loop differs. cifarlab's per-step
+extras are the LR schedule step, two device-side metric meters, the non-finite-loss check and the
+callbacks (StepWindow syncs every `log_every_steps`); `fit` adds the epoch end: evaluation of a
+one-batch test split, metrics.csv and a checkpoint. Runs alternate (bare, cifarlab, ...).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from common import bench_config, median_ratio, paired, spread, timed
+from cifarlab.experiment import build_state, default_callbacks, load_data
+from cifarlab.runtime import make_runtime
+from cifarlab.train.loop import fit, train_epoch
+
+
+def bare_epoch(state) -> int:
+    """The minimum: forward, loss, backward, step over the loader's batches."""
+    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
+    model.train()
+    images = 0
+    for inputs, labels in state.train_loader.batches(0):
+        with precision.autocast():
+            loss = loss_fn(model(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        images += labels.shape[0]
+    return images
+
+
+def cifarlab_fit(state, callbacks) -> int:
+    """One epoch of `fit`, evaluation and checkpoint included."""
+    state.epoch, state.batch_in_epoch, state.stop_reason = 0, 0, None
+    state.history.clear()
+    fit(state, callbacks)
+    return state.steps_per_epoch * state.train_loader.batch_size
+
+
+def cifarlab_epoch(state, callbacks) -> int:
+    state.batch_in_epoch = 0
+    train_epoch(state, callbacks)
+    return state.steps_per_epoch * state.train_loader.batch_size
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnet")
+    parser.add_argument("--width", type=int, default=16, help="convnet width")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    cfg = bench_config(args.model, args.width, args.batch_size, args.steps)
+    runtime = make_runtime(cfg.train, cfg.seed)
+    dataset = load_data(cfg.data)
+    results = {}
+    with TemporaryDirectory() as tmp:
+        state = build_state(cfg, runtime, dataset, Path(tmp))
+        callbacks = default_callbacks(cfg, Path(tmp), is_main=True)
+        bare = lambda: timed(lambda: bare_epoch(state))
+        bare()  # warm-up
+        for name, run in (("train_epoch", cifarlab_epoch), ("fit", cifarlab_fit)):
+            run(state, callbacks)  # warm-up
+            ours, base = paired(lambda: timed(lambda: run(state, callbacks)), bare, args.repeats)
+            slower = 100 * (1 / median_ratio(ours, base) - 1)
+            results[name] = {"cifarlab": ours, "bare": base, "slower_percent": slower}
+            print(f"loop overhead, cifarlab {name} vs bare loop ({args.model} width {args.width}, batch "
+                  f"{args.batch_size}, {args.steps} steps, {runtime.precision.name}, {args.repeats} pairs):\n"
+                  f"  cifarlab {name}: {spread(ours)} img/s\n  bare loop: {spread(base)} img/s\n"
+                  f"  cifarlab is {slower:+.1f}% slower (median of paired ratios; target <= 3%)", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
