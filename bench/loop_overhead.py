@@ -16,7 +16,7 @@ import torch
 from common import bench_config, median_ratio, paired, spread, timed
 from cifarlab.experiment import build_state, default_callbacks, load_data
 from cifarlab.runtime import make_runtime
-from cifarlab.train.loop import fit, train_epoch
+from cifarlab.training.loop import fit, train_epoch
 
 
 def bare_epoch(state) -> int:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from common import bench_config, median_ratio, paired, spread, timed
 from cifarlab.experiment import build_state, default_callbacks, load_data
 from cifarlab.runtime import make_runtime
-from cifarlab.train.loop import train_epoch
+from cifarlab.training.loop import train_epoch
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

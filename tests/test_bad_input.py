@@ -20,7 +20,7 @@ import torch
 from _formats import cifar_batch, serve, write_cifar_tar, write_idx_dataset
 from cifarlab.cli import main
 from cifarlab.data import sources
-from cifarlab.train.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
@@ -203,7 +203,7 @@ def _disk_full(monkeypatch, argv: list[str]) -> list[str]:
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("cifarlab.train.checkpoint.os.fsync", fsync)
+    monkeypatch.setattr("cifarlab.training.checkpoint.os.fsync", fsync)
     return argv
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cifarlab.errors import UserError
-from cifarlab.train import checkpoint as ckpt
-from cifarlab.train.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
+from cifarlab.training import checkpoint as ckpt
+from cifarlab.training.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
 
 
 def _payload(step: int) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cifarlab.experiment import evaluate_checkpoint
-from cifarlab.train.checkpoint import load_checkpoint
+from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Same global batch (64) in both runs; 2048 images make the accuracy a stable figure, 12 px keep it quick.

@@ -13,8 +13,8 @@ from cifarlab.data.normalize import normalize, to_float
 from cifarlab.data.sources import dataset_available
 from cifarlab.experiment import build_state, load_data
 from cifarlab.runtime import cpu_has_bf16, make_runtime, resolve_precision
-from cifarlab.train.loop import train_step
-from cifarlab.train.optim import Schedule
+from cifarlab.training.loop import train_step
+from cifarlab.training.optim import Schedule
 
 CPU = torch.device("cpu")
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from cifarlab.train import loop
-from cifarlab.train.checkpoint import load_checkpoint
+from cifarlab.training import loop
+from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
@@ -267,8 +267,8 @@ def test_huge_learning_rate_really_diverges_and_names_step_and_lr(tmp_path, caps
 ])
 def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, extra):
     from cifarlab.config import ScheduleConfig
-    from cifarlab.train.checkpoint import save_checkpoint
-    from cifarlab.train.optim import Schedule
+    from cifarlab.training.checkpoint import save_checkpoint
+    from cifarlab.training.optim import Schedule
 
     def fresh():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,12 +172,16 @@ def cmd_eval(args) -> int:
 
 
 def main(argv=None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made training
+    # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except UserError as err:
-        print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)

@@ -112,7 +112,7 @@ def cmd_predict(args) -> int:
 
     from cifarlab.analysis.predict import predict
     from cifarlab.data.images import read_image
-    from cifarlab.train.checkpoint import load_model
+    from cifarlab.training.checkpoint import load_model
 
     model, cfg, meta = load_model(args.checkpoint)
     channels, size = len(meta["mean"]), _image_size(cfg)
@@ -142,7 +142,7 @@ def cmd_gradcam(args) -> int:
     from cifarlab.data.images import read_image
     from cifarlab.data.normalize import normalize, to_float
     from cifarlab.experiment import load_data
-    from cifarlab.train.checkpoint import load_model
+    from cifarlab.training.checkpoint import load_model
 
     model, cfg, meta = load_model(args.checkpoint)
     classes, mean, std = meta["classes"], meta["mean"], meta["std"]

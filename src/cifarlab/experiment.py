@@ -25,11 +25,11 @@ from cifarlab.data.sources import Dataset, Split, load_dataset
 from cifarlab.errors import UserError
 from cifarlab.registry import create_model
 from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.train import callbacks as cb
-from cifarlab.train.checkpoint import atomic_write_text, load_checkpoint_with_path, restore, versions
-from cifarlab.train.loop import fit
-from cifarlab.train.optim import GradStep, Schedule, build_optimizer
-from cifarlab.train.state import TrainState
+from cifarlab.training import callbacks as cb
+from cifarlab.training.checkpoint import atomic_write_text, load_checkpoint_with_path, restore, versions
+from cifarlab.training.loop import fit
+from cifarlab.training.optim import GradStep, Schedule, build_optimizer
+from cifarlab.training.state import TrainState
 
 
 @dataclass
@@ -308,8 +308,8 @@ def _shared_run_dir(run_dir: Optional[Path], runtime: Runtime) -> Path:
 
 def evaluate_checkpoint(path: Union[str, Path], tta: bool = False) -> dict:
     """Test loss and accuracy of a checkpoint on its recipe's test split."""
-    from cifarlab.train.checkpoint import load_model
-    from cifarlab.train.loop import evaluate
+    from cifarlab.training.checkpoint import load_model
+    from cifarlab.training.loop import evaluate
 
     model, cfg, meta = load_model(Path(path))
     runtime = make_runtime(cfg.train.model_copy(update={"device": "auto"}), cfg.seed)

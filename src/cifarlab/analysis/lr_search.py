@@ -10,7 +10,7 @@ from cifarlab.analysis.lr_finder import RangeTestResult, plot_range_test, range_
 from cifarlab.config import Config
 from cifarlab.data.sources import Dataset
 from cifarlab.runtime import Runtime
-from cifarlab.train.checkpoint import atomic_write_text
+from cifarlab.training.checkpoint import atomic_write_text
 
 
 def _cycle(loader) -> Iterator:

@@ -66,7 +66,7 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
 def report_from_run_dir(run_dir, device: str = "cpu") -> Path:
     """`cifarlab report RUN_DIR`: load best.pt (else last.pt) and its dataset, then `analyze_run`."""
     from cifarlab.data.sources import Split, load_dataset
-    from cifarlab.train.checkpoint import load_model
+    from cifarlab.training.checkpoint import load_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

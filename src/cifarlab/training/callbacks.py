@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.train.checkpoint import atomic_write_text, make_payload, save_checkpoint
+from cifarlab.training.checkpoint import atomic_write_text, make_payload, save_checkpoint
 
 METRIC_COLUMNS = ["kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "elapsed_seconds", "images_per_second"]

@@ -7,8 +7,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cifarlab.train.callbacks import Callback
-from cifarlab.train.state import TrainState
+from cifarlab.training.callbacks import Callback
+from cifarlab.training.state import TrainState
 
 
 def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -63,6 +63,9 @@ def evaluate(model, loader, precision, tta: bool = False, dist=None) -> tuple[fl
 def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
     train_loss, train_acc = _reduced(state, state.epoch_meter)
     state.epoch_meter.reset()
+    if state.runtime.dist.enabled:  # every rank evaluates with rank 0's BatchNorm statistics
+        for buffer in state.eval_model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     test_loss, test_acc = evaluate(state.eval_model, state.test_loader, state.runtime.precision,
                                    state.cfg.train.tta, state.runtime.dist)
     state.epoch += 1

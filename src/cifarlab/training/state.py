@@ -11,7 +11,7 @@ from torch import nn
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.runtime import Runtime
-from cifarlab.train.optim import GradStep, Schedule
+from cifarlab.training.optim import GradStep, Schedule
 
 
 class Meter:
