@@ -116,3 +116,23 @@ def test_bad_override_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optim.lr" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing was created for a rejected config
+
+
+def test_demo_says_why_it_falls_back_to_fashion_mnist(monkeypatch, capsys):
+    import cifarlab.data.sources as sources
+    import cifarlab.experiment as experiment
+    from cifarlab.errors import UserError
+
+    def offline(name, *args, **kwargs):
+        raise UserError("could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+
+    trained = []
+    monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: False)
+    monkeypatch.setattr(sources, "load_dataset", offline)
+    monkeypatch.setattr(experiment, "train", lambda recipe, overrides: trained.append(recipe) or
+                        type("Run", (), {"run_dir": "runs/x", "summary": {"status": "completed"}})())
+    assert main(["demo"]) == 0
+    err = capsys.readouterr().err
+    assert trained == ["fmnist-quick"] and "CIFAR-10 is not cached and could not be downloaded" in err
+    monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: name == "cifar10")
+    assert main(["demo"]) == 0 and trained[-1] == "cifar10-quick"

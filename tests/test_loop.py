@@ -1,4 +1,5 @@
 """The core loop: it learns, its batches are reproducible and shardable, its schedule and precision are right."""
+import math
 import warnings
 from pathlib import Path
 
@@ -167,12 +168,35 @@ def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
 
 # ------------------------------------------------------------------------------------------ GPU recipes on a CPU
 
-@pytest.mark.parametrize("recipe", ["fast", "cifar10-quick"])
-def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, tmp_path):
-    """fastnet + whitening, alternating flip, EMA, flip TTA: the parts the GPU recipes use, on small synthetic data."""
+@pytest.mark.parametrize("recipe, model_options", [("fast", "{widths: [16, 32, 32]}"), ("cifar10-quick", "{width: 8}")])
+def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, model_options, tmp_path):
+    """fastnet + whitening, alternating flip, EMA, flip TTA: the parts the CIFAR recipes use, on small synthetic data."""
     run = train(recipe, QUIET + [
         f"output.dir={tmp_path}", "data.dataset=synthetic",
         "data.options={num_train: 1024, num_test: 256, image_size: 16}", "train.epochs=3", "train.batch_size=128",
-        "model.options={widths: [16, 32, 32]}", "checkpoint.every_epochs=100", "train.precision=auto"])
+        f"model.options={model_options}", "checkpoint.every_epochs=100", "train.precision=auto"])
     assert run.summary["status"] == "completed"
     assert run.best_test_acc > 0.5, f"{recipe} on easy synthetic data should learn, got {run.best_test_acc}"
+
+
+def test_flip_tta_loss_stays_finite_for_confident_wrong_predictions():
+    """Averaging softmaxes then taking log underflowed to log(0) = -inf; log-space averaging does not."""
+    from cifarlab.data.loader import DeviceLoader
+    from cifarlab.runtime import Precision
+    from cifarlab.training.loop import evaluate
+
+    class LeftOrRight(torch.nn.Module):  # class 0 if the left half is brighter, else 1; class 2 never
+        def forward(self, x):
+            left, right = x[..., : x.shape[-1] // 2].mean((1, 2, 3)), x[..., x.shape[-1] // 2:].mean((1, 2, 3))
+            logits = torch.full((x.shape[0], 3), -1e4)
+            logits[:, 0] = torch.where(left > right, 1e4, -1e4)
+            logits[:, 1] = -logits[:, 0]
+            return logits
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    images[..., :4] = 255
+    loader = DeviceLoader(images, torch.tensor([0, 1, 2, 2]), batch_size=4, device=torch.device("cpu"),
+                          mean=(0.5,), std=(0.5,), train=False, channels_last=False)
+    loss, acc = evaluate(LeftOrRight(), loader, Precision("fp32", "cpu"), tta=True)
+    assert math.isfinite(loss)  # labels 2 get probability ~0 from both views: -inf before the fix
+    assert acc == 0.25  # views disagree, classes 0 and 1 tie at 50% and argmax takes 0: only label 0 is right

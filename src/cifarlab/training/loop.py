@@ -19,8 +19,9 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
     state.schedule.after_step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
-    state.epoch_meter.update(loss, logits, labels)
-    state.window_meter.update(loss, logits, labels)
+    totals = state.epoch_meter.batch_totals(loss, logits, labels)
+    state.epoch_meter.add(totals)
+    state.window_meter.add(totals)
     # Remember the first non-finite loss (its 1-based step, as logged, and lr) on the device, without a
     # host sync; callbacks read it when they sync anyway.
     bad = ~torch.isfinite(loss.detach()) & (state.nonfinite_step < 0)
@@ -48,8 +49,9 @@ def evaluate(model, loader, precision, tta: bool = False, dist=None) -> tuple[fl
     for inputs, labels in loader:
         with precision.autocast():
             logits = model(inputs).float()
-            if tta:  # average the predictions for the image and its mirror
-                logits = (logits.softmax(1) + model(inputs.flip(3)).float().softmax(1)).div_(2).log_()
+            if tta:  # average the probabilities of the image and its mirror, in log space (no log(0))
+                mirrored = model(inputs.flip(3)).float()
+                logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
         totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         totals[1] += (logits.argmax(1) == labels).sum()
         totals[2] += labels.shape[0]
@@ -76,7 +78,7 @@ def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
         "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
         "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
     })
-    if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+    if not math.isfinite(train_loss):  # a huge test loss is overconfidence, not divergence
         state.stop_reason = "diverged"
         state.extra.setdefault("diverged_at", state.first_nonfinite() or {"step": state.step, "lr": state.lr})
     state.schedule.after_epoch(state.history[-1])

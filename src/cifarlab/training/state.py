@@ -20,12 +20,16 @@ class Meter:
     def __init__(self, device: torch.device):
         self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
 
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    @staticmethod
+    def batch_totals(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[loss*n, correct, n] of one batch, on the device."""
         n = labels.shape[0]
-        correct = (logits.argmax(dim=1) == labels).sum()
-        self.totals[0].add_(loss.detach().double() * n)
-        self.totals[1].add_(correct)
-        self.totals[2].add_(n)
+        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        count = torch.full((), float(n), dtype=torch.float64, device=labels.device)  # a fill, not a host copy
+        return torch.stack([loss.detach().double() * n, correct.double(), count])
+
+    def add(self, totals: torch.Tensor) -> None:
+        self.totals.add_(totals)
 
     def reset(self) -> None:
         self.totals.zero_()
