@@ -200,3 +200,17 @@ def test_flip_tta_loss_stays_finite_for_confident_wrong_predictions():
     loss, acc = evaluate(LeftOrRight(), loader, Precision("fp32", "cpu"), tta=True)
     assert math.isfinite(loss)  # labels 2 get probability ~0 from both views: -inf before the fix
     assert acc == 0.25  # views disagree, classes 0 and 1 tie at 50% and argmax takes 0: only label 0 is right
+
+
+def test_early_stop_ends_a_stalled_run_as_finished(tmp_path):
+    """A learning rate too small to move the weights: no improvement, so the run stops after `patience` epochs."""
+    from cifarlab import resume
+    from cifarlab.errors import UserError
+
+    run = train("smoke", QUIET + [f"output.dir={tmp_path}", "train.epochs=8", "optim.lr=1e-9",
+                                  "schedule.name=constant", "train.early_stop_patience=2",
+                                  "train.early_stop_min_delta=0.01"])
+    assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 3
+    assert run.summary["early_stop"] == {"epoch": 3, "best_epoch": 1}
+    with pytest.raises(UserError, match="already finished"):
+        resume(run.run_dir)

@@ -143,6 +143,8 @@ class TrainConfig(Section):
     ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
     log_every_steps: int = Field(default=50, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
+    early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor
+    early_stop_min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as better
 
 
 class CheckpointConfig(Section):

@@ -121,6 +121,9 @@ def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Mod
 
 def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks:
     callbacks: list[cb.Callback] = [cb.StepWindow(cfg.train.log_every_steps), cb.StopOnSignal()]
+    if cfg.train.early_stop_patience:
+        callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta,
+                                      cfg.checkpoint.monitor))
     if is_main:
         callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / "metrics.csv"),
                       cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs,
@@ -257,6 +260,8 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "lr_peak": state.extra.get("lr_peak"), "precision": state.runtime.precision.name,
         "device": state.runtime.describe(), "versions": versions(), "status": state.status,
     }
+    if "early_stop" in state.extra:
+        summary["early_stop"] = state.extra["early_stop"]
     if "diverged_at" in state.extra:
         summary["diverged_at"] = state.extra["diverged_at"]
     if state.status in ("diverged", "interrupted"):
@@ -282,6 +287,9 @@ def _closing_message(state: TrainState) -> str:
                 f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` (the LR range test) "
                 f"suggests one")
     best = state.best("test_acc")
+    if state.stop_reason == "early_stop":
+        stop = state.extra["early_stop"]
+        run_dir = f"{run_dir} (stopped early after epoch {stop['epoch']}: no improvement since epoch {stop['best_epoch']})"
     return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
 
 

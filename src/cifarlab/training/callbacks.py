@@ -245,7 +245,8 @@ class Checkpointer(Callback):
             self.save_last(state)
 
     def on_fit_end(self, state):
-        if state.stop_reason == "interrupted" and self._healthy(state):
+        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
+        if state.stop_reason in ("interrupted", "early_stop") and self._healthy(state):
             self.save_last(state)
 
 
@@ -287,3 +288,21 @@ class StopOnSignal(Callback):
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
         self.previous.clear()
+
+
+class EarlyStop(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "test_acc"):
+        self.patience, self.min_delta, self.monitor = patience, min_delta, monitor
+
+    def on_epoch_end(self, state):
+        sign = -1.0 if self.monitor.endswith("loss") else 1.0
+        best_epoch, best = 0, None
+        for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
+            if best is None or sign * (row[self.monitor] - best) > self.min_delta:
+                best_epoch, best = row["epoch"], row[self.monitor]
+        if state.epoch - best_epoch >= self.patience and not state.stop_reason:
+            state.stop_reason = "early_stop"
+            state.extra["early_stop"] = {"epoch": state.epoch, "best_epoch": best_epoch}
+
