@@ -225,29 +225,29 @@ class Checkpointer(Callback):
             state.status = "diverged"
         return False
 
-    def save_last(self, state) -> None:
-        path = self.directory / "last.pt"
-        save_checkpoint(make_payload(state), path)
-        state.last_checkpoint = {"path": str(path), "epoch": state.epoch, "step": state.step}
+    def save(self, state, *names: str) -> None:
+        save_checkpoint(make_payload(state), *(self.directory / name for name in names))
+        if "last.pt" in names:
+            state.last_checkpoint = {"path": str(self.directory / "last.pt"), "epoch": state.epoch, "step": state.step}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
                 and state.batch_in_epoch < state.steps_per_epoch and self._healthy(state):
-            self.save_last(state)
+            self.save(state, "last.pt")
 
     def on_epoch_end(self, state):
         if not self._healthy(state):
             return
-        best = state.best(self.monitor)
-        if best is state.history[-1]:
-            save_checkpoint(make_payload(state), self.directory / "best.pt")
+        names = ["best.pt"] if state.best(self.monitor) is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.epoch == state.cfg.train.epochs:
-            self.save_last(state)
+            names.append("last.pt")
+        if names:  # one serialisation for both files when the newest epoch is also the best
+            self.save(state, *names)
 
     def on_fit_end(self, state):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
         if state.stop_reason in ("interrupted", "early_stop") and self._healthy(state):
-            self.save_last(state)
+            self.save(state, "last.pt")
 
 
 class StopOnSignal(Callback):

@@ -141,14 +141,15 @@ def serialize(payload: dict[str, Any]) -> bytes:
     return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode() + b"\n"
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
+def save_checkpoint(payload: dict[str, Any], *paths: Path) -> None:
+    """Serialise once, write each of `paths` atomically (e.g. best.pt and last.pt of the same epoch)."""
     data = serialize(payload)
-    atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_path(path))
+    for path in map(Path, paths):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
+        atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_path(path))
 
 
 def _verified_body(path: Path, data: bytes) -> bytes:
