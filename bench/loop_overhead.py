@@ -2,7 +2,7 @@
 
 Same model, precision, optimizer and DeviceLoader batches; only the loop differs. cifarlab's per-step
 extras are the LR schedule step, two device-side metric meters, the non-finite-loss check and the
-callbacks (StepWindow syncs every `log_every_steps`); `fit` adds the epoch end: evaluation of a
+callbacks (the loop syncs every `log_every_steps`); `fit` adds the epoch end: evaluation of a
 one-batch test split, metrics.csv and a checkpoint. Runs alternate (bare, cifarlab, ...).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tempfile import TemporaryDirectory
 import torch
 
 from common import bench_config, median_ratio, paired, spread, timed
-from cifarlab.experiment import build_state, default_callbacks, load_data
+from cifarlab.training.build import build_state, default_callbacks, load_data
 from cifarlab.runtime import make_runtime
 from cifarlab.training.loop import fit, train_epoch
 

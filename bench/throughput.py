@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from common import bench_config, median_ratio, paired, spread, timed
-from cifarlab.experiment import build_state, default_callbacks, load_data
+from cifarlab.training.build import build_state, default_callbacks, load_data
 from cifarlab.runtime import make_runtime
 from cifarlab.training.loop import train_epoch
 

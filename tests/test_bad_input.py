@@ -203,7 +203,7 @@ def _disk_full(monkeypatch, argv: list[str]) -> list[str]:
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("cifarlab.training.checkpoint.os.fsync", fsync)
+    monkeypatch.setattr("cifarlab.atomic.os.fsync", fsync)
     return argv
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from cifarlab import atomic
 from cifarlab.errors import UserError
 from cifarlab.training import checkpoint as ckpt
 from cifarlab.training.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
@@ -78,7 +79,7 @@ def test_kill_during_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
             self.handle.write(data[: len(data) // 2])
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "open", HalfFile, raising=False)
+    monkeypatch.setattr(atomic, "open", HalfFile, raising=False)
     with pytest.raises(UserError, match="No space left on device"):
         save_checkpoint(_payload(2), path)
     monkeypatch.undo()

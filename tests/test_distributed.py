@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.experiment import evaluate_checkpoint
+from cifarlab.training.build import load_for_evaluation
 from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -71,7 +71,7 @@ def test_metrics_count_every_test_image_once_and_only_rank_0_writes(ddp_runs):
     # The evaluation is reduced over both ranks' shards; one process evaluating rank 0's weights on all 512
     # test images must agree (up to rank 1 using its own BatchNorm running statistics for its shard).
     summary = json.loads((run / "summary.json").read_text())
-    single = evaluate_checkpoint(run / "checkpoints" / "last.pt")
+    single = load_for_evaluation(run / "checkpoints" / "last.pt").test_metrics()
     assert single["images"] == 512
     assert abs(single["test_acc"] - summary["final_test_acc"]) < 0.03, (single, summary["final_test_acc"])
 

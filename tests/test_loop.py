@@ -12,7 +12,7 @@ from cifarlab.data.augment import build_augment
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.data.sources import dataset_available
-from cifarlab.experiment import build_state, load_data
+from cifarlab.training.build import build_state, load_data
 from cifarlab.runtime import cpu_has_bf16, make_runtime, resolve_precision
 from cifarlab.training.loop import train_step
 from cifarlab.training.optim import Schedule

@@ -16,7 +16,7 @@ from torch import nn
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
-from cifarlab.analysis.summary import model_summary
+from cifarlab.analysis.model_summary import model_summary
 from cifarlab.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -63,11 +62,6 @@ def build_parser() -> Parser:
     p.add_argument("recipe")
     _overrides(p)
     p.set_defaults(run=cmd_show)
-
-    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
-    p.set_defaults(run=cmd_eval)
 
     from cifarlab import commands
 
@@ -157,17 +151,6 @@ def cmd_show(args) -> int:
     from cifarlab.config import load_config
 
     print(load_config(args.recipe, args.overrides).to_yaml(), end="")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from cifarlab.experiment import evaluate_checkpoint
-
-    result = evaluate_checkpoint(args.checkpoint, tta=args.tta)
-    n = result["images"]
-    print(f"Test set: Average loss: {result['test_loss']:.4f}, "
-          f"Accuracy: {round(result['test_acc'] * n)}/{n} ({100 * result['test_acc']:.2f}%)")
-    print(json.dumps(result))
     return 0
 
 

@@ -1,4 +1,7 @@
-"""The analysis subcommands: lr-find, summary, report, gradcam, compare, predict."""
+"""The analysis subcommands: eval, lr-find, summary, report, gradcam, compare, predict.
+
+eval, report, predict and gradcam evaluate a checkpoint the way its run did (its precision, its TTA)
+unless a flag says otherwise, so one checkpoint has one accuracy everywhere."""
 from __future__ import annotations
 
 import sys
@@ -7,12 +10,20 @@ from pathlib import Path
 
 from cifarlab.errors import UserError
 
-# (channels, size, classes) per dataset, so `summary` needs no data on disk.
-INPUT_SHAPES = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion_mnist": (1, 28, 10),
-                "mnist": (1, 28, 10), "synthetic": (3, 32, 10)}
+def _tta_flags(p) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tta", dest="tta", action="store_true", default=None,
+                       help="average with horizontally flipped images (default: as the run trained, train.tta)")
+    group.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
 
 
 def add_analysis_commands(sub) -> None:
+    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did")
+    p.add_argument("checkpoint", type=Path)
+    _tta_flags(p)
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
+    p.set_defaults(run=cmd_eval)
+
     p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. lr_find.end_lr=1 lr_find.num_iter=200")
@@ -50,11 +61,23 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_predict)
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from cifarlab.training.build import load_for_evaluation
+
+    result = load_for_evaluation(args.checkpoint, precision=args.precision).test_metrics(args.tta)
+    n, acc = result["images"], result["test_acc"]
+    print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
+    print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
+    return 0
+
+
 def cmd_lr_find(args) -> int:
     from cifarlab.analysis.lr_search import describe, run_range_test, save_range_test
     from cifarlab.config import load_config
-    from cifarlab.experiment import load_data
     from cifarlab.runtime import make_runtime
+    from cifarlab.training.build import load_data
 
     cfg = load_config(args.recipe, args.overrides)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
@@ -75,15 +98,15 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def cmd_summary(args) -> int:
-    from cifarlab.analysis.summary import model_summary
+    from cifarlab.analysis.model_summary import model_summary
     from cifarlab.registry import create_model
+
+    from cifarlab.data.sources import dataset_shape
 
     settings = _settings(args.settings)
     dataset = settings.pop("dataset", "cifar10")
     batch_size = int(settings.pop("batch_size", 1))
-    if dataset not in INPUT_SHAPES:
-        raise UserError(f"unknown dataset {dataset!r}; choose from: {', '.join(INPUT_SHAPES)}")
-    channels, size, classes = INPUT_SHAPES[dataset]
+    channels, size, classes = dataset_shape(dataset)
     model = create_model(args.model, num_classes=classes, in_channels=channels, **settings)
     print(model_summary(model, (channels, size, size), batch_size))
     return 0
@@ -107,18 +130,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _predictions(loaded, images, labels=None):
+    """Predictions for uint8 images under a loaded checkpoint, with its precision and TTA."""
     import torch
 
     from cifarlab.analysis.predict import predict
-    from cifarlab.data.images import read_image
-    from cifarlab.training.checkpoint import load_model
 
-    model, cfg, meta = load_model(args.checkpoint)
-    channels, size = len(meta["mean"]), _image_size(cfg)
+    labels = torch.zeros(len(images), dtype=torch.long) if labels is None else labels
+    return predict(loaded.model, images, labels, loaded.meta["mean"], loaded.meta["std"], tta=loaded.tta,
+                   autocast=loaded.runtime.precision.autocast, channels_last=loaded.runtime.channels_last)
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from cifarlab.data.images import read_image
+    from cifarlab.training.build import load_for_evaluation
+
+    loaded = load_for_evaluation(args.checkpoint)
+    meta = loaded.meta
+    channels, size = len(meta["mean"]), _image_size(loaded)
     images = torch.stack([read_image(path, channels, size) for path in args.images])
-    labels = torch.zeros(len(images), dtype=torch.long)
-    probs = predict(model, images, labels, meta["mean"], meta["std"]).probs
+    probs = _predictions(loaded, images).probs
     top = min(args.top, probs.shape[1])
     for path, row in zip(args.images, probs):
         values, indices = row.topk(top)
@@ -127,10 +160,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _image_size(cfg) -> int:
-    if cfg.data.dataset in INPUT_SHAPES and cfg.data.dataset != "synthetic":
-        return INPUT_SHAPES[cfg.data.dataset][1]
-    return int(cfg.data.options.get("image_size", 32))
+def _image_size(loaded) -> int:
+    """The image size the checkpoint's model was trained on (stored since format 1.1; else its dataset's)."""
+    from cifarlab.data.sources import dataset_shape
+
+    data = loaded.cfg.data
+    return loaded.meta.get("image_size") or dataset_shape(data.dataset, **data.options)[1]
 
 
 def cmd_gradcam(args) -> int:
@@ -138,19 +173,17 @@ def cmd_gradcam(args) -> int:
 
     from cifarlab.analysis.gradcam import gradcam
     from cifarlab.analysis.plots import plot_gradcam
-    from cifarlab.analysis.predict import predict
     from cifarlab.data.images import read_image
     from cifarlab.data.normalize import normalize, to_float
-    from cifarlab.experiment import load_data
-    from cifarlab.training.checkpoint import load_model
+    from cifarlab.training.build import load_for_evaluation
 
-    model, cfg, meta = load_model(args.checkpoint)
+    loaded = load_for_evaluation(args.checkpoint)
+    model, meta = loaded.model, loaded.meta
     classes, mean, std = meta["classes"], meta["mean"], meta["std"]
     if args.images == "misclassified" or args.images.replace(",", "").isdigit():
-        test = load_data(cfg.data).test
+        test = loaded.test_data().test
         if args.images == "misclassified":
-            found = predict(model, test.images, test.labels, mean, std)
-            chosen = found.misclassified(args.count)
+            chosen = _predictions(loaded, test.images, test.labels).misclassified(args.count)
         else:
             chosen = torch.tensor([int(i) for i in args.images.split(",")])
             if chosen.max() >= len(test.labels) or chosen.min() < 0:
@@ -159,9 +192,9 @@ def cmd_gradcam(args) -> int:
         names = [f"#{i}" for i in chosen.tolist()]
     else:
         paths = [Path(p) for p in args.images.split(",")]
-        images = torch.stack([read_image(p, len(mean), _image_size(cfg)) for p in paths])
+        images = torch.stack([read_image(p, len(mean), _image_size(loaded)) for p in paths])
         labels, names = None, [p.name for p in paths]
-    probs = predict(model, images, torch.zeros(len(images), dtype=torch.long), mean, std).probs
+    probs = _predictions(loaded, images).probs
     top2 = probs.topk(min(2, probs.shape[1]), dim=1).indices
     preds = top2[:, 0]
     second = labels if labels is not None else top2[:, -1]  # own images: compare with the runner-up class

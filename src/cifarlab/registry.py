@@ -54,3 +54,9 @@ def create_model(name: str, **kwargs):
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+def build_model(model_cfg, num_classes: int, in_channels: int):
+    """The model a config's `model` section names, for `num_classes` classes of `in_channels`-channel images."""
+    return create_model(model_cfg.name, num_classes=num_classes, in_channels=in_channels,
+                        norm=model_cfg.norm, dropout=model_cfg.dropout, **model_cfg.options)

@@ -1,19 +1,13 @@
-"""Several runs side by side: the "Accuracy Report" table and overlaid test curves.
-
-Also the two readers every analysis of a run directory starts from: `read_summary` and `read_metrics`.
-"""
+"""Several runs side by side: the "Accuracy Report" table and overlaid test curves."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+from cifarlab.analysis.report import markdown_table
 from cifarlab.errors import UserError
-
-METRICS_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                   "elapsed_seconds", "images_per_second")
-_INT_COLUMNS = ("epoch", "step")
+from cifarlab.rundir import read_metrics, read_summary
 
 # (row key, markdown header) in table order.
 COLUMNS = (
@@ -34,42 +28,6 @@ class ComparisonFiles(NamedTuple):
     markdown: Path
     csv: Path
     plot: Path
-
-
-# ---------------------------------------------------------------- run directory readers
-
-def read_summary(run_dir: str | Path) -> dict:
-    """summary.json of a run, or a UserError naming the directory."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise UserError(f"{str(run_dir)!r} has no summary.json: not a cifarlab run directory, or the run never finished an epoch")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{str(path)!r} is not valid JSON: {err}") from None
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.csv rows with numbers parsed (epoch/step int, the rest float) and empty cells as None.
-
-    A run without metrics.csv has no rows.
-    """
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [_parse_row(row) for row in csv.DictReader(f)]
-
-
-def _parse_row(row: dict[str, str]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {"kind": row.get("kind", "")}
-    for key in METRICS_COLUMNS[1:]:
-        cell = (row.get(key) or "").strip()
-        if cell == "":
-            parsed[key] = None
-        else:
-            parsed[key] = int(float(cell)) if key in _INT_COLUMNS else float(cell)
-    return parsed
 
 
 # ---------------------------------------------------------------- the table
@@ -133,12 +91,8 @@ def format_duration(seconds: float) -> str:
 
 
 def to_markdown(rows: Sequence[dict]) -> str:
-    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    lines = [header, rule]
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table([title for _, title in COLUMNS], [[format_cell(key, row.get(key)) for key, _ in COLUMNS]
+                                                              for row in rows])
 
 
 def to_csv(rows: Sequence[dict], path: str | Path) -> Path:

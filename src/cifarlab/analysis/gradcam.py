@@ -12,24 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import UserError
+from cifarlab.training.evaluate import eval_mode, model_device
 
 Method = Literal["gradcam", "gradcam++"]
-
-
-def _modes(model: nn.Module) -> dict[nn.Module, bool]:
-    return {module: module.training for module in model.modules()}
-
-
-def _restore_modes(modes: dict[nn.Module, bool]) -> None:
-    for module, training in modes.items():
-        module.training = training
-
-
-def _device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def default_target_layer(model: nn.Module, input_shape: tuple[int, int, int, int]) -> str:
@@ -49,18 +34,15 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, int, int, int
             order[0] += 1
         return hook
 
-    modes = _modes(model)
     handles = [module.register_forward_hook(hook_for(name)) for name, module in model.named_modules() if name]
     try:
-        model.eval()
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        with torch.no_grad():
-            model(torch.zeros(input_shape, device=_device(model), dtype=dtype))
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(input_shape, device=model_device(model), dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
-        _restore_modes(modes)
     if not finished:
         raise UserError(f"no layer of {type(model).__name__} outputs a feature map of at least 4x4 "
                         f"for input shape {tuple(input_shape)}; pass the Grad-CAM layer by name")
@@ -120,11 +102,9 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_classes: torch.Tensor
     module = _find_layer(model, name)
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda mod, args, output: captured.append(output))
-    modes = _modes(model)
-    device = _device(model)
+    device = model_device(model)
     try:
-        model.eval()
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             # A leaf that requires grad makes the activations differentiable even for frozen weights.
             x = inputs.detach().to(device).clone().requires_grad_(True)
             logits = model(x)
@@ -136,7 +116,6 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_classes: torch.Tensor
             (grads,) = torch.autograd.grad(scores, activations)
     finally:
         handle.remove()
-        _restore_modes(modes)
     activations, grads = activations.detach().float(), grads.float()
     weights = _channel_weights(activations, grads, method)
     maps = F.relu((weights[:, :, None, None] * activations).sum(dim=1, keepdim=True))

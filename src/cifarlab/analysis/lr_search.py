@@ -10,7 +10,7 @@ from cifarlab.analysis.lr_finder import RangeTestResult, plot_range_test, range_
 from cifarlab.config import Config
 from cifarlab.data.sources import Dataset
 from cifarlab.runtime import Runtime
-from cifarlab.training.checkpoint import atomic_write_text
+from cifarlab.atomic import atomic_write_text
 
 
 def _cycle(loader) -> Iterator:
@@ -23,7 +23,7 @@ def _cycle(loader) -> Iterator:
 
 def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTestResult:
     """The range test on a freshly built model and optimizer of this recipe (weights are left untouched)."""
-    from cifarlab.experiment import build_state
+    from cifarlab.training.build import build_state
 
     state = build_state(cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"lr_peak": None})}),
                         runtime, dataset, run_dir=Path("."))

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.data.normalize import normalize, to_float
+from cifarlab.training.evaluate import eval_mode, log_probs, model_device
 
 
 @dataclass
@@ -43,26 +42,6 @@ class Predictions:
         return wrong[order][:limit]
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _log_probs(model, inputs, autocast, tta: bool) -> torch.Tensor:
-    """(B, K) float32 log-probabilities; with TTA the log of the mean of the two softmaxes."""
-    with autocast():
-        logits = model(inputs)
-    log_probs = F.log_softmax(logits.float(), dim=1)
-    if not tta:
-        return log_probs
-    with autocast():
-        flipped = model(inputs.flip(3))
-    both = torch.stack([log_probs, F.log_softmax(flipped.float(), dim=1)])
-    return torch.logsumexp(both, dim=0) - math.log(2.0)  # log((p + p_flip) / 2), exact for tiny p
-
-
 def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
             std: Sequence[float], batch_size: int = 1000,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, tta: bool = False,
@@ -78,22 +57,16 @@ def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, 
                          f"{len(labels)} labels for {len(images_uint8)} images")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device = torch.device(device) if device is not None else _model_device(model)
-    modes = {module: module.training for module in model.modules()}
+    device = torch.device(device) if device is not None else model_device(model)
     chunks = []
-    try:
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(images_uint8), batch_size):
-                batch = images_uint8[start:start + batch_size].to(device, non_blocking=True)
-                inputs = normalize(to_float(batch), mean, std, channels_last=channels_last)
-                chunks.append(_log_probs(model, inputs, autocast, tta))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(images_uint8), batch_size):
+            batch = images_uint8[start:start + batch_size].to(device, non_blocking=True)
+            inputs = normalize(to_float(batch), mean, std, channels_last=channels_last)
+            chunks.append(log_probs(model, inputs, autocast, tta))
     # Outside inference_mode, so the results are ordinary tensors users may modify or differentiate.
-    log_probs = torch.cat(chunks)
-    losses = -log_probs.gather(1, labels.to(device, dtype=torch.long).view(-1, 1))
-    on_cpu = torch.cat([log_probs.exp(), losses], dim=1).cpu()  # one transfer
+    scores = torch.cat(chunks)
+    losses = -scores.gather(1, labels.to(device, dtype=torch.long).view(-1, 1))
+    on_cpu = torch.cat([scores.exp(), losses], dim=1).cpu()  # one transfer
     return Predictions(probs=on_cpu[:, :-1].contiguous(), labels=labels.detach().to("cpu", torch.long),
                        losses=on_cpu[:, -1].contiguous())

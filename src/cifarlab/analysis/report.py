@@ -11,7 +11,7 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 # The sections a full run report has, in order (`analyze_run` builds them).
 SECTION_TITLES = (
@@ -90,6 +90,13 @@ def render_markdown(title: str, sections: Sequence[Section]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; `|` inside a cell is escaped."""
+    def cells(values):
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+    return "\n".join([cells(header), "|" + "|".join("---" for _ in header) + "|", *map(cells, rows)]) + "\n"
+
+
 def _markdown_block(block: Block) -> list[str]:
     if isinstance(block, Text):
         return [block.text]
@@ -101,9 +108,7 @@ def _markdown_block(block: Block) -> list[str]:
     if isinstance(block, Image):
         return [f"![{block.caption}]({block.path})"]
     if isinstance(block, Table):
-        def cells(values):
-            return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
-        return [cells(block.header), "|" + "|".join("---" for _ in block.header) + "|"] + [cells(r) for r in block.rows]
+        return markdown_table(block.header, block.rows).splitlines()
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 

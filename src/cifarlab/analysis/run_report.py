@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,9 +15,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from cifarlab.analysis import plots
-from cifarlab.analysis.compare import format_cell, read_metrics
-from cifarlab.analysis.report import Bullets, Code, Image, Section, Table, Text, write_report
+from cifarlab.analysis.compare import format_cell
+from cifarlab.analysis.report import Bullets, Code, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.errors import UserError
+from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_checkpoint
 
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
@@ -35,13 +35,14 @@ SUMMARY_FIELDS = (  # (summary.json key, label in the report)
 
 def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, device="cpu", gallery_size: int = 20,
                 gradcam_count: int = 10, gradcam_layer: Optional[str] = None, gradcam_method: str = "gradcam") -> Path:
-    """Write every plot, table and the report for `model` (trained by `cfg`) on `dataset`; returns report.md."""
+    """Write every plot, table and the report for `model` (trained by `cfg`) on `dataset`, evaluated as in
+    training (`autocast` of the run's precision, the recipe's TTA); returns report.md."""
     from cifarlab.analysis.predict import predict
 
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_summary(run_dir, required=False)
     metrics = read_metrics(run_dir)
-    mean, std = _stats(cfg, dataset)
+    mean, std = dataset.mean, dataset.std
     test = dataset.test
     predictions = predict(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
                           autocast=autocast, tta=cfg.train.tta, device=device, channels_last=cfg.train.channels_last)
@@ -63,37 +64,26 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     return md_path
 
 
-def report_from_run_dir(run_dir, device: str = "cpu") -> Path:
-    """`cifarlab report RUN_DIR`: load best.pt (else last.pt) and its dataset, then `analyze_run`."""
-    from cifarlab.data.sources import Split, load_dataset
-    from cifarlab.training.checkpoint import load_model
+def report_from_run_dir(run_dir, dataset=None, device: str = "auto") -> Path:
+    """`cifarlab report RUN_DIR`: best.pt (else last.pt) on the run's own test split (`dataset`, when the
+    caller has it loaded already), evaluated with the run's precision and TTA, then `analyze_run`."""
+    from cifarlab.training.build import load_for_evaluation
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {str(run_dir)!r} does not exist")
-    checkpoint = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
+    checkpoint = report_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"{str(run_dir)!r} has no checkpoints/best.pt or checkpoints/last.pt to report on")
-    model, cfg, meta = load_model(checkpoint, device=device)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.dir, download=cfg.data.download, **cfg.data.options)
-    if cfg.data.test_subset:
-        n = cfg.data.test_subset
-        dataset = dataclasses.replace(dataset, test=Split(dataset.test.images[:n], dataset.test.labels[:n]))
-    # The checkpoint's statistics are the ones the model was trained with.
-    dataset = dataclasses.replace(dataset, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    return analyze_run(run_dir, model, dataset, cfg, device=device)
+    loaded = load_for_evaluation(checkpoint, device=device)
+    return analyze_run(run_dir, loaded.model, dataset or loaded.test_data(), loaded.cfg,
+                       autocast=loaded.runtime.precision.autocast, device=loaded.runtime.device)
 
 
 # ---------------------------------------------------------------- helpers
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _stats(cfg, dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean = cfg.data.mean if cfg.data.mean is not None else dataset.mean
-    std = cfg.data.std if cfg.data.std is not None else dataset.std
-    return tuple(mean), tuple(std)
 
 
 def _cpu(tensor: Any) -> torch.Tensor:
@@ -107,9 +97,7 @@ def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    (tables / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (tables / f"{name}.md").write_text(markdown_table(header, rows))
 
 
 # ---------------------------------------------------------------- sections
@@ -171,10 +159,10 @@ def _lr_find_section(run_dir: Path) -> Optional[Section]:
 
 
 def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) -> Section:
-    from cifarlab.analysis.summary import model_summary
+    from cifarlab.analysis.model_summary import model_summary
 
     text = model_summary(model, input_shape, batch_size)
-    (run_dir / "model_summary.txt").write_text(text + "\n")
+    (run_dir / MODEL_SUMMARY).write_text(text + "\n")
     return Section("Model summary", [Text(f"For a batch of {batch_size}; also in model_summary.txt."), Code(text)])
 
 

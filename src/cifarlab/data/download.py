@@ -1,4 +1,4 @@
-"""Getting dataset files onto disk safely: checksummed downloads, safe extraction, atomic writes.
+"""Getting dataset files onto disk safely: checksummed downloads, safe extraction.
 
 `fetch` is the only function that touches the network. It writes `<dest>.part` while it computes the
 md5, and renames it to `dest` only when the checksum matches, so `dest` is either complete and verified
@@ -15,8 +15,6 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-import torch
 
 from cifarlab.errors import UserError
 
@@ -105,16 +103,3 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
         # tarfile's ReadError lists every compression it tried, one per line: keep the message on one line.
         reason = "not a readable tar archive" if isinstance(e, tarfile.ReadError) else " ".join(str(e).split())
         raise UserError(f"{archive} could not be extracted ({reason}); delete it to download again") from None
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, fsync, then rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

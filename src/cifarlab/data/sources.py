@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.data.download import DownloadError, fetch, safe_extract, save_atomic, verify_md5
+from cifarlab.atomic import atomic_write
+from cifarlab.data.download import DownloadError, fetch, safe_extract, verify_md5
 from cifarlab.data.formats import CIFAR10_LAYOUT, CIFAR100_LAYOUT, CifarLayout, read_cifar, read_idx_images, read_idx_labels
 from cifarlab.errors import UserError
 
@@ -75,6 +76,7 @@ class Source:
 
     base_url: str
     files: tuple[tuple[str, str], ...]  # (file name, md5)
+    shape: tuple[int, int, int]  # (channels, image size, classes), known without the files
     classes: tuple[str, ...] = ()  # fixed class names; CIFAR reads them from the archive
     cifar_layout: CifarLayout | None = None  # None: IDX files
     os_dir: Path | None = None
@@ -85,17 +87,20 @@ SOURCES: dict[str, Source] = {
     "cifar10": Source(
         base_url="https://www.cs.toronto.edu/~kriz/",
         files=(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
+        shape=(3, 32, 10),
         cifar_layout=CIFAR10_LAYOUT,
     ),
     "cifar100": Source(
         base_url="https://www.cs.toronto.edu/~kriz/",
         files=(("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
+        shape=(3, 32, 100),
         cifar_layout=CIFAR100_LAYOUT,
     ),
     "fashion_mnist": Source(
         base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         files=tuple(zip(IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                                     "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+        shape=(1, 28, 10),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         os_dir=Path("/usr/share/datasets/fashion-mnist"),
         os_package="dataset-fashion-mnist",
@@ -104,6 +109,7 @@ SOURCES: dict[str, Source] = {
         base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",
         files=tuple(zip(IDX_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
                                     "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+        shape=(1, 28, 10),
         classes=tuple(str(digit) for digit in range(10)),
         os_dir=Path("/usr/share/datasets/mnist"),
     ),
@@ -121,6 +127,14 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 def list_datasets() -> list[str]:
     return sorted([*SOURCES, "synthetic"])
+
+
+def dataset_shape(name: str, **options) -> tuple[int, int, int]:
+    """(channels, image size, classes) of a dataset, without reading its files."""
+    if name == "synthetic":
+        settings = _synthetic_settings(options)
+        return settings["channels"], settings["image_size"], settings["num_classes"]
+    return _source(name).shape
 
 
 def _source(name: str) -> Source:
@@ -256,8 +270,8 @@ def _write_cache(dataset: Dataset, path: Path) -> None:
         "origin": dataset.origin,
     }
     try:
-        save_atomic(blob, path)
-    except OSError as e:  # a read-only data dir only costs a slower next load
+        atomic_write(path, lambda handle: torch.save(blob, handle))
+    except UserError as e:  # a read-only data dir only costs a slower next load
         log.warning("could not write the dataset cache %s (%s); the next load decodes again", path, e)
 
 

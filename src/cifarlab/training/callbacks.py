@@ -1,7 +1,8 @@
 """Everything optional around the loop: named no-op hooks that see one `TrainState`.
 
-Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end. Callbacks that read
-metrics do so only every `log_every_steps` steps, the one place the loop synchronises with the device.
+Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end. Callbacks never
+synchronise with the device themselves: they read what the loop publishes at its sync points
+(`state.window` every `train.log_every_steps` steps, `state.history` at the epoch end).
 """
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
 
-from cifarlab.training.checkpoint import atomic_write_text, make_payload, save_checkpoint
-
-METRIC_COLUMNS = ["kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                  "elapsed_seconds", "images_per_second"]
+from cifarlab.atomic import atomic_write_text
+from cifarlab.rundir import METRIC_COLUMNS, is_whole_row
+from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
 
 
 class Callback:
@@ -44,24 +43,6 @@ class Callbacks(Callback):
     def on_fit_end(self, state): self._fire("on_fit_end", state)
 
 
-class StepWindow(Callback):
-    """Every log_every_steps steps: read the window meter once and publish it as `state.extra['window']`."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def on_step_end(self, state):
-        if state.step % self.every == 0 or state.batch_in_epoch == state.steps_per_epoch:
-            loss, acc, _ = state.window_meter.read()
-            state.window_meter.reset()
-            state.extra["window"] = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
-                                     "train_loss": loss, "train_acc": acc}
-            bad = state.first_nonfinite()
-            if bad is not None:
-                state.stop_reason = "diverged"
-                state.extra["diverged_at"] = bad
-
-
 class Progress(Callback):
     """A tqdm bar per epoch (plain lines when not a terminal) and the references' per-epoch test line."""
 
@@ -85,7 +66,7 @@ class Progress(Callback):
             print(f"Epoch {state.epoch + 1}/{total}", file=self.stream, flush=True)
 
     def on_step_end(self, state):
-        window = state.extra.get("window")
+        window = state.window
         fresh = window is not None and window is not self._shown
         if fresh:
             self._shown = window
@@ -136,7 +117,7 @@ class CSVLogger(Callback):
     def _rows_up_to(self, step: int) -> list[dict]:
         with open(self.path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        return [row for row in rows if _whole_row(row) and int(row["step"]) <= step]
+        return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
     def _append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:
@@ -144,18 +125,13 @@ class CSVLogger(Callback):
                 {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
 
     def on_step_end(self, state):
-        window = state.extra.get("window")
+        window = state.window
         if window is not None and window is not self._last_window:
             self._last_window = window
             self._append({"kind": "step", **window})
 
     def on_epoch_end(self, state):
         self._append({"kind": "epoch", **state.history[-1]})
-
-
-def _whole_row(row: dict) -> bool:
-    return row.get("kind") in ("step", "epoch") and None not in row and row.get("images_per_second") is not None \
-        and (row.get("step") or "").isdigit()
 
 
 def _cell(value) -> str:
@@ -179,7 +155,7 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
     def on_step_end(self, state):
-        window = state.extra.get("window")
+        window = state.window
         if window is not None and window is not self._last_window:
             self._last_window = window
             self.writer.add_scalar("train/loss_step", window["train_loss"], window["step"])
@@ -203,27 +179,12 @@ class TensorBoard(Callback):
 class Checkpointer(Callback):
     """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
 
-    Never saves weights that are not finite: after a divergence, last.pt stays the last good state
-    (`state.last_checkpoint` says which)."""
+    It only saves: whether the weights are still good is the loop's call (`state.stop_reason`), so after
+    a divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
 
     def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None, monitor: str = "test_acc"):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps, self.monitor = every_epochs, every_steps, monitor
-
-    def _healthy(self, state) -> bool:
-        """False (and the run marked diverged) once a loss or a weight is NaN/inf; one device sync."""
-        if state.stop_reason == "diverged":
-            return False
-        finite = torch.stack([torch.isfinite(t).all() for t in state.model.state_dict().values()
-                              if t.is_floating_point()]).all()
-        bad = state.first_nonfinite()
-        if bad is None and bool(finite):
-            return True
-        state.stop_reason = "diverged"
-        state.extra.setdefault("diverged_at", bad or {"step": state.step, "lr": state.lr})
-        if state.status != "running":  # found at the very end (on_fit_end): the run did not just stop, it broke
-            state.status = "diverged"
-        return False
 
     def save(self, state, *names: str) -> None:
         save_checkpoint(make_payload(state), *(self.directory / name for name in names))
@@ -232,22 +193,29 @@ class Checkpointer(Callback):
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
-                and state.batch_in_epoch < state.steps_per_epoch and self._healthy(state):
+                and state.batch_in_epoch < state.steps_per_epoch and state.stop_reason != "diverged":
             self.save(state, "last.pt")
 
     def on_epoch_end(self, state):
-        if not self._healthy(state):
+        if state.stop_reason == "diverged":
             return
         names = ["best.pt"] if state.best(self.monitor) is state.history[-1] else []
-        if state.epoch % self.every_epochs == 0 or state.epoch == state.cfg.train.epochs:
+        if state.epoch % self.every_epochs == 0 or state.status == "completed":
             names.append("last.pt")
         if names:  # one serialisation for both files when the newest epoch is also the best
             self.save(state, *names)
 
     def on_fit_end(self, state):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
-        if state.stop_reason in ("interrupted", "early_stop") and self._healthy(state):
+        if state.stop_reason in ("interrupted", "early_stop"):
             self.save(state, "last.pt")
+        best = self.directory / "best.pt"
+        if state.status == "completed" and best.is_file():
+            # best.pt was written while the run was still running: say now that its run finished.
+            payload = load_checkpoint(best)
+            if payload["status"] != "completed":
+                payload["status"] = "completed"
+                save_checkpoint(payload, best)
 
 
 class StopOnSignal(Callback):
@@ -268,8 +236,7 @@ class StopOnSignal(Callback):
                 os.kill(os.getpid(), signum)
                 return
             state.stop_reason = "interrupted"
-            state.extra["signal"] = signal.Signals(signum).name
-            state.extra["signal_number"] = int(signum)
+            state.signal_name, state.signal_number = signal.Signals(signum).name, int(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -281,7 +248,7 @@ class StopOnSignal(Callback):
         # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
         if state.stop_reason == "interrupted" and not self._told:
             self._told = True
-            print(f"\n{state.extra.get('signal', 'signal')} received: finishing step {state.step} and saving a "
+            print(f"\n{state.signal_name or 'signal'} received: finishing step {state.step} and saving a "
                   f"checkpoint (send it again to stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
@@ -304,5 +271,5 @@ class EarlyStop(Callback):
                 best_epoch, best = row["epoch"], row[self.monitor]
         if state.epoch - best_epoch >= self.patience and not state.stop_reason:
             state.stop_reason = "early_stop"
-            state.extra["early_stop"] = {"epoch": state.epoch, "best_epoch": best_epoch}
+            state.early_stop = {"epoch": state.epoch, "best_epoch": best_epoch}
 

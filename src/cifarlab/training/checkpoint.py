@@ -17,58 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import platform
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
+from cifarlab.atomic import atomic_write
+from cifarlab.config import validate
 from cifarlab.errors import UserError
+from cifarlab.registry import build_model
 
 FORMAT_VERSION = 1
 TRAILER_TAG = b"\nCIFARLAB-SHA256 "
 TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
-# Per-process values that must not travel into a checkpoint (a resumed run would log or report them again).
-TRANSIENT_EXTRA = ("window", "signal", "signal_number", "diverged_at")
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: Optional[Path] = None) -> None:
-    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`.
-
-    With `keep_previous`, an existing `path` is renamed to it just before the new file takes its place,
-    so at every instant either `path` or `keep_previous` holds a complete file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text), mode="w")
+# TrainState fields about how the run went that a resumed run must know (format 1 kept them in "extra").
+OUTCOME_FIELDS = ("lr_peak", "lr_peak_source", "early_stop")
 
 
 def versions() -> dict[str, str]:
@@ -120,11 +87,19 @@ def make_payload(state) -> dict[str, Any]:
         "classes": list(state.classes),
         "mean": list(state.train_loader.mean),
         "std": list(state.train_loader.std),
+        "image_size": state.train_loader.images.shape[-1],
+        "precision": state.runtime.precision.name,
         "status": state.status,
-        "extra": {key: value for key, value in state.extra.items() if key not in TRANSIENT_EXTRA},
+        "outcome": {name: getattr(state, name) for name in OUTCOME_FIELDS},
         "versions": versions(),
     }
     return payload
+
+
+def outcome(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload's OUTCOME_FIELDS (missing ones None), whichever format wrote it."""
+    stored = payload.get("outcome") or payload.get("extra") or {}
+    return {name: stored.get(name) for name in OUTCOME_FIELDS}
 
 
 def previous_path(path: Path) -> Path:
@@ -176,7 +151,7 @@ def _read(path: Path) -> dict[str, Any]:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle of code objects, wrong file type...
         raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
-    required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status", "extra")
+    required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not all(k in payload for k in required):
         raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
     return payload
@@ -224,7 +199,8 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
     state.elapsed_seconds = payload["elapsed_seconds"]
     state.schedule.lr_used = payload.get("lr_used", state.schedule.lr)
     state.history = list(payload["history"])
-    state.extra = {k: v for k, v in payload.get("extra", {}).items() if k not in TRANSIENT_EXTRA}
+    for name, value in outcome(payload).items():
+        setattr(state, name, value)
     set_rng_state(payload["rng"], state.runtime)
 
 
@@ -240,13 +216,11 @@ def _first_line(err: Exception) -> str:
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
     """(model in eval mode, Config, meta) from a checkpoint, for eval, analysis and predict."""
-    from cifarlab.config import validate
-    from cifarlab.experiment import build_model
-
     payload = load_checkpoint(Path(path))
     cfg = validate(payload["config"])
     classes = payload["classes"]
-    meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status", "extra")}
+    meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status")}
+    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"))
     model = build_model(cfg.model, num_classes=len(classes), in_channels=len(payload["mean"]))
     state_dict = payload["ema"] if payload.get("ema") else payload["model"]
     if payload.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged

@@ -1,17 +1,23 @@
-"""The training loop. Everything optional hangs off callbacks; precision lives in `runtime.precision`."""
+"""The training loop. Everything optional hangs off callbacks; precision lives in `runtime.precision`.
+
+The loop is also the one owner of the run's outcome: it is the only code that synchronises with the
+device during an epoch (every `train.log_every_steps` steps, at checkpoint steps and at the epoch end),
+and there it publishes the logging window and judges divergence (`TrainState.check_finite`).
+"""
 from __future__ import annotations
 
 import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.training.callbacks import Callback
+from cifarlab.training.evaluate import evaluate
 from cifarlab.training.state import TrainState
 
 
-def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss."""
     with state.runtime.precision.autocast():
         logits = state.train_model(inputs)
         loss = state.loss_fn(logits, labels)
@@ -23,10 +29,25 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
     state.epoch_meter.add(totals)
     state.window_meter.add(totals)
     # Remember the first non-finite loss (its 1-based step, as logged, and lr) on the device, without a
-    # host sync; callbacks read it when they sync anyway.
+    # host sync; the loop reads it at its sync points.
     bad = ~torch.isfinite(loss.detach()) & (state.nonfinite_step < 0)
     state.nonfinite_lr.copy_(torch.where(bad, state.schedule.lr_used, state.nonfinite_lr))
     state.nonfinite_step.copy_(torch.where(bad, state.step + 1, state.nonfinite_step))
+    return loss
+
+
+def _sync_if_due(state: TrainState) -> None:
+    """At the end of a logging window, publish it (`state.window`, one device sync); there and at a
+    checkpoint step, judge divergence, so that no callback ever sees or saves broken weights."""
+    every_steps = state.cfg.checkpoint.every_steps
+    if state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch:
+        loss, acc, _ = state.window_meter.read()
+        state.window_meter.reset()
+        state.window = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
+                        "train_loss": loss, "train_acc": acc}
+    elif not (every_steps and state.step % every_steps == 0):
+        return
+    state.check_finite(weights=True)
 
 
 def train_epoch(state: TrainState, callbacks: Callback) -> None:
@@ -35,31 +56,10 @@ def train_epoch(state: TrainState, callbacks: Callback) -> None:
         train_step(state, inputs, labels)
         state.step += 1
         state.batch_in_epoch += 1
+        _sync_if_due(state)
         callbacks.on_step_end(state)
         if state.stop_reason:
             return
-
-
-@torch.inference_mode()
-def evaluate(model, loader, precision, tta: bool = False, dist=None) -> tuple[float, float]:
-    """(mean loss, accuracy) over a split, summed on the device, one sync at the end."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=loader.device)
-    for inputs, labels in loader:
-        with precision.autocast():
-            logits = model(inputs).float()
-            if tta:  # average the probabilities of the image and its mirror, in log space (no log(0))
-                mirrored = model(inputs.flip(3)).float()
-                logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
-        totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        totals[1] += (logits.argmax(1) == labels).sum()
-        totals[2] += labels.shape[0]
-    if dist is not None and dist.enabled:
-        torch.distributed.all_reduce(totals)
-    model.train(was_training)
-    loss_sum, correct, n = totals.tolist()
-    return loss_sum / n, correct / n
 
 
 def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
@@ -78,9 +78,11 @@ def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
         "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
         "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
     })
-    if not math.isfinite(train_loss):  # a huge test loss is overconfidence, not divergence
-        state.stop_reason = "diverged"
-        state.extra.setdefault("diverged_at", state.first_nonfinite() or {"step": state.step, "lr": state.lr})
+    # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
+    if math.isfinite(train_loss):
+        state.check_finite(weights=True)
+    elif state.check_finite(weights=False):
+        state.stop_reason, state.diverged_at = "diverged", {"step": state.step, "lr": state.lr}
     state.schedule.after_epoch(state.history[-1])
 
 
@@ -105,7 +107,6 @@ def fit(state: TrainState, callbacks: Callback) -> TrainState:
         images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
         end_epoch(state, time.perf_counter() - started, images)
         callbacks.on_epoch_end(state)
-    state.status = {None: "completed", "interrupted": "interrupted", "diverged": "diverged",
-                    "early_stop": "completed"}[state.stop_reason]
+    state.check_finite(weights=True)
     callbacks.on_fit_end(state)
     return state

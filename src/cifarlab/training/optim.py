@@ -72,9 +72,7 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
     if cfg.name == "constant":
         return None
     if cfg.name == "onecycle":
-        pct_start = cfg.pct_start if cfg.peak_epoch is None else cfg.peak_epoch / epochs
-        if not 0 < pct_start < 1:
-            raise UserError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {cfg.peak_epoch}")
+        pct_start = cfg.pct_start if cfg.peak_epoch is None else cfg.peak_epoch / epochs  # range checked in config
         # No annihilation (final_div_factor unset): the cycle ends where it began, at lr_peak / div_factor.
         final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
         return S.OneCycleLR(optimizer, max_lr=peak_lr(cfg, base_lr), total_steps=total_steps, pct_start=pct_start,
@@ -82,8 +80,6 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
     if cfg.name == "step":
         return S.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "multistep":
-        if not cfg.milestones:
-            raise UserError("schedule.milestones must list at least one epoch for multistep, got []")
         return S.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     if cfg.name == "plateau":
         return S.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,

@@ -65,9 +65,16 @@ class TrainState:
     nonfinite_step: Optional[torch.Tensor] = None  # first step with a non-finite loss, -1 if none; on device
     nonfinite_lr: Optional[torch.Tensor] = None  # the learning rate of that step; on device
     stop_reason: Optional[str] = None  # interrupted | diverged | early_stop
-    status: str = "running"
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. lr_peak found by the range test
     last_checkpoint: Optional[dict[str, Any]] = None  # {path, epoch, step} of the newest last.pt with good weights
+    # Kept in checkpoints: how the run chose its peak learning rate, and where early stopping stopped it.
+    lr_peak: Optional[float] = None
+    lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
+    early_stop: Optional[dict[str, int]] = None  # {epoch, best_epoch}
+    # This process only (never saved): the newest logging window, the divergence point, the stopping signal.
+    window: Optional[dict[str, Any]] = None  # {epoch, step, lr, train_loss, train_acc}
+    diverged_at: Optional[dict[str, Any]] = None  # {step, lr}
+    signal_name: Optional[str] = None
+    signal_number: Optional[int] = None
 
     def __post_init__(self):
         device = self.runtime.device
@@ -83,6 +90,31 @@ class TrainState:
         step = int(self.nonfinite_step.item())
         return {"step": step, "lr": float(self.nonfinite_lr.item())} if step >= 0 else None
 
+    def check_finite(self, weights: bool = True) -> bool:
+        """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
+        a non-finite weight. Marks the run diverged and returns False; one device sync."""
+        if self.stop_reason == "diverged":
+            return False
+        finite = True
+        if weights:
+            floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+            finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
+        bad = self.first_nonfinite()
+        if bad is None and finite:
+            return True
+        self.stop_reason = "diverged"
+        self.diverged_at = bad or {"step": self.step, "lr": self.lr}
+        return False
+
+    @property
+    def status(self) -> str:
+        """running | completed | interrupted | diverged: what summary.json and every checkpoint say."""
+        if self.stop_reason in ("interrupted", "diverged"):
+            return self.stop_reason
+        if self.stop_reason == "early_stop" or self.epoch >= self.cfg.train.epochs:
+            return "completed"
+        return "running"
+
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -95,10 +127,6 @@ class TrainState:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
-
-    @property
-    def is_main(self) -> bool:
-        return self.runtime.dist.is_main
 
     def best(self, key: str = "test_acc") -> Optional[dict[str, Any]]:
         if not self.history:

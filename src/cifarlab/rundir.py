@@ -1,0 +1,111 @@
+"""The run directory's format, in one place: its file names, the metrics.csv columns, summary.json.
+
+```
+runs/<recipe>/<YYYYmmdd-HHMMSS>/
+  config.yaml  metrics.csv  summary.json  lr_find.json  tb/  checkpoints/{last,best}.pt  plots/  tables/
+  model_summary.txt  report.md  report.html
+```
+Writers (the training callbacks, the summary at the end of a run) and readers (report, compare, resume)
+both take names and columns from here, so the format changes in one file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from cifarlab.atomic import atomic_write_text
+from cifarlab.errors import UserError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+LR_FIND = "lr_find.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tb"
+MODEL_SUMMARY = "model_summary.txt"
+
+# metrics.csv: a `step` row per logging window, an `epoch` row per epoch; accuracies are fractions.
+METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                  "elapsed_seconds", "images_per_second")
+_INT_COLUMNS = ("epoch", "step")
+
+
+def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
+    """A fresh `<output_dir>/<recipe>/<time>` folder (a suffix when two runs start in the same second)."""
+    root = Path(output_dir) / recipe
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        run_dir = root / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+    raise UserError(f"too many runs started this second under {root}")
+
+
+def checkpoint_path(run_dir: str | Path, name: str = "last.pt") -> Path:
+    return Path(run_dir) / CHECKPOINTS / name
+
+
+def report_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """best.pt, else last.pt, else None: the checkpoint a report or an evaluation of the run uses."""
+    for name in ("best.pt", "last.pt"):
+        path = checkpoint_path(run_dir, name)
+        if path.is_file():
+            return path
+    return None
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> None:
+    atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def read_summary(run_dir: str | Path, required: bool = True) -> dict:
+    """summary.json of a run; a UserError naming the directory when it is missing or broken (or {} when
+    `required` is False and the file is missing)."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        if not required:
+            return {}
+        raise UserError(f"{str(run_dir)!r} has no {SUMMARY}: not a cifarlab run directory, or the run never finished an epoch")
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{str(path)!r} is not a cifarlab summary (a JSON object expected)")
+    return summary
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.csv rows with numbers parsed (epoch/step int, the rest float) and empty cells as None.
+
+    A run without metrics.csv has no rows; a torn last row (a kill mid-write) is skipped."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [parsed for parsed in map(_parse_row, csv.DictReader(f)) if parsed is not None]
+
+
+def _parse_row(row: dict[str, str]) -> Optional[dict[str, Any]]:
+    parsed: dict[str, Any] = {"kind": row.get("kind", "")}
+    try:
+        for key in METRIC_COLUMNS[1:]:
+            cell = (row.get(key) or "").strip()
+            parsed[key] = None if cell == "" else int(float(cell)) if key in _INT_COLUMNS else float(cell)
+    except ValueError:
+        return None
+    return parsed
+
+
+def is_whole_row(row: dict) -> bool:
+    """A metrics.csv row as written in full (a kill can leave half a line)."""
+    return row.get("kind") in ("step", "epoch") and None not in row and row.get("images_per_second") is not None \
+        and (row.get("step") or "").isdigit()

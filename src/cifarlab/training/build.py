@@ -1,0 +1,148 @@
+"""From a validated config to the pieces a run is made of: dataset, loaders, model, `TrainState`, callbacks.
+
+The run lifecycle (`cifarlab.experiment`), the range test and the benchmarks all build through here, so
+a run, its range test and its benchmark train exactly the same model on exactly the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from cifarlab.config import Config
+from cifarlab.data.augment import build_augment
+from cifarlab.data.loader import DeviceLoader
+from cifarlab.data.sources import Dataset, Split, load_dataset
+from cifarlab.errors import UserError
+from cifarlab.registry import build_model
+from cifarlab.runtime import Runtime, make_runtime
+from cifarlab.training import callbacks as cb
+from cifarlab.training.checkpoint import load_model
+from cifarlab.training.evaluate import evaluate
+from cifarlab.training.optim import GradStep, Schedule, build_optimizer
+from cifarlab.training.state import TrainState
+
+
+def load_data(data_cfg) -> Dataset:
+    """The dataset a `data` section describes: its source, the subsets, and the normalisation to train with."""
+    dataset = load_dataset(data_cfg.dataset, data_cfg.dir, download=data_cfg.download, **data_cfg.options)
+    C = dataset.in_channels
+    for key in ("mean", "std"):
+        given = getattr(data_cfg, key)
+        if given is not None and len(given) != C:
+            raise UserError(f"data.{key} needs {C} values for {data_cfg.dataset} ({C}-channel images), got {given}")
+    if data_cfg.std is not None and min(data_cfg.std) <= 0:
+        raise UserError(f"data.std values must be positive, got {data_cfg.std}")
+    train, test = _first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset)
+    return replace(dataset, train=train, test=test,
+                   mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+
+
+def _first(split: Split, count: Optional[int]) -> Split:
+    return split if count is None else Split(split.images[:count], split.labels[:count])
+
+
+def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[DeviceLoader, DeviceLoader]:
+    if cfg.train.batch_size > len(dataset.train.labels):
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                        f"{len(dataset.train.labels)} training images; use at most that many")
+    if cfg.train.batch_size % runtime.dist.world_size:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
+                        f"{runtime.dist.world_size} processes")
+    augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
+    common = dict(device=runtime.device, mean=dataset.mean, std=dataset.std, seed=cfg.seed,
+                  channels_last=runtime.channels_last, rank=runtime.dist.rank, world_size=runtime.dist.world_size)
+    train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,
+                         train=True, augment=augment, **common)
+    test = DeviceLoader(dataset.test.images, dataset.test.labels, batch_size=cfg.train.eval_batch_size,
+                        train=False, **common)
+    return train, test
+
+
+def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
+    """A fresh TrainState; `cfg.schedule.lr_peak` must already be a number or None."""
+    train_loader, test_loader = make_loaders(cfg, dataset, runtime)
+    model = build_model(cfg.model, dataset.num_classes, dataset.in_channels)
+    if hasattr(model, "init_whitening"):  # fastnet: whitening filters from the training patches
+        sample = train_loader.make_batch(torch.arange(min(5000, train_loader.num_images), device=runtime.device))[0]
+        model.init_whitening(sample.float().contiguous())
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = model.to(runtime.device, memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = Schedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, len(train_loader))
+    ema = None
+    if cfg.train.ema is not None:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+    return TrainState(
+        cfg=cfg, runtime=runtime, model=model, train_model=wrap_for_training(model, cfg, runtime),
+        optimizer=optimizer, schedule=schedule,
+        grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+        train_loader=train_loader, test_loader=test_loader, run_dir=run_dir, ema=ema, classes=dataset.classes)
+
+
+def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Module:
+    wrapped = model
+    if runtime.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(wrapped) if cfg.train.compile else wrapped
+
+
+def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks:
+    callbacks: list[cb.Callback] = [cb.StopOnSignal()]
+    if cfg.train.early_stop_patience:
+        callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta,
+                                      cfg.checkpoint.monitor))
+    if is_main:
+        callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / "metrics.csv"),
+                      cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs,
+                                      cfg.checkpoint.every_steps, cfg.checkpoint.monitor)]
+        if cfg.output.tensorboard:
+            callbacks.append(cb.TensorBoard(run_dir / "tb"))
+    return cb.Callbacks(callbacks)
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint made ready to evaluate the way it was trained: its model on the device, its config,
+    its metadata (classes, mean/std, epoch, ...), and a runtime with the precision it trained with."""
+    model: nn.Module
+    cfg: Config
+    meta: dict
+    runtime: Runtime
+
+    @property
+    def tta(self) -> bool:
+        return self.cfg.train.tta
+
+    def test_data(self) -> Dataset:
+        """The run's own test split (subset included), normalised with the checkpoint's statistics."""
+        dataset = load_data(self.cfg.data)
+        if dataset.num_classes != len(self.meta["classes"]):
+            raise UserError(f"the checkpoint has {len(self.meta['classes'])} classes but {self.cfg.data.dataset} has "
+                            f"{dataset.num_classes}")
+        return replace(dataset, mean=tuple(self.meta["mean"]), std=tuple(self.meta["std"]))
+
+    def test_metrics(self, tta: Optional[bool] = None) -> dict:
+        """Test loss and accuracy on the run's test split; `tta` None means as the run trained."""
+        tta = self.tta if tta is None else tta
+        _, test_loader = make_loaders(self.cfg, self.test_data(), self.runtime)
+        loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta)
+        return {"epoch": self.meta["epoch"], "test_loss": loss, "test_acc": acc, "images": test_loader.num_images,
+                "tta": tta, "precision": self.runtime.precision.name}
+
+
+def load_for_evaluation(path: Path, device: str = "auto", precision: Optional[str] = None) -> Evaluation:
+    """`path`'s model on `device`, with the precision the run trained with unless `precision` is given."""
+    model, cfg, meta = load_model(Path(path))
+    chosen = precision or meta.get("precision") or cfg.train.precision
+    runtime = make_runtime(cfg.train.model_copy(update={"device": device, "precision": chosen}), cfg.seed)
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    return Evaluation(model.to(runtime.device, memory_format=memory_format), cfg, meta, runtime)
