@@ -81,7 +81,7 @@ def cmd_lr_find(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
-    dataset = load_data(cfg.data)
+    dataset = load_data(cfg.data, cfg.seed)
     out = args.out or Path(cfg.output.dir) / cfg.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     result = run_range_test(cfg, runtime, dataset)

@@ -27,6 +27,10 @@ class DataConfig(Section):
     download: bool = True
     train_subset: Optional[int] = Field(default=None, ge=1)  # first N train images (quick runs, tests)
     test_subset: Optional[int] = Field(default=None, ge=1)
+    # Validation images taken from the training split (after train_subset), stratified by class with the
+    # run's seed: a fraction in (0, 1) or a count. With it, best.pt, early stopping and plateau schedules
+    # select on validation and the test split only reports.
+    val_split: Union[int, float, None] = None
     mean: Optional[list[float]] = None  # default: the dataset's own per-channel statistics
     std: Optional[list[float]] = None
     options: dict[str, Any] = {}  # source options, e.g. synthetic's num_train
@@ -101,8 +105,8 @@ class ScheduleConfig(Section):
     step_size: int = Field(default=30, ge=1)
     milestones: list[int] = []
     gamma: float = Field(default=0.1, gt=0)
-    # plateau: all of ReduceLROnPlateau's arguments, watching test or train loss
-    monitor: Literal["test_loss", "train_loss", "test_acc", "train_acc"] = "test_loss"
+    # plateau: all of ReduceLROnPlateau's arguments; monitor null = val_loss with a validation split, else test_loss
+    monitor: Optional[Literal["val_loss", "val_acc", "test_loss", "train_loss", "test_acc", "train_acc"]] = None
     mode: Literal["min", "max"] = "min"
     factor: float = Field(default=0.1, gt=0, lt=1)
     patience: int = Field(default=10, ge=0)
@@ -150,7 +154,8 @@ class TrainConfig(Section):
 class CheckpointConfig(Section):
     every_epochs: int = Field(default=1, ge=1)
     every_steps: Optional[int] = Field(default=None, ge=1)
-    monitor: Literal["test_acc", "test_loss"] = "test_acc"
+    # What selects best.pt and early stopping: null = val_acc with a validation split, else test_acc.
+    monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = None
 
 
 class OutputConfig(Section):
@@ -182,6 +187,9 @@ class Config(Section):
             raise ValueError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {schedule.peak_epoch}")
         if schedule.name == "multistep" and not schedule.milestones:
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
+        split = self.data.val_split
+        if split is not None and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
+            raise ValueError(f"data.val_split must be a fraction in (0, 1) or a count of at least 1, got {split}")
         return self
 
     def to_dict(self) -> dict:

@@ -49,7 +49,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data)
+    dataset = load_data(cfg.data, cfg.seed)
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name) if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
@@ -118,7 +118,7 @@ def resume(run_dir: Union[str, Path]) -> Run:
               file=sys.stderr, flush=True)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data)
+    dataset = load_data(cfg.data, cfg.seed)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
@@ -145,7 +145,7 @@ def _fit_and_finish(state: TrainState, dataset: Dataset) -> Run:
 
 
 def write_summary(state: TrainState, wall_seconds: float) -> dict:
-    best = state.best("test_acc") or {}
+    best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
     last = state.history[-1] if state.history else {}
     loader = state.train_loader
     per_epoch = min(len(loader) * loader.batch_size, loader.num_images)
@@ -155,7 +155,8 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "recipe": state.cfg.name, "model": state.cfg.model.name, "dataset": state.cfg.data.dataset,
         "num_params": sum(p.numel() for p in state.model.parameters()),
         "epochs_completed": state.epoch, "epochs": state.cfg.train.epochs,
-        "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
+        # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
+        "selected_by": state.monitor, "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
         "final_test_acc": last.get("test_acc"), "final_test_loss": last.get("test_loss"),
         "final_train_acc": last.get("train_acc"),
         "best_train_acc": max((row["train_acc"] for row in state.history), default=None),
@@ -164,6 +165,9 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
         "tta": state.cfg.train.tta, "device": state.runtime.describe(), "versions": versions(), "status": state.status,
     }
+    if state.val_loader is not None:
+        summary.update(best_val_acc=best.get("val_acc"), best_val_loss=best.get("val_loss"),
+                       final_val_acc=last.get("val_acc"), val_images=state.val_loader.num_images)
     if state.early_stop is not None:
         summary["early_stop"] = state.early_stop
     if state.diverged_at is not None:
@@ -190,11 +194,14 @@ def _closing_message(state: TrainState) -> str:
         return (f"training diverged: non-finite loss at step {where['step']} with lr {where['lr']:.4g}; "
                 f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` (the LR range test) "
                 f"suggests one")
-    best = state.best("test_acc")
+    best = state.best()
     if state.stop_reason == "early_stop":
         stop = state.early_stop
         run_dir = f"{run_dir} (stopped early after epoch {stop['epoch']}: no improvement since epoch {stop['best_epoch']})"
-    return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
+    if state.monitor == "test_acc":
+        return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
+    return (f"done: best.pt is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
+            f"test accuracy {100 * best['test_acc']:.2f}%, in {run_dir}")
 
 
 def _announce(text: str, runtime: Runtime) -> None:

@@ -28,8 +28,9 @@ TENSORBOARD = "tb"
 MODEL_SUMMARY = "model_summary.txt"
 
 # metrics.csv: a `step` row per logging window, an `epoch` row per epoch; accuracies are fractions.
-METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                  "elapsed_seconds", "images_per_second")
+# The val columns stay empty without a validation split.
+METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                  "test_acc", "elapsed_seconds", "images_per_second")
 _INT_COLUMNS = ("epoch", "step")
 
 
@@ -106,6 +107,7 @@ def _parse_row(row: dict[str, str]) -> Optional[dict[str, Any]]:
 
 
 def is_whole_row(row: dict) -> bool:
-    """A metrics.csv row as written in full (a kill can leave half a line)."""
-    return row.get("kind") in ("step", "epoch") and None not in row and row.get("images_per_second") is not None \
+    """A metrics.csv row as written in full (a kill can leave half a line): every column of the file's
+    header has a cell (files from before a column existed simply lack it) and none is left over."""
+    return row.get("kind") in ("step", "epoch") and None not in row and None not in row.values() \
         and (row.get("step") or "").isdigit()

@@ -84,7 +84,10 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
     epochs = _rows(metrics_rows, "epoch")
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for key, label, style in (("train", "train", "-o"), ("test", "test", "-s")):
+    splits = (("train", "train", "-o"), ("val", "validation", "-^"), ("test", "test", "-s"))
+    for key, label, style in splits:
+        if not any(row.get(f"{key}_loss") is not None for row in epochs):
+            continue
         loss_ax.plot(*_series(epochs, "epoch", f"{key}_loss"), style, markersize=3, label=label)
         acc_ax.plot(*_series(epochs, "epoch", f"{key}_acc", scale=100.0), style, markersize=3, label=label)
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss")

@@ -26,7 +26,8 @@ TOP_CONFUSED = 10
 SUMMARY_FIELDS = (  # (summary.json key, label in the report)
     ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
     ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
-    ("best_test_acc", "best test accuracy"), ("best_epoch", "best epoch"), ("final_test_acc", "final test accuracy"),
+    ("selected_by", "best.pt chosen by"), ("best_epoch", "best epoch"), ("best_val_acc", "validation accuracy of best.pt"),
+    ("best_test_acc", "test accuracy of best.pt"), ("final_test_acc", "final test accuracy"),
     ("final_test_loss", "final test loss"), ("final_train_acc", "final train accuracy"),
     ("best_train_acc", "best train accuracy"), ("lr_peak", "found max LR (range test)"),
     ("wall_seconds", "training wall time"), ("train_images_per_second", "training images/s"),
@@ -110,6 +111,10 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
         blocks = [Table(("field", "value"), rows)]
         if summary.get("status") not in (None, "completed"):
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
+        monitor = summary.get("selected_by") or "test_acc"
+        split = "a validation split taken from the training images" if monitor.startswith("val_") else "the test split"
+        blocks.append(Text(f"best.pt was chosen by {monitor} on {split}."
+                           + (" The test split only reports." if monitor.startswith("val_") else "")))
     count = len(_cpu(predictions.labels))
     tta = "with flip TTA" if cfg.train.tta else "without TTA"
     blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "

@@ -21,6 +21,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -56,6 +57,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of the train images scaled to [0, 1]
     std: tuple[float, ...]
     origin: str  # one line: where the tensors came from
+    val: Optional[Split] = None  # a validation split, when the data has one or `data.val_split` made one
 
     @property
     def num_classes(self) -> int:

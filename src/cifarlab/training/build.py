@@ -14,6 +14,7 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
+from cifarlab.data.split import stratified_split
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import Dataset, Split, load_dataset
 from cifarlab.errors import UserError
@@ -26,8 +27,9 @@ from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import TrainState
 
 
-def load_data(data_cfg) -> Dataset:
-    """The dataset a `data` section describes: its source, the subsets, and the normalisation to train with."""
+def load_data(data_cfg, seed: int = 0) -> Dataset:
+    """The dataset a `data` section describes: its source, the subsets, the validation split (drawn with
+    `seed`), and the normalisation to train with."""
     dataset = load_dataset(data_cfg.dataset, data_cfg.dir, download=data_cfg.download, **data_cfg.options)
     C = dataset.in_channels
     for key in ("mean", "std"):
@@ -36,9 +38,26 @@ def load_data(data_cfg) -> Dataset:
             raise UserError(f"data.{key} needs {C} values for {data_cfg.dataset} ({C}-channel images), got {given}")
     if data_cfg.std is not None and min(data_cfg.std) <= 0:
         raise UserError(f"data.std values must be positive, got {data_cfg.std}")
-    train, test = _first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset)
-    return replace(dataset, train=train, test=test,
+    train, test, val = _first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset), dataset.val
+    if data_cfg.val_split is not None:
+        if val is not None:
+            raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "
+                            f"set data.val_split=null to use it")
+        train, val = stratified_split(train, data_cfg.val_split, seed)
+    return replace(dataset, train=train, test=test, val=val,
                    mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+
+
+def monitors(cfg: Config, has_val: bool) -> tuple[str, str]:
+    """(what selects best.pt and early stopping, what a plateau schedule watches): validation metrics
+    when there is a validation split, test metrics otherwise, unless the config names them."""
+    split = "val" if has_val else "test"
+    chosen = (cfg.checkpoint.monitor or f"{split}_acc", cfg.schedule.monitor or f"{split}_loss")
+    for key, value in zip(("checkpoint.monitor", "schedule.monitor"), chosen):
+        if value.startswith("val_") and not has_val:
+            raise UserError(f"{key}={value} needs a validation split; set data.val_split (e.g. 0.1) "
+                            f"or monitor a test or train metric")
+    return chosen
 
 
 def _first(split: Split, count: Optional[int]) -> Split:
@@ -46,6 +65,7 @@ def _first(split: Split, count: Optional[int]) -> Split:
 
 
 def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[DeviceLoader, DeviceLoader]:
+    """(train, test) loaders; `make_val_loader` adds the validation one."""
     if cfg.train.batch_size > len(dataset.train.labels):
         raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the "
                         f"{len(dataset.train.labels)} training images; use at most that many")
@@ -53,18 +73,25 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
         raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
                         f"{runtime.dist.world_size} processes")
     augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
-    common = dict(device=runtime.device, mean=dataset.mean, std=dataset.std, seed=cfg.seed,
-                  channels_last=runtime.channels_last, rank=runtime.dist.rank, world_size=runtime.dist.world_size)
     train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,
-                         train=True, augment=augment, **common)
-    test = DeviceLoader(dataset.test.images, dataset.test.labels, batch_size=cfg.train.eval_batch_size,
-                        train=False, **common)
+                         train=True, augment=augment, device=runtime.device, mean=dataset.mean, std=dataset.std,
+                         seed=cfg.seed, channels_last=runtime.channels_last, rank=runtime.dist.rank,
+                         world_size=runtime.dist.world_size)
+    test = _eval_loader(cfg, dataset.test, dataset, runtime)
     return train, test
+
+
+def _eval_loader(cfg: Config, split: Split, dataset: Dataset, runtime: Runtime) -> DeviceLoader:
+    return DeviceLoader(split.images, split.labels, batch_size=cfg.train.eval_batch_size, train=False,
+                        device=runtime.device, mean=dataset.mean, std=dataset.std, seed=cfg.seed,
+                        channels_last=runtime.channels_last, rank=runtime.dist.rank, world_size=runtime.dist.world_size)
 
 
 def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
     """A fresh TrainState; `cfg.schedule.lr_peak` must already be a number or None."""
     train_loader, test_loader = make_loaders(cfg, dataset, runtime)
+    val_loader = _eval_loader(cfg, dataset.val, dataset, runtime) if dataset.val is not None else None
+    monitor, schedule_monitor = monitors(cfg, val_loader is not None)
     model = build_model(cfg.model, dataset.num_classes, dataset.in_channels)
     if hasattr(model, "init_whitening"):  # fastnet: whitening filters from the training patches
         sample = train_loader.make_batch(torch.arange(min(5000, train_loader.num_images), device=runtime.device))[0]
@@ -72,7 +99,8 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model = model.to(runtime.device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim)
-    schedule = Schedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, len(train_loader))
+    schedule = Schedule(optimizer, cfg.schedule.model_copy(update={"monitor": schedule_monitor}), cfg.optim.lr,
+                        cfg.train.epochs, len(train_loader))
     ema = None
     if cfg.train.ema is not None:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -82,7 +110,8 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
         optimizer=optimizer, schedule=schedule,
         grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-        train_loader=train_loader, test_loader=test_loader, run_dir=run_dir, ema=ema, classes=dataset.classes)
+        train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
+        run_dir=run_dir, ema=ema, classes=dataset.classes)
 
 
 def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Module:
@@ -98,12 +127,10 @@ def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Mod
 def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks:
     callbacks: list[cb.Callback] = [cb.StopOnSignal()]
     if cfg.train.early_stop_patience:
-        callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta,
-                                      cfg.checkpoint.monitor))
+        callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta))
     if is_main:
         callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / "metrics.csv"),
-                      cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs,
-                                      cfg.checkpoint.every_steps, cfg.checkpoint.monitor)]
+                      cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
             callbacks.append(cb.TensorBoard(run_dir / "tb"))
     return cb.Callbacks(callbacks)
@@ -124,7 +151,7 @@ class Evaluation:
 
     def test_data(self) -> Dataset:
         """The run's own test split (subset included), normalised with the checkpoint's statistics."""
-        dataset = load_data(self.cfg.data)
+        dataset = load_data(self.cfg.data, self.cfg.seed)
         if dataset.num_classes != len(self.meta["classes"]):
             raise UserError(f"the checkpoint has {len(self.meta['classes'])} classes but {self.cfg.data.dataset} has "
                             f"{dataset.num_classes}")

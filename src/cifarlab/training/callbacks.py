@@ -89,6 +89,10 @@ class Progress(Callback):
         n = state.test_loader.num_images
         print(f"Train: Average loss: {row['train_loss']:.4f}, Accuracy: {100 * row['train_acc']:.2f}%, "
               f"{row['images_per_second']:.0f} images/s", file=self.stream)
+        if state.val_loader is not None:
+            v = state.val_loader.num_images
+            print(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {round(row['val_acc'] * v)}/{v} "
+                  f"({100 * row['val_acc']:.2f}%)", file=self.stream)
         print(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {round(row['test_acc'] * n)}/{n} "
               f"({100 * row['test_acc']:.2f}%)", file=self.stream, flush=True)
 
@@ -165,7 +169,9 @@ class TensorBoard(Callback):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
         # the events logged after the checkpoint.
         row = state.history[-1]
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
+            if key not in row:
+                continue
             split, metric = key.split("_")
             self.writer.add_scalar(f"{metric}/{split}", row[key], row["step"])
         self.writer.add_scalar("epoch", row["epoch"], row["step"])
@@ -182,9 +188,9 @@ class Checkpointer(Callback):
     It only saves: whether the weights are still good is the loop's call (`state.stop_reason`), so after
     a divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
 
-    def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None, monitor: str = "test_acc"):
+    def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
         self.directory = Path(directory)
-        self.every_epochs, self.every_steps, self.monitor = every_epochs, every_steps, monitor
+        self.every_epochs, self.every_steps = every_epochs, every_steps
 
     def save(self, state, *names: str) -> None:
         save_checkpoint(make_payload(state), *(self.directory / name for name in names))
@@ -199,7 +205,7 @@ class Checkpointer(Callback):
     def on_epoch_end(self, state):
         if state.stop_reason == "diverged":
             return
-        names = ["best.pt"] if state.best(self.monitor) is state.history[-1] else []
+        names = ["best.pt"] if state.best() is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.status == "completed":
             names.append("last.pt")
         if names:  # one serialisation for both files when the newest epoch is also the best
@@ -258,17 +264,18 @@ class StopOnSignal(Callback):
 
 
 class EarlyStop(Callback):
-    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+    """Stop when `state.monitor` has not improved by more than `min_delta` for `patience` epochs."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "test_acc"):
-        self.patience, self.min_delta, self.monitor = patience, min_delta, monitor
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
 
     def on_epoch_end(self, state):
-        sign = -1.0 if self.monitor.endswith("loss") else 1.0
+        monitor = state.monitor
+        sign = -1.0 if monitor.endswith("loss") else 1.0
         best_epoch, best = 0, None
         for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
-            if best is None or sign * (row[self.monitor] - best) > self.min_delta:
-                best_epoch, best = row["epoch"], row[self.monitor]
+            if best is None or sign * (row[monitor] - best) > self.min_delta:
+                best_epoch, best = row["epoch"], row[monitor]
         if state.epoch - best_epoch >= self.patience and not state.stop_reason:
             state.stop_reason = "early_stop"
             state.early_stop = {"epoch": state.epoch, "best_epoch": best_epoch}

@@ -68,15 +68,17 @@ def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
     if state.runtime.dist.enabled:  # every rank evaluates with rank 0's BatchNorm statistics
         for buffer in state.eval_model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    test_loss, test_acc = evaluate(state.eval_model, state.test_loader, state.runtime.precision,
-                                   state.cfg.train.tta, state.runtime.dist)
+    scores = {}
+    for split, loader in (("val", state.val_loader), ("test", state.test_loader)):
+        if loader is not None:
+            scores[f"{split}_loss"], scores[f"{split}_acc"] = evaluate(
+                state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist)
     state.epoch += 1
     state.batch_in_epoch = 0
     state.elapsed_seconds += train_seconds
     state.history.append({
-        "epoch": state.epoch, "step": state.step, "lr": state.lr,
-        "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-        "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
+        "epoch": state.epoch, "step": state.step, "lr": state.lr, "train_loss": train_loss, "train_acc": train_acc,
+        **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
     })
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
     if math.isfinite(train_loss):

@@ -31,7 +31,7 @@ class Schedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
-        self.monitor = cfg.monitor
+        self.monitor = cfg.monitor or "test_loss"  # training/build.py resolves null to val_loss when there is a val split
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
         self.scheduler = _build(optimizer, cfg, base_lr, epochs, steps_per_epoch)

@@ -53,6 +53,8 @@ class TrainState:
     train_loader: DeviceLoader
     test_loader: DeviceLoader
     run_dir: Path
+    val_loader: Optional[DeviceLoader] = None  # with a validation split, what selects best.pt
+    monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
     ema: Optional[torch.optim.swa_utils.AveragedModel] = None
     classes: tuple[str, ...] = ()
     epoch: int = 0  # epochs completed
@@ -128,8 +130,10 @@ class TrainState:
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
-    def best(self, key: str = "test_acc") -> Optional[dict[str, Any]]:
+    def best(self, key: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """The history row with the best `key` (default: the monitor that selects best.pt); the first on ties."""
         if not self.history:
             return None
+        key = key or self.monitor
         pick = min if key.endswith("loss") else max
         return pick(self.history, key=lambda row: row[key])

@@ -1,0 +1,68 @@
+"""A validation split: stratified, seeded, disjoint from training; it (not the test split) selects best.pt."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cifarlab.cli import main
+from cifarlab.data.sources import Split
+from cifarlab.data.split import stratified_split
+from cifarlab.errors import UserError
+
+COMMON = ["train.device=cpu", "train.threads=1", "output.tensorboard=true", "output.progress=lines", "train.epochs=3"]
+
+
+def _split(counts=(50, 30, 20)):
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.arange(len(labels), dtype=torch.int64).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    return Split((images % 256).to(torch.uint8).contiguous(), labels)
+
+
+@pytest.mark.parametrize("size, expected", [(0.1, (5, 3, 2)), (10, (5, 3, 2)), (0.25, (13, 7, 5))])
+def test_stratified_by_class_and_disjoint(size, expected):
+    split = _split()
+    train, val = stratified_split(split, size, seed=0)
+    assert tuple(torch.bincount(val.labels).tolist()) == expected
+    assert len(train.labels) + len(val.labels) == 100
+    ids = [set(s.images[:, 0, 0, 0].tolist()) for s in (train, val)]  # each image's pixel is its index
+    assert not ids[0] & ids[1]
+
+
+def test_seeded_same_seed_same_split_other_seed_other_split():
+    split = _split()
+    a, b, c = (stratified_split(split, 0.2, seed=s)[1] for s in (1, 1, 2))
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+@pytest.mark.parametrize("size", [100, 0.001, 500])
+def test_a_split_that_leaves_nothing_is_one_clear_error(size):
+    with pytest.raises(UserError, match="data.val_split"):
+        stratified_split(_split(), size, seed=0)
+
+
+def test_validation_selects_best_pt_and_is_logged_everywhere(tmp_path, capsys):
+    assert main(["train", "smoke", f"output.dir={tmp_path}", "data.val_split=0.125", "output.report=true", *COMMON]) == 0
+    (run_dir,) = (tmp_path / "smoke").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["selected_by"] == "val_acc" and summary["val_images"] == 64
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        epochs = [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
+    val = [float(row["val_acc"]) for row in epochs]
+    best = max(range(len(val)), key=lambda i: (val[i], -i))
+    assert summary["best_epoch"] == best + 1 and summary["best_val_acc"] == pytest.approx(val[best], abs=1e-6)
+    assert summary["best_test_acc"] == pytest.approx(float(epochs[best]["test_acc"]), abs=1e-6)
+    err = capsys.readouterr().err
+    assert "Validation set: Average loss" in err and "chosen by val_acc" in err
+    assert "best.pt was chosen by val_acc on a validation split" in (run_dir / "report.md").read_text()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert "acc/val" in EventAccumulator(str(run_dir / "tb")).Reload().Tags()["scalars"]
+
+
+def test_monitoring_validation_without_a_split_is_refused(tmp_path, capsys):
+    assert main(["train", "smoke", f"output.dir={tmp_path}", "checkpoint.monitor=val_acc", *COMMON]) == 2
+    assert "needs a validation split" in capsys.readouterr().err
+    assert not (tmp_path / "smoke").exists() or not any((tmp_path / "smoke").iterdir())
