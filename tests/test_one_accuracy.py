@@ -39,7 +39,7 @@ def test_tta_flag_overrides_the_checkpoint(tmp_path, capsys):
     run_dir = _run(tmp_path, "train.tta=false")
     capsys.readouterr()
     assert main(["eval", str(run_dir / "checkpoints" / "best.pt"), "--tta"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["tta"] is True
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["tta"] == "flip"
 
 
 def test_a_finished_run_says_so_everywhere_and_records_its_lr_peak(tmp_path):

@@ -12,8 +12,9 @@ from cifarlab.errors import UserError
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--tta", dest="tta", action="store_true", default=None,
-                       help="average with horizontally flipped images (default: as the run trained, train.tta)")
+    group.add_argument("--tta", dest="tta", nargs="?", const="flip", default=None, choices=["flip", "flip_translate"],
+                       help="test-time augmentation: flip (default when given alone) or flip_translate; "
+                            "without --tta/--no-tta, as the run trained (train.tta)")
     group.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cifarlab.errors import UserError
 
@@ -88,6 +88,9 @@ class OptimConfig(Section):
     eps: float = Field(default=1e-8, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)  # max global grad norm
+    # lr multiplier for normalisation layers' parameters (airbench's bias_scaler, 64); their weight decay
+    # is divided by it, so the per-step decay lr*wd stays that of the other parameters.
+    norm_lr_scale: Optional[float] = Field(default=None, gt=0)
 
 
 class ScheduleConfig(Section):
@@ -142,13 +145,24 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = True
-    compile: bool = False
-    tta: bool = False  # evaluate with horizontal-flip test-time augmentation
+    # torch.compile the training model: a mode (default, reduce-overhead = CUDA graphs,
+    # max-autotune-no-cudagraphs), true = default, false/null = eager. The warm-up is timed apart.
+    compile: Optional[Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]] = None
+    # Test-time augmentation at evaluation: flip (the image and its mirror) or flip_translate (airbench's
+    # level 2: also 1-px shifted copies); true means flip, false or null none.
+    tta: Optional[Literal["flip", "flip_translate"]] = None
     ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
     log_every_steps: int = Field(default=50, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
     early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor
     early_stop_min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as better
+
+
+    @field_validator("tta", "compile", mode="before")
+    @classmethod
+    def _bool_means_default(cls, value, info):
+        on = {"tta": "flip", "compile": "default"}[info.field_name]
+        return (on if value else None) if isinstance(value, bool) else value
 
 
 class CheckpointConfig(Section):

@@ -161,6 +161,7 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "final_train_acc": last.get("train_acc"),
         "best_train_acc": max((row["train_acc"] for row in state.history), default=None),
         "wall_seconds": round(wall_seconds, 3), "train_seconds": round(train_seconds, 3),
+        "compile_seconds": round(state.compile_seconds, 3),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
         "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
         "tta": state.cfg.train.tta, "device": state.runtime.describe(), "versions": versions(), "status": state.status,

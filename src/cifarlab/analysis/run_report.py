@@ -116,7 +116,7 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
         blocks.append(Text(f"best.pt was chosen by {monitor} on {split}."
                            + (" The test split only reports." if monitor.startswith("val_") else "")))
     count = len(_cpu(predictions.labels))
-    tta = "with flip TTA" if cfg.train.tta else "without TTA"
+    tta = f"with {cfg.train.tta} TTA" if cfg.train.tta else "without TTA"
     blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "
                        f"on {count:,} test images ({tta})."))
     return Section("Summary", blocks)

@@ -11,7 +11,7 @@ is a fixed random conv, which trains too, only slower.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,10 @@ class ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """(N, in_channels, H, W) normalised images, H, W >= 15 -> logits (N, num_classes)."""
 
-    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, widths: Sequence[int]):
+    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, widths: Sequence[int],
+                 whiten_bias_epochs: Optional[int] = None):
         super().__init__()
+        self.whiten_bias_epochs = whiten_bias_epochs
         whiten_channels = 2 * in_channels * WHITEN_PATCH**2
         self.whiten = nn.Conv2d(in_channels, whiten_channels, WHITEN_PATCH, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set by init_whitening, never trained; its bias trains
@@ -83,6 +85,12 @@ class FastNet(nn.Module):
         if self.dropout is not None:
             x = self.dropout(x)
         return self.fc(x) * LOGIT_SCALE
+
+    def start_epoch(self, epoch: int) -> None:
+        """Train the whitening layer's bias only in the first `whiten_bias_epochs` epochs (airbench94 uses
+        3 of ~10): it adapts the fixed filters early, then stays put. Called before each epoch (0-based)."""
+        if self.whiten_bias_epochs is not None:
+            self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
 
     @torch.no_grad()
     def init_whitening(self, train_pixels: Tensor, eps: float = 5e-4) -> None:
@@ -106,10 +114,14 @@ class FastNet(nn.Module):
 
 @register_model("fastnet")
 def fastnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
-            widths: Sequence[int] = (64, 256, 256), **options) -> nn.Module:
-    """airbench94's network; option `widths`: the three conv-group widths (default 64, 256, 256)."""
+            widths: Sequence[int] = (64, 256, 256), whiten_bias_epochs: Optional[int] = None, **options) -> nn.Module:
+    """airbench94's network; options `widths`: the three conv-group widths (default 64, 256, 256), and
+    `whiten_bias_epochs`: train the whitening bias for that many epochs only (default: always)."""
     check_factory_args("fastnet", norm, dropout, options)
     valid = isinstance(widths, (list, tuple)) and len(widths) == 3
     if not (valid and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
         raise UserError(f"model.options.widths must be 3 positive integers, got {widths!r}")
-    return FastNet(num_classes, in_channels, norm, dropout, widths)
+    if whiten_bias_epochs is not None and (isinstance(whiten_bias_epochs, bool) or not isinstance(whiten_bias_epochs, int)
+                                           or whiten_bias_epochs < 0):
+        raise UserError(f"model.options.whiten_bias_epochs must be a whole number of epochs >= 0, got {whiten_bias_epochs!r}")
+    return FastNet(num_classes, in_channels, norm, dropout, widths, whiten_bias_epochs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -25,6 +25,11 @@ from cifarlab.training.checkpoint import load_model
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import TrainState
+
+
+# Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
+# and with reduce-overhead the next ones warm up and record the CUDA graphs.
+COMPILE_WARMUP_STEPS = 3
 
 
 def load_data(data_cfg, seed: int = 0) -> Dataset:
@@ -111,7 +116,8 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
         grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
         train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
-        run_dir=run_dir, ema=ema, classes=dataset.classes)
+        run_dir=run_dir, ema=ema, classes=dataset.classes,
+        compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0)
 
 
 def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Module:
@@ -121,11 +127,14 @@ def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Mod
 
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(wrapped) if cfg.train.compile else wrapped
+    mode = cfg.train.compile
+    if mode is None:
+        return wrapped
+    return torch.compile(wrapped, mode=None if mode == "default" else mode)
 
 
 def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks:
-    callbacks: list[cb.Callback] = [cb.StopOnSignal()]
+    callbacks: list[cb.Callback] = [cb.ModelEpochs(), cb.StopOnSignal()]
     if cfg.train.early_stop_patience:
         callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta))
     if is_main:
@@ -146,7 +155,7 @@ class Evaluation:
     runtime: Runtime
 
     @property
-    def tta(self) -> bool:
+    def tta(self) -> Optional[str]:
         return self.cfg.train.tta
 
     def test_data(self) -> Dataset:
@@ -157,9 +166,9 @@ class Evaluation:
                             f"{dataset.num_classes}")
         return replace(dataset, mean=tuple(self.meta["mean"]), std=tuple(self.meta["std"]))
 
-    def test_metrics(self, tta: Optional[bool] = None) -> dict:
-        """Test loss and accuracy on the run's test split; `tta` None means as the run trained."""
-        tta = self.tta if tta is None else tta
+    def test_metrics(self, tta: Union[str, bool, None] = None) -> dict:
+        """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none."""
+        tta = self.tta if tta is None else (tta or None)
         _, test_loader = make_loaders(self.cfg, self.test_data(), self.runtime)
         loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta)
         return {"epoch": self.meta["epoch"], "test_loss": loss, "test_acc": acc, "images": test_loader.num_images,

@@ -43,6 +43,16 @@ class Callbacks(Callback):
     def on_fit_end(self, state): self._fire("on_fit_end", state)
 
 
+class ModelEpochs(Callback):
+    """Tells a model that has a `start_epoch(epoch)` method (fastnet) which epoch begins: a model may
+    train some parameters only in some epochs. From `state.epoch`, so a resumed run does the same."""
+
+    def on_epoch_start(self, state):
+        start_epoch = getattr(state.model, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(state.epoch)
+
+
 class Progress(Callback):
     """A tqdm bar per epoch (plain lines when not a terminal) and the references' per-epoch test line."""
 
@@ -87,8 +97,9 @@ class Progress(Callback):
             return
         row = state.history[-1]
         n = state.test_loader.num_images
+        compiling = f" (plus {row['compile_seconds']:.1f} s compiling)" if row.get("compile_seconds") else ""
         print(f"Train: Average loss: {row['train_loss']:.4f}, Accuracy: {100 * row['train_acc']:.2f}%, "
-              f"{row['images_per_second']:.0f} images/s", file=self.stream)
+              f"{row['images_per_second']:.0f} images/s{compiling}", file=self.stream)
         if state.val_loader is not None:
             v = state.val_loader.num_images
             print(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {round(row['val_acc'] * v)}/{v} "

@@ -79,6 +79,7 @@ def make_payload(state) -> dict[str, Any]:
         "step": state.step,
         "batch_in_epoch": state.batch_in_epoch,
         "elapsed_seconds": state.elapsed_seconds,
+        "compile_seconds": state.compile_seconds,
         "epoch_meter": state.epoch_meter.totals.cpu(),
         "window_meter": state.window_meter.totals.cpu(),
         "rng": rng_state(state.runtime),
@@ -197,6 +198,7 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
     state.epoch, state.step = payload["epoch"], payload["step"]
     state.batch_in_epoch = payload["batch_in_epoch"]
     state.elapsed_seconds = payload["elapsed_seconds"]
+    state.compile_seconds = payload.get("compile_seconds", 0.0)
     state.schedule.lr_used = payload.get("lr_used", state.schedule.lr)
     state.history = list(payload["history"])
     for name, value in outcome(payload).items():

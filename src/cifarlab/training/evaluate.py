@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,22 +32,36 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def log_probs(model: nn.Module, inputs: torch.Tensor, autocast: Callable = contextlib.nullcontext,
-              tta: bool = False) -> torch.Tensor:
-    """(B, K) float32 log-probabilities; with flip TTA the log of the mean of the image's and its mirror's
-    softmax, computed in log space so that tiny probabilities never become log(0)."""
-    with autocast():
-        logits = model(inputs)
-    out = F.log_softmax(logits.float(), dim=1)
+def _views(inputs: torch.Tensor, tta: Union[str, bool, None]) -> list[tuple[torch.Tensor, float]]:
+    """(view, weight) pairs whose weights sum to 1. flip: the image and its mirror, 1/2 each.
+    flip_translate (airbench94's TTA level 2): those two at 1/4 each, plus the mirror pair of the image
+    shifted one pixel up-left and down-right (reflect padding) at 1/8 each."""
     if not tta:
-        return out
-    with autocast():
-        mirrored = F.log_softmax(model(inputs.flip(3)).float(), dim=1)
-    return torch.logaddexp(out, mirrored) - math.log(2.0)
+        return [(inputs, 1.0)]
+    if tta is True or tta == "flip":
+        return [(inputs, 0.5), (inputs.flip(3), 0.5)]
+    if tta != "flip_translate":
+        raise ValueError(f"tta must be None, 'flip' or 'flip_translate', got {tta!r}")
+    H, W = inputs.shape[-2:]
+    padded = F.pad(inputs, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :H, :W], padded[:, :, 2:, 2:]]
+    return [(inputs, 0.25), (inputs.flip(3), 0.25)] + [(view, 0.125) for s in shifted for view in (s, s.flip(3))]
+
+
+def log_probs(model: nn.Module, inputs: torch.Tensor, autocast: Callable = contextlib.nullcontext,
+              tta: Union[str, bool, None] = None) -> torch.Tensor:
+    """(B, K) float32 log-probabilities; with TTA the log of the weighted mean of the views' softmaxes,
+    computed in log space so that tiny probabilities never become log(0)."""
+    scores = []
+    for view, weight in _views(inputs, tta):
+        with autocast():
+            logits = model(view)
+        scores.append(F.log_softmax(logits.float(), dim=1) + math.log(weight))
+    return scores[0] if len(scores) == 1 else torch.stack(scores).logsumexp(0)
 
 
 @torch.inference_mode()
-def evaluate(model, loader, precision, tta: bool = False, dist=None) -> tuple[float, float]:
+def evaluate(model, loader, precision, tta: Union[str, bool, None] = None, dist=None) -> tuple[float, float]:
     """(mean loss, accuracy) over a split, summed on the device, one sync at the end."""
     totals = torch.zeros(3, dtype=torch.float64, device=loader.device)
     with eval_mode(model):

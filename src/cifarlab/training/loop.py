@@ -50,19 +50,35 @@ def _sync_if_due(state: TrainState) -> None:
     state.check_finite(weights=True)
 
 
-def train_epoch(state: TrainState, callbacks: Callback) -> None:
+def _synced_clock(state: TrainState) -> float:
+    if state.runtime.device.type == "cuda":
+        torch.cuda.synchronize(state.runtime.device)
+    return time.perf_counter()
+
+
+def train_epoch(state: TrainState, callbacks: Callback) -> float:
+    """Train the rest of the epoch; returns the seconds of it that were compile warm-up."""
     state.train_model.train()
+    compiling = 0.0
     for inputs, labels in state.train_loader.batches(state.epoch, start=state.batch_in_epoch):
-        train_step(state, inputs, labels)
+        if state.compile_warmup_steps:  # synchronised timing only during the warm-up steps
+            started = _synced_clock(state)
+            train_step(state, inputs, labels)
+            compiling += _synced_clock(state) - started
+            state.compile_warmup_steps -= 1
+        else:
+            train_step(state, inputs, labels)
         state.step += 1
         state.batch_in_epoch += 1
         _sync_if_due(state)
         callbacks.on_step_end(state)
         if state.stop_reason:
-            return
+            break
+    state.compile_seconds += compiling
+    return compiling
 
 
-def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
+def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seconds: float = 0.0) -> None:
     train_loss, train_acc = _reduced(state, state.epoch_meter)
     state.epoch_meter.reset()
     if state.runtime.dist.enabled:  # every rank evaluates with rank 0's BatchNorm statistics
@@ -79,6 +95,7 @@ def end_epoch(state: TrainState, train_seconds: float, images: int) -> None:
     state.history.append({
         "epoch": state.epoch, "step": state.step, "lr": state.lr, "train_loss": train_loss, "train_acc": train_acc,
         **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
+        **({"compile_seconds": compile_seconds} if compile_seconds else {}),
     })
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
     if math.isfinite(train_loss):
@@ -101,13 +118,14 @@ def fit(state: TrainState, callbacks: Callback) -> TrainState:
     while state.epoch < state.cfg.train.epochs and not state.stop_reason:
         callbacks.on_epoch_start(state)
         first_batch, started = state.batch_in_epoch, time.perf_counter()
-        train_epoch(state, callbacks)
+        compiling = train_epoch(state, callbacks)
+        seconds = time.perf_counter() - started - compiling
         if state.stop_reason == "diverged" or (state.stop_reason and state.batch_in_epoch < state.steps_per_epoch):
-            state.elapsed_seconds += time.perf_counter() - started
+            state.elapsed_seconds += seconds
             break  # diverged, or interrupted mid-epoch: no evaluation of a partial or broken epoch
         batch, total = state.train_loader.batch_size, state.train_loader.num_images
         images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
-        end_epoch(state, time.perf_counter() - started, images)
+        end_epoch(state, seconds, images, compiling)
         callbacks.on_epoch_end(state)
     state.check_finite(weights=True)
     callbacks.on_fit_end(state)

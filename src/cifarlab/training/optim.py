@@ -14,9 +14,28 @@ from torch import nn
 from cifarlab.errors import UserError
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def param_groups(model: nn.Module, cfg) -> list[dict]:
+    """One group of trainable parameters, or with `cfg.norm_lr_scale` two: the other parameters first
+    (what logs show as the lr), then normalisation layers' at lr x scale and weight decay / scale.
+    Each group's `lr_scale` tells the schedule its peak relative to the first's."""
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones (fastnet's whitening) left out
+    if cfg.norm_lr_scale is None:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    in_norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    norm = [p for p in trainable if id(p) in in_norm]
+    other = [p for p in trainable if id(p) not in in_norm]
+    scale = cfg.norm_lr_scale
+    groups = [{"params": other, "lr_scale": 1.0}, {"params": norm, "lr": cfg.lr * scale, "lr_scale": scale,
+                                                  "weight_decay": cfg.weight_decay / scale}]
+    return [group for group in groups if group["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """`cfg` is the `optim` section. Frozen parameters (e.g. fastnet's whitening) are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """`cfg` is the `optim` section; see `param_groups`."""
+    params = param_groups(model, cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
@@ -75,7 +94,8 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         pct_start = cfg.pct_start if cfg.peak_epoch is None else cfg.peak_epoch / epochs  # range checked in config
         # No annihilation (final_div_factor unset): the cycle ends where it began, at lr_peak / div_factor.
         final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
-        return S.OneCycleLR(optimizer, max_lr=peak_lr(cfg, base_lr), total_steps=total_steps, pct_start=pct_start,
+        peaks = [peak_lr(cfg, base_lr) * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
                             div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal)
     if cfg.name == "step":
         return S.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)

@@ -60,7 +60,9 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
-    elapsed_seconds: float = 0.0  # training wall time, carried across resumes
+    elapsed_seconds: float = 0.0  # training wall time, carried across resumes; compile warm-up excluded
+    compile_seconds: float = 0.0  # time of the compiled model's warm-up steps, carried across resumes
+    compile_warmup_steps: int = 0  # this process's steps still to count as compiling
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     epoch_meter: Optional[Meter] = None
     window_meter: Optional[Meter] = None
