@@ -43,3 +43,18 @@ def write_fashion_folder(root: Path, train_per_class: int, test_per_class: int) 
                 Image.fromarray(images[index]).save(path)
                 written[split].append((path, label, images[index]))
     return written
+
+
+def train_fashion_folder(tmp: Path, train_per_class: int, test_per_class: int, epochs: int, *overrides: str):
+    """(Run, written files): the smoke recipe trained on a fresh Fashion-MNIST PNG folder under `tmp`.
+
+    The folder's decoded cache goes to `tmp/cache`, never the user's."""
+    import cifarlab
+
+    written = write_fashion_folder(tmp / "fm", train_per_class, test_per_class)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFARLAB_DATA", str(tmp / "cache"))
+        run = cifarlab.train("smoke", [f"data.dir={tmp / 'fm'}", "data.dataset=folder", "data.options={}",
+                                       f"train.epochs={epochs}", "train.batch_size=32", f"output.dir={tmp / 'runs'}",
+                                       "output.tensorboard=false", "output.progress=none", *overrides])
+    return run, written

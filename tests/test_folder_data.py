@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cifarlab
-from _folders import FASHION_NAMES, needs_fashion, write_fashion_folder
+from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder, write_fashion_folder
 from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
 
@@ -58,10 +57,7 @@ def test_decoded_pixels_and_labels_equal_the_pngs(tmp_path):
 
 @needs_fashion
 def test_a_1000_image_folder_trains_end_to_end(tmp_path):
-    write_fashion_folder(tmp_path / "fm", train_per_class=80, test_per_class=20)  # 800 + 200 real images
-    run = cifarlab.train("smoke", [f"data.dir={tmp_path / 'fm'}", "data.dataset=folder", "data.options={}",
-                                   "train.epochs=5", "train.batch_size=32", f"output.dir={tmp_path / 'runs'}",
-                                   "output.tensorboard=false", "output.progress=none"])
+    run, _ = train_fashion_folder(tmp_path, 80, 20, 5)  # 800 + 200 real images as PNG files
     assert run.summary["status"] == "completed" and run.summary["dataset"] == "folder"
     assert run.best_test_acc > 0.6, run.history  # chance is 0.1
 

@@ -231,3 +231,10 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
     dataset = Dataset("folder", decoded["train"], decoded["test"], classes, mean, std, origin, val=decoded.get("val"))
     _write_cache(dataset, cache)
     return dataset
+
+
+def resolved_shape(data_dir: str | Path, **options) -> tuple[int, int]:
+    """(image_size, channels) that loading `data_dir` with `options` uses, read from file headers only."""
+    settings = _settings(options)
+    _, splits = scan(Path(data_dir).expanduser().resolve())
+    return resolve_settings(splits["train"], settings)
