@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _folders import fashion_test_arrays, needs_fashion
-from cifarlab.data.arrays import dataset_from_arrays
+from cifarlab.data.arrays import as_dataset, dataset_from_arrays
 from cifarlab.errors import UserError
 
 
@@ -63,3 +63,16 @@ def test_bad_arrays_give_one_line(change, message):
     with pytest.raises(UserError) as err:
         dataset_from_arrays(**args)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_as_dataset_accepts_the_forms_train_takes():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2])
+    from_tuple = as_dataset((x, y, x, y, ["a", "b", "c"]))
+    from_dict = as_dataset({"x_train": x, "y_train": y, "x_test": x, "y_test": y, "classes": ["a", "b", "c"]})
+    assert torch.equal(from_tuple.train.images, from_dict.train.images) and from_dict.classes == ("a", "b", "c")
+    assert as_dataset(from_tuple) is from_tuple
+    with pytest.raises(UserError, match=r"data dict needs keys .* got \['x_train', 'y'\]"):
+        as_dataset({"x_train": x, "y": y})
+    with pytest.raises(UserError, match="data must be .*, got tuple of 2 items"):
+        as_dataset((x, y))

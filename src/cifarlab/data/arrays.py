@@ -103,3 +103,22 @@ def dataset_from_arrays(x_train, y_train, x_test, y_test, classes: Optional[Sequ
     mean, std = channel_stats(train.images)
     origin = f"arrays passed from Python ({len(train.labels)} train / {len(test.labels)} test, {train_shape})"
     return Dataset(name, train, test, names, mean, std, origin)
+
+
+def as_dataset(data) -> Dataset:
+    """What `cifarlab.train(cfg, data=...)` accepts, as a Dataset: a Dataset as it is, a tuple
+    `(x_train, y_train, x_test, y_test)` with optional fifth item `classes`, or a dict with those keys."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, dict):
+        keys = ("x_train", "y_train", "x_test", "y_test", "classes")
+        unknown = sorted(set(data) - set(keys))
+        missing = [key for key in keys[:4] if key not in data]
+        if unknown or missing:
+            raise UserError(f"data dict needs keys x_train, y_train, x_test, y_test (and optionally classes), "
+                            f"got {sorted(data)}")
+        return dataset_from_arrays(**data)
+    if isinstance(data, (tuple, list)) and len(data) in (4, 5):
+        return dataset_from_arrays(*data)
+    raise UserError(f"data must be (x_train, y_train, x_test, y_test[, classes]), a dict of those or a Dataset, "
+                    f"got {type(data).__name__}{f' of {len(data)} items' if isinstance(data, (tuple, list)) else ''}")
