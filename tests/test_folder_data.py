@@ -153,3 +153,24 @@ def test_bad_options_and_missing_dir(tmp_path):
         load_dataset("folder", None)
     with pytest.raises(UserError, match="is not a folder"):
         load_dataset("folder", tmp_path / "nowhere")
+
+
+def test_big_jpegs_decode_at_reduced_scale_to_the_same_picture(tmp_path):
+    """JPEG draft mode (decoding at 1/8 scale) must give the picture a full decode gives."""
+    y, x = np.mgrid[0:600, 0:800]
+    photo = np.stack([x * 255 // 800, y * 255 // 600, (x + y) * 255 // 1400], -1).astype(np.uint8)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            save(tmp_path / "d" / split / name / "photo.jpg", photo)
+    ds = load_dataset("folder", tmp_path / "d", image_size=32)
+    with Image.open(tmp_path / "d" / "train" / "a" / "photo.jpg") as image:
+        image.load()  # fully decoded: draft mode no longer applies
+        full = read_full(image)
+    got = ds.train.images[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(got - full).mean() < 1 and np.abs(got - full).max() <= 8
+
+
+def read_full(image) -> np.ndarray:
+    from cifarlab.data.images import fit_square
+
+    return fit_square(image, 3, 32).astype(int)
