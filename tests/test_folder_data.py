@@ -43,6 +43,7 @@ def test_decoded_pixels_and_labels_equal_the_pngs(tmp_path):
     assert ds.classes == tuple(sorted(FASHION_NAMES))  # sorted like torchvision's ImageFolder
     assert ds.train.images.shape == (30, 1, 28, 28) and ds.test.images.shape == (20, 1, 28, 28)
     assert ds.image_size == 28 and ds.in_channels == 1 and ds.val is None
+    assert sorted(ds.train.labels[:10].tolist()) == list(range(10))  # a train_subset prefix keeps every class
     by_path = {path: (label, pixels) for path, label, pixels in written["train"]}
     for k, name in enumerate(ds.classes):
         files = sorted(p for p in by_path if p.parent.name == name)
@@ -104,7 +105,7 @@ def test_channels_follow_the_majority_and_alpha_is_composited_over_black(tmp_pat
     save(root / "train" / "dog" / "rgba.png", rgba, "RGBA")
     ds = load_dataset("folder", root)
     assert ds.in_channels == 3  # 8 RGB + 1 RGBA against 1 grey
-    grey, transparent = ds.train.images[2], ds.train.images[5]  # sorted: 0.png 1.png grey.png | 0.png 1.png rgba.png
+    grey, transparent = ds.train.images[4], ds.train.images[5]  # cat/0 dog/0 cat/1 dog/1 cat/grey dog/rgba
     assert grey.min() == grey.max() == 200
     assert transparent[:, :6].min() == 255 and transparent[:, 6:].max() == 0
     assert load_dataset("folder", root, channels=1).in_channels == 1
@@ -116,7 +117,7 @@ def test_val_split_and_ignored_files(tmp_path):
     save(root / "train" / ".ipynb_checkpoints" / "x.png", np.zeros((12, 12, 3), np.uint8))
     ds = load_dataset("folder", root)
     assert ds.classes == ("cat", "dog") and len(ds.train.labels) == 4
-    assert ds.val is not None and ds.val.labels.tolist() == [0, 0, 1, 1]
+    assert ds.val is not None and ds.val.labels.tolist() == [0, 1, 0, 1]  # classes interleaved
 
 
 @pytest.mark.parametrize("breakage, expected", [

@@ -5,7 +5,8 @@
     <data.dir>/val/<class>/*                            optional, the same class folders
 
 Class names are the folder names sorted like torchvision's `ImageFolder` (plain string sort); label k is
-the k-th name. Images may sit in nested folders under their class; other files and hidden entries
+the k-th name. Within a class files are in sorted path order, and the classes are interleaved (first image
+of each class, then the second of each...), so that `data.train_subset=N` keeps every class. Images may sit in nested folders under their class; other files and hidden entries
 (`.ipynb_checkpoints`, `.DS_Store`) are ignored.
 
 Every image goes through one rule (`cifarlab.data.images.fit_square`): alpha composited over black, the
@@ -98,10 +99,13 @@ def scan(root: Path) -> tuple[tuple[str, ...], dict[str, FileSplit]]:
             lacks, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
             raise UserError(f"{name}/ and train/ must hold the same class folders in {root}: {name}/ "
                             f"lacks {lacks or 'none'}, has extra {extra or 'none'}")
-    splits = {name: FileSplit(tuple(f for c in classes for f in found[c]),
-                              tuple(k for k, c in enumerate(classes) for _ in found[c]))
-              for name, found in per_split.items()}
-    return classes, splits
+    return classes, {name: _interleaved(classes, found) for name, found in per_split.items()}
+
+
+def _interleaved(classes: tuple[str, ...], found: dict[str, list[Path]]) -> FileSplit:
+    """Round-robin over the classes (a0 b0 c0 a1 b1 ...): a `data.train_subset` prefix holds every class."""
+    order = sorted((i, k) for k, c in enumerate(classes) for i in range(len(found[c])))
+    return FileSplit(tuple(found[classes[k]][i] for i, k in order), tuple(k for _, k in order))
 
 
 def _settings(options: dict) -> dict:
