@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -12,7 +13,9 @@ import cifarlab
 from _folders import FASHION_NAMES, fashion_test_arrays, needs_fashion, train_fashion_folder
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
-from cifarlab.export import ONNX_TOLERANCE, add_export_command, export
+from cifarlab.config import load_config
+from cifarlab.export import ONNX_TOLERANCE, add_export_command, export, export_model
+from cifarlab.registry import create_model, list_models
 
 pytestmark = needs_fashion
 
@@ -117,3 +120,28 @@ def test_bad_requests_give_one_line(checkpoint, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
     with pytest.raises(SystemExit):
         run_cli(str(checkpoint), "--format", "keras")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_exports_faithfully(name, tmp_path):
+    """TorchScript and ONNX files of each model give its PyTorch logits (fixed random weights and inputs)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=3, norm="batch", dropout=0.0)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from train mode
+        model.train()(torch.randn(32, 3, 32, 32))
+    for key, value in dict(classes=tuple("abcdefghij"), mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32,
+                           in_channels=3, tta=False, config=load_config(None, [f"model.name={name}"])).items():
+        setattr(model, key, value)
+    model.eval()
+    inputs = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(inputs)
+    traced = torch.jit.load(str(export_model(model, "torchscript", tmp_path / "m.pt")))
+    assert torch.allclose(traced(inputs), expected, atol=1e-5)
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime not installed (pip install 'cifarlab[onnx]')")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(export_model(model, "onnx", tmp_path / "m.onnx")))
+    got = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0])
+    assert (got - expected).abs().max().item() <= ONNX_TOLERANCE

@@ -19,6 +19,7 @@ An existing output file is never replaced: the export is refused with one line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onn
 ONNX_TOLERANCE = 1e-4
 
 
-def metadata(model: nn.Module, checkpoint: Path, export_format: str) -> dict:
+def metadata(model: nn.Module, source: str, export_format: str) -> dict:
     """The sidecar JSON: enough to feed the exported network and read its output."""
     from cifarlab import __version__
 
@@ -45,7 +46,7 @@ def metadata(model: nn.Module, checkpoint: Path, export_format: str) -> dict:
                   "norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options},
         "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std; shorter side resized to image_size, centre crop",
         "output": "logits (N, num_classes); softmax gives class probabilities",
-        "tta": model.tta, "checkpoint": str(checkpoint), "cifarlab": __version__, "torch": str(torch.__version__),
+        "tta": model.tta, "checkpoint": source, "cifarlab": __version__, "torch": str(torch.__version__),
     }
 
 
@@ -69,8 +70,17 @@ def _write_onnx(model: nn.Module, tmp: Path, meta: dict, example: torch.Tensor) 
     except ImportError:
         raise UserError("--format onnx needs the onnx extra: pip install 'cifarlab[onnx]'") from None
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), verbose=False)
+    # torch's exporter logs a warning per torchvision op it cannot register; no cifarlab model uses them.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                        output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    finally:
+        registration_log.setLevel(level)
     program.save(str(tmp))
     proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {"cifarlab": json.dumps(meta)})
@@ -108,18 +118,35 @@ def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Pat
     """Write the checkpoint's network as `export_format` to `out` (default `default_out`) plus `<out>.json`."""
     from cifarlab.inference import load_model
 
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
+    _refuse_existing(out)
+    return export_model(load_model(checkpoint), export_format, out, source=str(checkpoint))
+
+
+def _checked_format(export_format: str) -> str:
     if export_format not in FORMATS:
         raise UserError(f"unknown export format {export_format!r}; choose from: {', '.join(FORMATS)}")
-    checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else default_out(checkpoint, export_format)
-    sidecar = out.with_name(out.name + ".json")
-    for path in (out, sidecar):
+    return export_format
+
+
+def _refuse_existing(out: Path) -> None:
+    for path in (out, out.with_name(out.name + ".json")):
         if path.exists():
             raise UserError(f"{path} already exists; give another --out or remove it first (exports never overwrite)")
     if not out.parent.is_dir():
         raise UserError(f"output folder {out.parent} does not exist")
-    model = load_model(checkpoint).float()
-    meta = metadata(model, checkpoint, export_format)
+
+
+def export_model(model: nn.Module, export_format: str, out: Union[str, Path], source: str = "") -> Path:
+    """Export a model from `cifarlab.load_model` (it carries the metadata; fine-tuned or not) to `out` plus
+    `<out>.json`. The model is put in eval mode and float32 first."""
+    out = Path(out)
+    _checked_format(export_format)
+    _refuse_existing(out)
+    model = model.float().eval()
+    meta = metadata(model, source, export_format)
+    sidecar = out.with_name(out.name + ".json")
     tmp, tmp_sidecar = (path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in (out, sidecar))
     try:
         if export_format == "safetensors":
