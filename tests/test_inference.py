@@ -97,7 +97,7 @@ def test_a_folder_model_without_its_folder_says_what_to_do(trained, tmp_path):
     data_dir = checkpoint.parents[4] / "fm"  # <tmp>/runs/smoke/<time>/checkpoints/best.pt
     moved = shutil.move(str(data_dir), str(tmp_path / "moved"))
     try:
-        with pytest.raises(UserError, match="does not say its image size and its data .* is gone"):
+        with pytest.raises(UserError, match="does not store its image size, and data.dataset='folder' with data.dir=.* cannot tell it"):
             cifarlab.load_model(checkpoint)
     finally:
         shutil.move(moved, str(data_dir))

@@ -45,8 +45,8 @@ def image_size_of(meta: dict, data_cfg) -> int:
         from cifarlab.data.folder import resolved_shape
 
         return resolved_shape(data_cfg.dir, **data_cfg.options)[0]
-    raise UserError(f"the checkpoint does not say its image size and its data ({data_cfg.dataset}, dir "
-                    f"{data_cfg.dir}) is gone; retrain with data.options.image_size set")
+    raise UserError(f"the checkpoint does not store its image size, and data.dataset={data_cfg.dataset!r} with "
+                    f"data.dir={data_cfg.dir} cannot tell it (folder moved?); retrain with data.options.image_size set")
 
 
 def load_model(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu") -> nn.Module:
