@@ -67,15 +67,17 @@ def test_cache_is_reused_then_rebuilt_when_a_file_changes(tmp_path, cache_dir):
     root = tiny_tree(tmp_path / "pets")
     first = load_dataset("folder", root)
     assert "image folder, 8 files" in first.origin
+    assert load_dataset("folder", root, image_size=8).image_size == 8  # other options: their own cache
     again = load_dataset("folder", root)
     assert again.origin.startswith("cache ") and torch.equal(again.train.images, first.train.images)
+    assert load_dataset("folder", root, image_size=8).origin.startswith("cache ")
     changed = root / "train" / "cat" / "0.png"
     save(changed, np.full((12, 12, 3), 7, np.uint8))
     os.utime(changed, ns=(1, 1))  # a different mtime even on coarse-clock file systems
     rebuilt = load_dataset("folder", root)
     assert not rebuilt.origin.startswith("cache ")
     assert rebuilt.train.images[0].max() == 7 and first.train.images[0].max() == 50
-    assert len(list((cache_dir / "folder").glob("*.pt"))) == 1  # the superseded cache is gone
+    assert len(list((cache_dir / "folder").glob("*.pt"))) == 2  # the superseded cache is gone, image_size=8's kept
 
 
 def test_aspect_ratio_is_kept_by_resize_and_centre_crop(tmp_path):

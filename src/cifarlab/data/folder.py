@@ -18,7 +18,7 @@ shorter side resized to `image_size`, the centre square cropped, so the aspect r
 The images are decoded once, in parallel threads (PIL releases the GIL while decoding), into
 `<cache>/folder/<root hash>-<content hash>.pt` under `$CIFARLAB_DATA` (default ~/.cache/cifarlab). The
 content hash covers every image's path, byte size and mtime and the options, so adding, removing or
-editing an image decodes again; the superseded cache file of the same folder is deleted.
+editing an image decodes again; the superseded cache file of the same folder and options is deleted.
 
 An image that cannot be read stops the load with one line naming it (nothing is skipped silently: a
 model trained on quietly fewer images is worse than a clear error); move or fix the file and rerun.
@@ -183,9 +183,10 @@ def decode(split: FileSplit, size: int, channels: int) -> Split:
     return Split(images, torch.tensor(split.labels, dtype=torch.int64))
 
 
-def _cache_path(cache_root: Path, root: Path, key: str) -> Path:
-    root_hash = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return cache_root / "folder" / f"{root_hash}-{key[:16]}.pt"
+def _cache_path(cache_root: Path, root: Path, settings: dict, key: str) -> Path:
+    """`<root and options hash>-<content hash>.pt`: a new file replaces only its own folder and options' cache."""
+    prefix = hashlib.sha256(f"{root}|{settings['image_size']}|{settings['channels']}".encode()).hexdigest()[:12]
+    return cache_root / "folder" / f"{prefix}-{key[:16]}.pt"
 
 
 def _read_cache(path: Path) -> Optional[Dataset]:
@@ -211,7 +212,7 @@ def _write_cache(dataset: Dataset, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(blob, path)
         for stale in path.parent.glob(path.name.split("-")[0] + "-*.pt"):
-            if stale != path:  # the same folder's cache from before its files changed
+            if stale != path:  # the same folder and options' cache from before its files changed
                 stale.unlink(missing_ok=True)
     except OSError as err:  # a read-only cache dir only costs a slower next load
         log.warning("could not write the folder cache %s (%s); the next load decodes again", path, err)
@@ -224,7 +225,7 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
     root = Path(data_dir).expanduser().resolve()
     settings = _settings(options)
     classes, splits = scan(root)
-    cache = _cache_path(cache_root, root, content_key(root, splits, settings))
+    cache = _cache_path(cache_root, root, settings, content_key(root, splits, settings))
     if cache.is_file() and (dataset := _read_cache(cache)) is not None:
         return dataset
     size, channels = resolve_settings(splits["train"], settings)
