@@ -23,10 +23,24 @@ def resume(run_dir):
     return _resume(run_dir)
 
 
+def load_model(checkpoint, device="cpu"):
+    """An eval-mode model from a checkpoint, with `.classes`, `.mean`, `.std`, `.image_size`, `.tta`."""
+    from cifarlab.inference import load_model as _load_model
+
+    return _load_model(checkpoint, device)
+
+
+def predict(model_or_checkpoint, images, top=3, tta=None):
+    """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
+    from cifarlab.inference import predict as _predict
+
+    return _predict(model_or_checkpoint, images, top=top, tta=tta)
+
+
 def load_config(recipe=None, overrides=()):
     from cifarlab.config import load_config as _load
 
     return _load(recipe, list(overrides))
 
 
-__all__ = ["train", "resume", "load_config", "__version__"]
+__all__ = ["train", "resume", "load_model", "predict", "load_config", "__version__"]

@@ -57,7 +57,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of the train images scaled to [0, 1]
     std: tuple[float, ...]
     origin: str  # one line: where the tensors came from
-    val: Optional[Split] = None  # a validation split, when the data has one or `data.val_split` made one
+    val: Optional[Split] = None  # a validation split: an image folder's val/, or one `data.val_split` made
 
     @property
     def num_classes(self) -> int:
@@ -128,7 +128,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def list_datasets() -> list[str]:
-    return sorted([*SOURCES, "synthetic"])
+    return sorted([*SOURCES, "folder", "synthetic"])
 
 
 def dataset_shape(name: str, **options) -> tuple[int, int, int]:
@@ -165,7 +165,7 @@ def _cifar_extracted(source: Source, root: Path) -> bool:
 
 def dataset_available(name: str, data_dir: str | Path | None = None) -> bool:
     """True when `load_dataset(name, data_dir, download=False)` needs no network."""
-    if name == "synthetic":
+    if name in ("synthetic", "folder"):
         return True
     source, root = _source(name), resolve_data_dir(data_dir) / name
     if _cache_path(root, name).is_file():
@@ -346,13 +346,18 @@ def make_synthetic(num_train: int, num_test: int, num_classes: int, image_size: 
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True, **options) -> Dataset:
-    """The dataset `name` (see `list_datasets()`) as uint8 tensors on the CPU; `options` only for synthetic."""
+    """The dataset `name` (see `list_datasets()`) as uint8 tensors on the CPU; `options` only for synthetic
+    and folder. For `folder`, `data_dir` is the image folder itself (see `cifarlab.data.folder`)."""
+    if name == "folder":
+        from cifarlab.data.folder import load_folder
+
+        return load_folder(data_dir, resolve_data_dir(None), **options)
     if name == "synthetic":
         settings = _synthetic_settings(options)
         return _build(name, make_synthetic(**settings), f"synthetic (seed {settings['seed']}, generated in memory)")
     source = _source(name)
     if options:
-        raise UserError(f"dataset {name!r} takes no options, got {', '.join(sorted(options))}; options are for 'synthetic' only")
+        raise UserError(f"dataset {name!r} takes no options, got {', '.join(sorted(options))}; options are for 'synthetic' and 'folder' only")
     root = resolve_data_dir(data_dir) / name
     cache = _cache_path(root, name)
     if cache.is_file() and (dataset := _read_cache(name, cache)) is not None:
