@@ -1,7 +1,6 @@
 """`cifarlab export`: safetensors, TorchScript and ONNX files that reproduce the trained model, with metadata."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -14,7 +13,8 @@ from _folders import FASHION_NAMES, fashion_test_arrays, needs_fashion, train_fa
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
 from cifarlab.config import load_config
-from cifarlab.export import ONNX_TOLERANCE, add_export_command, export, export_model
+from cifarlab.cli import build_parser
+from cifarlab.export import ONNX_TOLERANCE, export, export_model
 from cifarlab.registry import create_model, list_models
 
 pytestmark = needs_fashion
@@ -33,10 +33,8 @@ def real_inputs(model, count=64) -> torch.Tensor:
 
 
 def run_cli(*argv: str) -> int:
-    """`cifarlab export ...` through the parser the CLI registers (add_export_command)."""
-    parser = argparse.ArgumentParser()
-    add_export_command(parser.add_subparsers())
-    args = parser.parse_args(["export", *argv])
+    """`cifarlab export ...` through the CLI's own parser (a UserError is raised, not printed)."""
+    args = build_parser().parse_args(["export", *argv])
     return args.run(args)
 
 

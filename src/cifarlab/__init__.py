@@ -9,18 +9,21 @@ Nothing heavy happens at import time; the API functions import their modules whe
 __version__ = "0.1.0"
 
 
-def train(config=None, overrides=(), run_dir=None):
-    """Train a recipe name, YAML path or `Config` with `key=value` overrides; returns the `Run`."""
+def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
+    """Train a recipe name, YAML path or `Config` with `key=value` overrides; returns the `Run`.
+
+    `data=(x_train, y_train, x_test, y_test[, classes])` trains on arrays or tensors instead of
+    `data.dataset`; `callbacks=[...]` adds your own `cifarlab.training.callbacks.Callback`s."""
     from cifarlab.experiment import train as _train
 
-    return _train(config, overrides, run_dir)
+    return _train(config, overrides, run_dir, data=data, callbacks=callbacks)
 
 
-def resume(run_dir):
+def resume(run_dir, data=None, callbacks=()):
     """Continue a run directory from its last checkpoint; returns the `Run`."""
     from cifarlab.experiment import resume as _resume
 
-    return _resume(run_dir)
+    return _resume(run_dir, data=data, callbacks=callbacks)
 
 
 def load_model(checkpoint, device="cpu"):

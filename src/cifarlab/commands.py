@@ -55,6 +55,16 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     p.set_defaults(run=cmd_compare)
 
+    p = sub.add_parser(
+        "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
+        description="example: cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt")
+    p.add_argument("--format", dest="export_format", choices=["onnx", "safetensors", "torchscript"], required=True,
+                   help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
+    p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
+                                            "never overwritten")
+    p.set_defaults(run=cmd_export)
+
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", nargs="+", type=Path)
@@ -142,6 +152,14 @@ def _predictions(loaded, images, labels=None):
                    autocast=loaded.runtime.precision.autocast, channels_last=loaded.runtime.channels_last)
 
 
+def cmd_export(args) -> int:
+    from cifarlab.export import export
+
+    out = export(args.checkpoint, args.export_format, args.out)
+    print(f"{out}\n{out.with_name(out.name + '.json')}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import torch
 
@@ -162,11 +180,10 @@ def cmd_predict(args) -> int:
 
 
 def _image_size(loaded) -> int:
-    """The image size the checkpoint's model was trained on (stored since format 1.1; else its dataset's)."""
-    from cifarlab.data.sources import dataset_shape
+    """The image size the checkpoint's model was trained on."""
+    from cifarlab.inference import image_size_of
 
-    data = loaded.cfg.data
-    return loaded.meta.get("image_size") or dataset_shape(data.dataset, **data.options)[1]
+    return image_size_of(loaded.meta, loaded.cfg.data)
 
 
 def cmd_gradcam(args) -> int:

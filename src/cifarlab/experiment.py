@@ -22,7 +22,8 @@ from cifarlab.config import Config, load_config, validate
 from cifarlab.data.sources import Dataset
 from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.training.build import build_state, default_callbacks, load_data
+from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
+from cifarlab.training.callbacks import Callback
 from cifarlab.training.checkpoint import load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
 from cifarlab.training.state import TrainState
@@ -42,14 +43,25 @@ class Run:
 
 # ------------------------------------------------------------------------------------------ running
 
-def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = (), run_dir: Optional[Path] = None) -> Run:
-    """Train a recipe name, YAML path or Config (plus `key=value` overrides) into a new run directory."""
+def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = (), run_dir: Optional[Path] = None,
+          data=None, callbacks: Sequence[Callback] = ()) -> Run:
+    """Train a recipe name, YAML path or Config (plus `key=value` overrides) into a new run directory.
+
+    `data`: images from Python instead of `data.dataset` — `(x_train, y_train, x_test, y_test[, classes])`,
+    a dict of those, or a Dataset (see `cifarlab.data.arrays`); the run then records `data.dataset: arrays`.
+    `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py)."""
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
+    source = None
+    if data is not None:
+        from cifarlab.data.arrays import as_dataset
+
+        source = as_dataset(data)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data, cfg.seed)
+    dataset = load_data(cfg.data, cfg.seed, source)
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name) if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
@@ -59,7 +71,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         if created:  # a run that never started leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return _fit_and_finish(state, dataset)
+    return _fit_and_finish(state, dataset, callbacks)
 
 
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
@@ -89,8 +101,9 @@ def _lr_peak_source(cfg: Config) -> str:
     return "schedule.lr_peak"
 
 
-def resume(run_dir: Union[str, Path]) -> Run:
-    """Continue a run from its last checkpoint, into the same run directory.
+def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = ()) -> Run:
+    """Continue a run from its last checkpoint, into the same run directory (`data` and `callbacks` as
+    for `train`; a run trained on arrays needs its arrays again).
 
     Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
     that already finished and a run that diverged (it would diverge again)."""
@@ -118,18 +131,25 @@ def resume(run_dir: Union[str, Path]) -> Run:
               file=sys.stderr, flush=True)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data, cfg.seed)
+    source = None
+    if data is not None:
+        from cifarlab.data.arrays import as_dataset
+
+        source = as_dataset(data)
+    dataset = load_data(cfg.data, cfg.seed, source)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})", runtime)
-    return _fit_and_finish(state, dataset)
+    return _fit_and_finish(state, dataset, callbacks)
 
 
-def _fit_and_finish(state: TrainState, dataset: Dataset) -> Run:
+def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     started = time.perf_counter()
-    fit(state, default_callbacks(cfg, run_dir, runtime.dist.is_main))
+    callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
+    callbacks.callbacks.extend(user_callbacks)
+    fit(state, callbacks)
     summary = write_summary(state, time.perf_counter() - started)
     if runtime.dist.is_main:
         _announce(_closing_message(state), runtime)

@@ -169,22 +169,3 @@ def export_model(model: nn.Module, export_format: str, out: Union[str, Path], so
         tmp.unlink(missing_ok=True)
         tmp_sidecar.unlink(missing_ok=True)
     return out
-
-
-def add_export_command(subparsers) -> None:
-    """Registers `cifarlab export` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
-        description="example: cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt")
-    p.add_argument("--format", dest="export_format", choices=sorted(FORMATS), required=True,
-                   help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
-    p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
-                                            "never overwritten")
-    p.set_defaults(run=cmd_export)
-
-
-def cmd_export(args) -> int:
-    out = export(args.checkpoint, args.export_format, args.out)
-    print(f"{out}\n{out.with_name(out.name + '.json')}")
-    return 0

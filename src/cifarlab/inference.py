@@ -12,7 +12,7 @@ colour images become grey for a 1-channel model and vice versa; alpha is composi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -20,8 +20,6 @@ from torch import nn
 
 from cifarlab.errors import UserError
 
-# Image sides of the built-in sources, for checkpoints that do not store their own (see `image_size_of`).
-BUILTIN_IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "mnist": 28}
 METADATA = ("classes", "mean", "std", "image_size", "in_channels", "tta")
 
 
@@ -35,12 +33,10 @@ def image_size_of(meta: dict, data_cfg) -> int:
         return int(meta["image_size"])
     if "image_size" in data_cfg.options:
         return int(data_cfg.options["image_size"])
-    if data_cfg.dataset in BUILTIN_IMAGE_SIZES:
-        return BUILTIN_IMAGE_SIZES[data_cfg.dataset]
-    if data_cfg.dataset == "synthetic":
-        from cifarlab.data.sources import SYNTHETIC_DEFAULTS
+    if data_cfg.dataset not in ("folder", "arrays"):
+        from cifarlab.data.sources import dataset_shape
 
-        return SYNTHETIC_DEFAULTS["image_size"]
+        return dataset_shape(data_cfg.dataset, **data_cfg.options)[1]
     if data_cfg.dataset == "folder" and data_cfg.dir and Path(data_cfg.dir).expanduser().is_dir():
         from cifarlab.data.folder import resolved_shape
 
@@ -52,13 +48,14 @@ def image_size_of(meta: dict, data_cfg) -> int:
 def load_model(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu") -> nn.Module:
     """An eval-mode model (EMA weights where the run kept them) with its metadata as attributes:
     `classes`, `mean`, `std` (per channel, of [0, 1] pixels), `image_size`, `in_channels`, `tta`
-    (whether the run evaluated with flip TTA; `predict` follows it) and `config` (the run's Config)."""
+    (the run's test-time augmentation: None, "flip" or "flip_translate"; `predict` follows it) and
+    `config` (the run's Config)."""
     from cifarlab.training.checkpoint import load_model as load_checkpoint_model
 
     model, cfg, meta = load_checkpoint_model(Path(checkpoint), device)
     values = {"classes": tuple(meta["classes"]), "mean": tuple(meta["mean"]), "std": tuple(meta["std"]),
               "image_size": image_size_of(meta, cfg.data), "in_channels": len(meta["mean"]),
-              "tta": bool(cfg.train.tta), "config": cfg}
+              "tta": cfg.train.tta, "config": cfg}
     for key, value in values.items():
         if hasattr(model, key):  # a model attribute of the same name would be silently replaced
             raise RuntimeError(f"model {cfg.model.name} already has an attribute {key!r}")
@@ -117,14 +114,14 @@ def _as_items(images) -> list:
     return [images]
 
 
-def predict(model_or_checkpoint, images, top: int = 3, tta: Optional[bool] = None,
+def predict(model_or_checkpoint, images, top: int = 3, tta: Union[str, bool, None] = None,
             batch_size: int = 256) -> list[list[tuple[str, float]]]:
     """Top-`top` (class name, probability) per image, most likely first, one list per image.
 
     `images`: one image or a list of them, each a file path, a PIL image, or a numpy array / torch
     tensor (H, W), (H, W, C) or (C, H, W), uint8 or float in [0, 1]; a 4-D array is a batch. Each is
     resized by the rule in the module doc (shorter side to `model.image_size`, centre crop). `tta`
-    defaults to the run's own setting (`model.tta`)."""
+    defaults to the run's own setting (`model.tta`); False turns it off, "flip"/"flip_translate" choose."""
     from cifarlab.analysis.predict import predict as predict_split
 
     model = _check_model(model_or_checkpoint)
@@ -136,7 +133,7 @@ def predict(model_or_checkpoint, images, top: int = 3, tta: Optional[bool] = Non
     batch = torch.stack([_to_model_input(item, model.in_channels, model.image_size, f"image {i}")
                          for i, item in enumerate(items)])
     probs = predict_split(model, batch, torch.zeros(len(batch), dtype=torch.long), model.mean, model.std,
-                          batch_size=batch_size, tta=model.tta if tta is None else tta).probs
+                          batch_size=batch_size, tta=model.tta if tta is None else (tta or None)).probs
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
     return [[(model.classes[k], float(p)) for p, k in zip(row_p.tolist(), row_k.tolist())]
             for row_p, row_k in zip(values, indices)]

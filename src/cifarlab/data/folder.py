@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cifarlab.data.download import save_atomic
+from cifarlab.atomic import atomic_write
 from cifarlab.data.images import fit_square
 from cifarlab.data.sources import Dataset, Split, channel_stats
 from cifarlab.errors import UserError
@@ -210,11 +209,11 @@ def _write_cache(dataset: Dataset, path: Path) -> None:
         blob[name] = (split.images, split.labels) if split is not None else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(blob, path)
+        atomic_write(path, lambda handle: torch.save(blob, handle))
         for stale in path.parent.glob(path.name.split("-")[0] + "-*.pt"):
             if stale != path:  # the same folder and options' cache from before its files changed
                 stale.unlink(missing_ok=True)
-    except OSError as err:  # a read-only cache dir only costs a slower next load
+    except (OSError, UserError) as err:  # a read-only cache dir only costs a slower next load
         log.warning("could not write the folder cache %s (%s); the next load decodes again", path, err)
 
 

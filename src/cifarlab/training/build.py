@@ -30,12 +30,16 @@ from cifarlab.training.state import TrainState
 # Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
 # and with reduce-overhead the next ones warm up and record the CUDA graphs.
 COMPILE_WARMUP_STEPS = 3
+ARRAYS = "arrays"  # data.dataset of a run whose images came from Python (`cifarlab.train(cfg, data=...)`)
 
 
-def load_data(data_cfg, seed: int = 0) -> Dataset:
-    """The dataset a `data` section describes: its source, the subsets, the validation split (drawn with
-    `seed`), and the normalisation to train with."""
-    dataset = load_dataset(data_cfg.dataset, data_cfg.dir, download=data_cfg.download, **data_cfg.options)
+def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Dataset:
+    """The dataset a `data` section describes: its source (or `source`, images passed from Python), the
+    subsets, the validation split (drawn with `seed`), and the normalisation to train with."""
+    if source is None and data_cfg.dataset == ARRAYS:
+        raise UserError("this run trained on arrays passed from Python (data.dataset=arrays); pass them again, "
+                        "e.g. cifarlab.resume(run_dir, data=(x_train, y_train, x_test, y_test))")
+    dataset = source or load_dataset(data_cfg.dataset, data_cfg.dir, download=data_cfg.download, **data_cfg.options)
     C = dataset.in_channels
     for key in ("mean", "std"):
         given = getattr(data_cfg, key)
