@@ -18,13 +18,13 @@ import torch
 
 from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
-from cifarlab.config import Config, load_config, validate
+from cifarlab.config import Config, load_config
 from cifarlab.data.sources import Dataset
 from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.checkpoint import load_checkpoint_with_path, restore, versions
+from cifarlab.training.callbacks import Callback, mark_best_completed
+from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
 from cifarlab.training.state import TrainState
 
@@ -59,19 +59,26 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 
         source = as_dataset(data)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
+    if run_dir is None:
+        rundir.check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name) if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
+    lock = rundir.RunLock(run_dir)
     try:
+        if runtime.dist.is_main:  # held until the run is over; the kernel drops it if the process dies
+            lock.acquire()
         state = _prepare(cfg, runtime, dataset, run_dir)
     except BaseException:
+        lock.release()
         if created:  # a run that never started leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return _fit_and_finish(state, dataset, callbacks)
+    with lock:
+        return _fit_and_finish(state, dataset, callbacks)
 
 
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
@@ -106,24 +113,39 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     for `train`; a run trained on arrays needs its arrays again).
 
     Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
-    that already finished and a run that diverged (it would diverge again)."""
+    another process is training, a checkpoint whose contents do not hold up (`check_payload`), a run that
+    already finished and a run that diverged (it would diverge again). A run whose last.pt says it finished
+    but whose summary.json is missing or older (a kill between the final checkpoint and the summary) gets
+    its summary.json, best.pt status and report rebuilt from the checkpoint, without training."""
     run_dir = Path(run_dir)
     checkpoint = rundir.checkpoint_path(run_dir, "last.pt")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
     if not checkpoint.exists() and not checkpoint.with_name("last.prev.pt").exists():
         raise UserError(f"{run_dir} has no checkpoints/last.pt to resume from")
+    # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
+    # holds it for all ranks of a torchrun job (the others would find it taken).
+    lock = rundir.RunLock(run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        lock.acquire()
+    with lock:
+        return _resume_locked(run_dir, checkpoint, data, callbacks)
+
+
+def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback]) -> Run:
     payload, used = load_checkpoint_with_path(checkpoint)
-    cfg = validate(payload["config"])
-    if payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs:
-        raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
-                        f"nothing to resume — start a new run with `cifarlab train`")
+    cfg = check_payload(payload, used)  # everything read below is checked before anything is written
     try:
         previous = rundir.read_summary(run_dir, required=False)
     except UserError:
         previous = {}
-    if previous.get("status") == "diverged":
-        raise UserError(f"run {run_dir} diverged at step {previous.get('diverged_at', {}).get('step')}; resuming "
+    finished = payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs
+    if finished and previous.get("status") == "completed" and previous.get("epochs_completed") == payload["epoch"]:
+        raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
+                        f"nothing to resume — start a new run with `cifarlab train`")
+    if not finished and "diverged" in (previous.get("status"), payload["status"]):
+        step = previous.get("diverged_at", {}).get("step") if isinstance(previous.get("diverged_at"), dict) else None
+        raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
     if payload["versions"].get("torch") != versions()["torch"]:
         print(f"warning: {used} was written with torch {payload['versions'].get('torch')}, this is "
@@ -140,6 +162,15 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
+    if finished:
+        # The final last.pt was written but the process died before summary.json (which needs the whole
+        # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
+        if state.epoch < cfg.train.epochs:
+            state.stop_reason = "early_stop"
+        _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {rundir.SUMMARY} "
+                  f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
+        mark_best_completed(rundir.checkpoint_path(run_dir, "best.pt"))
+        return _finish(state, dataset, state.elapsed_seconds)
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})", runtime)
     return _fit_and_finish(state, dataset, callbacks)
 
@@ -150,7 +181,13 @@ def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequenc
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     callbacks.callbacks.extend(user_callbacks)
     fit(state, callbacks)
-    summary = write_summary(state, time.perf_counter() - started)
+    return _finish(state, dataset, time.perf_counter() - started)
+
+
+def _finish(state: TrainState, dataset: Dataset, wall_seconds: float) -> Run:
+    """summary.json, the closing line and the report of a run whose training is over (or stopped)."""
+    cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
+    summary = write_summary(state, wall_seconds)
     if runtime.dist.is_main:
         _announce(_closing_message(state), runtime)
         if cfg.output.report and state.history and state.status == "completed":

@@ -11,7 +11,10 @@ both take names and columns from here, so the format changes in one file.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +29,7 @@ LR_FIND = "lr_find.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
 MODEL_SUMMARY = "model_summary.txt"
+LOCK = ".lock"  # only where a directory cannot be flock'ed (see RunLock)
 
 # metrics.csv: a `step` row per logging window, an `epoch` row per epoch; accuracies are fractions.
 # The val columns stay empty without a validation split.
@@ -34,9 +38,18 @@ METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "val
 _INT_COLUMNS = ("epoch", "step")
 
 
+def check_run_name(name: str) -> str:
+    """`name` (the config's `name`, the folder under output.dir) as one plain folder name, or a UserError:
+    a separator, `..` or an absolute path would put the run outside output.dir."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise UserError(f"name={name!r} must be one folder name, without '/', '\\' or '..': a run is written to "
+                        f"output.dir/<name>/<time> and must stay inside output.dir")
+    return name
+
+
 def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
     """A fresh `<output_dir>/<recipe>/<time>` folder (a suffix when two runs start in the same second)."""
-    root = Path(output_dir) / recipe
+    root = Path(output_dir) / check_run_name(recipe)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for attempt in range(100):
         run_dir = root / (stamp if attempt == 0 else f"{stamp}-{attempt}")
@@ -48,6 +61,51 @@ def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
         except OSError as err:
             raise UserError(f"cannot create run directory {run_dir}: {err.strerror}") from None
     raise UserError(f"too many runs started this second under {root}")
+
+
+class RunLock:
+    """An exclusive `flock` on the run directory itself, held while a process trains the run.
+
+    The lock is on the directory's own file descriptor, so taking it writes nothing (a refused `resume`
+    leaves the run byte for byte as it was, and no stale lock file is left behind), and the kernel drops it
+    when the process exits, however it exits (SIGKILL included). On a file system that cannot lock a
+    directory it falls back to locking `.lock` inside the run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock, or a UserError when another process holds it (nothing is written either way)."""
+        try:
+            self.fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                os.close(self.fd)  # no locks on directories here (e.g. NFS): lock a file in the run directory
+                self.fd = None
+                self.fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            self.release()
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UserError(f"run {self.run_dir} is being trained by another process right now; wait for it "
+                                f"to finish, or stop it (Ctrl-C, kill), before resuming it") from None
+            raise UserError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":  # `with lock:` releases an acquired lock at the end; it takes none
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def checkpoint_path(run_dir: str | Path, name: str = "last.pt") -> Path:

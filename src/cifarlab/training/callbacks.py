@@ -134,10 +134,13 @@ class CSVLogger(Callback):
             rows = list(csv.DictReader(handle))
         return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
-    def _append(self, row: dict) -> None:
+    def _append(self, row: dict, durable: bool = False) -> None:
         with open(self.path, "a", newline="") as handle:
             csv.DictWriter(handle, METRIC_COLUMNS, lineterminator="\n").writerow(
                 {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+            if durable:  # an epoch row is on disk before the epoch's checkpoint that points past it
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def on_step_end(self, state):
         window = state.window
@@ -146,7 +149,7 @@ class CSVLogger(Callback):
             self._append({"kind": "step", **window})
 
     def on_epoch_end(self, state):
-        self._append({"kind": "epoch", **state.history[-1]})
+        self._append({"kind": "epoch", **state.history[-1]}, durable=True)
 
 
 def _cell(value) -> str:
@@ -226,13 +229,17 @@ class Checkpointer(Callback):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
         if state.stop_reason in ("interrupted", "early_stop"):
             self.save(state, "last.pt")
-        best = self.directory / "best.pt"
-        if state.status == "completed" and best.is_file():
-            # best.pt was written while the run was still running: say now that its run finished.
-            payload = load_checkpoint(best)
-            if payload["status"] != "completed":
-                payload["status"] = "completed"
-                save_checkpoint(payload, best)
+        if state.status == "completed":
+            mark_best_completed(self.directory / "best.pt")
+
+
+def mark_best_completed(best: Path) -> None:
+    """best.pt was written while its run was still running: say now that the run finished."""
+    if best.is_file():
+        payload = load_checkpoint(best)
+        if payload["status"] != "completed":
+            payload["status"] = "completed"
+            save_checkpoint(payload, best)
 
 
 class StopOnSignal(Callback):

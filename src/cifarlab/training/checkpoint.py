@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import platform
+import stat
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from cifarlab.atomic import atomic_write
-from cifarlab.config import validate
+from cifarlab.config import Config, validate
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
 
@@ -36,6 +39,11 @@ TRAILER_TAG = b"\nCIFARLAB-SHA256 "
 TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
 # TrainState fields about how the run went that a resumed run must know (format 1 kept them in "extra").
 OUTCOME_FIELDS = ("lr_peak", "lr_peak_source", "early_stop")
+# A load reads at most this many bytes (a device file or a huge download must not read until MemoryError).
+MAX_BYTES_ENV = "CIFARLAB_MAX_CHECKPOINT_BYTES"
+DEFAULT_MAX_BYTES = 4 * 1024**3
+STATUSES = ("running", "completed", "interrupted", "diverged")
+HISTORY_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def versions() -> dict[str, str]:
@@ -139,15 +147,47 @@ def _verified_body(path: Path, data: bytes) -> bytes:
     return body
 
 
-def _read(path: Path) -> dict[str, Any]:
+def max_checkpoint_bytes() -> int:
+    """The most bytes a checkpoint load reads: $CIFARLAB_MAX_CHECKPOINT_BYTES, else 4 GiB."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}")
+    return int(text)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes: a regular file only (never a device, FIFO or socket), at most max_checkpoint_bytes()."""
+    limit = max_checkpoint_bytes()
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt") from None
     except OSError as err:
         raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt")
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file")
+        if info.st_size > limit:
+            raise UserError(f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit "
+                            f"(raise it with {MAX_BYTES_ENV})")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as err:
+            raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if len(data) > limit:  # it grew while we read it
+        raise UserError(f"checkpoint {path} is over the {limit:,}-byte limit (raise it with {MAX_BYTES_ENV})")
+    return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    data = _read_bytes(Path(path))
     body = _verified_body(path, data)
     try:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
@@ -181,8 +221,125 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return load_checkpoint_with_path(path)[0]
 
 
+def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
+    """Everything a load path reads from a checkpoint, checked before anything is built or written: types,
+    ranges and lengths against its own config. Returns the validated config; a UserError names the field.
+
+    A checkpoint with a valid sha256 can still hold anything (it was tampered with, or written by a bug):
+    the trailer proves the file is whole, not that its contents make sense."""
+    def need(ok: bool, field: str, expected: str, value: Any) -> None:
+        if not ok:
+            text = repr(value)
+            text = text if len(text) <= 60 else text[:57] + "..."
+            raise UserError(f"checkpoint {source} is not usable: {field} must be {expected}, got {text}")
+
+    raw = payload.get("config")
+    need(isinstance(raw, dict), "config", "a mapping", raw)
+    try:
+        cfg = validate(raw)
+    except UserError as err:
+        raise UserError(f"checkpoint {source} has an invalid config: {err}") from None
+    classes = payload["classes"]
+    need(isinstance(classes, (list, tuple)) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
+         and len(set(classes)) == len(classes), "classes", "a list of distinct class names (strings)", classes)
+    mean, std = payload["mean"], payload["std"]
+    for key, values in (("mean", mean), ("std", std)):
+        need(isinstance(values, (list, tuple)) and 1 <= len(values) <= 4 and all(_finite(v) for v in values),
+             key, "a list of 1 to 4 finite numbers (one per channel)", values)
+    need(len(std) == len(mean), "std", f"{len(mean)} values like mean", std)
+    need(min(std) > 0, "std", "positive", std)
+    for key, low, high in (("in_channels", len(mean), len(mean)), ("image_size", 1, 4096)):
+        value = payload.get(key)
+        need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
+    epochs = cfg.train.epochs
+    need(_whole(payload["epoch"], 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", payload["epoch"])
+    need(_whole(payload["step"], payload["epoch"]), "step", f"a whole number >= epoch ({payload['epoch']})", payload["step"])
+    batch = payload.get("batch_in_epoch", 0)
+    need(_whole(batch, 0, payload["step"]), "batch_in_epoch", f"a whole number in 0..step ({payload['step']})", batch)
+    need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
+    _check_history(payload["history"], payload["epoch"], need)
+    for key in ("elapsed_seconds", "compile_seconds", "lr_used"):
+        value = payload.get(key)
+        need(value is None or (_finite(value) and value >= 0), key, "a finite number >= 0", value)
+    need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
+         payload.get("precision"))
+    for key in ("model", "ema"):
+        weights = payload.get(key)
+        need((weights is None and key == "ema") or (isinstance(weights, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())),
+            key, "a mapping of names to tensors", type(weights).__name__)
+    for key in ("epoch_meter", "window_meter"):
+        meter = payload.get(key)
+        need(meter is None or (isinstance(meter, torch.Tensor) and meter.shape == (3,)
+                               and meter.dtype == torch.float64), key, "a float64 tensor of 3 sums", meter)
+    if "rng" in payload:
+        _check_rng(payload["rng"], need)
+    stored = payload.get("outcome", payload.get("extra", {}))
+    need(stored is None or isinstance(stored, dict), "outcome", "a mapping", stored)
+    need(isinstance(payload.get("versions", {}), dict), "versions", "a mapping", payload.get("versions"))
+    return cfg
+
+
+def _whole(value: Any, low: int = 0, high: Optional[int] = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> bool:  # NaN and inf allowed: a diverged epoch's loss is one
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_history(history: Any, epoch: int, need) -> None:
+    """One row per finished epoch, numbered 1..epoch, each with the keys every reader uses."""
+    need(isinstance(history, list) and len(history) == epoch, "history", f"a list of {epoch} rows (one per epoch)",
+         type(history).__name__ if not isinstance(history, list) else f"{len(history)} rows")
+    for number, row in enumerate(history, start=1):
+        need(isinstance(row, dict) and all(key in row for key in HISTORY_KEYS), f"history row {number}",
+             f"a mapping with {', '.join(HISTORY_KEYS)}", row)
+        need(_whole(row["epoch"], number, number) and _whole(row["step"]), f"history row {number}",
+             f"epoch {number} with a whole step", {"epoch": row["epoch"], "step": row["step"]})
+        bad = [key for key, value in row.items() if key != "epoch" and key != "step" and not _number(value)]
+        need(not bad and _finite(row["lr"]), f"history row {number}", "numbers only (finite lr)", row)
+
+
+def _check_rng(rng: Any, need) -> None:
+    """The RNG states `set_rng_state` restores, shaped as this Python, NumPy and torch expect them."""
+    need(isinstance(rng, dict), "rng", "a mapping", type(rng).__name__)
+    python = rng.get("python")
+    need(isinstance(python, list) and len(python) == 625 and all(_whole(v, 0, 2**32 - 1) for v in python)
+         and python[-1] <= 624, "rng.python", "625 whole numbers (the Mersenne Twister state and position)",
+         type(python).__name__ if not isinstance(python, list) else f"{len(python)} values")
+    gauss_next = rng.get("python_pos")  # random.getstate()[2]: the cached gauss() value, or None
+    need(gauss_next is None or _finite(gauss_next), "rng.python_pos", "None or a finite number", gauss_next)
+    expected = torch.get_rng_state()
+    state = rng.get("torch")
+    need(isinstance(state, torch.Tensor) and state.dtype == expected.dtype and state.shape == expected.shape,
+         "rng.torch", f"a uint8 tensor of {expected.numel()} bytes", state if not isinstance(state, torch.Tensor)
+         else f"{state.dtype} tensor of {state.numel()} values")
+    if "numpy" in rng:
+        keys = rng["numpy"]
+        need(isinstance(keys, torch.Tensor) and keys.shape == (624,) and not keys.is_floating_point()
+             and bool(((keys >= 0) & (keys < 2**32)).all()), "rng.numpy", "624 whole numbers", type(keys).__name__)
+        need(_whole(rng.get("numpy_pos"), 0, 624), "rng.numpy_pos", "a whole number in 0..624", rng.get("numpy_pos"))
+        gauss = rng.get("numpy_gauss")
+        need(isinstance(gauss, (list, tuple)) and len(gauss) == 2 and _whole(gauss[0], 0, 1) and _finite(gauss[1]),
+             "rng.numpy_gauss", "[0 or 1, a finite number]", gauss)
+    cuda = rng.get("cuda")
+    need(cuda is None or (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8), "rng.cuda",
+         "a uint8 tensor", type(cuda).__name__)
+
+
 def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
-    """Put a payload back into a freshly built TrainState (same config), ready for the next step."""
+    """Put a payload (passed through `check_payload`) back into a freshly built TrainState (same config),
+    ready for the next step."""
+    steps = state.steps_per_epoch
+    if payload["batch_in_epoch"] >= steps or payload["step"] > payload["epoch"] * steps + payload["batch_in_epoch"]:
+        raise UserError(f"checkpoint {source} is not usable: batch_in_epoch must be in 0..{steps - 1} and step at most "
+                        f"epoch * {steps} + batch_in_epoch ({steps} batches per epoch), got batch_in_epoch "
+                        f"{payload['batch_in_epoch']}, step {payload['step']}")
     try:
         state.model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
@@ -220,7 +377,7 @@ def _first_line(err: Exception) -> str:
 def load_model(path: Path, device: str | torch.device = "cpu"):
     """(model in eval mode, Config, meta) from a checkpoint, for eval, analysis and predict."""
     payload = load_checkpoint(Path(path))
-    cfg = validate(payload["config"])
+    cfg = check_payload(payload, path)
     classes = payload["classes"]
     meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status")}
     meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"))
