@@ -4,11 +4,15 @@ eval, report, predict and gradcam evaluate a checkpoint the way its run did (its
 unless a flag says otherwise, so one checkpoint has one accuracy everywhere."""
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from cifarlab.errors import UserError
+
+MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
+MAX_SUMMARY_BATCH = 1024
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
@@ -18,11 +22,17 @@ def _tta_flags(p) -> None:
     group.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
 
 
+def _data_dir_flag(p) -> None:
+    p.add_argument("--data-dir", type=Path, help="where datasets are cached (default: $CIFARLAB_DATA, else "
+                   "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
+
+
 def add_analysis_commands(sub) -> None:
     p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did")
     p.add_argument("checkpoint", type=Path)
     _tta_flags(p)
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
+    _data_dir_flag(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions")
@@ -38,16 +48,20 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory")
     p.add_argument("run_dir", type=Path)
+    _data_dir_flag(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--images", default="misclassified",
                    help="'misclassified' (by loss), comma-separated test indices, or image files (comma-separated)")
-    p.add_argument("--count", type=int, default=10, help="how many misclassified images (default 10)")
+    p.add_argument("--count", type=int, default=10,
+                   help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
     p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
-    p.add_argument("--out", type=Path, help="output PNG (default: next to the run's plots)")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
+                                            "of the run the checkpoint belongs to)")
+    _data_dir_flag(p)
     p.set_defaults(run=cmd_gradcam)
 
     p = sub.add_parser("compare", help="table and overlaid curves of several runs")
@@ -68,7 +82,7 @@ def add_analysis_commands(sub) -> None:
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
     p.set_defaults(run=cmd_predict)
 
 
@@ -77,7 +91,7 @@ def cmd_eval(args) -> int:
 
     from cifarlab.training.build import load_for_evaluation
 
-    result = load_for_evaluation(args.checkpoint, precision=args.precision).test_metrics(args.tta)
+    result = load_for_evaluation(args.checkpoint, precision=args.precision, data_dir=args.data_dir).test_metrics(args.tta)
     n, acc = result["images"], result["test_acc"]
     print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
     print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
@@ -90,7 +104,13 @@ def cmd_lr_find(args) -> int:
     from cifarlab.runtime import make_runtime
     from cifarlab.training.build import load_data
 
+    from cifarlab.rundir import check_run_name
+
+    if args.out is not None:
+        output_target(args.out, "--out", folder=True)
     cfg = load_config(args.recipe, args.overrides)
+    if args.out is None:
+        check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     dataset = load_data(cfg.data, cfg.seed)
     out = args.out or Path(cfg.output.dir) / cfg.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
@@ -102,6 +122,20 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+def output_target(path: Path, flag: str, folder: bool = False) -> Path:
+    """`path` as a place to write: a file must not exist yet (nothing is overwritten), a folder may exist as
+    a folder; either way the nearest existing parent must be a folder. Checked before any work is done."""
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder (new or existing)")
+    if not folder and (path.exists() or path.is_symlink()):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise UserError(f"{flag} {path} already exists ({kind}); give a new file name (nothing is overwritten)")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path} cannot be written: {parent} is a file, not a folder")
+    return path
+
+
 def _settings(pairs: list[str]) -> dict:
     from cifarlab.config import parse_override
 
@@ -110,15 +144,29 @@ def _settings(pairs: list[str]) -> dict:
 
 def cmd_summary(args) -> int:
     from cifarlab.analysis.model_summary import model_summary
-    from cifarlab.registry import create_model
+    from cifarlab.registry import MODELS, create_model
 
     from cifarlab.data.sources import dataset_shape
 
+    MODELS.get(args.model)  # an unknown model name first, with the list of known ones
     settings = _settings(args.settings)
     dataset = settings.pop("dataset", "cifar10")
-    batch_size = int(settings.pop("batch_size", 1))
+    batch_size = settings.pop("batch_size", 1)
+    if not isinstance(dataset, str):
+        raise UserError(f"dataset={dataset!r} must be a dataset name, e.g. dataset=cifar10")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SUMMARY_BATCH:
+        raise UserError(f"batch_size={batch_size!r} must be a whole number in 1..{MAX_SUMMARY_BATCH}")
+    for key in ("num_classes", "in_channels"):
+        if key in settings:
+            raise UserError(f"{key} comes from the dataset; set dataset=<name> instead of {key}={settings[key]!r}")
     channels, size, classes = dataset_shape(dataset)
-    model = create_model(args.model, num_classes=classes, in_channels=channels, **settings)
+    try:
+        model = create_model(args.model, num_classes=classes, in_channels=channels, **settings)
+    except (TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, UserError):
+            raise
+        given = " ".join(f"{key}={value!r}" for key, value in settings.items())
+        raise UserError(f"model {args.model!r} cannot be built with {given}: {str(err).splitlines()[0][:200]}") from None
     print(model_summary(model, (channels, size, size), batch_size))
     return 0
 
@@ -128,13 +176,14 @@ def cmd_report(args) -> int:
 
     if not (args.run_dir / "config.yaml").exists():
         raise UserError(f"{args.run_dir} is not a run directory (no config.yaml)")
-    print(report_from_run_dir(args.run_dir))
+    print(report_from_run_dir(args.run_dir, data_dir=args.data_dir))
     return 0
 
 
 def cmd_compare(args) -> int:
     from cifarlab.analysis.compare import compare_runs, to_markdown, write_comparison
 
+    output_target(args.out, "--out", folder=True)
     files = write_comparison(args.run_dirs, args.out)
     print(to_markdown(compare_runs(args.run_dirs)))
     print("\n".join(f"{name}: {path}" for name, path in files._asdict().items()), file=sys.stderr)
@@ -166,6 +215,8 @@ def cmd_predict(args) -> int:
     from cifarlab.data.images import read_image
     from cifarlab.training.build import load_for_evaluation
 
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
     loaded = load_for_evaluation(args.checkpoint)
     meta = loaded.meta
     channels, size = len(meta["mean"]), _image_size(loaded)
@@ -195,23 +246,30 @@ def cmd_gradcam(args) -> int:
     from cifarlab.data.normalize import normalize, to_float
     from cifarlab.training.build import load_for_evaluation
 
-    loaded = load_for_evaluation(args.checkpoint)
+    if not 1 <= args.count <= MAX_GRADCAM_IMAGES:
+        raise UserError(f"--count must be in 1..{MAX_GRADCAM_IMAGES}, got {args.count}")
+    chosen = _image_choice(args.images)
+    out = output_target(args.out, "--out") if args.out is not None else None
+    loaded = load_for_evaluation(args.checkpoint, data_dir=args.data_dir)
+    out = out or _default_gradcam_out(args.checkpoint, args.method)
     model, meta = loaded.model, loaded.meta
     classes, mean, std = meta["classes"], meta["mean"], meta["std"]
-    if args.images == "misclassified" or args.images.replace(",", "").isdigit():
+    if chosen == "misclassified" or isinstance(chosen[0], int):
         test = loaded.test_data().test
-        if args.images == "misclassified":
+        if chosen == "misclassified":
             chosen = _predictions(loaded, test.images, test.labels).misclassified(args.count)
+            if len(chosen) == 0:
+                raise UserError("the checkpoint classifies every test image correctly: no misclassified image to "
+                                "explain; give --images with test indices or image files")
         else:
-            chosen = torch.tensor([int(i) for i in args.images.split(",")])
-            if chosen.max() >= len(test.labels) or chosen.min() < 0:
+            if max(chosen) >= len(test.labels) or min(chosen) < 0:
                 raise UserError(f"--images indices must be in 0..{len(test.labels) - 1}, got {args.images}")
+            chosen = torch.tensor(chosen)
         images, labels = test.images[chosen], test.labels[chosen]
         names = [f"#{i}" for i in chosen.tolist()]
     else:
-        paths = [Path(p) for p in args.images.split(",")]
-        images = torch.stack([read_image(p, len(mean), _image_size(loaded)) for p in paths])
-        labels, names = None, [p.name for p in paths]
+        images = torch.stack([read_image(p, len(mean), _image_size(loaded)) for p in chosen])
+        labels, names = None, [p.name for p in chosen]
     probs = _predictions(loaded, images).probs
     top2 = probs.topk(min(2, probs.shape[1]), dim=1).indices
     preds = top2[:, 0]
@@ -221,7 +279,39 @@ def cmd_gradcam(args) -> int:
     cam_other = gradcam(model, inputs, second, layer=args.layer, method=args.method)
     titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
               for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
-    out = args.out or args.checkpoint.parent.parent / "plots" / f"gradcam_{args.method.replace('+', 'pp')}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     print(plot_gradcam(images, cam_pred, cam_other, titles, out))
     return 0
+
+
+def _image_choice(text: str):
+    """--images: "misclassified", a list of test indices, or a list of image paths."""
+    if text == "misclassified":
+        return text
+    items = [item.strip() for item in text.split(",")]
+    what = "'misclassified', test indices like 0,5,7, or image files separated by commas"
+    if not all(items):
+        raise UserError(f"--images {text!r} has an empty item; give {what}")
+    if len(items) > MAX_GRADCAM_IMAGES:
+        raise UserError(f"--images names {len(items)} images; give at most {MAX_GRADCAM_IMAGES}")
+    numeric = [bool(re.fullmatch(r"[+-]?\d+", item)) for item in items]
+    if all(numeric):
+        return [int(item) for item in items]
+    if any(numeric):
+        raise UserError(f"--images {text!r} mixes test indices and file names; give {what}")
+    return [Path(item) for item in items]
+
+
+def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
+    """plots/gradcam_<method>.png of the run the checkpoint really lies in (symlinks and `..` resolved),
+    so the same checkpoint always writes to the same place however its path was spelled."""
+    from cifarlab.rundir import CHECKPOINTS, CONFIG
+
+    real = checkpoint.resolve()
+    run_dir = real.parent.parent
+    if real.parent.name != CHECKPOINTS or not (run_dir / CONFIG).is_file():
+        raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
+                        f"{CONFIG}), so there is no plots/ folder for it; give --out FILE.png")
+    out = output_target(run_dir / "plots", "the run's plots folder", folder=True) / f"gradcam_{method.replace('+', 'pp')}.png"
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
+    return out  # the run's own plot: made again on each call

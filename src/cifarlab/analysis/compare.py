@@ -33,11 +33,18 @@ class ComparisonFiles(NamedTuple):
 # ---------------------------------------------------------------- the table
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
-    """One row per run: found max lr, min lr, best test/train accuracy (fractions), epochs, time, speed."""
-    return [_row(Path(run_dir)) for run_dir in run_dirs]
+    """One row per run: found max lr, min lr, best test/train accuracy (fractions), epochs, time, speed.
+    A run given twice (however spelled) is refused; every row's label is distinct (see `run_labels`)."""
+    seen: dict[Path, str] = {}
+    for run_dir in run_dirs:
+        real = Path(run_dir).resolve()
+        if real in seen:
+            raise UserError(f"run {str(run_dir)!r} is given twice (also as {seen[real]!r}); give each run once")
+        seen[real] = str(run_dir)
+    return [_row(Path(run_dir), label) for run_dir, label in zip(run_dirs, run_labels(run_dirs))]
 
 
-def _row(run_dir: Path) -> dict:
+def _row(run_dir: Path, label: str) -> dict:
     summary = read_summary(run_dir)
     metrics = read_metrics(run_dir)
     lrs = [row["lr"] for row in metrics if row["lr"] is not None]
@@ -46,7 +53,7 @@ def _row(run_dir: Path) -> dict:
     if best_train is None and train_accs:
         best_train = max(train_accs)
     return {
-        "run": run_label(run_dir),
+        "run": label,
         "recipe": summary.get("recipe"),
         "lr_found": summary.get("lr_peak"),
         "lr_min": min(lrs) if lrs else None,
@@ -59,10 +66,25 @@ def _row(run_dir: Path) -> dict:
     }
 
 
-def run_label(run_dir: str | Path) -> str:
-    """`runs/custom-resnet-onecycle/20240101-120000` -> `custom-resnet-onecycle/20240101-120000`."""
-    run_dir = Path(run_dir).resolve()
-    return f"{run_dir.parent.name}/{run_dir.name}"
+def run_label(run_dir: str | Path, depth: int = 2) -> str:
+    """`runs/custom-resnet-onecycle/20240101-120000` -> `custom-resnet-onecycle/20240101-120000` (the last
+    `depth` parts of the real path)."""
+    parts = Path(run_dir).resolve().parts
+    return "/".join(parts[-depth:]).lstrip("/") or "/"
+
+
+def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
+    """`run_label` of each run, with more of its path for runs whose `<recipe>/<stamp>` collide
+    (`a/runs/smoke/20240101-120000` and `b/runs/smoke/20240101-120000`), so no two curves share a name."""
+    depths = [2] * len(run_dirs)
+    while True:
+        labels = [run_label(run_dir, depth) for run_dir, depth in zip(run_dirs, depths)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1]
+        deeper = [i for i in clashing if depths[i] < len(Path(run_dirs[i]).resolve().parts)]
+        if not deeper:
+            return labels
+        for i in deeper:
+            depths[i] += 1
 
 
 def format_cell(key: str, value: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -65,9 +66,10 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     return md_path
 
 
-def report_from_run_dir(run_dir, dataset=None, device: str = "auto") -> Path:
+def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=None) -> Path:
     """`cifarlab report RUN_DIR`: best.pt (else last.pt) on the run's own test split (`dataset`, when the
-    caller has it loaded already), evaluated with the run's precision and TTA, then `analyze_run`."""
+    caller has it loaded already; else looked up under `data_dir`, see `load_for_evaluation`), evaluated
+    with the run's precision and TTA, then `analyze_run`."""
     from cifarlab.training.build import load_for_evaluation
 
     run_dir = Path(run_dir)
@@ -76,9 +78,30 @@ def report_from_run_dir(run_dir, dataset=None, device: str = "auto") -> Path:
     checkpoint = report_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"{str(run_dir)!r} has no checkpoints/best.pt or checkpoints/last.pt to report on")
-    loaded = load_for_evaluation(checkpoint, device=device)
-    return analyze_run(run_dir, loaded.model, dataset or loaded.test_data(), loaded.cfg,
-                       autocast=loaded.runtime.precision.autocast, device=loaded.runtime.device)
+    check_writable(run_dir)
+    loaded = load_for_evaluation(checkpoint, device=device, data_dir=data_dir)
+    try:
+        return analyze_run(run_dir, loaded.model, dataset or loaded.test_data(), loaded.cfg,
+                           autocast=loaded.runtime.precision.autocast, device=loaded.runtime.device)
+    except OSError as err:  # read-only or full disk half-way: one line, not a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        raise UserError(f"cannot write the report into {run_dir}: {err.strerror or err}{where}") from None
+
+
+REPORT_FOLDERS = ("plots", "tables")
+REPORT_FILES = (MODEL_SUMMARY, "report.md", "report.html")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a run directory the report cannot be written into."""
+    for name in REPORT_FOLDERS:
+        if (run_dir / name).exists() and not (run_dir / name).is_dir():
+            raise UserError(f"cannot write the report into {run_dir}: {run_dir / name} is a file, not a folder")
+    for name in REPORT_FILES:
+        if (run_dir / name).is_dir():
+            raise UserError(f"cannot write the report into {run_dir}: {run_dir / name} is a folder, not a file")
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(f"cannot write the report into {run_dir}: the run directory is read-only")
 
 
 # ---------------------------------------------------------------- helpers

@@ -124,6 +124,9 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     path = Path(chosen).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"data directory {path} is a file, expected a directory")
+    existing = next(p for p in path.absolute().parents if p.exists())  # `file/sub`: mkdir would fail later
+    if not path.exists() and not existing.is_dir():
+        raise UserError(f"data directory {path} cannot be created: {existing} is a file, not a directory")
     return path
 
 

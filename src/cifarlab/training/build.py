@@ -157,6 +157,7 @@ class Evaluation:
     cfg: Config
     meta: dict
     runtime: Runtime
+    data_dir: Optional[str] = None  # where the user keeps datasets; never the checkpoint's own data.dir
 
     @property
     def tta(self) -> Optional[str]:
@@ -164,7 +165,7 @@ class Evaluation:
 
     def test_data(self) -> Dataset:
         """The run's own test split (subset included), normalised with the checkpoint's statistics."""
-        dataset = load_data(self.cfg.data, self.cfg.seed)
+        dataset = load_data(evaluation_data_config(self.cfg.data, self.data_dir), self.cfg.seed)
         if dataset.num_classes != len(self.meta["classes"]):
             raise UserError(f"the checkpoint has {len(self.meta['classes'])} classes but {self.cfg.data.dataset} has "
                             f"{dataset.num_classes}")
@@ -179,10 +180,23 @@ class Evaluation:
                 "tta": tta, "precision": self.runtime.precision.name}
 
 
-def load_for_evaluation(path: Path, device: str = "auto", precision: Optional[str] = None) -> Evaluation:
-    """`path`'s model on `device`, with the precision the run trained with unless `precision` is given."""
+def evaluation_data_config(data_cfg, data_dir: Optional[str] = None):
+    """The checkpoint's `data` section with `dir` replaced by the user's (`data_dir`, else $CIFARLAB_DATA or
+    the default cache): a built-in source decodes into and caches under `dir`, and a checkpoint is someone
+    else's file, so evaluating it must not write a dataset cache wherever its config points. An image
+    folder's `dir` is where its images are (only read; its cache goes under the user's cache folder)."""
+    if data_cfg.dataset == "folder":
+        return data_cfg if data_dir is None else data_cfg.model_copy(update={"dir": str(data_dir)})
+    return data_cfg.model_copy(update={"dir": None if data_dir is None else str(data_dir)})
+
+
+def load_for_evaluation(path: Path, device: str = "auto", precision: Optional[str] = None,
+                        data_dir: Optional[str] = None) -> Evaluation:
+    """`path`'s model on `device`, with the precision the run trained with unless `precision` is given;
+    its test data is looked up under `data_dir` (see `evaluation_data_config`)."""
     model, cfg, meta = load_model(Path(path))
     chosen = precision or meta.get("precision") or cfg.train.precision
     runtime = make_runtime(cfg.train.model_copy(update={"device": device, "precision": chosen}), cfg.seed)
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    return Evaluation(model.to(runtime.device, memory_format=memory_format), cfg, meta, runtime)
+    return Evaluation(model.to(runtime.device, memory_format=memory_format), cfg, meta, runtime,
+                      None if data_dir is None else str(data_dir))
