@@ -265,9 +265,11 @@ def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
          payload.get("precision"))
     for key in ("model", "ema"):
         weights = payload.get(key)
-        need((weights is None and key == "ema") or (isinstance(weights, dict) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())),
-            key, "a mapping of names to tensors", type(weights).__name__)
+        if weights is None and key == "ema":
+            continue
+        need(isinstance(weights, dict), key, "a mapping of names to tensors", type(weights).__name__)
+        wrong = [f"{k}: {type(v).__name__}" for k, v in weights.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+        need(not wrong, key, "a mapping of names to tensors", ", ".join(wrong[:3]))
     for key in ("epoch_meter", "window_meter"):
         meter = payload.get(key)
         need(meter is None or (isinstance(meter, torch.Tensor) and meter.shape == (3,)
