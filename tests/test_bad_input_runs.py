@@ -132,6 +132,11 @@ def _fifo(tmp: Path) -> Path:
     return path
 
 
+def _link(path: Path, target: str) -> Path:
+    path.symlink_to(target)
+    return path
+
+
 def _ckpt(run_dir: Path, name: str = "best.pt") -> str:
     return str(run_dir / "checkpoints" / name)
 
@@ -198,6 +203,7 @@ CASES = [
     ("eval-dev-zero", lambda t, r, m: ["eval", "/dev/zero"], ["/dev/zero is not a regular file", ".pt file"]),
     ("predict-dev-urandom", lambda t, r, m: ["predict", "/dev/urandom", str(_image(t))], ["/dev/urandom is not a regular file"]),
     ("eval-fifo", lambda t, r, m: ["eval", str(_fifo(t))], ["pipe.pt is not a regular file"]),
+    ("eval-link-to-a-device", lambda t, r, m: ["eval", str(_link(t / "best.pt", "/dev/zero"))], ["best.pt is not a regular file"]),
     ("eval-over-the-size-limit", lambda t, r, m: _env(m, "CIFARLAB_MAX_CHECKPOINT_BYTES", "1000", ["eval", _ckpt(r[D])]),
      ["over the 1,000-byte limit", "CIFARLAB_MAX_CHECKPOINT_BYTES"]),
     ("eval-size-limit-not-a-number", lambda t, r, m: _env(m, "CIFARLAB_MAX_CHECKPOINT_BYTES", "lots", ["eval", _ckpt(r[D])]),

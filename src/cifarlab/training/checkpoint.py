@@ -168,15 +168,18 @@ def _read_bytes(path: Path) -> bytes:
         raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt") from None
     except OSError as err:
         raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file"
+    elif info.st_size > limit:
+        problem = f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit (raise it with {MAX_BYTES_ENV})"
+    if problem:
+        os.close(fd)
+        raise UserError(problem)
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt")
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file")
-        if info.st_size > limit:
-            raise UserError(f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit "
-                            f"(raise it with {MAX_BYTES_ENV})")
         try:
             data = handle.read(limit + 1)
         except OSError as err:
