@@ -91,7 +91,8 @@ def cmd_eval(args) -> int:
 
     from cifarlab.training.build import load_for_evaluation
 
-    result = load_for_evaluation(args.checkpoint, precision=args.precision, data_dir=args.data_dir).test_metrics(args.tta)
+    loaded = load_for_evaluation(args.checkpoint, precision=args.precision, data_dir=args.data_dir)
+    result = loaded.test_metrics(args.tta)
     n, acc = result["images"], result["test_acc"]
     print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
     print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
@@ -101,10 +102,9 @@ def cmd_eval(args) -> int:
 def cmd_lr_find(args) -> int:
     from cifarlab.analysis.lr_search import describe, run_range_test, save_range_test
     from cifarlab.config import load_config
+    from cifarlab.rundir import check_run_name
     from cifarlab.runtime import make_runtime
     from cifarlab.training.build import load_data
-
-    from cifarlab.rundir import check_run_name
 
     if args.out is not None:
         output_target(args.out, "--out", folder=True)
@@ -144,9 +144,8 @@ def _settings(pairs: list[str]) -> dict:
 
 def cmd_summary(args) -> int:
     from cifarlab.analysis.model_summary import model_summary
-    from cifarlab.registry import MODELS, create_model
-
     from cifarlab.data.sources import dataset_shape
+    from cifarlab.registry import MODELS, create_model
 
     MODELS.get(args.model)  # an unknown model name first, with the list of known ones
     settings = _settings(args.settings)
@@ -166,7 +165,8 @@ def cmd_summary(args) -> int:
         if isinstance(err, UserError):
             raise
         given = " ".join(f"{key}={value!r}" for key, value in settings.items())
-        raise UserError(f"model {args.model!r} cannot be built with {given}: {str(err).splitlines()[0][:200]}") from None
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"model {args.model!r} cannot be built with {given}: {reason}") from None
     print(model_summary(model, (channels, size, size), batch_size))
     return 0
 
@@ -311,7 +311,8 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
     if real.parent.name != CHECKPOINTS or not (run_dir / CONFIG).is_file():
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no plots/ folder for it; give --out FILE.png")
-    out = output_target(run_dir / "plots", "the run's plots folder", folder=True) / f"gradcam_{method.replace('+', 'pp')}.png"
+    plots = output_target(run_dir / "plots", "the run's plots folder", folder=True)
+    out = plots / f"gradcam_{method.replace('+', 'pp')}.png"
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call

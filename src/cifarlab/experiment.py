@@ -134,7 +134,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
 
 def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback]) -> Run:
     payload, used = load_checkpoint_with_path(checkpoint)
-    cfg = check_payload(payload, used)  # everything read below is checked before anything is written
+    cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
     try:
         previous = rundir.read_summary(run_dir, required=False)
     except UserError:
@@ -147,8 +147,9 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
         step = previous.get("diverged_at", {}).get("step") if isinstance(previous.get("diverged_at"), dict) else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
-    if payload["versions"].get("torch") != versions()["torch"]:
-        print(f"warning: {used} was written with torch {payload['versions'].get('torch')}, this is "
+    written_with = payload.get("versions", {}).get("torch")
+    if written_with != versions()["torch"]:
+        print(f"warning: {used} was written with torch {written_with}, this is "
               f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
               file=sys.stderr, flush=True)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)

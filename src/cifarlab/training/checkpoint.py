@@ -20,8 +20,8 @@ import io
 import math
 import os
 import platform
-import stat
 import random
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -175,7 +175,8 @@ def _read_bytes(path: Path) -> bytes:
     elif not stat.S_ISREG(info.st_mode):
         problem = f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file"
     elif info.st_size > limit:
-        problem = f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit (raise it with {MAX_BYTES_ENV})"
+        problem = (f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit "
+                   f"(raise it with {MAX_BYTES_ENV})")
     if problem:
         os.close(fd)
         raise UserError(problem)
@@ -224,9 +225,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return load_checkpoint_with_path(path)[0]
 
 
-def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
+RESUME_KEYS = ("optimizer", "schedule", "scaler", "ema", "batch_in_epoch", "elapsed_seconds", "epoch_meter",
+               "window_meter", "rng")  # read by `restore` on top of what evaluation reads
+
+
+def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = False) -> Config:
     """Everything a load path reads from a checkpoint, checked before anything is built or written: types,
-    ranges and lengths against its own config. Returns the validated config; a UserError names the field.
+    ranges and lengths against its own config (with `resume`, also what `restore` needs). Returns the
+    validated config; a UserError names the field.
 
     A checkpoint with a valid sha256 can still hold anything (it was tampered with, or written by a bug):
     the trailer proves the file is whole, not that its contents make sense."""
@@ -236,6 +242,13 @@ def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
             text = text if len(text) <= 60 else text[:57] + "..."
             raise UserError(f"checkpoint {source} is not usable: {field} must be {expected}, got {text}")
 
+    if resume:
+        missing = [key for key in RESUME_KEYS if key not in payload]
+        need(not missing, "a resumable checkpoint", f"complete ({', '.join(RESUME_KEYS)})", f"no {', '.join(missing)}")
+        need(isinstance(payload["optimizer"], dict) and {"state", "param_groups"} <= set(payload["optimizer"]),
+             "optimizer", "an optimizer state_dict (state, param_groups)", type(payload["optimizer"]).__name__)
+        for key in ("schedule", "scaler"):
+            need(payload[key] is None or isinstance(payload[key], dict), key, "a mapping", type(payload[key]).__name__)
     raw = payload.get("config")
     need(isinstance(raw, dict), "config", "a mapping", raw)
     try:
@@ -255,8 +268,9 @@ def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
         value = payload.get(key)
         need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
     epochs = cfg.train.epochs
-    need(_whole(payload["epoch"], 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", payload["epoch"])
-    need(_whole(payload["step"], payload["epoch"]), "step", f"a whole number >= epoch ({payload['epoch']})", payload["step"])
+    epoch, step = payload["epoch"], payload["step"]
+    need(_whole(epoch, 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", epoch)
+    need(_whole(step, epoch), "step", f"a whole number >= epoch ({epoch})", step)
     batch = payload.get("batch_in_epoch", 0)
     need(_whole(batch, 0, payload["step"]), "batch_in_epoch", f"a whole number in 0..step ({payload['step']})", batch)
     need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
@@ -271,7 +285,8 @@ def check_payload(payload: dict[str, Any], source: Path | str) -> Config:
         if weights is None and key == "ema":
             continue
         need(isinstance(weights, dict), key, "a mapping of names to tensors", type(weights).__name__)
-        wrong = [f"{k}: {type(v).__name__}" for k, v in weights.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+        wrong = [f"{k}: {type(v).__name__}" for k, v in weights.items()
+                 if not (isinstance(k, str) and torch.is_tensor(v))]
         need(not wrong, key, "a mapping of names to tensors", ", ".join(wrong[:3]))
     for key in ("epoch_meter", "window_meter"):
         meter = payload.get(key)
