@@ -232,7 +232,7 @@ RESUME_KEYS = ("optimizer", "schedule", "scaler", "ema", "batch_in_epoch", "elap
 def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = False) -> Config:
     """Everything a load path reads from a checkpoint, checked before anything is built or written: types,
     ranges and lengths against its own config (with `resume`, also what `restore` needs). Returns the
-    validated config; a UserError names the field.
+    validated config; a UserError names the field, what it must be and what it is.
 
     A checkpoint with a valid sha256 can still hold anything (it was tampered with, or written by a bug):
     the trailer proves the file is whole, not that its contents make sense."""
@@ -255,6 +255,17 @@ def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = Fa
         cfg = validate(raw)
     except UserError as err:
         raise UserError(f"checkpoint {source} has an invalid config: {err}") from None
+    _check_data_meta(payload, need)
+    _check_position(payload, cfg.train.epochs, need)
+    _check_tensors(payload, need)
+    stored = payload.get("outcome", payload.get("extra", {}))
+    need(stored is None or isinstance(stored, dict), "outcome", "a mapping", stored)
+    need(isinstance(payload.get("versions", {}), dict), "versions", "a mapping", payload.get("versions"))
+    return cfg
+
+
+def _check_data_meta(payload: dict[str, Any], need) -> None:
+    """Class names, per-channel normalisation and image shape: what evaluation and predict build on."""
     classes = payload["classes"]
     need(isinstance(classes, (list, tuple)) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
          and len(set(classes)) == len(classes), "classes", "a list of distinct class names (strings)", classes)
@@ -267,19 +278,26 @@ def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = Fa
     for key, low, high in (("in_channels", len(mean), len(mean)), ("image_size", 1, 4096)):
         value = payload.get(key)
         need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
-    epochs = cfg.train.epochs
+    need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
+         payload.get("precision"))
+
+
+def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
+    """Where the run is (epoch, step, batch, status, history, clocks), in range for its `train.epochs`."""
     epoch, step = payload["epoch"], payload["step"]
     need(_whole(epoch, 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", epoch)
     need(_whole(step, epoch), "step", f"a whole number >= epoch ({epoch})", step)
     batch = payload.get("batch_in_epoch", 0)
-    need(_whole(batch, 0, payload["step"]), "batch_in_epoch", f"a whole number in 0..step ({payload['step']})", batch)
+    need(_whole(batch, 0, step), "batch_in_epoch", f"a whole number in 0..step ({step})", batch)
     need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
-    _check_history(payload["history"], payload["epoch"], need)
+    _check_history(payload["history"], epoch, need)
     for key in ("elapsed_seconds", "compile_seconds", "lr_used"):
         value = payload.get(key)
         need(value is None or (_finite(value) and value >= 0), key, "a finite number >= 0", value)
-    need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
-         payload.get("precision"))
+
+
+def _check_tensors(payload: dict[str, Any], need) -> None:
+    """Weights are name -> tensor mappings, the metric sums and RNG states have the shapes restore copies."""
     for key in ("model", "ema"):
         weights = payload.get(key)
         if weights is None and key == "ema":
@@ -294,10 +312,6 @@ def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = Fa
                                and meter.dtype == torch.float64), key, "a float64 tensor of 3 sums", meter)
     if "rng" in payload:
         _check_rng(payload["rng"], need)
-    stored = payload.get("outcome", payload.get("extra", {}))
-    need(stored is None or isinstance(stored, dict), "outcome", "a mapping", stored)
-    need(isinstance(payload.get("versions", {}), dict), "versions", "a mapping", payload.get("versions"))
-    return cfg
 
 
 def _whole(value: Any, low: int = 0, high: Optional[int] = None) -> bool:
