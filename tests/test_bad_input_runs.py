@@ -808,3 +808,25 @@ def test_metrics_csv_is_fsynced_at_every_epoch_end(tmp_path, monkeypatch, capsys
     capsys.readouterr()
     run_dir = next((tmp_path / "smoke").iterdir())
     assert [path for path in synced if Path(path).name == "metrics.csv"] == [str(run_dir.resolve() / "metrics.csv")] * 2
+
+
+def test_where_directories_cannot_be_locked_a_lock_file_takes_over(tmp_path, monkeypatch):
+    """Some file systems (NFS) refuse flock on a directory: the lock falls back to `.lock` in the run."""
+    import errno
+    import fcntl
+    import stat
+
+    real_flock = fcntl.flock
+
+    def flock(fd, operation):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    first = rundir.RunLock(tmp_path).acquire()
+    assert (tmp_path / rundir.LOCK).is_file()
+    with pytest.raises(rundir.UserError, match="is being trained by another process"):
+        rundir.RunLock(tmp_path).acquire()
+    first.release()
+    rundir.RunLock(tmp_path).acquire().release()
