@@ -19,7 +19,7 @@ import torch
 from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
-from cifarlab.data.sources import Dataset
+from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from cifarlab.analysis.lr_finder import RangeTestResult, plot_range_test, range_test
 from cifarlab.config import Config
-from cifarlab.data.sources import Dataset
+from cifarlab.data.dataset import Dataset
 from cifarlab.runtime import Runtime
 from cifarlab.atomic import atomic_write_text
 

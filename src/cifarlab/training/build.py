@@ -16,7 +16,8 @@ from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.split import stratified_split
 from cifarlab.data.loader import DeviceLoader
-from cifarlab.data.sources import Dataset, Split, load_dataset
+from cifarlab.data.dataset import Dataset, Split
+from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
 from cifarlab.runtime import Runtime, make_runtime
