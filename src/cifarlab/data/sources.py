@@ -20,7 +20,6 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
