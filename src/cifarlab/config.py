@@ -20,7 +20,7 @@ PositiveFloat = Field(gt=0)
 INT64 = (-2**63, 2**63 - 1)  # every integer in a config fits a C int64 (torch, numpy)
 
 
-class Section(BaseModel):
+class ConfigSection(BaseModel):
     """Forbids unknown keys; every float is finite, a bool is never a number, every int fits 64 bits."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -89,7 +89,7 @@ def _number_problem(value: Any, where: str = "", depth: int = 0) -> Optional[str
     return next((p for p in (_number_problem(v, w, depth + 1) for w, v in items) if p), None)
 
 
-class DataConfig(Section):
+class DataConfig(ConfigSection):
     dataset: str = "synthetic"
     dir: Optional[str] = None  # else $CIFARLAB_DATA, else ~/.cache/cifarlab
     download: bool = True
@@ -104,33 +104,33 @@ class DataConfig(Section):
     options: dict[str, Any] = {}  # source options, e.g. synthetic's num_train
 
 
-class CropConfig(Section):
+class CropConfig(ConfigSection):
     padding: int = Field(default=4, ge=0, le=64)
     pad_mode: Literal["zero", "reflect", "constant"] = "zero"
     fill: float = Field(default=0.0, ge=0, le=1)  # for pad_mode=constant, in pixel units [0, 1]
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class FlipConfig(Section):
+class FlipConfig(ConfigSection):
     p: float = Field(default=0.5, ge=0, le=1)
     # Alternate flips across epochs instead of i.i.d. flips (Jordan 2024, arXiv:2404.00498).
     alternate: bool = False
 
 
-class CutoutConfig(Section):
+class CutoutConfig(ConfigSection):
     holes: int = Field(default=1, ge=1, le=16)
     size: int = Field(default=16, ge=1)  # side of the square hole in pixels; checked against the image
     fill: float = Field(default=0.0, ge=0, le=1)
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class RotateConfig(Section):
+class RotateConfig(ConfigSection):
     degrees: float = Field(default=18.0, gt=0, le=180)
     fill: float = Field(default=0.0, ge=0, le=1)
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class AugmentConfig(Section):
+class AugmentConfig(ConfigSection):
     """Applied in this order: crop, flip, rotate, cutout; a null op is off. Test data is never augmented."""
 
     crop: Optional[CropConfig] = None
@@ -139,14 +139,14 @@ class AugmentConfig(Section):
     cutout: Optional[CutoutConfig] = None
 
 
-class ModelConfig(Section):
+class ModelConfig(ConfigSection):
     name: str = "custom_resnet"
     norm: Literal["batch", "group", "layer", "instance"] = "batch"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     options: dict[str, Any] = {}  # extra keyword arguments for the model factory
 
 
-class OptimConfig(Section):
+class OptimConfig(ConfigSection):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -161,7 +161,7 @@ class OptimConfig(Section):
     norm_lr_scale: Optional[float] = Field(default=None, gt=0)
 
 
-class ScheduleConfig(Section):
+class ScheduleConfig(ConfigSection):
     """One LR schedule. Fields not used by `name` are ignored; per-step schedules step every batch."""
 
     name: Literal["constant", "onecycle", "step", "multistep", "plateau", "cosine"] = "constant"
@@ -191,7 +191,7 @@ class ScheduleConfig(Section):
     warmup_epochs: float = Field(default=0.0, ge=0)
 
 
-class LRFindConfig(Section):
+class LRFindConfig(ConfigSection):
     start_lr: float = Field(default=1e-7, gt=0)
     end_lr: float = Field(default=10.0, gt=0)
     num_iter: int = Field(default=100, ge=5)
@@ -207,7 +207,7 @@ class LRFindConfig(Section):
         return self
 
 
-class TrainConfig(Section):
+class TrainConfig(ConfigSection):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=1000, ge=1)
@@ -234,21 +234,21 @@ class TrainConfig(Section):
         return (on if value else None) if isinstance(value, bool) else value
 
 
-class CheckpointConfig(Section):
+class CheckpointConfig(ConfigSection):
     every_epochs: int = Field(default=1, ge=1)
     every_steps: Optional[int] = Field(default=None, ge=1)
     # What selects best.pt and early stopping: null = val_acc with a validation split, else test_acc.
     monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = None
 
 
-class OutputConfig(Section):
+class OutputConfig(ConfigSection):
     dir: str = "runs"
     tensorboard: bool = True
     report: bool = True  # analysis and report.md/html at the end of train
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
 
-class Config(Section):
+class Config(ConfigSection):
     name: str = "experiment"
     description: str = ""
     seed: int = 0  # any 64-bit integer (negative seeds work and reproduce); wider ones are refused
