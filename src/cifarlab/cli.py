@@ -44,8 +44,9 @@ def build_parser() -> Parser:
     _overrides(p)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --epochs")
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--epochs", type=int, help="extend the run (finished or not) to this many epochs in all")
     p.set_defaults(run=cmd_resume)
 
     p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST")
@@ -116,7 +117,7 @@ def cmd_demo(args) -> int:
 def cmd_resume(args) -> int:
     from cifarlab.experiment import resume
 
-    return run_exit_code(resume(args.run_dir))
+    return run_exit_code(resume(args.run_dir, epochs=args.epochs))
 
 
 def cmd_recipes(args) -> int:

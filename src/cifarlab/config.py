@@ -120,6 +120,9 @@ class ScheduleConfig(Section):
     eps: float = Field(default=1e-8, ge=0)
     # cosine
     warmup_epochs: float = Field(default=0.0, ge=0)
+    # The epochs onecycle and cosine are planned over; null = train.epochs. `resume --epochs` sets it to the
+    # run's original total when it extends a run: the added epochs hold the lr the plan ended at.
+    planned_epochs: Optional[int] = Field(default=None, ge=1)
 
 
 class LRFindConfig(Section):

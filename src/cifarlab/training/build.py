@@ -109,7 +109,7 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     model = model.to(runtime.device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim)
     schedule = Schedule(optimizer, cfg.schedule.model_copy(update={"monitor": schedule_monitor}), cfg.optim.lr,
-                        cfg.train.epochs, len(train_loader))
+                        cfg.schedule.planned_epochs or cfg.train.epochs, len(train_loader))
     ema = None
     if cfg.train.ema is not None:
         ema = torch.optim.swa_utils.AveragedModel(
