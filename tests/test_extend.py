@@ -143,3 +143,81 @@ def test_onecycle_schedule_past_its_plan_holds_min_lr_per_group():
     for past in lrs[6:]:
         assert past == pytest.approx(final)
     assert max(lr[0] for lr in lrs[5:]) <= final[0] * (1 + 1e-6)
+
+
+# ------------------------------------------------------------------------------- model.init_from
+
+def _start_of(run_args: list[str]) -> dict:
+    """What a new run starts from: its weights, optimizer state and step, seen by a user callback."""
+    from cifarlab.training.callbacks import Callback
+
+    seen = {}
+
+    class Capture(Callback):
+        def on_fit_start(self, state):
+            seen.update(model={k: v.clone() for k, v in state.model.state_dict().items()},
+                        optimizer_state=dict(state.optimizer.state), step=state.step, lr=state.schedule.lr)
+
+    cifarlab.train("smoke", run_args, callbacks=[Capture()])
+    return seen
+
+
+def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_path):
+    trained = _train(tmp_path / "a")
+    checkpoint = trained / "checkpoints" / "best.pt"
+    start = _start_of([f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1", "schedule.peak_epoch=0.5"])
+    weights = load_checkpoint(checkpoint)["model"]
+    assert weights.keys() == start["model"].keys()
+    assert all(torch.equal(start["model"][key], value) for key, value in weights.items())
+    assert start["optimizer_state"] == {} and start["step"] == 0
+    assert start["lr"] == pytest.approx(0.05 / 10)  # a fresh onecycle starts at lr_peak / div_factor
+    (new_run,) = (tmp_path / "b" / "smoke").iterdir()
+    assert yaml.safe_load((new_run / "config.yaml").read_text())["model"]["init_from"] == str(checkpoint)
+    assert [int(row["epoch"]) for row in _rows(new_run)] == [1]
+
+
+def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_the_head(tmp_path, capsys):
+    checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
+    five = [f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1", "schedule.peak_epoch=0.5",
+            "data.options.num_classes=5"]
+    capsys.readouterr()
+    assert main(["train", "smoke", *five]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained on 10 classes" in err and "has 5" in err
+    assert "model.init_head=false" in err
+    assert not (tmp_path / "b" / "smoke").exists() or not any((tmp_path / "b" / "smoke").iterdir())
+
+    start = _start_of([*five, "model.init_head=false"])
+    weights = load_checkpoint(checkpoint)["model"]
+    assert start["model"]["classifier.weight"].shape[0] == 5
+    body = [key for key in weights if not key.startswith("classifier.")]
+    assert body and all(torch.equal(start["model"][key], weights[key]) for key in body)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.options.width=4", "does not fit model 'convnet'"),
+    ("model.name=resnet18 model.options={}", "holds a 'convnet' model but model.name is 'resnet18'"),
+    ("data.options.channels=1", "trained on 3-channel images, this data has 1 channels"),
+])
+def test_init_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, override, expected):
+    checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
+    capsys.readouterr()
+    code = main(["train", "smoke", f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}",
+                 *override.split()])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
+    code = main(["train", "smoke", f"output.dir={tmp_path}", *COMMON, f"model.init_from={tmp_path / 'nope.pt'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("cifarlab train: error: model.init_from: checkpoint") and "does not exist" in err
+
+
+def test_every_registered_model_has_a_classifier_head_giving_the_logits():
+    from cifarlab.registry import create_model, list_models
+    from cifarlab.training.warmstart import classifier_head
+
+    for name in list_models():
+        model = create_model(name, num_classes=7)
+        assert dict(model.named_modules())[classifier_head(model)].out_features == 7, name

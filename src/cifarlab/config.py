@@ -76,6 +76,10 @@ class ModelConfig(Section):
     norm: Literal["batch", "group", "layer", "instance"] = "batch"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     options: dict[str, Any] = {}  # extra keyword arguments for the model factory
+    # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
+    # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
+    init_from: Optional[str] = None
+    init_head: bool = True
 
 
 class OptimConfig(Section):

@@ -82,6 +82,10 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
 
         cfg, _ = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
+    if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels)
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
