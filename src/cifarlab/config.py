@@ -184,6 +184,10 @@ class OutputConfig(Section):
     tensorboard: bool = True
     report: bool = True  # analysis and report.md/html at the end of train
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
+    # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
+    mlflow: bool = False
+    mlflow_uri: Optional[str] = None
 
 
 class Config(Section):

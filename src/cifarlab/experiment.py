@@ -77,6 +77,10 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
     """Range test if asked, then the state; the run is announced only once nothing can be rejected."""
     source = _lr_peak_source(cfg)
+    if cfg.output.mlflow:
+        from cifarlab.training.mlflow_logger import require_mlflow
+
+        require_mlflow()
     if cfg.schedule.lr_peak == "auto":
         from cifarlab.analysis.lr_search import find_peak_lr
 

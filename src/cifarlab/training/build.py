@@ -146,6 +146,10 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
                       cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
             callbacks.append(cb.TensorBoard(run_dir / "tb"))
+        if cfg.output.mlflow:
+            from cifarlab.training.mlflow_logger import MLflowLogger
+
+            callbacks.append(MLflowLogger(run_dir, cfg.output.mlflow_uri))
     return cb.Callbacks(callbacks)
 
 
