@@ -253,3 +253,12 @@ def test_subcommand_help_prints_its_example(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--epochs EPOCHS" in out and "\n  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8" in out
+
+
+def test_differences_keep_a_section_switched_off_against_a_filled_default():
+    from cifarlab.config_diff import MISSING, differences
+
+    base = {"augment": {"crop": {"padding": 4}}, "model": {"options": {}}}
+    ours = {"augment": {"crop": None}, "model": {"options": {"width": 8}}}
+    assert differences(ours, base) == {"augment.crop": (None, MISSING), "augment.crop.padding": (MISSING, 4),
+                                       "model.options.width": (8, MISSING)}

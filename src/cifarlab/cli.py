@@ -13,8 +13,12 @@ EXAMPLES = """examples:
   cifarlab train fmnist-quick                       # real Fashion-MNIST, about 5 minutes on 2 cores
   cifarlab train custom-resnet-onecycle train.epochs=5 optim.weight_decay=1e-4
   cifarlab resume runs/fmnist-quick/20261121-120000
+  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8   # extend a finished run
+  cifarlab show fmnist-quick --diff                 # what a recipe changes from the defaults
+  cifarlab compare runs/fmnist-quick                # every run under a folder, differing settings as columns
   cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
   cifarlab report runs/fmnist-quick/20261121-120000
+  cifarlab COMMAND --help                           # each command's arguments and examples
 
 exit codes of train/resume/demo: 0 done, 2 bad input (one line on stderr), 3 diverged (NaN/inf loss;
 the last good checkpoint is kept), 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint

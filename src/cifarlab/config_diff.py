@@ -31,12 +31,11 @@ def differences(config: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str,
     key exists on one side only (e.g. `augment.crop.padding` against `augment.crop: null`)."""
     ours, theirs = flatten(config), flatten(base)
     keys = list(ours) + [key for key in theirs if key not in ours]
-    # A section that one side fills (`model.options.width`) and the other leaves empty or null is listed
-    # by its filled keys only, not also as the section itself.
-    expanded = {key.rpartition(".")[0] for key in keys}
+    # A section `config` fills (`model.options.width`) where `base` has it empty or null is listed by its
+    # filled keys only; the other way round (`augment.crop: null` against a filled default) it is a row.
+    filled = {key.rpartition(".")[0] for key in ours}
     return {key: (ours.get(key, MISSING), theirs.get(key, MISSING)) for key in keys
-            if ours.get(key, MISSING) != theirs.get(key, MISSING)
-            and not (key in expanded and MISSING in (ours.get(key, MISSING), theirs.get(key, MISSING)))}
+            if ours.get(key, MISSING) != theirs.get(key, MISSING) and not (key not in ours and key in filled)}
 
 
 def from_defaults(cfg: Config) -> dict[str, tuple[Any, Any]]:
