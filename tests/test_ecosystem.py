@@ -132,6 +132,18 @@ def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     assert hparams["data.mean"].string_value == "null"  # null and lists as text
 
 
+def test_an_extended_run_replaces_its_hparams_entry(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET])
+    extended = cifarlab.resume(run.run_dir, epochs=2)
+    assert len(list((run.run_dir / "tb" / "hparams").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(run.run_dir / "tb" / "hparams"))
+    events.Reload()
+    (final,) = events.Scalars("hparam/final_test_acc")
+    assert final.step == 16 and final.value == pytest.approx(extended.history[-1]["test_acc"])
+
+
 # ------------------------------------------------------------------------------ MLflow
 
 def test_mlflow_logger_writes_params_metrics_and_status_offline_and_resume_extends_the_same_run(tmp_path):
