@@ -144,6 +144,10 @@ class ModelConfig(ConfigSection):
     norm: Literal["batch", "group", "layer", "instance"] = "batch"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     options: dict[str, Any] = {}  # extra keyword arguments for the model factory
+    # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
+    # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
+    init_from: Optional[str] = None
+    init_head: bool = True
 
 
 class OptimConfig(ConfigSection):
@@ -189,6 +193,9 @@ class ScheduleConfig(ConfigSection):
     eps: float = Field(default=1e-8, ge=0)
     # cosine
     warmup_epochs: float = Field(default=0.0, ge=0)
+    # The epochs onecycle and cosine are planned over; null = train.epochs. `resume --epochs` sets it to the
+    # run's original total when it extends a run: the added epochs hold the lr the plan ended at.
+    planned_epochs: Optional[int] = Field(default=None, ge=1)
 
 
 class LRFindConfig(ConfigSection):
@@ -246,6 +253,10 @@ class OutputConfig(ConfigSection):
     tensorboard: bool = True
     report: bool = True  # analysis and report.md/html at the end of train
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
+    # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
+    mlflow: bool = False
+    mlflow_uri: Optional[str] = None
 
 
 class Config(ConfigSection):

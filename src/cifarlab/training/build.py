@@ -110,7 +110,7 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     model = model.to(runtime.device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim)
     schedule = Schedule(optimizer, cfg.schedule.model_copy(update={"monitor": schedule_monitor}), cfg.optim.lr,
-                        cfg.train.epochs, len(train_loader))
+                        cfg.schedule.planned_epochs or cfg.train.epochs, len(train_loader))
     ema = None
     if cfg.train.ema is not None:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -147,6 +147,10 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
                       cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
             callbacks.append(cb.TensorBoard(run_dir / "tb"))
+        if cfg.output.mlflow:
+            from cifarlab.training.mlflow_logger import MLflowLogger
+
+            callbacks.append(MLflowLogger(run_dir, cfg.output.mlflow_uri))
     return cb.Callbacks(callbacks)
 
 
