@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench venv data clean
+.PHONY: demo test bench bench-gpu venv data clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook]'
 	touch $(STAMP)
 
 # Real Fashion-MNIST from the OS package, for offline demos and tests.
@@ -28,6 +28,7 @@ demo: venv data
 	$(VENV)/bin/cifarlab demo
 
 test: venv data
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 bench: venv data
