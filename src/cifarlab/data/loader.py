@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from cifarlab.data.augment import BatchAugment
 from cifarlab.data.normalize import Normalize, to_float
 
 # `aug(pixels, generator, indices=..., epoch=...) -> pixels`, e.g. augment.BatchAugment.
@@ -59,6 +60,8 @@ class DeviceLoader:
         self.batch_size, self.device, self.train = batch_size, device, train
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
         self.normalize = Normalize(self.mean, self.std, device)  # constants on the device once, not per batch
+        if isinstance(augment, BatchAugment):
+            augment.prepare(self.num_images, device)  # per-index tables made once, not per batch
         self.seed, self.channels_last = seed, channels_last
         self.rank, self.world_size = rank, world_size
 
