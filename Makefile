@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench venv data clean
+.PHONY: demo test bench bench-gpu venv data clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ test: venv data
 bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/run_all.py
+
+# issue 10: fit vs a bare loop, launches and syncs per step, on the CUDA device if there is one (else small
+# CPU models); `make bench-gpu ARGS=--smoke` for a few steps.
+bench-gpu: venv
+	$(PY) bench/gpu_speed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
