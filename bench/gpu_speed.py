@@ -92,7 +92,7 @@ def bare_epoch(state, batches) -> int:
 
 def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
-    state.epoch, state.batch_in_epoch, state.stop_reason = 0, 0, None
+    state.epoch, state.step, state.batch_in_epoch, state.stop_reason = 0, 0, 0, None
     state.history.clear()
     state.schedule.load_state_dict(state.extra["bench_schedule"])
 

@@ -12,6 +12,7 @@ import torch
 from cifarlab.config import load_config
 from cifarlab.experiment import build_state, load_data
 from cifarlab.runtime import make_runtime
+from cifarlab.training.ema import EMA
 from cifarlab.training.loop import train_step
 from cifarlab.training.syncs import SyncCounter
 
@@ -24,6 +25,7 @@ CASES = {  # id: (recipe, overrides)
     "smoke": ("smoke", []),
     "fast": ("fast", ["model.options={widths: [8, 16, 16]}"]),
     "fast-no-ema": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=null"]),
+    "fast-foreach-ema": ("fast", ["model.options={widths: [8, 16, 16]}"]),  # the loop with training/ema.EMA
     "custom-resnet-onecycle": ("custom-resnet-onecycle", []),
     "resnet18-cutout": ("resnet18-cutout", []),
     "resnet18-layernorm-plateau": ("resnet18-layernorm-plateau", []),
@@ -39,7 +41,10 @@ STEPS = 3
 def tiny_state(tmp_path: Path, case: str):
     recipe, overrides = CASES[case]
     cfg = load_config(recipe, QUIET + SMALL_DATA + overrides)
-    return build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
+    state = build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
+    if case == "fast-foreach-ema":  # what experiment.py will build; the loop's update_parameters call works as is
+        state.ema = EMA(state.model, cfg.train.ema)
+    return state
 
 
 def host_state(optimizer: torch.optim.Optimizer):
@@ -90,7 +95,7 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("case", [pytest.param("fast", marks=EMA_IN_LOOP), "fast-no-ema",
+@pytest.mark.parametrize("case", [pytest.param("fast", marks=EMA_IN_LOOP), "fast-no-ema", "fast-foreach-ema",
                                   "custom-resnet-onecycle", "resnet18-steplr"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
@@ -104,6 +109,25 @@ def test_training_steps_make_no_cuda_sync(tmp_path, case):
         for _ in range(STEPS):
             train_step(state, *next(batches))
             state.step += 1
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", ["fast", "custom-resnet-onecycle", "resnet18-cutout"])
+def test_loader_batches_and_ema_updates_make_no_cuda_sync(tmp_path, case):
+    state = tiny_state(tmp_path, case)
+    ema = EMA(state.model, 0.9)
+    batches = state.train_loader.batches(epoch=1)
+    next(batches)  # the epoch's permutation comes from the host once per epoch, before the first batch
+    ema.update(state.model, 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, _ in enumerate(batches, start=1):
+            ema.update(state.model, step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
