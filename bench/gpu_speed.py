@@ -151,6 +151,8 @@ def run_case(case: Case, steps: int, repeats: int, cuda: bool, foreach_ema: bool
     with TemporaryDirectory() as tmp:
         state, callbacks = make_state(case, steps, Path(tmp), foreach_ema)
         batches = list(state.train_loader.batches(0))  # the bare loop's data: made once, on the device
+        loader = state.train_loader
+        indices = loader.permutation(1)[:loader.batch_size]
         fit_epoch(state, callbacks)  # warm-up: lazy optimizer state, cuDNN autotuning, allocator
         bare_epoch(state, batches)
         fits, bares = paired(lambda: images_per_second(lambda: fit_epoch(state, callbacks)),
@@ -160,6 +162,8 @@ def run_case(case: Case, steps: int, repeats: int, cuda: bool, foreach_ema: bool
             "fit": statistics.median(fits), "bare": statistics.median(bares), "ratio": median_ratio(bares, fits),
             "fit_step": per_step(lambda: steps_of_fit(state, callbacks), steps, cuda),
             "bare_step": per_step(lambda: bare_epoch(state, batches), steps, cuda),
+            # what the loader launches for one training batch: gather, augment, normalise
+            "batch_launches": per_step(lambda: loader.make_batch(indices, epoch=1, batch_index=1), 1, cuda)["launches"],
         }
 
 
@@ -172,14 +176,15 @@ def check_gpu_cases(steps: int) -> None:
 
 def table(rows: list[dict]) -> str:
     head = ("| model | batch | precision | fit img/s | bare img/s | bare/fit | host ms/step fit (bare) | "
-            "GPU ms/step fit (bare) | launches/step fit (bare) | syncs/step fit (bare) | copies/step fit (bare) |")
+            "GPU ms/step fit (bare) | launches/step fit (bare) | of which loader | syncs/step fit (bare) | "
+            "copies/step fit (bare) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         f, b = r["fit_step"], r["bare_step"]
         pair = lambda key, fmt: "–" if f[key] != f[key] else f"{format(f[key], fmt)} ({format(b[key], fmt)})"  # noqa: E731
         lines.append(f"| {r['case'].label} | {r['case'].batch_size} | {r['precision']} | {r['fit']:.0f} | "
                      f"{r['bare']:.0f} | {r['ratio']:.3f} | {pair('host_ms', '.2f')} | {pair('gpu_ms', '.2f')} | "
-                     f"{pair('launches', '.0f')} | {pair('syncs', '.2f')} | {pair('copies', '.2f')} |")
+                     f"{pair('launches', '.0f')} | {r['batch_launches']:.0f} | {pair('syncs', '.2f')} | {pair('copies', '.2f')} |")
     return "\n".join(lines)
 
 
