@@ -6,8 +6,8 @@ For each model, in one process, on synthetic CIFAR-shaped data (3x32x32 uint8 on
 - bare: forward, loss, backward, optimizer step over the same model and the same epoch's batches, made
   by the loader once beforehand (no augmentation, callbacks or syncs inside the timed loop).
 Runs alternate (bare, fit, ...); images/s are medians and the ratio is the median of the paired ratios.
-Per step (training steps only, from one profiled epoch of each): host ms (wall time to issue the steps,
-no final sync), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level aten ops that
+Per step (training steps only, from one profiled epoch of each): host ms (CPU: wall time; GPU: wall time
+less the time blocked in synchronising calls), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level aten ops that
 compute, views excluded), syncs (cudaStream/Device/EventSynchronize; on a CPU: the calls
 `cifarlab.training.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
 
@@ -121,29 +121,37 @@ def images_per_second(work) -> float:
 
 
 def per_step(work, steps: int, cuda: bool) -> dict[str, float]:
-    """Host ms, GPU ms, launches, syncs and copies per step of `work()`, which runs `steps` steps."""
+    """Host ms, GPU ms, launches, syncs and copies per step of `work()`, which runs `steps` steps.
+
+    Host ms: on a CPU the wall time; on a GPU the wall time of the profiled run less the time spent
+    blocked in synchronising calls, i.e. what the host needs to issue a step (profiler overhead included).
+    """
     sync()
     started = time.perf_counter()
     work()
-    host_ms = 1000 * (time.perf_counter() - started) / steps
+    wall_ms = 1000 * (time.perf_counter() - started)
     sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
+        started = time.perf_counter()
         work()
         sync()
+        profiled_ms = 1000 * (time.perf_counter() - started)
     events = prof.events()
     if cuda:
         launches = sum(e.name in CUDA_LAUNCHES for e in events)
+        syncing = [e for e in events if e.name in CUDA_SYNCS or e.name == "cudaMemcpy"]
         syncs = sum(e.name in CUDA_SYNCS for e in events)
         copies = sum(e.name.startswith("cudaMemcpy") for e in events)
         gpu_ms = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA) / 1000
+        host_ms = profiled_ms - sum(e.time_range.elapsed_us() for e in syncing) / 1000
     else:
         launches = sum(e.name.startswith("aten::") and e.name not in NOT_LAUNCHES and
                        not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")) for e in events)
         with SyncCounter() as counter:
             work()
-        syncs, copies, gpu_ms = counter.total, float("nan"), float("nan")
-    return {"host_ms": host_ms, "gpu_ms": gpu_ms / steps, "launches": launches / steps,
+        syncs, copies, gpu_ms, host_ms = counter.total, float("nan"), float("nan"), wall_ms
+    return {"host_ms": host_ms / steps, "gpu_ms": gpu_ms / steps, "launches": launches / steps,
             "syncs": syncs / steps, "copies": copies / steps}
 
 
