@@ -70,6 +70,9 @@ def test_state_dict_keys_match_averaged_model_and_resume_continues_the_average()
     for key, value in floats(old.module).items():
         torch.testing.assert_close(floats(ours.module)[key], value, rtol=0, atol=1e-7, msg=key)
     assert int(ours.n_averaged) == 2
+    assert ours.state_dict().keys() == old.state_dict().keys()  # still, after updates (nothing else registered)
+    resumed = EMA(model, DECAY)
+    resumed.load_state_dict(ours.state_dict())
 
 
 @pytest.mark.parametrize("every", [2, 5])

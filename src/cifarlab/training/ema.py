@@ -20,6 +20,7 @@ either load into the other.
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -40,7 +41,9 @@ class EMA(nn.Module):
         self.weight = 1.0 - decay**every  # lerp weight towards the model
         self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long, device=_device_of(model)))
         self.updates = 0  # host copy of n_averaged: what decides "first update" without a sync
-        self._source: nn.Module | None = None  # the model the tensor lists below were taken from
+        # The model the tensor lists below were taken from: a weak reference, because a Module attribute
+        # would become a submodule (in state_dict, moved by .to()).
+        self._source: weakref.ref | None = None
         self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
 
@@ -50,7 +53,7 @@ class EMA(nn.Module):
         or always when no step is given. Launches one foreach lerp, one foreach copy and one add."""
         if step is not None and step % self.every:
             return
-        if model is not self._source:
+        if self._source is None or self._source() is not model:
             self._take_lists(model)
         ema_floats, model_floats = self._floats
         if self.updates == 0:
@@ -87,7 +90,7 @@ class EMA(nn.Module):
         others = [(e, m) for e, m in pairs if not e.is_floating_point()]
         self._floats = ([e for e, _ in floating], [m for _, m in floating])
         self._others = ([e for e, _ in others], [m for _, m in others])
-        self._source = model
+        self._source = weakref.ref(model)
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
