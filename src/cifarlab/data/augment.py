@@ -201,7 +201,8 @@ class BatchAugment:
 
     def prepare(self, num_images: int, device: torch.device) -> "BatchAugment":
         """Tabulate alternating flip's per-index bits for a dataset of `num_images` on `device` (one
-        lookup per batch instead of a 16-op hash). Optional; the bits are the same either way."""
+        lookup per batch instead of a 16-op hash). Optional; the bits are the same either way. Indices
+        passed later must be below the largest `num_images` prepared (DeviceLoader calls this)."""
         flip = self.cfg.flip
         if flip is not None and flip.alternate and (self._bits is None or len(self._bits) < num_images):
             self._bits = _index_bit(torch.arange(num_images, device=device), self.seed).bool()
