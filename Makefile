@@ -35,5 +35,10 @@ bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/run_all.py
 
+# issue 10: fit vs a bare loop, launches and syncs per step, on the CUDA device if there is one (else small
+# CPU models); `make bench-gpu ARGS=--smoke` for a few steps.
+bench-gpu: venv
+	$(PY) bench/gpu_speed.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -12,9 +12,11 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from cifarlab.data.normalize import normalize, to_float
+from cifarlab.data.augment import BatchAugment
+from cifarlab.data.normalize import Normalize, to_float
 
-BatchAugment = Callable[..., torch.Tensor]
+# `aug(pixels, generator, indices=..., epoch=...) -> pixels`, e.g. augment.BatchAugment.
+AugmentFn = Callable[..., torch.Tensor]
 
 
 def _mix(*parts: int) -> int:
@@ -45,7 +47,7 @@ class DeviceLoader:
         mean: Sequence[float],
         std: Sequence[float],
         train: bool,
-        augment: Optional[BatchAugment] = None,
+        augment: Optional[AugmentFn] = None,
         seed: int = 0,
         channels_last: bool = True,
         rank: int = 0,
@@ -57,6 +59,9 @@ class DeviceLoader:
         self.labels = labels.to(device, non_blocking=True)
         self.batch_size, self.device, self.train = batch_size, device, train
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
+        self.normalize = Normalize(self.mean, self.std, device)  # constants on the device once, not per batch
+        if isinstance(augment, BatchAugment):
+            augment.prepare(self.num_images, device)  # per-index tables made once, not per batch
         self.seed, self.channels_last = seed, channels_last
         self.rank, self.world_size = rank, world_size
 
@@ -90,5 +95,5 @@ class DeviceLoader:
         if self.train and self.augment is not None:
             generator = torch.Generator(device=self.device).manual_seed(_mix(self.seed, epoch, batch_index, self.rank))
             pixels = self.augment(pixels, generator, indices=indices, epoch=epoch)
-        inputs = normalize(pixels, self.mean, self.std, self.channels_last)
+        inputs = self.normalize(pixels, self.channels_last)
         return inputs, self.labels.index_select(0, indices)
