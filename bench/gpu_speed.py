@@ -35,7 +35,6 @@ from common import machine, median_ratio, paired, sync  # noqa: E402
 from cifarlab.config import load_config  # noqa: E402
 from cifarlab.experiment import build_state, default_callbacks, load_data  # noqa: E402
 from cifarlab.runtime import make_runtime  # noqa: E402
-from cifarlab.training.ema import EMA  # noqa: E402
 from cifarlab.training.loop import fit, train_epoch  # noqa: E402
 from cifarlab.training.syncs import SyncCounter  # noqa: E402
 
@@ -64,7 +63,7 @@ CUDA_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "c
 CUDA_SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
 
 
-def make_state(case: Case, steps: int, run_dir: Path, foreach_ema: bool = False):
+def make_state(case: Case, steps: int, run_dir: Path):
     cfg = load_config(case.recipe, [
         "data.dataset=synthetic", f"data.options={{num_train: {steps * case.batch_size}, "
         f"num_test: {case.batch_size}, image_size: 32, channels: 3}}", "data.mean=null", "data.std=null",
@@ -74,8 +73,6 @@ def make_state(case: Case, steps: int, run_dir: Path, foreach_ema: bool = False)
     runtime = make_runtime(cfg.train, cfg.seed)
     state = build_state(cfg, runtime, load_data(cfg.data), run_dir)
     state.extra["bench_schedule"] = state.schedule.state_dict()
-    if foreach_ema and state.ema is not None:  # the loop calls ema.update_parameters(model): EMA has it too
-        state.ema = EMA(state.model, cfg.train.ema)
     return state, default_callbacks(cfg, run_dir, is_main=True)
 
 
@@ -155,9 +152,9 @@ def per_step(work, steps: int, cuda: bool) -> dict[str, float]:
             "syncs": syncs / steps, "copies": copies / steps}
 
 
-def run_case(case: Case, steps: int, repeats: int, cuda: bool, foreach_ema: bool = False) -> dict:
+def run_case(case: Case, steps: int, repeats: int, cuda: bool) -> dict:
     with TemporaryDirectory() as tmp:
-        state, callbacks = make_state(case, steps, Path(tmp), foreach_ema)
+        state, callbacks = make_state(case, steps, Path(tmp))
         batches = list(state.train_loader.batches(0))  # the bare loop's data: made once, on the device
         loader = state.train_loader
         indices = loader.permutation(1)[:loader.batch_size]
@@ -201,20 +198,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="a few steps of each model, one pair (CI)")
     parser.add_argument("--steps", type=int, help="steps per epoch (default 50 on a GPU, 8 on a CPU)")
     parser.add_argument("--repeats", type=int, help="paired runs (default 5 on a GPU, 3 on a CPU)")
-    parser.add_argument("--foreach-ema", action="store_true",
-                        help="fit with training/ema.EMA in place of AveragedModel (what the loop will use)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     steps = args.steps or (3 if args.smoke else 50 if cuda else 8)
     repeats = args.repeats or (1 if args.smoke else 5 if cuda else 3)
     print(f"machine: {machine()}\n{'device: ' + torch.cuda.get_device_name(0) if cuda else 'no CUDA device: small models on the CPU'}, "
-          f"torch {torch.__version__}; {steps} steps per epoch, {repeats} pairs"
-          f"{'; EMA: training/ema.EMA' if args.foreach_ema else ''}", flush=True)
+          f"torch {torch.__version__}; {steps} steps per epoch, {repeats} pairs", flush=True)
     cases = GPU_CASES if cuda else CPU_CASES
     if args.smoke and not cuda:  # CI machines are small: a quarter of the batch
         cases = [Case(c.label, c.recipe, c.batch_size // 4, c.overrides) for c in cases]
         check_gpu_cases(steps)
-    rows = [run_case(case, steps, repeats, cuda, args.foreach_ema) for case in cases]
+    rows = [run_case(case, steps, repeats, cuda) for case in cases]
     print(table(rows), flush=True)
     return rows
 

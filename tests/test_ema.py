@@ -6,7 +6,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import load_config
-from cifarlab.experiment import build_state, load_data
+from cifarlab.training.build import build_state, load_data
 from cifarlab.registry import create_model
 from cifarlab.runtime import make_runtime
 from cifarlab.training.ema import EMA
@@ -17,9 +17,16 @@ DECAY = 0.9
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
 
 
+class LoopAveragedModel(AveragedModel):
+    """torch's EMA (what cifarlab used before training/ema.py), callable the way the loop calls an EMA."""
+
+    def update(self, model, step=None):
+        self.update_parameters(model)
+
+
 def averaged_model(model, decay=DECAY):
-    """Today's EMA (experiment.py): AveragedModel with buffers averaged too."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    """torch's EMA: AveragedModel with buffers averaged too."""
+    return LoopAveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def fast_state(tmp_path: Path, make_ema):

@@ -24,27 +24,21 @@ SMALL_DATA = ["data.dataset=synthetic", "data.options={num_train: 64, num_test: 
 CASES = {  # id: (recipe, overrides)
     "smoke": ("smoke", []),
     "fast": ("fast", ["model.options={widths: [8, 16, 16]}"]),
-    "fast-no-ema": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=null"]),
-    "fast-foreach-ema": ("fast", ["model.options={widths: [8, 16, 16]}"]),  # the loop with training/ema.EMA
+    "fast-ema": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=0.98"]),
+    "fast-ema-every-2": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=0.98", "train.ema_every=2"]),
     "custom-resnet-onecycle": ("custom-resnet-onecycle", []),
     "resnet18-cutout": ("resnet18-cutout", []),
     "resnet18-layernorm-plateau": ("resnet18-layernorm-plateau", []),
     "resnet18-steplr": ("resnet18-steplr", []),
 }
-# Until loop.py updates the EMA with training/ema.EMA: AveragedModel.update_parameters tests
-# `bool(self.n_averaged == 0)` and `if self.n_averaged > 0` on a device tensor every step.
-EMA_IN_LOOP = pytest.mark.xfail(strict=True, reason="loop.py still calls AveragedModel.update_parameters")
-STEP_CASES = [pytest.param(case, marks=EMA_IN_LOOP) if case == "fast" else case for case in CASES]
+STEP_CASES = list(CASES)
 STEPS = 3
 
 
 def tiny_state(tmp_path: Path, case: str):
     recipe, overrides = CASES[case]
     cfg = load_config(recipe, QUIET + SMALL_DATA + overrides)
-    state = build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
-    if case == "fast-foreach-ema":  # what experiment.py will build; the loop's update_parameters call works as is
-        state.ema = EMA(state.model, cfg.train.ema)
-    return state
+    return build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
 
 
 def host_state(optimizer: torch.optim.Optimizer):
@@ -95,7 +89,7 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("case", [pytest.param("fast", marks=EMA_IN_LOOP), "fast-no-ema", "fast-foreach-ema",
+@pytest.mark.parametrize("case", ["fast", "fast-ema", "fast-ema-every-2",
                                   "custom-resnet-onecycle", "resnet18-steplr"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)

@@ -228,6 +228,7 @@ class TrainConfig(ConfigSection):
     # level 2: also 1-px shifted copies); true means flip, false or null none.
     tta: Optional[Literal["flip", "flip_translate"]] = None
     ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
+    ema_every: int = Field(default=1, ge=1)  # update the EMA every N steps (with decay**N), a cheaper step
     log_every_steps: int = Field(default=50, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
     early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor

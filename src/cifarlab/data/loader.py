@@ -52,6 +52,7 @@ class DeviceLoader:
         channels_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -64,6 +65,7 @@ class DeviceLoader:
             augment.prepare(self.num_images, device)  # per-index tables made once, not per batch
         self.seed, self.channels_last = seed, channels_last
         self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last  # every training batch full: static shapes for a compiled or captured step
 
     @property
     def num_images(self) -> int:
@@ -72,7 +74,7 @@ class DeviceLoader:
     def __len__(self) -> int:
         full, rest = divmod(self.num_images, self.batch_size)
         # A training batch of fewer than 2 images per rank breaks BatchNorm; drop such a remainder.
-        keep_rest = rest >= 2 * self.world_size or (not self.train and rest > 0)
+        keep_rest = (rest >= 2 * self.world_size and not self.drop_last) or (not self.train and rest > 0)
         return full + int(keep_rest)
 
     def permutation(self, epoch: int) -> torch.Tensor:
