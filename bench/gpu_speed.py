@@ -63,6 +63,9 @@ CUDA_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "c
 CUDA_SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
 
 
+SCHEDULE_AT_START: dict[int, dict] = {}  # id(state) -> its schedule before the first step
+
+
 def make_state(case: Case, steps: int, run_dir: Path):
     cfg = load_config(case.recipe, [
         "data.dataset=synthetic", f"data.options={{num_train: {steps * case.batch_size}, "
@@ -72,7 +75,7 @@ def make_state(case: Case, steps: int, run_dir: Path):
         *case.overrides])
     runtime = make_runtime(cfg.train, cfg.seed)
     state = build_state(cfg, runtime, load_data(cfg.data), run_dir)
-    state.extra["bench_schedule"] = state.schedule.state_dict()
+    SCHEDULE_AT_START[id(state)] = state.schedule.state_dict()
     return state, default_callbacks(cfg, run_dir, is_main=True)
 
 
@@ -93,7 +96,7 @@ def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
     state.epoch, state.step, state.batch_in_epoch, state.stop_reason = 0, 0, 0, None
     state.history.clear()
-    state.schedule.load_state_dict(state.extra["bench_schedule"])
+    state.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
 
 
 def fit_epoch(state, callbacks) -> int:
