@@ -9,14 +9,12 @@ import torch
 from torch import nn
 
 from cifarlab.analysis.lr_finder import (
-    RangeTestResult, lr_schedule, plot_range_test, range_test, steepest_index, summarize, valley_index,
+    RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, steepest_index, summarize, valley_index,
 )
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
 
 
 def tiny_cnn():
@@ -76,7 +74,8 @@ def test_restores_model_and_optimizer_bit_identically(optim_name):
         optimizer.step()
     model[1].eval()  # a per-module mode that a blanket model.train(flag) would lose
     before = snapshot(model, optimizer)
-    result = range_test(model, optimizer, loss_fn, batches, LRFindConfig(num_iter=20, end_lr=1.0))
+    result = range_test(model, optimizer, plain_step(model, optimizer, loss_fn), batches,
+                        LRFindConfig(num_iter=20, end_lr=1.0))
     assert len(result.lrs) > 5
     assert_same(before, snapshot(model, optimizer))
 
@@ -95,7 +94,8 @@ def test_restores_even_when_a_step_fails():
         return nn.functional.cross_entropy(logits, targets)
 
     with pytest.raises(RuntimeError, match="boom"):
-        range_test(model, optimizer, failing_loss, random_batches(), LRFindConfig(num_iter=10))
+        range_test(model, optimizer, plain_step(model, optimizer, failing_loss), random_batches(),
+                   LRFindConfig(num_iter=10))
     assert_same(before, snapshot(model, optimizer))
 
 
@@ -133,7 +133,7 @@ def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
         return images[index], labels[index]
 
     cfg = LRFindConfig(start_lr=1e-5, end_lr=10.0, num_iter=100)
-    result = range_test(model, optimizer, nn.CrossEntropyLoss(), batches, cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, nn.CrossEntropyLoss()), batches, cfg)
     smoothed = np.array(result.smoothed)
     lrs = np.array(result.lrs)
     bottom = int(np.argmin(smoothed))
@@ -219,7 +219,7 @@ def test_lrs_follow_the_step_mode(mode):
         return 0.0 * out.sum() + 1.0
 
     cfg = LRFindConfig(start_lr=1e-4, end_lr=1.0, num_iter=20, step_mode=mode)
-    result = range_test(model, optimizer, loss_fn, lambda: (torch.randn(3, 4), None), cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, loss_fn), lambda: (torch.randn(3, 4), None), cfg)
     lrs = np.array(result.lrs)
     assert len(lrs) == 20 and lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1.0)
     assert [row[0] for row in seen] == [row[1] for row in seen] == list(result.lrs)
@@ -241,7 +241,7 @@ def test_stops_early_when_the_loss_diverges():
         return inputs, inputs @ true_weights
 
     cfg = LRFindConfig(start_lr=1e-4, end_lr=100.0, num_iter=100, diverge_threshold=4.0)
-    result = range_test(model, optimizer, nn.MSELoss(), batches, cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, nn.MSELoss()), batches, cfg)
     assert result.stopped_early
     assert len(result.lrs) < 100
     assert result.smoothed[-1] > 4.0 * min(result.smoothed) or not np.isfinite(result.losses[-1])
@@ -253,7 +253,8 @@ def test_one_shot_iterator_that_runs_out_is_a_user_error():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = iter([(torch.randn(2, 4), torch.tensor([0, 1]))] * 3)
     with pytest.raises(UserError, match="ran out"):
-        range_test(model, optimizer, nn.CrossEntropyLoss(), batches, LRFindConfig(num_iter=10))
+        range_test(model, optimizer, plain_step(model, optimizer, nn.CrossEntropyLoss()), batches,
+                   LRFindConfig(num_iter=10))
 
 
 def test_result_round_trips_through_json_and_plots(tmp_path):

@@ -28,6 +28,7 @@ from cifarlab.errors import UserError
 
 Rule = Literal["steepest", "valley"]
 Batches = Union[Callable[[], tuple[torch.Tensor, torch.Tensor]], Iterator, Iterable]
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, labels) -> loss, after one optimizer step
 
 # OneCycle's initial lr = max_lr / div_factor; the range test chooses div_factor within these bounds.
 DIV_FACTOR_BOUNDS = (5.0, 100.0)
@@ -190,10 +191,30 @@ def _restored(model: nn.Module, optimizer: torch.optim.Optimizer):
             param.grad = grad
 
 
-def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batches: Batches,
-               cfg: LRFindConfig, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-               ) -> RangeTestResult:
-    """Sweep the lr (set on every param group), record raw and smoothed losses, restore everything.
+def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Step:
+    """A bare training step (forward under `autocast`, backward, optimizer step) for a model outside a
+    recipe. A recipe's range test uses its own training step instead (lr_search.training_step), which
+    adds the GradScaler and gradient clipping."""
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, step: Step, batches: Batches,
+               cfg: LRFindConfig) -> RangeTestResult:
+    """Sweep the lr (set on every param group), run `step` once per lr, record raw and smoothed losses,
+    restore `model` and `optimizer`.
+
+    `step(inputs, labels)` must do one whole optimizer step of `optimizer` on `model` and return the loss
+    tensor: the range test should measure the step training will take (precision, loss scaling, clipping),
+    not an approximation of it.
 
     Smoothing: avg = (1 - smooth) * avg + smooth * loss, reported as avg / (1 - (1 - smooth) ** step)
     (bias correction, so early values are not pulled towards 0). `smooth` is the weight of the newest
@@ -207,21 +228,16 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     keep = 1.0 - cfg.smooth
     with _restored(model, optimizer):
         model.train()
-        for step, lr in enumerate(lr_schedule(cfg), start=1):
+        for index, lr in enumerate(lr_schedule(cfg), start=1):
             for group in optimizer.param_groups:
                 group["lr"] = float(lr)
-            inputs, targets = next_batch()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())  # one sync per step: the divergence check needs the value
+            inputs, labels = next_batch()
+            value = float(step(inputs, labels).detach())  # one sync per step: the divergence check needs it
             if not math.isfinite(value):
                 stopped_early = True
                 break
             avg = keep * avg + cfg.smooth * value
-            smooth_value = avg / (1.0 - keep ** step) if cfg.smooth > 0 else value
+            smooth_value = avg / (1.0 - keep ** index) if cfg.smooth > 0 else value
             lrs.append(float(lr))
             losses.append(value)
             smoothed.append(smooth_value)
