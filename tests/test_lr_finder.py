@@ -1,3 +1,4 @@
+import copy
 import gzip
 import json
 import sys
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from cifarlab.analysis.lr_finder import (
-    RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, steepest_index, summarize, valley_index,
+    RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, range_test_figure, summarize,
 )
+from cifarlab.analysis.lr_suggest import minimum_index, steepest_index, valley_index
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
 
@@ -121,12 +123,11 @@ def learning_problem():
     return images, labels
 
 
-def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
-    images, labels = learning_problem()
-    torch.manual_seed(0)
+def mlp_range_test(images, labels, seed=0):
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(images.shape[1], 32), nn.ReLU(), nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed + 1)
 
     def batches():
         index = torch.randint(0, len(labels), (64,), generator=gen)
@@ -134,6 +135,12 @@ def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
 
     cfg = LRFindConfig(start_lr=1e-5, end_lr=10.0, num_iter=100)
     result = range_test(model, optimizer, plain_step(model, optimizer, nn.CrossEntropyLoss()), batches, cfg)
+    return model, optimizer, batches, result
+
+
+def test_every_rule_lies_on_the_descent_of_a_real_problem():
+    images, labels = learning_problem()
+    _, _, _, result = mlp_range_test(images, labels)
     smoothed = np.array(result.smoothed)
     lrs = np.array(result.lrs)
     bottom = int(np.argmin(smoothed))
@@ -142,8 +149,31 @@ def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
         at = int(np.searchsorted(lrs, lr))
         assert smoothed[at] < smoothed[0] - 0.1, rule
         assert lr < lrs[bottom], rule
+    lr = result.suggestion("minimum")
+    at = int(np.searchsorted(lrs, lr))
+    assert np.mean(result.losses[at - 2:at + 3]) < np.mean(result.losses[:5]) - 0.5
+    assert lr < lrs[-1]  # below where the sweep saw the loss diverge
     max_lr, div_factor = result.onecycle()
-    assert max_lr == result.steepest_lr and 5 <= div_factor <= 100
+    assert max_lr == result.minimum_lr and 5 <= div_factor <= 100
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_minimum_rule_trains_better_than_ten_times_less_or_more(seed):
+    images, labels = learning_problem()
+    model, optimizer, batches, result = mlp_range_test(images, labels, seed)
+    lr = result.suggestion("minimum")
+    start = copy.deepcopy(model.state_dict())
+    final = {}
+    for factor in (0.1, 1.0, 10.0):
+        model.load_state_dict(start)
+        trainer = torch.optim.SGD(model.parameters(), lr=lr * factor, momentum=0.9)
+        step = plain_step(model, trainer, nn.CrossEntropyLoss())
+        for _ in range(60):
+            step(*batches())
+        with torch.no_grad():
+            loss = nn.functional.cross_entropy(model(images), labels).item()
+        final[factor] = loss if np.isfinite(loss) else np.inf
+    assert final[1.0] < final[0.1] and final[1.0] < final[10.0], final
 
 
 def hand_made_curve(seed=0):
@@ -267,3 +297,71 @@ def test_result_round_trips_through_json_and_plots(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == figures_before
+
+
+def calibration_then_descent(seed=0, noise=0.05):
+    """Issue 9's custom-ResNet curve: loss 4.95 from over-confident logits falls to ln(10) at lr ~1e-5
+    (calibration, nothing learnt), stays there, the real descent to 0.6 is centred at 1e-3, and the loss
+    diverges from ~1e-2 on. Returns (lrs, noisy losses, noise-free losses)."""
+    lrs = np.geomspace(1e-7, 10.0, 200)
+    x = np.log10(lrs)
+    clean = (2.3 + 2.65 / (1 + np.exp((x + 5) * 6))  # calibration drop, steeper than the real descent
+             - 1.7 / (1 + np.exp(-(x + 3) * 2.5))
+             + 3 * np.clip(x + 2, 0, None) ** 2)
+    noisy = clean + np.random.default_rng(seed).normal(0, noise, size=len(lrs))
+    return lrs, noisy, clean
+
+
+def ema(losses, smooth=0.05):
+    out, avg = [], 0.0
+    for step, value in enumerate(losses, start=1):
+        avg = (1 - smooth) * avg + smooth * value
+        out.append(avg / (1 - (1 - smooth) ** step))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_minimum_rule_lands_in_the_real_descent_not_the_calibration_drop(seed):
+    lrs, noisy, clean = calibration_then_descent(seed)
+    ideal = lrs[int(np.argmin(clean))]  # the bottom of the real descent, ~5e-3
+    result = summarize(lrs, noisy, ema(noisy))
+    assert result.steepest_lr < 1e-4  # the failure this curve reproduces: the calibration drop
+    assert ideal / 3 < result.suggestion() < ideal * 3
+    assert result.suggestion() == result.minimum_lr
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_minimum_rule_stays_before_the_minimum_where_noise_makes_the_tail_steepest(seed):
+    # Past the minimum the loss jumps about (batch noise grows with the lr): a slope taken over the whole
+    # raw curve, as torch-lr-finder takes it, finds its steepest fall there.
+    lrs, _, clean = calibration_then_descent(seed, noise=0)
+    bottom = int(np.argmin(clean))
+    rng = np.random.default_rng(seed)
+    spread = 0.03 + 1.5 * np.clip(np.log10(lrs / lrs[bottom]), 0, None)
+    noisy = clean + rng.normal(0, 1, size=len(lrs)) * spread
+    stop = bottom + 25  # the sweep stops at divergence
+    lrs, noisy = lrs[:stop], noisy[:stop]
+    whole_curve_steepest = int(np.argmin(np.gradient(noisy)))
+    assert whole_curve_steepest > bottom
+    lr = summarize(lrs, noisy, ema(noisy)).suggestion("minimum")
+    assert lrs[bottom] / 3 < lr <= lrs[bottom] * 1.5
+
+
+def test_minimum_rule_gives_none_while_the_loss_still_falls_at_end_lr():
+    lrs, noisy, clean = calibration_then_descent()
+    short = lrs < 3e-4  # the sweep ended inside the real descent
+    assert minimum_index(lrs[short], clean[short]) is None
+    with pytest.raises(UserError, match="widen lr_find.start_lr/end_lr"):
+        summarize(lrs[short], clean[short], clean[short]).suggestion("minimum")
+
+
+def test_plot_marks_the_chosen_lr_and_names_its_rule():
+    lrs, noisy, _ = calibration_then_descent()
+    result = summarize(lrs, noisy, ema(noisy), rule="minimum")
+    for rule in ("minimum", "steepest"):
+        ax = range_test_figure(result, rule).axes[0]
+        handles, labels = ax.get_legend_handles_labels()
+        chosen = [(h, label) for h, label in zip(handles, labels) if label.startswith("chosen")]
+        assert len(chosen) == 1 and f"(rule: {rule})" in chosen[0][1]
+        assert chosen[0][0].get_xdata()[0] == result.suggestion(rule)
+        assert rule in ax.get_title()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -60,19 +60,30 @@ def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTest
     return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), cfg.lr_find)
 
 
-def save_range_test(result: RangeTestResult, out_dir: Path, rule: str) -> Path:
+def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] = None) -> Path:
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "lr_find.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
 
 
-def describe(result: RangeTestResult) -> str:
-    max_lr, div_factor = result.onecycle()
-    steepest = f"{result.steepest_lr:.3g}" if result.steepest_lr else "none"
-    valley = f"{result.valley_lr:.3g}" if result.valley_lr else "none"
-    return (f"range test over {len(result.lrs)} steps{' (stopped early: loss diverged)' if result.stopped_early else ''}\n"
-            f"  steepest descent (vs log lr): {steepest}\n  valley: {valley}\n"
-            f"  OneCycle: max_lr={max_lr:.3g}, div_factor={div_factor:.3g}")
+LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descent (vs log lr)", "valley": "valley"}
+
+
+def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
+    """Every rule's lr, then the config line to use, e.g. `set schedule.lr_peak=1.23e-02 (rule: minimum)`."""
+    rule = rule or result.rule
+    lines = [f"range test over {len(result.lrs)} steps"
+             f"{' (stopped early: loss diverged)' if result.stopped_early else ''}"]
+    for name, lr in result.suggestions().items():
+        lines.append(f"  {LABELS[name]}: {'none' if lr is None else f'{lr:.3g}'}{'  <- chosen' if name == rule else ''}")
+    chosen = result.suggestions().get(rule)
+    if chosen is None:
+        lines.append(f"no lr by rule {rule!r}: widen lr_find.start_lr/end_lr or raise lr_find.num_iter")
+        return "\n".join(lines)
+    max_lr, div_factor = result.onecycle(rule)
+    lines.append(f"  OneCycle: max_lr={max_lr:.3g}, div_factor={div_factor:.3g} (starts where the loss starts falling)")
+    lines.append(f"set schedule.lr_peak={chosen:.2e} (rule: {rule})")
+    return "\n".join(lines)
 
 
 def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> tuple[Config, dict]:
@@ -87,6 +98,6 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         lr_peak = box[0]
     if runtime.dist.is_main:
         save_range_test(result, run_dir, cfg.lr_find.suggestion)
-        print(describe(result) + f"\n  using lr_peak={lr_peak:.3g} ({cfg.lr_find.suggestion})", file=sys.stderr)
+        print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
     return cfg.model_copy(update={"schedule": schedule}), {"lr_peak": float(lr_peak)}
