@@ -1,0 +1,130 @@
+"""`schedule.lr_peak: auto` against a 5-point lr grid on real Fashion-MNIST (issue 9, part 1).
+
+For each model/optimizer pair: one run whose OneCycle peak comes from the range test (`lr_peak: auto`,
+the default suggestion rule unless `--rule`), and one run per grid lr, all with the same seed, data,
+epochs and schedule. The figure is the final test accuracy (last epoch, full 10k test split: the grid's
+best is not picked by a best-epoch selection on the same split). Target: auto within 0.5 points of the
+grid's best for every pair.
+
+`convnet_hot` is the width-8 convnet with its classifier initialised 3x too large: it starts at a loss of
+~4.7, far above ln(10) = 2.30, like the custom ResNet on CIFAR-10 (4.95 in issue 9), whose first drop in
+a range test is calibration, not learning. custom_resnet itself costs ~1.6 GFLOP per 28x28 image forward
+and backward, too much for 18 runs on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+import common  # noqa: F401  (puts src/ on the path when run from a checkout)
+import cifarlab
+from cifarlab.models.convnet import convnet
+from cifarlab.registry import list_models, register_model
+
+HOT_LOGIT_SCALE = 3.0
+
+# name -> (overrides, grid of lr_peak values spaced by ~sqrt(10) around the usual values for the optimizer)
+PAIRS = {
+    "convnet-w8 + SGD-Nesterov": (
+        ["model.name=convnet", "model.options={width: 8}", "optim.name=sgd", "optim.momentum=0.9",
+         "optim.nesterov=true", "optim.weight_decay=5e-4", "optim.label_smoothing=0.1"],
+        [0.01, 0.03, 0.1, 0.3, 1.0]),
+    "convnet-w8 + Adam": (
+        ["model.name=convnet", "model.options={width: 8}", "optim.name=adam", "optim.weight_decay=1e-4"],
+        [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
+    "convnet_hot (init loss ~4.7) + Adam": (
+        ["model.name=convnet_hot", "optim.name=adam", "optim.weight_decay=1e-4"],
+        [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
+}
+
+
+def register_hot_convnet() -> None:
+    if "convnet_hot" in list_models():
+        return
+
+    @register_model("convnet_hot")
+    def convnet_hot(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
+                    **options):
+        """convnet width 8 whose classifier starts HOT_LOGIT_SCALE x too large (over-confident logits)."""
+        model = convnet(num_classes, in_channels, norm, dropout, width=8, **options)
+        with torch.no_grad():
+            model.classifier.weight.mul_(HOT_LOGIT_SCALE)
+            model.classifier.bias.mul_(HOT_LOGIT_SCALE)
+        return model
+
+
+def common_overrides(args, out_dir: str) -> list[str]:
+    return [
+        "data.dataset=fashion_mnist", f"data.train_subset={args.train_subset}",
+        "augment.crop={padding: 2, pad_mode: zero}", "augment.flip={p: 0.5}",
+        "schedule.name=onecycle", "schedule.pct_start=0.25", "schedule.div_factor=10",
+        "schedule.final_div_factor=100", "schedule.anneal=linear",
+        "lr_find.start_lr=1e-6", "lr_find.end_lr=10", f"lr_find.num_iter={args.num_iter}",
+        f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", "train.eval_batch_size=2000",
+        f"train.threads={args.threads}", "train.precision=fp32", f"seed={args.seed}",
+        f"output.dir={out_dir}", "output.report=false", "output.tensorboard=false", "output.progress=none",
+    ]
+
+
+def run(overrides: list[str]) -> dict:
+    started = time.perf_counter()
+    summary = cifarlab.train(None, overrides).summary
+    summary["bench_seconds"] = time.perf_counter() - started
+    return summary
+
+
+def bench_pair(name: str, args, out_dir: str) -> dict:
+    pair_overrides, grid = PAIRS[name]
+    base = common_overrides(args, out_dir) + pair_overrides
+    rule = [f"lr_find.suggestion={args.rule}"] if args.rule else []
+    auto = run(base + ["schedule.lr_peak=auto"] + rule)
+    print(f"  {name}: auto lr {auto['lr_peak']:.3g} -> {100 * auto['final_test_acc']:.2f}% "
+          f"({auto['bench_seconds']:.0f} s)", flush=True)
+    grid_accs = {}
+    for lr in grid:
+        summary = run(base + [f"schedule.lr_peak={lr}"])
+        grid_accs[lr] = summary["final_test_acc"]
+        print(f"  {name}: lr {lr:g} -> {100 * grid_accs[lr]:.2f}% ({summary['bench_seconds']:.0f} s)", flush=True)
+    best_lr = max(grid_accs, key=grid_accs.get)
+    return {"pair": name, "auto_lr": auto["lr_peak"], "auto_acc": auto["final_test_acc"], "grid": grid_accs,
+            "best_lr": best_lr, "best_acc": grid_accs[best_lr]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| pair | auto lr | auto acc | best grid lr | best grid acc | gap (points) | grid (lr: acc) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        gap = 100 * (row["best_acc"] - row["auto_acc"])
+        grid = ", ".join(f"{lr:g}: {100 * acc:.2f}" for lr, acc in row["grid"].items())
+        lines.append(f"| {row['pair']} | {row['auto_lr']:.3g} | {100 * row['auto_acc']:.2f}% | {row['best_lr']:g} | "
+                     f"{100 * row['best_acc']:.2f}% | {gap:+.2f}{'' if gap <= 0.5 else ' (missed)'} | {grid} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-iter", type=int, default=100, help="range-test steps")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rule", default=None, help="lr_find.suggestion (default: the config's default)")
+    args = parser.parse_args(argv)
+    register_hot_convnet()
+    print(common.machine(), flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        rows = [bench_pair(name, args, out_dir) for name in args.pairs]
+    print(f"\n{table(rows)}\n\n{args.epochs} epochs on {args.train_subset} training images, full test split, "
+          f"batch {args.batch_size}, seed {args.seed}, {args.threads} thread(s); whole bench "
+          f"{time.perf_counter() - started:.0f} s; load average at the end {common.load()}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
