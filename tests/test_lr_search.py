@@ -60,3 +60,31 @@ def test_range_test_state_is_the_training_state_without_ema():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     inputs, _ = next(iter(state.train_loader.batches(0)))
     assert inputs.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clipping():
+    # fp16 needs CUDA, but the state's GradStep with a GradScaler runs on a CPU too: the sweep must scale
+    # the loss, unscale before clipping (else the clipped step would be lr * clip / scale) and update the
+    # scale every step, as training does.
+    from cifarlab.analysis.lr_finder import range_test
+    from cifarlab.training.optim import GradStep
+
+    clip = 1e-3
+    cfg, runtime, dataset = smoke(["optim.momentum=0", "optim.weight_decay=0", f"optim.grad_clip={clip}",
+                                   "lr_find.start_lr=0.3", "lr_find.end_lr=10", "lr_find.num_iter=6"])
+    state = lr_search.range_test_state(cfg, runtime, dataset)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)
+    state.grad_step = GradStep(state.optimizer, scaler, clip)
+    step, moves = lr_search.training_step(state), []
+
+    def watched(inputs, labels):
+        before = flat_weights(state.model)
+        loss = step(inputs, labels)
+        moves.append((state.optimizer.param_groups[0]["lr"], float((flat_weights(state.model) - before).norm())))
+        return loss
+
+    range_test(state.model, state.optimizer, watched, lr_search._cycle(state.train_loader), cfg.lr_find)
+    assert len(moves) == 6
+    assert scaler.get_scale() == 2.0 ** 16  # doubled after each of the 6 finite steps
+    for lr, moved in moves:
+        assert lr * clip * 0.99 <= moved <= lr * clip * 1.01
