@@ -1,4 +1,5 @@
 """The range test on a recipe (`cifarlab lr-find`, `lr_peak: auto`) takes training's own step."""
+import pytest
 import torch
 
 from cifarlab.analysis import lr_search
@@ -21,10 +22,11 @@ def flat_weights(model):
 def test_range_test_clips_gradients_like_training(monkeypatch):
     # Plain SGD (no momentum, no weight decay) moves the weights by exactly lr x the clipped gradient, so a
     # clipped step moves them by lr * grad_clip and an unclipped one by lr * |grad| (much more here). The
-    # lrs are large enough that float32 rounding of the weights stays far below the 1 % tolerance. The
-    # recipe's OneCycle schedule must not slip its momentum (0.95 at the start of a cycle) into the sweep.
+    # lrs are large enough that float32 rounding of the weights stays far below the 1 % tolerance. A
+    # constant schedule: under OneCycle the sweep takes the cycle's peak momentum (next test).
     clip = 1e-3
     cfg, runtime, dataset = smoke(["optim.momentum=0", "optim.weight_decay=0", f"optim.grad_clip={clip}",
+                                   "schedule.name=constant",
                                    "lr_find.start_lr=0.3", "lr_find.end_lr=10", "lr_find.num_iter=12"])
     moves, seen = [], {}
     real_step = lr_search.training_step
@@ -71,6 +73,7 @@ def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clippi
 
     clip = 1e-3
     cfg, runtime, dataset = smoke(["optim.momentum=0", "optim.weight_decay=0", f"optim.grad_clip={clip}",
+                                   "schedule.name=constant",
                                    "lr_find.start_lr=0.3", "lr_find.end_lr=10", "lr_find.num_iter=6"])
     state = lr_search.range_test_state(cfg, runtime, dataset)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)
@@ -88,3 +91,18 @@ def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clippi
     assert scaler.get_scale() == 2.0 ** 16  # doubled after each of the 6 finite steps
     for lr, moved in moves:
         assert lr * clip * 0.99 <= moved <= lr * clip * 1.01
+
+
+@pytest.mark.parametrize("optim, key", [("sgd", "momentum"), ("adam", "betas")])
+def test_range_test_under_onecycle_takes_the_momentum_of_the_cycle_peak(optim, key):
+    # OneCycle runs its peak lr with momentum (or beta1) 0.85, whatever optim.momentum says; a constant
+    # schedule runs the optimizer as configured.
+    peak = {}
+    for schedule in ("onecycle", "constant"):
+        cfg, runtime, dataset = smoke([f"optim.name={optim}", "optim.momentum=0.9", "optim.betas=[0.9, 0.99]",
+                                       f"schedule.name={schedule}"])
+        group = lr_search.range_test_state(cfg, runtime, dataset).optimizer.param_groups[0]
+        peak[schedule] = group[key] if key == "momentum" else group[key][0]
+        if key == "betas":
+            assert group[key][1] == 0.99
+    assert peak == {"onecycle": 0.85, "constant": 0.9}

@@ -24,19 +24,32 @@ def _cycle(loader) -> Iterator:
         epoch += 1
 
 
+# torch's OneCycleLR cycles SGD's momentum or Adam's beta1 between 0.95 and this (its default
+# base_momentum, which optim.py keeps), and is at this value when the lr peaks.
+ONECYCLE_PEAK_MOMENTUM = 0.85
+
+
 def range_test_state(cfg: Config, runtime: Runtime, dataset: Dataset) -> TrainState:
     """A fresh model and optimizer of this recipe, built exactly as training builds them (precision,
     GradScaler, grad_clip, channels_last), with the EMA off: the range test measures the raw weights.
 
-    The schedule is left out ("constant"): torch's OneCycleLR cycles momentum (SGD) or beta1 (Adam) and
-    sets it to 0.95 when built, whatever optim.momentum says, so a sweep under it would take steps with
-    momentum 0.95 (for SGD, ~2x the effective step of the configured 0.9 and ~3x that of the 0.85 the
-    cycle uses at its peak). The sweep runs the optimizer as configured; the range test tunes the lr."""
+    The sweep takes the step training takes at the lr it is looking for, the schedule's peak. So the
+    schedule itself is left out (torch's OneCycleLR sets momentum to 0.95 when built, whatever
+    optim.momentum says), and under OneCycle the momentum (SGD) or beta1 (Adam) is the 0.85 the cycle has
+    at its peak: for SGD the step scales with lr / (1 - momentum), so sweeping at 0.95 or at the
+    configured 0.9 instead would put the loss minimum 3x or 1.5x too low."""
     from cifarlab.experiment import build_state
 
     schedule = cfg.schedule.model_copy(update={"name": "constant", "lr_peak": None})
-    cfg = cfg.model_copy(update={"schedule": schedule, "train": cfg.train.model_copy(update={"ema": None})})
-    return build_state(cfg, runtime, dataset, run_dir=Path("."))
+    train = cfg.train.model_copy(update={"ema": None})
+    state = build_state(cfg.model_copy(update={"schedule": schedule, "train": train}), runtime, dataset, Path("."))
+    if cfg.schedule.name == "onecycle":
+        for group in state.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (ONECYCLE_PEAK_MOMENTUM, group["betas"][1])
+            else:
+                group["momentum"] = ONECYCLE_PEAK_MOMENTUM
+    return state
 
 
 def training_step(state: TrainState) -> Step:
@@ -66,7 +79,8 @@ def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] 
     return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
 
 
-LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descent (vs log lr)", "valley": "valley"}
+LABELS = {"minimum": "minimum (centred smoothing)", "floor": "valley floor (within 0.05 of the minimum)",
+          "steepest": "steepest descent (vs log lr)", "valley": "valley"}
 
 
 def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
