@@ -149,22 +149,19 @@ def test_every_rule_lies_on_the_descent_of_a_real_problem():
         at = int(np.searchsorted(lrs, lr))
         assert smoothed[at] < smoothed[0] - 0.1, rule
         assert lr < lrs[bottom], rule
-    for rule in ("minimum", "floor"):
-        lr = result.suggestion(rule)
-        at = int(np.searchsorted(lrs, lr))
-        assert np.mean(result.losses[at - 2:at + 3]) < np.mean(result.losses[:5]) - 0.5, rule
-        assert lr < lrs[-1], rule  # below where the sweep saw the loss diverge
-    assert result.floor_lr <= result.minimum_lr
+    lr = result.suggestion("minimum")
+    at = int(np.searchsorted(lrs, lr))
+    assert np.mean(result.losses[at - 2:at + 3]) < np.mean(result.losses[:5]) - 0.5
+    assert lr < lrs[-1]  # below where the sweep saw the loss diverge
     max_lr, div_factor = result.onecycle()
     assert max_lr == result.suggestion() and 5 <= div_factor <= 100
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("rule", ["minimum", "floor"])
-def test_centred_rules_train_better_than_ten_times_less_or_more(rule, seed):
+def test_minimum_rule_trains_better_than_ten_times_less_or_more(seed):
     images, labels = learning_problem()
     model, optimizer, batches, result = mlp_range_test(images, labels, seed)
-    lr = result.suggestion(rule)
+    lr = result.suggestion("minimum")
     start = copy.deepcopy(model.state_dict())
     final = {}
     for factor in (0.1, 1.0, 10.0):
@@ -324,18 +321,16 @@ def ema(losses, smooth=0.05):
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("rule", ["minimum", "floor"])
-def test_centred_rules_land_in_the_real_descent_not_the_calibration_drop(rule, seed):
+def test_minimum_rule_lands_in_the_real_descent_not_the_calibration_drop(seed):
     lrs, noisy, clean = calibration_then_descent(seed)
     ideal = lrs[int(np.argmin(clean))]  # the bottom of the real descent, ~1e-2
     result = summarize(lrs, noisy, ema(noisy))
     assert result.steepest_lr < 1e-4  # the failure this curve reproduces: the calibration drop
-    assert ideal / 3 < result.suggestion(rule) < ideal * 3
+    assert ideal / 3 < result.suggestion("minimum") < ideal * 3
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("rule", ["minimum", "floor"])
-def test_centred_rules_stay_before_the_minimum_where_noise_makes_the_tail_steepest(rule, seed):
+def test_minimum_rule_stays_before_the_minimum_where_noise_makes_the_tail_steepest(seed):
     # Past the minimum the loss jumps about (batch noise grows with the lr): a slope taken over the whole
     # raw curve, as torch-lr-finder takes it, finds its steepest fall there.
     lrs, _, clean = calibration_then_descent(seed, noise=0)
@@ -347,17 +342,16 @@ def test_centred_rules_stay_before_the_minimum_where_noise_makes_the_tail_steepe
     lrs, noisy = lrs[:stop], noisy[:stop]
     whole_curve_steepest = int(np.argmin(np.gradient(noisy)))
     assert whole_curve_steepest > bottom
-    lr = summarize(lrs, noisy, ema(noisy)).suggestion(rule)
+    lr = summarize(lrs, noisy, ema(noisy)).suggestion("minimum")
     assert lrs[bottom] / 3 < lr <= lrs[bottom] * 1.5
 
 
-@pytest.mark.parametrize("rule", ["minimum", "floor"])
-def test_centred_rules_give_none_while_the_loss_still_falls_at_end_lr(rule):
+def test_minimum_rule_gives_none_while_the_loss_still_falls_at_end_lr():
     lrs, noisy, clean = calibration_then_descent()
     short = lrs < 3e-4  # the sweep ended inside the real descent
     assert minimum_index(lrs[short], clean[short]) is None
     with pytest.raises(UserError, match="widen lr_find.start_lr/end_lr"):
-        summarize(lrs[short], clean[short], clean[short]).suggestion(rule)
+        summarize(lrs[short], clean[short], clean[short]).suggestion("minimum")
 
 
 def test_plot_marks_the_chosen_lr_and_names_its_rule():

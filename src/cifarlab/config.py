@@ -122,8 +122,8 @@ class LRFindConfig(Section):
     step_mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(default=0.05, ge=0, lt=1)
     diverge_threshold: float = Field(default=5.0, gt=1)
-    # minimum, floor: of the loss smoothed without lag (analysis/lr_suggest.py); steepest, valley: older rules
-    suggestion: Literal["minimum", "floor", "steepest", "valley"] = "minimum"
+    # minimum: of the loss smoothed without lag (analysis/lr_suggest.py); steepest, valley: the older rules
+    suggestion: Literal["minimum", "steepest", "valley"] = "minimum"
 
     @model_validator(mode="after")
     def _range(self):

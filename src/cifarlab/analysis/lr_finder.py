@@ -42,7 +42,6 @@ class RangeTestResult:
     valley_lr: Optional[float]
     stopped_early: bool  # True when the smoothed loss diverged before num_iter steps
     minimum_lr: Optional[float] = None  # minimum of the centred smoothing of `losses`
-    floor_lr: Optional[float] = None  # where that smoothing comes within 0.05 nats of its minimum
     rule: Rule = DEFAULT_RULE  # the rule asked for (lr_find.suggestion): what plots and messages show
 
     def suggestion(self, rule: Optional[Rule] = None) -> float:
@@ -205,7 +204,7 @@ def summarize(lrs, losses, smoothed, stopped_early: bool = False, rule: Rule = D
 
 # ---------------------------------------------------------------- plot
 
-RULE_COLORS = {"minimum": "tab:red", "floor": "tab:purple", "steepest": "tab:orange", "valley": "tab:green"}
+RULE_COLORS = {"minimum": "tab:red", "steepest": "tab:orange", "valley": "tab:green"}
 
 
 def range_test_figure(result: RangeTestResult, rule: Optional[Rule] = None):

@@ -79,8 +79,7 @@ def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] 
     return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
 
 
-LABELS = {"minimum": "minimum (centred smoothing)", "floor": "valley floor (within 0.05 of the minimum)",
-          "steepest": "steepest descent (vs log lr)", "valley": "valley"}
+LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descent (vs log lr)", "valley": "valley"}
 
 
 def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:

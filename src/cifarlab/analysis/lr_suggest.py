@@ -26,15 +26,13 @@ from typing import Literal, Optional
 
 import numpy as np
 
-Rule = Literal["minimum", "floor", "steepest", "valley"]
-RULES: tuple[str, ...] = ("minimum", "floor", "steepest", "valley")
+Rule = Literal["minimum", "steepest", "valley"]
+RULES: tuple[str, ...] = ("minimum", "steepest", "valley")
 
 # Width (standard deviation, in decades of lr) of the centred Gaussian smoothing for `minimum`: wide
 # enough to average ~5 steps of a 100-step sweep over 7 decades, narrow next to a ~1-decade descent.
 CENTRED_SIGMA_DECADES = 0.2
 MEDIAN_POINTS = 5
-# `floor`: the valley floor starts where the centred loss comes within this many nats of its minimum.
-FLOOR_NATS = 0.05
 # The descent starts where the smoothed loss has fallen by this fraction of its total drop.
 DESCENT_START_FRACTION = 0.1
 
@@ -67,17 +65,6 @@ def minimum_index(lrs, losses) -> Optional[int]:
     still_falling = index == len(smooth) - 1
     no_descent = index <= _head(len(smooth)) or smooth[index] >= smooth[_head(len(smooth))]
     return None if still_falling or no_descent else index
-
-
-def floor_index(lrs, losses) -> Optional[int]:
-    """Index of the smallest lr at which the centred smoothing of the raw losses comes within FLOOR_NATS
-    of its minimum: where a flat-bottomed valley starts, a more stable point than the argmin of its
-    noise. None where `minimum_index` is None."""
-    bottom = minimum_index(lrs, losses)
-    if bottom is None:
-        return None
-    smooth = centred_smooth(lrs, losses)
-    return int(np.nonzero(smooth[:bottom + 1] <= smooth[bottom] + FLOOR_NATS)[0][0])
 
 
 def steepest_index(lrs, smoothed) -> Optional[int]:
@@ -147,6 +134,6 @@ def suggest_index(rule: str, lrs, losses, smoothed) -> Optional[int]:
     slope rules the sweep's EMA-smoothed curve, as their reference implementations do."""
     if not len(lrs):
         return None
-    if rule in ("minimum", "floor"):
-        return (minimum_index if rule == "minimum" else floor_index)(lrs, losses)
+    if rule == "minimum":
+        return minimum_index(lrs, losses)
     return steepest_index(lrs, smoothed) if rule == "steepest" else valley_index(lrs, smoothed)
