@@ -12,9 +12,10 @@ from torch import nn
 from cifarlab.analysis.lr_finder import (
     RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, range_test_figure, summarize,
 )
-from cifarlab.analysis.lr_suggest import minimum_index, steepest_index, valley_index
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
+
+from _curves import calibration_then_descent, ema, hand_made_curve
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -160,7 +161,7 @@ def test_every_rule_lies_on_the_descent_of_a_real_problem():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_minimum_rule_trains_better_than_ten_times_less_or_more(seed):
     images, labels = learning_problem()
-    model, optimizer, batches, result = mlp_range_test(images, labels, seed)
+    model, _, batches, result = mlp_range_test(images, labels, seed)
     lr = result.suggestion("minimum")
     start = copy.deepcopy(model.state_dict())
     final = {}
@@ -174,59 +175,6 @@ def test_minimum_rule_trains_better_than_ten_times_less_or_more(seed):
             loss = nn.functional.cross_entropy(model(images), labels).item()
         final[factor] = loss if np.isfinite(loss) else np.inf
     assert final[1.0] < final[0.1] and final[1.0] < final[10.0], final
-
-
-def hand_made_curve(seed=0):
-    """Plateau at 2.3 with noise, a sigmoid descent centred at lr 1e-2 (in log lr), then divergence."""
-    lrs = np.geomspace(1e-6, 1.0, 120)
-    x = np.log10(lrs)
-    loss = 2.3 - 1.8 / (1 + np.exp(-(x + 2) * 3)) + 4 * np.clip(x + 1, 0, None) ** 2
-    rng = np.random.default_rng(seed)
-    loss = loss + rng.normal(0, 0.004, size=len(lrs))
-    return lrs, loss
-
-
-def test_slope_against_log_lr_finds_the_descent_where_raw_lr_slope_fails():
-    lrs, loss = hand_made_curve()
-    head, bottom = len(lrs) // 10, int(np.argmin(loss))
-    raw = head + int(np.argmin(np.gradient(loss, lrs)[head:bottom + 1]))
-    ours = steepest_index(lrs, loss)
-    # The noise on the plateau over tiny lr steps dwarfs the real descent when divided by raw lr.
-    assert lrs[raw] < 1e-4
-    assert 3e-3 < lrs[ours] < 3e-2
-
-
-def fastai_valley(losses):
-    """fastai's loop, transcribed as the test oracle."""
-    n = len(losses)
-    max_start, max_end = 0, 0
-    lds = [1] * n
-    for i in range(1, n):
-        for j in range(0, i):
-            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
-                lds[i] = lds[j] + 1
-            if lds[max_end] < lds[i]:
-                max_end = i
-                max_start = max_end - lds[max_end]
-    sections = (max_end - max_start) / 3
-    return max_start + int(sections) + int(sections / 2)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_valley_matches_fastai_rule(seed):
-    lrs, loss = hand_made_curve(seed)
-    loss = loss + np.random.default_rng(seed).normal(0, 0.05, size=len(loss))
-    head = len(loss) // 10
-    assert valley_index(lrs, loss) == head + fastai_valley(list(loss[head:]))
-    assert 1e-4 < lrs[valley_index(lrs, loss)] < lrs[int(np.argmin(loss))]
-
-
-def test_flat_curve_gives_no_suggestion_and_a_clear_error():
-    lrs = np.geomspace(1e-5, 1e-3, 30)
-    result = summarize(lrs, [1.0] * 30, [1.0] * 30)
-    assert result.steepest_lr is None
-    with pytest.raises(UserError, match="no descending part"):
-        result.suggestion()
 
 
 def test_onecycle_starts_where_the_loss_starts_falling():
@@ -297,61 +245,6 @@ def test_result_round_trips_through_json_and_plots(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == figures_before
-
-
-def calibration_then_descent(seed=0, noise=0.05):
-    """Issue 9's custom-ResNet curve: loss 4.95 from over-confident logits falls to ln(10) at lr ~1e-5
-    (calibration, nothing learnt), stays there, the real descent to 0.6 is centred at 1e-3, and the loss
-    diverges from ~1e-2 on. Returns (lrs, noisy losses, noise-free losses)."""
-    lrs = np.geomspace(1e-7, 10.0, 200)
-    x = np.log10(lrs)
-    clean = (2.3 + 2.65 / (1 + np.exp((x + 5) * 6))  # calibration drop, steeper than the real descent
-             - 1.7 / (1 + np.exp(-(x + 3) * 2.5))
-             + 3 * np.clip(x + 2, 0, None) ** 2)
-    noisy = clean + np.random.default_rng(seed).normal(0, noise, size=len(lrs))
-    return lrs, noisy, clean
-
-
-def ema(losses, smooth=0.05):
-    out, avg = [], 0.0
-    for step, value in enumerate(losses, start=1):
-        avg = (1 - smooth) * avg + smooth * value
-        out.append(avg / (1 - (1 - smooth) ** step))
-    return np.array(out)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_minimum_rule_lands_in_the_real_descent_not_the_calibration_drop(seed):
-    lrs, noisy, clean = calibration_then_descent(seed)
-    ideal = lrs[int(np.argmin(clean))]  # the bottom of the real descent, ~1e-2
-    result = summarize(lrs, noisy, ema(noisy))
-    assert result.steepest_lr < 1e-4  # the failure this curve reproduces: the calibration drop
-    assert ideal / 3 < result.suggestion("minimum") < ideal * 3
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_minimum_rule_stays_before_the_minimum_where_noise_makes_the_tail_steepest(seed):
-    # Past the minimum the loss jumps about (batch noise grows with the lr): a slope taken over the whole
-    # raw curve, as torch-lr-finder takes it, finds its steepest fall there.
-    lrs, _, clean = calibration_then_descent(seed, noise=0)
-    bottom = int(np.argmin(clean))
-    rng = np.random.default_rng(seed)
-    spread = 0.03 + 1.5 * np.clip(np.log10(lrs / lrs[bottom]), 0, None)
-    noisy = clean + rng.normal(0, 1, size=len(lrs)) * spread
-    stop = bottom + 25  # the sweep stops at divergence
-    lrs, noisy = lrs[:stop], noisy[:stop]
-    whole_curve_steepest = int(np.argmin(np.gradient(noisy)))
-    assert whole_curve_steepest > bottom
-    lr = summarize(lrs, noisy, ema(noisy)).suggestion("minimum")
-    assert lrs[bottom] / 3 < lr <= lrs[bottom] * 1.5
-
-
-def test_minimum_rule_gives_none_while_the_loss_still_falls_at_end_lr():
-    lrs, noisy, clean = calibration_then_descent()
-    short = lrs < 3e-4  # the sweep ended inside the real descent
-    assert minimum_index(lrs[short], clean[short]) is None
-    with pytest.raises(UserError, match="widen lr_find.start_lr/end_lr"):
-        summarize(lrs[short], clean[short], clean[short]).suggestion("minimum")
 
 
 def test_plot_marks_the_chosen_lr_and_names_its_rule():

@@ -85,8 +85,8 @@ LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descen
 def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
     """Every rule's lr, then the config line to use, e.g. `set schedule.lr_peak=1.23e-02 (rule: minimum)`."""
     rule = rule or result.rule
-    lines = [f"range test over {len(result.lrs)} steps"
-             f"{' (stopped early: loss diverged)' if result.stopped_early else ''}"]
+    stopped = " (stopped early: loss diverged)" if result.stopped_early else ""
+    lines = [f"range test over {len(result.lrs)} steps{stopped}"]
     for name, lr in result.suggestions().items():
         lines.append(f"  {LABELS[name]}: {'none' if lr is None else f'{lr:.3g}'}{'  <- chosen' if name == rule else ''}")
     chosen = result.suggestions().get(rule)
