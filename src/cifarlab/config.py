@@ -177,6 +177,9 @@ class ScheduleConfig(ConfigSection):
     div_factor: float = Field(default=10.0, gt=0)  # initial lr = lr_peak / div_factor
     final_div_factor: Optional[float] = Field(default=None, gt=0)  # None = no annihilation: end at initial lr
     anneal: Literal["linear", "cos"] = "linear"
+    # torch's OneCycleLR default, which the course notebooks used: momentum (SGD) or beta1 (Adam) cycles
+    # 0.95 -> 0.85 at the peak -> 0.95, replacing optim.momentum / betas[0]; false keeps the configured one.
+    cycle_momentum: bool = True
     # step / multistep (in epochs)
     step_size: int = Field(default=30, ge=1)
     milestones: list[Annotated[int, Field(ge=1)]] = []
@@ -205,7 +208,8 @@ class LRFindConfig(ConfigSection):
     step_mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(default=0.05, ge=0, lt=1)
     diverge_threshold: float = Field(default=5.0, gt=1)
-    suggestion: Literal["steepest", "valley"] = "steepest"
+    # minimum: of the loss smoothed without lag (analysis/lr_suggest.py); steepest, valley: the older rules
+    suggestion: Literal["minimum", "steepest", "valley"] = "minimum"
 
     @model_validator(mode="after")
     def _range(self):

@@ -165,8 +165,10 @@ def _lr_find_section(run_dir: Path) -> Optional[Section]:
     result = _read_json(run_dir / "lr_find.json")
     if not result:
         return None
-    suggestions = [f"steepest descent: {format_cell('lr', result.get('steepest_lr'))}",
-                   f"valley: {format_cell('lr', result.get('valley_lr'))}"]
+    chosen = result.get("rule")
+    names = {"minimum": "minimum of the lag-free smoothed loss", "steepest": "steepest descent", "valley": "valley"}
+    suggestions = [f"{label}: {format_cell('lr', result.get(f'{rule}_lr'))}" + (" (chosen)" if rule == chosen else "")
+                   for rule, label in names.items() if f"{rule}_lr" in result]
     if result.get("stopped_early"):
         suggestions.append("the test stopped early when the loss diverged")
     blocks = [Text(f"Range test over {len(result.get('lrs', []))} learning rates; suggestions:"), Bullets(suggestions)]

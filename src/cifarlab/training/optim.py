@@ -114,7 +114,8 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
         peaks = [peak_lr(cfg, base_lr) * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
-                            div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal)
+                            div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal,
+                            cycle_momentum=cfg.cycle_momentum)
     if cfg.name == "step":
         return S.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "multistep":
