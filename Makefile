@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench venv data clean
+.PHONY: demo test bench bench-gpu venv data clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook]'
 	touch $(STAMP)
 
 # Real Fashion-MNIST from the OS package, for offline demos and tests.
@@ -28,11 +28,17 @@ demo: venv data
 	$(VENV)/bin/cifarlab demo
 
 test: venv data
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/run_all.py
+
+# issue 10: fit vs a bare loop, launches and syncs per step, on the CUDA device if there is one (else small
+# CPU models); `make bench-gpu ARGS=--smoke` for a few steps.
+bench-gpu: venv
+	$(PY) bench/gpu_speed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -7,6 +7,7 @@ import torch
 from cifarlab.config import AugmentConfig, CropConfig, CutoutConfig, FlipConfig, RotateConfig
 from cifarlab.data import augment as A
 from cifarlab.errors import UserError
+from cifarlab.training.syncs import SyncCounter
 
 N, C, S = 8, 3, 16
 
@@ -187,6 +188,67 @@ def test_build_augment_applies_ops_in_order_and_describes_them():
     expected = A.rotate(expected, g, 10.0)
     expected = A.cutout(expected, g, 1, 4)
     assert torch.equal(out, expected)
+
+
+FUSED_CASES = {
+    "zero-crop+flip": AugmentConfig(crop=CropConfig(padding=3), flip=FlipConfig()),
+    "reflect-crop-p+flip-p": AugmentConfig(crop=CropConfig(padding=2, pad_mode="reflect", p=0.5),
+                                           flip=FlipConfig(p=0.3)),
+    "constant-crop+alternate": AugmentConfig(crop=CropConfig(padding=2, pad_mode="constant", fill=0.25),
+                                             flip=FlipConfig(alternate=True)),
+    "crop-only": AugmentConfig(crop=CropConfig(padding=1)),
+    "flip-only": AugmentConfig(flip=FlipConfig(p=0.7)),
+    "alternate+cutout-holes-p": AugmentConfig(flip=FlipConfig(alternate=True),
+                                              cutout=CutoutConfig(holes=3, size=5, p=0.5, fill=0.5)),
+    "all-p": AugmentConfig(crop=CropConfig(padding=4, p=0.5), flip=FlipConfig(), cutout=CutoutConfig(size=6, p=0.5),
+                           rotate=RotateConfig(degrees=20, fill=0.5, p=0.5)),
+}
+
+
+def sequential(cfg: AugmentConfig, images, g, indices, epoch, seed):
+    """The documented meaning of BatchAugment: each op in turn with the same generator."""
+    if cfg.crop:
+        images = A.random_crop(images, g, cfg.crop.padding, cfg.crop.pad_mode, cfg.crop.fill, cfg.crop.p)
+    if cfg.flip:
+        images = (A.alternating_flip(images, indices, epoch, seed) if cfg.flip.alternate
+                  else A.horizontal_flip(images, g, cfg.flip.p))
+    if cfg.rotate:
+        images = A.rotate(images, g, cfg.rotate.degrees, cfg.rotate.fill, cfg.rotate.p)
+    if cfg.cutout:
+        images = A.cutout(images, g, cfg.cutout.holes, cfg.cutout.size, cfg.cutout.fill, cfg.cutout.p)
+    return images
+
+
+@pytest.mark.parametrize("name", FUSED_CASES)
+@pytest.mark.parametrize("prepared", [False, True], ids=["hashed-bits", "tabulated-bits"])
+def test_fused_batch_augment_equals_the_ops_in_turn(name, prepared):
+    cfg, images, indices = FUSED_CASES[name], batch(64), torch.randperm(200, generator=gen(4))[:64]
+    aug = A.build_augment(cfg, image_size=S, channels=C, seed=11)
+    if prepared:
+        aug.prepare(200, images.device)
+    for epoch in (0, 1):
+        out = aug(images, gen(epoch), indices, epoch)
+        assert torch.equal(out, sequential(cfg, images, gen(epoch), indices, epoch, seed=11))
+        assert not torch.equal(out, images)
+
+
+def test_crop_positions_are_uniform_over_the_window():
+    images, padding = single_pixel(1800, 16), 1
+    shift = bright_position(A.random_crop(images, gen(), padding)) - bright_position(images)
+    counts = torch.tensor([int(((shift[:, 0] == dy) & (shift[:, 1] == dx)).sum())
+                           for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    assert counts.min() > 140 and counts.max() < 260, counts  # 200 expected each of the 9 positions
+
+
+def test_batch_augment_makes_no_host_sync():
+    cfg = FUSED_CASES["all-p"].model_copy(update={"flip": FlipConfig(alternate=True)})
+    aug = A.build_augment(cfg, image_size=S, channels=C).prepare(100, torch.device("cpu"))
+    images, indices = batch(32), torch.arange(32)
+    for table in (A._grids, A._crop_offsets, A._hole_spans, A._rotation_basis):
+        table.cache_clear()  # building the constant tables must not sync either
+    with SyncCounter() as syncs:
+        aug(images, gen(), indices, epoch=1)
+    assert syncs.total == 0, syncs.report()
 
 
 def test_build_augment_empty_is_identity():

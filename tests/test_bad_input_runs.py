@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -551,17 +552,6 @@ CASES = [
         lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("elapsed_seconds", -3.0)))],
         ["elapsed_seconds must be a finite number >= 0"],
     ),
-    # 6. concurrency and comparisons
-    (
-        "compare-same-run-twice",
-        lambda t, r, m: ["compare", str(r[DONE]), str(r[DONE]), "--out", str(t / "cmp")],
-        ["is given twice", "give each run once"],
-    ),
-    (
-        "compare-same-run-spelled-twice",
-        lambda t, r, m: ["compare", str(r[DONE]), f"{r[DONE]}/../{r[DONE].name}", "--out", str(t / "cmp")],
-        ["is given twice"],
-    ),
 ]
 
 
@@ -570,14 +560,41 @@ def test_the_table_covers_every_class():
     assert len(ids) == len(set(ids)) and len(ids) >= 60
 
 
+# Cases that, were their fix lost, would read until memory runs out (a device) or block (a FIFO opened for
+# reading): real processes under a memory and time limit, so that a regression fails the test, not the machine.
+IN_A_PROCESS = {"eval-dev-zero", "predict-dev-urandom", "eval-fifo", "eval-link-to-a-device"}
+MEMORY_LIMIT = 4 << 30
+
+
+def _limited_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _run_cli(argv: list[str], capsys, cwd: Path, in_a_process: bool) -> tuple[int, str, str]:
+    if not in_a_process:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarlab", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limited_memory,
+        cwd=cwd,
+        env=env,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, runs, monkeypatch, capsys):
-    _, setup, words = case
+    name, setup, words = case
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path, runs, monkeypatch)
     before = {name: _tree(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
-    code = main(argv)
-    out, err = capsys.readouterr()
+    code, out, err = _run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert "Traceback" not in out + err
@@ -726,6 +743,19 @@ def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
         pass
 
 
+def test_compare_counts_the_same_run_once_however_spelled(runs, tmp_path, capsys):
+    done = runs[DONE]
+    assert main(["compare", str(done), str(done), f"{done}/../{done.name}", "--out", str(tmp_path / "cmp")]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "cmp" / "comparison.csv", newline="") as handle:
+        assert [row["run"] for row in csv.DictReader(handle)] == [f"smoke/{done.name}"]
+    from cifarlab.analysis.compare import compare_runs
+    from cifarlab.errors import UserError
+
+    with pytest.raises(UserError, match="is given twice"):  # from Python, a duplicate is a mistake to name
+        compare_runs([done, f"{done}/../{done.name}"])
+
+
 def test_compare_labels_runs_with_the_same_recipe_and_stamp_apart(runs, tmp_path, capsys):
     stamp = runs[DONE].name
     first = _copy(runs[DONE], tmp_path / "a" / "smoke" / stamp)
@@ -795,7 +825,7 @@ def test_a_stale_summary_of_a_finished_run_is_rebuilt(runs, tmp_path, capsys):
     assert new["status"] == "completed" and new["best_test_acc"] == old["best_test_acc"]
 
 
-def test_metrics_csv_is_fsynced_at_every_epoch_end(tmp_path, monkeypatch, capsys):
+def test_every_metrics_csv_row_is_fsynced(tmp_path, monkeypatch, capsys):
     synced = []
     real_fsync = os.fsync
 
@@ -803,11 +833,15 @@ def test_metrics_csv_is_fsynced_at_every_epoch_end(tmp_path, monkeypatch, capsys
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr("cifarlab.training.callbacks.os.fsync", fsync)
+    monkeypatch.setattr("os.fsync", fsync)
     assert main(["train", "smoke", f"output.dir={tmp_path}", *FAST]) == 0
     capsys.readouterr()
     run_dir = next((tmp_path / "smoke").iterdir())
-    assert [path for path in synced if Path(path).name == "metrics.csv"] == [str(run_dir.resolve() / "metrics.csv")] * 2
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert sum(1 for row in rows if row.startswith("epoch,")) == 2  # train.epochs=2
+    assert [path for path in synced if Path(path).name == "metrics.csv"] == [
+        str(run_dir.resolve() / "metrics.csv")
+    ] * len(rows)
 
 
 def test_where_directories_cannot_be_locked_a_lock_file_takes_over(tmp_path, monkeypatch):

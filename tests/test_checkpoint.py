@@ -63,11 +63,11 @@ def test_kill_during_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
     save_checkpoint(_payload(1), path)
     before = path.read_bytes()
 
-    real_open = open
+    real_fdopen = os.fdopen
 
     class HalfFile:
         def __init__(self, *args, **kwargs):
-            self.handle = real_open(*args, **kwargs)
+            self.handle = real_fdopen(*args, **kwargs)
 
         def __enter__(self):
             return self
@@ -79,7 +79,7 @@ def test_kill_during_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
             self.handle.write(data[: len(data) // 2])
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic, "open", HalfFile, raising=False)
+    monkeypatch.setattr(atomic.os, "fdopen", HalfFile)
     with pytest.raises(UserError, match="No space left on device"):
         save_checkpoint(_payload(2), path)
     monkeypatch.undo()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,16 @@ def test_compile_warmup_is_reported_apart_from_training_time(tmp_path, monkeypat
     assert summary["train_seconds"] + summary["compile_seconds"] <= summary["wall_seconds"]
     assert "s compiling)" in capsys.readouterr().err
     assert not math.isnan(summary["best_test_acc"])
+
+
+def test_a_compiled_run_drops_the_ragged_last_batch_so_every_step_has_one_shape(monkeypatch):
+    from cifarlab.runtime import make_runtime
+    from cifarlab.training.build import build_state, load_data
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
+    for compiled, steps in ((False, 5), (True, 4)):  # 300 images in batches of 64: 4 full + 44
+        cfg = load_config("smoke", ["data.options={num_train: 300, num_test: 64, image_size: 16}",
+                                    f"train.compile={str(compiled).lower()}", "train.device=cpu"])
+        state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
+        shapes = {inputs.shape[0] for inputs, _ in state.train_loader.batches(0)}
+        assert len(state.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})

@@ -1,3 +1,4 @@
+import copy
 import gzip
 import json
 import sys
@@ -9,14 +10,14 @@ import torch
 from torch import nn
 
 from cifarlab.analysis.lr_finder import (
-    RangeTestResult, lr_schedule, plot_range_test, range_test, steepest_index, summarize, valley_index,
+    RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, range_test_figure, summarize,
 )
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
 
+from _curves import calibration_then_descent, ema, hand_made_curve
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
 
 
 def tiny_cnn():
@@ -76,7 +77,8 @@ def test_restores_model_and_optimizer_bit_identically(optim_name):
         optimizer.step()
     model[1].eval()  # a per-module mode that a blanket model.train(flag) would lose
     before = snapshot(model, optimizer)
-    result = range_test(model, optimizer, loss_fn, batches, LRFindConfig(num_iter=20, end_lr=1.0))
+    result = range_test(model, optimizer, plain_step(model, optimizer, loss_fn), batches,
+                        LRFindConfig(num_iter=20, end_lr=1.0))
     assert len(result.lrs) > 5
     assert_same(before, snapshot(model, optimizer))
 
@@ -95,7 +97,8 @@ def test_restores_even_when_a_step_fails():
         return nn.functional.cross_entropy(logits, targets)
 
     with pytest.raises(RuntimeError, match="boom"):
-        range_test(model, optimizer, failing_loss, random_batches(), LRFindConfig(num_iter=10))
+        range_test(model, optimizer, plain_step(model, optimizer, failing_loss), random_batches(),
+                   LRFindConfig(num_iter=10))
     assert_same(before, snapshot(model, optimizer))
 
 
@@ -121,19 +124,24 @@ def learning_problem():
     return images, labels
 
 
-def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
-    images, labels = learning_problem()
-    torch.manual_seed(0)
+def mlp_range_test(images, labels, seed=0):
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(images.shape[1], 32), nn.ReLU(), nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed + 1)
 
     def batches():
         index = torch.randint(0, len(labels), (64,), generator=gen)
         return images[index], labels[index]
 
     cfg = LRFindConfig(start_lr=1e-5, end_lr=10.0, num_iter=100)
-    result = range_test(model, optimizer, nn.CrossEntropyLoss(), batches, cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, nn.CrossEntropyLoss()), batches, cfg)
+    return model, optimizer, batches, result
+
+
+def test_every_rule_lies_on_the_descent_of_a_real_problem():
+    images, labels = learning_problem()
+    _, _, _, result = mlp_range_test(images, labels)
     smoothed = np.array(result.smoothed)
     lrs = np.array(result.lrs)
     bottom = int(np.argmin(smoothed))
@@ -142,61 +150,31 @@ def test_steepest_suggestion_lies_on_the_descent_of_a_real_problem():
         at = int(np.searchsorted(lrs, lr))
         assert smoothed[at] < smoothed[0] - 0.1, rule
         assert lr < lrs[bottom], rule
+    lr = result.suggestion("minimum")
+    at = int(np.searchsorted(lrs, lr))
+    assert np.mean(result.losses[at - 2:at + 3]) < np.mean(result.losses[:5]) - 0.5
+    assert lr < lrs[-1]  # below where the sweep saw the loss diverge
     max_lr, div_factor = result.onecycle()
-    assert max_lr == result.steepest_lr and 5 <= div_factor <= 100
+    assert max_lr == result.suggestion() and 5 <= div_factor <= 100
 
 
-def hand_made_curve(seed=0):
-    """Plateau at 2.3 with noise, a sigmoid descent centred at lr 1e-2 (in log lr), then divergence."""
-    lrs = np.geomspace(1e-6, 1.0, 120)
-    x = np.log10(lrs)
-    loss = 2.3 - 1.8 / (1 + np.exp(-(x + 2) * 3)) + 4 * np.clip(x + 1, 0, None) ** 2
-    rng = np.random.default_rng(seed)
-    loss = loss + rng.normal(0, 0.004, size=len(lrs))
-    return lrs, loss
-
-
-def test_slope_against_log_lr_finds_the_descent_where_raw_lr_slope_fails():
-    lrs, loss = hand_made_curve()
-    head, bottom = len(lrs) // 10, int(np.argmin(loss))
-    raw = head + int(np.argmin(np.gradient(loss, lrs)[head:bottom + 1]))
-    ours = steepest_index(lrs, loss)
-    # The noise on the plateau over tiny lr steps dwarfs the real descent when divided by raw lr.
-    assert lrs[raw] < 1e-4
-    assert 3e-3 < lrs[ours] < 3e-2
-
-
-def fastai_valley(losses):
-    """fastai's loop, transcribed as the test oracle."""
-    n = len(losses)
-    max_start, max_end = 0, 0
-    lds = [1] * n
-    for i in range(1, n):
-        for j in range(0, i):
-            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
-                lds[i] = lds[j] + 1
-            if lds[max_end] < lds[i]:
-                max_end = i
-                max_start = max_end - lds[max_end]
-    sections = (max_end - max_start) / 3
-    return max_start + int(sections) + int(sections / 2)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_valley_matches_fastai_rule(seed):
-    lrs, loss = hand_made_curve(seed)
-    loss = loss + np.random.default_rng(seed).normal(0, 0.05, size=len(loss))
-    head = len(loss) // 10
-    assert valley_index(lrs, loss) == head + fastai_valley(list(loss[head:]))
-    assert 1e-4 < lrs[valley_index(lrs, loss)] < lrs[int(np.argmin(loss))]
-
-
-def test_flat_curve_gives_no_suggestion_and_a_clear_error():
-    lrs = np.geomspace(1e-5, 1e-3, 30)
-    result = summarize(lrs, [1.0] * 30, [1.0] * 30)
-    assert result.steepest_lr is None
-    with pytest.raises(UserError, match="no descending part"):
-        result.suggestion()
+@pytest.mark.parametrize("seed", [0, 1])
+def test_minimum_rule_trains_better_than_ten_times_less_or_more(seed):
+    images, labels = learning_problem()
+    model, _, batches, result = mlp_range_test(images, labels, seed)
+    lr = result.suggestion("minimum")
+    start = copy.deepcopy(model.state_dict())
+    final = {}
+    for factor in (0.1, 1.0, 10.0):
+        model.load_state_dict(start)
+        trainer = torch.optim.SGD(model.parameters(), lr=lr * factor, momentum=0.9)
+        step = plain_step(model, trainer, nn.CrossEntropyLoss())
+        for _ in range(60):
+            step(*batches())
+        with torch.no_grad():
+            loss = nn.functional.cross_entropy(model(images), labels).item()
+        final[factor] = loss if np.isfinite(loss) else np.inf
+    assert final[1.0] < final[0.1] and final[1.0] < final[10.0], final
 
 
 def test_onecycle_starts_where_the_loss_starts_falling():
@@ -219,7 +197,7 @@ def test_lrs_follow_the_step_mode(mode):
         return 0.0 * out.sum() + 1.0
 
     cfg = LRFindConfig(start_lr=1e-4, end_lr=1.0, num_iter=20, step_mode=mode)
-    result = range_test(model, optimizer, loss_fn, lambda: (torch.randn(3, 4), None), cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, loss_fn), lambda: (torch.randn(3, 4), None), cfg)
     lrs = np.array(result.lrs)
     assert len(lrs) == 20 and lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1.0)
     assert [row[0] for row in seen] == [row[1] for row in seen] == list(result.lrs)
@@ -241,7 +219,7 @@ def test_stops_early_when_the_loss_diverges():
         return inputs, inputs @ true_weights
 
     cfg = LRFindConfig(start_lr=1e-4, end_lr=100.0, num_iter=100, diverge_threshold=4.0)
-    result = range_test(model, optimizer, nn.MSELoss(), batches, cfg)
+    result = range_test(model, optimizer, plain_step(model, optimizer, nn.MSELoss()), batches, cfg)
     assert result.stopped_early
     assert len(result.lrs) < 100
     assert result.smoothed[-1] > 4.0 * min(result.smoothed) or not np.isfinite(result.losses[-1])
@@ -253,7 +231,8 @@ def test_one_shot_iterator_that_runs_out_is_a_user_error():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = iter([(torch.randn(2, 4), torch.tensor([0, 1]))] * 3)
     with pytest.raises(UserError, match="ran out"):
-        range_test(model, optimizer, nn.CrossEntropyLoss(), batches, LRFindConfig(num_iter=10))
+        range_test(model, optimizer, plain_step(model, optimizer, nn.CrossEntropyLoss()), batches,
+                   LRFindConfig(num_iter=10))
 
 
 def test_result_round_trips_through_json_and_plots(tmp_path):
@@ -266,3 +245,15 @@ def test_result_round_trips_through_json_and_plots(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == figures_before
+
+
+def test_plot_marks_the_chosen_lr_and_names_its_rule():
+    lrs, noisy, _ = calibration_then_descent()
+    result = summarize(lrs, noisy, ema(noisy), rule="minimum")
+    for rule in ("minimum", "steepest"):
+        ax = range_test_figure(result, rule).axes[0]
+        handles, labels = ax.get_legend_handles_labels()
+        chosen = [(h, label) for h, label in zip(handles, labels) if label.startswith("chosen")]
+        assert len(chosen) == 1 and f"(rule: {rule})" in chosen[0][1]
+        assert chosen[0][0].get_xdata()[0] == result.suggestion(rule)
+        assert rule in ax.get_title()

@@ -19,11 +19,12 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
     return _train(config, overrides, run_dir, data=data, callbacks=callbacks)
 
 
-def resume(run_dir, data=None, callbacks=()):
-    """Continue a run directory from its last checkpoint; returns the `Run`."""
+def resume(run_dir, data=None, callbacks=(), epochs=None):
+    """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
+    epochs in all. Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
 
-    return _resume(run_dir, data=data, callbacks=callbacks)
+    return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
 def load_model(checkpoint, device="cpu"):

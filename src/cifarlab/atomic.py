@@ -1,52 +1,202 @@
-"""Files that are either the old version or the whole new one: write a temporary sibling, fsync, rename.
+"""Files that are never seen half-written: atomic replace, and appends that reach the disk.
 
-Every file cifarlab writes that a later step reads back (checkpoints, config.yaml, summary.json,
-metrics.csv rewrites, dataset caches) goes through here, so a kill at any instant leaves a readable file.
+`atomic_write(path, write)` writes through `write(handle)` into a new temporary file in the same folder,
+fsyncs it, renames it over `path` and fsyncs the folder: a reader (or a process resumed after a kill)
+sees the old file or the whole new one. The temporary file is created by `tempfile.mkstemp`: an
+unpredictable name opened with O_CREAT|O_EXCL|O_NOFOLLOW, so a planted file or symlink is never written
+through. Any failure removes it; a kill cannot, so the next write into the same folder removes the
+temporaries of writers that are no longer running (their pid is part of the name).
+
+`append_line(path, line)` appends one whole line and fsyncs it (metrics.csv).
+Errors from the OS become a one-line `WriteError` ("cannot write PATH: No space left on device"), a
+`UserError` that is also an `OSError`.
 """
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cifarlab.errors import UserError
 
+TEMP_SUFFIX = ".tmp"
+STALE_SECONDS = 60  # a dead writer's temporary older than this is removed by the next write beside it
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: Optional[Path] = None) -> None:
-    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`.
 
-    With `keep_previous`, an existing `path` is renamed to it just before the new file takes its place,
-    so at every instant either `path` or `keep_previous` holds a complete file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+class WriteError(UserError, OSError):
+    """A file could not be written: one line for the CLI, and still an OSError for callers that can
+    live without the file (a dataset cache)."""
+
+
+def _umask() -> int:
+    try:  # Linux shows it; elsewhere it can only be read by setting it (briefly, once, at import)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _new_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty, exclusively created temporary sibling of `path`, with the permissions open() would give."""
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        with open(tmp, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except OSError as err:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() honours the umask
+    except OSError:
+        pass
+    return fd, Path(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temporaries of `path` left by writers that were killed (pid gone, untouched for a minute)."""
+    path = Path(path)
+    try:
+        candidates = list(path.parent.glob(f".{_glob_escape(path.name)}.*{TEMP_SUFFIX}"))
+    except OSError:
+        return
+    now = time.time()
+    for temp in candidates:
+        pid_text = temp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
         try:
-            tmp.unlink(missing_ok=True)
+            if now - temp.lstat().st_mtime > STALE_SECONDS:
+                temp.unlink()
         except OSError:
             pass
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-    _fsync_dir(path.parent)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new names in `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _keep_copy(path: Path, keep_previous: Path) -> None:
+    """Put the current `path` at `keep_previous` without `path` ever being absent (a hard link, or a copy)."""
+    link = keep_previous.with_name(f"{_temp_prefix(keep_previous)}{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        os.link(path, link)  # a second name for the same file: nothing is copied, `path` stays; never overwrites
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT filesystems): copy into a new temporary
+        fd, link = _new_temp(keep_previous)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            _unlink_quietly(link)
+            raise
+    try:
+        os.replace(link, keep_previous)
+    except BaseException:
+        _unlink_quietly(link)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: Optional[Path] = None,
+                 *, durable: bool = True) -> None:
+    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`.
+
+    With `keep_previous`, the existing `path` is first given that second name too, so at every instant
+    `path` holds a complete file (the old one, then the new one) and `keep_previous` the one before.
+    `mode` is "wb" or "w" (text, UTF-8). `durable=False` skips the fsyncs (caches that can be rebuilt).
+    An OSError becomes a one-line WriteError (a UserError); on any failure the temporary file is removed."""
+    path = Path(path)
+    if mode not in ("wb", "w", "wt"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    remove_stale_temps(path)
+    tmp: Optional[Path] = None
+    try:
+        fd, tmp = _new_temp(path)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            write(handle)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            _keep_copy(path, Path(keep_previous))
+        os.replace(tmp, path)
+        tmp = None
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None:
+            _unlink_quietly(tmp)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
+def atomic_write_bytes(path: Path, data: bytes, keep_previous: Optional[Path] = None) -> None:
+    atomic_write(path, lambda handle: handle.write(data), keep_previous=keep_previous)
+
+
+def append_line(path: Path, line: str, *, durable: bool = True) -> None:
+    """Append `line` (a newline is added if missing) as one write, then fsync: a kill leaves whole lines,
+    except at worst the last one, which readers must tolerate (metrics.csv's reader drops it)."""
+    path = Path(path)
+    data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
     try:
-        dir_fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.fsync(dir_fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
         finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            os.close(fd)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None

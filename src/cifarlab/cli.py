@@ -13,8 +13,12 @@ EXAMPLES = """examples:
   cifarlab train fmnist-quick                       # real Fashion-MNIST, about 5 minutes on 2 cores
   cifarlab train custom-resnet-onecycle train.epochs=5 optim.weight_decay=1e-4
   cifarlab resume runs/fmnist-quick/20261121-120000
+  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8   # extend a finished run
+  cifarlab show fmnist-quick --diff                 # what a recipe changes from the defaults
+  cifarlab compare runs/fmnist-quick                # every run under a folder, differing settings as columns
   cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
   cifarlab report runs/fmnist-quick/20261121-120000
+  cifarlab COMMAND --help                           # each command's arguments and examples
 
 exit codes of train/resume/demo: 0 done, 2 bad input (one line on stderr), 3 diverged (NaN/inf loss;
 the last good checkpoint is kept), 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint
@@ -23,6 +27,11 @@ the last good checkpoint is kept), 130/143 stopped by SIGINT/SIGTERM after savin
 
 
 class Parser(argparse.ArgumentParser):
+    """One-line errors; descriptions and epilogs (the examples) keep their line breaks."""
+
+    def __init__(self, *args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage first)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -39,28 +48,39 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    p = sub.add_parser("train", help="train a recipe into a new run directory")
+    p = sub.add_parser("train", help="train a recipe into a new run directory",
+                       epilog="examples:\n  cifarlab train fmnist-quick\n  cifarlab train smoke train.epochs=5 "
+                              "optim.lr=0.05\n  cifarlab train smoke model.init_from=runs/smoke/<time>/checkpoints/best.pt")
     p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     _overrides(p)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --epochs",
+                       epilog="examples:\n  cifarlab resume runs/fmnist-quick/20261121-120000\n"
+                              "  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8")
+    p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
+    p.add_argument("--epochs", type=int, help="extend the run (finished or not) to this many epochs in all")
     p.set_defaults(run=cmd_resume)
 
-    p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST")
+    p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST",
+                       epilog="examples:\n  cifarlab demo\n  cifarlab demo train.epochs=1")
     _overrides(p)
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("recipes", help="list the recipes")
+    p = sub.add_parser("recipes", help="list the recipes", epilog="example:\n  cifarlab recipes")
     p.set_defaults(run=cmd_recipes)
-    p = sub.add_parser("models", help="list the models")
+    p = sub.add_parser("models", help="list the models", epilog="example:\n  cifarlab models")
     p.set_defaults(run=cmd_models)
-    p = sub.add_parser("datasets", help="list the datasets and whether each is available offline")
+    p = sub.add_parser("datasets", help="list the datasets and whether each is available offline",
+                       epilog="example:\n  cifarlab datasets")
     p.set_defaults(run=cmd_datasets)
-    p = sub.add_parser("show", help="print the resolved config of a recipe with overrides")
-    p.add_argument("recipe")
+    p = sub.add_parser("show", help="print the resolved config of a recipe with overrides",
+                       epilog="examples:\n  cifarlab show custom-resnet-onecycle train.epochs=5\n"
+                              "  cifarlab show fmnist-quick --diff")
+    p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     _overrides(p)
+    p.add_argument("--diff", action="store_true",
+                   help="only the values that differ from the defaults (itself a recipe giving the same config)")
     p.set_defaults(run=cmd_show)
 
     from cifarlab import commands
@@ -116,7 +136,7 @@ def cmd_demo(args) -> int:
 def cmd_resume(args) -> int:
     from cifarlab.experiment import resume
 
-    return run_exit_code(resume(args.run_dir))
+    return run_exit_code(resume(args.run_dir, epochs=args.epochs))
 
 
 def cmd_recipes(args) -> int:
@@ -150,7 +170,13 @@ def cmd_datasets(args) -> int:
 def cmd_show(args) -> int:
     from cifarlab.config import load_config
 
-    print(load_config(args.recipe, args.overrides).to_yaml(), end="")
+    cfg = load_config(args.recipe, args.overrides)
+    if args.diff:
+        from cifarlab.config_diff import diff_yaml
+
+        print(diff_yaml(cfg) or "# the defaults: nothing differs\n", end="")
+        return 0
+    print(cfg.to_yaml(), end="")
     return 0
 
 

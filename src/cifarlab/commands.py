@@ -27,45 +27,58 @@ def _data_dir_flag(p) -> None:
                    "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
 
 
+CHECKPOINT_HELP = "a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt"
+
+
 def add_analysis_commands(sub) -> None:
-    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did",
+                       epilog="examples:\n  cifarlab eval runs/fmnist-quick/20261121-120000/checkpoints/best.pt\n"
+                              "  cifarlab eval runs/fmnist-quick/20261121-120000/checkpoints/best.pt --no-tta")
+    p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     _tta_flags(p)
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
     _data_dir_flag(p)
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions")
-    p.add_argument("recipe")
+    p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions",
+                       epilog="example:\n  cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200")
+    p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. lr_find.end_lr=1 lr_find.num_iter=200")
     p.add_argument("--out", type=Path, help="folder for lr_find.png/json (default runs/<recipe>/lr-find-<time>)")
     p.set_defaults(run=cmd_lr_find)
 
-    p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model")
-    p.add_argument("model")
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model",
+                       epilog="example:\n  cifarlab summary custom_resnet dataset=cifar10 batch_size=512")
+    p.add_argument("model", help="a registered model name (see `cifarlab models`)")
     p.add_argument("settings", nargs="*", metavar="key=value", help="dataset=cifar10 batch_size=1, or model options")
     p.set_defaults(run=cmd_summary)
 
-    p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory",
+                       epilog="example:\n  cifarlab report runs/fmnist-quick/20261121-120000")
+    p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
     _data_dir_flag(p)
     p.set_defaults(run=cmd_report)
 
-    p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
+                       epilog="examples:\n  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --method gradcam++\n"
+                              "  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --images 3,17,42")
+    p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--images", default="misclassified",
                    help="'misclassified' (by loss), comma-separated test indices, or image files (comma-separated)")
     p.add_argument("--count", type=int, default=10,
                    help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
-    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
     p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
                                             "of the run the checkpoint belongs to)")
     _data_dir_flag(p)
     p.set_defaults(run=cmd_gradcam)
 
-    p = sub.add_parser("compare", help="table and overlaid curves of several runs")
-    p.add_argument("run_dirs", nargs="+", type=Path)
+    p = sub.add_parser("compare", help="table and overlaid curves of several runs",
+                       epilog="examples:\n  cifarlab compare runs/fmnist-quick/20261121-120000 runs/fmnist-quick/20261122-090000\n"
+                              "  cifarlab compare runs/fmnist-quick\n  cifarlab compare 'runs/*/2026112*'")
+    p.add_argument("run_dirs", nargs="+", type=Path,
+                   help="run directories, folders of runs or quoted globs like 'runs/smoke/*'")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     p.set_defaults(run=cmd_compare)
 
@@ -79,9 +92,10 @@ def add_analysis_commands(sub) -> None:
                                             "never overwritten")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
+                       epilog="example:\n  cifarlab predict runs/fmnist-quick/<time>/checkpoints/best.pt photo1.jpg photo2.png")
+    p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
     p.set_defaults(run=cmd_predict)
 
@@ -181,11 +195,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cifarlab.analysis.compare import compare_runs, to_markdown, write_comparison
+    from cifarlab.analysis.compare import compare_runs, expand_run_dirs, to_markdown, write_comparison
 
     output_target(args.out, "--out", folder=True)
-    files = write_comparison(args.run_dirs, args.out)
-    print(to_markdown(compare_runs(args.run_dirs)))
+    run_dirs = expand_run_dirs(args.run_dirs)
+    files = write_comparison(run_dirs, args.out)
+    print(to_markdown(compare_runs(run_dirs)))
     print("\n".join(f"{name}: {path}" for name, path in files._asdict().items()), file=sys.stderr)
     return 0
 

@@ -5,9 +5,11 @@ the section they need (`build_optimizer(model, cfg.optim)`), never the whole con
 """
 from __future__ import annotations
 
+import math
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,13 +17,79 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cifarlab.errors import UserError
 
 PositiveFloat = Field(gt=0)
+INT64 = (-2**63, 2**63 - 1)  # every integer in a config fits a C int64 (torch, numpy)
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class ConfigSection(BaseModel):
+    """Forbids unknown keys; every float is finite, a bool is never a number, every int fits 64 bits."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info) -> Any:
+        # Pydantic's lax mode reads `epochs: true` as 1 and `download: 1` as true; neither is meant.
+        annotation = cls.model_fields[info.field_name].annotation
+        if _misplaced_bool(annotation, value):
+            raise ValueError("must be a number, not true/false")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _leaves(annotation) == [bool]:
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_and_64_bit(cls, value: Any) -> Any:
+        problem = _number_problem(value)  # also inside free-form `options` dicts, which pydantic leaves alone
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
-class DataConfig(Section):
+def _leaves(annotation) -> list:
+    """The alternatives of a Union/Optional, with Annotated[...] unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _leaves(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [leaf for arg in get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
+
+
+def _misplaced_bool(annotation, value: Any) -> bool:
+    """True when `value` is, or holds, a bool where `annotation` wants an int or float."""
+    leaves = _leaves(annotation)
+    if isinstance(value, bool):
+        return bool not in leaves and any(leaf in (int, float) for leaf in leaves)
+    if not isinstance(value, (list, tuple)):
+        return False
+    for leaf in leaves:
+        origin, args = get_origin(leaf), get_args(leaf)
+        if origin in (list, tuple) and args:
+            item_types = args if origin is tuple and args[-1] is not Ellipsis else [args[0]] * len(value)
+            if any(_misplaced_bool(t, v) for t, v in zip(item_types, value)):
+                return True
+    return False
+
+
+def _number_problem(value: Any, where: str = "", depth: int = 0) -> Optional[str]:
+    """A non-finite float or an int beyond 64 bits anywhere in `value`, named by its place inside it."""
+    if isinstance(value, BaseModel) or depth > 32:
+        return None
+    at = f"{where} " if where else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{at}must be a finite number" + (f", got {value}" if where else "")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        return f"{at}must be in {INT64[0]}..{INT64[1]} (64 bits)"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]" if where else f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((p for p in (_number_problem(v, w, depth + 1) for w, v in items) if p), None)
+
+
+class DataConfig(ConfigSection):
     dataset: str = "synthetic"
     dir: Optional[str] = None  # else $CIFARLAB_DATA, else ~/.cache/cifarlab
     download: bool = True
@@ -32,37 +100,37 @@ class DataConfig(Section):
     # select on validation and the test split only reports.
     val_split: Union[int, float, None] = None
     mean: Optional[list[float]] = None  # default: the dataset's own per-channel statistics
-    std: Optional[list[float]] = None
+    std: Optional[list[Annotated[float, Field(gt=0)]]] = None
     options: dict[str, Any] = {}  # source options, e.g. synthetic's num_train
 
 
-class CropConfig(Section):
+class CropConfig(ConfigSection):
     padding: int = Field(default=4, ge=0, le=64)
     pad_mode: Literal["zero", "reflect", "constant"] = "zero"
     fill: float = Field(default=0.0, ge=0, le=1)  # for pad_mode=constant, in pixel units [0, 1]
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class FlipConfig(Section):
+class FlipConfig(ConfigSection):
     p: float = Field(default=0.5, ge=0, le=1)
     # Alternate flips across epochs instead of i.i.d. flips (Jordan 2024, arXiv:2404.00498).
     alternate: bool = False
 
 
-class CutoutConfig(Section):
+class CutoutConfig(ConfigSection):
     holes: int = Field(default=1, ge=1, le=16)
     size: int = Field(default=16, ge=1)  # side of the square hole in pixels; checked against the image
     fill: float = Field(default=0.0, ge=0, le=1)
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class RotateConfig(Section):
+class RotateConfig(ConfigSection):
     degrees: float = Field(default=18.0, gt=0, le=180)
     fill: float = Field(default=0.0, ge=0, le=1)
     p: float = Field(default=1.0, ge=0, le=1)
 
 
-class AugmentConfig(Section):
+class AugmentConfig(ConfigSection):
     """Applied in this order: crop, flip, rotate, cutout; a null op is off. Test data is never augmented."""
 
     crop: Optional[CropConfig] = None
@@ -71,14 +139,18 @@ class AugmentConfig(Section):
     cutout: Optional[CutoutConfig] = None
 
 
-class ModelConfig(Section):
+class ModelConfig(ConfigSection):
     name: str = "custom_resnet"
     norm: Literal["batch", "group", "layer", "instance"] = "batch"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     options: dict[str, Any] = {}  # extra keyword arguments for the model factory
+    # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
+    # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
+    init_from: Optional[str] = None
+    init_head: bool = True
 
 
-class OptimConfig(Section):
+class OptimConfig(ConfigSection):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -93,20 +165,24 @@ class OptimConfig(Section):
     norm_lr_scale: Optional[float] = Field(default=None, gt=0)
 
 
-class ScheduleConfig(Section):
+class ScheduleConfig(ConfigSection):
     """One LR schedule. Fields not used by `name` are ignored; per-step schedules step every batch."""
 
     name: Literal["constant", "onecycle", "step", "multistep", "plateau", "cosine"] = "constant"
     # onecycle
-    lr_peak: Union[float, Literal["auto"], None] = None  # None: optim.lr; auto: LR range test first
+    # None: optim.lr; auto: LR range test first
+    lr_peak: Union[Annotated[float, Field(gt=0)], Literal["auto"], None] = None
     peak_epoch: Optional[float] = Field(default=None, ge=0)  # e.g. 5 of 24; else pct_start
     pct_start: float = Field(default=0.3, gt=0, lt=1)
     div_factor: float = Field(default=10.0, gt=0)  # initial lr = lr_peak / div_factor
     final_div_factor: Optional[float] = Field(default=None, gt=0)  # None = no annihilation: end at initial lr
     anneal: Literal["linear", "cos"] = "linear"
+    # torch's OneCycleLR default, which the course notebooks used: momentum (SGD) or beta1 (Adam) cycles
+    # 0.95 -> 0.85 at the peak -> 0.95, replacing optim.momentum / betas[0]; false keeps the configured one.
+    cycle_momentum: bool = True
     # step / multistep (in epochs)
     step_size: int = Field(default=30, ge=1)
-    milestones: list[int] = []
+    milestones: list[Annotated[int, Field(ge=1)]] = []
     gamma: float = Field(default=0.1, gt=0)
     # plateau: all of ReduceLROnPlateau's arguments; monitor null = val_loss with a validation split, else test_loss
     monitor: Optional[Literal["val_loss", "val_acc", "test_loss", "train_loss", "test_acc", "train_acc"]] = None
@@ -120,16 +196,20 @@ class ScheduleConfig(Section):
     eps: float = Field(default=1e-8, ge=0)
     # cosine
     warmup_epochs: float = Field(default=0.0, ge=0)
+    # The epochs onecycle and cosine are planned over; null = train.epochs. `resume --epochs` sets it to the
+    # run's original total when it extends a run: the added epochs hold the lr the plan ended at.
+    planned_epochs: Optional[int] = Field(default=None, ge=1)
 
 
-class LRFindConfig(Section):
+class LRFindConfig(ConfigSection):
     start_lr: float = Field(default=1e-7, gt=0)
     end_lr: float = Field(default=10.0, gt=0)
     num_iter: int = Field(default=100, ge=5)
     step_mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(default=0.05, ge=0, lt=1)
     diverge_threshold: float = Field(default=5.0, gt=1)
-    suggestion: Literal["steepest", "valley"] = "steepest"
+    # minimum: of the loss smoothed without lag (analysis/lr_suggest.py); steepest, valley: the older rules
+    suggestion: Literal["minimum", "steepest", "valley"] = "minimum"
 
     @model_validator(mode="after")
     def _range(self):
@@ -138,7 +218,7 @@ class LRFindConfig(Section):
         return self
 
 
-class TrainConfig(Section):
+class TrainConfig(ConfigSection):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=1000, ge=1)
@@ -152,6 +232,7 @@ class TrainConfig(Section):
     # level 2: also 1-px shifted copies); true means flip, false or null none.
     tta: Optional[Literal["flip", "flip_translate"]] = None
     ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
+    ema_every: int = Field(default=1, ge=1)  # update the EMA every N steps (with decay**N), a cheaper step
     log_every_steps: int = Field(default=50, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
     early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor
@@ -165,24 +246,28 @@ class TrainConfig(Section):
         return (on if value else None) if isinstance(value, bool) else value
 
 
-class CheckpointConfig(Section):
+class CheckpointConfig(ConfigSection):
     every_epochs: int = Field(default=1, ge=1)
     every_steps: Optional[int] = Field(default=None, ge=1)
     # What selects best.pt and early stopping: null = val_acc with a validation split, else test_acc.
     monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = None
 
 
-class OutputConfig(Section):
+class OutputConfig(ConfigSection):
     dir: str = "runs"
     tensorboard: bool = True
     report: bool = True  # analysis and report.md/html at the end of train
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
+    # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
+    mlflow: bool = False
+    mlflow_uri: Optional[str] = None
 
 
-class Config(Section):
+class Config(ConfigSection):
     name: str = "experiment"
     description: str = ""
-    seed: int = 0
+    seed: int = 0  # any 64-bit integer (negative seeds work and reproduce); wider ones are refused
     deterministic: bool = False
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -215,6 +300,85 @@ class Config(Section):
 
 # ---------------------------------------------------------------- recipes and overrides
 
+MAX_RECIPE_BYTES = 1 << 20  # recipes are a few hundred bytes; a config.yaml of a run about 2 KB
+MAX_YAML_NODES = 10_000  # nodes after expanding aliases: a "billion laughs" of 300 bytes is refused
+
+
+class YAMLRefused(ValueError):
+    """Valid YAML that cifarlab will not load: duplicate keys, alias expansion past MAX_YAML_NODES."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and bounds what aliases expand to, before constructing."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then own keys: overrides, allowed
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: the base class names it
+                    continue
+                if duplicate:
+                    raise YAMLRefused(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count nodes as if every alias were copied out; refuse cycles and more than MAX_YAML_NODES."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            open_nodes.discard(key)
+            if sizes[key] > MAX_YAML_NODES:
+                raise YAMLRefused(f"aliases expand to more than {MAX_YAML_NODES} values "
+                                  f"(line {node.start_mark.line + 1}); write the values out")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise YAMLRefused(f"an alias refers to itself (line {node.start_mark.line + 1})")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load with duplicate keys and alias bombs refused (YAMLRefused)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def recipes_dir() -> Path:
     return Path(str(resources.files("cifarlab") / "recipes"))
 
@@ -223,24 +387,48 @@ def list_recipes() -> dict[str, str]:
     """Recipe name -> one-line description, for `cifarlab recipes`."""
     found = {}
     for path in sorted(recipes_dir().glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
         found[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
     return found
 
 
+def _read_text(path: Path) -> str:
+    """A recipe file's text, or one line saying why not: missing, not a file, too big, not UTF-8."""
+    where = repr(str(path))
+    if path.is_dir():
+        raise UserError(f"recipe {where} is a directory; give a .yaml file")
+    if not path.exists():
+        raise UserError(f"recipe file {where} does not exist")
+    if not path.is_file():
+        raise UserError(f"recipe {where} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"cannot read recipe {where}: {err.strerror or err}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe {where} is larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short YAML file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        bad = f"byte 0x{data[err.start]:02x} at offset {err.start}"
+        raise UserError(f"recipe {where} is not UTF-8 text ({bad})") from None
+
+
 def read_recipe(recipe: str) -> dict:
-    """A recipe name (`custom-resnet-onecycle`) or a path to a YAML file, as a plain dict."""
+    """A recipe name (`custom-resnet-onecycle`) or a path to a YAML file (a run's config.yaml too), as a dict."""
     path = Path(recipe)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         path = recipes_dir() / f"{recipe}.yaml"
         if not path.exists():
             raise UserError(f"unknown recipe {recipe!r}; choose from: {', '.join(list_recipes())} or give a .yaml path")
-    if not path.is_file():
-        raise UserError(f"recipe file {str(path)!r} does not exist")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(text)
+    except YAMLRefused as err:
+        raise UserError(f"recipe {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(f"recipe {str(path)!r} is not valid YAML: {_yaml_error(err)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -251,6 +439,10 @@ def read_recipe(recipe: str) -> dict:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`optim.lr=0.05` -> (["optim", "lr"], 0.05). Values are YAML scalars, lists or mappings."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in argv arrive as lone surrogates
+        raise UserError(f"override {text!r} is not valid UTF-8") from None
     if "=" not in text:
         raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=5")
     key, _, value = text.partition("=")
@@ -258,7 +450,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise UserError(f"override key {key!r} is malformed; use dotted names like optim.lr")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
+    except YAMLRefused as err:
+        raise UserError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
         parsed = value
     return keys, parsed
@@ -276,14 +470,21 @@ def apply_override(raw: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+_TYPE_TAGS = {"float", "int", "str", "bool", "none", "list", "tuple", "dict"}
+
+
 def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "config"
+    # Drop the union-member tags pydantic puts in a location (`lr_peak.constrained-float`).
+    where = ".".join(str(part) for part in error["loc"] if isinstance(part, int)
+                     or (str(part).isidentifier() and part not in _TYPE_TAGS)) or "config"
     if error["type"] == "extra_forbidden":
         section = _section_for(error["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else "?"
         return f"unknown config key {where!r}; allowed here: {allowed}"
     given = error.get("input")
-    given_text = f", got {given!r}" if not isinstance(given, dict) else ""
+    shown = repr(given)
+    shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+    given_text = f", got {shown}" if not isinstance(given, dict) else ""
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}{given_text}"
 

@@ -18,8 +18,8 @@ import torch
 
 from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
-from cifarlab.config import Config, load_config
-from cifarlab.data.sources import Dataset
+from cifarlab.config import Config, load_config, validate
+from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
@@ -84,11 +84,19 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
     """Range test if asked, then the state; the run is announced only once nothing can be rejected."""
     source = _lr_peak_source(cfg)
+    if cfg.output.mlflow:
+        from cifarlab.training.mlflow_logger import require_mlflow
+
+        require_mlflow()
     if cfg.schedule.lr_peak == "auto":
         from cifarlab.analysis.lr_search import find_peak_lr
 
         cfg, _ = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
+    if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels)
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
@@ -108,9 +116,11 @@ def _lr_peak_source(cfg: Config) -> str:
     return "schedule.lr_peak"
 
 
-def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = ()) -> Run:
+def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = (),
+           epochs: Optional[int] = None) -> Run:
     """Continue a run from its last checkpoint, into the same run directory (`data` and `callbacks` as
-    for `train`; a run trained on arrays needs its arrays again).
+    for `train`; a run trained on arrays needs its arrays again). `epochs=N` extends the run, finished or
+    not, to N epochs in all (see `extend_config` for the schedule of the added epochs).
 
     Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
     another process is training, a checkpoint whose contents do not hold up (`check_payload`), a run that
@@ -129,20 +139,24 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     if os.environ.get("RANK", "0") == "0":
         lock.acquire()
     with lock:
-        return _resume_locked(run_dir, checkpoint, data, callbacks)
+        return _resume_locked(run_dir, checkpoint, data, callbacks, epochs)
 
 
-def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback]) -> Run:
+def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback],
+                   epochs: Optional[int]) -> Run:
     payload, used = load_checkpoint_with_path(checkpoint)
     cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
+    if epochs is not None:
+        cfg = extend_config(cfg, payload["epoch"], epochs)
     try:
         previous = rundir.read_summary(run_dir, required=False)
     except UserError:
         previous = {}
-    finished = payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs
+    finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
     if finished and previous.get("status") == "completed" and previous.get("epochs_completed") == payload["epoch"]:
         raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
-                        f"nothing to resume — start a new run with `cifarlab train`")
+                        f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
+                        f"or start a new run with `cifarlab train`")
     if not finished and "diverged" in (previous.get("status"), payload["status"]):
         step = previous.get("diverged_at", {}).get("step") if isinstance(previous.get("diverged_at"), dict) else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
@@ -172,8 +186,25 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
                   f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
         mark_best_completed(rundir.checkpoint_path(run_dir, "best.pt"))
         return _finish(state, dataset, state.elapsed_seconds)
+    if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
+        atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})", runtime)
     return _fit_and_finish(state, dataset, callbacks)
+
+
+def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
+    """The config of a run extended to `epochs` in all. onecycle and cosine keep the plan they were
+    built over (`schedule.planned_epochs`), so the added epochs hold the lr the plan ended at; per-epoch
+    schedules continue as they would have. Refuses a total that does not exceed the epochs done."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= epochs_done:
+        raise UserError(f"--epochs must be more than the {epochs_done} epochs this run has done, got {epochs}")
+    schedule = cfg.schedule
+    if schedule.name in ("onecycle", "cosine") and schedule.planned_epochs is None:
+        schedule = schedule.model_copy(update={"planned_epochs": cfg.train.epochs})
+    raw = cfg.to_dict()
+    raw["train"]["epochs"] = epochs
+    raw["schedule"] = schedule.model_dump(mode="json")
+    return validate(raw)
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import csv
+import glob
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import yaml
+
 from cifarlab.analysis.report import markdown_table
+from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
-from cifarlab.rundir import read_metrics, read_summary
+from cifarlab.rundir import CONFIG, SUMMARY, read_metrics, read_summary
 
 # (row key, markdown header) in table order.
 COLUMNS = (
@@ -30,18 +34,81 @@ class ComparisonFiles(NamedTuple):
     plot: Path
 
 
+# ---------------------------------------------------------------- which runs
+
+def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
+    """Run directories from what `compare` was given: a run directory (it has summary.json) as it is; a
+    parent folder or a glob (`'runs/smoke/*'`, `'runs/**'`) as the run directories found in or under it,
+    sorted by path. Duplicates (by real path) are dropped; something that yields no run directory is a UserError."""
+    found: list[Path] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if Path(match).is_dir()]
+            runs = [run for match in matches for run in _runs_in(match)]
+            if not runs:
+                raise UserError(f"{pattern!r} matches no run directory (a folder with {SUMMARY})")
+        else:
+            path = Path(pattern)
+            if not path.is_dir():
+                raise UserError(f"{pattern!r} does not exist; give run directories, a folder of runs or a glob")
+            runs = _runs_in(path)
+            if not runs:
+                raise UserError(f"{pattern!r} has no {SUMMARY} and no run directory below it: not a cifarlab "
+                                f"run directory, or its runs never finished an epoch")
+        for run in runs:  # the same run however spelled (`x`, `x/../x`, a symlink) counts once
+            if run.resolve() not in {seen.resolve() for seen in found}:
+                found.append(run)
+    return found
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    if (folder / SUMMARY).is_file():
+        return [folder]
+    return sorted(summary.parent for summary in folder.rglob(SUMMARY))
+
+
 # ---------------------------------------------------------------- the table
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
-    """One row per run: found max lr, min lr, best test/train accuracy (fractions), epochs, time, speed.
-    A run given twice (however spelled) is refused; every row's label is distinct (see `run_labels`)."""
+    """One row per run: found max lr, min lr, best test/train accuracy (fractions), epochs, time, speed,
+    then the config keys whose values differ between the runs (dotted names, e.g. `optim.lr`). A run given
+    twice (however spelled) is refused; every row's label is distinct (see `run_labels`)."""
     seen: dict[Path, str] = {}
     for run_dir in run_dirs:
         real = Path(run_dir).resolve()
         if real in seen:
             raise UserError(f"run {str(run_dir)!r} is given twice (also as {seen[real]!r}); give each run once")
         seen[real] = str(run_dir)
-    return [_row(Path(run_dir), label) for run_dir, label in zip(run_dirs, run_labels(run_dirs))]
+    rows = [_row(Path(run_dir), label) for run_dir, label in zip(run_dirs, run_labels(run_dirs))]
+    configs = [_config(Path(run_dir)) for run_dir in run_dirs]
+    for key in varying_keys(configs) if len(rows) > 1 else []:
+        for row, config in zip(rows, configs):
+            row[key] = scalar(_lookup(config, key))
+    return rows
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{str(path)!r} is not valid YAML") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _lookup(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """(row key, header) of the table: COLUMNS, then the config keys that differ (their dotted names)."""
+    config_keys = [key for key in rows[0] if "." in key] if rows else []
+    return list(COLUMNS) + [(key, key) for key in config_keys]
 
 
 def _row(run_dir: Path, label: str) -> dict:
@@ -91,6 +158,8 @@ def format_cell(key: str, value: Any) -> str:
     """One table value as users write it: 91.80%, 1.87E-02, 1:02:03, 5,120."""
     if value is None or value == "":
         return "—"
+    if "." in key:  # a config key: as it reads in config.yaml
+        return str(value)
     if key.endswith("_acc"):
         return f"{100 * float(value):.2f}%"
     if key.startswith("lr"):
@@ -113,8 +182,9 @@ def format_duration(seconds: float) -> str:
 
 
 def to_markdown(rows: Sequence[dict]) -> str:
-    return markdown_table([title for _, title in COLUMNS], [[format_cell(key, row.get(key)) for key, _ in COLUMNS]
-                                                              for row in rows])
+    table = columns(rows)
+    return markdown_table([title for _, title in table], [[format_cell(key, row.get(key)) for key, _ in table]
+                                                            for row in rows])
 
 
 def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -122,10 +192,11 @@ def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _ in COLUMNS])
+        keys = [key for key, _ in columns(rows)]
+        writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row.get(key) for key, _ in COLUMNS})
+            writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in keys})
     return path
 
 

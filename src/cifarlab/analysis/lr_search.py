@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-from cifarlab.analysis.lr_finder import RangeTestResult, plot_range_test, range_test
-from cifarlab.config import Config
-from cifarlab.data.sources import Dataset
-from cifarlab.runtime import Runtime
+import torch
+
+from cifarlab.analysis.lr_finder import RangeTestResult, Step, plot_range_test, range_test
 from cifarlab.atomic import atomic_write_text
+from cifarlab.config import Config
+from cifarlab.data.dataset import Dataset
+from cifarlab.runtime import Runtime
+from cifarlab.training.build import build_state
+from cifarlab.training.state import TrainState
 
 
 def _cycle(loader) -> Iterator:
@@ -21,30 +25,78 @@ def _cycle(loader) -> Iterator:
         epoch += 1
 
 
+# torch's OneCycleLR cycles SGD's momentum or Adam's beta1 between 0.95 and this (its default
+# base_momentum, which optim.py keeps), and is at this value when the lr peaks.
+ONECYCLE_PEAK_MOMENTUM = 0.85
+
+
+def range_test_state(cfg: Config, runtime: Runtime, dataset: Dataset) -> TrainState:
+    """A fresh model and optimizer of this recipe, built exactly as training builds them (precision,
+    GradScaler, grad_clip, channels_last), with the EMA off: the range test measures the raw weights.
+
+    The sweep takes the step training takes at the lr it is looking for, the schedule's peak. So the
+    schedule itself is left out (torch's OneCycleLR sets momentum to 0.95 when built, whatever
+    optim.momentum says), and under OneCycle the momentum (SGD) or beta1 (Adam) is the 0.85 the cycle has
+    at its peak: for SGD the step scales with lr / (1 - momentum), so sweeping at 0.95 or at the
+    configured 0.9 instead would put the loss minimum 3x or 1.5x too low."""
+
+    schedule = cfg.schedule.model_copy(update={"name": "constant", "lr_peak": None})
+    train = cfg.train.model_copy(update={"ema": None})
+    state = build_state(cfg.model_copy(update={"schedule": schedule, "train": train}), runtime, dataset, Path("."))
+    if cfg.schedule.name == "onecycle" and cfg.schedule.cycle_momentum:
+        for group in state.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (ONECYCLE_PEAK_MOMENTUM, group["betas"][1])
+            else:
+                group["momentum"] = ONECYCLE_PEAK_MOMENTUM
+    return state
+
+
+def training_step(state: TrainState) -> Step:
+    """One optimizer step as training's train_step takes it: forward under the run's autocast, then the
+    state's GradStep (GradScaler when fp16, unscale and clip to optim.grad_clip, step). It calls the
+    plain model, not `train_model`: under DDP each rank stops the sweep on its own loss, and a collective
+    that one rank skips would hang the others; under torch.compile the sweep would compile a model that
+    training then throws away."""
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with state.runtime.precision.autocast():
+            loss = state.loss_fn(state.model(inputs), labels)
+        state.grad_step(loss)
+        return loss
+
+    return step
+
+
 def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTestResult:
     """The range test on a freshly built model and optimizer of this recipe (weights are left untouched)."""
-    from cifarlab.training.build import build_state
-
-    state = build_state(cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"lr_peak": None})}),
-                        runtime, dataset, run_dir=Path("."))
-    state.model.train()
-    return range_test(state.model, state.optimizer, state.loss_fn, _cycle(state.train_loader), cfg.lr_find,
-                      autocast=runtime.precision.autocast)
+    state = range_test_state(cfg, runtime, dataset)
+    return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), cfg.lr_find)
 
 
-def save_range_test(result: RangeTestResult, out_dir: Path, rule: str) -> Path:
+def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] = None) -> Path:
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "lr_find.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
 
 
-def describe(result: RangeTestResult) -> str:
-    max_lr, div_factor = result.onecycle()
-    steepest = f"{result.steepest_lr:.3g}" if result.steepest_lr else "none"
-    valley = f"{result.valley_lr:.3g}" if result.valley_lr else "none"
-    return (f"range test over {len(result.lrs)} steps{' (stopped early: loss diverged)' if result.stopped_early else ''}\n"
-            f"  steepest descent (vs log lr): {steepest}\n  valley: {valley}\n"
-            f"  OneCycle: max_lr={max_lr:.3g}, div_factor={div_factor:.3g}")
+LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descent (vs log lr)", "valley": "valley"}
+
+
+def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
+    """Every rule's lr, then the config line to use, e.g. `set schedule.lr_peak=1.23e-02 (rule: minimum)`."""
+    rule = rule or result.rule
+    stopped = " (stopped early: loss diverged)" if result.stopped_early else ""
+    lines = [f"range test over {len(result.lrs)} steps{stopped}"]
+    for name, lr in result.suggestions().items():
+        lines.append(f"  {LABELS[name]}: {'none' if lr is None else f'{lr:.3g}'}{'  <- chosen' if name == rule else ''}")
+    chosen = result.suggestions().get(rule)
+    if chosen is None:
+        lines.append(f"no lr by rule {rule!r}: widen lr_find.start_lr/end_lr or raise lr_find.num_iter")
+        return "\n".join(lines)
+    max_lr, div_factor = result.onecycle(rule)
+    lines.append(f"  OneCycle: max_lr={max_lr:.3g}, div_factor={div_factor:.3g} (starts where the loss starts falling)")
+    lines.append(f"set schedule.lr_peak={chosen:.2e} (rule: {rule})")
+    return "\n".join(lines)
 
 
 def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> tuple[Config, dict]:
@@ -59,6 +111,6 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         lr_peak = box[0]
     if runtime.dist.is_main:
         save_range_test(result, run_dir, cfg.lr_find.suggestion)
-        print(describe(result) + f"\n  using lr_peak={lr_peak:.3g} ({cfg.lr_find.suggestion})", file=sys.stderr)
+        print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
     return cfg.model_copy(update={"schedule": schedule}), {"lr_peak": float(lr_peak)}

@@ -49,7 +49,14 @@ class Image:
     caption: str
 
 
-Block = Union[Text, Bullets, Table, Code, Image]
+@dataclass
+class Collapsed:
+    """Blocks folded away under a one-line summary: <details> in both the HTML and the markdown."""
+    summary: str
+    blocks: list = field(default_factory=list)
+
+
+Block = Union[Text, Bullets, Table, Code, Image, Collapsed]
 
 
 @dataclass
@@ -63,7 +70,7 @@ def write_report(run_dir: str | Path, sections: Sequence[Section], title: str | 
     run_dir = Path(run_dir)
     title = title or f"Run report: {run_dir.parent.name}/{run_dir.name}"
     for section in sections:
-        for block in section.blocks:
+        for block in _flat_blocks(section.blocks):
             if isinstance(block, Image) and not (run_dir / block.path).is_file():
                 raise FileNotFoundError(f"report section {section.title!r} links {block.path}, missing in {run_dir}")
     md_path = run_dir / "report.md"
@@ -71,6 +78,14 @@ def write_report(run_dir: str | Path, sections: Sequence[Section], title: str | 
     md_path.write_text(render_markdown(title, sections))
     html_path.write_text(render_html(title, sections, run_dir))
     return md_path, html_path
+
+
+def _flat_blocks(blocks) -> list:
+    """The blocks, with those inside Collapsed ones."""
+    flat = []
+    for block in blocks:
+        flat += _flat_blocks(block.blocks) if isinstance(block, Collapsed) else [block]
+    return flat
 
 
 # ---------------------------------------------------------------- markdown
@@ -109,6 +124,9 @@ def _markdown_block(block: Block) -> list[str]:
         return [f"![{block.caption}]({block.path})"]
     if isinstance(block, Table):
         return markdown_table(block.header, block.rows).splitlines()
+    if isinstance(block, Collapsed):  # GitHub renders markdown inside <details> after a blank line
+        inner = [line for child in block.blocks for line in _markdown_block(child) + [""]]
+        return ["<details>", f"<summary>{html.escape(block.summary)}</summary>", "", *inner, "</details>"]
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
@@ -159,4 +177,7 @@ def _html_block(block: Block, run_dir: Path) -> str:
         head = "".join(f"<th>{esc(str(h))}</th>" for h in block.header)
         body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in block.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if isinstance(block, Collapsed):
+        inner = "\n".join(_html_block(child, run_dir) for child in block.blocks)
+        return f"<details><summary>{esc(block.summary)}</summary>\n{inner}\n</details>"
     raise TypeError(f"unknown report block {type(block).__name__}")

@@ -17,7 +17,9 @@ import torch
 
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import format_cell
-from cifarlab.analysis.report import Bullets, Code, Image, Section, Table, Text, markdown_table, write_report
+from cifarlab.analysis.report import (Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table,
+                                     write_report)
+from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
 from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_checkpoint
 
@@ -51,7 +53,7 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
     sections = [
         _summary_section(summary, predictions, cfg),
-        Section("Configuration", [Code(cfg.to_yaml(), "yaml")]),
+        _config_section(cfg),
         _environment_section(summary, dataset),
         _curves_section(run_dir, metrics),
         _lr_section(run_dir, metrics),
@@ -145,6 +147,16 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     return Section("Summary", blocks)
 
 
+def _config_section(cfg) -> Section:
+    """What the run changed from the defaults on top, the whole config.yaml folded below it."""
+    changed = [(key, scalar(value), scalar(default)) for key, (value, default) in from_defaults(cfg).items()
+               if key != "description"]
+    top = (Table(("key", "this run", "default"), changed) if changed
+           else Text("Every value is the default."))
+    return Section("Configuration", [Text("Values that differ from the defaults (`cifarlab show RECIPE --diff`):"),
+                                     top, Collapsed("Full configuration (config.yaml)", [Code(cfg.to_yaml(), "yaml")])])
+
+
 def _environment_section(summary: dict, dataset) -> Section:
     versions = summary.get("versions") or {}
     rows = [(f"{name} version", value) for name, value in versions.items()]
@@ -176,8 +188,10 @@ def _lr_find_section(run_dir: Path) -> Optional[Section]:
     result = _read_json(run_dir / "lr_find.json")
     if not result:
         return None
-    suggestions = [f"steepest descent: {format_cell('lr', result.get('steepest_lr'))}",
-                   f"valley: {format_cell('lr', result.get('valley_lr'))}"]
+    chosen = result.get("rule")
+    names = {"minimum": "minimum of the lag-free smoothed loss", "steepest": "steepest descent", "valley": "valley"}
+    suggestions = [f"{label}: {format_cell('lr', result.get(f'{rule}_lr'))}" + (" (chosen)" if rule == chosen else "")
+                   for rule, label in names.items() if f"{rule}_lr" in result]
     if result.get("stopped_early"):
         suggestions.append("the test stopped early when the loss diverged")
     blocks = [Text(f"Range test over {len(result.get('lrs', []))} learning rates; suggestions:"), Bullets(suggestions)]

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cifarlab.data.sources import Dataset, Split, channel_stats
+from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.errors import UserError
 
 CHANNELS = (1, 3)

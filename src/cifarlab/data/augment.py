@@ -7,13 +7,21 @@ probability `p`, like albumentations.
 
 We write our own instead of using torchvision's transforms: torchvision has no CPU build in our
 environment, and per-image pipelines (PIL, one Python call per image) are what bottlenecked the reference
-experiments on a 2-core machine and starve a GPU. These ops are a handful of vectorised tensor ops per
-batch, running on the training device.
+experiments on a 2-core machine and starve a GPU. On a GPU each kernel launch also costs the host
+~10-25 µs, so the ops are built from few launches and never read a value back to the host:
+- crop and flip are one gather from the padded batch, through index grids made once per shape and
+  device (`_grids`, `_crop_offsets`); `BatchAugment` does both in that single gather;
+- cutout looks up which rows and columns each hole covers in a small table and fills the union in one
+  masked_fill; the per-image probability is a mask, never a data-dependent subset;
+- alternating flip reads a per-index bit table made once per dataset (`BatchAugment.prepare`).
+airbench (Jordan 2024, airbench94.py `batch_crop`/`batch_flip_lr`) does crops and flips as masks and
+gathers over the whole batch for the same reason.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +31,61 @@ from cifarlab.config import AugmentConfig
 from cifarlab.errors import UserError
 
 
-def _chosen(images: Tensor, generator: torch.Generator, p: float) -> Tensor:
-    """Bool (N,): which images an op with probability p applies to."""
-    return torch.rand(images.shape[0], generator=generator, device=images.device) < p
+def _chosen(n: int, generator: torch.Generator, device: torch.device, p: float) -> Tensor:
+    """Bool (n,): which images an op with probability p applies to."""
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+# Constant index tables, cached per shape and device (a few KB each); callers never write to them.
+@functools.lru_cache(maxsize=64)
+def _grids(H: int, W: int, padding: int, device: torch.device) -> Tensor:
+    """(2, H*W) int64: the flat position in the padded (H+2p, W+2p) image that each output pixel of a
+    crop at offset (0, 0) reads; row 0 unflipped, row 1 mirrored left-right."""
+    rows = torch.arange(H, device=device)[:, None] * (W + 2 * padding)
+    cols = torch.arange(W, device=device)
+    return torch.stack([(rows + cols).flatten(), (rows + cols.flip(0)).flatten()])
+
+
+@functools.lru_cache(maxsize=64)
+def _crop_offsets(W: int, padding: int, device: torch.device) -> Tensor:
+    """((2p+1)**2,) int64: the flat offset in the padded image of crop position k = dy * (2p+1) + dx."""
+    S = 2 * padding + 1
+    k = torch.arange(S * S, device=device)
+    return (k // S) * (W + 2 * padding) + k % S
+
+
+@functools.lru_cache(maxsize=64)
+def _hole_spans(size: int, length: int, device: torch.device) -> Tensor:
+    """(length, length) bool: [c, i] is True where a hole of side `size` centred at c covers index i."""
+    start = torch.arange(length, device=device)[:, None] - size // 2
+    i = torch.arange(length, device=device)
+    return (i >= start) & (i < start + size)
+
+
+def _pad(images: Tensor, padding: int, pad_mode: str, fill: float) -> Tensor:
+    if pad_mode == "reflect":
+        return F.pad(images, (padding,) * 4, mode="reflect")
+    return F.pad(images, (padding,) * 4, mode="constant", value=fill if pad_mode == "constant" else 0.0)
+
+
+def _crop_draw(n: int, generator: torch.Generator, device: torch.device, W: int, padding: int, p: float) -> Tensor:
+    """(n,) int64 flat offsets of each crop window in the padded image; the centre for unchosen images."""
+    S = 2 * padding + 1
+    k = torch.randint(0, S * S, (n,), generator=generator, device=device)
+    if p < 1.0:
+        k = torch.where(_chosen(n, generator, device, p), k, S * S // 2)  # the centre: the original image
+    return _crop_offsets(W, padding, device).index_select(0, k)
+
+
+def _crop_flip(images: Tensor, offsets: Tensor, flips: Optional[Tensor], padding: int, pad_mode: str,
+               fill: float) -> Tensor:
+    """Crop (N, C, H, W) at `offsets` (from `_crop_draw`) and mirror where `flips` (N,) bool: one gather."""
+    N, C, H, W = images.shape
+    padded = _pad(images, padding, pad_mode, fill).flatten(2)  # (N, C, Hp*Wp)
+    grids = _grids(H, W, padding, images.device)
+    start = grids[0] if flips is None else torch.where(flips[:, None], grids[1], grids[0])
+    index = start + offsets[:, None]  # (N, H*W)
+    return padded.gather(2, index[:, None, :].expand(N, C, H * W)).view(N, C, H, W)
 
 
 def random_crop(images: Tensor, generator: torch.Generator, padding: int, pad_mode: str = "zero",
@@ -37,23 +97,13 @@ def random_crop(images: Tensor, generator: torch.Generator, padding: int, pad_mo
     """
     if padding == 0:
         return images
-    N, C, H, W = images.shape
-    if pad_mode == "reflect":
-        padded = F.pad(images, (padding,) * 4, mode="reflect")
-    else:
-        padded = F.pad(images, (padding,) * 4, mode="constant", value=fill if pad_mode == "constant" else 0.0)
-    offsets = torch.randint(0, 2 * padding + 1, (2, N), generator=generator, device=images.device)
-    offsets = torch.where(_chosen(images, generator, p), offsets, padding)  # offset=padding: the original
-    rows = offsets[0, :, None] + torch.arange(H, device=images.device)  # (N, H) rows of `padded` to keep
-    cols = offsets[1, :, None] + torch.arange(W, device=images.device)  # (N, W)
-    Wp = W + 2 * padding
-    padded = padded.gather(2, rows[:, None, :, None].expand(N, C, H, Wp))
-    return padded.gather(3, cols[:, None, None, :].expand(N, C, H, W))
+    offsets = _crop_draw(images.shape[0], generator, images.device, images.shape[3], padding, p)
+    return _crop_flip(images, offsets, None, padding, pad_mode, fill)
 
 
 def horizontal_flip(images: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """Mirror left-right each image of (N, C, H, W) with probability p."""
-    chosen = _chosen(images, generator, p)
+    chosen = _chosen(images.shape[0], generator, images.device, p)
     return torch.where(chosen[:, None, None, None], images.flip(3), images)
 
 
@@ -66,6 +116,12 @@ def _index_bit(indices: Tensor, seed: int) -> Tensor:
     return ((x ^ (x >> 15)) >> 7) & 1
 
 
+def _alternating_bits(indices: Tensor, epoch: int, seed: int, table: Optional[Tensor] = None) -> Tensor:
+    """Bool (N,): flip these images in `epoch`; `table` holds `_index_bit` of every dataset index."""
+    bits = _index_bit(indices, seed).bool() if table is None else table.index_select(0, indices)
+    return ~bits if epoch % 2 else bits
+
+
 def alternating_flip(images: Tensor, indices: Tensor, epoch: int, seed: int) -> Tensor:
     """Flip exactly the images that were not flipped in the previous epoch.
 
@@ -74,8 +130,8 @@ def alternating_flip(images: Tensor, indices: Tensor, epoch: int, seed: int) -> 
     image is seen both ways in any two consecutive epochs.
     """
     # Alternate flips across epochs instead of i.i.d. flips (Jordan 2024, arXiv:2404.00498).
-    flipped = _index_bit(indices.to(images.device), seed) ^ (epoch % 2)
-    return torch.where(flipped.bool()[:, None, None, None], images.flip(3), images)
+    flipped = _alternating_bits(indices.to(images.device), epoch, seed)
+    return torch.where(flipped[:, None, None, None], images.flip(3), images)
 
 
 def cutout(images: Tensor, generator: torch.Generator, holes: int = 1, size: int = 16, fill: float = 0.0,
@@ -89,12 +145,12 @@ def cutout(images: Tensor, generator: torch.Generator, holes: int = 1, size: int
     device = images.device
     centre_y = torch.randint(0, H, (N, holes), generator=generator, device=device)
     centre_x = torch.randint(0, W, (N, holes), generator=generator, device=device)
-    top, left = centre_y - size // 2, centre_x - size // 2
-    ys, xs = torch.arange(H, device=device), torch.arange(W, device=device)
-    in_rows = (ys >= top[..., None]) & (ys < top[..., None] + size)  # (N, holes, H)
-    in_cols = (xs >= left[..., None]) & (xs < left[..., None] + size)  # (N, holes, W)
-    mask = (in_rows[..., :, None] & in_cols[..., None, :]).any(1)  # (N, H, W)
-    mask &= _chosen(images, generator, p)[:, None, None]
+    in_rows = _hole_spans(size, H, device)[centre_y]  # (N, holes, H)
+    in_cols = _hole_spans(size, W, device)[centre_x]  # (N, holes, W)
+    mask = in_rows[..., :, None] & in_cols[..., None, :]  # (N, holes, H, W)
+    mask = mask.any(1) if holes > 1 else mask[:, 0]
+    if p < 1.0:
+        mask &= _chosen(N, generator, device, p)[:, None, None]
     return images.masked_fill(mask[:, None], fill)
 
 
@@ -105,49 +161,92 @@ def rotate(images: Tensor, generator: torch.Generator, degrees: float, fill: flo
     bit for bit.
     """
     N, C, H, W = images.shape
-    chosen = _chosen(images, generator, p)
-    angles = (torch.rand(N, generator=generator, device=images.device) * 2 - 1) * math.radians(degrees)
-    cos, sin = angles.cos(), angles.sin()
-    # Rotation in pixel units, expressed in affine_grid's normalised coordinates ([-1, 1] on both axes).
-    theta = torch.stack([
-        torch.stack([cos, -sin * (H / W), torch.zeros_like(cos)], 1),
-        torch.stack([sin * (W / H), cos, torch.zeros_like(cos)], 1),
-    ], 1).to(images.dtype)  # (N, 2, 3)
+    device = images.device
+    chosen = _chosen(N, generator, device, p)
+    limit = math.radians(degrees)
+    angles = torch.empty(N, device=device, dtype=images.dtype).uniform_(-limit, limit, generator=generator)
+    # theta = cos * [[1, 0, 0], [0, 1, 0]] + sin * [[0, -H/W, 0], [W/H, 0, 0]]: the rotation in pixel units,
+    # expressed in affine_grid's normalised coordinates ([-1, 1] on both axes), in four small kernels.
+    basis_cos, basis_sin = _rotation_basis(H, W, device, images.dtype)
+    theta = torch.addcmul(angles.cos()[:, None, None] * basis_cos, angles.sin()[:, None, None], basis_sin)
     grid = F.affine_grid(theta, [N, C, H, W], align_corners=False)
     # Sample (images - fill) with zero padding, so outside pixels come back as fill.
-    rotated = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    shifted = images - fill if fill else images
+    rotated = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    rotated = rotated + fill if fill else rotated
     return torch.where(chosen[:, None, None, None], rotated, images)
 
 
-Op = Callable[[Tensor, torch.Generator, Optional[Tensor], int], Tensor]
+@functools.lru_cache(maxsize=64)
+def _rotation_basis(H: int, W: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    basis_cos = torch.eye(2, 3, dtype=dtype, device=device)  # fills on the device: no host->device copy
+    basis_sin = torch.zeros(2, 3, dtype=dtype, device=device)
+    basis_sin[0, 1].fill_(-H / W)  # fill_, not `= value`: item assignment copies a host scalar over
+    basis_sin[1, 0].fill_(W / H)
+    return basis_cos, basis_sin
 
 
 class BatchAugment:
-    """The configured ops in order: `aug(images, generator, indices=None, epoch=0) -> images`.
+    """The configured ops in order crop, flip, rotate, cutout: `aug(images, generator, indices=None, epoch=0)`.
 
     images: float (N, C, H, W) in [0, 1]; indices: (N,) dataset indices, needed by alternating flip.
+    The result equals applying `random_crop`, `horizontal_flip`/`alternating_flip`, `rotate` and `cutout`
+    in turn with the same generator (the same draws in the same order), with crop and flip done as one
+    gather. Built by `build_augment`, which validates the settings.
     """
 
-    def __init__(self, ops: list[tuple[str, Op]], channels: int, image_size: int):
-        self.ops = ops
-        self.channels = channels
-        self.image_size = image_size
+    def __init__(self, cfg: AugmentConfig, channels: int, image_size: int, seed: int, lines: list[str]):
+        self.cfg, self.channels, self.image_size, self.seed, self.lines = cfg, channels, image_size, seed, lines
+        self._bits: Optional[Tensor] = None  # alternating-flip bit of each dataset index, see prepare()
+
+    def prepare(self, num_images: int, device: torch.device) -> "BatchAugment":
+        """Tabulate alternating flip's per-index bits for a dataset of `num_images` on `device` (one
+        lookup per batch instead of a 16-op hash). Optional; the bits are the same either way. Indices
+        passed later must be below the largest `num_images` prepared (DeviceLoader calls this)."""
+        flip = self.cfg.flip
+        if flip is not None and flip.alternate and (self._bits is None or len(self._bits) < num_images):
+            self._bits = _index_bit(torch.arange(num_images, device=device), self.seed).bool()
+        return self
 
     def __call__(self, images: Tensor, generator: torch.Generator, indices: Optional[Tensor] = None,
                  epoch: int = 0) -> Tensor:
-        if not self.ops:
+        if not self.lines:
             return images
         expected = (self.channels, self.image_size, self.image_size)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"augment built for (N, {', '.join(map(str, expected))}) images, "
                              f"got {tuple(images.shape)}")
-        for _, op in self.ops:
-            images = op(images, generator, indices, epoch)
+        crop, flip, rot, cut = self.cfg.crop, self.cfg.flip, self.cfg.rotate, self.cfg.cutout
+        N, device = images.shape[0], images.device
+        offsets = flips = None
+        if crop is not None and crop.padding > 0:
+            offsets = _crop_draw(N, generator, device, images.shape[3], crop.padding, crop.p)
+        if flip is not None:
+            flips = self._flips(N, generator, device, indices, epoch)
+        if offsets is not None:
+            images = _crop_flip(images, offsets, flips, crop.padding, crop.pad_mode, crop.fill)
+        elif flips is not None:
+            images = torch.where(flips[:, None, None, None], images.flip(3), images)
+        if rot is not None:
+            images = rotate(images, generator, rot.degrees, rot.fill, rot.p)
+        if cut is not None:
+            images = cutout(images, generator, cut.holes, cut.size, cut.fill, cut.p)
         return images
+
+    def _flips(self, n: int, generator: torch.Generator, device: torch.device, indices: Optional[Tensor],
+               epoch: int) -> Tensor:
+        if not self.cfg.flip.alternate:
+            return _chosen(n, generator, device, self.cfg.flip.p)
+        if indices is None:
+            raise ValueError("alternating flip needs the batch's dataset indices: "
+                             "aug(images, g, indices=..., epoch=...)")
+        table = self._bits if self._bits is not None and self._bits.device == device else None
+        indices = indices if indices.device == device else indices.to(device)
+        return _alternating_bits(indices, epoch, self.seed, table)
 
     def describe(self) -> list[str]:
         """One human-readable line per active op, in the order applied."""
-        return [line for line, _ in self.ops]
+        return list(self.lines)
 
 
 def _check(key: str, value, low: int, high: int) -> None:
@@ -161,37 +260,22 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int 
     `seed` feeds alternating flip's per-index bits (use the run's seed).
     """
     cfg = cfg.model_copy(deep=True)  # the ops below keep their settings even if the caller edits cfg later
-    ops: list[tuple[str, Op]] = []
+    lines: list[str] = []
     if (crop := cfg.crop) is not None:
         _check("crop.padding", crop.padding, 0, image_size - 1)
         fill = f" (fill {crop.fill:g})" if crop.pad_mode == "constant" else ""
-        padding = f"{crop.padding} px {crop.pad_mode} padding{fill}"
-        ops.append((f"random crop {image_size}×{image_size} after {padding}, p={crop.p:g}",
-                    lambda x, g, i, e: random_crop(x, g, crop.padding, crop.pad_mode, crop.fill, crop.p)))
+        lines.append(f"random crop {image_size}×{image_size} after {crop.padding} px {crop.pad_mode} "
+                     f"padding{fill}, p={crop.p:g}")
     if (flip := cfg.flip) is not None:
-        if flip.alternate:
-            if flip.p != 0.5:
-                raise UserError(f"augment.flip.p must be 0.5 with augment.flip.alternate=true "
-                                f"(alternating flip flips half of the images every epoch), got {flip.p}")
-            ops.append(("horizontal flip, alternating across epochs (Jordan 2024)", _alternating_op(seed)))
-        else:
-            ops.append((f"horizontal flip, p={flip.p:g}", lambda x, g, i, e: horizontal_flip(x, g, flip.p)))
+        if flip.alternate and flip.p != 0.5:
+            raise UserError(f"augment.flip.p must be 0.5 with augment.flip.alternate=true "
+                            f"(alternating flip flips half of the images every epoch), got {flip.p}")
+        lines.append("horizontal flip, alternating across epochs (Jordan 2024)" if flip.alternate
+                     else f"horizontal flip, p={flip.p:g}")
     if (rot := cfg.rotate) is not None:
-        ops.append((f"rotation by up to ±{rot.degrees:g}°, bilinear, fill {rot.fill:g}, p={rot.p:g}",
-                    lambda x, g, i, e: rotate(x, g, rot.degrees, rot.fill, rot.p)))
+        lines.append(f"rotation by up to ±{rot.degrees:g}°, bilinear, fill {rot.fill:g}, p={rot.p:g}")
     if (cut := cfg.cutout) is not None:
         _check("cutout.size", cut.size, 1, image_size)
         holes = f"{cut.holes} hole{'s' if cut.holes > 1 else ''}"
-        ops.append((f"cutout {holes} of {cut.size}×{cut.size} px, fill {cut.fill:g}, p={cut.p:g}",
-                    lambda x, g, i, e: cutout(x, g, cut.holes, cut.size, cut.fill, cut.p)))
-    return BatchAugment(ops, channels, image_size)
-
-
-def _alternating_op(seed: int) -> Op:
-    def op(images: Tensor, generator: torch.Generator, indices: Optional[Tensor], epoch: int) -> Tensor:
-        if indices is None:
-            raise ValueError("alternating flip needs the batch's dataset indices: "
-                             "aug(images, g, indices=..., epoch=...)")
-        return alternating_flip(images, indices, epoch, seed)
-
-    return op
+        lines.append(f"cutout {holes} of {cut.size}×{cut.size} px, fill {cut.fill:g}, p={cut.p:g}")
+    return BatchAugment(cfg, channels, image_size, seed, lines)

@@ -39,7 +39,7 @@ import torch
 
 from cifarlab.atomic import atomic_write
 from cifarlab.data.images import fit_square
-from cifarlab.data.sources import Dataset, Split, channel_stats
+from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,11 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from cifarlab.data.normalize import normalize, to_float
+from cifarlab.data.augment import BatchAugment
+from cifarlab.data.normalize import Normalize, to_float
 
-BatchAugment = Callable[..., torch.Tensor]
+# `aug(pixels, generator, indices=..., epoch=...) -> pixels`, e.g. augment.BatchAugment.
+AugmentFn = Callable[..., torch.Tensor]
 
 
 def _mix(*parts: int) -> int:
@@ -45,11 +47,12 @@ class DeviceLoader:
         mean: Sequence[float],
         std: Sequence[float],
         train: bool,
-        augment: Optional[BatchAugment] = None,
+        augment: Optional[AugmentFn] = None,
         seed: int = 0,
         channels_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -57,8 +60,12 @@ class DeviceLoader:
         self.labels = labels.to(device, non_blocking=True)
         self.batch_size, self.device, self.train = batch_size, device, train
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
+        self.normalize = Normalize(self.mean, self.std, device)  # constants on the device once, not per batch
+        if isinstance(augment, BatchAugment):
+            augment.prepare(self.num_images, device)  # per-index tables made once, not per batch
         self.seed, self.channels_last = seed, channels_last
         self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last  # every training batch full: static shapes for a compiled or captured step
 
     @property
     def num_images(self) -> int:
@@ -67,7 +74,7 @@ class DeviceLoader:
     def __len__(self) -> int:
         full, rest = divmod(self.num_images, self.batch_size)
         # A training batch of fewer than 2 images per rank breaks BatchNorm; drop such a remainder.
-        keep_rest = rest >= 2 * self.world_size or (not self.train and rest > 0)
+        keep_rest = (rest >= 2 * self.world_size and not self.drop_last) or (not self.train and rest > 0)
         return full + int(keep_rest)
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -90,5 +97,5 @@ class DeviceLoader:
         if self.train and self.augment is not None:
             generator = torch.Generator(device=self.device).manual_seed(_mix(self.seed, epoch, batch_index, self.rank))
             pixels = self.augment(pixels, generator, indices=indices, epoch=epoch)
-        inputs = normalize(pixels, self.mean, self.std, self.channels_last)
+        inputs = self.normalize(pixels, self.channels_last)
         return inputs, self.labels.index_select(0, indices)

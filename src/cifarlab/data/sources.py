@@ -16,60 +16,24 @@ folder). To use a mirror or a local test server, replace an entry, e.g. in a tes
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from cifarlab.atomic import atomic_write
 from cifarlab.data.download import DownloadError, fetch, safe_extract, verify_md5
 from cifarlab.data.formats import CIFAR10_LAYOUT, CIFAR100_LAYOUT, CifarLayout, read_cifar, read_idx_images, read_idx_labels
+from cifarlab.data.dataset import Dataset, Split, channel_stats  # noqa: F401 (re-exported)
+from cifarlab.data.synthetic import make_synthetic, synthetic_settings
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # uint8, (N, C, H, W), contiguous, CPU
-    labels: torch.Tensor  # int64, (N,)
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    train: Split
-    test: Split
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]  # per channel, of the train images scaled to [0, 1]
-    std: tuple[float, ...]
-    origin: str  # one line: where the tensors came from
-    val: Optional[Split] = None  # a validation split: an image folder's val/, or one `data.val_split` made
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_channels(self) -> int:
-        return self.train.images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.images.shape[2]
 
 
 @dataclass(frozen=True)
@@ -137,7 +101,7 @@ def list_datasets() -> list[str]:
 def dataset_shape(name: str, **options) -> tuple[int, int, int]:
     """(channels, image size, classes) of a dataset, without reading its files."""
     if name == "synthetic":
-        settings = _synthetic_settings(options)
+        settings = synthetic_settings(options)
         return settings["channels"], settings["image_size"], settings["num_classes"]
     return _source(name).shape
 
@@ -229,22 +193,6 @@ def _decode_cifar(name: str, source: Source, root: Path, download: bool) -> tupl
     return read_cifar(root, source.cifar_layout), origin
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (population) of uint8 (N, C, H, W) images scaled to [0, 1].
-
-    Exact float64 moments from one 256-bin histogram per channel: no float copy of the dataset."""
-    values = torch.arange(256, dtype=torch.float64) / 255
-    means, stds = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
-        total = counts.sum()
-        mean = (counts * values).sum() / total
-        var = (counts * values.square()).sum() / total - mean.square()
-        means.append(mean.item())
-        stds.append(var.clamp_min(0).sqrt().item())
-    return tuple(means), tuple(stds)
-
-
 def _labels_in_range(name: str, split: Split, num_classes: int, origin: str) -> None:
     if split.labels.numel() and not 0 <= int(split.labels.min()) <= int(split.labels.max()) < num_classes:
         raise UserError(f"{name} from {origin}: labels must be in 0..{num_classes - 1}, "
@@ -293,61 +241,6 @@ def _read_cache(name: str, path: Path) -> Dataset | None:
         return None
 
 
-SYNTHETIC_DEFAULTS = {"num_train": 2000, "num_test": 500, "num_classes": 10, "image_size": 32, "channels": 3, "seed": 0}
-_SYNTHETIC_RANGES = {"num_train": (1, 10**6), "num_test": (1, 10**6), "num_classes": (2, 1000),
-                     "image_size": (8, 256), "channels": (1, 4), "seed": (0, 2**63 - 1)}
-
-
-def _synthetic_settings(options: dict) -> dict[str, int]:
-    unknown = sorted(set(options) - set(SYNTHETIC_DEFAULTS))
-    if unknown:
-        raise UserError(f"unknown option {unknown[0]!r} for dataset 'synthetic'; choose from: {', '.join(SYNTHETIC_DEFAULTS)}")
-    settings = {**SYNTHETIC_DEFAULTS, **options}
-    for key, value in settings.items():
-        low, high = _SYNTHETIC_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise UserError(f"synthetic option {key} must be an integer in {low}..{high}, got {value!r}")
-    return settings
-
-
-def _class_patterns(num_classes: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(K, C, S, S): per class a smooth colour pattern, a random mix of low-frequency waves that is
-    periodic in S, so shifting it (with wrap-around) leaves no seam."""
-    freqs = torch.tensor([(0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0)], dtype=torch.float32)
-    coords = torch.arange(size, dtype=torch.float32) * (2 * math.pi / size)
-    angle = freqs[:, 0, None, None] * coords[:, None] + freqs[:, 1, None, None] * coords[None, :]  # (F, S, S)
-    shape = (num_classes, channels, len(freqs), 1, 1)
-    amplitude = torch.randn(shape, generator=generator)
-    phase = torch.rand(shape, generator=generator) * (2 * math.pi)
-    waves = (amplitude * torch.cos(angle + phase)).sum(2) / math.sqrt(len(freqs))
-    return waves + 0.3 * torch.randn(num_classes, channels, 1, 1, generator=generator)
-
-
-def _synthetic_split(patterns: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` balanced images: class pattern, randomly shifted by up to S/8 pixels, plus pixel noise."""
-    K, C, S, _ = patterns.shape
-    labels = (torch.arange(count) % K)[torch.randperm(count, generator=generator)]
-    max_shift = max(1, S // 8)
-    shift = torch.randint(-max_shift, max_shift + 1, (count, 2), generator=generator)
-    rows = (torch.arange(S) + shift[:, :1]) % S  # (N, S)
-    cols = (torch.arange(S) + shift[:, 1:]) % S
-    shifted = torch.gather(patterns[labels], 2, rows[:, None, :, None].expand(count, C, S, S))
-    shifted = torch.gather(shifted, 3, cols[:, None, None, :].expand(count, C, S, S))
-    pixels = 128 + 40 * shifted + 25 * torch.randn(count, C, S, S, generator=generator)
-    return pixels.round_().clamp_(0, 255).to(torch.uint8), labels
-
-
-def make_synthetic(num_train: int, num_test: int, num_classes: int, image_size: int, channels: int, seed: int) -> dict:
-    """Deterministic in `seed`: train and test share the class patterns, not the noise or shifts."""
-    generator = torch.Generator().manual_seed(seed)
-    patterns = _class_patterns(num_classes, channels, image_size, generator)
-    return {
-        "train": _synthetic_split(patterns, num_train, generator),
-        "test": _synthetic_split(patterns, num_test, generator),
-        "classes": tuple(f"class{k}" for k in range(num_classes)),
-    }
-
-
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True, **options) -> Dataset:
     """The dataset `name` (see `list_datasets()`) as uint8 tensors on the CPU; `options` only for synthetic
     and folder. For `folder`, `data_dir` is the image folder itself (see `cifarlab.data.folder`)."""
@@ -356,7 +249,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 
         return load_folder(data_dir, resolve_data_dir(None), **options)
     if name == "synthetic":
-        settings = _synthetic_settings(options)
+        settings = synthetic_settings(options)
         return _build(name, make_synthetic(**settings), f"synthetic (seed {settings['seed']}, generated in memory)")
     source = _source(name)
     if options:

@@ -5,7 +5,7 @@ from typing import Union
 
 import torch
 
-from cifarlab.data.sources import Split
+from cifarlab.data.dataset import Split
 from cifarlab.errors import UserError
 
 

@@ -16,12 +16,14 @@ from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.split import stratified_split
 from cifarlab.data.loader import DeviceLoader
-from cifarlab.data.sources import Dataset, Split, load_dataset
+from cifarlab.data.dataset import Dataset, Split
+from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training import callbacks as cb
 from cifarlab.training.checkpoint import load_model
+from cifarlab.training.ema import EMA
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import TrainState
@@ -85,7 +87,10 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
     train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,
                          train=True, augment=augment, device=runtime.device, mean=dataset.mean, std=dataset.std,
                          seed=cfg.seed, channels_last=runtime.channels_last, rank=runtime.dist.rank,
-                         world_size=runtime.dist.world_size)
+                         world_size=runtime.dist.world_size,
+                         # A compiled step keeps one shape: the ragged last batch would recompile (or
+                         # miss its CUDA graph), so it is dropped; the images come again next epoch.
+                         drop_last=cfg.train.compile is not None)
     test = _eval_loader(cfg, dataset.test, dataset, runtime)
     return train, test
 
@@ -109,11 +114,8 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     model = model.to(runtime.device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim)
     schedule = Schedule(optimizer, cfg.schedule.model_copy(update={"monitor": schedule_monitor}), cfg.optim.lr,
-                        cfg.train.epochs, len(train_loader))
-    ema = None
-    if cfg.train.ema is not None:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+                        cfg.schedule.planned_epochs or cfg.train.epochs, len(train_loader))
+    ema = EMA(model, cfg.train.ema, cfg.train.ema_every) if cfg.train.ema is not None else None
     return TrainState(
         cfg=cfg, runtime=runtime, model=model, train_model=wrap_for_training(model, cfg, runtime),
         optimizer=optimizer, schedule=schedule,
@@ -146,6 +148,10 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
                       cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
             callbacks.append(cb.TensorBoard(run_dir / "tb"))
+        if cfg.output.mlflow:
+            from cifarlab.training.mlflow_logger import MLflowLogger
+
+            callbacks.append(MLflowLogger(run_dir, cfg.output.mlflow_uri))
     return cb.Callbacks(callbacks)
 
 

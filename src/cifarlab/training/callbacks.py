@@ -10,12 +10,13 @@ import csv
 import io
 import math
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 
-from cifarlab.atomic import atomic_write_text
+from cifarlab.atomic import append_line, atomic_write_text
 from cifarlab.rundir import METRIC_COLUMNS, is_whole_row
 from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
 
@@ -58,7 +59,7 @@ class Progress(Callback):
 
     def __init__(self, mode: str = "auto", stream=None):
         self.stream = stream or sys.stderr
-        self.bars = mode == "bar" or (mode == "auto" and self.stream.isatty())
+        self.bars = mode == "bar" or (mode == "auto" and (self.stream.isatty() or in_notebook()))
         self.silent = mode == "none"
         self.bar = None
         self._shown = None
@@ -68,7 +69,7 @@ class Progress(Callback):
             return
         total = state.cfg.train.epochs
         if self.bars:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
             self.bar = tqdm(total=state.steps_per_epoch, initial=state.batch_in_epoch, file=self.stream,
                             desc=f"Epoch {state.epoch + 1}/{total}", leave=True, dynamic_ncols=True)
@@ -112,6 +113,12 @@ class Progress(Callback):
             self.bar.close()
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (where stderr is not a terminal but a bar still renders)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class CSVLogger(Callback):
     """metrics.csv: a `step` row per logging window and an `epoch` row per epoch; continues on resume."""
 
@@ -134,13 +141,11 @@ class CSVLogger(Callback):
             rows = list(csv.DictReader(handle))
         return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
-    def _append(self, row: dict, durable: bool = False) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, METRIC_COLUMNS, lineterminator="\n").writerow(
-                {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
-            if durable:  # an epoch row is on disk before the epoch's checkpoint that points past it
-                handle.flush()
-                os.fsync(handle.fileno())
+    def _append(self, row: dict) -> None:
+        # One write, then fsync: after a kill the file holds whole rows (the reader drops a torn last one).
+        line = io.StringIO()
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow({k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+        append_line(self.path, line.getvalue())
 
     def on_step_end(self, state):
         window = state.window
@@ -149,7 +154,7 @@ class CSVLogger(Callback):
             self._append({"kind": "step", **window})
 
     def on_epoch_end(self, state):
-        self._append({"kind": "epoch", **state.history[-1]}, durable=True)
+        self._append({"kind": "epoch", **state.history[-1]})
 
 
 def _cell(value) -> str:
@@ -158,6 +163,9 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
     return str(value)
+
+
+HPARAMS_RUN = "hparams"  # tb/hparams: the HPARAMS tab's session of a finished run
 
 
 class TensorBoard(Callback):
@@ -192,8 +200,24 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_fit_end(self, state):
-        if self.writer is not None:
-            self.writer.close()
+        if self.writer is None:
+            return
+        if state.status == "completed" and state.history:
+            self._hparams(state)
+        self.writer.close()
+
+    def _hparams(self, state) -> None:
+        """The flat config and the final metrics in TensorBoard's HPARAMS tab, once, under tb/hparams
+        (an extended run replaces them)."""
+        from cifarlab.config_diff import flatten, scalar
+
+        hparams = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
+        last, best = state.history[-1], state.best()
+        metrics = {f"hparam/final_{key}": last[key] for key in ("test_acc", "test_loss", "train_acc", "train_loss",
+                                                                "val_acc", "val_loss") if key in last}
+        metrics.update({f"hparam/best_{key}": best[key] for key in ("test_acc", "val_acc") if key in best})
+        shutil.rmtree(self.log_dir / HPARAMS_RUN, ignore_errors=True)
+        self.writer.add_hparams(hparams, metrics, run_name=HPARAMS_RUN, global_step=state.step)
 
 
 class Checkpointer(Callback):

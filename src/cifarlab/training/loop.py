@@ -23,8 +23,8 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
         loss = state.loss_fn(logits, labels)
     state.grad_step(loss)
     state.schedule.after_step()
-    if state.ema is not None:
-        state.ema.update_parameters(state.model)
+    if state.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
+        state.ema.update(state.model, state.step + 1)
     totals = state.epoch_meter.batch_totals(loss, logits, labels)
     state.epoch_meter.add(totals)
     state.window_meter.add(totals)

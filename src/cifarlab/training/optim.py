@@ -46,7 +46,12 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 class Schedule:
-    """One LR schedule over `epochs` x `steps_per_epoch` optimizer steps."""
+    """One LR schedule over `epochs` x `steps_per_epoch` optimizer steps.
+
+    onecycle and cosine are defined over those planned steps. A run extended past them (`resume --epochs`)
+    holds the lr the plan ended at for the added steps: onecycle's final lr (lr_peak / div_factor /
+    final_div_factor), cosine's `min_lr`; it never goes back to the peak. Per-epoch schedules (constant,
+    step, multistep, plateau) do not depend on the total and simply continue."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
@@ -54,12 +59,23 @@ class Schedule:
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
         self.scheduler = _build(optimizer, cfg, base_lr, epochs, steps_per_epoch)
+        self.planned_steps = epochs * steps_per_epoch
         self.lr_used = self.lr  # the lr of the last optimizer step, what logs should show
 
     def after_step(self) -> None:
         self.lr_used = self.lr
-        if self.per_step:
+        if not self.per_step:
+            return
+        if self.scheduler.last_epoch < self.planned_steps:
             self.scheduler.step()
+        else:  # past the plan: only in a run extended with `resume --epochs`
+            self._hold_final_lr()
+
+    def _hold_final_lr(self) -> None:
+        # OneCycleLR cannot step past its total (and extrapolates at it); WarmupCosine clamps by itself.
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["min_lr"]
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
         if self.name == "plateau":
@@ -77,6 +93,8 @@ class Schedule:
     def load_state_dict(self, state: dict) -> None:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
+            if self.per_step and self.scheduler.last_epoch >= self.planned_steps:
+                self._hold_final_lr()  # an extended run starts its added steps at the plan's final lr
 
 
 def peak_lr(cfg, optim_lr: float) -> float:
@@ -96,7 +114,8 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
         peaks = [peak_lr(cfg, base_lr) * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
-                            div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal)
+                            div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal,
+                            cycle_momentum=cfg.cycle_momentum)
     if cfg.name == "step":
         return S.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "multistep":

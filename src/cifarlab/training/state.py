@@ -11,6 +11,7 @@ from torch import nn
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.runtime import Runtime
+from cifarlab.training.ema import EMA
 from cifarlab.training.optim import GradStep, Schedule
 
 
@@ -55,7 +56,7 @@ class TrainState:
     run_dir: Path
     val_loader: Optional[DeviceLoader] = None  # with a validation split, what selects best.pt
     monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
-    ema: Optional[torch.optim.swa_utils.AveragedModel] = None
+    ema: Optional[EMA] = None
     classes: tuple[str, ...] = ()
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed

@@ -1,0 +1,67 @@
+"""A new run started from a trained checkpoint's weights (`model.init_from`): the model's weights only;
+optimizer, schedule, epochs and history start fresh, as in any new run.
+
+The weights are the ones the checkpoint evaluates with (its EMA when the run kept one). The checkpoint
+must hold the same model (`model.name`, options, norm) and input channels. Its classes must be the new
+data's, in order; for other classes, `model.init_head=false` loads everything but the classifier head
+(the last `nn.Linear`, see `classifier_head`), which starts fresh.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+from cifarlab.errors import UserError
+from cifarlab.training.checkpoint import load_model
+
+
+def classifier_head(model: nn.Module) -> str:
+    """The name of the layer producing the logits: the model's last `nn.Linear`."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier head; model.init_head=false needs one")
+    return names[-1]
+
+
+def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in_channels: int) -> None:
+    """Load `model_cfg.init_from`'s weights into `model` (built from `model_cfg` for `classes`)."""
+    path = Path(model_cfg.init_from)
+    try:
+        source, source_cfg, meta = load_model(path)
+    except UserError as err:
+        raise UserError(f"model.init_from: {err}") from None
+    where = f"model.init_from={path}"
+    if source_cfg.model.name != model_cfg.name:
+        raise UserError(f"{where} holds a {source_cfg.model.name!r} model but model.name is {model_cfg.name!r}; "
+                        f"set model.name={source_cfg.model.name}")
+    if len(meta["mean"]) != in_channels:
+        raise UserError(f"{where} was trained on {len(meta['mean'])}-channel images, this data has {in_channels} channels")
+    old, new = list(meta["classes"]), list(classes)
+    if model_cfg.init_head and old != new:
+        raise UserError(f"{where} was trained on {len(old)} classes ({_preview(old)}), this data has {len(new)} "
+                        f"({_preview(new)}); set model.init_head=false to start a fresh classifier head")
+    weights = source.state_dict()
+    head = None if model_cfg.init_head else classifier_head(model)
+    if head is not None:
+        weights = {key: value for key, value in weights.items() if not key.startswith(head + ".")}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:
+        raise UserError(f"{where} does not fit model {model_cfg.name!r} with norm={model_cfg.norm!r}, options "
+                        f"{model_cfg.options} (it has norm={source_cfg.model.norm!r}, options "
+                        f"{source_cfg.model.options}): {_first_line(err)}") from None
+    stray = [key for key in missing if head is None or not key.startswith(head + ".")] + list(unexpected)
+    if stray:
+        raise UserError(f"{where} does not fit model {model_cfg.name!r} with norm={model_cfg.norm!r}, options "
+                        f"{model_cfg.options}: parameters {', '.join(stray[:3])} do not match")
+
+
+def _preview(classes: list[str]) -> str:
+    return ", ".join(map(str, classes[:4])) + (", ..." if len(classes) > 4 else "")
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(lines[1:3] if len(lines) > 1 else lines)[:240]
