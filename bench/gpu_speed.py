@@ -7,8 +7,8 @@ For each model, in one process, on synthetic CIFAR-shaped data (3x32x32 uint8 on
   by the loader once beforehand (no augmentation, callbacks or syncs inside the timed loop).
 Runs alternate (bare, fit, ...); images/s are medians and the ratio is the median of the paired ratios.
 Per step (training steps only, from one profiled epoch of each): host ms (CPU: wall time; GPU: wall time
-less the time blocked in synchronising calls), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level aten ops that
-compute, views excluded), syncs (cudaStream/Device/EventSynchronize; on a CPU: the calls
+less the time blocked in synchronising calls), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level
+aten ops that compute, views excluded), syncs (cudaStream/Device/EventSynchronize; on a CPU: the calls
 `cifarlab.training.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
 
 On a CUDA device: fast (batch 1024), custom_resnet (512), resnet18 (128), the sizes of issue 10. Without
@@ -28,10 +28,10 @@ from pathlib import Path  # noqa: E402
 from tempfile import TemporaryDirectory  # noqa: E402
 
 import torch  # noqa: E402
+from common import machine, median_ratio, paired, sync  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from common import machine, median_ratio, paired, sync  # noqa: E402
 from cifarlab.config import load_config  # noqa: E402
 from cifarlab.experiment import build_state, default_callbacks, load_data  # noqa: E402
 from cifarlab.runtime import make_runtime  # noqa: E402
@@ -192,7 +192,8 @@ def table(rows: list[dict]) -> str:
         pair = lambda key, fmt: "–" if f[key] != f[key] else f"{format(f[key], fmt)} ({format(b[key], fmt)})"  # noqa: E731
         lines.append(f"| {r['case'].label} | {r['case'].batch_size} | {r['precision']} | {r['fit']:.0f} | "
                      f"{r['bare']:.0f} | {r['ratio']:.3f} | {pair('host_ms', '.2f')} | {pair('gpu_ms', '.2f')} | "
-                     f"{pair('launches', '.0f')} | {r['batch_launches']:.0f} | {pair('syncs', '.2f')} | {pair('copies', '.2f')} |")
+                     f"{pair('launches', '.0f')} | {r['batch_launches']:.0f} | {pair('syncs', '.2f')} | "
+                     f"{pair('copies', '.2f')} |")
     return "\n".join(lines)
 
 
@@ -205,7 +206,8 @@ def main(argv=None) -> list[dict]:
     cuda = torch.cuda.is_available()
     steps = args.steps or (3 if args.smoke else 50 if cuda else 8)
     repeats = args.repeats or (1 if args.smoke else 5 if cuda else 3)
-    print(f"machine: {machine()}\n{'device: ' + torch.cuda.get_device_name(0) if cuda else 'no CUDA device: small models on the CPU'}, "
+    print(f"machine: {machine()}\n"
+          f"{'device: ' + torch.cuda.get_device_name(0) if cuda else 'no CUDA device: small models on the CPU'}, "
           f"torch {torch.__version__}; {steps} steps per epoch, {repeats} pairs", flush=True)
     cases = GPU_CASES if cuda else CPU_CASES
     if args.smoke and not cuda:  # CI machines are small: a quarter of the batch

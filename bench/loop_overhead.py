@@ -12,10 +12,10 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
-
 from common import bench_config, median_ratio, paired, spread, timed
-from cifarlab.training.build import build_state, default_callbacks, load_data
+
 from cifarlab.runtime import make_runtime
+from cifarlab.training.build import build_state, default_callbacks, load_data
 from cifarlab.training.loop import fit, train_epoch
 
 
@@ -64,7 +64,9 @@ def main(argv=None) -> dict:
     with TemporaryDirectory() as tmp:
         state = build_state(cfg, runtime, dataset, Path(tmp))
         callbacks = default_callbacks(cfg, Path(tmp), is_main=True)
-        bare = lambda: timed(lambda: bare_epoch(state))
+        def bare():
+            return timed(lambda: bare_epoch(state))
+
         bare()  # warm-up
         for name, run in (("train_epoch", cifarlab_epoch), ("fit", cifarlab_fit)):
             run(state, callbacks)  # warm-up

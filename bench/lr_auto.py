@@ -19,9 +19,9 @@ import statistics
 import tempfile
 import time
 
+import common  # noqa: F401  (puts src/ on the path when run from a checkout)
 import torch
 
-import common  # noqa: F401  (puts src/ on the path when run from a checkout)
 import cifarlab
 from cifarlab.models.convnet import convnet
 from cifarlab.registry import list_models, register_model
@@ -109,8 +109,8 @@ def table(rows: list[dict]) -> str:
         gap = 100 * (row["best_acc"] - row["auto_acc"])
         grid = ", ".join(f"{lr:g}: {100 * acc:.2f}" for lr, acc in row["grid"].items())
         lines.append(f"| {row['pair']} | {row['rule']} | {lrs_text(row['auto_lr'])} | {100 * row['auto_acc']:.2f}% | "
-                     f"{row['best_lr']:g} | {100 * row['best_acc']:.2f}% | {gap:+.2f}{'' if gap <= 0.5 else ' (missed)'} "
-                     f"| {grid} |")
+                     f"{row['best_lr']:g} | {100 * row['best_acc']:.2f}% | "
+                     f"{gap:+.2f}{'' if gap <= 0.5 else ' (missed)'} | {grid} |")
     return "\n".join(lines)
 
 

@@ -17,10 +17,10 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from common import bench_config, median_ratio, paired, spread, timed
-from cifarlab.training.build import build_state, default_callbacks, load_data
+
 from cifarlab.runtime import make_runtime
+from cifarlab.training.build import build_state, default_callbacks, load_data
 from cifarlab.training.loop import train_epoch
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="reference workers to try")
     parser.add_argument("--only", choices=["cifarlab", "reference"],
-                        help="train one side once (reference: with the first --workers) and exit, for timing whole processes")
+                        help="train one side once (reference: with the first --workers) and exit, "
+                             "for timing whole processes")
     args = parser.parse_args(argv)
 
     cfg = bench_config(args.model, args.width, args.batch_size, args.steps + args.warmup)

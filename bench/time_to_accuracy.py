@@ -10,6 +10,7 @@ import statistics
 import tempfile
 
 import common  # noqa: F401  (puts src/ on the path when run from a checkout)
+
 from cifarlab.experiment import train
 
 TARGETS = {"fmnist-quick": (0.92, 300), "fmnist-fast": (0.94, 240), "fmnist-95": (0.95, 900)}

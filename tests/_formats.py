@@ -68,7 +68,8 @@ def write_cifar_tar(path: Path, folder: str, batches: dict[str, dict], extra: di
 
 def cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes = b"labels") -> dict:
     """A batch dict as the CIFAR files hold it: bytes keys, b"data" rows = R plane, G plane, B plane."""
-    return {b"batch_label": b"test batch", b"data": images.reshape(len(images), -1), label_key: [int(x) for x in labels]}
+    return {b"batch_label": b"test batch", b"data": images.reshape(len(images), -1),
+            label_key: [int(x) for x in labels]}
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _folders import fashion_test_arrays, needs_fashion
+
 from cifarlab.data.arrays import as_dataset, dataset_from_arrays
 from cifarlab.errors import UserError
 
@@ -25,9 +25,11 @@ def test_every_layout_and_dtype_gives_the_same_real_images():
         "float [0, 1]": (x_train[:, None] / 255.0, torch.from_numpy(x_test[:, None]).float() / 255),
     }
     for what, (train, test) in variants.items():
-        got = dataset_from_arrays(train, torch.from_numpy(y_train).int(), test, y_test, classes=[f"c{k}" for k in range(10)])
+        got = dataset_from_arrays(train, torch.from_numpy(y_train).int(), test, y_test,
+                                  classes=[f"c{k}" for k in range(10)])
         assert torch.equal(got.train.images, reference.train.images), what
-        assert torch.equal(got.test.images, reference.test.images) and torch.equal(got.test.labels, reference.test.labels)
+        assert torch.equal(got.test.images, reference.test.images)
+        assert torch.equal(got.test.labels, reference.test.labels)
         assert got.classes[3] == "c3" and got.train.labels.dtype == torch.int64
 
 
@@ -46,8 +48,10 @@ def test_rgb_channels_last_is_transposed_not_reinterpreted():
     (dict(x_train=np.full((8, 3, 6, 6), 255.0)), "x_train float values must be in [0, 1], got 255..255"),
     (dict(x_train=np.zeros((8, 3, 6, 7), np.uint8)), "x_train images must be square (H == W), got 6x7"),
     (dict(x_train=np.zeros((8, 4, 6, 6), np.uint8)), "x_train must have 1 or 3 channels"),
-    (dict(x_train=np.zeros((8, 6), np.uint8)), "x_train must be shaped (N, C, H, W), (N, H, W, C) or (N, H, W), got (8, 6)"),
-    (dict(x_test=np.zeros((4, 1, 6, 6), np.uint8)), "x_train and x_test images must have the same (C, H, W), got (3, 6, 6) and (1, 6, 6)"),
+    (dict(x_train=np.zeros((8, 6), np.uint8)),
+     "x_train must be shaped (N, C, H, W), (N, H, W, C) or (N, H, W), got (8, 6)"),
+    (dict(x_test=np.zeros((4, 1, 6, 6), np.uint8)),
+     "x_train and x_test images must have the same (C, H, W), got (3, 6, 6) and (1, 6, 6)"),
     (dict(y_train=np.arange(7)), "y_train must be 1-D with one label per image (8), got shape (7,)"),
     (dict(y_train=np.zeros(8, np.float32)), "y_train must hold integer class indices, got torch.float32"),
     (dict(y_test=np.array([0, 1, 2, 3])), "labels must be in 0..2 for 3 classes, got 3"),

@@ -64,7 +64,8 @@ def test_reference_recipes_match_the_design_table():
     assert (steplr.schedule.name, steplr.schedule.step_size, steplr.train.batch_size) == ("step", 100, 128)
     assert steplr.data.mean == [0.4914, 0.4822, 0.4465] and steplr.data.std == [0.2023, 0.1994, 0.2010]
     cutout = load_config("resnet18-cutout")
-    assert (cutout.augment.cutout.size, cutout.augment.rotate.degrees, cutout.train.epochs, cutout.train.batch_size) == (16, 18, 20, 64)
+    assert (cutout.augment.cutout.size, cutout.augment.rotate.degrees,
+            cutout.train.epochs, cutout.train.batch_size) == (16, 18, 20, 64)
     onecycle = load_config("custom-resnet-onecycle")
     assert onecycle.schedule.lr_peak == "auto" and onecycle.schedule.peak_epoch == 5
     assert onecycle.schedule.final_div_factor is None and onecycle.train.batch_size == 512

@@ -210,7 +210,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     # The kernel is a new process: it finds this checkout's cifarlab through PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs)

@@ -38,7 +38,8 @@ def _train(root: Path, *extra: str) -> Path:
 
 def _rows(run_dir: Path, kind: str = "epoch") -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle) if row["kind"] == kind]
+        return [{k: v for k, v in row.items() if k not in TIMING}
+                for row in csv.DictReader(handle) if row["kind"] == kind]
 
 
 def _all_rows(run_dir: Path) -> list[dict]:
@@ -165,7 +166,8 @@ def _start_of(run_args: list[str]) -> dict:
 def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_path):
     trained = _train(tmp_path / "a")
     checkpoint = trained / "checkpoints" / "best.pt"
-    start = _start_of([f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1", "schedule.peak_epoch=0.5"])
+    start = _start_of([f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1",
+                       "schedule.peak_epoch=0.5"])
     weights = load_checkpoint(checkpoint)["model"]
     assert weights.keys() == start["model"].keys()
     assert all(torch.equal(start["model"][key], value) for key, value in weights.items())
@@ -178,8 +180,8 @@ def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_
 
 def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_the_head(tmp_path, capsys):
     checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
-    five = [f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1", "schedule.peak_epoch=0.5",
-            "data.options.num_classes=5"]
+    five = [f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1",
+            "schedule.peak_epoch=0.5", "data.options.num_classes=5"]
     capsys.readouterr()
     assert main(["train", "smoke", *five]) == 2
     err = capsys.readouterr().err.strip()
@@ -211,7 +213,8 @@ def test_init_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, 
 def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
     code = main(["train", "smoke", f"output.dir={tmp_path}", *COMMON, f"model.init_from={tmp_path / 'nope.pt'}"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("cifarlab train: error: model.init_from: checkpoint") and "does not exist" in err
+    assert code == 2
+    assert err.startswith("cifarlab train: error: model.init_from: checkpoint") and "does not exist" in err
 
 
 def test_every_registered_model_has_a_classifier_head_giving_the_logits():

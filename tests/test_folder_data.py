@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder, write_fashion_folder
 from PIL import Image
 
-from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder, write_fashion_folder
 from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
 
@@ -146,7 +146,8 @@ def test_bad_folders_give_one_line_naming_the_problem(tmp_path, cache_dir, break
 
 def test_bad_options_and_missing_dir(tmp_path):
     root = tiny_tree(tmp_path / "d")
-    with pytest.raises(UserError, match="unknown option 'size' for dataset 'folder'; choose from: image_size, channels"):
+    with pytest.raises(UserError,
+                       match="unknown option 'size' for dataset 'folder'; choose from: image_size, channels"):
         load_dataset("folder", root, size=32)
     with pytest.raises(UserError, match="image_size must be an integer in 8..512, got 4"):
         load_dataset("folder", root, image_size=4)

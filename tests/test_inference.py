@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder
 from PIL import Image
 
 import cifarlab
-from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder
 from cifarlab.analysis.predict import predict as predict_split
 from cifarlab.data.images import read_image
 from cifarlab.errors import UserError
@@ -82,7 +82,8 @@ def test_bad_input_gives_one_line(trained, tmp_path):
              ((model, np.full((28, 28), 2.0)), "image 0 float values must be finite and in [0, 1]"),
              ((model, [np.zeros((28, 28), np.uint8), 3]), "image 1 must be a path, a PIL image"),
              ((model, []), "predict needs at least one image"),
-             ((torch.nn.Linear(2, 2), np.zeros((28, 28), np.uint8)), "predict needs a checkpoint path or a model from cifarlab.load_model"),
+             ((torch.nn.Linear(2, 2), np.zeros((28, 28), np.uint8)),
+              "predict needs a checkpoint path or a model from cifarlab.load_model"),
              ((tmp_path / "nope.pt", np.zeros((28, 28), np.uint8)), "checkpoint {tmp}/nope.pt does not exist")]
     for args, message in cases:
         with pytest.raises(UserError) as err:

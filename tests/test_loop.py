@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.experiment import train
 from cifarlab.config import load_config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.data.sources import dataset_available
-from cifarlab.training.build import build_state, load_data
+from cifarlab.experiment import train
 from cifarlab.runtime import cpu_has_bf16, make_runtime, resolve_precision
+from cifarlab.training.build import build_state, load_data
 from cifarlab.training.loop import train_step
 from cifarlab.training.optim import Schedule
 
@@ -47,7 +47,8 @@ def test_short_real_fashion_mnist_run_learns(tmp_path):
         "model.options={width: 8}", "train.batch_size=100", "train.tta=false", "train.ema=null",
         "checkpoint.every_epochs=100"])
     assert run.summary["status"] == "completed"
-    assert run.best_test_acc > 0.60, f"2 epochs on 3000 real images should beat chance (10%) by far, got {run.best_test_acc}"
+    assert run.best_test_acc > 0.60, (f"2 epochs on 3000 real images should beat chance (10%) by far, "
+                                      f"got {run.best_test_acc}")
 
 
 # ------------------------------------------------------------------------------------------ loader
@@ -170,7 +171,8 @@ def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
 
 @pytest.mark.parametrize("recipe, model_options", [("fast", "{widths: [16, 32, 32]}"), ("cifar10-quick", "{width: 8}")])
 def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, model_options, tmp_path):
-    """fastnet + whitening, alternating flip, EMA, flip TTA: the parts the CIFAR recipes use, on small synthetic data."""
+    """fastnet + whitening, alternating flip, EMA, flip TTA: the parts the CIFAR recipes use, on small synthetic
+    data."""
     run = train(recipe, QUIET + [
         f"output.dir={tmp_path}", "data.dataset=synthetic",
         "data.options={num_train: 1024, num_test: 256, image_size: 16}", "train.epochs=3", "train.batch_size=128",

@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _curves import calibration_then_descent, ema, hand_made_curve
 from torch import nn
 
 from cifarlab.analysis.lr_finder import (
-    RangeTestResult, lr_schedule, plain_step, plot_range_test, range_test, range_test_figure, summarize,
+    RangeTestResult,
+    lr_schedule,
+    plain_step,
+    plot_range_test,
+    range_test,
+    range_test_figure,
+    summarize,
 )
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
-
-from _curves import calibration_then_descent, ema, hand_made_curve
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

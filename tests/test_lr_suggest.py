@@ -1,12 +1,11 @@
 """Suggestion rules on curves with known answers, including issue 9's two failure modes."""
 import numpy as np
 import pytest
+from _curves import calibration_then_descent, ema, hand_made_curve
 
 from cifarlab.analysis.lr_finder import summarize
 from cifarlab.analysis.lr_suggest import minimum_index, steepest_index, valley_index
 from cifarlab.errors import UserError
-
-from _curves import calibration_then_descent, ema, hand_made_curve
 
 
 def test_slope_against_log_lr_finds_the_descent_where_raw_lr_slope_fails():

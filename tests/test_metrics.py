@@ -63,7 +63,8 @@ def test_format_per_class_aligns_like_the_references():
 
 def images_and_labels(n=37, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.randint(0, 4, (n,), generator=gen)
+    return (torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 4, (n,), generator=gen))
 
 
 def small_cnn():

@@ -15,8 +15,8 @@ from torch import nn
 
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
-from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.analysis.model_summary import model_summary
+from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -126,7 +126,8 @@ def test_compare_table_values_come_from_the_run_files(tmp_path):
                                 epochs_completed=3, epochs=115, wall_seconds=59.6, status="interrupted"),
                        _metrics_rows(epochs=3))
     rows = compare_runs([first, second])
-    assert rows[0]["recipe"] == "custom-resnet-onecycle" and rows[0]["run"].endswith("custom-resnet-onecycle/20240101-120000")
+    assert rows[0]["recipe"] == "custom-resnet-onecycle"
+    assert rows[0]["run"].endswith("custom-resnet-onecycle/20240101-120000")
     assert rows[0]["lr_found"] == 0.0187 and rows[0]["best_test_acc"] == 0.918 and rows[0]["best_train_acc"] == 0.9693
     assert rows[0]["lr_min"] == pytest.approx(0.002)  # from metrics.csv: first logged step
     assert rows[1]["best_train_acc"] == pytest.approx(0.56)  # not in summary: best epoch row of metrics.csv
@@ -158,7 +159,8 @@ def _all_sections(run_dir: Path) -> list[Section]:
         "Model summary": [Code("Total params: 10")],
         "Confusion": [Text("Most confused: dog→cat 66."), Bullets(["x < y"])],
     }
-    return [Section(title, blocks.get(title, [Image("plots/curves.png", f"{title} figure")])) for title in SECTION_TITLES]
+    return [Section(title, blocks.get(title, [Image("plots/curves.png", f"{title} figure")]))
+            for title in SECTION_TITLES]
 
 
 def test_write_report_has_every_section_and_every_link_exists(tmp_path):
@@ -201,7 +203,8 @@ def test_model_summary_is_torchinfo_table_and_leaves_model_alone():
     model = TinyNet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     text = model_summary(model, (3, 8, 8), batch_size=512)
-    for needle in ("Output Shape", "Param #", "Mult-Adds", "[512, 16, 8, 8]", f"Total params: {sum(p.numel() for p in model.parameters()):,}",
+    for needle in ("Output Shape", "Param #", "Mult-Adds", "[512, 16, 8, 8]",
+                   f"Total params: {sum(p.numel() for p in model.parameters()):,}",
                    "Total mult-adds (M)", "Estimated Total Size (MB)"):
         assert needle in text, needle
     assert "Units." not in text
@@ -265,8 +268,10 @@ def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     from cifarlab.config import Config
 
     g = torch.Generator().manual_seed(0)
-    split = lambda n: sources.Split(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
-                                    torch.randint(0, 3, (n,), generator=g))
+    def split(n):
+        return sources.Split(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+                             torch.randint(0, 3, (n,), generator=g))
+
     dataset = sources.Dataset("tiny", split(16), split(30), CLASSES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
     cfg = Config.model_validate({"name": "tiny", "data": {"dataset": "synthetic"},
                                  "augment": {"crop": {"padding": 2}, "flip": {}, "cutout": {"size": 4}},

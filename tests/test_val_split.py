@@ -44,7 +44,8 @@ def test_a_split_that_leaves_nothing_is_one_clear_error(size):
 
 
 def test_validation_selects_best_pt_and_is_logged_everywhere(tmp_path, capsys):
-    assert main(["train", "smoke", f"output.dir={tmp_path}", "data.val_split=0.125", "output.report=true", *COMMON]) == 0
+    assert main(["train", "smoke", f"output.dir={tmp_path}", "data.val_split=0.125", "output.report=true",
+                 *COMMON]) == 0
     (run_dir,) = (tmp_path / "smoke").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["selected_by"] == "val_acc" and summary["val_images"] == 64

@@ -101,7 +101,8 @@ def _to_model_input(item, channels: int, size: int, what: str) -> torch.Tensor:
     if isinstance(item, np.ndarray):
         item = Image.fromarray(_array_to_hwc(item, what))
     if not isinstance(item, Image.Image):
-        raise UserError(f"{what} must be a path, a PIL image, a numpy array or a torch tensor, got {type(item).__name__}")
+        raise UserError(f"{what} must be a path, a PIL image, a numpy array or a torch tensor, "
+                        f"got {type(item).__name__}")
     return to_chw(fit_square(item, channels, size))
 
 

@@ -88,7 +88,8 @@ def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
     stopped = " (stopped early: loss diverged)" if result.stopped_early else ""
     lines = [f"range test over {len(result.lrs)} steps{stopped}"]
     for name, lr in result.suggestions().items():
-        lines.append(f"  {LABELS[name]}: {'none' if lr is None else f'{lr:.3g}'}{'  <- chosen' if name == rule else ''}")
+        lines.append(f"  {LABELS[name]}: {'none' if lr is None else f'{lr:.3g}'}"
+                     f"{'  <- chosen' if name == rule else ''}")
     chosen = result.suggestions().get(rule)
     if chosen is None:
         lines.append(f"no lr by rule {rule!r}: widen lr_find.start_lr/end_lr or raise lr_find.num_iter")

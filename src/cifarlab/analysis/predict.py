@@ -44,7 +44,8 @@ class Predictions:
 
 def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
             std: Sequence[float], batch_size: int = 1000,
-            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, tta: Union[str, bool, None] = None,
+            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+            tta: Union[str, bool, None] = None,
             device: Union[str, torch.device, None] = None, channels_last: bool = True) -> Predictions:
     """Run `model` over uint8 images (N, C, H, W) in eval mode under inference_mode, batch by batch on
     `device` (default: the model's), normalised like training input. Results stay on the device until one

@@ -5,8 +5,8 @@
 Images: numpy arrays or torch tensors, (N, C, H, W) or (N, H, W, C) with C = 1 or 3, or (N, H, W) for grey;
 square (H == W); uint8 in 0..255 or float in [0, 1] (rounded to uint8, as the other sources store them).
 The layout is read from the shape: channels first when dim 1 is 1 or 3, else channels last.
-Labels: 1-D integers (arrays, tensors or lists) in 0..K-1, K = len(classes), or max label + 1 when no names are given (then the
-names are "0", "1", ...). Every mistake is one `UserError` line naming the argument and what is allowed.
+Labels: 1-D integers (arrays, tensors or lists) in 0..K-1, K = len(classes), or max label + 1 when no names are given
+(then the names are "0", "1", ...). Every mistake is one `UserError` line naming the argument and what is allowed.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
         raise UserError(f"{what} must be shaped (N, C, H, W), (N, H, W, C) or (N, H, W), got {shape}")
     elif images.shape[1] not in CHANNELS:
         if images.shape[3] not in CHANNELS:
-            raise UserError(f"{what} must have 1 or 3 channels in dim 1 (N, C, H, W) or dim 3 (N, H, W, C), got {shape}")
+            raise UserError(f"{what} must have 1 or 3 channels in dim 1 (N, C, H, W) or dim 3 (N, H, W, C), "
+                            f"got {shape}")
         images = images.permute(0, 3, 1, 2)
     if images.shape[0] == 0:
         raise UserError(f"{what} holds no images, got shape {shape}")

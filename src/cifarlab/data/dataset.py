@@ -17,7 +17,8 @@ class Split:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), "
+                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
 
 
 @dataclass(frozen=True)

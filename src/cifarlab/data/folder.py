@@ -6,8 +6,8 @@
 
 Class names are the folder names sorted like torchvision's `ImageFolder` (plain string sort); label k is
 the k-th name. Within a class files are in sorted path order, and the classes are interleaved (first image
-of each class, then the second of each...), so that `data.train_subset=N` keeps every class. Images may sit in nested folders under their class; other files and hidden entries
-(`.ipynb_checkpoints`, `.DS_Store`) are ignored.
+of each class, then the second of each...), so that `data.train_subset=N` keeps every class. Images may sit in
+nested folders under their class; other files and hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are ignored.
 
 Every image goes through one rule (`cifarlab.data.images.fit_square`): alpha composited over black, the
 shorter side resized to `image_size`, the centre square cropped, so the aspect ratio is kept. Options
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from cifarlab.atomic import atomic_write
-from cifarlab.data.images import fit_square
 from cifarlab.data.dataset import Dataset, Split, channel_stats
+from cifarlab.data.images import fit_square
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)

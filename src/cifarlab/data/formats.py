@@ -46,9 +46,11 @@ def _read_idx(path: Path, magic: int, what: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected, got = int(np.prod(dims)), len(raw) - header
     if got < expected:
-        raise UserError(f"{path} is truncated: expected {expected} bytes of {what} data, got {got} (delete it to download again)")
+        raise UserError(f"{path} is truncated: expected {expected} bytes of {what} data, got {got} "
+                        f"(delete it to download again)")
     if got > expected:
-        raise UserError(f"{path} has {got - expected} bytes after the {expected} bytes of {what} data its header announces")
+        raise UserError(f"{path} has {got - expected} bytes after the {expected} bytes of {what} data "
+                        f"its header announces")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -121,7 +123,8 @@ def _unpickle(path: Path) -> dict[str, object]:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist: the extracted CIFAR archive is incomplete (delete its folder to extract again)") from None
+        raise UserError(f"{path} does not exist: the extracted CIFAR archive is incomplete "
+                        f"(delete its folder to extract again)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
         raise UserError(f"{path} is not a valid CIFAR batch ({e}); delete it to extract again") from None
     if not isinstance(batch, dict):

@@ -44,7 +44,8 @@ class Normalize:
         return out.mul_(self.inv_std)
 
 
-def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = True) -> torch.Tensor:
+def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              channels_last: bool = True) -> torch.Tensor:
     """float (N, C, H, W) in [0, 1] -> (x - mean) / std per channel, optionally channels_last.
 
     For one-off calls; a loop should build a `Normalize` once instead (this copies mean/std to the device).

@@ -17,7 +17,8 @@ _SYNTHETIC_RANGES = {"num_train": (1, 10**6), "num_test": (1, 10**6), "num_class
 def synthetic_settings(options: dict) -> dict[str, int]:
     unknown = sorted(set(options) - set(SYNTHETIC_DEFAULTS))
     if unknown:
-        raise UserError(f"unknown option {unknown[0]!r} for dataset 'synthetic'; choose from: {', '.join(SYNTHETIC_DEFAULTS)}")
+        raise UserError(f"unknown option {unknown[0]!r} for dataset 'synthetic'; "
+                        f"choose from: {', '.join(SYNTHETIC_DEFAULTS)}")
     settings = {**SYNTHETIC_DEFAULTS, **options}
     for key, value in settings.items():
         low, high = _SYNTHETIC_RANGES[key]
@@ -39,7 +40,8 @@ def _class_patterns(num_classes: int, channels: int, size: int, generator: torch
     return waves + 0.3 * torch.randn(num_classes, channels, 1, 1, generator=generator)
 
 
-def _synthetic_split(patterns: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _synthetic_split(patterns: torch.Tensor, count: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` balanced images: class pattern, randomly shifted by up to S/8 pixels, plus pixel noise."""
     K, C, S, _ = patterns.shape
     labels = (torch.arange(count) % K)[torch.randperm(count, generator=generator)]

@@ -121,7 +121,9 @@ def fastnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dr
     valid = isinstance(widths, (list, tuple)) and len(widths) == 3
     if not (valid and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
         raise UserError(f"model.options.widths must be 3 positive integers, got {widths!r}")
-    if whiten_bias_epochs is not None and (isinstance(whiten_bias_epochs, bool) or not isinstance(whiten_bias_epochs, int)
+    if whiten_bias_epochs is not None and (isinstance(whiten_bias_epochs, bool)
+                                           or not isinstance(whiten_bias_epochs, int)
                                            or whiten_bias_epochs < 0):
-        raise UserError(f"model.options.whiten_bias_epochs must be a whole number of epochs >= 0, got {whiten_bias_epochs!r}")
+        raise UserError(f"model.options.whiten_bias_epochs must be a whole number of epochs >= 0, "
+                        f"got {whiten_bias_epochs!r}")
     return FastNet(num_classes, in_channels, norm, dropout, widths, whiten_bias_epochs)

@@ -13,7 +13,6 @@ from torch import nn
 
 from cifarlab.errors import UserError
 
-
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -55,7 +54,8 @@ class Schedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
-        self.monitor = cfg.monitor or "test_loss"  # training/build.py resolves null to val_loss when there is a val split
+        # training/build.py resolves null to val_loss when there is a val split
+        self.monitor = cfg.monitor or "test_loss"
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
         self.scheduler = _build(optimizer, cfg, base_lr, epochs, steps_per_epoch)
@@ -147,7 +147,8 @@ class WarmupCosine:
 class GradStep:
     """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler], grad_clip: Optional[float]):
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
+                 grad_clip: Optional[float]):
         self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, grad_clip
 
     def __call__(self, loss: torch.Tensor) -> None:

@@ -9,8 +9,8 @@ Two nets, so neither Python calls nor calls made inside C++ slip through:
 - the Tensor methods that read values back to the host are patched (`item`, `tolist`, `__bool__`,
   `__int__`, `__float__`, `__index__`, `nonzero`, `cpu`, `numpy`);
 - a TorchDispatchMode sees every aten op, and counts `_local_scalar_dense` (what `.item()` becomes),
-  the ops whose output shape depends on the data (boolean-mask indexing included), and `lift_fresh` (a tensor made from Python data:
-  a host->device copy when it is then moved to a GPU).
+  the ops whose output shape depends on the data (boolean-mask indexing included), and `lift_fresh` (a tensor made
+  from Python data: a host->device copy when it is then moved to a GPU).
 
     with SyncCounter() as syncs:
         train_step(state, inputs, labels)

@@ -37,7 +37,8 @@ def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in
         raise UserError(f"{where} holds a {source_cfg.model.name!r} model but model.name is {model_cfg.name!r}; "
                         f"set model.name={source_cfg.model.name}")
     if len(meta["mean"]) != in_channels:
-        raise UserError(f"{where} was trained on {len(meta['mean'])}-channel images, this data has {in_channels} channels")
+        raise UserError(f"{where} was trained on {len(meta['mean'])}-channel images, "
+                        f"this data has {in_channels} channels")
     old, new = list(meta["classes"]), list(classes)
     if model_cfg.init_head and old != new:
         raise UserError(f"{where} was trained on {len(old)} classes ({_preview(old)}), this data has {len(new)} "
