@@ -17,33 +17,30 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import platform
 import random
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from cifarlab.atomic import atomic_write
-from cifarlab.config import Config, validate
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
+from cifarlab.training.payload_check import check_payload
 
 FORMAT_VERSION = 1
 TRAILER_TAG = b"\nCIFARLAB-SHA256 "
 TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
-# TrainState fields about how the run went that a resumed run must know (format 1 kept them in "extra").
+# TrainState fields about how the run went that a resumed run must know (older files kept them in "extra").
 OUTCOME_FIELDS = ("lr_peak", "lr_peak_source", "early_stop")
 # A load reads at most this many bytes (a device file or a huge download must not read until MemoryError).
 MAX_BYTES_ENV = "CIFARLAB_MAX_CHECKPOINT_BYTES"
 DEFAULT_MAX_BYTES = 4 * 1024**3
-STATUSES = ("running", "completed", "interrupted", "diverged")
-HISTORY_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def versions() -> dict[str, str]:
@@ -198,7 +195,8 @@ def _read(path: Path) -> dict[str, Any]:
     except Exception as err:  # pickle of code objects, wrong file type...
         raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
     required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not all(k in payload for k in required):
+    if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
+            or not all(k in payload for k in required)):
         raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
     return payload
 
@@ -223,147 +221,6 @@ def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint; if it is bad and a `.prev` sibling is good, warn and use that instead."""
     return load_checkpoint_with_path(path)[0]
-
-
-RESUME_KEYS = ("optimizer", "schedule", "scaler", "ema", "batch_in_epoch", "elapsed_seconds", "epoch_meter",
-               "window_meter", "rng")  # read by `restore` on top of what evaluation reads
-
-
-def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = False) -> Config:
-    """Everything a load path reads from a checkpoint, checked before anything is built or written: types,
-    ranges and lengths against its own config (with `resume`, also what `restore` needs). Returns the
-    validated config; a UserError names the field, what it must be and what it is.
-
-    A checkpoint with a valid sha256 can still hold anything (it was tampered with, or written by a bug):
-    the trailer proves the file is whole, not that its contents make sense."""
-    def need(ok: bool, field: str, expected: str, value: Any) -> None:
-        if not ok:
-            text = repr(value)
-            text = text if len(text) <= 60 else text[:57] + "..."
-            raise UserError(f"checkpoint {source} is not usable: {field} must be {expected}, got {text}")
-
-    if resume:
-        missing = [key for key in RESUME_KEYS if key not in payload]
-        need(not missing, "a resumable checkpoint", f"complete ({', '.join(RESUME_KEYS)})", f"no {', '.join(missing)}")
-        need(isinstance(payload["optimizer"], dict) and {"state", "param_groups"} <= set(payload["optimizer"]),
-             "optimizer", "an optimizer state_dict (state, param_groups)", type(payload["optimizer"]).__name__)
-        for key in ("schedule", "scaler"):
-            need(payload[key] is None or isinstance(payload[key], dict), key, "a mapping", type(payload[key]).__name__)
-    raw = payload.get("config")
-    need(isinstance(raw, dict), "config", "a mapping", raw)
-    try:
-        cfg = validate(raw)
-    except UserError as err:
-        raise UserError(f"checkpoint {source} has an invalid config: {err}") from None
-    _check_data_meta(payload, need)
-    _check_position(payload, cfg.train.epochs, need)
-    _check_tensors(payload, need)
-    stored = payload.get("outcome", payload.get("extra", {}))
-    need(stored is None or isinstance(stored, dict), "outcome", "a mapping", stored)
-    need(isinstance(payload.get("versions", {}), dict), "versions", "a mapping", payload.get("versions"))
-    return cfg
-
-
-def _check_data_meta(payload: dict[str, Any], need) -> None:
-    """Class names, per-channel normalisation and image shape: what evaluation and predict build on."""
-    classes = payload["classes"]
-    need(isinstance(classes, (list, tuple)) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
-         and len(set(classes)) == len(classes), "classes", "a list of distinct class names (strings)", classes)
-    mean, std = payload["mean"], payload["std"]
-    for key, values in (("mean", mean), ("std", std)):
-        need(isinstance(values, (list, tuple)) and 1 <= len(values) <= 4 and all(_finite(v) for v in values),
-             key, "a list of 1 to 4 finite numbers (one per channel)", values)
-    need(len(std) == len(mean), "std", f"{len(mean)} values like mean", std)
-    need(min(std) > 0, "std", "positive", std)
-    for key, low, high in (("in_channels", len(mean), len(mean)), ("image_size", 1, 4096)):
-        value = payload.get(key)
-        need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
-    need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
-         payload.get("precision"))
-
-
-def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
-    """Where the run is (epoch, step, batch, status, history, clocks), in range for its `train.epochs`."""
-    epoch, step = payload["epoch"], payload["step"]
-    need(_whole(epoch, 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", epoch)
-    need(_whole(step, epoch), "step", f"a whole number >= epoch ({epoch})", step)
-    batch = payload.get("batch_in_epoch", 0)
-    need(_whole(batch, 0, step), "batch_in_epoch", f"a whole number in 0..step ({step})", batch)
-    need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
-    _check_history(payload["history"], epoch, need)
-    for key in ("elapsed_seconds", "compile_seconds", "lr_used"):
-        value = payload.get(key)
-        need(value is None or (_finite(value) and value >= 0), key, "a finite number >= 0", value)
-
-
-def _check_tensors(payload: dict[str, Any], need) -> None:
-    """Weights are name -> tensor mappings, the metric sums and RNG states have the shapes restore copies."""
-    for key in ("model", "ema"):
-        weights = payload.get(key)
-        if weights is None and key == "ema":
-            continue
-        need(isinstance(weights, dict), key, "a mapping of names to tensors", type(weights).__name__)
-        wrong = [f"{k}: {type(v).__name__}" for k, v in weights.items()
-                 if not (isinstance(k, str) and torch.is_tensor(v))]
-        need(not wrong, key, "a mapping of names to tensors", ", ".join(wrong[:3]))
-    for key in ("epoch_meter", "window_meter"):
-        meter = payload.get(key)
-        need(meter is None or (isinstance(meter, torch.Tensor) and meter.shape == (3,)
-                               and meter.dtype == torch.float64), key, "a float64 tensor of 3 sums", meter)
-    if "rng" in payload:
-        _check_rng(payload["rng"], need)
-
-
-def _whole(value: Any, low: int = 0, high: Optional[int] = None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _number(value: Any) -> bool:  # NaN and inf allowed: a diverged epoch's loss is one
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_history(history: Any, epoch: int, need) -> None:
-    """One row per finished epoch, numbered 1..epoch, each with the keys every reader uses."""
-    need(isinstance(history, list) and len(history) == epoch, "history", f"a list of {epoch} rows (one per epoch)",
-         type(history).__name__ if not isinstance(history, list) else f"{len(history)} rows")
-    for number, row in enumerate(history, start=1):
-        need(isinstance(row, dict) and all(key in row for key in HISTORY_KEYS), f"history row {number}",
-             f"a mapping with {', '.join(HISTORY_KEYS)}", row)
-        need(_whole(row["epoch"], number, number) and _whole(row["step"]), f"history row {number}",
-             f"epoch {number} with a whole step", {"epoch": row["epoch"], "step": row["step"]})
-        bad = [key for key, value in row.items() if key != "epoch" and key != "step" and not _number(value)]
-        need(not bad and _finite(row["lr"]), f"history row {number}", "numbers only (finite lr)", row)
-
-
-def _check_rng(rng: Any, need) -> None:
-    """The RNG states `set_rng_state` restores, shaped as this Python, NumPy and torch expect them."""
-    need(isinstance(rng, dict), "rng", "a mapping", type(rng).__name__)
-    python = rng.get("python")
-    need(isinstance(python, list) and len(python) == 625 and all(_whole(v, 0, 2**32 - 1) for v in python)
-         and python[-1] <= 624, "rng.python", "625 whole numbers (the Mersenne Twister state and position)",
-         type(python).__name__ if not isinstance(python, list) else f"{len(python)} values")
-    gauss_next = rng.get("python_pos")  # random.getstate()[2]: the cached gauss() value, or None
-    need(gauss_next is None or _finite(gauss_next), "rng.python_pos", "None or a finite number", gauss_next)
-    expected = torch.get_rng_state()
-    state = rng.get("torch")
-    need(isinstance(state, torch.Tensor) and state.dtype == expected.dtype and state.shape == expected.shape,
-         "rng.torch", f"a uint8 tensor of {expected.numel()} bytes", state if not isinstance(state, torch.Tensor)
-         else f"{state.dtype} tensor of {state.numel()} values")
-    if "numpy" in rng:
-        keys = rng["numpy"]
-        need(isinstance(keys, torch.Tensor) and keys.shape == (624,) and not keys.is_floating_point()
-             and bool(((keys >= 0) & (keys < 2**32)).all()), "rng.numpy", "624 whole numbers", type(keys).__name__)
-        need(_whole(rng.get("numpy_pos"), 0, 624), "rng.numpy_pos", "a whole number in 0..624", rng.get("numpy_pos"))
-        gauss = rng.get("numpy_gauss")
-        need(isinstance(gauss, (list, tuple)) and len(gauss) == 2 and _whole(gauss[0], 0, 1) and _finite(gauss[1]),
-             "rng.numpy_gauss", "[0 or 1, a finite number]", gauss)
-    cuda = rng.get("cuda")
-    need(cuda is None or (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8), "rng.cuda",
-         "a uint8 tensor", type(cuda).__name__)
 
 
 def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
@@ -400,7 +257,8 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
 
 def _describe_model(payload: dict[str, Any]) -> str:
     model = payload.get("config", {}).get("model", {})
-    return f"model {model.get('name')!r} with options {model.get('options', {})}, {len(payload.get('classes', []))} classes"
+    classes = len(payload.get("classes", []))
+    return f"model {model.get('name')!r} with options {model.get('options', {})}, {classes} classes"
 
 
 def _first_line(err: Exception) -> str:
