@@ -37,7 +37,8 @@ def runs(tmp_path_factory):
     """A finished 1-epoch smoke run, and a 2-epoch one put back to its step-15 checkpoint (resumable)."""
     threads = torch.get_num_threads()
     root = tmp_path_factory.mktemp("runs")
-    assert main(["train", "smoke", f"output.dir={root / 'done'}", "train.epochs=1", "schedule.peak_epoch=0.5", *FAST]) == 0
+    assert main(["train", "smoke", f"output.dir={root / 'done'}", "train.epochs=1", "schedule.peak_epoch=0.5",
+                 *FAST]) == 0
     assert main(["train", "smoke", f"output.dir={root / 'open'}", "checkpoint.every_steps=3", *FAST]) == 0
     done = next((root / "done" / "smoke").iterdir())
     stopped = next((root / "open" / "smoke").iterdir())
@@ -124,7 +125,8 @@ CASES = [
      ["resnet9000", "convnet"]),
     ("unknown-dataset", lambda t, r, m: ["train", "smoke", "data.dataset=imagenet", f"output.dir={t}"],
      ["unknown dataset 'imagenet'", "cifar10"]),
-    ("unknown-config-key", lambda t, r, m: ["train", "smoke", "optim.lrate=0.1"], ["optim.lrate", "allowed here", "lr"]),
+    ("unknown-config-key", lambda t, r, m: ["train", "smoke", "optim.lrate=0.1"],
+     ["optim.lrate", "allowed here", "lr"]),
     ("wrong-type", lambda t, r, m: ["train", "smoke", "train.epochs=many"], ["train.epochs", "integer", "many"]),
     ("negative-lr", lambda t, r, m: ["train", "smoke", "optim.lr=-0.1"], ["optim.lr", "greater than 0", "-0.1"]),
     ("zero-lr", lambda t, r, m: ["train", "smoke", "optim.lr=0"], ["optim.lr", "greater than 0"]),
@@ -152,28 +154,35 @@ CASES = [
      ["cannot create run directory", "Not a directory"]),
     ("output-disk-full", lambda t, r, m: _disk_full(m, ["train", "smoke", f"output.dir={t}", *FAST]),
      ["cannot write", "No space left on device"]),
-    ("eval-other-model", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _other_model) / "checkpoints/best.pt")],
+    ("eval-other-model", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _other_model)
+                                                      / "checkpoints/best.pt")],
      ["does not match", "convnet", "'width': 16", "size mismatch"]),
-    ("eval-other-class-count", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _fewer_classes) / "checkpoints/best.pt")],
+    ("eval-other-class-count", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _fewer_classes)
+                                                            / "checkpoints/best.pt")],
      ["does not match", "5 classes"]),
     ("resume-other-model", lambda t, r, m: ["resume", str(_tampered_copy(r["open"], t / "x", _other_model))],
      ["does not match", "'width': 16"]),
-    ("predict-other-class-count", lambda t, r, m: ["predict", str(_tampered_copy(r["done"], t / "x", _fewer_classes) / "checkpoints/last.pt"),
+    ("predict-other-class-count", lambda t, r, m: ["predict", str(_tampered_copy(r["done"], t / "x", _fewer_classes)
+                                                                  / "checkpoints/last.pt"),
                                                    str(_image_dir(t)[0])], ["does not match", "5 classes"]),
     ("eval-garbage-checkpoint", lambda t, r, m: ["eval", str(_garbage(t / "model.pt"))],
      ["model.pt", "not a cifarlab checkpoint"]),
     ("eval-missing-checkpoint", lambda t, r, m: ["eval", str(t / "nope.pt")], ["nope.pt does not exist"]),
     ("eval-directory-as-checkpoint", lambda t, r, m: ["eval", str(r["done"])], ["is a directory", ".pt file"]),
-    ("resume-truncated-checkpoint", lambda t, r, m: ["resume", str(_truncate_last(_tampered_copy(r["open"], t / "x", lambda p: None)))],
+    ("resume-truncated-checkpoint", lambda t, r, m: ["resume", str(_truncate_last(_tampered_copy(r["open"], t / "x",
+                                                                                                 lambda p: None)))],
      ["last.pt is truncated"]),
-    ("predict-unreadable-image", lambda t, r, m: ["predict", str(r["done"] / "checkpoints/best.pt"), str(_image_dir(t)[0])],
+    ("predict-unreadable-image", lambda t, r, m: ["predict", str(r["done"] / "checkpoints/best.pt"),
+                                                  str(_image_dir(t)[0])],
      ["photo.png", "cannot read", "as an image"]),
-    ("predict-missing-image", lambda t, r, m: ["predict", str(r["done"] / "checkpoints/best.pt"), str(_image_dir(t)[1])],
+    ("predict-missing-image", lambda t, r, m: ["predict", str(r["done"] / "checkpoints/best.pt"),
+                                               str(_image_dir(t)[1])],
      ["missing.png does not exist"]),
     ("gradcam-unknown-images-file", lambda t, r, m: ["gradcam", str(r["done"] / "checkpoints/best.pt"),
                                                      "--images", str(t / "cat.png"), "--out", str(t / "g.png")],
      ["cat.png does not exist"]),
-    ("resume-finished-run", lambda t, r, m: ["resume", str(r["done"])], ["already finished", "1/1 epochs", "cifarlab train"]),
+    ("resume-finished-run", lambda t, r, m: ["resume", str(r["done"])],
+     ["already finished", "1/1 epochs", "cifarlab train"]),
     ("resume-missing-run", lambda t, r, m: ["resume", str(t / "runs" / "smoke" / "never")], ["does not exist"]),
     ("resume-dir-without-checkpoint", lambda t, r, m: ["resume", str(t)], ["no checkpoints/last.pt"]),
     ("compare-without-summary", lambda t, r, m: ["compare", str(t), "--out", str(t / "cmp")], ["has no summary.json"]),

@@ -49,7 +49,7 @@ def test_report_has_every_section_and_every_linked_file(smoke_run):
     links = re.findall(r"\]\(((?:plots|tables)/[^)]+)\)", report)
     assert len(links) >= 8 and all((smoke_run / link).is_file() for link in links)
     html = (smoke_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len([l for l in links if l.endswith(".png")])
+    assert html.count("data:image/png;base64,") == len([link for link in links if link.endswith(".png")])
 
 
 def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):
@@ -61,7 +61,8 @@ def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):
 
 
 def test_lr_find_writes_plot_and_suggestions(smoke_run, tmp_path, capsys):
-    assert main(["lr-find", "smoke", "lr_find.num_iter=20", f"output.dir={tmp_path}", "--out", str(tmp_path / "lr")]) == 0
+    assert main(["lr-find", "smoke", "lr_find.num_iter=20", f"output.dir={tmp_path}",
+                 "--out", str(tmp_path / "lr")]) == 0
     out = capsys.readouterr().out
     assert "steepest descent" in out and "valley" in out and "OneCycle: max_lr=" in out
     data = json.loads((tmp_path / "lr" / "lr_find.json").read_text())

@@ -52,8 +52,10 @@ def test_idx_round_trip(tmp_path, rng):
 
 
 def test_truncated_idx_names_file_and_sizes(tmp_path, rng):
-    path = write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), cut=100)
-    with pytest.raises(UserError, match=r"train-images-idx3-ubyte\.gz is truncated: expected 2352 bytes of image data, got 2252"):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+                     cut=100)
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte\.gz is truncated: "
+                                        r"expected 2352 bytes of image data, got 2252"):
         read_idx_images(path)
 
 
@@ -144,7 +146,8 @@ def test_cifar10_download_decode_and_cache(tmp_path, monkeypatch, rng):
     arrays = write_cifar10(served / "cifar-10-python.tar.gz", rng)
     data_dir = tmp_path / "data"
     with serve(served) as (url, requests):
-        point_source(monkeypatch, "cifar10", base_url=url, files=(("cifar-10-python.tar.gz", md5(served / "cifar-10-python.tar.gz")),))
+        point_source(monkeypatch, "cifar10", base_url=url,
+                     files=(("cifar-10-python.tar.gz", md5(served / "cifar-10-python.tar.gz")),))
         ds = load_dataset("cifar10", data_dir)
         assert requests == ["/cifar-10-python.tar.gz"]
         again = load_dataset("cifar10", data_dir)
@@ -230,7 +233,8 @@ def test_python2_numpy_names_are_understood(tmp_path, rng):
 
 def test_tampered_pickle_cannot_run_code(tmp_path, rng):
     # Swap numpy's array constructor for os.system: a plain pickle.load would call it.
-    write_extracted_cifar10(tmp_path, rng, lambda raw: raw.replace(b"numpy._core.multiarray\n_reconstruct", b"os\nsystem"))
+    write_extracted_cifar10(tmp_path, rng,
+                            lambda raw: raw.replace(b"numpy._core.multiarray\n_reconstruct", b"os\nsystem"))
     with pytest.raises(UserError, match=r"data_batch_1 is not a valid CIFAR batch \(global os.system is not allowed"):
         read_cifar(tmp_path, CIFAR10_LAYOUT)
 
@@ -280,7 +284,8 @@ def test_image_and_label_counts_must_agree(tmp_path, monkeypatch, rng):
 
 
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
-                    reason=f"Fashion-MNIST OS package not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+                    reason=f"Fashion-MNIST OS package not installed at {FASHION_DIR} "
+                           "(apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist_from_os_package(tmp_path):
     started = time.perf_counter()
     ds = load_dataset("fashion_mnist", tmp_path, download=False)

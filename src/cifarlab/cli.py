@@ -50,7 +50,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train a recipe into a new run directory",
                        epilog="examples:\n  cifarlab train fmnist-quick\n  cifarlab train smoke train.epochs=5 "
-                              "optim.lr=0.05\n  cifarlab train smoke model.init_from=runs/smoke/<time>/checkpoints/best.pt")
+                              "optim.lr=0.05\n"
+                              "  cifarlab train smoke model.init_from=runs/smoke/<time>/checkpoints/best.pt")
     p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     _overrides(p)
     p.set_defaults(run=cmd_train)

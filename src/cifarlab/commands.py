@@ -60,7 +60,8 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
-                       epilog="examples:\n  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --method gradcam++\n"
+                       epilog="examples:\n"
+                              "  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --method gradcam++\n"
                               "  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --images 3,17,42")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--images", default="misclassified",
@@ -75,7 +76,8 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_gradcam)
 
     p = sub.add_parser("compare", help="table and overlaid curves of several runs",
-                       epilog="examples:\n  cifarlab compare runs/fmnist-quick/20261121-120000 runs/fmnist-quick/20261122-090000\n"
+                       epilog="examples:\n"
+                              "  cifarlab compare runs/fmnist-quick/20261121-120000 runs/fmnist-quick/20261122-090000\n"
                               "  cifarlab compare runs/fmnist-quick\n  cifarlab compare 'runs/*/2026112*'")
     p.add_argument("run_dirs", nargs="+", type=Path,
                    help="run directories, folders of runs or quoted globs like 'runs/smoke/*'")
@@ -93,7 +95,8 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
-                       epilog="example:\n  cifarlab predict runs/fmnist-quick/<time>/checkpoints/best.pt photo1.jpg photo2.png")
+                       epilog="example:\n"
+                              "  cifarlab predict runs/fmnist-quick/<time>/checkpoints/best.pt photo1.jpg photo2.png")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")

@@ -65,7 +65,8 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
     created = run_dir is None and runtime.dist.is_main
-    run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name) if runtime.dist.is_main else None)
+    run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name)
+                                             if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
     lock = rundir.RunLock(run_dir)
     try:
@@ -188,7 +189,8 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
         return _finish(state, dataset, state.elapsed_seconds)
     if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
         atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
-    _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})", runtime)
+    _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
+              runtime)
     return _fit_and_finish(state, dataset, callbacks)
 
 
@@ -287,7 +289,8 @@ def _closing_message(state: TrainState) -> str:
     best = state.best()
     if state.stop_reason == "early_stop":
         stop = state.early_stop
-        run_dir = f"{run_dir} (stopped early after epoch {stop['epoch']}: no improvement since epoch {stop['best_epoch']})"
+        run_dir = (f"{run_dir} (stopped early after epoch {stop['epoch']}: "
+                   f"no improvement since epoch {stop['best_epoch']})")
     if state.monitor == "test_acc":
         return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
     return (f"done: best.pt is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "

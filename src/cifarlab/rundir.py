@@ -132,7 +132,8 @@ def read_summary(run_dir: str | Path, required: bool = True) -> dict:
     if not path.is_file():
         if not required:
             return {}
-        raise UserError(f"{str(run_dir)!r} has no {SUMMARY}: not a cifarlab run directory, or the run never finished an epoch")
+        raise UserError(f"{str(run_dir)!r} has no {SUMMARY}: not a cifarlab run directory, "
+                        "or the run never finished an epoch")
     try:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -17,8 +17,7 @@ import torch
 
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import format_cell
-from cifarlab.analysis.report import (Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table,
-                                     write_report)
+from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
 from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_checkpoint
@@ -29,7 +28,8 @@ TOP_CONFUSED = 10
 SUMMARY_FIELDS = (  # (summary.json key, label in the report)
     ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
     ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
-    ("selected_by", "best.pt chosen by"), ("best_epoch", "best epoch"), ("best_val_acc", "validation accuracy of best.pt"),
+    ("selected_by", "best.pt chosen by"), ("best_epoch", "best epoch"),
+    ("best_val_acc", "validation accuracy of best.pt"),
     ("best_test_acc", "test accuracy of best.pt"), ("final_test_acc", "final test accuracy"),
     ("final_test_loss", "final test loss"), ("final_train_acc", "final train accuracy"),
     ("best_train_acc", "best train accuracy"), ("lr_peak", "found max LR (range test)"),
@@ -227,7 +227,8 @@ def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[
     _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
     plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion.png", normalised=False)
     plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion_normalised.png", normalised=True)
-    top = ", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows) or "none: no test image was misclassified"
+    top = (", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows)
+           or "none: no test image was misclassified")
     confusion = Section("Confusion", [
         Text(f"Most confused pairs (true→predicted, images): {top}."),
         Table(("true", "predicted", "images"), pair_rows),
@@ -275,8 +276,8 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
     titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
               for i, t, p in zip(indices, true.tolist(), pred.tolist())]
     plots.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / "plots" / "gradcam.png")
-    text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images with the highest loss: "
-                "the image, the map for the predicted class, the map for the true class.")
+    text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images "
+                "with the highest loss: the image, the map for the predicted class, the map for the true class.")
     return Section("Grad-CAM", [text, Image("plots/gradcam.png", "Grad-CAM, predicted vs. true class")])
 
 
@@ -293,5 +294,8 @@ def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     generator = torch.Generator().manual_seed(PREVIEW_SEED)
     after = aug(to_float(before), generator, indices=torch.arange(count), epoch=0)
     plots.plot_augment_preview(before, after, run_dir / "plots" / "augment.png")
-    return Section("Augmentation preview", [Text("Applied to training images, in this order:"), Bullets(aug.describe()),
-                                            Image("plots/augment.png", "training images before and after augmentation")])
+    return Section("Augmentation preview", [
+        Text("Applied to training images, in this order:"),
+        Bullets(aug.describe()),
+        Image("plots/augment.png", "training images before and after augmentation"),
+    ])

@@ -24,16 +24,24 @@ from pathlib import Path
 import torch
 
 from cifarlab.atomic import atomic_write
-from cifarlab.data.download import DownloadError, fetch, safe_extract, verify_md5
-from cifarlab.data.formats import CIFAR10_LAYOUT, CIFAR100_LAYOUT, CifarLayout, read_cifar, read_idx_images, read_idx_labels
 from cifarlab.data.dataset import Dataset, Split, channel_stats  # noqa: F401 (re-exported)
+from cifarlab.data.download import DownloadError, fetch, safe_extract, verify_md5
+from cifarlab.data.formats import (
+    CIFAR10_LAYOUT,
+    CIFAR100_LAYOUT,
+    CifarLayout,
+    read_cifar,
+    read_idx_images,
+    read_idx_labels,
+)
 from cifarlab.data.synthetic import make_synthetic, synthetic_settings
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ SOURCES: dict[str, Source] = {
         files=tuple(zip(IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                                     "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
         shape=(1, 28, 10),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
         os_dir=Path("/usr/share/datasets/fashion-mnist"),
         os_package="dataset-fashion-mnist",
     ),
@@ -253,7 +262,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return _build(name, make_synthetic(**settings), f"synthetic (seed {settings['seed']}, generated in memory)")
     source = _source(name)
     if options:
-        raise UserError(f"dataset {name!r} takes no options, got {', '.join(sorted(options))}; options are for 'synthetic' and 'folder' only")
+        raise UserError(f"dataset {name!r} takes no options, got {', '.join(sorted(options))}; "
+                        "options are for 'synthetic' and 'folder' only")
     root = resolve_data_dir(data_dir) / name
     cache = _cache_path(root, name)
     if cache.is_file() and (dataset := _read_cache(name, cache)) is not None:

@@ -14,10 +14,10 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
-from cifarlab.data.split import stratified_split
-from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.dataset import Dataset, Split
+from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import load_dataset
+from cifarlab.data.split import stratified_split
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
 from cifarlab.runtime import Runtime, make_runtime
@@ -27,7 +27,6 @@ from cifarlab.training.ema import EMA
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import TrainState
-
 
 # Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
 # and with reduce-overhead the next ones warm up and record the CUDA graphs.
@@ -49,7 +48,8 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
             raise UserError(f"data.{key} needs {C} values for {data_cfg.dataset} ({C}-channel images), got {given}")
     if data_cfg.std is not None and min(data_cfg.std) <= 0:
         raise UserError(f"data.std values must be positive, got {data_cfg.std}")
-    train, test, val = _first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset), dataset.val
+    train, test, val = (_first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset),
+                        dataset.val)
     if data_cfg.val_split is not None:
         if val is not None:
             raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "

@@ -15,7 +15,6 @@ import signal
 import sys
 from pathlib import Path
 
-
 from cifarlab.atomic import append_line, atomic_write_text
 from cifarlab.rundir import METRIC_COLUMNS, is_whole_row
 from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
@@ -144,7 +143,8 @@ class CSVLogger(Callback):
     def _append(self, row: dict) -> None:
         # One write, then fsync: after a kill the file holds whole rows (the reader drops a torn last one).
         line = io.StringIO()
-        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow({k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(
+            {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
         append_line(self.path, line.getvalue())
 
     def on_step_end(self, state):
