@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _folders import fashion_test_arrays, needs_fashion
 
+from _folders import fashion_test_arrays, needs_fashion
 from cifarlab.data.arrays import as_dataset, dataset_from_arrays
 from cifarlab.errors import UserError
 

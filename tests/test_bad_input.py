@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from _formats import cifar_batch, serve, write_cifar_tar, write_idx_dataset
+from _runs import finished_and_open_runs
 from cifarlab.cli import main
 from cifarlab.data import sources
 from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
@@ -25,27 +25,10 @@ from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A finished 1-epoch smoke run, and a 2-epoch one put back to its step-15 checkpoint (resumable)."""
-    threads = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("runs")
-    assert main(["train", "smoke", f"output.dir={root / 'done'}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                 *FAST]) == 0
-    assert main(["train", "smoke", f"output.dir={root / 'open'}", "checkpoint.every_steps=3", *FAST]) == 0
-    done = next((root / "done" / "smoke").iterdir())
-    stopped = next((root / "open" / "smoke").iterdir())
-    os.replace(stopped / "checkpoints" / "last.prev.pt", stopped / "checkpoints" / "last.pt")
-    assert load_checkpoint(stopped / "checkpoints" / "last.pt")["step"] == 15
-    torch.set_num_threads(threads)
-    return {"done": done, "open": stopped}
+    return finished_and_open_runs(tmp_path_factory.mktemp("runs"))
 
 
 def _tree(folder: Path) -> dict[str, str]:

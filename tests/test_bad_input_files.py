@@ -38,13 +38,6 @@ FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none", "
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A finished 1-epoch smoke run: its checkpoint feeds predict and gradcam, its config.yaml goes back in."""

@@ -24,13 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["train.device=cpu", "train.threads=1", "output.progress=none", "train.epochs=1", "schedule.peak_epoch=0.5"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two one-epoch smoke runs under one folder: `a` with TensorBoard and the report, `b` with another lr."""

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from _folders import FASHION_NAMES, fashion_test_arrays, needs_fashion, train_fashion_folder
 
 import cifarlab
+from _folders import FASHION_NAMES, fashion_test_arrays, needs_fashion, train_fashion_folder
 from cifarlab.cli import build_parser
 from cifarlab.config import load_config
 from cifarlab.data.normalize import normalize, to_float

@@ -22,14 +22,6 @@ COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.pr
 TIMING = {"elapsed_seconds", "images_per_second"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 def _train(root: Path, *extra: str) -> Path:
     assert main(["train", "smoke", f"output.dir={root}", *COMMON, *extra]) == 0
     (run_dir,) = [p for p in (root / "smoke").iterdir() if p.is_dir()]

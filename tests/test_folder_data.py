@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder, write_fashion_folder
 from PIL import Image
 
+from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder, write_fashion_folder
 from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
 

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder
 from PIL import Image
 
 import cifarlab
+from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder
 from cifarlab.analysis.predict import predict as predict_split
 from cifarlab.data.images import read_image
 from cifarlab.errors import UserError

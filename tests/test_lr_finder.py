@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _curves import calibration_then_descent, ema, hand_made_curve
 from torch import nn
 
+from _curves import calibration_then_descent, ema, hand_made_curve
 from cifarlab.analysis.lr_finder import (
     RangeTestResult,
     lr_schedule,

@@ -1,8 +1,8 @@
 """Suggestion rules on curves with known answers, including issue 9's two failure modes."""
 import numpy as np
 import pytest
-from _curves import calibration_then_descent, ema, hand_made_curve
 
+from _curves import calibration_then_descent, ema, hand_made_curve
 from cifarlab.analysis.lr_finder import summarize
 from cifarlab.analysis.lr_suggest import minimum_index, steepest_index, valley_index
 from cifarlab.errors import UserError

@@ -31,14 +31,6 @@ COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.pr
           "output.tensorboard=false", "output.progress=lines", "checkpoint.every_steps=3"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 def _args(root: Path, *extra: str) -> list[str]:
     return ["smoke", f"output.dir={root}", *COMMON, *extra]
 
