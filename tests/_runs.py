@@ -1,14 +1,20 @@
 """Run directories several test files start from."""
 from __future__ import annotations
 
+import hashlib
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from cifarlab.cli import main
-from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
 
+SRC = Path(__file__).resolve().parents[1] / "src"
+MEMORY_LIMIT = 4 << 30  # for CLI runs that, were their fix lost, would read until memory runs out
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
 
@@ -26,3 +32,42 @@ def finished_and_open_runs(root: Path) -> dict[str, Path]:
     assert (payload["step"], payload["epoch"], payload["batch_in_epoch"]) == (15, 1, 7)
     torch.set_num_threads(threads)
     return {"done": done, "open": stopped}
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under `folder` (symbolic links are not followed)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def tampered_copy(run_dir: Path, dest: Path, change) -> Path:
+    """A copy of `run_dir` whose checkpoints were re-saved, with a valid trailer, after `change(payload)`."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    for name in ("last.pt", "best.pt"):
+        path = dest / "checkpoints" / name
+        if path.exists():
+            payload = load_checkpoint(path)
+            change(payload)
+            save_checkpoint(payload, path)
+    for prev in (dest / "checkpoints").glob("*.prev.pt"):
+        prev.unlink()
+    return dest
+
+
+def _limited_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_cli(argv: list[str], capsys, cwd: Path, in_a_process: bool) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `cifarlab argv`: in this process, or (for cases that would block or eat
+    memory were their fix lost) in a real one under a memory limit and a timeout, so a regression fails the
+    test instead of the machine."""
+    if not in_a_process:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+    done = subprocess.run([sys.executable, "-m", "cifarlab", *argv], capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limited_memory, cwd=cwd, env={**os.environ, "PYTHONPATH": str(SRC)})
+    return done.returncode, done.stdout, done.stderr

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 from _formats import cifar_batch, serve, write_cifar_tar, write_idx_dataset
-from _runs import finished_and_open_runs
+from _runs import finished_and_open_runs, tampered_copy, tree_hashes
 from cifarlab.cli import main
 from cifarlab.data import sources
-from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
@@ -29,27 +28,6 @@ FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 def runs(tmp_path_factory):
     """A finished 1-epoch smoke run, and a 2-epoch one put back to its step-15 checkpoint (resumable)."""
     return finished_and_open_runs(tmp_path_factory.mktemp("runs"))
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _tampered_copy(run_dir: Path, dest: Path, change) -> Path:
-    """A copy of `run_dir` whose checkpoints were re-saved (validly) after `change(payload)`."""
-    import shutil
-
-    shutil.copytree(run_dir, dest)
-    for name in ("last.pt", "best.pt"):
-        path = dest / "checkpoints" / name
-        if path.exists():
-            payload = load_checkpoint(path)
-            change(payload)
-            save_checkpoint(payload, path)
-    for prev in (dest / "checkpoints").glob("*.prev.pt"):
-        prev.unlink()
-    return dest
 
 
 def _other_model(payload):  # config says width 16, weights are width 8
@@ -137,22 +115,22 @@ CASES = [
      ["cannot create run directory", "Not a directory"]),
     ("output-disk-full", lambda t, r, m: _disk_full(m, ["train", "smoke", f"output.dir={t}", *FAST]),
      ["cannot write", "No space left on device"]),
-    ("eval-other-model", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _other_model)
+    ("eval-other-model", lambda t, r, m: ["eval", str(tampered_copy(r["done"], t / "x", _other_model)
                                                       / "checkpoints/best.pt")],
      ["does not match", "convnet", "'width': 16", "size mismatch"]),
-    ("eval-other-class-count", lambda t, r, m: ["eval", str(_tampered_copy(r["done"], t / "x", _fewer_classes)
+    ("eval-other-class-count", lambda t, r, m: ["eval", str(tampered_copy(r["done"], t / "x", _fewer_classes)
                                                             / "checkpoints/best.pt")],
      ["does not match", "5 classes"]),
-    ("resume-other-model", lambda t, r, m: ["resume", str(_tampered_copy(r["open"], t / "x", _other_model))],
+    ("resume-other-model", lambda t, r, m: ["resume", str(tampered_copy(r["open"], t / "x", _other_model))],
      ["does not match", "'width': 16"]),
-    ("predict-other-class-count", lambda t, r, m: ["predict", str(_tampered_copy(r["done"], t / "x", _fewer_classes)
+    ("predict-other-class-count", lambda t, r, m: ["predict", str(tampered_copy(r["done"], t / "x", _fewer_classes)
                                                                   / "checkpoints/last.pt"),
                                                    str(_image_dir(t)[0])], ["does not match", "5 classes"]),
     ("eval-garbage-checkpoint", lambda t, r, m: ["eval", str(_garbage(t / "model.pt"))],
      ["model.pt", "not a cifarlab checkpoint"]),
     ("eval-missing-checkpoint", lambda t, r, m: ["eval", str(t / "nope.pt")], ["nope.pt does not exist"]),
     ("eval-directory-as-checkpoint", lambda t, r, m: ["eval", str(r["done"])], ["is a directory", ".pt file"]),
-    ("resume-truncated-checkpoint", lambda t, r, m: ["resume", str(_truncate_last(_tampered_copy(r["open"], t / "x",
+    ("resume-truncated-checkpoint", lambda t, r, m: ["resume", str(_truncate_last(tampered_copy(r["open"], t / "x",
                                                                                                  lambda p: None)))],
      ["last.pt is truncated"]),
     ("predict-unreadable-image", lambda t, r, m: ["predict", str(r["done"] / "checkpoints/best.pt"),
@@ -208,7 +186,7 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run
     _, setup, words = case
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path, runs, monkeypatch)
-    before = {name: _tree(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
+    before = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
     code = main(argv)
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()  # `train` announces a run only once nothing can reject it
@@ -217,7 +195,7 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run
     assert len(lines) == 1 and lines[0].startswith(f"cifarlab {argv[0]}: error: "), err
     for word in words:
         assert word in lines[0], (word, lines[0])
-    after = {name: _tree(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
+    after = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
     assert after == before  # nothing written, changed or removed: not the runs, not the inputs, no half a run dir
 
 

@@ -13,7 +13,6 @@ import errno
 import hashlib
 import io
 import os
-import resource
 import stat
 import struct
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 import torch
 
 from _formats import cifar_batch
+from _runs import run_cli, tree_hashes
 from cifarlab import atomic
 from cifarlab.cli import main
 from cifarlab.data import sources
@@ -46,11 +46,6 @@ def run(tmp_path_factory) -> Path:
     assert main(["train", "smoke", f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5", *FAST]) == 0
     torch.set_num_threads(threads)
     return next((root / "smoke").iterdir())
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 # ------------------------------------------------------------------ 1. recipe files
@@ -355,21 +350,6 @@ def test_the_table_covers_each_class():
 # they run as real processes under a memory and time limit, so that a regression fails the test, not the machine.
 IN_A_PROCESS = {"recipe-billion-laughs", "recipe-billion-laughs-in-options", "recipe-self-alias",
                 "override-billion-laughs", "override-self-alias", "recipe-fifo", "predict-fifo"}
-MEMORY_LIMIT = 4 << 30
-
-
-def _limited_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
-def _run_cli(argv: list[str], capsys, cwd: Path, in_a_process: bool) -> tuple[int, str, str]:
-    if not in_a_process:
-        code = main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-    done = subprocess.run([sys.executable, "-m", "cifarlab", *argv], capture_output=True, text=True, timeout=120,
-                          preexec_fn=_limited_memory, cwd=cwd)
-    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
@@ -377,15 +357,15 @@ def test_bad_file_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run,
     name, setup, words = case
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path, run, monkeypatch)
-    before = {"run": _tree(run), "tmp": _tree(tmp_path)}
-    code, out, err = _run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
+    before = {"run": tree_hashes(run), "tmp": tree_hashes(tmp_path)}
+    code, out, err = run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
     lines = err.strip().splitlines()
     assert code == 2, err[-3000:]
     assert "Traceback" not in out + err
     assert len(lines) == 1 and lines[0].startswith(f"cifarlab {argv[0]}: error: "), err[-3000:]
     for word in words:
         assert word in lines[0], (word, lines[0])
-    assert {"run": _tree(run), "tmp": _tree(tmp_path)} == before
+    assert {"run": tree_hashes(run), "tmp": tree_hashes(tmp_path)} == before
     if argv[0] == "train":  # no run directory, no extracted member, nothing beside the archive
         assert not (tmp_path / "smoke").exists() and not (tmp_path / "runs").exists()
     assert not Path("/tmp/cifarlab-evil.txt").exists()

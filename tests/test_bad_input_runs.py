@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -27,11 +26,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _runs import finished_and_open_runs
+from _runs import finished_and_open_runs, run_cli, tampered_copy, tree_hashes
 from cifarlab import rundir
 from cifarlab.cli import main
 from cifarlab.training import build
-from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
@@ -43,30 +42,8 @@ def runs(tmp_path_factory):
     return finished_and_open_runs(tmp_path_factory.mktemp("runs"))
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _copy(run_dir: Path, dest: Path) -> Path:
     shutil.copytree(run_dir, dest)
-    return dest
-
-
-def _tampered(run_dir: Path, dest: Path, change) -> Path:
-    """A copy of `run_dir` whose checkpoints were re-saved, with a valid trailer, after `change(payload)`."""
-    _copy(run_dir, dest)
-    for name in ("last.pt", "best.pt"):
-        path = dest / "checkpoints" / name
-        if path.exists():
-            payload = load_checkpoint(path)
-            change(payload)
-            save_checkpoint(payload, path)
-    for prev in (dest / "checkpoints").glob("*.prev.pt"):
-        prev.unlink()
     return dest
 
 
@@ -367,78 +344,78 @@ CASES = [
     # 5. checkpoint contents (valid trailer, wrong contents)
     (
         "eval-mean-strings",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("mean", ["a", "b", "c"])))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("mean", ["a", "b", "c"])))],
         ["not usable", "mean must be a list of 1 to 4 finite numbers"],
     ),
     (
         "eval-std-zero",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("std", [0.0, 0.2, 0.2])))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("std", [0.0, 0.2, 0.2])))],
         ["std must be positive", "[0.0, 0.2, 0.2]"],
     ),
     (
         "eval-std-nan",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("std", [float("nan")] * 3)))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("std", [float("nan")] * 3)))],
         ["std must be a list of 1 to 4 finite numbers"],
     ),
     (
         "predict-mean-fewer-channels",
-        lambda t, r, m: ["predict", _ckpt(_tampered(r[DONE], t / "x", _set("mean", [0.5, 0.5]))), str(_image(t))],
+        lambda t, r, m: ["predict", _ckpt(tampered_copy(r[DONE], t / "x", _set("mean", [0.5, 0.5]))), str(_image(t))],
         ["std must be 2 values like mean"],
     ),
     (
         "predict-classes-not-strings",
         lambda t, r, m: [
             "predict",
-            _ckpt(_tampered(r[DONE], t / "x", _set("classes", list(range(10))))),
+            _ckpt(tampered_copy(r[DONE], t / "x", _set("classes", list(range(10))))),
             str(_image(t)),
         ],
         ["classes must be a list of distinct class names"],
     ),
     (
         "eval-history-not-a-list",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("history", "bogus")))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("history", "bogus")))],
         ["history must be a list of 1 rows"],
     ),
     (
         "eval-history-row-missing-key",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _drop_history_key))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _drop_history_key))],
         ["history row 1 must be a mapping with", "test_acc"],
     ),
     (
         "eval-history-text-accuracy",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _history_row("test_acc", "high")))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _history_row("test_acc", "high")))],
         ["history row 1 must be numbers only"],
     ),
     (
         "eval-status-unknown",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("status", "great")))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("status", "great")))],
         ["status must be one of running, completed, interrupted, diverged", "'great'"],
     ),
     (
         "eval-image-size-negative",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("image_size", -16)))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("image_size", -16)))],
         ["image_size must be a whole number in 1..4096"],
     ),
     (
         "eval-config-not-a-mapping",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _set("config", "oops")))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _set("config", "oops")))],
         ["config must be a mapping"],
     ),
     (
         "eval-config-invalid",
-        lambda t, r, m: ["eval", _ckpt(_tampered(r[DONE], t / "x", _config("train", "epochs", -1)))],
+        lambda t, r, m: ["eval", _ckpt(tampered_copy(r[DONE], t / "x", _config("train", "epochs", -1)))],
         ["has an invalid config", "train.epochs"],
     ),
     (
         "report-epoch-negative",
-        lambda t, r, m: ["report", str(_tampered(r[DONE], t / "x", _set("epoch", -5)))],
+        lambda t, r, m: ["report", str(tampered_copy(r[DONE], t / "x", _set("epoch", -5)))],
         ["epoch must be a whole number in 0..1", "-5"],
     ),
     (
         "export-model-not-tensors",
         lambda t, r, m: [
             "export",
-            _ckpt(_tampered(r[DONE], t / "x", _set("model", {"w": "x"}))),
+            _ckpt(tampered_copy(r[DONE], t / "x", _set("model", {"w": "x"}))),
             "--format",
             "safetensors",
             "--out",
@@ -448,90 +425,91 @@ CASES = [
     ),
     (
         "resume-epoch-negative",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("epoch", -5)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("epoch", -5)))],
         ["epoch must be a whole number in 0..2", "-5"],
     ),
     (
         "resume-epoch-beyond-the-run",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("epoch", 7)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("epoch", 7)))],
         ["epoch must be a whole number in 0..2", "7"],
     ),
     (
         "resume-batch-in-epoch-huge",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("batch_in_epoch", 10**6)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("batch_in_epoch", 10**6)))],
         ["batch_in_epoch must be a whole number in 0..step (15)", "1000000"],
     ),
     (
         "resume-batch-beyond-the-epoch",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("batch_in_epoch", 9)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("batch_in_epoch", 9)))],
         ["batch_in_epoch must be in 0..7", "8 batches per epoch"],
     ),
     (
         "resume-step-negative",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("step", -1)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("step", -1)))],
         ["step must be a whole number"],
     ),
     (
         "resume-step-bool",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("epoch", True)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("epoch", True)))],
         ["epoch must be a whole number"],
     ),
     (
         "resume-rng-5-bytes",
         lambda t, r, m: [
             "resume",
-            str(_tampered(r[OPEN], t / "x", _set_rng("torch", torch.zeros(5, dtype=torch.uint8)))),
+            str(tampered_copy(r[OPEN], t / "x", _set_rng("torch", torch.zeros(5, dtype=torch.uint8)))),
         ],
         ["rng.torch must be a uint8 tensor of", "5 values"],
     ),
     (
         "resume-rng-python-short",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set_rng("python", [1, 2, 3])))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set_rng("python", [1, 2, 3])))],
         ["rng.python must be 625 whole numbers", "3 values"],
     ),
     (
         "resume-rng-numpy-floats",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set_rng("numpy", torch.zeros(624))))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set_rng("numpy", torch.zeros(624))))],
         ["rng.numpy must be 624 whole numbers"],
     ),
     (
         "resume-rng-missing",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("rng", "none")))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("rng", "none")))],
         ["rng must be a mapping"],
     ),
     (
         "resume-history-bogus",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("history", [{"epoch": 1}])))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("history", [{"epoch": 1}])))],
         ["history row 1 must be a mapping with epoch, step, lr"],
     ),
     (
         "resume-history-too-long",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", lambda p: p["history"].append(p["history"][0])))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x",
+                                                     lambda p: p["history"].append(p["history"][0])))],
         ["history must be a list of 1 rows", "2 rows"],
     ),
     (
         "resume-status-unknown",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("status", "paused")))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("status", "paused")))],
         ["status must be one of"],
     ),
     (
         "resume-meter-wrong-shape",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("epoch_meter", torch.zeros(5))))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("epoch_meter", torch.zeros(5))))],
         ["epoch_meter must be a float64 tensor of 3 sums"],
     ),
     (
         "resume-optimizer-not-a-state",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("optimizer", "sgd")))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("optimizer", "sgd")))],
         ["optimizer must be an optimizer state_dict"],
     ),
     (
         "resume-without-rng",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", lambda p: p.pop("rng")))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", lambda p: p.pop("rng")))],
         ["a resumable checkpoint must be complete", "got 'no rng'"],
     ),
     (
         "resume-elapsed-negative",
-        lambda t, r, m: ["resume", str(_tampered(r[OPEN], t / "x", _set("elapsed_seconds", -3.0)))],
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("elapsed_seconds", -3.0)))],
         ["elapsed_seconds must be a finite number >= 0"],
     ),
 ]
@@ -545,29 +523,6 @@ def test_the_table_covers_every_class():
 # Cases that, were their fix lost, would read until memory runs out (a device) or block (a FIFO opened for
 # reading): real processes under a memory and time limit, so that a regression fails the test, not the machine.
 IN_A_PROCESS = {"eval-dev-zero", "predict-dev-urandom", "eval-fifo", "eval-link-to-a-device"}
-MEMORY_LIMIT = 4 << 30
-
-
-def _limited_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
-def _run_cli(argv: list[str], capsys, cwd: Path, in_a_process: bool) -> tuple[int, str, str]:
-    if not in_a_process:
-        code = main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run(
-        [sys.executable, "-m", "cifarlab", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limited_memory,
-        cwd=cwd,
-        env=env,
-    )
-    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
@@ -575,15 +530,15 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run
     name, setup, words = case
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path, runs, monkeypatch)
-    before = {name: _tree(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
-    code, out, err = _run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
+    before = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
+    code, out, err = run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert "Traceback" not in out + err
     assert len(lines) == 1 and lines[0].startswith(f"cifarlab {argv[0]}: error: "), err
     for word in words:
         assert word in lines[0], (word, lines[0])
-    after = {name: _tree(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
+    after = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
     assert after == before  # nothing written, changed or removed
     assert not (tmp_path / "x" / "plots").is_dir()  # nor a report or plot of a refused run
 
@@ -612,7 +567,7 @@ def test_gradcam_without_out_writes_to_the_real_run_however_the_path_is_spelled(
 def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, monkeypatch, capsys):
     """data.dir in a checkpoint is someone else's path: eval looks up datasets under the user's folder."""
     elsewhere = tmp_path / "not-yours"
-    run = _tampered(runs[DONE], tmp_path / "run", _config("data", "dir", str(elsewhere)))
+    run = tampered_copy(runs[DONE], tmp_path / "run", _config("data", "dir", str(elsewhere)))
     asked = []
     real_load = build.load_dataset
 
