@@ -163,7 +163,10 @@ def cmd_datasets(args) -> int:
     from cifarlab.data.sources import dataset_available, list_datasets
 
     for name in list_datasets():
-        where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
+        if name == "folder":
+            where = "your own images: data.dataset=folder data.dir=PATH (train/<class>/*, test/<class>/*)"
+        else:
+            where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
         print(f"{name:<14} {where}")
     return 0
 

@@ -112,6 +112,9 @@ def dataset_shape(name: str, **options) -> tuple[int, int, int]:
     if name == "synthetic":
         settings = synthetic_settings(options)
         return settings["channels"], settings["image_size"], settings["num_classes"]
+    if name == "folder":
+        fixed = ", ".join(n for n in list_datasets() if n != "folder")
+        raise UserError(f"an image folder's shape depends on its files; name a dataset with a fixed shape ({fixed})")
     return _source(name).shape
 
 
