@@ -213,7 +213,8 @@ def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequenc
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     started = time.perf_counter()
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
-    callbacks.callbacks.extend(user_callbacks)
+    if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
+        callbacks.callbacks.extend(user_callbacks)
     fit(state, callbacks)
     return _finish(state, dataset, time.perf_counter() - started)
 
