@@ -199,6 +199,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cifarlab eval ... | head -1`: the reader left; no traceback for that
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush has somewhere to go
+        return 141  # 128 + SIGPIPE, what a shell reports for a command whose reader left
 
 
 if __name__ == "__main__":
