@@ -79,8 +79,9 @@ def _grid(count: int, ncols: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- training curves
 
-def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Two panels over epochs: train/test loss, and train/test accuracy in percent."""
+def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, monitor: str = "test_acc") -> Path:
+    """Two panels over epochs: train/(validation)/test loss, and the same accuracies in percent, with the
+    epoch best.pt holds (the best `monitor`) marked by its test accuracy."""
     epochs = _rows(metrics_rows, "epoch")
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -94,9 +95,10 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    best_epoch, best_acc = _best(epochs)
+    best_epoch, best_acc = _best(epochs, monitor)
     if best_epoch is not None:
-        acc_ax.annotate(f"best test {best_acc:.2f}%\n(epoch {best_epoch:g})", (best_epoch, best_acc),
+        label = "best test" if monitor == "test_acc" else f"best.pt ({monitor}): test"
+        acc_ax.annotate(f"{label} {best_acc:.2f}%\n(epoch {best_epoch:g})", (best_epoch, best_acc),
                         xytext=(0, -40), textcoords="offset points", ha="center", fontsize=9,
                         arrowprops=dict(arrowstyle="->", color="gray"))
     for ax in (loss_ax, acc_ax):
@@ -106,12 +108,14 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
     return _save(fig, path)
 
 
-def _best(epoch_rows) -> tuple[float | None, float | None]:
-    xs, ys = _series(epoch_rows, "epoch", "test_acc", scale=100.0)
-    if not ys:
+def _best(epoch_rows, monitor: str = "test_acc") -> tuple[float | None, float | None]:
+    """(epoch, test accuracy in %) of the epoch with the best `monitor` (the first on ties, like best.pt)."""
+    rows = [row for row in epoch_rows if row.get(monitor) not in (None, "") and row.get("test_acc") not in (None, "")]
+    if not rows:
         return None, None
-    i = int(np.argmax(ys))
-    return xs[i], ys[i]
+    scores = np.array([float(row[monitor]) for row in rows])  # rows may be metrics.csv's strings
+    i = int(np.argmin(scores) if monitor.endswith("loss") else np.argmax(scores))
+    return float(rows[i]["epoch"]), 100.0 * float(rows[i]["test_acc"])
 
 
 def plot_lr(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

@@ -55,7 +55,7 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
         _summary_section(summary, predictions, cfg),
         _config_section(cfg),
         _environment_section(summary, dataset),
-        _curves_section(run_dir, metrics),
+        _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc"),
         _lr_section(run_dir, metrics),
         _lr_find_section(run_dir),
         _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size),
@@ -167,10 +167,10 @@ def _environment_section(summary: dict, dataset) -> Section:
     return Section("Environment", [Table(("item", "value"), rows)])
 
 
-def _curves_section(run_dir: Path, metrics: list[dict]) -> Section:
+def _curves_section(run_dir: Path, metrics: list[dict], monitor: str) -> Section:
     if not any(row["kind"] == "epoch" for row in metrics):
         return Section("Training curves", [Text("metrics.csv has no epoch rows yet.")])
-    plots.plot_curves(metrics, run_dir / "plots" / "curves.png")
+    plots.plot_curves(metrics, run_dir / "plots" / "curves.png", monitor)
     return Section("Training curves", [Image("plots/curves.png", "train and test loss and accuracy per epoch")])
 
 
