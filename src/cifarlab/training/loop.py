@@ -37,17 +37,20 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
 
 
 def _sync_if_due(state: TrainState) -> None:
-    """At the end of a logging window, publish it (`state.window`, one device sync); there and at a
-    checkpoint step, judge divergence, so that no callback ever sees or saves broken weights."""
+    """At the end of a logging window, publish it (`state.window`, one device sync) and judge the losses
+    so far; at a checkpoint step judge the weights too, so that no callback saves broken ones (the epoch
+    end judges both in `end_epoch`). Weights are checked only where they may be saved: a non-finite
+    weight shows up as a non-finite loss one step later anyway."""
     every_steps = state.cfg.checkpoint.every_steps
+    saving = bool(every_steps and state.step % every_steps == 0) and state.batch_in_epoch < state.steps_per_epoch
     if state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch:
         loss, acc, _ = state.window_meter.read()
         state.window_meter.reset()
         state.window = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                         "train_loss": loss, "train_acc": acc}
-    elif not (every_steps and state.step % every_steps == 0):
+    elif not saving:
         return
-    state.check_finite(weights=True)
+    state.check_finite(weights=saving)
 
 
 def _synced_clock(state: TrainState) -> float:
