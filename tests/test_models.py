@@ -120,6 +120,8 @@ def test_fastnet_widths_option():
     assert model(images(3, 32)).shape == (2, 5)
     with pytest.raises(UserError, match="widths"):
         create_model("fastnet", widths=[16, 32])
+    with pytest.raises(UserError, match=r"widths must be 3 whole numbers in 1\.\.4096"):  # refused, not allocated
+        create_model("fastnet", widths=[100_000, 2, 2])
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -23,6 +23,7 @@ from cifarlab.registry import register_model
 
 WHITEN_PATCH = 2
 LOGIT_SCALE = 1 / 9  # airbench's output scaling
+MAX_WIDTH = 4096  # airbench's widest published variant uses 768; a typo should not allocate gigabytes
 
 
 class BiasOnlyBatchNorm(nn.BatchNorm2d):
@@ -119,8 +120,8 @@ def fastnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dr
     `whiten_bias_epochs`: train the whitening bias for that many epochs only (default: always)."""
     check_factory_args("fastnet", norm, dropout, options)
     valid = isinstance(widths, (list, tuple)) and len(widths) == 3
-    if not (valid and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
-        raise UserError(f"model.options.widths must be 3 positive integers, got {widths!r}")
+    if not (valid and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths)):
+        raise UserError(f"model.options.widths must be 3 whole numbers in 1..{MAX_WIDTH}, got {widths!r}")
     if whiten_bias_epochs is not None and (isinstance(whiten_bias_epochs, bool)
                                            or not isinstance(whiten_bias_epochs, int)
                                            or whiten_bias_epochs < 0):
