@@ -91,9 +91,9 @@ class TrainState:
             self.nonfinite_lr = torch.full((), float("nan"), dtype=torch.float64, device=device)
 
     def first_nonfinite(self) -> Optional[dict[str, Any]]:
-        """{step, lr} of the first step whose loss was NaN/inf, or None; synchronises with the device."""
-        step = int(self.nonfinite_step.item())
-        return {"step": step, "lr": float(self.nonfinite_lr.item())} if step >= 0 else None
+        """{step, lr} of the first step whose loss was NaN/inf, or None; one read from the device."""
+        step, lr = torch.stack([self.nonfinite_step.double(), self.nonfinite_lr]).tolist()
+        return {"step": int(step), "lr": lr} if step >= 0 else None
 
     def check_finite(self, weights: bool = True) -> bool:
         """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
