@@ -53,11 +53,8 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
-    source = None
-    if data is not None:
-        from cifarlab.data.arrays import as_dataset
-
-        source = as_dataset(data)
+    source = _arrays(data)
+    if source is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
     if run_dir is None:
         rundir.check_run_name(cfg.name)
@@ -80,6 +77,15 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         raise
     with lock:
         return _fit_and_finish(state, dataset, callbacks)
+
+
+def _arrays(data) -> Optional[Dataset]:
+    """`data=` of `train`/`resume` as a validated Dataset, or None when the config names the data."""
+    if data is None:
+        return None
+    from cifarlab.data.arrays import as_dataset
+
+    return as_dataset(data)
 
 
 def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
@@ -169,12 +175,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
               file=sys.stderr, flush=True)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    source = None
-    if data is not None:
-        from cifarlab.data.arrays import as_dataset
-
-        source = as_dataset(data)
-    dataset = load_data(cfg.data, cfg.seed, source)
+    dataset = load_data(cfg.data, cfg.seed, _arrays(data))
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}

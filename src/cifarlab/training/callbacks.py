@@ -251,7 +251,10 @@ class Checkpointer(Callback):
 
     def on_fit_end(self, state):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
-        if state.stop_reason in ("interrupted", "early_stop"):
+        # Not when this very step is already in last.pt (early stop is decided before on_epoch_end saves).
+        saved = state.last_checkpoint or {}
+        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / "last.pt")
+        if state.stop_reason in ("interrupted", "early_stop") and not (here and state.stop_reason == "early_stop"):
             self.save(state, "last.pt")
         if state.status == "completed":
             mark_best_completed(self.directory / "best.pt")
