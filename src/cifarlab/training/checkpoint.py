@@ -85,8 +85,7 @@ def make_payload(state) -> dict[str, Any]:
         "batch_in_epoch": state.batch_in_epoch,
         "elapsed_seconds": state.elapsed_seconds,
         "compile_seconds": state.compile_seconds,
-        "epoch_meter": state.epoch_meter.totals.cpu(),
-        "window_meter": state.window_meter.totals.cpu(),
+        **state.metrics.state_dict(),  # epoch_meter, window_meter: float64 sums of the epoch and window so far
         "rng": rng_state(state.runtime),
         "history": state.history,
         "config": state.cfg.to_dict(),
@@ -239,8 +238,7 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
             state.grad_step.scaler.load_state_dict(payload["scaler"])
         if state.ema is not None and payload["ema"] is not None:
             state.ema.load_state_dict(payload["ema"])
-        state.epoch_meter.totals.copy_(payload["epoch_meter"])
-        state.window_meter.totals.copy_(payload["window_meter"])
+        state.metrics.load_state_dict(payload)
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{source} does not match the model and optimizer its config builds "
                         f"({_describe_model(payload)}): {_first_line(err)}") from None

@@ -25,14 +25,9 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
     state.schedule.after_step()
     if state.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
         state.ema.update(state.model, state.step + 1)
-    totals = state.epoch_meter.batch_totals(loss, logits, labels)
-    state.epoch_meter.add(totals)
-    state.window_meter.add(totals)
-    # Remember the first non-finite loss (its 1-based step, as logged, and lr) on the device, without a
-    # host sync; the loop reads it at its sync points.
-    bad = ~torch.isfinite(loss.detach()) & (state.nonfinite_step < 0)
-    state.nonfinite_lr.copy_(torch.where(bad, state.schedule.lr_used, state.nonfinite_lr))
-    state.nonfinite_step.copy_(torch.where(bad, state.step + 1, state.nonfinite_step))
+    # Loss and correct predictions into this step's row on the device; lr, step and batch size stay on
+    # the host. Read back, and judged finite or not, only at the loop's sync points (training/metrics.py).
+    state.metrics.record(loss, logits, labels, state.schedule.lr_used, state.step + 1)
     return loss
 
 
@@ -44,8 +39,7 @@ def _sync_if_due(state: TrainState) -> None:
     every_steps = state.cfg.checkpoint.every_steps
     saving = bool(every_steps and state.step % every_steps == 0) and state.batch_in_epoch < state.steps_per_epoch
     if state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch:
-        loss, acc, _ = state.window_meter.read()
-        state.window_meter.reset()
+        loss, acc = state.metrics.read_window()
         state.window = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                         "train_loss": loss, "train_acc": acc}
     elif not saving:
@@ -82,8 +76,8 @@ def train_epoch(state: TrainState, callbacks: Callback) -> float:
 
 
 def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seconds: float = 0.0) -> None:
-    train_loss, train_acc = _reduced(state, state.epoch_meter)
-    state.epoch_meter.reset()
+    reduce = torch.distributed.all_reduce if state.runtime.dist.enabled else None
+    train_loss, train_acc = state.metrics.read_epoch(reduce)
     if state.runtime.dist.enabled:  # every rank evaluates with rank 0's BatchNorm statistics
         for buffer in state.eval_model.buffers():
             torch.distributed.broadcast(buffer, src=0)
@@ -106,13 +100,6 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
     elif state.check_finite(weights=False):
         state.stop_reason, state.diverged_at = "diverged", {"step": state.step, "lr": state.lr}
     state.schedule.after_epoch(state.history[-1])
-
-
-def _reduced(state: TrainState, meter) -> tuple[float, float]:
-    if state.runtime.dist.enabled:
-        torch.distributed.all_reduce(meter.totals)
-    loss, acc, _ = meter.read()
-    return loss, acc
 
 
 def fit(state: TrainState, callbacks: Callback) -> TrainState:

@@ -12,33 +12,8 @@ from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.runtime import Runtime
 from cifarlab.training.ema import EMA
+from cifarlab.training.metrics import StepMetrics
 from cifarlab.training.optim import GradStep, Schedule
-
-
-class Meter:
-    """Sums of loss, correct predictions and images, kept on the device: reading it is the only sync."""
-
-    def __init__(self, device: torch.device):
-        self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
-
-    @staticmethod
-    def batch_totals(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """[loss*n, correct, n] of one batch, on the device."""
-        n = labels.shape[0]
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
-        count = torch.full((), float(n), dtype=torch.float64, device=labels.device)  # a fill, not a host copy
-        return torch.stack([loss.detach().double() * n, correct.double(), count])
-
-    def add(self, totals: torch.Tensor) -> None:
-        self.totals.add_(totals)
-
-    def reset(self) -> None:
-        self.totals.zero_()
-
-    def read(self) -> tuple[float, float, int]:
-        """(mean loss, accuracy fraction, images) — synchronises with the device."""
-        loss_sum, correct, n = self.totals.tolist()
-        return (loss_sum / n, correct / n, int(n)) if n else (float("nan"), float("nan"), 0)
 
 
 @dataclass
@@ -65,10 +40,7 @@ class TrainState:
     compile_seconds: float = 0.0  # time of the compiled model's warm-up steps, carried across resumes
     compile_warmup_steps: int = 0  # this process's steps still to count as compiling
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    epoch_meter: Optional[Meter] = None
-    window_meter: Optional[Meter] = None
-    nonfinite_step: Optional[torch.Tensor] = None  # first step with a non-finite loss, -1 if none; on device
-    nonfinite_lr: Optional[torch.Tensor] = None  # the learning rate of that step; on device
+    metrics: Optional[StepMetrics] = None  # per-step loss and accuracy on the device; epoch and window sums
     stop_reason: Optional[str] = None  # interrupted | diverged | early_stop
     last_checkpoint: Optional[dict[str, Any]] = None  # {path, epoch, step} of the newest last.pt with good weights
     # Kept in checkpoints: how the run chose its peak learning rate, and where early stopping stopped it.
@@ -82,18 +54,9 @@ class TrainState:
     signal_number: Optional[int] = None
 
     def __post_init__(self):
-        device = self.runtime.device
-        self.epoch_meter = self.epoch_meter or Meter(device)
-        self.window_meter = self.window_meter or Meter(device)
-        if self.nonfinite_step is None:
-            self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
-        if self.nonfinite_lr is None:
-            self.nonfinite_lr = torch.full((), float("nan"), dtype=torch.float64, device=device)
-
-    def first_nonfinite(self) -> Optional[dict[str, Any]]:
-        """{step, lr} of the first step whose loss was NaN/inf, or None; one read from the device."""
-        step, lr = torch.stack([self.nonfinite_step.double(), self.nonfinite_lr]).tolist()
-        return {"step": int(step), "lr": lr} if step >= 0 else None
+        if self.metrics is None:  # room for the steps between two syncs (it grows if a caller takes more)
+            steps = min(self.cfg.train.log_every_steps, len(self.train_loader))
+            self.metrics = StepMetrics(self.runtime.device, capacity=steps + 1)
 
     def check_finite(self, weights: bool = True) -> bool:
         """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
@@ -104,7 +67,8 @@ class TrainState:
         if weights:
             floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
             finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
-        bad = self.first_nonfinite()
+        self.metrics.flush()
+        bad = self.metrics.first_nonfinite
         if bad is None and finite:
             return True
         self.stop_reason = "diverged"
