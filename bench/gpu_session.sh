@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Every GPU figure issue 10 asks for, in one call on a machine with a CUDA device, written under $OUT
+# (default bench/gpu-out/). Run from the project root:  bash bench/gpu_session.sh [stage ...]
+# Stages (default: all, in this order; each has its own time limit so one slow stage cannot eat the rest):
+#   speed    bench/gpu_speed.py: fit vs a bare loop for fast/1024, custom_resnet/512, resnet18/128
+#   syncs    pytest -m gpu: no CUDA sync inside a training step (set_sync_debug_mode="error"), augmentation
+#   fast     `cifarlab train fast` on CIFAR-shaped synthetic data: eager, then train.compile=reduce-overhead
+#   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed
+# If .device/whl holds wheels (a machine without our pure-Python dependencies), they are installed first.
+set -uo pipefail
+[ -f pyproject.toml ] || { echo "run this from the project root" >&2; exit 2; }
+OUT=${OUT:-bench/gpu-out}
+mkdir -p "$OUT"
+if compgen -G ".device/whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .device/whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src
+  if [ -d .device/data/fashion-mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    mkdir -p /usr/share/datasets && cp -r .device/data/fashion-mnist /usr/share/datasets/
+  fi
+else
+  export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+CIFAR_SHAPED=("data.dataset=synthetic" "data.options={num_train: 50000, num_test: 10000, image_size: 32, channels: 3}")
+QUIET=("output.report=false" "output.progress=none")
+
+stage() {  # name, seconds, command...: output to $OUT/name.txt and the terminal
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee "$OUT/$name.txt"
+  timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$name.txt"
+  echo "== $name exit ${PIPESTATUS[0]}" | tee -a "$OUT/$name.txt"
+}
+
+summary_line() {  # the newest run's summary.json, the fields the README table needs
+  "$PY" - "$1" <<'EOF'
+import json, pathlib, sys
+runs = sorted(pathlib.Path(sys.argv[1]).glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime)
+s = json.loads(runs[-1].read_text())
+keys = ("status", "final_test_acc", "best_test_acc", "train_seconds", "compile_seconds", "wall_seconds",
+        "train_images_per_second", "precision", "device")
+print({k: s.get(k) for k in keys})
+EOF
+}
+
+run_fast() {  # label, overrides...
+  local label=$1; shift
+  stage "fast-$label" 300 "$PY" -m cifarlab train fast "output.dir=$OUT/runs-$label" "${QUIET[@]}" "$@"
+  summary_line "$OUT/runs-$label" | tee -a "$OUT/fast-$label.txt"
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(speed syncs fast fmnist)
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')" | tee "$OUT/device.txt"
+for s in "${stages[@]}"; do
+  case $s in
+    speed) stage speed 240 "$PY" bench/gpu_speed.py ;;
+    syncs) stage syncs 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_no_sync.py tests/test_augment.py ;;
+    fast)
+      run_fast eager "${CIFAR_SHAPED[@]}"
+      run_fast reduce-overhead "${CIFAR_SHAPED[@]}" train.compile=reduce-overhead ;;
+    fmnist) run_fast fmnist data.dataset=fashion_mnist ;;
+    *) echo "unknown stage $s (speed, syncs, fast, fmnist)" >&2; exit 2 ;;
+  esac
+done
