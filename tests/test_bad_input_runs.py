@@ -498,6 +498,12 @@ CASES = [
         ["epoch_meter must be a float64 tensor of 3 sums"],
     ),
     (
+        "resume-meter-counts-impossible",
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set(
+            "window_meter", torch.tensor([1.0, 9.0, 4.0], dtype=torch.float64))))],
+        ["window_meter must be sums (loss, correct, images) with whole counts", "[1.0, 9.0, 4.0]"],
+    ),
+    (
         "resume-optimizer-not-a-state",
         lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("optimizer", "sgd")))],
         ["optimizer must be an optimizer state_dict"],

@@ -103,6 +103,11 @@ def _check_tensors(payload: dict[str, Any], need) -> None:
         meter = payload.get(key)
         need(meter is None or (isinstance(meter, torch.Tensor) and meter.shape == (3,)
                                and meter.dtype == torch.float64), key, "a float64 tensor of 3 sums", meter)
+        if meter is not None:  # the loss sum may be NaN (a diverged step); the counts may not
+            _, correct, images = meter.tolist()
+            need(images >= 0 and images == int(images) and 0 <= correct <= images and correct == int(correct),
+                 key, "sums (loss, correct, images) with whole counts and 0 <= correct <= images",
+                 meter.tolist())
     if "rng" in payload:
         _check_rng(payload["rng"], need)
 
