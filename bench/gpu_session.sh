@@ -2,10 +2,12 @@
 # Every GPU figure issue 10 asks for, in one call on a machine with a CUDA device, written under $OUT
 # (default bench/gpu-out/). Run from the project root:  bash bench/gpu_session.sh [stage ...]
 # Stages (default: all, in this order; each has its own time limit so one slow stage cannot eat the rest):
-#   speed    bench/gpu_speed.py: fit vs a bare loop for fast/1024, custom_resnet/512, resnet18/128
+#   speed    bench/gpu_speed.py: fit vs a bare loop for fast/1024, custom_resnet/512, resnet18/128 (eager)
+#   graphs   the same with train.compile=reduce-overhead (captured steps; resnet18/128 needs them for 20k img/s)
 #   syncs    pytest -m gpu: no CUDA sync inside a training step (set_sync_debug_mode="error"), augmentation
 #   fast     `cifarlab train fast` on CIFAR-shaped synthetic data: eager, then train.compile=reduce-overhead
 #   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed
+# Where one call may run at most 10 minutes, split them: `speed graphs`, then `syncs fast`, then `fmnist`.
 # If .device/whl holds wheels (a machine without our pure-Python dependencies), they are installed first.
 set -uo pipefail
 [ -f pyproject.toml ] || { echo "run this from the project root" >&2; exit 2; }
@@ -45,22 +47,23 @@ EOF
 
 run_fast() {  # label, overrides...
   local label=$1; shift
-  stage "fast-$label" 300 "$PY" -m cifarlab train fast "output.dir=$OUT/runs-$label" "${QUIET[@]}" "$@"
+  stage "fast-$label" 240 "$PY" -m cifarlab train fast "output.dir=$OUT/runs-$label" "${QUIET[@]}" "$@"
   summary_line "$OUT/runs-$label" | tee -a "$OUT/fast-$label.txt"
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(speed syncs fast fmnist)
+[ ${#stages[@]} -eq 0 ] && stages=(speed graphs syncs fast fmnist)
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')" | tee "$OUT/device.txt"
 for s in "${stages[@]}"; do
   case $s in
-    speed) stage speed 240 "$PY" bench/gpu_speed.py ;;
-    syncs) stage syncs 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_no_sync.py tests/test_augment.py ;;
+    speed) stage speed 200 "$PY" bench/gpu_speed.py ;;
+    graphs) stage graphs 360 "$PY" bench/gpu_speed.py --compile reduce-overhead ;;
+    syncs) stage syncs 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_no_sync.py tests/test_augment.py ;;
     fast)
       run_fast eager "${CIFAR_SHAPED[@]}"
       run_fast reduce-overhead "${CIFAR_SHAPED[@]}" train.compile=reduce-overhead ;;
     fmnist) run_fast fmnist data.dataset=fashion_mnist ;;
-    *) echo "unknown stage $s (speed, syncs, fast, fmnist)" >&2; exit 2 ;;
+    *) echo "unknown stage $s (speed, graphs, syncs, fast, fmnist)" >&2; exit 2 ;;
   esac
 done

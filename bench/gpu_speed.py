@@ -12,7 +12,8 @@ aten ops that compute, views excluded), syncs (cudaStream/Device/EventSynchroniz
 `cifarlab.training.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
 
 On a CUDA device: fast (batch 1024), custom_resnet (512), resnet18 (128), the sizes of issue 10. Without
-one: small models on the CPU. `--smoke` runs a few steps of each (CI).
+one: small models on the CPU. `--smoke` runs a few steps of each (CI). `--compile MODE` compiles the model
+for both loops (`train.compile`; the warm-up epoch absorbs the compiling), `--only LABEL ...` picks cases.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ NOT_LAUNCHES = {"aten::view", "aten::expand", "aten::as_strided", "aten::slice",
                 "aten::lift_fresh", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::view_as",
                 "aten::expand_as", "aten::_unsafe_view", "aten::resolve_conj", "aten::resolve_neg",
                 "aten::result_type", "aten::to", "aten::contiguous"}  # no kernel of their own
-CUDA_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
+CUDA_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                 "cudaGraphLaunch"}  # a replayed CUDA graph (train.compile=reduce-overhead) is one launch
 CUDA_SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
 
 
@@ -202,6 +204,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="a few steps of each model, one pair (CI)")
     parser.add_argument("--steps", type=int, help="steps per epoch (default 50 on a GPU, 8 on a CPU)")
     parser.add_argument("--repeats", type=int, help="paired runs (default 5 on a GPU, 3 on a CPU)")
+    parser.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="compile the model (train.compile) for fit and the bare loop alike")
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help="cases whose label starts with one of these")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     steps = args.steps or (3 if args.smoke else 50 if cuda else 8)
@@ -210,11 +215,19 @@ def main(argv=None) -> list[dict]:
           f"{'device: ' + torch.cuda.get_device_name(0) if cuda else 'no CUDA device: small models on the CPU'}, "
           f"torch {torch.__version__}; {steps} steps per epoch, {repeats} pairs", flush=True)
     cases = GPU_CASES if cuda else CPU_CASES
+    if args.only:
+        cases = [c for c in cases if c.label.startswith(tuple(args.only))]
+    if args.compile:
+        cases = [Case(f"{c.label}, compile={args.compile}", c.recipe, c.batch_size,
+                      (*c.overrides, f"train.compile={args.compile}")) for c in cases]
     if args.smoke and not cuda:  # CI machines are small: a quarter of the batch
         cases = [Case(c.label, c.recipe, c.batch_size // 4, c.overrides) for c in cases]
         check_gpu_cases(steps)
-    rows = [run_case(case, steps, repeats, cuda) for case in cases]
-    print(table(rows), flush=True)
+    rows = []
+    for case in cases:  # each row as soon as it is measured, so a run cut short keeps what it had
+        rows.append(run_case(case, steps, repeats, cuda))
+        lines = table(rows).splitlines()
+        print("\n".join(lines if len(rows) == 1 else lines[-1:]), flush=True)
     return rows
 
 
