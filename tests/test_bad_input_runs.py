@@ -498,6 +498,11 @@ CASES = [
         ["epoch_meter must be a float64 tensor of 3 sums"],
     ),
     (
+        "resume-lookahead-not-tensors",
+        lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set("lookahead", {"slow": ["w"]})))],
+        ["lookahead must be null or {slow: null or a list of tensors}"],
+    ),
+    (
         "resume-meter-counts-impossible",
         lambda t, r, m: ["resume", str(tampered_copy(r[OPEN], t / "x", _set(
             "window_meter", torch.tensor([1.0, 9.0, 4.0], dtype=torch.float64))))],

@@ -26,6 +26,7 @@ CASES = {  # id: (recipe, overrides)
     "fast": ("fast", ["model.options={widths: [8, 16, 16]}"]),
     "fast-ema": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=0.98"]),
     "fast-ema-every-2": ("fast", ["model.options={widths: [8, 16, 16]}", "train.ema=0.98", "train.ema_every=2"]),
+    "fast-lookahead": ("fast", ["model.options={widths: [8, 16, 16]}", "train.lookahead={every: 2}"]),
     "custom-resnet-onecycle": ("custom-resnet-onecycle", []),
     "resnet18-cutout": ("resnet18-cutout", []),
     "resnet18-layernorm-plateau": ("resnet18-layernorm-plateau", []),
@@ -89,7 +90,7 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("case", ["fast", "fast-ema", "fast-ema-every-2",
+@pytest.mark.parametrize("case", ["fast", "fast-ema", "fast-ema-every-2", "fast-lookahead",
                                   "custom-resnet-onecycle", "resnet18-steplr"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)

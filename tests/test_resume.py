@@ -80,8 +80,8 @@ def _assert_same_run(resumed: Path, reference: Path) -> None:
     assert _summary(resumed) == _summary(reference)
     for name in ("last.pt", "best.pt"):
         got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
-        for key in ("model", "optimizer", "schedule", "lr_used", "ema", "epoch", "step", "batch_in_epoch", "history",
-                    "rng", "epoch_meter", "window_meter", "status", "config"):
+        for key in ("model", "optimizer", "schedule", "lr_used", "ema", "lookahead", "epoch", "step", "batch_in_epoch",
+                    "history", "rng", "epoch_meter", "window_meter", "status", "config"):
             if key != "config":
                 _assert_same_tree(got[key], want[key], f"{name}:{key}")
         assert {k: v for k, v in got["config"].items() if k != "output"} == \
@@ -90,7 +90,7 @@ def _assert_same_run(resumed: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Uninterrupted 3-epoch runs, with and without an EMA of the weights."""
+    """Uninterrupted 3-epoch runs: plain, with an EMA of the weights, with lookahead."""
     def run(*extra):
         root = tmp_path_factory.mktemp("reference")
         threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -100,7 +100,8 @@ def reference(tmp_path_factory):
             torch.set_num_threads(threads)
             torch.use_deterministic_algorithms(deterministic)
 
-    return {"plain": run(), "ema": run("train.ema=0.9")}
+    return {"plain": run(), "ema": run("train.ema=0.9"),
+            "lookahead": run("train.lookahead={every: 3, start_epoch: 1, power: 1}")}
 
 
 def _signal_at_step(monkeypatch, step: int, signum=signal.SIGINT) -> None:
@@ -115,10 +116,11 @@ def _signal_at_step(monkeypatch, step: int, signum=signal.SIGINT) -> None:
     monkeypatch.setattr(loop, "train_step", train_step)
 
 
-@pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema")],
-                         ids=["between-epochs", "mid-epoch", "mid-epoch-ema"])
+@pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema"), (14, "lookahead")],
+                         ids=["between-epochs", "mid-epoch", "mid-epoch-ema", "mid-epoch-lookahead"])
 def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, reference, stop_step, variant):
-    extra = ("train.ema=0.9",) if variant == "ema" else ()
+    extra = {"plain": (), "ema": ("train.ema=0.9",),
+             "lookahead": ("train.lookahead={every: 3, start_epoch: 1, power: 1}",)}[variant]
     with monkeypatch.context() as patch:
         _signal_at_step(patch, stop_step)
         assert main(["train", *_args(tmp_path, "train.epochs=3", *extra)]) == 130

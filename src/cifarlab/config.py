@@ -219,6 +219,16 @@ class LRFindConfig(ConfigSection):
         return self
 
 
+class LookaheadConfig(ConfigSection):
+    # airbench94's lookahead (training/lookahead.py): from epoch `start_epoch` (0-based), every `every` steps
+    # the slow weights move towards the model with rho = decay**every * (step / planned steps)**power and
+    # the model is reset to them; at each epoch end the model takes the slow weights.
+    every: int = Field(default=5, ge=1)
+    decay: float = Field(default=0.95, gt=0, lt=1)
+    power: float = Field(default=3.0, ge=0)
+    start_epoch: int = Field(default=0, ge=0)
+
+
 class TrainConfig(ConfigSection):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
@@ -234,6 +244,7 @@ class TrainConfig(ConfigSection):
     tta: Optional[Literal["flip", "flip_translate"]] = None
     ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
     ema_every: int = Field(default=1, ge=1)  # update the EMA every N steps (with decay**N), a cheaper step
+    lookahead: Optional[LookaheadConfig] = None  # lookahead weight averaging (changes the training path)
     log_every_steps: int = Field(default=50, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
     early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor

@@ -25,6 +25,7 @@ from cifarlab.training import callbacks as cb
 from cifarlab.training.checkpoint import load_model
 from cifarlab.training.ema import EMA
 from cifarlab.training.evaluate import evaluate
+from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import TrainState
 
@@ -116,13 +117,16 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     schedule = Schedule(optimizer, cfg.schedule.model_copy(update={"monitor": schedule_monitor}), cfg.optim.lr,
                         cfg.schedule.planned_epochs or cfg.train.epochs, len(train_loader))
     ema = EMA(model, cfg.train.ema, cfg.train.ema_every) if cfg.train.ema is not None else None
+    ahead = cfg.train.lookahead
+    lookahead = None if ahead is None else Lookahead(ahead.every, ahead.decay, ahead.power, ahead.start_epoch,
+                                                     schedule.planned_steps)
     return TrainState(
         cfg=cfg, runtime=runtime, model=model, train_model=wrap_for_training(model, cfg, runtime),
         optimizer=optimizer, schedule=schedule,
         grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
         train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
-        run_dir=run_dir, ema=ema, classes=dataset.classes,
+        run_dir=run_dir, ema=ema, lookahead=lookahead, classes=dataset.classes,
         compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0)
 
 

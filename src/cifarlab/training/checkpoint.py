@@ -80,6 +80,7 @@ def make_payload(state) -> dict[str, Any]:
         "lr_used": state.schedule.lr_used,
         "scaler": state.grad_step.scaler.state_dict() if state.grad_step.scaler is not None else None,
         "ema": state.ema.state_dict() if state.ema is not None else None,
+        "lookahead": state.lookahead.state_dict() if state.lookahead is not None else None,
         "epoch": state.epoch,
         "step": state.step,
         "batch_in_epoch": state.batch_in_epoch,
@@ -238,6 +239,8 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
             state.grad_step.scaler.load_state_dict(payload["scaler"])
         if state.ema is not None and payload["ema"] is not None:
             state.ema.load_state_dict(payload["ema"])
+        if state.lookahead is not None and payload.get("lookahead") is not None:
+            state.lookahead.load_state_dict(payload["lookahead"], state.model)
         state.metrics.load_state_dict(payload)
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{source} does not match the model and optimizer its config builds "

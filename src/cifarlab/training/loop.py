@@ -23,6 +23,9 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
         loss = state.loss_fn(logits, labels)
     state.grad_step(loss)
     state.schedule.after_step()
+    if state.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
+        state.lookahead.update(state.model, state.step + 1, state.epoch,
+                               epoch_end=state.batch_in_epoch + 1 == state.steps_per_epoch)
     if state.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
         state.ema.update(state.model, state.step + 1)
     # Loss and correct predictions into this step's row on the device; lr, step and batch size stay on

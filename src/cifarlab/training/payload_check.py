@@ -99,6 +99,11 @@ def _check_tensors(payload: dict[str, Any], need) -> None:
         wrong = [f"{k}: {type(v).__name__}" for k, v in weights.items()
                  if not (isinstance(k, str) and torch.is_tensor(v))]
         need(not wrong, key, "a mapping of names to tensors", ", ".join(wrong[:3]))
+    ahead = payload.get("lookahead")
+    need(ahead is None or (isinstance(ahead, dict) and (ahead.get("slow") is None or (
+        isinstance(ahead["slow"], list) and all(torch.is_tensor(t) for t in ahead["slow"])))),
+        "lookahead", "null or {slow: null or a list of tensors}", ahead if not isinstance(ahead, dict) else
+        type(ahead.get("slow")).__name__)
     for key in ("epoch_meter", "window_meter"):
         meter = payload.get(key)
         need(meter is None or (isinstance(meter, torch.Tensor) and meter.shape == (3,)

@@ -12,6 +12,7 @@ from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.runtime import Runtime
 from cifarlab.training.ema import EMA
+from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.metrics import StepMetrics
 from cifarlab.training.optim import GradStep, Schedule
 
@@ -32,6 +33,7 @@ class TrainState:
     val_loader: Optional[DeviceLoader] = None  # with a validation split, what selects best.pt
     monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
     ema: Optional[EMA] = None
+    lookahead: Optional[Lookahead] = None
     classes: tuple[str, ...] = ()
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
