@@ -19,7 +19,10 @@ TARGETS = {"fmnist-quick": (0.92, 300), "fmnist-fast": (0.94, 240), "fmnist-95":
 def run_recipe(recipe: str, seed: int, out_dir: str, extra: list[str]) -> dict:
     overrides = [f"seed={seed}", f"output.dir={out_dir}", "output.report=false", "output.tensorboard=false",
                  "output.progress=none", *extra]
-    return train(recipe, overrides).summary
+    summary = train(recipe, overrides).summary
+    if summary["status"] != "completed":  # an interrupted (SIGTERM) or diverged run is no time-to-accuracy figure
+        raise SystemExit(f"{recipe} seed {seed}: the run ended {summary['status']}; no figure reported")
+    return summary
 
 
 def main(argv=None) -> dict:
