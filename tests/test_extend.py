@@ -95,7 +95,7 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
 
     monkeypatch.setattr(loop, "train_step", stop_at_step_28)
     stopped = cifarlab.resume(run_dir, epochs=4)
-    assert stopped.summary["status"] == "interrupted"
+    assert stopped.summary["status"] == stopped.status == "interrupted"
     monkeypatch.setattr(loop, "train_step", real_step)
     run = cifarlab.resume(run_dir)
     assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 4

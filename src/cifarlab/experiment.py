@@ -40,6 +40,12 @@ class Run:
     def best_test_acc(self) -> float:
         return self.summary["best_test_acc"]
 
+    @property
+    def status(self) -> str:
+        """completed | interrupted | diverged. SIGINT/SIGTERM during `train` finish the step, save a
+        checkpoint and return here with "interrupted" (no exception): check it when looping over runs."""
+        return self.summary["status"]
+
 
 # ------------------------------------------------------------------------------------------ running
 
