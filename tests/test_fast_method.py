@@ -123,3 +123,26 @@ def test_a_really_compiled_run_trains_like_an_eager_one_and_its_checkpoint_loads
     assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=0.02)
     model = load_model(run_dir / "checkpoints" / "best.pt")
     assert not any("_orig_mod" in name for name in model.state_dict())
+
+
+def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_training(monkeypatch):
+    """A parameter that stops training changes a compiled graph: torch.compile traces again at that epoch,
+    and those steps must land in compile_seconds, not in the epoch's images/s."""
+    from cifarlab.runtime import make_runtime
+    from cifarlab.training.build import build_state, load_data
+    from cifarlab.training.callbacks import ModelEpochs
+    from cifarlab.training.state import COMPILE_WARMUP_STEPS
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
+    for compiled in (True, False):
+        cfg = load_config("smoke", ["model.name=fastnet", "model.options={widths: [8, 16, 16], whiten_bias_epochs: 2}",
+                                    "data.options={num_train: 128, num_test: 64, image_size: 16}", "train.device=cpu",
+                                    f"train.compile={str(compiled).lower()}"])
+        state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
+        armed = []
+        for epoch in range(4):
+            state.epoch, state.compile_warmup_steps = epoch, 0
+            ModelEpochs().on_epoch_start(state)
+            armed.append(state.compile_warmup_steps)
+        # epoch 0: the bias trains as built; epoch 2: it stops training -> a new graph; no change after
+        assert armed == ([0, 0, COMPILE_WARMUP_STEPS, 0] if compiled else [0, 0, 0, 0])

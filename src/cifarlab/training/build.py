@@ -27,11 +27,8 @@ from cifarlab.training.ema import EMA
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
-from cifarlab.training.state import TrainState
+from cifarlab.training.state import COMPILE_WARMUP_STEPS, TrainState
 
-# Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
-# and with reduce-overhead the next ones warm up and record the CUDA graphs.
-COMPILE_WARMUP_STEPS = 3
 ARRAYS = "arrays"  # data.dataset of a run whose images came from Python (`cifarlab.train(cfg, data=...)`)
 
 

@@ -16,6 +16,11 @@ from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.metrics import StepMetrics
 from cifarlab.training.optim import GradStep, Schedule
 
+# Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
+# and with reduce-overhead the next ones warm up and record the CUDA graphs. Re-armed when the model
+# changes in a way that makes torch.compile trace again (`expect_recompile`).
+COMPILE_WARMUP_STEPS = 3
+
 
 @dataclass
 class TrainState:
@@ -59,6 +64,12 @@ class TrainState:
         if self.metrics is None:  # room for the steps between two syncs (it grows if a caller takes more)
             steps = min(self.cfg.train.log_every_steps, len(self.train_loader))
             self.metrics = StepMetrics(self.runtime.device, capacity=steps + 1)
+
+    def expect_recompile(self) -> None:
+        """The compiled model will trace again (e.g. a parameter stopped training: its graph changes), so
+        its next steps are timed as compiling, not training."""
+        if self.cfg.train.compile is not None:
+            self.compile_warmup_steps = max(self.compile_warmup_steps, COMPILE_WARMUP_STEPS)
 
     def check_finite(self, weights: bool = True) -> bool:
         """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
