@@ -48,6 +48,22 @@ def timed(work: Callable[[], int]) -> float:
     return images / (time.perf_counter() - started)
 
 
+def bare_epoch(state, batches) -> int:
+    """The minimum, as anyone would write it: forward, loss, backward, step over `batches` (no schedule,
+    metrics, EMA, callbacks or syncs); returns the images it trained on."""
+    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
+    model.train()
+    images = 0
+    for inputs, labels in batches:
+        with precision.autocast():
+            loss = loss_fn(model(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        images += labels.shape[0]
+    return images
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 from tempfile import TemporaryDirectory  # noqa: E402
 
 import torch  # noqa: E402
-from common import machine, median_ratio, paired, sync  # noqa: E402
+from common import bare_epoch, machine, median_ratio, paired, sync, timed  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -81,19 +81,6 @@ def make_state(case: Case, steps: int, run_dir: Path):
     return state, default_callbacks(cfg, run_dir, is_main=True)
 
 
-def bare_epoch(state, batches) -> int:
-    """The minimum, as anyone would write it: no schedule, metrics, EMA, callbacks or syncs."""
-    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
-    model.train()
-    for inputs, labels in batches:
-        with precision.autocast():
-            loss = loss_fn(model(inputs), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return len(batches) * state.train_loader.batch_size
-
-
 def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
     state.epoch, state.step, state.batch_in_epoch, state.stop_reason = 0, 0, 0, None
@@ -112,14 +99,6 @@ def steps_of_fit(state, callbacks) -> None:
     """The training steps of `fit` alone (callbacks included), without the epoch end."""
     restart(state)
     train_epoch(state, callbacks)
-
-
-def images_per_second(work) -> float:
-    sync()
-    started = time.perf_counter()
-    images = work()
-    sync()
-    return images / (time.perf_counter() - started)
 
 
 def per_step(work, steps: int, cuda: bool) -> dict[str, float]:
@@ -165,8 +144,8 @@ def run_case(case: Case, steps: int, repeats: int, cuda: bool) -> dict:
         indices = loader.permutation(1)[:loader.batch_size]
         fit_epoch(state, callbacks)  # warm-up: lazy optimizer state, cuDNN autotuning, allocator
         bare_epoch(state, batches)
-        fits, bares = paired(lambda: images_per_second(lambda: fit_epoch(state, callbacks)),
-                             lambda: images_per_second(lambda: bare_epoch(state, batches)), repeats)
+        fits, bares = paired(lambda: timed(lambda: fit_epoch(state, callbacks)),
+                             lambda: timed(lambda: bare_epoch(state, batches)), repeats)
         return {
             "case": case, "precision": state.runtime.precision.name, "steps": steps,
             "fit": statistics.median(fits), "bare": statistics.median(bares), "ratio": median_ratio(bares, fits),

@@ -12,26 +12,11 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
-from common import bench_config, median_ratio, paired, spread, timed
+from common import bare_epoch, bench_config, median_ratio, paired, spread, timed
 
 from cifarlab.runtime import make_runtime
 from cifarlab.training.build import build_state, default_callbacks, load_data
 from cifarlab.training.loop import fit, train_epoch
-
-
-def bare_epoch(state) -> int:
-    """The minimum: forward, loss, backward, step over the loader's batches."""
-    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
-    model.train()
-    images = 0
-    for inputs, labels in state.train_loader.batches(0):
-        with precision.autocast():
-            loss = loss_fn(model(inputs), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        images += labels.shape[0]
-    return images
 
 
 def cifarlab_fit(state, callbacks) -> int:
@@ -65,7 +50,7 @@ def main(argv=None) -> dict:
         state = build_state(cfg, runtime, dataset, Path(tmp))
         callbacks = default_callbacks(cfg, Path(tmp), is_main=True)
         def bare():
-            return timed(lambda: bare_epoch(state))
+            return timed(lambda: bare_epoch(state, state.train_loader.batches(0)))
 
         bare()  # warm-up
         for name, run in (("train_epoch", cifarlab_epoch), ("fit", cifarlab_fit)):

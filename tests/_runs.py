@@ -71,3 +71,18 @@ def run_cli(argv: list[str], capsys, cwd: Path, in_a_process: bool) -> tuple[int
     done = subprocess.run([sys.executable, "-m", "cifarlab", *argv], capture_output=True, text=True, timeout=120,
                           preexec_fn=_limited_memory, cwd=cwd, env={**os.environ, "PYTHONPATH": str(SRC)})
     return done.returncode, done.stdout, done.stderr
+
+
+def assert_refused(argv: list[str], words: list[str], watched: dict[str, Path], capsys, cwd: Path,
+                   in_a_process: bool = False) -> None:
+    """The bad-input contract: exit code 2, no traceback, one stderr line `cifarlab CMD: error: ...` that holds
+    every one of `words`, and nothing under the `watched` folders written, changed or removed."""
+    before = {name: tree_hashes(path) for name, path in watched.items()}
+    code, out, err = run_cli(argv, capsys, cwd, in_a_process)
+    lines = err.strip().splitlines()  # `train` announces a run only once nothing can reject it
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in out + err
+    assert len(lines) == 1 and lines[0].startswith(f"cifarlab {argv[0]}: error: "), err[-3000:]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert {name: tree_hashes(path) for name, path in watched.items()} == before  # nothing written or changed

@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _runs import finished_and_open_runs, run_cli, tampered_copy, tree_hashes
+from _runs import assert_refused, finished_and_open_runs, tampered_copy
 from cifarlab import rundir
 from cifarlab.cli import main
 from cifarlab.training import build
@@ -541,16 +541,7 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run
     name, setup, words = case
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path, runs, monkeypatch)
-    before = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
-    code, out, err = run_cli(argv, capsys, tmp_path, name in IN_A_PROCESS)
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert "Traceback" not in out + err
-    assert len(lines) == 1 and lines[0].startswith(f"cifarlab {argv[0]}: error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    after = {name: tree_hashes(path) for name, path in [*runs.items(), ("tmp", tmp_path)]}
-    assert after == before  # nothing written, changed or removed
+    assert_refused(argv, words, {**runs, "tmp": tmp_path}, capsys, tmp_path, name in IN_A_PROCESS)
     assert not (tmp_path / "x" / "plots").is_dir()  # nor a report or plot of a refused run
 
 

@@ -140,16 +140,16 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: Optional[Path] = None,
-                 *, durable: bool = True) -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb",
+                 keep_previous: Optional[Path] = None) -> None:
     """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`.
 
     With `keep_previous`, the existing `path` is first given that second name too, so at every instant
     `path` holds a complete file (the old one, then the new one) and `keep_previous` the one before.
-    `mode` is "wb" or "w" (text, UTF-8). `durable=False` skips the fsyncs (caches that can be rebuilt).
+    `mode` is "wb" or "w" (text, UTF-8).
     An OSError becomes a one-line WriteError (a UserError); on any failure the temporary file is removed."""
     path = Path(path)
-    if mode not in ("wb", "w", "wt"):
+    if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     remove_stale_temps(path)
     tmp: Optional[Path] = None
@@ -158,8 +158,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", kee
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             write(handle)
             handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+            os.fsync(handle.fileno())
         if keep_previous is not None and path.exists():
             _keep_copy(path, Path(keep_previous))
         os.replace(tmp, path)
@@ -171,8 +170,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", kee
     finally:
         if tmp is not None:
             _unlink_quietly(tmp)
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

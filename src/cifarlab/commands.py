@@ -202,8 +202,9 @@ def cmd_compare(args) -> int:
 
     output_target(args.out, "--out", folder=True)
     run_dirs = expand_run_dirs(args.run_dirs)
-    files = write_comparison(run_dirs, args.out)
-    print(to_markdown(compare_runs(run_dirs)))
+    rows = compare_runs(run_dirs)
+    files = write_comparison(run_dirs, args.out, rows)
+    print(to_markdown(rows))
     print("\n".join(f"{name}: {path}" for name, path in files._asdict().items()), file=sys.stderr)
     return 0
 

@@ -104,7 +104,7 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     if cfg.schedule.lr_peak == "auto":
         from cifarlab.analysis.lr_search import find_peak_lr
 
-        cfg, _ = find_peak_lr(cfg, runtime, dataset, run_dir)
+        cfg = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
         from cifarlab.training.warmstart import init_from_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import glob
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import yaml
 
@@ -41,6 +41,7 @@ def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
     parent folder or a glob (`'runs/smoke/*'`, `'runs/**'`) as the run directories found in or under it,
     sorted by path. Duplicates (by real path) are dropped; something that yields no run directory is a UserError."""
     found: list[Path] = []
+    seen: set[Path] = set()  # real paths of `found`
     for pattern in map(str, patterns):
         if glob.has_magic(pattern):
             matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if Path(match).is_dir()]
@@ -56,7 +57,9 @@ def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
                 raise UserError(f"{pattern!r} has no {SUMMARY} and no run directory below it: not a cifarlab "
                                 f"run directory, or its runs never finished an epoch")
         for run in runs:  # the same run however spelled (`x`, `x/../x`, a symlink) counts once
-            if run.resolve() not in {seen.resolve() for seen in found}:
+            real = run.resolve()
+            if real not in seen:
+                seen.add(real)
                 found.append(run)
     return found
 
@@ -200,13 +203,15 @@ def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
-def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> ComparisonFiles:
-    """comparison.md, comparison.csv and comparison.png (overlaid test curves) in `out_dir`."""
+def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path,
+                     rows: Optional[list[dict]] = None) -> ComparisonFiles:
+    """comparison.md, comparison.csv and comparison.png (overlaid test curves) in `out_dir`; `rows` is
+    `compare_runs(run_dirs)` when the caller already has it."""
     from cifarlab.analysis.plots import plot_compare
 
     if not run_dirs:
         raise UserError("compare needs at least one run directory")
-    rows = compare_runs(run_dirs)
+    rows = compare_runs(run_dirs) if rows is None else rows
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"

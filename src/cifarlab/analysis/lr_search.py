@@ -100,7 +100,7 @@ def describe(result: RangeTestResult, rule: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> tuple[Config, dict]:
+def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> Config:
     """Resolve `schedule.lr_peak: auto`: run the range test, save its plot, return the config with the value."""
     result = run_range_test(cfg, runtime, dataset)
     lr_peak = result.suggestion(cfg.lr_find.suggestion)
@@ -114,4 +114,4 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         save_range_test(result, run_dir, cfg.lr_find.suggestion)
         print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
-    return cfg.model_copy(update={"schedule": schedule}), {"lr_peak": float(lr_peak)}
+    return cfg.model_copy(update={"schedule": schedule})

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.atomic import atomic_write
+from cifarlab.atomic import atomic_write_bytes
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
 from cifarlab.training.payload_check import check_payload
@@ -131,7 +131,7 @@ def save_checkpoint(payload: dict[str, Any], *paths: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
-        atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_path(path))
+        atomic_write_bytes(path, data, keep_previous=previous_path(path))
 
 
 def _verified_body(path: Path, data: bytes) -> bytes:

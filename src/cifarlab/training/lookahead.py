@@ -24,31 +24,23 @@ class Lookahead:
         self.every, self.decay, self.power, self.start_epoch = every, decay, power, start_epoch
         self.planned_steps = max(1, planned_steps)
         self.slow: Optional[list[torch.Tensor]] = None  # None until the first update after start_epoch
-        self._model_ref: Optional[int] = None
-        self._fast: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, epoch: int, epoch_end: bool) -> None:
         """After optimizer step `step` (1-based) of epoch `epoch` (0-based); `epoch_end`: its last step."""
-        if epoch < self.start_epoch:
+        due = step % self.every == 0
+        if epoch < self.start_epoch or not (due or (epoch_end and self.slow is not None)):
             return
-        fast = self._floats(model)
-        if step % self.every == 0:
-            if self.slow is None:
-                self.slow = [t.clone() for t in fast]
-            else:
-                progress = min(1.0, step / self.planned_steps)  # a run extended past its plan keeps rho's end value
-                rho = self.decay**self.every * progress**self.power
-                torch._foreach_lerp_(self.slow, fast, 1.0 - rho)
-                torch._foreach_copy_(fast, self.slow)
-        if epoch_end and self.slow is not None:
+        fast = _floats(model)
+        if due and self.slow is None:
+            self.slow = [t.clone() for t in fast]
+        elif due:
+            progress = min(1.0, step / self.planned_steps)  # a run extended past its plan keeps rho's end value
+            rho = self.decay**self.every * progress**self.power
+            torch._foreach_lerp_(self.slow, fast, 1.0 - rho)
             torch._foreach_copy_(fast, self.slow)
-
-    def _floats(self, model: nn.Module) -> list[torch.Tensor]:
-        if self._model_ref != id(model):
-            self._fast = [t for t in model.state_dict().values() if t.is_floating_point()]
-            self._model_ref = id(model)
-        return self._fast
+        if epoch_end:
+            torch._foreach_copy_(fast, self.slow)
 
     def state_dict(self) -> dict:
         return {"slow": None if self.slow is None else [t.detach().cpu() for t in self.slow]}
@@ -59,8 +51,13 @@ class Lookahead:
         if slow is None:
             self.slow = None
             return
-        fast = self._floats(model)
+        fast = _floats(model)
         if not isinstance(slow, list) or len(slow) != len(fast) or any(
                 not torch.is_tensor(s) or s.shape != f.shape for s, f in zip(slow, fast)):
             raise ValueError(f"lookahead weights do not match the model ({len(fast)} floating-point tensors)")
         self.slow = [s.to(device=f.device, dtype=f.dtype) for s, f in zip(slow, fast)]
+
+
+def _floats(model: nn.Module) -> list[torch.Tensor]:
+    """The model's floating-point state (parameters and BatchNorm statistics), as tensors that share its storage."""
+    return [t for t in model.state_dict().values() if t.is_floating_point()]
