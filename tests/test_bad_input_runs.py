@@ -79,6 +79,14 @@ def _drop_history_key(payload):
     del payload["history"][0]["test_acc"]
 
 
+def _duplicate_key_config(run_dir: Path, dest: Path) -> Path:
+    """A copy of a run whose config.yaml names `seed` twice (which value would a comparison show?)."""
+    run = _copy(run_dir, dest)
+    with (run / "config.yaml").open("a") as handle:
+        handle.write("seed: 7\nseed: 8\n")
+    return run
+
+
 def _file(path: Path, text: str = "already here\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -239,6 +247,11 @@ CASES = [
         "gradcam-out-under-a-file",
         lambda t, r, m: ["gradcam", _ckpt(r[DONE]), "--images", "0", "--out", str(_file(t / "f") / "g.png")],
         ["cannot be written", "is a file, not a folder"],
+    ),
+    (
+        "compare-config-duplicate-key",
+        lambda t, r, m: ["compare", str(_duplicate_key_config(r[DONE], t / "x")), "--out", str(t / "cmp")],
+        ["config.yaml' is not valid YAML"],
     ),
     (
         "compare-out-is-a-file",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,14 @@ def test_val_split_and_ignored_files(tmp_path):
     assert ds.val is not None and ds.val.labels.tolist() == [0, 1, 0, 1]  # classes interleaved
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels but carries almost none: a huge image's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("breakage, expected", [
     (lambda r: (r / "test" / "dog" / "0.png").unlink() or (r / "test" / "dog" / "1.png").unlink(),
      "class folder {root}/test/dog has no images"),
@@ -133,6 +143,8 @@ def test_val_split_and_ignored_files(tmp_path):
      [d.rmdir() for d in (r / "test").iterdir() if d.is_dir()],
      "{root}/test has no class folders"),
     (lambda r: (r / "test").rename(r / "testing"), "{root} has no test/ folder"),
+    (lambda r: (r / "train" / "dog" / "1.png").write_bytes(_png_header(9_000, 9_000)),
+     "{root}/train/dog/1.png is 9000x9000 pixels, more than the"),  # MAX_PIXELS, below PIL's own limit
 ])
 def test_bad_folders_give_one_line_naming_the_problem(tmp_path, cache_dir, breakage, expected):
     root = tiny_tree(tmp_path / "d").resolve()

@@ -117,6 +117,15 @@ def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):
     assert parsed[0]["test_acc"] is None and parsed[5]["test_acc"] == pytest.approx(0.47)
 
 
+def test_a_torn_last_metrics_row_is_skipped_by_every_reader(tmp_path):
+    """A kill in the middle of a row leaves half a line; plots, reports and compare must not see it."""
+    run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
+    whole = read_metrics(run_dir)
+    with (run_dir / "metrics.csv").open("a") as f:
+        f.write("epoch,2,20")
+    assert read_metrics(run_dir) == whole
+
+
 # ---------------------------------------------------------------- comparison
 
 def test_compare_table_values_come_from_the_run_files(tmp_path):

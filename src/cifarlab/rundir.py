@@ -151,7 +151,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [parsed for parsed in map(_parse_row, csv.DictReader(f)) if parsed is not None]
+        rows = [row for row in csv.DictReader(f) if is_whole_row(row)]
+    return [parsed for parsed in map(_parse_row, rows) if parsed is not None]
 
 
 def _parse_row(row: dict[str, str]) -> Optional[dict[str, Any]]:

@@ -12,6 +12,7 @@ from cifarlab.analysis.report import markdown_table
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
 from cifarlab.rundir import CONFIG, SUMMARY, read_metrics, read_summary
+from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
 # (row key, markdown header) in table order.
 COLUMNS = (
@@ -93,8 +94,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 def _config(run_dir: Path) -> dict:
     path = run_dir / CONFIG
     try:
-        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    except (yaml.YAMLError, UnicodeDecodeError):
+        config = load_yaml(path.read_text()) if path.is_file() else {}
+    except (yaml.YAMLError, YAMLRefused, UnicodeDecodeError):  # an alias bomb, duplicate keys, not YAML
         raise UserError(f"{str(path)!r} is not valid YAML") from None
     return config if isinstance(config, dict) else {}
 

@@ -39,7 +39,7 @@ import torch
 
 from cifarlab.atomic import atomic_write
 from cifarlab.data.dataset import Dataset, Split, channel_stats
-from cifarlab.data.images import fit_square
+from cifarlab.data.images import fit_square, open_checked
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,8 @@ def _unreadable(path: Path, err: Exception) -> UserError:
 
 def _probe(path: Path) -> tuple[int, bool]:
     """(shorter side, is grey) from the file header only."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
+        with open_checked(path) as image:
             return min(image.size), image.mode in GREY_MODES
     except Exception as err:  # PIL raises many types for a bad file; every one means "unreadable"
         raise _unreadable(path, err) from None
@@ -164,14 +162,12 @@ def resolve_settings(train: FileSplit, settings: dict) -> tuple[int, int]:
 
 def decode(split: FileSplit, size: int, channels: int) -> Split:
     """All images of a split -> uint8 (N, channels, size, size), decoded in parallel threads."""
-    from PIL import Image
-
     pixels = np.empty((len(split.files), size, size, channels), dtype=np.uint8)
 
     def load(index: int) -> None:
         path = split.files[index]
         try:
-            with Image.open(path) as image:
+            with open_checked(path) as image:  # a regular file within MAX_PIXELS, as for a single image
                 pixels[index] = fit_square(image, channels, size).reshape(size, size, channels)
         except Exception as err:  # truncated data, bad codec...: name the file (see module doc)
             raise _unreadable(path, err) from None
