@@ -13,6 +13,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.runtime import Runtime
+from cifarlab.training.accumulate import forward_backward
 from cifarlab.training.build import build_state
 from cifarlab.training.state import TrainState
 
@@ -58,10 +59,12 @@ def training_step(state: TrainState) -> Step:
     plain model, not `train_model`: under DDP each rank stops the sweep on its own loss, and a collective
     that one rank skips would hang the others; under torch.compile the sweep would compile a model that
     training then throws away."""
+    micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size  # train.accumulate as in training
+
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with state.runtime.precision.autocast():
-            loss = state.loss_fn(state.model(inputs), labels)
-        state.grad_step(loss)
+        loss, _ = forward_backward(state.model, state.loss_fn, state.runtime.precision, state.grad_step,
+                                   inputs, labels, micro_size)
+        state.grad_step.step()
         return loss
 
     return step
