@@ -87,8 +87,8 @@ def loss_cost(batch_size: int, device: torch.device) -> dict[str, float]:
             for kind, y in (("indices", labels), ("mixed targets", targets))}
 
 
-def step_launches(accumulate: int, images: int, steps: int, device: torch.device, run_dir: Path) -> float:
-    """Launches per optimizer step of `smoke`'s convnet (width 8) at `images` per step."""
+def step_cost(accumulate: int, images: int, steps: int, device: torch.device, run_dir: Path) -> dict[str, float]:
+    """Launches and host ms per optimizer step of `smoke`'s convnet (width 8) at `images` per step."""
     cfg = load_config("smoke", ["data.options={num_train: %d, num_test: 64, image_size: 32}" % (images * steps),
                                 f"train.batch_size={images // accumulate}", f"train.accumulate={accumulate}",
                                 f"train.device={device.type}", "output.report=false", "output.tensorboard=false",
@@ -103,7 +103,7 @@ def step_launches(accumulate: int, images: int, steps: int, device: torch.device
         state.metrics.flush()
 
     work()  # lazy optimizer state
-    return per_step(work, len(batches), device.type == "cuda")["launches"]
+    return per_step(work, len(batches), device.type == "cuda")
 
 
 def main(argv=None) -> None:
@@ -137,10 +137,11 @@ def main(argv=None) -> None:
           f"mixed targets {losses['mixed targets']:.0f}")
     with TemporaryDirectory() as tmp:
         images = 4 * (batch // 4)
-        steps = {k: step_launches(k, images, 2 if args.smoke else 3, device, Path(tmp)) for k in (1, 4)}
+        steps = {k: step_cost(k, images, 2 if args.smoke else 3, device, Path(tmp)) for k in (1, 4)}
     print(f"training step launches at {images} images per optimizer step (convnet width 8): "
-          f"accumulate 1: {steps[1]:.0f}, accumulate 4: {steps[4]:.0f} "
-          f"({steps[4] / steps[1]:.2f}x)")
+          f"accumulate 1: {steps[1]['launches']:.0f}, accumulate 4: {steps[4]['launches']:.0f} "
+          f"({steps[4]['launches'] / steps[1]['launches']:.2f}x); host ms per step "
+          f"{steps[1]['host_ms']:.1f} and {steps[4]['host_ms']:.1f}")
 
 
 if __name__ == "__main__":
