@@ -82,6 +82,28 @@ def test_micro_batches_are_views_of_near_equal_size():
     assert micro_batches(inputs, labels, 32)[0][0] is inputs
 
 
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "grad-scaler"])
+def test_grad_step_sums_micro_batch_gradients_and_steps_once(scaled):
+    """GradStep.backward per micro-batch (zeroing on the first only) then one step equals one backward and
+    step of the whole loss; with a GradScaler too (scaled backward per micro-batch, one unscale and step)."""
+    from cifarlab.training.optim import GradStep
+
+    inputs, targets = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 3
+    models = [torch.nn.Linear(5, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    steps = [GradStep(torch.optim.SGD(m.parameters(), lr=0.5), torch.amp.GradScaler("cpu", init_scale=1024.0)
+                      if scaled else None, grad_clip=1.0) for m in models]
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps[0](loss_fn(models[0](inputs), targets))
+    for p in models[1].parameters():  # stale gradients that the first micro-batch must clear
+        p.grad = torch.ones_like(p)
+    for k, (x, y) in enumerate(zip(inputs.split(4), targets.split(4))):
+        steps[1].backward(loss_fn(models[1](x), y) / 3, zero=k == 0)
+    steps[1].step()
+    for want, got in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_ddp_reduces_gradients_only_on_the_last_micro_batch(tmp_path, monkeypatch):
     """A real DistributedDataParallel (gloo, one process): its comm hook runs once per all-reduce."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
