@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.training.build import load_for_evaluation
+from cifarlab import load_model
 from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.use.evaluate import evaluate_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Same global batch (64) in both runs; 2048 images make the accuracy a stable figure, 12 px keep it quick.
@@ -71,7 +72,7 @@ def test_metrics_count_every_test_image_once_and_only_rank_0_writes(ddp_runs):
     # The evaluation is reduced over both ranks' shards; one process evaluating rank 0's weights on all 512
     # test images must agree (up to rank 1 using its own BatchNorm running statistics for its shard).
     summary = json.loads((run / "summary.json").read_text())
-    single = load_for_evaluation(run / "checkpoints" / "last.pt").test_metrics()
+    single = evaluate_checkpoint(load_model(run / "checkpoints" / "last.pt"))
     assert single["images"] == 512
     assert abs(single["test_acc"] - summary["final_test_acc"]) < 0.03, (single, summary["final_test_acc"])
 
