@@ -29,8 +29,8 @@ def _arrays(n_train=256, n_test=128, seed=0):
     return (*make(n_train), *make(n_test), ["dark", "bright"])
 
 
-SMALL = ["output.tensorboard=false", "output.progress=none", "train.device=cpu", "train.epochs=3",
-         "model.options={width: 4}", "augment.crop=null", "augment.flip=null"]
+SMALL = ["output.tensorboard=false", "output.progress=none", "train.device=cpu", "train.precision=fp32",
+         "train.epochs=3", "model.options={width: 4}", "augment.crop=null", "augment.flip=null"]
 
 
 def test_train_on_arrays_from_python_and_evaluating_on_them_needs_them_again(tmp_path, capsys):

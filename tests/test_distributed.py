@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Same global batch (64) in both runs; 2048 images make the accuracy a stable figure, 12 px keep it quick.
 # lr 0.002 leaves the runs mid-way (~77% for one process; 0.001 gives ~51%, 0.01 ~100%), so a DDP mistake
 # that changes the effective step (gradients summed instead of averaged, duplicated data) would show.
-COMMON = ["data.options={num_train: 2048, num_test: 512, image_size: 12}", "optim.lr=0.002",
+COMMON = ["data.options={num_train: 2048, num_test: 512, image_size: 12}", "optim.lr=0.002", "train.precision=fp32",
           "train.epochs=2", "train.batch_size=64",
           "output.tensorboard=false", "output.report=false", "output.progress=lines", "train.log_every_steps=16"]
 

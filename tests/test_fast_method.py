@@ -16,8 +16,8 @@ from cifarlab.registry import create_model
 from cifarlab.training.evaluate import log_probs
 from cifarlab.training.optim import Schedule, build_optimizer
 
-SMALL = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
-         "output.report=false"]
+SMALL = ["train.device=cpu", "train.threads=1", "train.precision=fp32", "output.tensorboard=false",
+         "output.progress=none", "output.report=false"]
 
 
 def test_norm_parameters_get_scaled_lr_and_weight_decay_through_the_whole_schedule():
