@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -94,7 +95,8 @@ def main(argv=None) -> dict:
 
 
 def _spread(values: list[float]) -> str:
-    return f"{sorted(values)[len(values) // 2]:.0f} ({min(values):.0f}-{max(values):.0f})"
+    """Median (min-max), three significant digits: an emulated bf16 step on a small CPU runs at ~1 img/s."""
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
 
 
 if __name__ == "__main__":

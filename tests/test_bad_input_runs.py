@@ -31,6 +31,7 @@ from cifarlab import rundir
 from cifarlab.cli import main
 from cifarlab.training import build
 from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.use.evaluate import evaluation_data_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
@@ -598,7 +599,7 @@ def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, mo
     capsys.readouterr()
     assert asked == [None, str(tmp_path / "chosen"), None] and not elsewhere.exists()
     assert (
-        build.evaluation_data_config(
+        evaluation_data_config(
             build.Config().data.model_copy(update={"dataset": "cifar10", "dir": str(elsewhere)})
         ).dir
         is None
