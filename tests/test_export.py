@@ -58,7 +58,7 @@ def test_safetensors_rebuilds_the_same_network(checkpoint, tmp_path):
         assert json.loads(handle.metadata()["cifarlab"])["classes"] == meta["classes"]
     rebuilt = create_model(**meta["model"]).eval()
     rebuilt.load_state_dict(load_file(str(out)))
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     assert model.channels_last  # the run's memory format, which picks other (equally exact) conv kernels
     rebuilt = rebuilt.to(memory_format=torch.channels_last)
     inputs = real_inputs(model)
@@ -71,7 +71,7 @@ def test_torchscript_runs_without_cifarlab_code(checkpoint, tmp_path):
     extra = {"cifarlab.json": ""}
     scripted = torch.jit.load(str(tmp_path / "net.pt"), _extra_files=extra)
     check_metadata(json.loads(extra["cifarlab.json"]))
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     inputs = real_inputs(model, 50)  # another batch size than the one traced
     with torch.no_grad():
         assert torch.allclose(scripted(inputs), model.module(inputs), atol=1e-5)
@@ -87,7 +87,7 @@ def test_onnx_matches_pytorch_on_real_images(checkpoint):
     assert meta["onnxruntime_max_abs_diff"] <= ONNX_TOLERANCE
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["cifarlab"])["classes"] == meta["classes"]
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     inputs = real_inputs(model, 200)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0])

@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
 
 def test_load_model_carries_what_prediction_needs(trained):
     checkpoint, _ = trained
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     assert not model.module.training and model.classes == tuple(sorted(FASHION_NAMES))
     assert model.image_size == 28 and model.in_channels == 1 and model.tta is None
     assert len(model.mean) == 1 and 0.2 < model.mean[0] < 0.4 and model.std[0] > 0.2
