@@ -22,8 +22,10 @@ COMMON = ["data.options={num_train: 2048, num_test: 512, image_size: 12}", "opti
           "train.epochs=2", "train.batch_size=64",
           "output.tensorboard=false", "output.report=false", "output.progress=lines", "train.log_every_steps=16"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="needs torch.distributed with gloo")
+# Two torchrun launches of two processes each: a minute or more.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                 reason="needs torch.distributed with gloo")]
 
 
 def launch(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -77,6 +77,7 @@ def test_torchscript_runs_without_cifarlab_code(checkpoint, tmp_path):
         assert torch.allclose(scripted(inputs), model.module(inputs), atol=1e-5)
 
 
+@pytest.mark.slow  # the ONNX exporter and onnxruntime
 def test_onnx_matches_pytorch_on_real_images(checkpoint):
     onnx = pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
@@ -124,6 +125,7 @@ def test_bad_requests_give_one_line(checkpoint, tmp_path, monkeypatch):
         run_cli(str(checkpoint), "--format", "keras")
 
 
+@pytest.mark.slow  # ONNX export of every model, resnet34 included
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_exports_faithfully(name, tmp_path):
     """TorchScript and ONNX files of each model give its PyTorch logits (fixed random weights and inputs)."""

@@ -105,6 +105,7 @@ def test_a_compiled_run_drops_the_ragged_last_batch_so_every_step_has_one_shape(
         assert len(state.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})
 
 
+@pytest.mark.slow  # torch.compile for real: ~30 s idle
 def test_a_really_compiled_run_trains_like_an_eager_one_and_its_checkpoint_loads_without_compile(tmp_path):
     """torch.compile for real (inductor on the CPU, ~30 s): same losses as eager within float noise, the
     warm-up reported apart, and best.pt holds the plain model's weights (no `_orig_mod.` names)."""

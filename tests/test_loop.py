@@ -40,6 +40,7 @@ def test_one_batch_can_be_overfit(tmp_path):
     assert loss < 0.05, f"a 32-image batch should be memorised in 60 steps, loss is still {loss:.3f}"
 
 
+@pytest.mark.slow  # 2 epochs on 3000 real images
 @pytest.mark.skipif(not dataset_available("fashion_mnist"), reason="Fashion-MNIST is not on this machine")
 def test_short_real_fashion_mnist_run_learns(tmp_path):
     run = train("fmnist-quick", QUIET + [

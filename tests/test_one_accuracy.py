@@ -21,6 +21,7 @@ def _run(tmp_path, *extra):
 
 
 # One accuracy per checkpoint in either precision (bf16 autocast runs on any x86 CPU, emulated without AVX512-BF16).
+@pytest.mark.slow  # three trainings with reports, one in emulated bf16
 @pytest.mark.parametrize("variant", [["train.tta=true", "train.ema=0.9", "train.precision=fp32"],
                                      ["train.tta=false", "train.precision=fp32"],
                                      ["train.tta=true", "train.precision=bf16"]],
