@@ -23,6 +23,7 @@ def test_gpu_speed_smoke_prints_the_table_for_every_cpu_case():
     assert "syncs/step fit (bare)" in done.stdout
 
 
+@pytest.mark.slow  # a subprocess that builds and profiles every augmentation and two training states
 def test_augment_cost_smoke_counts_every_op_without_a_sync():
     """Each augmentation's row: zero host syncs, and MixUp/CutMix/colour jitter within a few launches."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
