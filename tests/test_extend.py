@@ -210,7 +210,7 @@ def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
 
 
 def test_every_registered_model_has_a_classifier_head_giving_the_logits():
-    from cifarlab.registry import create_model, list_models
+    from cifarlab.models.registry import create_model, list_models
     from cifarlab.training.warmstart import classifier_head
 
     for name in list_models():

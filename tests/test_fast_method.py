@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cifarlab.cli import main
 from cifarlab.config import load_config
-from cifarlab.registry import create_model
+from cifarlab.models.registry import create_model
 from cifarlab.training.evaluate import log_probs
 from cifarlab.training.optim import Schedule, build_optimizer
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from cifarlab.rundir import read_metrics, read_summary
+from cifarlab.run.records import read_metrics, read_summary
 from cifarlab.training.checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"

@@ -16,11 +16,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.run import layout
+from cifarlab.run.lock import RunLock
+from cifarlab.run.records import read_summary
+from cifarlab.run.records import write_summary as write_summary_file
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
@@ -63,15 +66,15 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     if source is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
     if run_dir is None:
-        rundir.check_run_name(cfg.name)
+        layout.check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
     created = run_dir is None and runtime.dist.is_main
-    run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name)
+    run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
-    lock = rundir.RunLock(run_dir)
+    lock = RunLock(run_dir)
     try:
         if runtime.dist.is_main:  # held until the run is over; the kernel drops it if the process dies
             lock.acquire()
@@ -102,7 +105,7 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
 
         require_mlflow()
     if cfg.schedule.lr_peak == "auto":
-        from cifarlab.analysis.lr_search import find_peak_lr
+        from cifarlab.lr_range.search import find_peak_lr
 
         cfg = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
@@ -113,7 +116,7 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
-        atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
               f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
               f"device: {runtime.describe()}", runtime)
@@ -141,14 +144,14 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     but whose summary.json is missing or older (a kill between the final checkpoint and the summary) gets
     its summary.json, best.pt status and report rebuilt from the checkpoint, without training."""
     run_dir = Path(run_dir)
-    checkpoint = rundir.checkpoint_path(run_dir, "last.pt")
+    checkpoint = layout.checkpoint_path(run_dir, layout.LAST)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
-    if not checkpoint.exists() and not checkpoint.with_name("last.prev.pt").exists():
-        raise UserError(f"{run_dir} has no checkpoints/last.pt to resume from")
+    if not checkpoint.exists() and not layout.previous_path(checkpoint).exists():
+        raise UserError(f"{run_dir} has no {layout.CHECKPOINTS}/{layout.LAST} to resume from")
     # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
     # holds it for all ranks of a torchrun job (the others would find it taken).
-    lock = rundir.RunLock(run_dir)
+    lock = RunLock(run_dir)
     if os.environ.get("RANK", "0") == "0":
         lock.acquire()
     with lock:
@@ -162,7 +165,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
     try:
-        previous = rundir.read_summary(run_dir, required=False)
+        previous = read_summary(run_dir, required=False)
     except UserError:
         previous = {}
     finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
@@ -190,12 +193,12 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
         if state.epoch < cfg.train.epochs:
             state.stop_reason = "early_stop"
-        _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {rundir.SUMMARY} "
+        _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
                   f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
-        mark_best_completed(rundir.checkpoint_path(run_dir, "best.pt"))
+        mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
         return _finish(state, dataset, state.elapsed_seconds)
     if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
-        atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
               runtime)
     return _fit_and_finish(state, dataset, callbacks)
@@ -278,7 +281,7 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
     if state.status == "interrupted":
         summary["signal"], summary["signal_number"] = state.signal_name, state.signal_number
     if state.runtime.dist.is_main:
-        rundir.write_summary(state.run_dir, summary)
+        write_summary_file(state.run_dir, summary)
     return summary
 
 
@@ -301,7 +304,7 @@ def _closing_message(state: TrainState) -> str:
                    f"no improvement since epoch {stop['best_epoch']})")
     if state.monitor == "test_acc":
         return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
-    return (f"done: best.pt is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
+    return (f"done: {layout.BEST} is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
             f"test accuracy {100 * best['test_acc']:.2f}%, in {run_dir}")
 
 

@@ -11,7 +11,8 @@ import yaml
 from cifarlab.analysis.report import markdown_table
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
-from cifarlab.rundir import CONFIG, SUMMARY, read_metrics, read_summary
+from cifarlab.run.layout import CONFIG, SUMMARY
+from cifarlab.run.records import read_metrics, read_summary
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
 # (row key, markdown header) in table order.

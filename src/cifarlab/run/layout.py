@@ -1,41 +1,41 @@
-"""The run directory's format, in one place: its file names, the metrics.csv columns, summary.json.
+"""The run directory's layout: every file and folder name in it, in this one module.
 
 ```
 runs/<recipe>/<YYYYmmdd-HHMMSS>/
-  config.yaml  metrics.csv  summary.json  lr_find.json  tb/  checkpoints/{last,best}.pt  plots/  tables/
-  model_summary.txt  report.md  report.html
+  config.yaml  metrics.csv  summary.json  lr_find.json  mlflow.json  model_summary.txt  report.md  report.html
+  checkpoints/{last,best}.pt (and last.prev.pt, best.prev.pt: the files a save replaced)
+  tb/  plots/  tables/  mlruns/
 ```
-Writers (the training callbacks, the summary at the end of a run) and readers (report, compare, resume)
-both take names and columns from here, so the format changes in one file.
+Writers and readers take names from here, so the layout changes in one file (tests/test_structure.py
+checks that no other module of src/ spells a name out). What goes into the files is in `run/records.py`
+(metrics.csv, summary.json) and `run/checkpoint.py` (the checkpoints).
 """
 from __future__ import annotations
 
-import csv
-import errno
-import fcntl
-import json
-import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 
-CONFIG = "config.yaml"
-METRICS = "metrics.csv"
-SUMMARY = "summary.json"
-LR_FIND = "lr_find.json"
+CONFIG = "config.yaml"  # the resolved config
+METRICS = "metrics.csv"  # run/records.EpochRow rows
+SUMMARY = "summary.json"  # run/records.Summary
+LR_FIND = "lr_find.json"  # the range test's losses and suggestion
+MLFLOW_RUN = "mlflow.json"  # {tracking_uri, run_id}: a resumed run logs into the same MLflow run
+MLFLOW_STORE = "mlruns"  # the local MLflow file store when no output.mlflow_uri is given
 CHECKPOINTS = "checkpoints"
+LAST = "last.pt"  # newest state, what resume continues
+BEST = "best.pt"  # the epoch the monitor chose, what eval and report analyse
 TENSORBOARD = "tb"
+PLOTS = "plots"
+TABLES = "tables"
+LR_FIND_PLOT = "lr_find.png"  # under plots/
 MODEL_SUMMARY = "model_summary.txt"
-LOCK = ".lock"  # only where a directory cannot be flock'ed (see RunLock)
-
-# metrics.csv: a `step` row per logging window, an `epoch` row per epoch; accuracies are fractions.
-# The val columns stay empty without a validation split.
-METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                  "test_acc", "elapsed_seconds", "images_per_second")
-_INT_COLUMNS = ("epoch", "step")
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+LOCK = ".lock"  # only where a directory cannot be flock'ed (see run/lock.py)
+TENSORBOARD_HPARAMS = "hparams"  # tb/hparams: the HPARAMS tab's session of a finished run
 
 
 def check_run_name(name: str) -> str:
@@ -63,111 +63,38 @@ def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
     raise UserError(f"too many runs started this second under {root}")
 
 
-class RunLock:
-    """An exclusive `flock` on the run directory itself, held while a process trains the run.
-
-    The lock is on the directory's own file descriptor, so taking it writes nothing (a refused `resume`
-    leaves the run byte for byte as it was, and no stale lock file is left behind), and the kernel drops it
-    when the process exits, however it exits (SIGKILL included). On a file system that cannot lock a
-    directory it falls back to locking `.lock` inside the run directory."""
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.fd: Optional[int] = None
-
-    def acquire(self) -> "RunLock":
-        """Take the lock, or a UserError when another process holds it (nothing is written either way)."""
-        try:
-            self.fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                os.close(self.fd)  # no locks on directories here (e.g. NFS): lock a file in the run directory
-                self.fd = None
-                self.fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            self.release()
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise UserError(f"run {self.run_dir} is being trained by another process right now; wait for it "
-                                f"to finish, or stop it (Ctrl-C, kill), before resuming it") from None
-            raise UserError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the last descriptor drops the flock
-            self.fd = None
-
-    def __enter__(self) -> "RunLock":  # `with lock:` releases an acquired lock at the end; it takes none
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def checkpoint_path(run_dir: str | Path, name: str = "last.pt") -> Path:
+def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
     return Path(run_dir) / CHECKPOINTS / name
+
+
+def previous_path(path: str | Path) -> Path:
+    """`last.pt` -> `last.prev.pt`: where the file a checkpoint save replaces is kept."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
 
 
 def report_checkpoint(run_dir: str | Path) -> Optional[Path]:
     """best.pt, else last.pt, else None: the checkpoint a report or an evaluation of the run uses."""
-    for name in ("best.pt", "last.pt"):
+    for name in (BEST, LAST):
         path = checkpoint_path(run_dir, name)
         if path.is_file():
             return path
     return None
 
 
-def write_summary(run_dir: str | Path, summary: dict) -> None:
-    atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
+def plot(name: str) -> str:
+    """`plots/<name>`, relative to the run directory (as report.md links it)."""
+    return f"{PLOTS}/{name}"
 
 
-def read_summary(run_dir: str | Path, required: bool = True) -> dict:
-    """summary.json of a run; a UserError naming the directory when it is missing or broken (or {} when
-    `required` is False and the file is missing)."""
-    path = Path(run_dir) / SUMMARY
-    if not path.is_file():
-        if not required:
-            return {}
-        raise UserError(f"{str(run_dir)!r} has no {SUMMARY}: not a cifarlab run directory, "
-                        "or the run never finished an epoch")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(summary, dict):
-        raise UserError(f"{str(path)!r} is not a cifarlab summary (a JSON object expected)")
-    return summary
+def run_dir_of_checkpoint(checkpoint: str | Path) -> Optional[Path]:
+    """The run directory a checkpoint file lies in (`<run>/checkpoints/<file>.pt` next to config.yaml,
+    symlinks and `..` resolved), or None when it lies elsewhere."""
+    real = Path(checkpoint).resolve()
+    run_dir = real.parent.parent
+    return run_dir if real.parent.name == CHECKPOINTS and (run_dir / CONFIG).is_file() else None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.csv rows with numbers parsed (epoch/step int, the rest float) and empty cells as None.
-
-    A run without metrics.csv has no rows; a torn last row (a kill mid-write) is skipped."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if is_whole_row(row)]
-    return [parsed for parsed in map(_parse_row, rows) if parsed is not None]
-
-
-def _parse_row(row: dict[str, str]) -> Optional[dict[str, Any]]:
-    parsed: dict[str, Any] = {"kind": row.get("kind", "")}
-    try:
-        for key in METRIC_COLUMNS[1:]:
-            cell = (row.get(key) or "").strip()
-            parsed[key] = None if cell == "" else int(float(cell)) if key in _INT_COLUMNS else float(cell)
-    except ValueError:
-        return None
-    return parsed
-
-
-def is_whole_row(row: dict) -> bool:
-    """A metrics.csv row as written in full (a kill can leave half a line): every column of the file's
-    header has a cell (files from before a column existed simply lack it) and none is left over."""
-    return row.get("kind") in ("step", "epoch") and None not in row and None not in row.values() \
-        and (row.get("step") or "").isdigit()
+def example_checkpoint(recipe: str = "<recipe>", stamp: str = "<time>") -> str:
+    """`runs/<recipe>/<time>/checkpoints/best.pt`, for help texts and messages."""
+    return f"runs/{recipe}/{stamp}/{CHECKPOINTS}/{BEST}"

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
-from cifarlab.rundir import METRIC_COLUMNS, is_whole_row
+from cifarlab.run.layout import BEST, LAST, TENSORBOARD_HPARAMS
+from cifarlab.run.records import METRIC_COLUMNS, is_whole_row
 from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
 
 
@@ -171,9 +172,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-HPARAMS_RUN = "hparams"  # tb/hparams: the HPARAMS tab's session of a finished run
-
-
 class TensorBoard(Callback):
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
@@ -222,8 +220,8 @@ class TensorBoard(Callback):
         metrics = {f"hparam/final_{key}": last[key] for key in ("test_acc", "test_loss", "train_acc", "train_loss",
                                                                 "val_acc", "val_loss") if key in last}
         metrics.update({f"hparam/best_{key}": best[key] for key in ("test_acc", "val_acc") if key in best})
-        shutil.rmtree(self.log_dir / HPARAMS_RUN, ignore_errors=True)
-        self.writer.add_hparams(hparams, metrics, run_name=HPARAMS_RUN, global_step=state.step)
+        shutil.rmtree(self.log_dir / TENSORBOARD_HPARAMS, ignore_errors=True)
+        self.writer.add_hparams(hparams, metrics, run_name=TENSORBOARD_HPARAMS, global_step=state.step)
 
 
 class Checkpointer(Callback):
@@ -238,20 +236,20 @@ class Checkpointer(Callback):
 
     def save(self, state, *names: str) -> None:
         save_checkpoint(make_payload(state), *(self.directory / name for name in names))
-        if "last.pt" in names:
-            state.last_checkpoint = {"path": str(self.directory / "last.pt"), "epoch": state.epoch, "step": state.step}
+        if LAST in names:
+            state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
                 and state.batch_in_epoch < state.steps_per_epoch and state.stop_reason != "diverged":
-            self.save(state, "last.pt")
+            self.save(state, LAST)
 
     def on_epoch_end(self, state):
         if state.stop_reason == "diverged":
             return
-        names = ["best.pt"] if state.best() is state.history[-1] else []
+        names = [BEST] if state.best() is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.status == "completed":
-            names.append("last.pt")
+            names.append(LAST)
         if names:  # one serialisation for both files when the newest epoch is also the best
             self.save(state, *names)
 
@@ -259,11 +257,11 @@ class Checkpointer(Callback):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
         # Not when this very step is already in last.pt (early stop is decided before on_epoch_end saves).
         saved = state.last_checkpoint or {}
-        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / "last.pt")
+        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST)
         if state.stop_reason in ("interrupted", "early_stop") and not (here and state.stop_reason == "early_stop"):
-            self.save(state, "last.pt")
+            self.save(state, LAST)
         if state.status == "completed":
-            mark_best_completed(self.directory / "best.pt")
+            mark_best_completed(self.directory / BEST)
 
 
 def mark_best_completed(best: Path) -> None:

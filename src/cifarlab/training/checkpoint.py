@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarlab._version import __version__
 from cifarlab.atomic import atomic_write_bytes
 from cifarlab.errors import UserError
-from cifarlab.registry import build_model
+from cifarlab.models.registry import build_model
+from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
 from cifarlab.training.payload_check import check_payload
 
 FORMAT_VERSION = 1
@@ -44,8 +46,6 @@ DEFAULT_MAX_BYTES = 4 * 1024**3
 
 
 def versions() -> dict[str, str]:
-    from cifarlab import __version__
-
     return {"python": platform.python_version(), "torch": str(torch.__version__), "cifarlab": __version__}
 
 
@@ -109,12 +109,6 @@ def outcome(payload: dict[str, Any]) -> dict[str, Any]:
     return {name: stored.get(name) for name in OUTCOME_FIELDS}
 
 
-def previous_path(path: Path) -> Path:
-    """`last.pt` -> `last.prev.pt`: where the file a save replaces is kept."""
-    path = Path(path)
-    return path.with_name(path.stem + ".prev" + path.suffix)
-
-
 def serialize(payload: dict[str, Any]) -> bytes:
     """torch.save bytes plus the sha256 trailer (see module doc)."""
     buffer = io.BytesIO()
@@ -162,13 +156,13 @@ def _read_bytes(path: Path) -> bytes:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except IsADirectoryError:
-        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt") from None
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}") from None
     except OSError as err:
         raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     info = os.fstat(fd)
     problem = None
     if stat.S_ISDIR(info.st_mode):
-        problem = f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt"
+        problem = f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}"
     elif not stat.S_ISREG(info.st_mode):
         problem = f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file"
     elif info.st_size > limit:

@@ -18,9 +18,9 @@ from typing import Optional
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run.layout import MLFLOW_RUN, MLFLOW_STORE
 from cifarlab.training.callbacks import Callback
 
-RUN_FILE = "mlflow.json"
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
@@ -36,7 +36,7 @@ def require_mlflow() -> None:
 class MLflowLogger(Callback):
     def __init__(self, run_dir: Path, tracking_uri: Optional[str] = None):
         self.run_dir = Path(run_dir)
-        self.tracking_uri = tracking_uri or (self.run_dir / "mlruns").resolve().as_uri()
+        self.tracking_uri = tracking_uri or (self.run_dir / MLFLOW_STORE).resolve().as_uri()
         self.client = None
         self.run_id = None
         self._last_window = None
@@ -49,7 +49,7 @@ class MLflowLogger(Callback):
             # MLflow 3 refuses the file store unless asked: it is what an offline, server-less log needs.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        saved = self.run_dir / RUN_FILE
+        saved = self.run_dir / MLFLOW_RUN
         if saved.is_file():  # resumed: the same MLflow run
             self.run_id = json.loads(saved.read_text())["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
