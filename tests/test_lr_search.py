@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cifarlab.analysis import lr_search
+from cifarlab.lr_range import search as lr_search
 from cifarlab.config import load_config
 from cifarlab.experiment import load_data
 from cifarlab.runtime import make_runtime
