@@ -90,7 +90,7 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
 
     def stop_at_step_28(state, inputs, labels):
         if state.step + 1 == 28:
-            state.stop_reason, state.signal_name, state.signal_number = "interrupted", "SIGINT", 2
+            state.interrupt("SIGINT", 2)
         real_step(state, inputs, labels)
 
     monkeypatch.setattr(loop, "train_step", stop_at_step_28)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from cifarlab.lr_range import search as lr_search
 from cifarlab.config import load_config
 from cifarlab.experiment import load_data
+from cifarlab.lr_range import search as lr_search
 from cifarlab.runtime import make_runtime
 
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]

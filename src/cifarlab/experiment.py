@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -191,12 +190,12 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     if finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
-        if state.epoch < cfg.train.epochs:
-            state.stop_reason = "early_stop"
+        if state.epoch < cfg.train.epochs and state.stop is None:
+            state.request_stop("stopped early (the checkpoint says the run finished)")
         _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
                   f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
         mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
-        return _finish(state, dataset, state.elapsed_seconds)
+        return _finish(state, dataset)
     if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
@@ -221,18 +220,17 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
-    started = time.perf_counter()
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
         callbacks.callbacks.extend(user_callbacks)
     fit(state, callbacks)
-    return _finish(state, dataset, time.perf_counter() - started)
+    return _finish(state, dataset)
 
 
-def _finish(state: TrainState, dataset: Dataset, wall_seconds: float) -> Run:
+def _finish(state: TrainState, dataset: Dataset) -> Run:
     """summary.json, the closing line and the report of a run whose training is over (or stopped)."""
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
-    summary = write_summary(state, wall_seconds)
+    summary = write_summary(state)
     if runtime.dist.is_main:
         _announce(_closing_message(state), runtime)
         if cfg.output.report and state.history and state.status == "completed":
@@ -246,7 +244,7 @@ def _finish(state: TrainState, dataset: Dataset, wall_seconds: float) -> Run:
     return Run(run_dir, cfg, summary, list(state.history))
 
 
-def write_summary(state: TrainState, wall_seconds: float) -> dict:
+def write_summary(state: TrainState) -> dict:
     best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
     last = state.history[-1] if state.history else {}
     loader = state.train_loader
@@ -262,7 +260,7 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "final_test_acc": last.get("test_acc"), "final_test_loss": last.get("test_loss"),
         "final_train_acc": last.get("train_acc"),
         "best_train_acc": max((row["train_acc"] for row in state.history), default=None),
-        "wall_seconds": round(wall_seconds, 3), "train_seconds": round(train_seconds, 3),
+        "wall_seconds": round(state.wall_seconds, 3), "train_seconds": round(train_seconds, 3),
         "compile_seconds": round(state.compile_seconds, 3),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
         "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
@@ -279,7 +277,8 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).
         summary["last_good_checkpoint"] = state.last_checkpoint["path"] if state.last_checkpoint else None
     if state.status == "interrupted":
-        summary["signal"], summary["signal_number"] = state.signal_name, state.signal_number
+        details = state.outcome.details
+        summary["signal"], summary["signal_number"] = details.get("signal"), details.get("signal_number")
     if state.runtime.dist.is_main:
         write_summary_file(state.run_dir, summary)
     return summary
@@ -288,7 +287,7 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
 def _closing_message(state: TrainState) -> str:
     run_dir = state.run_dir
     if state.status == "interrupted":
-        return (f"stopped by {state.signal_name or 'a signal'} at epoch {state.epoch + 1}, step {state.step}; "
+        return (f"{state.outcome.reason} at epoch {state.epoch + 1}, step {state.step}; "
                 f"checkpoint saved. Resume with: cifarlab resume {run_dir}")
     if state.status == "diverged":
         where, saved = state.diverged_at, state.last_checkpoint
@@ -298,10 +297,10 @@ def _closing_message(state: TrainState) -> str:
                 f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` (the LR range test) "
                 f"suggests one")
     best = state.best()
-    if state.stop_reason == "early_stop":
-        stop = state.early_stop
-        run_dir = (f"{run_dir} (stopped early after epoch {stop['epoch']}: "
-                   f"no improvement since epoch {stop['best_epoch']})")
+    if best is None:  # stopped before its first epoch ended
+        return f"done: stopped before any epoch finished ({state.outcome.reason}) in {run_dir}"
+    if state.early_stop is not None:
+        run_dir = f"{run_dir} (stopped early after epoch {state.epoch}: {state.outcome.reason})"
     if state.monitor == "test_acc":
         return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
     return (f"done: {layout.BEST} is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "

@@ -1,8 +1,9 @@
 """Everything optional around the loop: named no-op hooks that see one `TrainState`.
 
-Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end. Callbacks never
-synchronise with the device themselves: they read what the loop publishes at its sync points
-(`state.window` every `train.log_every_steps` steps, `state.history` at the epoch end).
+Hooks: on_fit_start, on_epoch_start, on_window, on_step_end, on_epoch_end, on_fit_end, and on_exception
+when the fit raises. Callbacks never synchronise with the device themselves: they read what the loop
+publishes at its sync points (`state.window` in `on_window`, every `train.log_every_steps` steps;
+`state.history` at the epoch end). To end a run early, call `state.request_stop(reason)`.
 """
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ from cifarlab.atomic import append_line, atomic_write_text
 from cifarlab.run.layout import BEST, LAST, TENSORBOARD_HPARAMS
 from cifarlab.run.records import METRIC_COLUMNS, is_whole_row
 from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
 
 
 class Callback:
     def on_fit_start(self, state): ...
     def on_epoch_start(self, state): ...
+    def on_window(self, state): ...  # a new logging window in `state.window` (before that step's on_step_end)
     def on_step_end(self, state): ...
     def on_epoch_end(self, state): ...
     def on_fit_end(self, state): ...
+    def on_exception(self, state, error: BaseException): ...  # the fit raised `error`; it is re-raised after
 
 
 class Callbacks(Callback):
@@ -39,9 +43,21 @@ class Callbacks(Callback):
 
     def on_fit_start(self, state): self._fire("on_fit_start", state)
     def on_epoch_start(self, state): self._fire("on_epoch_start", state)
+    def on_window(self, state): self._fire("on_window", state)
     def on_step_end(self, state): self._fire("on_step_end", state)
     def on_epoch_end(self, state): self._fire("on_epoch_end", state)
     def on_fit_end(self, state): self._fire("on_fit_end", state)
+
+    def on_exception(self, state, error):
+        """Every callback's, even when one of them raises (the first such error is raised after the rest)."""
+        failed = None
+        for callback in self.callbacks:
+            try:
+                callback.on_exception(state, error)
+            except Exception as err:  # noqa: BLE001 - the others still clean up; the fit's error goes on
+                failed = failed or err
+        if failed is not None:
+            raise failed from error
 
 
 class ModelEpochs(Callback):
@@ -68,7 +84,6 @@ class Progress(Callback):
         self.bars = mode == "bar" or (mode == "auto" and (self.stream.isatty() or in_notebook()))
         self.silent = mode == "none"
         self.bar = None
-        self._shown = None
 
     def on_epoch_start(self, state):
         if self.silent:
@@ -82,19 +97,18 @@ class Progress(Callback):
         else:
             print(f"Epoch {state.epoch + 1}/{total}", file=self.stream, flush=True)
 
-    def on_step_end(self, state):
+    def on_window(self, state):
         window = state.window
-        fresh = window is not None and window is not self._shown
-        if fresh:
-            self._shown = window
-            text = f"loss={window['train_loss']:.4f} acc={100 * window['train_acc']:.2f}% lr={window['lr']:.3g}"
+        text = f"loss={window['train_loss']:.4f} acc={100 * window['train_acc']:.2f}% lr={window['lr']:.3g}"
         if self.bar is not None:
-            if fresh:
-                self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-        elif fresh and not self.silent:
+            self.bar.set_postfix_str(text, refresh=False)
+        elif not self.silent:
             print(f"  step {window['step']} ({state.batch_in_epoch}/{state.steps_per_epoch}): {text}",
                   file=self.stream, flush=True)
+
+    def on_step_end(self, state):
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, state):
         if self.bar is not None:
@@ -117,6 +131,10 @@ class Progress(Callback):
     def on_fit_end(self, state):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def on_exception(self, state, error):
+        self.on_fit_end(state)
 
 
 def in_notebook() -> bool:
@@ -130,7 +148,6 @@ class CSVLogger(Callback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._last_window = None
 
     def on_fit_start(self, state):
         # Rows logged after the checkpoint we resume from will be logged again, and a kill may have left
@@ -154,11 +171,8 @@ class CSVLogger(Callback):
             {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
         append_line(self.path, line.getvalue())
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self._append({"kind": "step", **window})
+    def on_window(self, state):
+        self._append({"kind": "step", **state.window})
 
     def on_epoch_end(self, state):
         self._append({"kind": "epoch", **state.history[-1]})
@@ -176,7 +190,6 @@ class TensorBoard(Callback):
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         self.writer = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         from torch.utils.tensorboard import SummaryWriter
@@ -184,12 +197,10 @@ class TensorBoard(Callback):
         # On resume, drop the events logged after the checkpoint (steps > state.step): they come again.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
-    def on_step_end(self, state):
+    def on_window(self, state):
         window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self.writer.add_scalar("train/loss_step", window["train_loss"], window["step"])
-            self.writer.add_scalar("lr", window["lr"], window["step"])
+        self.writer.add_scalar("train/loss_step", window["train_loss"], window["step"])
+        self.writer.add_scalar("lr", window["lr"], window["step"])
 
     def on_epoch_end(self, state):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
@@ -209,6 +220,12 @@ class TensorBoard(Callback):
         if state.status == "completed" and state.history:
             self._hparams(state)
         self.writer.close()
+        self.writer = None
+
+    def on_exception(self, state, error):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def _hparams(self, state) -> None:
         """The flat config and the final metrics in TensorBoard's HPARAMS tab, once, under tb/hparams
@@ -227,8 +244,8 @@ class TensorBoard(Callback):
 class Checkpointer(Callback):
     """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
 
-    It only saves: whether the weights are still good is the loop's call (`state.stop_reason`), so after
-    a divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
+    It only saves: whether the weights are still good is the loop's call (`state.outcome`), so after a
+    divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
 
     def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
         self.directory = Path(directory)
@@ -237,15 +254,16 @@ class Checkpointer(Callback):
     def save(self, state, *names: str) -> None:
         save_checkpoint(make_payload(state), *(self.directory / name for name in names))
         if LAST in names:
-            state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step}
+            state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step,
+                                     "status": state.status}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
-                and state.batch_in_epoch < state.steps_per_epoch and state.stop_reason != "diverged":
+                and state.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
             self.save(state, LAST)
 
     def on_epoch_end(self, state):
-        if state.stop_reason == "diverged":
+        if state.status == "diverged":
             return
         names = [BEST] if state.best() is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.status == "completed":
@@ -254,11 +272,13 @@ class Checkpointer(Callback):
             self.save(state, *names)
 
     def on_fit_end(self, state):
-        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
-        # Not when this very step is already in last.pt (early stop is decided before on_epoch_end saves).
+        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not
+        # when last.pt holds this very step with this status already: an early stop decided before
+        # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
         saved = state.last_checkpoint or {}
-        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST)
-        if state.stop_reason in ("interrupted", "early_stop") and not (here and state.stop_reason == "early_stop"):
+        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST) \
+            and saved.get("status") == state.status
+        if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:
             self.save(state, LAST)
         if state.status == "completed":
             mark_best_completed(self.directory / BEST)
@@ -286,12 +306,11 @@ class StopOnSignal(Callback):
 
     def on_fit_start(self, state):
         def handler(signum, frame):
-            if state.stop_reason == "interrupted":  # asked twice: stop now
+            if state.outcome.kind == INTERRUPTED:  # asked twice: stop now
                 signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
                 os.kill(os.getpid(), signum)
                 return
-            state.stop_reason = "interrupted"
-            state.signal_name, state.signal_number = signal.Signals(signum).name, int(signum)
+            state.interrupt(signal.Signals(signum).name, int(signum))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -301,15 +320,19 @@ class StopOnSignal(Callback):
 
     def on_step_end(self, state):
         # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
-        if state.stop_reason == "interrupted" and not self._told:
+        if state.outcome.kind == INTERRUPTED and not self._told:
             self._told = True
-            print(f"\n{state.signal_name or 'signal'} received: finishing step {state.step} and saving a "
-                  f"checkpoint (send it again to stop at once)", file=self.stream, flush=True)
+            name = state.outcome.details.get("signal") or "signal"
+            print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
+                  f"stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
         self.previous.clear()
+
+    def on_exception(self, state, error):  # a raising callback must not leave our handler installed
+        self.on_fit_end(state)
 
 
 class EarlyStop(Callback):
@@ -325,7 +348,7 @@ class EarlyStop(Callback):
         for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
             if best is None or sign * (row[monitor] - best) > self.min_delta:
                 best_epoch, best = row["epoch"], row[monitor]
-        if state.epoch - best_epoch >= self.patience and not state.stop_reason:
-            state.stop_reason = "early_stop"
-            state.early_stop = {"epoch": state.epoch, "best_epoch": best_epoch}
+        if state.epoch - best_epoch >= self.patience:
+            state.request_stop(f"no improvement in {monitor} by more than {self.min_delta:g} since epoch "
+                               f"{best_epoch}", best_epoch=best_epoch)
 

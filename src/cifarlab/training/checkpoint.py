@@ -33,6 +33,7 @@ from cifarlab.atomic import atomic_write_bytes
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
+from cifarlab.training.outcome import EARLY_STOPPED, Stop
 from cifarlab.training.payload_check import check_payload
 
 FORMAT_VERSION = 1
@@ -86,6 +87,7 @@ def make_payload(state) -> dict[str, Any]:
         "batch_in_epoch": state.batch_in_epoch,
         "elapsed_seconds": state.elapsed_seconds,
         "compile_seconds": state.compile_seconds,
+        "wall_seconds": state.wall_seconds,  # of the whole run so far, every process that trained it
         **state.metrics.state_dict(),  # epoch_meter, window_meter: float64 sums of the epoch and window so far
         "rng": rng_state(state.runtime),
         "history": state.history,
@@ -245,8 +247,14 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
     state.compile_seconds = payload.get("compile_seconds", 0.0)
     state.schedule.lr_used = payload.get("lr_used", state.schedule.lr)
     state.history = list(payload["history"])
-    for name, value in outcome(payload).items():
-        setattr(state, name, value)
+    # Checkpoints before wall_seconds was kept: the training time is the best lower bound there is.
+    state.wall_seconds_before = payload.get("wall_seconds", payload["elapsed_seconds"])
+    stored = outcome(payload)
+    state.lr_peak, state.lr_peak_source = stored["lr_peak"], stored["lr_peak_source"]
+    if stored["early_stop"]:  # the run stopped early: it takes effect at once
+        stop = stored["early_stop"]
+        reason = stop.get("reason") or f"no improvement since epoch {stop.get('best_epoch')}"
+        state.stop = Stop(EARLY_STOPPED, state.epoch, state.step, reason, {"best_epoch": stop.get("best_epoch")})
     set_rng_state(payload["rng"], state.runtime)
 
 

@@ -39,7 +39,6 @@ class MLflowLogger(Callback):
         self.tracking_uri = tracking_uri or (self.run_dir / MLFLOW_STORE).resolve().as_uri()
         self.client = None
         self.run_id = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         require_mlflow()
@@ -82,11 +81,9 @@ class MLflowLogger(Callback):
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def on_step_end(self, state):
+    def on_window(self, state):
         window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self._log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, window["step"])
+        self._log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, window["step"])
 
     def on_epoch_end(self, state):
         row = state.history[-1]
@@ -95,3 +92,7 @@ class MLflowLogger(Callback):
     def on_fit_end(self, state):
         if self.client is not None and self.run_id is not None:
             self.client.set_terminated(self.run_id, status=STATUS.get(state.status, "KILLED"))
+
+    def on_exception(self, state, error):
+        if self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, status="FAILED")

@@ -84,7 +84,7 @@ def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
     need(_whole(batch, 0, step), "batch_in_epoch", f"a whole number in 0..step ({step})", batch)
     need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
     _check_history(payload["history"], epoch, need)
-    for key in ("elapsed_seconds", "compile_seconds", "lr_used"):
+    for key in ("elapsed_seconds", "compile_seconds", "wall_seconds", "lr_used"):
         value = payload.get(key)
         need(value is None or (_finite(value) and value >= 0), key, "a finite number >= 0", value)
 
