@@ -29,8 +29,8 @@ from PIL import Image
 from _runs import assert_refused, finished_and_open_runs, tampered_copy
 from cifarlab.cli import main
 from cifarlab.run import layout, lock
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import build
-from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]

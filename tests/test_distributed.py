@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training.build import load_for_evaluation
-from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Same global batch (64) in both runs; 2048 images make the accuracy a stable figure, 12 px keep it quick.

@@ -13,8 +13,8 @@ import yaml
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.config import load_config
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
-from cifarlab.training.checkpoint import load_checkpoint
 from cifarlab.training.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",

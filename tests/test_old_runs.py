@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from cifarlab.cli import main
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import read_metrics, read_summary
-from cifarlab.training.checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"
 MADE_WITH = json.loads((FIXTURE / "made_with.json").read_text())
@@ -65,7 +65,7 @@ def test_an_old_interrupted_run_resumes_and_keeps_what_it_had_done(resumed):
     new = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert (new["epoch"], new["step"], new["status"]) == (2, 16, "completed")
     _same(new["history"][0], old["history"][0], "history[0]")
-    assert read_summary(resumed)["status"] == "completed"
+    assert read_summary(resumed).status == "completed"
     assert [row["step"] for row in read_metrics(resumed)] == [4, 8, 8, 12, 16, 16]
 
 
@@ -78,18 +78,38 @@ def test_an_old_interrupted_run_resumes_bit_identical_to_the_old_uninterrupted_o
         for key in STATE_KEYS:
             _same(got[key], want[key], f"{name}:{key}")
     assert _csv_rows(resumed) == _csv_rows(reference)
-    summaries = [{k: v for k, v in read_summary(d).items() if k not in TIMING} for d in (resumed, reference)]
+    summaries = [{k: v for k, v in read_summary(d).to_json().items() if k not in TIMING} for d in (resumed, reference)]
     assert summaries[0] == summaries[1]
 
 
 def test_an_old_best_pt_evaluates_to_its_summary_and_old_records_read(capsys):
     run_dir = FIXTURE / "uninterrupted"
     summary = read_summary(run_dir)
-    assert (summary["status"], summary["epochs_completed"], summary["best_epoch"]) == ("completed", 2, 2)
+    assert (summary.status, summary.epochs_completed, summary.best_epoch) == ("completed", 2, 2)
     rows = read_metrics(run_dir)
     epochs = [row for row in rows if row["kind"] == "epoch"]
     assert [row["epoch"] for row in epochs] == [1, 2] and epochs[-1]["test_acc"] == pytest.approx(
-        summary["best_test_acc"], abs=1e-6)
+        summary.best_test_acc, abs=1e-6)
     assert main(["eval", str(run_dir / "checkpoints" / "best.pt")]) == 0
     printed = re.search(r"\((\d+\.\d\d)%\)", capsys.readouterr().out).group(1)
-    assert printed == f"{100 * summary['best_test_acc']:.2f}"
+    assert printed == f"{100 * summary.best_test_acc:.2f}"
+
+
+def test_a_checkpoint_saves_and_restores_exactly_the_keys_the_format_defines():
+    from cifarlab.run.checkpoint import PAYLOAD_KEYS
+    from cifarlab.training.checkpoint import FIELDS
+
+    assert list(FIELDS) == [key for key in FIELDS if key in PAYLOAD_KEYS] and set(FIELDS) == set(PAYLOAD_KEYS)
+    for run in ("interrupted", "uninterrupted"):
+        for name in ("last.pt", "best.pt"):
+            assert set(load_checkpoint(FIXTURE / run / "checkpoints" / name)) <= set(PAYLOAD_KEYS)
+
+
+def test_a_checkpoint_with_a_key_cifarlab_does_not_know_is_refused(tmp_path, capsys):
+    from cifarlab.run.checkpoint import save_checkpoint
+
+    payload = load_checkpoint(FIXTURE / "uninterrupted" / "checkpoints" / "best.pt")
+    payload["surprise"] = 1
+    save_checkpoint(payload, tmp_path / "odd.pt")
+    assert main(["eval", str(tmp_path / "odd.pt")]) == 2
+    assert "surprise" in capsys.readouterr().err

@@ -20,13 +20,14 @@ from cifarlab.config import Config, load_config, validate
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.run import layout
+from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
 from cifarlab.run.lock import RunLock
-from cifarlab.run.records import read_summary
+from cifarlab.run.records import Summary, read_summary
 from cifarlab.run.records import write_summary as write_summary_file
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
-from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
+from cifarlab.training.checkpoint import restore
 from cifarlab.training.loop import fit
 from cifarlab.training.state import TrainState
 
@@ -164,16 +165,16 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
     try:
-        previous = read_summary(run_dir, required=False)
+        previous = read_summary(run_dir, required=False) or Summary()
     except UserError:
-        previous = {}
+        previous = Summary()
     finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
-    if finished and previous.get("status") == "completed" and previous.get("epochs_completed") == payload["epoch"]:
+    if finished and previous.status == "completed" and previous.epochs_completed == payload["epoch"]:
         raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
                         f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
                         f"or start a new run with `cifarlab train`")
-    if not finished and "diverged" in (previous.get("status"), payload["status"]):
-        step = previous.get("diverged_at", {}).get("step") if isinstance(previous.get("diverged_at"), dict) else None
+    if not finished and "diverged" in (previous.status, payload["status"]):
+        step = previous.diverged_at.get("step") if isinstance(previous.diverged_at, dict) else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
     written_with = payload.get("versions", {}).get("torch")
@@ -193,7 +194,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
         if state.epoch < cfg.train.epochs and state.stop is None:
             state.request_stop("stopped early (the checkpoint says the run finished)")
         _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
-                  f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
+                  f"is {'missing' if previous.status is None else 'out of date'}: rebuilding it from {used}", runtime)
         mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
         return _finish(state, dataset)
     if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
@@ -245,43 +246,40 @@ def _finish(state: TrainState, dataset: Dataset) -> Run:
 
 
 def write_summary(state: TrainState) -> dict:
+    """summary.json of the run as it stands (run/records.Summary); returns it as a dict (`Run.summary`)."""
     best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
     last = state.history[-1] if state.history else {}
     loader = state.train_loader
     per_epoch = min(len(loader) * loader.batch_size, loader.num_images)
     images = state.epoch * per_epoch + min(state.batch_in_epoch * loader.batch_size, loader.num_images)
-    train_seconds = state.elapsed_seconds
-    summary = {
-        "recipe": state.cfg.name, "model": state.cfg.model.name, "dataset": state.cfg.data.dataset,
-        "num_params": sum(p.numel() for p in state.model.parameters()),
-        "epochs_completed": state.epoch, "epochs": state.cfg.train.epochs,
+    train_seconds, outcome = state.elapsed_seconds, state.outcome
+    stopped = outcome.status in ("diverged", "interrupted")
+    summary = Summary(
+        recipe=state.cfg.name, model=state.cfg.model.name, dataset=state.cfg.data.dataset,
+        num_params=sum(p.numel() for p in state.model.parameters()),
+        epochs_completed=state.epoch, epochs=state.cfg.train.epochs,
         # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
-        "selected_by": state.monitor, "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
-        "final_test_acc": last.get("test_acc"), "final_test_loss": last.get("test_loss"),
-        "final_train_acc": last.get("train_acc"),
-        "best_train_acc": max((row["train_acc"] for row in state.history), default=None),
-        "wall_seconds": round(state.wall_seconds, 3), "train_seconds": round(train_seconds, 3),
-        "compile_seconds": round(state.compile_seconds, 3),
-        "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
-        "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
-        "tta": state.cfg.train.tta, "device": state.runtime.describe(), "versions": versions(), "status": state.status,
-    }
-    if state.val_loader is not None:
-        summary.update(best_val_acc=best.get("val_acc"), best_val_loss=best.get("val_loss"),
-                       final_val_acc=last.get("val_acc"), val_images=state.val_loader.num_images)
-    if state.early_stop is not None:
-        summary["early_stop"] = state.early_stop
-    if state.diverged_at is not None:
-        summary["diverged_at"] = state.diverged_at
-    if state.status in ("diverged", "interrupted"):
+        selected_by=state.monitor, best_test_acc=best.get("test_acc"), best_epoch=best.get("epoch"),
+        final_test_acc=last.get("test_acc"), final_test_loss=last.get("test_loss"),
+        final_train_acc=last.get("train_acc"),
+        best_train_acc=max((row["train_acc"] for row in state.history), default=None),
+        wall_seconds=round(state.wall_seconds, 3), train_seconds=round(train_seconds, 3),
+        compile_seconds=round(state.compile_seconds, 3),
+        train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
+        lr_peak=state.lr_peak, lr_peak_source=state.lr_peak_source, precision=state.runtime.precision.name,
+        tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
+        early_stop=state.early_stop, diverged_at=state.diverged_at,
         # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).
-        summary["last_good_checkpoint"] = state.last_checkpoint["path"] if state.last_checkpoint else None
-    if state.status == "interrupted":
-        details = state.outcome.details
-        summary["signal"], summary["signal_number"] = details.get("signal"), details.get("signal_number")
+        last_good_checkpoint=state.last_checkpoint["path"] if stopped and state.last_checkpoint else None,
+        signal=outcome.details.get("signal") if outcome.status == "interrupted" else None,
+        signal_number=outcome.details.get("signal_number") if outcome.status == "interrupted" else None,
+    )
+    if state.val_loader is not None:
+        summary.best_val_acc, summary.best_val_loss = best.get("val_acc"), best.get("val_loss")
+        summary.final_val_acc, summary.val_images = last.get("val_acc"), state.val_loader.num_images
     if state.runtime.dist.is_main:
         write_summary_file(state.run_dir, summary)
-    return summary
+    return summary.to_json()
 
 
 def _closing_message(state: TrainState) -> str:

@@ -22,21 +22,12 @@ from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
 from cifarlab.run import layout
 from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
-from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.run.records import Summary, read_metrics, read_summary
 
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
-SUMMARY_FIELDS = (  # (summary.json key, label in the report)
-    ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
-    ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
-    ("selected_by", f"{layout.BEST} chosen by"), ("best_epoch", "best epoch"),
-    ("best_val_acc", f"validation accuracy of {layout.BEST}"),
-    ("best_test_acc", f"test accuracy of {layout.BEST}"), ("final_test_acc", "final test accuracy"),
-    ("final_test_loss", "final test loss"), ("final_train_acc", "final train accuracy"),
-    ("best_train_acc", "best train accuracy"), ("lr_peak", "found max LR (range test)"),
-    ("wall_seconds", "training wall time"), ("train_images_per_second", "training images/s"),
-)
+SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
 def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, device="cpu", gallery_size: int = 20,
@@ -46,7 +37,8 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     from cifarlab.analysis.predict import predict
 
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir, required=False)
+    record = read_summary(run_dir, required=False)
+    summary = record.to_json() if record is not None else {}
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test

@@ -35,7 +35,6 @@ MODEL_SUMMARY = "model_summary.txt"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 LOCK = ".lock"  # only where a directory cannot be flock'ed (see run/lock.py)
-TENSORBOARD_HPARAMS = "hparams"  # tb/hparams: the HPARAMS tab's session of a finished run
 
 
 def check_run_name(name: str) -> str:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
-from cifarlab.run.layout import BEST, LAST, TENSORBOARD_HPARAMS
-from cifarlab.run.records import METRIC_COLUMNS, is_whole_row
-from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.run.layout import BEST, LAST
+from cifarlab.run.records import METRIC_COLUMNS, TRACKED, csv_cells, is_whole_row, tracked_values
+from cifarlab.training.checkpoint import make_payload
 from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
 
 
@@ -164,29 +163,24 @@ class CSVLogger(Callback):
             rows = list(csv.DictReader(handle))
         return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
-    def _append(self, row: dict) -> None:
+    def _append(self, kind: str, row: dict) -> None:
         # One write, then fsync: after a kill the file holds whole rows (the reader drops a torn last one).
         line = io.StringIO()
-        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(
-            {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(csv_cells(kind, row))
         append_line(self.path, line.getvalue())
 
     def on_window(self, state):
-        self._append({"kind": "step", **state.window})
+        self._append("step", state.window)
 
     def on_epoch_end(self, state):
-        self._append({"kind": "epoch", **state.history[-1]})
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    return str(value)
+        self._append("epoch", state.history[-1])
 
 
 class TensorBoard(Callback):
+    """Every tracked metric of run/records.EpochRow as `step/<name>` (logging windows) and `epoch/<name>`
+    (epochs), against the optimizer step; and, when the run finishes, its flat config and final metrics
+    in the HPARAMS tab, in the same run (so TensorBoard lists each run once)."""
+
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         self.writer = None
@@ -198,20 +192,15 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
     def on_window(self, state):
-        window = state.window
-        self.writer.add_scalar("train/loss_step", window["train_loss"], window["step"])
-        self.writer.add_scalar("lr", window["lr"], window["step"])
+        for tag, value in tracked_values("step", state.window).items():
+            self.writer.add_scalar(tag, value, state.window["step"])
 
     def on_epoch_end(self, state):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
         # the events logged after the checkpoint.
         row = state.history[-1]
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
-            if key not in row:
-                continue
-            split, metric = key.split("_")
-            self.writer.add_scalar(f"{metric}/{split}", row[key], row["step"])
-        self.writer.add_scalar("epoch", row["epoch"], row["step"])
+        for tag, value in tracked_values("epoch", row).items():
+            self.writer.add_scalar(tag, value, row["step"])
         self.writer.flush()
 
     def on_fit_end(self, state):
@@ -228,17 +217,23 @@ class TensorBoard(Callback):
             self.writer = None
 
     def _hparams(self, state) -> None:
-        """The flat config and the final metrics in TensorBoard's HPARAMS tab, once, under tb/hparams
-        (an extended run replaces them)."""
+        """The flat config and the final metrics (`hparam/final_<metric>`, `hparam/best_<metric>` for the
+        accuracies) in TensorBoard's HPARAMS tab, written into this run; an extended run adds newer ones."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
         from cifarlab.config_diff import flatten, scalar
 
-        hparams = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
+        config = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
         last, best = state.history[-1], state.best()
-        metrics = {f"hparam/final_{key}": last[key] for key in ("test_acc", "test_loss", "train_acc", "train_loss",
-                                                                "val_acc", "val_loss") if key in last}
-        metrics.update({f"hparam/best_{key}": best[key] for key in ("test_acc", "val_acc") if key in best})
-        shutil.rmtree(self.log_dir / TENSORBOARD_HPARAMS, ignore_errors=True)
-        self.writer.add_hparams(hparams, metrics, run_name=TENSORBOARD_HPARAMS, global_step=state.step)
+        scores = [name for name in TRACKED if name.split("_")[0] in ("train", "val", "test")]
+        metrics = {f"hparam/final_{name}": last[name] for name in scores if name in last}
+        metrics.update({f"hparam/best_{name}": best[name] for name in scores
+                        if name.endswith("_acc") and not name.startswith("train") and name in best})
+        file_writer = self.writer._get_file_writer()  # add_hparams would make a second run (tb/<name>)
+        for summary in hparams_summaries(config, metrics):
+            file_writer.add_summary(summary, state.step)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, state.step)
 
 
 class Checkpointer(Callback):

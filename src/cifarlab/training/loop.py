@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from cifarlab.run.records import EpochRow
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.outcome import DIVERGED, RUNNING
@@ -46,8 +47,8 @@ def _sync_if_due(state: TrainState) -> bool:
     published = state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch
     if published:
         loss, acc = state.metrics.read_window()  # note: a CPU-GPU sync point, once per window
-        state.window = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
-                        "train_loss": loss, "train_acc": acc}
+        state.window = EpochRow(epoch=state.epoch + 1, step=state.step, lr=state.lr, train_loss=loss,
+                                train_acc=acc).as_dict()
     elif not saving:
         return False
     state.check_finite(weights=saving)
@@ -98,11 +99,11 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
     state.batch_in_epoch = 0
     state.epoch_open = False
     state.elapsed_seconds += train_seconds
-    state.history.append({
-        "epoch": state.epoch, "step": state.step, "lr": state.lr, "train_loss": train_loss, "train_acc": train_acc,
-        **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
-        **({"compile_seconds": compile_seconds} if compile_seconds else {}),
-    })
+    state.history.append(EpochRow(
+        epoch=state.epoch, step=state.step, lr=state.lr, train_loss=train_loss, train_acc=train_acc, **scores,
+        elapsed_seconds=state.elapsed_seconds, images_per_second=images / max(train_seconds, 1e-9),
+        compile_seconds=compile_seconds or None,
+    ).as_dict())
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
     if math.isfinite(train_loss):
         state.check_finite(weights=True)

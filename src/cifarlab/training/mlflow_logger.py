@@ -1,7 +1,8 @@
 """An optional MLflow logger (`output.mlflow: true`, needs `pip install cifarlab[mlflow]`).
 
 One MLflow run per cifarlab run: the flat config as params when it starts, the logging windows
-(`train_loss_step`, `lr`) and every epoch's metrics against the optimizer step, and at the end the
+(`step/train_loss`, ...) and every epoch's metrics (`epoch/test_acc`, ...: the TensorBoard tags, from
+run/records.EpochRow) against the optimizer step, and at the end the
 status (FINISHED, KILLED when interrupted, FAILED when diverged). The MLflow run id is kept in
 `<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking store is
 `output.mlflow_uri`, else a local file store in `<run_dir>/mlruns` (no server; `mlflow ui
@@ -19,10 +20,10 @@ from typing import Optional
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import MLFLOW_RUN, MLFLOW_STORE
+from cifarlab.run.records import tracked_values
 from cifarlab.training.callbacks import Callback
 
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
 
 def require_mlflow() -> None:
@@ -82,12 +83,11 @@ class MLflowLogger(Callback):
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_window(self, state):
-        window = state.window
-        self._log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, window["step"])
+        self._log(tracked_values("step", state.window), state.window["step"])
 
     def on_epoch_end(self, state):
         row = state.history[-1]
-        self._log({key: row[key] for key in EPOCH_KEYS if key in row} | {"epoch": row["epoch"]}, row["step"])
+        self._log(tracked_values("epoch", row), row["step"])
 
     def on_fit_end(self, state):
         if self.client is not None and self.run_id is not None:

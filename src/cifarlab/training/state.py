@@ -15,6 +15,7 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
+from cifarlab.run.records import ModelCard
 from cifarlab.runtime import Runtime
 from cifarlab.training.ema import EMA
 from cifarlab.training.lookahead import Lookahead
@@ -173,6 +174,16 @@ class TrainState:
         return self.wall_seconds_before + now
 
     # ------------------------------------------------------------------ reading
+    @property
+    def card(self) -> ModelCard:
+        """What the weights need to be used, saved with them in every checkpoint."""
+        images = self.train_loader.images
+        return ModelCard(classes=tuple(self.classes), in_channels=int(images.shape[1]),
+                         image_size=int(images.shape[-1]), mean=tuple(self.train_loader.mean),
+                         std=tuple(self.train_loader.std), precision=self.runtime.precision.name,
+                         tta=self.cfg.train.tta, architecture=self.cfg.model.name,
+                         options=dict(self.cfg.model.options))
+
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
