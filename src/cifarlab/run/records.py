@@ -105,7 +105,7 @@ class Summary:
     compile_seconds: Optional[float] = _item()
     train_images_per_second: Optional[float] = _item("training images/s", "Images/s")
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
-    lr_peak_source: Optional[str] = _item("peak learning rate from")
+    lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
     tta: Optional[str] = _item()
     device: Optional[str] = _item()
