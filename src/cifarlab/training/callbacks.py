@@ -301,7 +301,7 @@ class StopOnSignal(Callback):
 
     def on_fit_start(self, state):
         def handler(signum, frame):
-            if state.outcome.kind == INTERRUPTED:  # asked twice: stop now
+            if state.stop is not None and state.stop.kind == INTERRUPTED:  # asked twice: stop now
                 signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
                 os.kill(os.getpid(), signum)
                 return
@@ -315,9 +315,9 @@ class StopOnSignal(Callback):
 
     def on_step_end(self, state):
         # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
-        if state.outcome.kind == INTERRUPTED and not self._told:
+        if not self._told and state.stop is not None and state.stop.kind == INTERRUPTED:  # no allocation per step
             self._told = True
-            name = state.outcome.details.get("signal") or "signal"
+            name = state.stop.details.get("signal") or "signal"
             print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
                   f"stop at once)", file=self.stream, flush=True)
 
