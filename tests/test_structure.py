@@ -184,3 +184,15 @@ def test_each_run_dir_name_is_spelled_out_in_one_module_of_src(name):
 def test_the_required_run_dir_names_are_in_the_layout():
     assert {"config.yaml", "metrics.csv", "summary.json", "last.pt", "best.pt", "report.md"} <= set(
         _run_dir_names().values())
+
+
+def test_analysis_never_builds_a_training_state():
+    """analysis/ works on a loaded model, a dataset and the run's records, never on a TrainState."""
+    graph = import_graph()
+    for path in (PACKAGE / "analysis").rglob("*.py"):
+        module = _module_name(path)
+        names = {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
+        names |= {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+                  for alias in node.names}
+        assert not names & {"TrainState", "build_state", "range_test_state"}, module
+        assert not graph[module] & {"cifarlab.training.state", "cifarlab.training.loop"}, module
