@@ -61,10 +61,6 @@ TRACKED = tuple(f.name for f in fields(EpochRow) if f.metadata["tracked"])  # to
 _WHOLE = tuple(f.name for f in fields(EpochRow) if f.metadata["whole"])
 
 
-def metric_label(name: str) -> str:
-    return next(f.metadata["label"] for f in fields(EpochRow) if f.name == name)
-
-
 def tracker_key(kind: str, name: str) -> str:
     """The one name a metric has in TensorBoard and MLflow: `epoch/test_acc`, `step/train_loss`."""
     return f"{kind}/{name}"
