@@ -247,10 +247,11 @@ class Checkpointer(Callback):
         self.every_epochs, self.every_steps = every_epochs, every_steps
 
     def save(self, state, *names: str) -> None:
-        save_checkpoint(make_payload(state), *(self.directory / name for name in names))
-        if LAST in names:
+        payload = make_payload(state)
+        save_checkpoint(payload, *(self.directory / name for name in names))
+        if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
             state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step,
-                                     "status": state.status}
+                                     "status": payload["status"]}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
