@@ -38,7 +38,9 @@ class Callbacks(Callback):
 
     def _fire(self, hook: str, state) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(state)
+            method = getattr(callback, hook, None)  # a callback that is not a Callback may lack newer hooks
+            if method is not None:
+                method(state)
 
     def on_fit_start(self, state): self._fire("on_fit_start", state)
     def on_epoch_start(self, state): self._fire("on_epoch_start", state)
@@ -52,7 +54,7 @@ class Callbacks(Callback):
         failed = None
         for callback in self.callbacks:
             try:
-                callback.on_exception(state, error)
+                getattr(callback, "on_exception", lambda state, error: None)(state, error)
             except Exception as err:  # noqa: BLE001 - the others still clean up; the fit's error goes on
                 failed = failed or err
         if failed is not None:
