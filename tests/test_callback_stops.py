@@ -86,3 +86,23 @@ def test_on_window_is_called_once_per_logging_window_with_the_new_window(tmp_pat
     seen = SeesWindows()
     cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "train.epochs=2"], callbacks=[seen])
     assert seen.windows == [(4, 4), (8, 8), (12, 12), (16, 16)]
+
+
+class InterruptAt(Callback):
+    def on_step_end(self, state):
+        if state.step == 10:
+            state.interrupt("SIGINT", 2)  # what the signal handler does
+
+
+def test_wall_seconds_of_a_resumed_run_count_every_process(tmp_path):
+    import time
+
+    stopped = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[InterruptAt()])
+    assert stopped.status == "interrupted"
+    before = load_checkpoint(stopped.run_dir / "checkpoints" / "last.pt")["wall_seconds"]
+    assert 0 < before <= stopped.summary["wall_seconds"]
+    started = time.perf_counter()
+    resumed = cifarlab.resume(stopped.run_dir)
+    this_process = time.perf_counter() - started
+    assert resumed.status == "completed"
+    assert before < resumed.summary["wall_seconds"] < before + this_process
