@@ -8,6 +8,8 @@ Nothing heavy happens at import time; the API functions import their modules whe
 """
 __version__ = "0.1.0"
 
+from cifarlab.registry import register_model  # noqa: E402  (light: registers your own model factories)
+
 
 def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
     """Train a recipe name, YAML path or `Config` with `key=value` overrides; returns the `Run`.
@@ -19,24 +21,35 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
     return _train(config, overrides, run_dir, data=data, callbacks=callbacks)
 
 
-def resume(run_dir, data=None, callbacks=(), epochs=None):
+def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=()):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
-    epochs in all. Returns the `Run`."""
+    epochs in all; `import_modules=["mypkg.nets"]` registers your own model first. Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
+    from cifarlab.registry import import_user_modules
+
+    import_user_modules(import_modules)
 
     return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
-def load_model(checkpoint, device="cpu"):
-    """An eval-mode model from a checkpoint, with `.classes`, `.mean`, `.std`, `.image_size`, `.tta`."""
+def load_model(checkpoint, device="cpu", import_modules=()):
+    """An eval-mode model from a checkpoint, with `.classes`, `.mean`, `.std`, `.image_size`, `.tta`.
+    `import_modules=["mypkg.nets"]`: modules to import first, which register your own model (a
+    checkpoint's own config is never imported)."""
     from cifarlab.inference import load_model as _load_model
+    from cifarlab.registry import import_user_modules
+
+    import_user_modules(import_modules)
 
     return _load_model(checkpoint, device)
 
 
-def predict(model_or_checkpoint, images, top=3, tta=None):
+def predict(model_or_checkpoint, images, top=3, tta=None, import_modules=()):
     """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
     from cifarlab.inference import predict as _predict
+    from cifarlab.registry import import_user_modules
+
+    import_user_modules(import_modules)
 
     return _predict(model_or_checkpoint, images, top=top, tta=tta)
 
@@ -47,4 +60,4 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
-__all__ = ["train", "resume", "load_model", "predict", "load_config", "__version__"]
+__all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "__version__"]

@@ -27,6 +27,13 @@ def _data_dir_flag(p) -> None:
                    "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
 
 
+def import_flag(p) -> None:
+    """--import MODULE (repeatable): the user's module that registers their model, imported before loading."""
+    p.add_argument("--import", dest="import_modules", action="append", metavar="MODULE", default=[],
+                   help="a Python module to import first, whose @register_model registers your own model "
+                        "(e.g. mypkg.nets; repeat for several); a checkpoint's own config is never imported")
+
+
 CHECKPOINT_HELP = "a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt"
 
 
@@ -38,6 +45,7 @@ def add_analysis_commands(sub) -> None:
     _tta_flags(p)
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions",
@@ -51,12 +59,14 @@ def add_analysis_commands(sub) -> None:
                        epilog="example:\n  cifarlab summary custom_resnet dataset=cifar10 batch_size=512")
     p.add_argument("model", help="a registered model name (see `cifarlab models`)")
     p.add_argument("settings", nargs="*", metavar="key=value", help="dataset=cifar10 batch_size=1, or model options")
+    import_flag(p)
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory",
                        epilog="example:\n  cifarlab report runs/fmnist-quick/20261121-120000")
     p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
@@ -73,6 +83,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
                                             "of the run the checkpoint belongs to)")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_gradcam)
 
     p = sub.add_parser("compare", help="table and overlaid curves of several runs",
@@ -92,6 +103,7 @@ def add_analysis_commands(sub) -> None:
                    help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
     p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
                                             "never overwritten")
+    import_flag(p)
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
@@ -100,6 +112,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
+    import_flag(p)
     p.set_defaults(run=cmd_predict)
 
 
@@ -119,6 +132,7 @@ def cmd_eval(args) -> int:
 def cmd_lr_find(args) -> int:
     from cifarlab.analysis.lr_search import describe, run_range_test, save_range_test
     from cifarlab.config import load_config
+    from cifarlab.registry import import_user_modules
     from cifarlab.rundir import check_run_name
     from cifarlab.runtime import make_runtime
     from cifarlab.training.build import load_data
@@ -126,6 +140,7 @@ def cmd_lr_find(args) -> int:
     if args.out is not None:
         output_target(args.out, "--out", folder=True)
     cfg = load_config(args.recipe, args.overrides)
+    import_user_modules(cfg.model.module)
     if args.out is None:
         check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)

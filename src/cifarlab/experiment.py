@@ -59,6 +59,9 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
+    from cifarlab.registry import import_user_modules
+
+    import_user_modules(cfg.model.module)  # the user's recipe names it: their model registers itself
     source = _arrays(data)
     if source is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
