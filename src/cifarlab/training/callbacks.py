@@ -1,6 +1,6 @@
 """Everything optional around the loop: named no-op hooks that see one `TrainState`.
 
-Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end. Callbacks never
+Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end, on_run_end. Callbacks never
 synchronise with the device themselves: they read what the loop publishes at its sync points
 (`state.window` every `train.log_every_steps` steps, `state.history` at the epoch end).
 """
@@ -26,6 +26,7 @@ class Callback:
     def on_step_end(self, state): ...
     def on_epoch_end(self, state): ...
     def on_fit_end(self, state): ...
+    def on_run_end(self, state): ...  # after summary.json and the report are written (or failed)
 
 
 class Callbacks(Callback):
@@ -41,6 +42,7 @@ class Callbacks(Callback):
     def on_step_end(self, state): self._fire("on_step_end", state)
     def on_epoch_end(self, state): self._fire("on_epoch_end", state)
     def on_fit_end(self, state): self._fire("on_fit_end", state)
+    def on_run_end(self, state): self._fire("on_run_end", state)
 
 
 class ModelEpochs(Callback):
