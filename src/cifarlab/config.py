@@ -286,6 +286,10 @@ class OutputConfig(ConfigSection):
     # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
     mlflow: bool = False
     mlflow_uri: Optional[str] = None
+    # Weights & Biases logging (needs `pip install cifarlab[wandb]`): config, epoch rows, summary and the
+    # report's plots into project wandb_project (default "cifarlab"). See training/wandb_logger.py.
+    wandb: bool = False
+    wandb_project: Optional[str] = None
 
 
 class Config(ConfigSection):
