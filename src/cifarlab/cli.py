@@ -165,6 +165,8 @@ def cmd_datasets(args) -> int:
     for name in list_datasets():
         if name == "folder":
             where = "your own images: data.dataset=folder data.dir=PATH (train/<class>/*, test/<class>/*)"
+        elif name == "hf":
+            where = "a Hugging Face dataset: data.dataset=hf data.dir=SAVED_FOLDER|PARQUET_FOLDER|HUB_NAME"
         else:
             where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
         print(f"{name:<14} {where}")
