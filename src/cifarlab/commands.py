@@ -34,7 +34,8 @@ def import_flag(p) -> None:
                         "(e.g. mypkg.nets; repeat for several); a checkpoint's own config is never imported")
 
 
-CHECKPOINT_HELP = "a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt"
+CHECKPOINT_HELP = ("a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt, or a model folder from "
+                   "`cifarlab export --format hf`")
 
 
 def add_analysis_commands(sub) -> None:
@@ -99,14 +100,16 @@ def add_analysis_commands(sub) -> None:
         "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
         description="example: cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx")
     p.add_argument("checkpoint", type=Path, help="a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt")
-    p.add_argument("--format", dest="export_format", choices=["onnx", "safetensors", "torchscript"], required=True,
-                   help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
-    p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
-                                            "never overwritten")
+    p.add_argument("--format", dest="export_format", choices=["hf", "onnx", "safetensors", "torchscript"],
+                   required=True, help="safetensors: weights only; torchscript: traced module; onnx: needs "
+                                       "cifarlab[onnx]; hf: a Hugging Face-style model folder (model.safetensors, "
+                                       "config.json, README.md model card)")
+    p.add_argument("--out", type=Path, help="output file, for hf a new folder (default: beside the checkpoint, e.g. "
+                                            "best.onnx, best-hf/); never overwritten")
     import_flag(p)
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
+    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
                        epilog="example:\n"
                               "  cifarlab predict runs/fmnist-quick/<time>/checkpoints/best.pt photo1.jpg photo2.png")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
@@ -237,6 +240,12 @@ def _predictions(loaded, images, labels=None):
 
 def cmd_export(args) -> int:
     from cifarlab.export import export
+
+    if args.export_format == "hf":
+        from cifarlab.export_hf import export_hf
+
+        print(export_hf(args.checkpoint, args.out))
+        return 0
 
     out = export(args.checkpoint, args.export_format, args.out)
     print(f"{out}\n{out.with_name(out.name + '.json')}")
