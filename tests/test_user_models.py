@@ -51,6 +51,7 @@ def user_module(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / f"{MODULE}.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(folder))
+    MODELS.names()  # cifarlab's own models registered first, so the copy put back afterwards holds them
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
     yield folder
     sys.modules.pop(MODULE, None)
@@ -86,6 +87,7 @@ def test_a_user_model_loads_everywhere_when_its_module_is_named_and_is_refused_i
         "eval": ["eval", best], "report": ["report", str(run_dir)], "predict": ["predict", best, str(image)],
         "gradcam": ["gradcam", best, "--images", "0,1", "--out", str(tmp_path / "cam.png")],
         "export": ["export", best, "--format", "safetensors", "--out", str(tmp_path / "net.safetensors")],
+        "export hf": ["export", best, "--format", "hf", "--out", str(tmp_path / "hf-folder")],
     }
     refused = _run_cli(list(commands.values()) + [[*argv, *imp] for argv in commands.values()], user_module, tmp_path)
     for result in refused[:len(commands)]:
@@ -98,20 +100,24 @@ def test_a_user_model_loads_everywhere_when_its_module_is_named_and_is_refused_i
     assert "Accuracy:" in worked["eval"]["out"]
     assert worked["predict"]["out"].startswith(f"{image}: class")
     assert (run_dir / "report.md").is_file() and (tmp_path / "cam.png").is_file()
-    assert (tmp_path / "net.safetensors").is_file()
+    assert (tmp_path / "net.safetensors").is_file() and (tmp_path / "hf-folder" / "config.json").is_file()
 
 
 def test_the_api_imports_only_the_modules_it_is_given(tmp_path, user_module):
     from cifarlab.errors import UserError
 
+    from cifarlab.export_hf import export_hf
+
     best = _train(tmp_path) / "checkpoints" / "best.pt"
-    del MODELS._entries["tiny_mlp"]  # a fresh process: nothing registered it yet
-    sys.modules.pop(MODULE)
-    with pytest.raises(UserError, match="'tiny_mlp' is not registered.*--import " + MODULE):
-        cifarlab.load_model(best)
-    assert MODULE not in sys.modules  # the checkpoint names the module; loading it did not import it
-    model = cifarlab.load_model(best, import_modules=[MODULE])
-    assert type(model).__name__ == "Sequential" and len(model.classes) == 10
+    folder = export_hf(best, tmp_path / "hf-folder")
+    for source in (best, folder):  # a checkpoint, and the model folder exported from it
+        del MODELS._entries["tiny_mlp"]  # as in a fresh process: nothing registered it yet
+        sys.modules.pop(MODULE)
+        with pytest.raises(UserError, match="'tiny_mlp' is not registered.*--import " + MODULE):
+            cifarlab.load_model(source)
+        assert MODULE not in sys.modules  # the file names the module; loading it did not import it
+        model = cifarlab.load_model(source, import_modules=[MODULE])
+        assert type(model).__name__ == "Sequential" and len(model.classes) == 10
 
 
 def test_a_module_that_cannot_be_imported_is_one_line_before_any_run_directory(tmp_path, capsys):

@@ -6,10 +6,10 @@
     DIR/README.md           a model card: what it is, how to use it, the run's results
 
 The folder is what `huggingface_hub.upload_folder` pushes as is; nothing here needs huggingface_hub (plain
-safetensors and JSON). `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR, ...)`, `cifarlab predict DIR img.png`
-and `cifarlab eval DIR` accept it like a checkpoint, with the same probabilities. A model from the user's own
-module needs that module named again (`import_modules=` / `--import`): config.json records it, and as for
-a checkpoint it is never imported because a file names it.
+safetensors and JSON). Loading is cifarlab/hf_folder.py: `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR,
+...)`, `cifarlab predict DIR img.png` and `cifarlab eval DIR` accept the folder like a checkpoint, with the
+same probabilities. A model from the user's own module needs that module named again (`import_modules=` /
+`--import`): config.json records it, and as for a checkpoint it is never imported because a file names it.
 """
 from __future__ import annotations
 
@@ -22,16 +22,10 @@ from typing import Any, Optional, Union
 import torch
 
 from cifarlab.errors import UserError
+from cifarlab.hf_folder import CONFIG, WEIGHTS
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 CARD = "README.md"
 FOLDER_FORMAT = 1
-
-
-def is_model_folder(path: Union[str, Path]) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
 def default_out(checkpoint: Path) -> Path:
@@ -149,27 +143,3 @@ def model_card(config: dict, results: dict) -> str:
 
 def _percent(value: Optional[float]) -> Optional[str]:
     return None if value is None else f"{100 * value:.2f}%"
-
-
-def load_model_folder(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
-    """(model in eval mode, Config, meta) from a model folder, as `training.checkpoint.load_model` gives them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from cifarlab.config import validate
-    from cifarlab.registry import build_model
-
-    path = Path(path)
-    try:
-        config = json.loads((path / CONFIG).read_text())
-        cfg = validate(config["run_config"])
-        model = build_model(cfg.model, num_classes=config["num_labels"], in_channels=config["num_channels"])
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(f"{path} is not a readable cifarlab model folder: {str(err).splitlines()[0][:200]}") from None
-    meta = {"classes": config["classes"], "mean": config["mean"], "std": config["std"], "epoch": config.get("epoch"),
-            "step": None, "history": [], "status": "completed", "precision": config.get("precision"),
-            "image_size": config["image_size"], "lr_peak": None, "lr_peak_source": None, "early_stop": None}
-    return model.to(device).eval(), cfg, meta

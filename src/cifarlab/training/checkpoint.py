@@ -269,8 +269,8 @@ def _first_line(err: Exception) -> str:
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
     """(model in eval mode, Config, meta) from a checkpoint, for eval, analysis and predict; also from a
-    model folder written by `cifarlab export --format hf` (see cifarlab/export_hf.py)."""
-    from cifarlab.export_hf import is_model_folder, load_model_folder
+    model folder written by `cifarlab export --format hf` (see cifarlab/hf_folder.py)."""
+    from cifarlab.hf_folder import is_model_folder, load_model_folder
 
     if is_model_folder(path):
         return load_model_folder(path, device)
