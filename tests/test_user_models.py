@@ -105,7 +105,6 @@ def test_a_user_model_loads_everywhere_when_its_module_is_named_and_is_refused_i
 
 def test_the_api_imports_only_the_modules_it_is_given(tmp_path, user_module):
     from cifarlab.errors import UserError
-
     from cifarlab.export_hf import export_hf
 
     best = _train(tmp_path) / "checkpoints" / "best.pt"
