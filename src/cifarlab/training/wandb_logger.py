@@ -52,11 +52,16 @@ class WandbLogger(Callback):
         else:  # the id is kept before W&B starts, so a run killed at any point resumes into it
             record = {"run_id": uuid.uuid4().hex[:12], "project": self.project or DEFAULT_PROJECT}
             atomic_write_text(saved, json.dumps(record) + "\n")
-        self.run = wandb.init(
-            project=record["project"], id=record["run_id"], resume="allow", dir=str(self.run_dir),
-            name=f"{state.cfg.name}/{self.run_dir.name}", group=state.cfg.name,
-            # console off: W&B would wrap stdout/stderr, under the progress bar and a caller's redirections.
-            settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(
+                project=record["project"], id=record["run_id"], resume="allow", dir=str(self.run_dir),
+                name=f"{state.cfg.name}/{self.run_dir.name}", group=state.cfg.name,
+                # console off: W&B would wrap stdout/stderr, under the progress bar and a caller's redirections.
+                settings=wandb.Settings(console="off"))
+        except Exception as err:  # not logged in, no network, a bad setting: W&B raises many types
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise UserError(f"Weights & Biases could not start ({reason}); run `wandb login`, or set "
+                            f"WANDB_MODE=offline to log locally, or output.wandb=false") from None
         # The config as this process runs it: `resume --epochs N` changes train.epochs of the same run.
         self.run.config.update(state.cfg.to_dict(), allow_val_change=True)
 
