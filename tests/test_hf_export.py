@@ -32,7 +32,7 @@ def test_the_folder_holds_weights_config_and_a_card_with_the_runs_results(best, 
     assert capsys.readouterr().out.strip() == str(out)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
-    model = cifarlab.load_model(best)
+    model = cifarlab.load_model(best, device="cpu")
     assert config["classes"] == list(model.classes) and config["id2label"]["3"] == model.classes[3]
     assert config["input_shape"] == [3, 16, 16] and config["mean"] == list(model.mean)
     assert config["std"] == list(model.std) and config["tta"] == "flip"
@@ -57,7 +57,8 @@ def test_plain_safetensors_and_json_rebuild_the_network(best, tmp_path, no_hub):
     rebuilt.load_state_dict(load_file(str(out / "model.safetensors")))
     images = torch.randn(4, *config["input_shape"])
     with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(images), cifarlab.load_model(best)(images))  # fp32, same weights
+        expected = cifarlab.load_model(best, device="cpu").module.float()(images)
+        assert torch.equal(rebuilt.eval()(images), expected)  # fp32, same weights
 
 
 def test_load_model_and_predict_accept_the_folder_with_the_checkpoints_probabilities(best, tmp_path, no_hub, capsys):
@@ -66,8 +67,8 @@ def test_load_model_and_predict_accept_the_folder_with_the_checkpoints_probabili
     out = tmp_path / "folder"
     assert main(["export", str(best), "--format", "hf", "--out", str(out)]) == 0
     images = [Image.new("RGB", (30, 20), (i * 60, 100, 200 - i * 50)) for i in range(4)]
-    folder, checkpoint = cifarlab.load_model(out), cifarlab.load_model(best)
-    for key in ("classes", "mean", "std", "image_size", "in_channels", "tta"):
+    folder, checkpoint = cifarlab.load_model(out, device="cpu"), cifarlab.load_model(best, device="cpu")
+    for key in ("classes", "mean", "std", "image_size", "in_channels", "tta", "card"):
         assert getattr(folder, key) == getattr(checkpoint, key), key
     assert cifarlab.predict(folder, images, top=10) == cifarlab.predict(checkpoint, images, top=10)  # flip TTA too
     paths = []

@@ -35,10 +35,10 @@ def test_mlflow_gets_the_runs_files_and_a_servable_best_model_and_survives_a_mov
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     served = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    ours = cifarlab.load_model(run.run_dir / "checkpoints" / "best.pt")
+    ours = cifarlab.load_model(run.run_dir / "checkpoints" / "best.pt", device="cpu", precision="fp32")
     images = torch.randn(5, ours.in_channels, ours.image_size, ours.image_size)
     with torch.no_grad():
-        expected = ours(images)
+        expected = ours.module(images)
         assert torch.allclose(served(images), expected, atol=1e-5)  # fp32 both sides
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     assert torch.allclose(torch.as_tensor(pyfunc.predict(images.numpy())), expected, atol=1e-5)

@@ -116,7 +116,7 @@ def test_the_api_imports_only_the_modules_it_is_given(tmp_path, user_module):
             cifarlab.load_model(source)
         assert MODULE not in sys.modules  # the file names the module; loading it did not import it
         model = cifarlab.load_model(source, import_modules=[MODULE])
-        assert type(model).__name__ == "Sequential" and len(model.classes) == 10
+        assert type(model.module).__name__ == "Sequential" and len(model.classes) == 10
 
 
 def test_a_module_that_cannot_be_imported_is_one_line_before_any_run_directory(tmp_path, capsys):

@@ -28,29 +28,28 @@ def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=()):
     from cifarlab.registry import import_user_modules
 
     import_user_modules(import_modules)
-
     return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
-def load_model(checkpoint, device="cpu", import_modules=()):
-    """An eval-mode model from a checkpoint, with `.classes`, `.mean`, `.std`, `.image_size`, `.tta`.
-    `import_modules=["mypkg.nets"]`: modules to import first, which register your own model (a
-    checkpoint's own config is never imported)."""
-    from cifarlab.inference import load_model as _load_model
+def load_model(checkpoint, device=None, precision=None, import_modules=()):
+    """A `LoadedModel`: `.module` (eval mode), `.card`, `.precision`, and `.classes`, `.mean`, `.std`,
+    `.image_size`, `.in_channels`, `.tta`. Default device: CUDA if there is one, else the CPU; default
+    precision: the run's own (as `cifarlab predict` and `eval` use it). `checkpoint` may also be a model
+    folder from `cifarlab export --format hf`. `import_modules=["mypkg.nets"]`: modules to import first,
+    which register your own model (a checkpoint's own config is never imported)."""
     from cifarlab.registry import import_user_modules
+    from cifarlab.use.load import load_model as _load_model
 
     import_user_modules(import_modules)
-
-    return _load_model(checkpoint, device)
+    return _load_model(checkpoint, device, precision)
 
 
 def predict(model_or_checkpoint, images, top=3, tta=None, import_modules=()):
     """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
-    from cifarlab.inference import predict as _predict
     from cifarlab.registry import import_user_modules
+    from cifarlab.use.predict import predict as _predict
 
     import_user_modules(import_modules)
-
     return _predict(model_or_checkpoint, images, top=top, tta=tta)
 
 

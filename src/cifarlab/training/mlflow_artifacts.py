@@ -38,17 +38,18 @@ def log_best_model(client, run_id: str, checkpoint: Path) -> None:
     import torch
 
     from cifarlab.data.normalize import normalize
-    from cifarlab.inference import load_model
+    from cifarlab.use.load import load_model
 
-    model = load_model(checkpoint).float().eval()
-    pixels = torch.rand(2, model.in_channels, model.image_size, model.image_size,
+    loaded = load_model(checkpoint, device="cpu", precision="fp32")
+    model = loaded.module.float().to(memory_format=torch.contiguous_format).eval()
+    pixels = torch.rand(2, loaded.in_channels, loaded.image_size, loaded.image_size,
                         generator=torch.Generator().manual_seed(0))
-    example = normalize(pixels, model.mean, model.std, channels_last=False)  # shapes for torch.export
-    metadata = {"classes": list(model.classes), "mean": list(model.mean), "std": list(model.std),
-                "image_size": model.image_size, "in_channels": model.in_channels, "tta": model.tta,
+    example = normalize(pixels, loaded.mean, loaded.std, channels_last=False)  # shapes for torch.export
+    metadata = {"classes": list(loaded.classes), "mean": list(loaded.mean), "std": list(loaded.std),
+                "image_size": loaded.image_size, "in_channels": loaded.in_channels, "tta": loaded.tta,
                 "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std", "output": "logits (N, num_classes)",
                 "checkpoint": str(checkpoint)}
-    options = dict(signature=_signature(example, len(model.classes)), metadata=metadata,
+    options = dict(signature=_signature(example, len(loaded.classes)), metadata=metadata,
                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     with tempfile.TemporaryDirectory(prefix="cifarlab-mlflow-") as tmp:
         try:
