@@ -139,6 +139,7 @@ def test_an_extended_run_replaces_its_hparams_entry(tmp_path):
 
 # ------------------------------------------------------------------------------ MLflow
 
+@pytest.mark.slow  # two runs, each logging its model through torch.export: ~14 s on a shared 2-core CPU
 def test_mlflow_logger_writes_params_metrics_and_status_offline_and_resume_extends_the_same_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
