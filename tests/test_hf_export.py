@@ -48,7 +48,7 @@ def test_the_folder_holds_weights_config_and_a_card_with_the_runs_results(best, 
 def test_plain_safetensors_and_json_rebuild_the_network(best, tmp_path, no_hub):
     from safetensors.torch import load_file
 
-    from cifarlab.registry import create_model
+    from cifarlab.models.registry import create_model
 
     out = tmp_path / "plain"
     assert main(["export", str(best), "--format", "hf", "--out", str(out)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cifarlab
-from cifarlab.registry import MODELS
+from cifarlab.models.registry import MODELS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MODULE = "cifarlab_test_user_nets"  # a name nothing else on sys.path has
@@ -105,7 +105,7 @@ def test_a_user_model_loads_everywhere_when_its_module_is_named_and_is_refused_i
 
 def test_the_api_imports_only_the_modules_it_is_given(tmp_path, user_module):
     from cifarlab.errors import UserError
-    from cifarlab.export_hf import export_hf
+    from cifarlab.use.export_hf import export_hf
 
     best = _train(tmp_path) / "checkpoints" / "best.pt"
     folder = export_hf(best, tmp_path / "hf-folder")

@@ -6,9 +6,8 @@
 
 Nothing heavy happens at import time; the API functions import their modules when called.
 """
-__version__ = "0.1.0"
-
-from cifarlab.registry import register_model  # noqa: E402  (light: registers your own model factories)
+from cifarlab._version import __version__
+from cifarlab.models.registry import register_model  # noqa: E402  (light: registers your own model factories)
 
 
 def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
@@ -25,7 +24,7 @@ def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=()):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
     epochs in all; `import_modules=["mypkg.nets"]` registers your own model first. Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
-    from cifarlab.registry import import_user_modules
+    from cifarlab.models.registry import import_user_modules
 
     import_user_modules(import_modules)
     return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
@@ -37,7 +36,7 @@ def load_model(checkpoint, device=None, precision=None, import_modules=()):
     precision: the run's own (as `cifarlab predict` and `eval` use it). `checkpoint` may also be a model
     folder from `cifarlab export --format hf`. `import_modules=["mypkg.nets"]`: modules to import first,
     which register your own model (a checkpoint's own config is never imported)."""
-    from cifarlab.registry import import_user_modules
+    from cifarlab.models.registry import import_user_modules
     from cifarlab.use.load import load_model as _load_model
 
     import_user_modules(import_modules)
@@ -46,7 +45,7 @@ def load_model(checkpoint, device=None, precision=None, import_modules=()):
 
 def predict(model_or_checkpoint, images, top=3, tta=None, import_modules=()):
     """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
-    from cifarlab.registry import import_user_modules
+    from cifarlab.models.registry import import_user_modules
     from cifarlab.use.predict import predict as _predict
 
     import_user_modules(import_modules)

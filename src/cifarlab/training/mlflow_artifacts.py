@@ -18,8 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "report.md", "report.html", "model_summary.txt")
-RUN_FOLDERS = ("plots", "tables")
+from cifarlab.run.layout import CONFIG, METRICS, MODEL_SUMMARY, PLOTS, REPORT_HTML, REPORT_MD, SUMMARY, TABLES
+
+RUN_FILES = (CONFIG, SUMMARY, METRICS, REPORT_MD, REPORT_HTML, MODEL_SUMMARY)
+RUN_FOLDERS = (PLOTS, TABLES)
 MODEL_PATH = "model"
 
 
@@ -38,18 +40,17 @@ def log_best_model(client, run_id: str, checkpoint: Path) -> None:
     import torch
 
     from cifarlab.data.normalize import normalize
-    from cifarlab.use.load import load_model
+    from cifarlab.training.checkpoint import load_model
 
-    loaded = load_model(checkpoint, device="cpu", precision="fp32")
-    model = loaded.module.float().to(memory_format=torch.contiguous_format).eval()
-    pixels = torch.rand(2, loaded.in_channels, loaded.image_size, loaded.image_size,
-                        generator=torch.Generator().manual_seed(0))
-    example = normalize(pixels, loaded.mean, loaded.std, channels_last=False)  # shapes for torch.export
-    metadata = {"classes": list(loaded.classes), "mean": list(loaded.mean), "std": list(loaded.std),
-                "image_size": loaded.image_size, "in_channels": loaded.in_channels, "tta": loaded.tta,
+    model, cfg, meta = load_model(checkpoint)  # fp32, on the CPU, EMA weights where the run kept them
+    channels, size = len(meta["mean"]), int(meta["image_size"])
+    pixels = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    example = normalize(pixels, meta["mean"], meta["std"], channels_last=False)  # shapes for torch.export
+    metadata = {"classes": list(meta["classes"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
+                "image_size": size, "in_channels": channels, "tta": cfg.train.tta,
                 "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std", "output": "logits (N, num_classes)",
                 "checkpoint": str(checkpoint)}
-    options = dict(signature=_signature(example, len(loaded.classes)), metadata=metadata,
+    options = dict(signature=_signature(example, len(meta["classes"])), metadata=metadata,
                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     with tempfile.TemporaryDirectory(prefix="cifarlab-mlflow-") as tmp:
         try:

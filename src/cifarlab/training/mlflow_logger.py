@@ -1,11 +1,12 @@
 """An optional MLflow logger (`output.mlflow: true`, needs `pip install cifarlab[mlflow]`).
 
 One MLflow run per cifarlab run: the flat config as params when it starts, the logging windows
-(`train_loss_step`, `lr`) and every epoch's metrics against the optimizer step, and at the end the
-status (FINISHED, KILLED when interrupted, FAILED when diverged), once the run's files (config, summary,
-report, plots) and its best model are logged as artifacts (training/mlflow_artifacts.py). The MLflow run
-id is kept in `<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking
-store is `output.mlflow_uri`, else a local file store in `<run_dir>/mlruns` (no server; `mlflow ui
+(`step/train_loss`, ...) and every epoch's metrics (`epoch/test_acc`, ...: the TensorBoard tags, from
+run/records.EpochRow) against the optimizer step, and at the end the status (FINISHED, KILLED when
+interrupted, FAILED when diverged), once the run's files (config, summary, report, plots) and its best
+model are logged as artifacts (training/mlflow_artifacts.py). The MLflow run id is kept in
+`<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking store is
+`output.mlflow_uri`, else a local file store in `<run_dir>/mlruns` (no server; `mlflow ui
 --backend-store-uri <run_dir>/mlruns` shows it). Params are the config the run started with: MLflow
 cannot change a param, so an extension (`resume --epochs`) is recorded as the tag `train.epochs`.
 
@@ -22,12 +23,11 @@ from typing import Optional
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run.layout import BEST, CHECKPOINTS, MLFLOW_RUN, MLFLOW_STORE
+from cifarlab.run.records import tracked_values
 from cifarlab.training.callbacks import Callback
 
-RUN_FILE = "mlflow.json"
-LOCAL_STORE = "mlruns"  # the default tracking store, inside the run directory
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
 
 def require_mlflow() -> None:
@@ -42,10 +42,9 @@ class MLflowLogger(Callback):
     def __init__(self, run_dir: Path, tracking_uri: Optional[str] = None):
         self.run_dir = Path(run_dir)
         self.given_uri = tracking_uri
-        self.tracking_uri = tracking_uri or (self.run_dir / LOCAL_STORE).resolve().as_uri()
+        self.tracking_uri = tracking_uri or (self.run_dir / MLFLOW_STORE).resolve().as_uri()
         self.client = None
         self.run_id = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         require_mlflow()
@@ -54,7 +53,7 @@ class MLflowLogger(Callback):
         if self.tracking_uri.startswith("file:"):
             # MLflow 3 refuses the file store unless asked: it is what an offline, server-less log needs.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        saved = self.run_dir / RUN_FILE
+        saved = self.run_dir / MLFLOW_RUN
         if saved.is_file():  # resumed: the same MLflow run, in the store it was logged to
             record = json.loads(saved.read_text())
             self.run_id = record["run_id"]
@@ -69,7 +68,7 @@ class MLflowLogger(Callback):
             return
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.run_id = self._create_run(state)
-        where = {"tracking_uri": self.given_uri} if self.given_uri else {"store": LOCAL_STORE}
+        where = {"tracking_uri": self.given_uri} if self.given_uri else {"store": MLFLOW_STORE}
         atomic_write_text(saved, json.dumps({**where, "run_id": self.run_id}) + "\n")
 
     def _create_run(self, state) -> str:
@@ -96,15 +95,12 @@ class MLflowLogger(Callback):
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self._log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, window["step"])
+    def on_window(self, state):
+        self._log(tracked_values("step", state.window), state.window["step"])
 
     def on_epoch_end(self, state):
         row = state.history[-1]
-        self._log({key: row[key] for key in EPOCH_KEYS if key in row} | {"epoch": row["epoch"]}, row["step"])
+        self._log(tracked_values("epoch", row), row["step"])
 
     def on_run_end(self, state):
         if self.client is None or self.run_id is None:
@@ -113,12 +109,15 @@ class MLflowLogger(Callback):
 
         try:
             log_run_files(self.client, self.run_id, self.run_dir)
-            best = self.run_dir / "checkpoints" / "best.pt"
+            best = self.run_dir / CHECKPOINTS / BEST
             if state.status == "completed" and best.is_file():
                 log_best_model(self.client, self.run_id, best)
         finally:
             self.client.set_terminated(self.run_id, status=STATUS.get(state.status, "KILLED"))
 
+    def on_exception(self, state, error):
+        if self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, status="FAILED")
 
 def repoint_moved_store(store: Path, run_id: str) -> None:
     """After the run directory moved, point MLflow's local file store at its new place.

@@ -19,9 +19,10 @@ from typing import Optional
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run.layout import PLOTS, WANDB_RUN
+from cifarlab.run.records import read_summary
 from cifarlab.training.callbacks import Callback
 
-RUN_FILE = "wandb.json"
 DEFAULT_PROJECT = "cifarlab"
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
@@ -46,7 +47,7 @@ class WandbLogger(Callback):
         require_wandb()
         import wandb
 
-        saved = self.run_dir / RUN_FILE
+        saved = self.run_dir / WANDB_RUN
         if saved.is_file():  # resumed: the same W&B run
             record = json.loads(saved.read_text())
         else:  # the id is kept before W&B starts, so a run killed at any point resumes into it
@@ -81,12 +82,11 @@ class WandbLogger(Callback):
             return
         import wandb
 
-        from cifarlab.rundir import read_summary
-
         try:
             summary = read_summary(self.run_dir, required=False)
-            self.run.summary.update({key: value for key, value in summary.items() if value is not None})
-            plots = sorted((self.run_dir / "plots").glob("*.png"))
+            values = summary.to_json() if summary is not None else {}
+            self.run.summary.update({key: value for key, value in values.items() if value is not None})
+            plots = sorted((self.run_dir / PLOTS).glob("*.png"))
             if plots:
                 self.run.log({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}, step=state.step)
         finally:

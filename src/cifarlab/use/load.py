@@ -16,23 +16,10 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+from cifarlab.run.records import ModelCard  # the card checkpoints keep; re-exported for callers of use.load
 from cifarlab.runtime import Precision, resolve_device, resolve_precision
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What travels with the weights, after timm's `PretrainedCfg`: enough to feed the network and read it."""
-    architecture: str  # the registered model name, e.g. "custom_resnet"
-    options: dict  # the factory's keyword arguments besides classes and channels (norm, dropout, model.options)
-    classes: tuple[str, ...]
-    in_channels: int
-    image_size: int  # side of the square images it was trained on
-    mean: tuple[float, ...]  # per channel, of [0, 1] pixels
-    std: tuple[float, ...]
-    precision: str  # what the run trained with: bf16, fp16 or fp32
-    tta: Optional[str]  # the run's test-time augmentation: None, "flip" or "flip_translate"
 
 
 @dataclass
@@ -66,6 +53,7 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = 
     """`path`'s model on `device` (None: auto) under `precision` (None: the run's own, resolved for the
     device; or auto, bf16, fp16, fp32)."""
     from cifarlab.training.checkpoint import load_model as read_checkpoint
+    from cifarlab.use.hf_folder import is_model_folder, load_model_folder
 
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the run's own), got {precision!r}")
@@ -73,7 +61,8 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = 
     # Building the network draws its initial weights from torch's global RNG; the checkpoint's weights
     # replace them, and the caller's RNG must not notice.
     with torch.random.fork_rng(devices=[]):
-        module, cfg, meta = read_checkpoint(Path(path))
+        # a model folder from `cifarlab export --format hf` loads like a checkpoint (use/hf_folder.py)
+        module, cfg, meta = (load_model_folder if is_model_folder(path) else read_checkpoint)(Path(path))
     options = {"norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options}
     card = ModelCard(
         architecture=cfg.model.name, options=options,

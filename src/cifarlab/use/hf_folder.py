@@ -1,4 +1,4 @@
-"""Loading a model folder written by `cifarlab export --format hf` (see cifarlab/export_hf.py for its contents).
+"""Loading a model folder written by `cifarlab export --format hf` (see cifarlab/use/export_hf.py for its contents).
 
 `training.checkpoint.load_model` hands such a folder here, so every loader (load_model, predict, eval)
 takes it like a checkpoint. Plain safetensors and JSON: no huggingface_hub needed.
@@ -13,13 +13,13 @@ import torch
 
 from cifarlab.errors import UserError
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 def is_model_folder(path: Union[str, Path]) -> bool:
     path = Path(path)
-    return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
 def load_model_folder(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
@@ -28,14 +28,14 @@ def load_model_folder(path: Union[str, Path], device: Union[str, torch.device] =
     from safetensors.torch import load_file
 
     from cifarlab.config import validate
-    from cifarlab.registry import build_model
+    from cifarlab.models.registry import build_model
 
     path = Path(path)
     try:
-        config = json.loads((path / CONFIG).read_text())
+        config = json.loads((path / CONFIG_FILE).read_text())
         cfg = validate(config["run_config"])
         model = build_model(cfg.model, num_classes=config["num_labels"], in_channels=config["num_channels"])
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         if isinstance(err, UserError):
             raise

@@ -6,7 +6,7 @@
     DIR/README.md           a model card: what it is, how to use it, the run's results
 
 The folder is what `huggingface_hub.upload_folder` pushes as is; nothing here needs huggingface_hub (plain
-safetensors and JSON). Loading is cifarlab/hf_folder.py: `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR,
+safetensors and JSON). Loading is cifarlab/use/hf_folder.py: `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR,
 ...)`, `cifarlab predict DIR img.png` and `cifarlab eval DIR` accept the folder like a checkpoint, with the
 same probabilities. A model from the user's own module needs that module named again (`import_modules=` /
 `--import`): config.json records it, and as for a checkpoint it is never imported because a file names it.
@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 
 from cifarlab.errors import UserError
-from cifarlab.hf_folder import CONFIG, WEIGHTS
+from cifarlab.use.hf_folder import CONFIG_FILE, WEIGHTS_FILE
 
 CARD = "README.md"
 FOLDER_FORMAT = 1
@@ -48,8 +48,8 @@ def export_hf(checkpoint: Union[str, Path], out: Union[str, Path, None] = None) 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir()
-        _write_weights(model, tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        _write_weights(model, tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD).write_text(model_card(config, _run_results(checkpoint, meta)))
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -94,14 +94,16 @@ def folder_config(model: torch.nn.Module, cfg, meta: dict) -> dict[str, Any]:
 
 def _run_results(checkpoint: Path, meta: dict) -> dict[str, Any]:
     """The numbers the card reports: this checkpoint's epoch row, and the run's summary.json when beside it."""
-    from cifarlab.rundir import read_summary
+    from cifarlab.run.layout import CONFIG
+    from cifarlab.run.records import read_summary
 
     row = next((r for r in reversed(meta.get("history") or []) if r.get("epoch") == meta.get("epoch")), {})
     run_dir = checkpoint.resolve().parent.parent
     try:
-        summary = read_summary(run_dir, required=False) if (run_dir / "config.yaml").is_file() else {}
+        summary = read_summary(run_dir, required=False) if (run_dir / CONFIG).is_file() else None
     except UserError:
-        summary = {}
+        summary = None
+    summary = summary.to_json() if summary is not None else {}
     return {"row": row, "summary": summary}
 
 
