@@ -88,7 +88,7 @@ class WandbLogger(Callback):
             self.run.summary.update({key: value for key, value in values.items() if value is not None})
             plots = sorted((self.run_dir / PLOTS).glob("*.png"))
             if plots:
-                self.run.log({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}, step=state.step)
+                self.run.log({f"{PLOTS}/{path.stem}": wandb.Image(str(path)) for path in plots}, step=state.step)
         finally:
             self.run.finish(exit_code=0 if state.status == "completed" else 1)
             self.run = None

@@ -70,7 +70,7 @@ def _write_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def folder_config(model: torch.nn.Module, cfg, meta: dict) -> dict[str, Any]:
-    from cifarlab import __version__
+    from cifarlab._version import __version__
     from cifarlab.use.load import image_size_of
 
     classes = list(meta["classes"])
