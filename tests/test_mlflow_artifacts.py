@@ -49,7 +49,7 @@ def test_mlflow_gets_the_runs_files_and_a_servable_best_model_and_survives_a_mov
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     cifarlab.resume(moved, epochs=2)
     client = MlflowClient(tracking_uri=(moved / "mlruns").resolve().as_uri())
-    assert [m.step for m in client.get_metric_history(run_id, "test_acc")] == [8, 16]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch/test_acc")] == [8, 16]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "model" in {f.path for f in client.list_artifacts(run_id)}
     assert not run.run_dir.exists()  # nothing was written to where the run used to be

@@ -1,8 +1,9 @@
 """An optional Weights & Biases logger (`output.wandb: true`, needs `pip install cifarlab[wandb]`).
 
-One W&B run per cifarlab run: the resolved config when it starts, the logging windows (`train_loss_step`,
-`lr_step`) and every epoch's row against the optimizer step, and when the run ends summary.json as the
-run's summary and the report's plots (`plots/*.png`) as images; the W&B run then finishes (exit code 0
+One W&B run per cifarlab run: the resolved config when it starts, the logging windows (`step/train_loss`,
+...) and every epoch's row (`epoch/test_acc`, ...: the TensorBoard and MLflow tags) against the optimizer
+step, and when the run ends summary.json as the run's summary and the report's plots (`plots/*.png`)
+as images; the W&B run then finishes (exit code 0
 when the run completed, 1 otherwise). The W&B run id is kept in `<run_dir>/wandb.json` and W&B's own
 files go to `<run_dir>/wandb/`, so `cifarlab resume` logs into the same W&B run, and an offline run
 (`WANDB_MODE=offline`) is uploaded later with `wandb sync <run_dir>/wandb/offline-run-*`.
@@ -20,11 +21,10 @@ from typing import Optional
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import PLOTS, WANDB_RUN
-from cifarlab.run.records import read_summary
+from cifarlab.run.records import read_summary, tracked_values
 from cifarlab.training.callbacks import Callback
 
 DEFAULT_PROJECT = "cifarlab"
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
 
 def require_wandb() -> None:
@@ -41,7 +41,6 @@ class WandbLogger(Callback):
         self.run_dir = Path(run_dir)
         self.project = project
         self.run = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         require_wandb()
@@ -66,16 +65,12 @@ class WandbLogger(Callback):
         # The config as this process runs it: `resume --epochs N` changes train.epochs of the same run.
         self.run.config.update(state.cfg.to_dict(), allow_val_change=True)
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self.run.log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, step=window["step"])
+    def on_window(self, state):
+        self.run.log(tracked_values("step", state.window), step=state.window["step"])
 
     def on_epoch_end(self, state):
         row = state.history[-1]
-        values = {key: row[key] for key in EPOCH_KEYS if row.get(key) is not None}
-        self.run.log({**values, "epoch": row["epoch"]}, step=row["step"])
+        self.run.log({**tracked_values("epoch", row), "epoch": row["epoch"]}, step=row["step"])
 
     def on_run_end(self, state):
         if self.run is None:
