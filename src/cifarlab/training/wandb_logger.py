@@ -2,11 +2,11 @@
 
 One W&B run per cifarlab run: the resolved config when it starts, the logging windows (`step/train_loss`,
 ...) and every epoch's row (`epoch/test_acc`, ...: the TensorBoard and MLflow tags) against the optimizer
-step, and when the run ends summary.json as the run's summary and the report's plots (`plots/*.png`)
-as images; the W&B run then finishes (exit code 0
-when the run completed, 1 otherwise). The W&B run id is kept in `<run_dir>/wandb.json` and W&B's own
-files go to `<run_dir>/wandb/`, so `cifarlab resume` logs into the same W&B run, and an offline run
-(`WANDB_MODE=offline`) is uploaded later with `wandb sync <run_dir>/wandb/offline-run-*`.
+step, and when the run ends summary.json as the run's summary and the report's plots (`plots/*.png`) as
+images; the W&B run then finishes (exit code 0 when the run completed, 1 otherwise). The W&B run id is
+kept in `<run_dir>/wandb.json` and W&B's own files go to `<run_dir>/wandb/`, so `cifarlab resume` logs
+into the same W&B run, and an offline run (`WANDB_MODE=offline`) is uploaded later with `wandb sync
+<run_dir>/wandb/offline-run-*`.
 
 Steps are cifarlab's optimizer steps. W&B keeps steps increasing: after a resume from a checkpoint older
 than the last logged row, W&B drops the repeated steps it already has (the first run's values stay).
