@@ -19,10 +19,10 @@ from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment import build_state, load_data
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.runtime import make_runtime
 from cifarlab.training import loop
 from cifarlab.training.accumulate import grad_sync, micro_batches
-from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training.loop import train_step
 
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none", "train.precision=fp32",
