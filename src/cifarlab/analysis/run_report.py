@@ -281,11 +281,15 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
 
 def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     from cifarlab.data.augment import build_augment
+    from cifarlab.data.mix import build_mix
     from cifarlab.data.normalize import to_float
 
     C, H = dataset.train.images.shape[1:3]
     aug = build_augment(cfg.augment, H, C, seed=cfg.seed)
-    if not aug.describe():
+    mixing = build_mix(cfg.augment.mixup, cfg.augment.cutmix, dataset.num_classes)
+    mix_lines = [f"{line} (on whole batches, with the targets; not in the preview)" for line in mixing.describe()] \
+        if mixing is not None else []
+    if not aug.describe() and not mix_lines:
         return Section("Augmentation preview", [Text("The recipe uses no augmentation: images are only normalised.")])
     count = min(PREVIEW_COUNT, len(dataset.train.labels))
     before = dataset.train.images[:count].cpu()
@@ -294,6 +298,6 @@ def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     plots.plot_augment_preview(before, after, run_dir / layout.plot("augment.png"))
     return Section("Augmentation preview", [
         Text("Applied to training images, in this order:"),
-        Bullets(aug.describe()),
+        Bullets(aug.describe() + mix_lines),
         Image(layout.plot("augment.png"), "training images before and after augmentation"),
     ])

@@ -14,6 +14,7 @@ from cifarlab.data.dataset import Dataset
 from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
+from cifarlab.training.accumulate import forward_backward
 from cifarlab.training.build import build_state
 from cifarlab.training.state import TrainState
 
@@ -59,10 +60,12 @@ def training_step(state: TrainState) -> Step:
     plain model, not `train_model`: under DDP each rank stops the sweep on its own loss, and a collective
     that one rank skips would hang the others; under torch.compile the sweep would compile a model that
     training then throws away."""
+    micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size  # train.accumulate as in training
+
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with state.runtime.precision.autocast():
-            loss = state.loss_fn(state.model(inputs), labels)
-        state.grad_step(loss)
+        loss, _ = forward_backward(state.model, state.loss_fn, state.runtime.precision, state.grad_step,
+                                   inputs, labels, micro_size)
+        state.grad_step.step()
         return loss
 
     return step

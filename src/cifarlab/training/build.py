@@ -16,6 +16,7 @@ from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.dataset import Dataset, Split
 from cifarlab.data.loader import DeviceLoader
+from cifarlab.data.mix import build_mix
 from cifarlab.data.sources import load_dataset
 from cifarlab.data.split import stratified_split
 from cifarlab.errors import UserError
@@ -73,15 +74,22 @@ def _first(split: Split, count: Optional[int]) -> Split:
 
 
 def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[DeviceLoader, DeviceLoader]:
-    """(train, test) loaders; `make_val_loader` adds the validation one."""
-    if cfg.train.batch_size > len(dataset.train.labels):
-        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+    """(train, test) loaders; `make_val_loader` adds the validation one.
+
+    A training batch is one optimizer step's images: train.batch_size x train.accumulate, which
+    `training.accumulate.micro_batches` splits again; so the schedule, `state.step` and the resume point
+    count optimizer steps with no change, and the batches are those of one batch of that size."""
+    step_images = cfg.train.batch_size * cfg.train.accumulate
+    if step_images > len(dataset.train.labels):
+        accumulate = f" x train.accumulate={cfg.train.accumulate}" if cfg.train.accumulate > 1 else ""
+        raise UserError(f"train.batch_size={cfg.train.batch_size}{accumulate} is larger than the "
                         f"{len(dataset.train.labels)} training images; use at most that many")
     if cfg.train.batch_size % runtime.dist.world_size:
         raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
                         f"{runtime.dist.world_size} processes")
     augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
-    train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,
+    mix = build_mix(cfg.augment.mixup, cfg.augment.cutmix, dataset.num_classes)
+    train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=step_images, mix=mix,
                          train=True, augment=augment, device=runtime.device, mean=dataset.mean, std=dataset.std,
                          seed=cfg.seed, channels_last=runtime.channels_last, rank=runtime.dist.rank,
                          world_size=runtime.dist.world_size,

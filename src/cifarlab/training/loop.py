@@ -13,6 +13,7 @@ import time
 import torch
 
 from cifarlab.run.records import EpochRow
+from cifarlab.training.accumulate import forward_backward
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.outcome import DIVERGED, RUNNING
@@ -20,11 +21,12 @@ from cifarlab.training.state import TrainState
 
 
 def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss."""
-    with state.runtime.precision.autocast():
-        logits = state.train_model(inputs)
-        loss = state.loss_fn(logits, labels)
-    state.grad_step(loss)
+    """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss.
+    With `train.accumulate: K` the batch is K micro-batches of train.batch_size (training/accumulate.py)."""
+    micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size
+    loss, logits = forward_backward(state.train_model, state.loss_fn, state.runtime.precision, state.grad_step,
+                                    inputs, labels, micro_size)
+    state.grad_step.step()
     state.schedule.after_step()
     if state.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
         state.lookahead.update(state.model, state.step + 1, state.epoch,
