@@ -218,6 +218,10 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
+    from cifarlab.training.throughput import measure_speed
+
+    state.speed = measure_speed(state)  # before the clock starts: it is not training time
+    _announce(state.speed.describe(), runtime)
     started = time.perf_counter()
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
@@ -262,6 +266,7 @@ def write_summary(state: TrainState, wall_seconds: float) -> dict:
         "wall_seconds": round(wall_seconds, 3), "train_seconds": round(train_seconds, 3),
         "compile_seconds": round(state.compile_seconds, 3),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
+        **(state.speed.summary(images / train_seconds if train_seconds else None) if state.speed else {}),
         "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
         "tta": state.cfg.train.tta, "device": state.runtime.describe(), "versions": versions(), "status": state.status,
     }

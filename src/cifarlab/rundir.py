@@ -34,7 +34,7 @@ LOCK = ".lock"  # only where a directory cannot be flock'ed (see RunLock)
 # metrics.csv: a `step` row per logging window, an `epoch` row per epoch; accuracies are fractions.
 # The val columns stay empty without a validation split.
 METRIC_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                  "test_acc", "elapsed_seconds", "images_per_second")
+                  "test_acc", "elapsed_seconds", "images_per_second", "mfu")
 _INT_COLUMNS = ("epoch", "step")
 
 

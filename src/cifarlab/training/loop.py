@@ -92,9 +92,11 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
     state.epoch += 1
     state.batch_in_epoch = 0
     state.elapsed_seconds += train_seconds
+    images_per_second = images / max(train_seconds, 1e-9)
     state.history.append({
         "epoch": state.epoch, "step": state.step, "lr": state.lr, "train_loss": train_loss, "train_acc": train_acc,
-        **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
+        **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images_per_second,
+        **({"mfu": state.speed.mfu(images_per_second)} if state.speed is not None else {}),
         **({"compile_seconds": compile_seconds} if compile_seconds else {}),
     })
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.

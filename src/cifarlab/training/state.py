@@ -54,6 +54,7 @@ class TrainState:
     lr_peak: Optional[float] = None
     lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
     early_stop: Optional[dict[str, int]] = None  # {epoch, best_epoch}
+    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
     # This process only (never saved): the newest logging window, the divergence point, the stopping signal.
     window: Optional[dict[str, Any]] = None  # {epoch, step, lr, train_loss, train_acc}
     diverged_at: Optional[dict[str, Any]] = None  # {step, lr}
