@@ -13,6 +13,7 @@ from cifarlab.errors import UserError
 
 MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
 MAX_SUMMARY_BATCH = 1024
+GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/gradcam_<name>.png
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
@@ -86,12 +87,16 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser(
         "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
-        description="example: cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx")
+        description="examples:\n  cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx\n"
+                    "  cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx --tta")
     p.add_argument("checkpoint", type=Path, help="a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt")
     p.add_argument("--format", dest="export_format", choices=["onnx", "safetensors", "torchscript"], required=True,
                    help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
     p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
                                             "never overwritten")
+    p.add_argument("--tta", nargs="?", const=True, choices=["flip", "flip_translate"],
+                   help="put test-time augmentation in the onnx/torchscript graph, so it scores as the run did: "
+                        "the run's own (train.tta; flip if none) when given alone")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
@@ -221,10 +226,15 @@ def _predictions(loaded, images, labels=None):
 
 
 def cmd_export(args) -> int:
+    import json
+
     from cifarlab.export import export
 
-    out = export(args.checkpoint, args.export_format, args.out)
+    out = export(args.checkpoint, args.export_format, args.out, tta=args.tta)
     print(f"{out}\n{out.with_name(out.name + '.json')}")
+    note = json.loads(out.with_name(out.name + ".json").read_text()).get("note")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -296,9 +306,14 @@ def cmd_gradcam(args) -> int:
     inputs = normalize(to_float(images), mean, std, channels_last=False)
     cam_pred = gradcam(model, inputs, preds, layer=args.layer, method=args.method)
     cam_other = gradcam(model, inputs, second, layer=args.layer, method=args.method)
-    titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
-              for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
-    print(plot_gradcam(images, cam_pred, cam_other, titles, out))
+    if labels is not None:
+        titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
+                  for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
+    else:  # own images have no true class: the second map is the runner-up's
+        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%, runner-up {classes[o]} {100 * probs[i, o]:.0f}%"
+                  for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
+    print(plot_gradcam(images, cam_pred, cam_other, titles, out,
+                       other="true class" if labels is not None else "runner-up class"))
     return 0
 
 
@@ -331,7 +346,7 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no plots/ folder for it; give --out FILE.png")
     plots = output_target(run_dir / "plots", "the run's plots folder", folder=True)
-    out = plots / f"gradcam_{method.replace('+', 'pp')}.png"
+    out = plots / f"gradcam_{GRADCAM_FILE_NAMES[method]}.png"
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call

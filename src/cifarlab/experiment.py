@@ -109,15 +109,20 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
         from cifarlab.training.warmstart import init_from_checkpoint
 
-        init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels)
+        _announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
         atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
-    _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
-              f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
-              f"device: {runtime.describe()}", runtime)
+    _announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
     return state
+
+
+def data_line(dataset: Dataset) -> str:
+    """`data: fashion_mnist, 60,000 train / 10,000 test images, from <origin>`: counts first, then where."""
+    val = f" / {len(dataset.val.labels):,} validation" if dataset.val is not None else ""
+    return (f"data: {dataset.name}, {len(dataset.train.labels):,} train{val} / {len(dataset.test.labels):,} test "
+            f"images, from {dataset.origin}")
 
 
 def _lr_peak_source(cfg: Config) -> str:
