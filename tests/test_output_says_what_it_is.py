@@ -25,7 +25,7 @@ def run(tmp_path_factory):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(["train", "smoke", f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                     "train.tta=flip", "output.report=false", *FAST]) == 0
+                     "train.tta=flip", "output.report=false", *FAST, "output.progress=lines"]) == 0
     return next((root / "smoke").iterdir()), err.getvalue()
 
 

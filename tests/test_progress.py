@@ -40,3 +40,28 @@ def test_no_lines_with_progress_none():
         for _ in range(10):
             progress.update()
     assert out.getvalue() == ""
+
+
+def _evaluate_tiny(progress: str):
+    import torch
+    from torch import nn
+
+    from cifarlab.data.loader import DeviceLoader
+    from cifarlab.runtime import Precision
+    from cifarlab.training.evaluate import evaluate
+
+    images = torch.randint(0, 256, (100, 1, 8, 8), dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.arange(100) % 10, batch_size=10, device=torch.device("cpu"),
+                          mean=(0.5,), std=(0.25,), train=False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    return evaluate(model, loader, Precision("fp32", "cpu"), progress=progress, what="test evaluation")
+
+
+def test_a_long_evaluation_says_how_far_it_is_and_a_short_one_says_nothing(capsys, monkeypatch):
+    _evaluate_tiny("auto")
+    assert capsys.readouterr().err == ""  # done within MIN_SECONDS: not a line
+    monkeypatch.setattr(PhaseProgress, "MIN_SECONDS", 0.0)  # as if each batch took seconds
+    loss, accuracy = _evaluate_tiny("auto")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("  test evaluation: 1/10 batches") and lines[-1].startswith("  test evaluation: 10/10")
+    assert 0 <= accuracy <= 1

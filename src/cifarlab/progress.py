@@ -4,7 +4,7 @@ CI, `| tee log`) a plain line when the phase starts, then one every tenth of the
 than every MIN_SECONDS, except the last) and at least every MAX_SILENT_SECONDS, so a log never sits silent for minutes:
 a range test of custom-resnet-onecycle on a 2-core CPU used to print nothing for 15 minutes.
 
-`mode` is `output.progress`: auto (a bar on a terminal, lines otherwise), bar, or none.
+`mode` is `output.progress`: auto (a bar on a terminal or in a notebook, lines otherwise), bar, lines, or none.
 """
 from __future__ import annotations
 
@@ -39,13 +39,16 @@ class PhaseProgress:
     LINE_FRACTION = 0.1  # a line every tenth of the work
 
     def __init__(self, what: str, total: int, unit: str = "steps", mode: str = "auto",
-                 stream: Optional[TextIO] = None, start_text: str = ""):
+                 stream: Optional[TextIO] = None, start_text: str = "", announce: bool = True):
+        """`announce=False`: no line at the start, so a phase that is usually short (an evaluation) prints
+        only once it has taken MIN_SECONDS."""
         self.what, self.total, self.unit = what, max(int(total), 1), unit
         self.stream = stream or sys.stderr
         self.done, self.silent = 0, mode == "none"
         self.started = self.last_line = time.perf_counter()
         self.last_fraction = 0.0
         self.bar = None
+        self.printed = False  # a line is out: the phase's end gets one too
         if self.silent:
             return
         if wants_bar(mode, self.stream):
@@ -53,7 +56,7 @@ class PhaseProgress:
 
             self.bar = tqdm(total=self.total, desc=self.what, unit=unit.rstrip("s") or unit, file=self.stream,
                             leave=False, dynamic_ncols=True)
-        else:
+        elif announce:
             self._print(f"{what}: {self.total:,} {unit}" + (f", {start_text}" if start_text else ""))
 
     def update(self, count: int = 1, text: str = "") -> None:
@@ -70,7 +73,8 @@ class PhaseProgress:
         fraction = self.done / self.total
         since_line = now - self.last_line
         tenth_crossed = int(fraction / self.LINE_FRACTION) > int(self.last_fraction / self.LINE_FRACTION)
-        due = (tenth_crossed and (since_line >= self.MIN_SECONDS or self.done >= self.total)) \
+        finished_what_it_announced = self.done >= self.total and self.printed
+        due = (tenth_crossed and (since_line >= self.MIN_SECONDS or finished_what_it_announced)) \
             or since_line >= self.MAX_SILENT_SECONDS
         if due:
             self.last_line, self.last_fraction = now, fraction
@@ -91,4 +95,5 @@ class PhaseProgress:
         self.close()
 
     def _print(self, line: str) -> None:
+        self.printed = True
         print(line, file=self.stream, flush=True)

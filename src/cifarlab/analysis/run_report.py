@@ -71,7 +71,7 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
                        start_text=f"{len(test.labels):,} test images") as progress:
         predictions = predict(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
                               autocast=autocast, tta=cfg.train.tta, device=device,
-                              channels_last=cfg.train.channels_last)
+                              channels_last=cfg.train.channels_last, progress=cfg.output.progress)
         progress.update(text="predictions")
         for what, make in steps:
             made = make()

@@ -182,7 +182,7 @@ class Evaluation:
         """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none."""
         tta = self.tta if tta is None else (tta or None)
         _, test_loader = make_loaders(self.cfg, self.test_data(), self.runtime)
-        loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta)
+        loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta, progress="auto")
         return {"epoch": self.meta["epoch"], "test_loss": loss, "test_acc": acc, "images": test_loader.num_images,
                 "tta": tta, "precision": self.runtime.precision.name}
 

@@ -85,10 +85,12 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
         for buffer in state.eval_model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     scores = {}
+    progress = state.cfg.output.progress if state.runtime.dist.is_main else "none"
     for split, loader in (("val", state.val_loader), ("test", state.test_loader)):
         if loader is not None:
             scores[f"{split}_loss"], scores[f"{split}_acc"] = evaluate(
-                state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist)
+                state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist,
+                progress, f"{split} evaluation")
     state.epoch += 1
     state.batch_in_epoch = 0
     state.elapsed_seconds += train_seconds

@@ -127,7 +127,8 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     threads = torch.get_num_threads()
     peak = probe_peak(device.type, device.index, dtype, threads)
-    where = f"{threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    plural = "s" if threads != 1 else ""
+    where = f"{threads} thread{plural}" if device.type == "cpu" else torch.cuda.get_device_name(device)
     return peak, f"matmul probe: {device.type}, {precision}, {where}"
 
 
