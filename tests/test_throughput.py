@@ -33,7 +33,7 @@ def test_known_gpus_take_their_datasheet_peak_and_others_none():
     assert datasheet_peak("NVIDIA H100 PCIe", "bf16") == 756e12
     assert datasheet_peak("NVIDIA A100-SXM4-40GB", "fp32") == 156e12  # TF32, which the runtime enables
     assert datasheet_peak("NVIDIA L40S", "bf16") is None  # not an L4
-    assert datasheet_peak("NVIDIA GeForce RTX 3060", "bf16") is None
+    assert datasheet_peak("NVIDIA GeForce RTX 3060", "bf16") is None and datasheet_peak("Tesla T4", "fp16") is None
 
 
 def test_a_cpu_peak_is_measured_and_says_so():

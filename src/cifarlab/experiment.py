@@ -222,11 +222,12 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
-    cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     from cifarlab.training.throughput import measure_speed
 
+    cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     state.speed = measure_speed(state)  # before the clock starts: it is not training time
-    _announce(state.speed.describe(), runtime)
+    if state.speed is not None:
+        _announce(state.speed.describe(), runtime)
     started = time.perf_counter()
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports

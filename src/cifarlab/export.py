@@ -17,8 +17,8 @@ resized to `image_size`, then centre-cropped) and returns logits (N, num_classes
 TTA: a run that evaluated with test-time augmentation (`train.tta`) scores higher than its bare network.
 `tta=` (`--tta`) puts it inside the TorchScript or ONNX graph (`WithTTA`): the graph then returns the log
 of the views' averaged class probabilities, which are still logits (softmax gives those probabilities, and
-the argmax is the run's answer). Without it the sidecar's `tta_in_graph` is false and `note` says what is left
-out. safetensors holds weights only, so it cannot carry TTA.
+the argmax is the run's answer). Without it the sidecar's `tta_in_graph` is null and its `note` says what is
+left out. safetensors holds weights only, so it cannot carry TTA.
 
 An existing output file is never replaced: the export is refused with one line.
 """
@@ -75,11 +75,16 @@ def metadata(model: nn.Module, source: str, export_format: str, tta: Optional[st
     }
 
 
-def tta_note(run_tta: Optional[str], graph_tta: Optional[str]) -> Optional[str]:
+def tta_name(tta: Union[str, bool, None]) -> Optional[str]:
+    """A TTA setting by name: `train.tta: true` is flip; false or None is no TTA."""
+    return "flip" if tta is True else (tta or None)
+
+
+def tta_note(run_tta: Union[str, bool, None], graph_tta: Optional[str]) -> Optional[str]:
     """What a user of the file must know about TTA, or None when the file scores as the run did."""
     if graph_tta or not run_tta:
         return None
-    return (f"the run evaluated with {run_tta} TTA (train.tta); this network does not include it and scores "
+    return (f"the run evaluated with {tta_name(run_tta)} TTA (train.tta); this network does not include it and scores "
             f"a little lower: average the views yourself, or export with --tta to put it in the graph")
 
 
@@ -193,7 +198,7 @@ def export_model(model: nn.Module, export_format: str, out: Union[str, Path], so
     _checked_tta(tta, export_format)
     _refuse_existing(out)
     model = model.float().eval()
-    tta = (model.tta or "flip") if tta is True else (tta or None)
+    tta = tta_name(model.tta or "flip") if tta is True else tta_name(tta)
     meta = metadata(model, source, export_format, tta)
     network = WithTTA(model, tta).eval() if tta else model  # what is written; `model` keeps the metadata
     sidecar = out.with_name(out.name + ".json")
