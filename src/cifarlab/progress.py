@@ -15,9 +15,14 @@ from typing import Optional, TextIO
 
 def wants_bar(mode: str, stream: TextIO) -> bool:
     """A tqdm bar: asked for, or `auto` on a terminal or in a Jupyter kernel."""
-    from cifarlab.training.callbacks import in_notebook
-
     return mode == "bar" or (mode == "auto" and (_isatty(stream) or in_notebook()))
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (where stderr is not a terminal but a bar still renders). The same test
+    as training/callbacks.in_notebook, here so that the data layer need not import the training one."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def _isatty(stream: TextIO) -> bool:

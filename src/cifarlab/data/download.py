@@ -74,7 +74,9 @@ def fetch(url: str, dest: str | Path, md5: str, timeout: float = 30.0) -> Path:
         except NETWORK_ERRORS as err:
             raise _network_error(url, err) from None
         size = int(response.headers.get("Content-Length") or 0)
-        with response, PhaseProgress(f"downloading {url}", size, "bytes", "auto" if size else "none") as progress:
+        # Lines only once it has taken a few seconds: a refused download (bad md5) stays one line.
+        with response, PhaseProgress(f"downloading {url}", size, "bytes", "auto" if size else "none",
+                                     announce=False) as progress:
             while True:
                 try:
                     chunk = response.read(CHUNK_BYTES)

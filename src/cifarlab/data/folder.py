@@ -229,8 +229,8 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
         return dataset
     size, channels = resolve_settings(splits["train"], settings)
     count = sum(len(split.files) for split in splits.values())
-    with PhaseProgress(f"decoding {root}", count, "images",
-                       start_text=f"to {size}x{size}, {channels}-channel, cached for next time") as progress:
+    # No line up front (announce=False): a folder refused for a bad file says only that, in one line.
+    with PhaseProgress(f"decoding {root}", count, "images", announce=False) as progress:
         decoded = {name: decode(split, size, channels, progress) for name, split in splits.items()}
     mean, std = channel_stats(decoded["train"].images)
     origin = f"{root} (image folder, {count} files, shorter side resized to {size} + centre crop, {channels}-channel)"
