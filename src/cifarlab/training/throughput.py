@@ -11,11 +11,10 @@ every log line) = the model's training FLOPs per image x images/s / the device's
   * a known NVIDIA GPU: its datasheet's dense tensor-core FLOP/s at the run's precision (fp32 runs use
     TF32, which `runtime.make_runtime` enables). Datasheet peaks are what MFU is reported against, so a
     figure here compares with nanoGPT's and the papers'.
-  * a CPU, or a GPU not in the table: a short matmul probe at the run's precision and thread count. A
-    CPU's datasheet peak hangs on its clock under load, its vector units and how many cores the run really
-    gets (on a shared machine fewer than it has), none of which can be read reliably; what a large matmul
-    achieves here and now is an honest denominator. MFU is then "of the measured matmul peak", and the
-    summary says so (`peak_flops_source`).
+  * a CPU, or a GPU not in the table: a short matmul probe at the run's precision and thread count (on a
+    CPU timed in CPU seconds, see `probe_peak`). A CPU's datasheet peak hangs on its clock under load and
+    its vector units, which cannot be read reliably; what a matmul achieves on these cores is an honest
+    denominator. MFU is then "of the measured matmul peak", and the summary says so (`peak_flops_source`).
 """
 from __future__ import annotations
 
@@ -98,22 +97,34 @@ def datasheet_peak(device_name: str, precision: str) -> Optional[float]:
 
 @functools.lru_cache(maxsize=None)
 def probe_peak(device_type: str, device_index: Optional[int], dtype: torch.dtype, threads: int) -> float:
-    """FLOP/s of the best of repeated square matmuls at `dtype` (cached per device, dtype and thread count)."""
+    """FLOP/s of the best of repeated square matmuls at `dtype` (cached per device, dtype and thread count).
+
+    On a CPU each matmul is timed in CPU seconds of this process, not wall seconds, and the rate per CPU
+    second is scaled by `threads`: on a shared machine the wall time of a matmul counts the time other
+    processes held the cores (we measured 8 GFLOP/s by the wall clock at a load of 17 on 2 cores, against
+    ~80 on an idle core), which would put the peak far too low and MFU above 1. The CPU-time peak is what
+    the run's threads could do with the cores to themselves; a busy machine then shows as a low MFU."""
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    # Near the peak, yet quick: the more repeats, the likelier one runs undisturbed by other processes.
+    # Near the peak, yet quick, so that a few repeats fit in PROBE_SECONDS.
     size = 4096 if device_type == "cuda" else 512
     a = torch.full((size, size), 1.0 / size, dtype=dtype, device=device)
     b = torch.full((size, size), 1.0 / size, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    if device_type == "cuda":
+        def clock() -> float:
+            torch.cuda.synchronize(device)  # note: the host waits for the device here
+            return time.perf_counter()
+        scale = 1
+    else:
+        clock, scale = time.process_time, threads
     torch.mm(a, b)  # warm-up: kernel selection, thread-pool start
-    sync()  # note: host waits for the device, here and after each timed matmul
     best, deadline = float("inf"), time.perf_counter() + PROBE_SECONDS
     while time.perf_counter() < deadline or best == float("inf"):
-        started = time.perf_counter()
+        started = clock()
         torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+        elapsed = clock() - started
+        if elapsed > 0:
+            best = min(best, elapsed)
+    return 2 * size**3 / best * scale
 
 
 def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
