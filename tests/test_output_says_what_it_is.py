@@ -194,12 +194,12 @@ def test_export_with_tta_scores_as_the_run_did(run, tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "tta.onnx.json").read_text())
     assert meta["tta_in_graph"] == "flip" and meta["note"] is None and "TTA" in meta["output"]
-    model = cifarlab.load_model(best)
+    model = cifarlab.load_model(best, device="cpu", precision="fp32")
     inputs = _test_inputs(model)
     session = onnxruntime.InferenceSession(str(tmp_path / "tta.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0])
     with torch.no_grad():
-        expected, bare = log_probs(model, inputs, tta="flip"), log_probs(model, inputs)
+        expected, bare = log_probs(model.module, inputs, tta="flip"), log_probs(model.module, inputs)
     assert (got - expected).abs().max() < 1e-4
     assert (got - bare).abs().max() > 1e-3  # the views really are averaged: not the bare network
     assert torch.allclose(got.softmax(1).sum(1), torch.ones(len(got)))  # still logits
@@ -213,10 +213,10 @@ def test_export_with_tta_in_torchscript_and_not_in_safetensors(run, tmp_path):
 
     best = run[0] / "checkpoints" / "best.pt"
     out = export(best, "torchscript", tmp_path / "tta.pt", tta="flip_translate")
-    model = cifarlab.load_model(best)
+    model = cifarlab.load_model(best, device="cpu", precision="fp32")
     inputs = _test_inputs(model, 8)
     with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(out))(inputs), log_probs(model, inputs, tta="flip_translate"),
+        assert torch.allclose(torch.jit.load(str(out))(inputs), log_probs(model.module, inputs, tta="flip_translate"),
                               atol=1e-5)
     with pytest.raises(UserError, match="--tta needs --format onnx or torchscript"):
         export(best, "safetensors", tmp_path / "w.safetensors", tta=True)

@@ -56,7 +56,7 @@ class WithTTA(nn.Module):
         return log_probs(self.model, images, tta=self.tta)
 
 
-def metadata(model: nn.Module, source: str, export_format: str, tta: Optional[str] = None) -> dict:
+def metadata(model, source: str, export_format: str, tta: Optional[str] = None) -> dict:
     """The sidecar JSON: enough to feed the exported network and read its output (`tta`: the TTA put in
     the graph, if any)."""
     from cifarlab import __version__
@@ -140,7 +140,7 @@ def onnx_max_abs_diff(onnx_path: Union[str, Path], model: nn.Module, inputs: tor
     return float((torch.from_numpy(got) - expected).abs().max())
 
 
-def _example(model: nn.Module, count: int) -> torch.Tensor:
+def _example(model, count: int) -> torch.Tensor:
     """`count` normalised inputs from fixed random pixels: shapes for tracing, values for the ONNX check."""
     from cifarlab.data.normalize import normalize
 
@@ -158,13 +158,14 @@ def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Pat
            tta: Union[str, bool, None] = None) -> Path:
     """Write the checkpoint's network as `export_format` to `out` (default `default_out`) plus `<out>.json`;
     `tta` as in `export_model`."""
-    from cifarlab.inference import load_model
+    from cifarlab.use.load import load_model
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
     _checked_tta(tta, export_format)
     _refuse_existing(out)
-    return export_model(load_model(checkpoint), export_format, out, source=str(checkpoint), tta=tta)
+    loaded = load_model(checkpoint, device="cpu", precision="fp32")
+    return export_model(loaded, export_format, out, source=str(checkpoint), tta=tta)
 
 
 def _checked_tta(tta: Union[str, bool, None], export_format: str) -> None:
@@ -188,29 +189,29 @@ def _refuse_existing(out: Path) -> None:
         raise UserError(f"output folder {out.parent} does not exist")
 
 
-def export_model(model: nn.Module, export_format: str, out: Union[str, Path], source: str = "",
+def export_model(loaded, export_format: str, out: Union[str, Path], source: str = "",
                  tta: Union[str, bool, None] = None) -> Path:
-    """Export a model from `cifarlab.load_model` (it carries the metadata; fine-tuned or not) to `out` plus
-    `<out>.json`. The model is put in eval mode and float32 first. `tta`: put test-time augmentation in the
-    graph (onnx, torchscript): True for the run's own (`model.tta`, flip if it had none), or a TTA name."""
+    """Export a model from `cifarlab.load_model` (its card says how to feed it; fine-tuned or not) to `out`
+    plus `<out>.json`. Its network is put in eval mode and float32 first. `tta`: put test-time augmentation
+    in the graph (onnx, torchscript): True for the run's own (`loaded.tta`, flip if it had none), or a name."""
     out = Path(out)
     _checked_format(export_format)
     _checked_tta(tta, export_format)
     _refuse_existing(out)
-    model = model.float().eval()
-    tta = tta_name(model.tta or "flip") if tta is True else tta_name(tta)
-    meta = metadata(model, source, export_format, tta)
-    network = WithTTA(model, tta).eval() if tta else model  # what is written; `model` keeps the metadata
+    model = loaded.module.float().eval()
+    tta = tta_name(loaded.tta or "flip") if tta is True else tta_name(tta)
+    meta = metadata(loaded, source, export_format, tta)
+    network = WithTTA(model, tta).eval() if tta else model  # what is written: the network, with TTA if asked
     sidecar = out.with_name(out.name + ".json")
     tmp, tmp_sidecar = (path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in (out, sidecar))
     try:
         if export_format == "safetensors":
             _write_safetensors(network, tmp, meta)
         elif export_format == "torchscript":
-            _write_torchscript(network, tmp, meta, _example(model, 1))
+            _write_torchscript(network, tmp, meta, _example(loaded, 1))
         else:
-            _write_onnx(network, tmp, meta, _example(model, 2))
-            diff = onnx_max_abs_diff(tmp, network, _example(model, 16))
+            _write_onnx(network, tmp, meta, _example(loaded, 2))
+            diff = onnx_max_abs_diff(tmp, network, _example(loaded, 16))
             if diff is not None and diff > ONNX_TOLERANCE:
                 raise RuntimeError(f"the ONNX export differs from PyTorch by {diff:.3g} > {ONNX_TOLERANCE}")
             meta["onnxruntime_max_abs_diff"] = diff
