@@ -60,3 +60,24 @@ def test_epoch_line_and_summary_show_images_per_second_and_mfu(tmp_path, capsys)
     assert summary["mfu"] == pytest.approx(achieved / summary["peak_flops"], rel=1e-2)
     metrics = next(tmp_path.glob("smoke/*/metrics.csv")).read_text().splitlines()
     assert metrics[0].endswith(",mfu") and float(metrics[-1].split(",")[-1]) > 0
+
+
+def test_a_model_the_counter_cannot_run_trains_without_mfu():
+    from types import SimpleNamespace
+
+    from cifarlab.runtime import Distributed, Precision
+    from cifarlab.training.throughput import measure_speed
+
+    class Refuses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            raise RuntimeError("an op the counter cannot trace")
+
+    runtime = SimpleNamespace(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), dist=Distributed())
+    state = SimpleNamespace(runtime=runtime, model=Refuses(),
+                            train_loader=SimpleNamespace(images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8)))
+    with pytest.warns(UserWarning, match="FLOPs could not be counted.*MFU is left out"):
+        assert measure_speed(state) is None
