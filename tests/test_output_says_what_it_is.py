@@ -76,7 +76,7 @@ def test_report_says_where_the_peak_lr_came_from(reported):
     run_dir, _ = reported
     report = (run_dir / "report.md").read_text()
     assert "found max LR (range test)" not in report
-    assert re.search(r"\| peak LR \| 5\.00E-02, as configured \(optim\.lr\) \|", report), report[:2000]
+    assert re.search(r"\| peak learning rate \| 5\.00E-02, as configured \(optim\.lr\) \|", report), report[:2000]
     from cifarlab.analysis.run_report import _summary_cell
 
     found = {"lr_peak": 0.0123, "lr_peak_source": "range test (lr_find.suggestion=minimum)"}
