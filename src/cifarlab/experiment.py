@@ -119,15 +119,20 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
         from cifarlab.training.warmstart import init_from_checkpoint
 
-        init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels)
+        _announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
-    _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
-              f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
-              f"device: {runtime.describe()}", runtime)
+    _announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
     return state
+
+
+def data_line(dataset: Dataset) -> str:
+    """`data: fashion_mnist, 60,000 train / 10,000 test images, from <origin>`: counts first, then where."""
+    val = f" / {len(dataset.val.labels):,} validation" if dataset.val is not None else ""
+    return (f"data: {dataset.name}, {len(dataset.train.labels):,} train{val} / {len(dataset.test.labels):,} test "
+            f"images, from {dataset.origin}")
 
 
 def _lr_peak_source(cfg: Config) -> str:
@@ -227,7 +232,12 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
+    from cifarlab.training.throughput import measure_speed
+
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
+    state.speed = measure_speed(state)  # before fit: not training time
+    if state.speed is not None:
+        _announce(state.speed.describe(), runtime)
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
         callbacks.callbacks.extend(user_callbacks)
@@ -276,6 +286,7 @@ def write_summary(state: TrainState) -> dict:
         wall_seconds=round(state.wall_seconds, 3), train_seconds=round(train_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
         train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
+        **(state.speed.summary(images / train_seconds if train_seconds else None) if state.speed else {}),
         lr_peak=state.lr_peak, lr_peak_source=state.lr_peak_source, precision=state.runtime.precision.name,
         tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
         early_stop=state.early_stop, diverged_at=state.diverged_at,

@@ -124,6 +124,7 @@ def _row(run_dir: Path, label: str) -> dict:
         "best_test_acc": summary.best_test_acc, "best_train_acc": best_train,
         "epochs": f"{_or_unknown(summary.epochs_completed)}/{_or_unknown(summary.epochs)}",
         "wall_seconds": summary.wall_seconds, "train_images_per_second": summary.train_images_per_second,
+        "mfu": summary.mfu,
         "status": summary.status,
     }
 
@@ -161,6 +162,8 @@ def format_cell(key: str, value: Any) -> str:
         return str(value)
     if key.endswith("_acc"):
         return f"{100 * float(value):.2f}%"
+    if key == "mfu":  # a fraction of the device's peak FLOP/s
+        return f"{100 * float(value):.1f}%"
     if key.startswith("lr"):
         return f"{float(value):.2E}"
     if key == "wall_seconds":

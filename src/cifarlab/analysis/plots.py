@@ -216,8 +216,10 @@ def _upsample(cam: Any, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequence[str], path: str | Path) -> Path:
-    """Per image: the image, the predicted-class map over it, the true-class map over it.
+def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequence[str], path: str | Path,
+                 other: str = "true class") -> Path:
+    """Per image: the image, the predicted-class map over it, the map of `other` over it (the true class,
+    or for images without one, e.g. the runner-up class).
 
     Maps are (N, H, W) in [0, 1]; `titles[i]` names the image ("true dog, pred cat (p=0.87)").
     Two images share a row when there are more than four, to keep the figure README-sized.
@@ -235,13 +237,13 @@ def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequen
         pixels, cmap = _as_hwc(images_uint8[i])
         size = pixels.shape[:2]
         for ax, cam, label in ((image_ax, None, titles[i]), (pred_ax, cam_pred[i], "predicted-class map"),
-                               (true_ax, cam_true[i], "true-class map")):
+                               (true_ax, cam_true[i], f"{other} map")):
             ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             if cam is not None:
                 ax.imshow(_upsample(cam, size), cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1,
                           interpolation="bilinear")
             ax.set_title(label, fontsize=8)
-    fig.suptitle("Grad-CAM: where the model looked for its prediction vs. for the true class")
+    fig.suptitle(f"Grad-CAM: where the model looked for its prediction vs. for the {other}")
     return _save(fig, path)
 
 

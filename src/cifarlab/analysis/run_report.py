@@ -20,6 +20,7 @@ from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
+from cifarlab.progress import PhaseProgress
 from cifarlab.run import layout
 from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
 from cifarlab.run.records import Summary, read_metrics, read_summary
@@ -42,23 +43,33 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
-    predictions = predict_batch(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
-                                autocast=autocast, tta=cfg.train.tta, device=device,
-                                channels_last=cfg.train.channels_last)
     gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
-    sections = [
-        _summary_section(summary, predictions, cfg),
-        _config_section(cfg),
-        _environment_section(summary, dataset),
-        _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc"),
-        _lr_section(run_dir, metrics),
-        _lr_find_section(run_dir),
-        _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size),
-        *_class_sections(run_dir, predictions, dataset.classes),
-        _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size),
-        _gradcam_section(run_dir, model, test.images, predictions, dataset.classes, gradcam_options),
-        _augment_section(run_dir, dataset, cfg),
+    predictions = None  # the first step's; the sections below read it when they run
+    steps = [  # (what, make): progress names each as it finishes (minutes in all on a busy CPU)
+        ("summary", lambda: _summary_section(summary, predictions, cfg)),
+        ("configuration", lambda: _config_section(cfg)),
+        ("environment", lambda: _environment_section(summary, dataset)),
+        ("curves", lambda: _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc")),
+        ("learning rate", lambda: _lr_section(run_dir, metrics)),
+        ("range test", lambda: _lr_find_section(run_dir)),
+        ("model summary", lambda: _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size)),
+        ("classes", lambda: _class_sections(run_dir, predictions, dataset.classes)),
+        ("misclassified", lambda: _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size)),
+        ("Grad-CAM", lambda: _gradcam_section(run_dir, model, test.images, predictions, dataset.classes,
+                                              gradcam_options)),
+        ("augmentation", lambda: _augment_section(run_dir, dataset, cfg)),
     ]
+    sections = []
+    with PhaseProgress("report", 1 + len(steps), "steps", cfg.output.progress,
+                       start_text=f"{len(test.labels):,} test images") as progress:
+        predictions = predict_batch(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
+                                    autocast=autocast, tta=cfg.train.tta, device=device,
+                                    channels_last=cfg.train.channels_last, progress=cfg.output.progress)
+        progress.update(text="predictions")
+        for what, make in steps:
+            made = make()
+            sections += made if isinstance(made, list) else [made]
+            progress.update(text=what)
     md_path, _ = write_report(run_dir, [s for s in sections if s is not None])
     return md_path
 
@@ -113,14 +124,17 @@ def _cpu(tensor: Any) -> torch.Tensor:
     return torch.as_tensor(tensor).detach().cpu()
 
 
-def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+                 shown_rows: Optional[Sequence[Sequence[Any]]] = None) -> None:
+    """tables/<name>.csv with `rows` as they are (numbers stay numbers), and tables/<name>.md with
+    `shown_rows` (the same rows formatted for reading, e.g. percentages), default `rows`."""
     tables = run_dir / layout.TABLES
     tables.mkdir(parents=True, exist_ok=True)
     with (tables / f"{name}.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    (tables / f"{name}.md").write_text(markdown_table(header, rows))
+    (tables / f"{name}.md").write_text(markdown_table(header, shown_rows or rows))
 
 
 # ---------------------------------------------------------------- sections
@@ -129,7 +143,7 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     if not summary:
         blocks = [Text(f"{layout.SUMMARY} was not found: the run has not finished an epoch.")]
     else:
-        rows = [(label, format_cell(key, summary[key])) for key, label in SUMMARY_FIELDS if key in summary]
+        rows = [(label, _summary_cell(key, summary)) for key, label in SUMMARY_FIELDS if key in summary]
         blocks = [Table(("field", "value"), rows)]
         if summary.get("status") not in (None, "completed"):
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
@@ -142,6 +156,23 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "
                        f"on {count:,} test images ({tta})."))
     return Section("Summary", blocks)
+
+
+def _summary_cell(key: str, summary: dict) -> str:
+    """A summary value as the report shows it; the peak LR says where it came from (`lr_peak_source`)."""
+    if key == "mfu" and summary[key] is not None:
+        peak = summary.get("peak_flops")
+        of_peak = f" of {peak / 1e12:.3g} TFLOP/s ({summary.get('peak_flops_source')})" if peak else ""
+        return f"{100 * summary[key]:.1f}%{of_peak}"
+    text = format_cell(key, summary[key])
+    if key != "lr_peak":
+        return text
+    source = summary.get("lr_peak_source")
+    if not source:
+        return f"{text} (source not recorded)"
+    if source.startswith("range test"):
+        return f"{text}, found by the {source}"
+    return f"{text}, as configured ({source})"
 
 
 def _config_section(cfg) -> Section:
@@ -213,10 +244,11 @@ def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[
     conf = _cpu(confusion_matrix(_cpu(predictions.labels), _cpu(predictions.preds), K))
     totals, correct = conf.sum(dim=1), conf.diagonal()
     acc = _cpu(per_class_accuracy(conf))  # fractions; NaN for a class absent from the test split
+    fractions = [None if acc[k].isnan() else round(float(acc[k]), 6) for k in range(K)]
+    numbers = [(classes[k], int(correct[k]), int(totals[k]), fractions[k]) for k in range(K)]  # accuracy in [0, 1]
+    rows = [(*row[:3], format_cell("test_acc", row[3])) for row in numbers]
     header = ("class", "correct", "total", "accuracy")
-    rows = [(classes[k], int(correct[k]), int(totals[k]), format_cell("test_acc", None if acc[k].isnan() else acc[k]))
-            for k in range(K)]
-    _write_table(run_dir, "per_class", header, rows)
+    _write_table(run_dir, "per_class", header, numbers, rows)
     plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / layout.plot("per_class.png"))
     per_class = Section("Per-class accuracy", [Table(header, rows),
                                                Image(layout.plot("per_class.png"), "test accuracy per class")])

@@ -41,6 +41,7 @@ from cifarlab.atomic import atomic_write
 from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.data.images import fit_square, open_checked
 from cifarlab.errors import UserError
+from cifarlab.progress import PhaseProgress
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,9 @@ def resolve_settings(train: FileSplit, settings: dict) -> tuple[int, int]:
     return size, channels
 
 
-def decode(split: FileSplit, size: int, channels: int) -> Split:
-    """All images of a split -> uint8 (N, channels, size, size), decoded in parallel threads."""
+def decode(split: FileSplit, size: int, channels: int, progress: Optional[PhaseProgress] = None) -> Split:
+    """All images of a split -> uint8 (N, channels, size, size), decoded in parallel threads; `progress`
+    counts the images."""
     pixels = np.empty((len(split.files), size, size, channels), dtype=np.uint8)
 
     def load(index: int) -> None:
@@ -173,7 +175,9 @@ def decode(split: FileSplit, size: int, channels: int) -> Split:
             raise _unreadable(path, err) from None
 
     with ThreadPoolExecutor() as pool:
-        list(pool.map(load, range(len(split.files))))
+        for _ in pool.map(load, range(len(split.files))):
+            if progress is not None:
+                progress.update()
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     return Split(images, torch.tensor(split.labels, dtype=torch.int64))
 
@@ -191,7 +195,7 @@ def _read_cache(path: Path) -> Optional[Dataset]:
             raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
         splits = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
         return Dataset("folder", splits["train"], splits["test"], tuple(blob["classes"]), tuple(blob["mean"]),
-                       tuple(blob["std"]), f"cache {path} (decoded from {blob['origin']})", val=splits["val"])
+                       tuple(blob["std"]), f"cache {path}, decoded from {blob['origin']}", val=splits["val"])
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
         log.warning("ignoring unreadable folder cache %s (%s); decoding again", path, err)
         return None
@@ -224,9 +228,11 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
     if cache.is_file() and (dataset := _read_cache(cache)) is not None:
         return dataset
     size, channels = resolve_settings(splits["train"], settings)
-    decoded = {name: decode(split, size, channels) for name, split in splits.items()}
-    mean, std = channel_stats(decoded["train"].images)
     count = sum(len(split.files) for split in splits.values())
+    # No line up front (announce=False): a folder refused for a bad file says only that, in one line.
+    with PhaseProgress(f"decoding {root}", count, "images", announce=False) as progress:
+        decoded = {name: decode(split, size, channels, progress) for name, split in splits.items()}
+    mean, std = channel_stats(decoded["train"].images)
     origin = f"{root} (image folder, {count} files, shorter side resized to {size} + centre crop, {channels}-channel)"
     dataset = Dataset("folder", decoded["train"], decoded["test"], classes, mean, std, origin, val=decoded.get("val"))
     _write_cache(dataset, cache)

@@ -247,7 +247,7 @@ def _read_cache(name: str, path: Path) -> Dataset | None:
         blob = torch.load(path, weights_only=True)
         if blob["version"] != CACHE_VERSION:
             raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
-        origin = f"cache {path} (decoded from {blob['origin']})"
+        origin = f"cache {path}, decoded from {blob['origin']}"
         return _build(name, blob, origin, stats=(blob["mean"], blob["std"]))
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
         log.warning("ignoring unreadable dataset cache %s (%s); decoding again", path, e)

@@ -12,6 +12,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
+from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
 from cifarlab.training.accumulate import forward_backward
@@ -74,7 +75,15 @@ def training_step(state: TrainState) -> Step:
 def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTestResult:
     """The range test on a freshly built model and optimizer of this recipe (weights are left untouched)."""
     state = range_test_state(cfg, runtime, dataset)
-    return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), cfg.lr_find)
+    sweep = cfg.lr_find
+    mode = cfg.output.progress if runtime.dist.is_main else "none"
+    with PhaseProgress("range test", sweep.num_iter, "steps", mode,
+                       start_text=f"lr {sweep.start_lr:.3g} to {sweep.end_lr:.3g} ({sweep.step_mode})") as progress:
+        def on_step(lr: float, loss: float) -> None:
+            progress.update(text=f"lr {lr:.2e}, loss {loss:.4f}")
+
+        return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), sweep,
+                          on_step)
 
 
 def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] = None) -> Path:

@@ -43,6 +43,7 @@ class EpochRow:
     test_acc: Optional[float] = _metric("test accuracy")
     elapsed_seconds: Optional[float] = _metric("training seconds so far", tracked=False)
     images_per_second: Optional[float] = _metric("training images/s")
+    mfu: Optional[float] = _metric("model FLOPs utilisation")  # a fraction of the peak (training/throughput.py)
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +101,11 @@ class Summary:
     train_seconds: Optional[float] = _item()
     compile_seconds: Optional[float] = _item()
     train_images_per_second: Optional[float] = _item("training images/s", "Images/s")
+    # MFU: training FLOPs per second as a fraction of the device's peak (training/throughput.py says how).
+    mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True)
+    train_flops_per_image: Optional[int] = _item(optional=True)
+    peak_flops: Optional[float] = _item(optional=True)
+    peak_flops_source: Optional[str] = _item(optional=True)
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()

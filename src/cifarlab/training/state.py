@@ -61,6 +61,7 @@ class TrainState:
     lr_peak: Optional[float] = None
     lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
     wall_seconds_before: float = 0.0
+    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
     # This process only (never saved): the newest logging window, when this process's fit began.
     window: Optional[dict[str, Any]] = None  # {epoch, step, lr, train_loss, train_acc}
     process_started: Optional[float] = None  # time.perf_counter()

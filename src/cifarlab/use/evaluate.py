@@ -41,6 +41,6 @@ def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta:
     dataset = run_test_data(model, data_dir)
     runtime = Runtime(model.device, model.precision, channels_last=model.channels_last)
     loader = eval_loader(model.config, dataset.test, dataset, runtime)
-    loss, acc = evaluate(model.module, loader, model.precision, tta)
+    loss, acc = evaluate(model.module, loader, model.precision, tta, progress="auto")
     return {"epoch": model.epoch, "test_loss": loss, "test_acc": acc, "images": loader.num_images,
             "tta": tta, "precision": model.precision.name}
