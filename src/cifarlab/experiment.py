@@ -21,8 +21,8 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
-from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
+from cifarlab.runtime import Runtime, is_rank_zero, make_runtime
+from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data, same_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
@@ -67,6 +67,9 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
+    check_model_input(cfg.model, dataset)
+    if run_dir is not None and runtime.dist.is_main:
+        _refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
@@ -83,6 +86,17 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         raise
     with lock:
         return _fit_and_finish(state, dataset, callbacks)
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    """`train(run_dir=...)` starts a run: into a new or empty folder, never over files already there (an
+    earlier run's checkpoints and metrics would be overwritten or mixed with the new ones)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir} is a file; give a new or empty folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = (f"; continue that run with cifarlab.resume({str(run_dir)!r})"
+                if (run_dir / rundir.CONFIG).exists() else "")
+        raise UserError(f"run_dir {run_dir} is not empty: a new run goes into a new or empty folder{hint}")
 
 
 def _arrays(data) -> Optional[Dataset]:
@@ -149,7 +163,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
     # holds it for all ranks of a torchrun job (the others would find it taken).
     lock = rundir.RunLock(run_dir)
-    if os.environ.get("RANK", "0") == "0":
+    if is_rank_zero():
         lock.acquire()
     with lock:
         return _resume_locked(run_dir, checkpoint, data, callbacks, epochs)
@@ -182,6 +196,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, _arrays(data))
+    same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}

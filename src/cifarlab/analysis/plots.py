@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.atomic import atomic_write
+
 DPI = 120
 OVERLAY_ALPHA = 0.5
 OVERLAY_CMAP = "jet"
@@ -26,7 +28,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight",
+                                                  facecolor="white"))
     return path
 
 

@@ -18,6 +18,7 @@ import torch
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
+from cifarlab.atomic import atomic_write, atomic_write_text
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
 from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_checkpoint
@@ -119,11 +120,13 @@ def _cpu(tensor: Any) -> torch.Tensor:
 def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     tables = run_dir / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    with (tables / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
+    def write_csv(handle) -> None:
+        writer = csv.writer(handle, lineterminator="\r\n")  # csv's own default, as open(newline="") gave
         writer.writerow(header)
         writer.writerows(rows)
-    (tables / f"{name}.md").write_text(markdown_table(header, rows))
+
+    atomic_write(tables / f"{name}.csv", write_csv, mode="w")
+    atomic_write_text(tables / f"{name}.md", markdown_table(header, rows))
 
 
 # ---------------------------------------------------------------- sections
@@ -204,7 +207,7 @@ def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) ->
     from cifarlab.analysis.model_summary import model_summary
 
     text = model_summary(model, input_shape, batch_size)
-    (run_dir / MODEL_SUMMARY).write_text(text + "\n")
+    atomic_write_text(run_dir / MODEL_SUMMARY, text + "\n")
     return Section("Model summary", [Text(f"For a batch of {batch_size}; also in model_summary.txt."), Code(text)])
 
 

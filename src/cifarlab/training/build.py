@@ -5,6 +5,7 @@ a run, its range test and its benchmark train exactly the same model on exactly 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -14,6 +15,7 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
+from cifarlab.data.checks import check_dataset
 from cifarlab.data.dataset import Dataset, Split
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import load_dataset
@@ -53,8 +55,32 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
             raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "
                             f"set data.val_split=null to use it")
         train, val = stratified_split(train, data_cfg.val_split, seed)
-    return replace(dataset, train=train, test=test, val=val,
-                   mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+    dataset = replace(dataset, train=train, test=test, val=val,
+                      mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+    check_dataset(dataset, std_given=data_cfg.std is not None, val_split=data_cfg.val_split)
+    return dataset
+
+
+def check_model_input(model_cfg, dataset: Dataset) -> None:
+    """Refuse, before a run directory exists, images too small for the model (a 4x4 image through three
+    poolings has no pixels left). Shapes are propagated on the meta device (no memory, no compute); a
+    failure there is confirmed by a real forward of one image on the CPU, since a user's model may do
+    things meta tensors cannot (`.item()`)."""
+    C, size = dataset.in_channels, dataset.image_size
+    try:
+        with torch.device("meta"):
+            build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
+        return
+    except Exception:  # confirmed or dismissed below
+        pass
+    try:
+        with torch.no_grad():
+            build_model(model_cfg, dataset.num_classes, C).eval()(torch.zeros(1, C, size, size))
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
+                        f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
+                        f"or a model for small images") from None
 
 
 def monitors(cfg: Config, has_val: bool) -> tuple[str, str]:
@@ -124,6 +150,7 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
         train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
         run_dir=run_dir, ema=ema, lookahead=lookahead, classes=dataset.classes,
+        data_fingerprint=dataset.fingerprint,
         compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0)
 
 
@@ -173,9 +200,7 @@ class Evaluation:
     def test_data(self) -> Dataset:
         """The run's own test split (subset included), normalised with the checkpoint's statistics."""
         dataset = load_data(evaluation_data_config(self.cfg.data, self.data_dir), self.cfg.seed)
-        if dataset.num_classes != len(self.meta["classes"]):
-            raise UserError(f"the checkpoint has {len(self.meta['classes'])} classes but {self.cfg.data.dataset} has "
-                            f"{dataset.num_classes}")
+        same_data(self.meta["classes"], self.meta.get("data_fingerprint"), dataset, ("test",), "evaluated")
         return replace(dataset, mean=tuple(self.meta["mean"]), std=tuple(self.meta["std"]))
 
     def test_metrics(self, tta: Union[str, bool, None] = None) -> dict:
@@ -185,6 +210,33 @@ class Evaluation:
         loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta)
         return {"epoch": self.meta["epoch"], "test_loss": loss, "test_acc": acc, "images": test_loader.num_images,
                 "tta": tta, "precision": self.runtime.precision.name}
+
+
+def same_data(classes, fingerprint: Optional[dict], dataset: Dataset, splits: tuple[str, ...], doing: str) -> None:
+    """Is `dataset` the data a checkpoint (its `classes`, its `data_fingerprint`) was trained on?
+
+    Other class names, or the same ones in another order (a renamed class folder), would score every label
+    against the wrong name: refused. Other images in `splits` under the same names: refused for a resume
+    (`doing` "resumed": it would train on with other data), a warning for an evaluation (the number is right
+    for the data given, which may be the user's point: new test images). Checkpoints from before the
+    fingerprint was stored are compared by class names only."""
+    if list(classes) != list(dataset.classes):
+        if len(classes) != len(dataset.classes):
+            diff = f"the checkpoint has {len(classes)} classes, the data {len(dataset.classes)}"
+        else:
+            k = next(i for i, (a, b) in enumerate(zip(classes, dataset.classes)) if a != b)
+            diff = f"class {k} is {classes[k]!r} in the checkpoint but {dataset.classes[k]!r} in the data"
+        raise UserError(f"{dataset.name} ({dataset.origin}) is not the data this checkpoint was trained on: {diff}; "
+                        f"it can only be {doing} on data with the same class names in the same order")
+    changed = [name for name in splits if fingerprint and fingerprint.get(name) != dataset.fingerprint[name]]
+    if not changed:
+        return
+    text = (f"the {' and '.join(changed)} images of {dataset.name} ({dataset.origin}) differ from those this "
+            f"checkpoint was trained with")
+    if doing == "resumed":
+        raise UserError(f"{text}; a run can only be resumed on its own data: start a new run "
+                        f"(model.init_from=<this checkpoint> to start from its weights)")
+    print(f"warning: {text}; the accuracy is for the data given now", file=sys.stderr, flush=True)
 
 
 def evaluation_data_config(data_cfg, data_dir: Optional[str] = None):

@@ -91,6 +91,7 @@ def make_payload(state) -> dict[str, Any]:
         "history": state.history,
         "config": state.cfg.to_dict(),
         "classes": list(state.classes),
+        "data_fingerprint": state.data_fingerprint,  # absent from older checkpoints: then nothing is compared
         "mean": list(state.train_loader.mean),
         "std": list(state.train_loader.std),
         "image_size": int(state.train_loader.images.shape[-1]),
@@ -149,7 +150,7 @@ def max_checkpoint_bytes() -> int:
     text = os.environ.get(MAX_BYTES_ENV, "").strip()
     if not text:
         return DEFAULT_MAX_BYTES
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²".isdigit() is True; int("²") fails
         raise UserError(f"{MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}")
     return int(text)
 
@@ -204,6 +205,8 @@ def _read(path: Path) -> dict[str, Any]:
 def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
     """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
     path = Path(path)
+    if not path.name:  # ".", "/": a folder with no name, so no `.prev` sibling either
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt")
     try:
         return _read(path), path
     except UserError as err:
@@ -273,7 +276,8 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     cfg = check_payload(payload, path)
     classes = payload["classes"]
     meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status")}
-    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"))
+    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"),
+                data_fingerprint=payload.get("data_fingerprint"))
     model = build_model(cfg.model, num_classes=len(classes), in_channels=len(payload["mean"]))
     state_dict = payload["ema"] if payload.get("ema") else payload["model"]
     if payload.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged

@@ -73,6 +73,10 @@ def _check_data_meta(payload: dict[str, Any], need) -> None:
         need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
     need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
          payload.get("precision"))
+    prints = payload.get("data_fingerprint")
+    need(prints is None or (isinstance(prints, dict) and set(prints) == {"train", "val", "test"} and all(
+        value is None or (isinstance(value, str) and len(value) == 64) for value in prints.values())),
+        "data_fingerprint", "null or {train, val, test: a sha256 hex digest or null}", prints)
 
 
 def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
