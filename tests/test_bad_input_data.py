@@ -268,6 +268,22 @@ CASES = [
     ("stray-rank-1-still-prints-its-error",
      lambda t, f, m: _env(m, "RANK", "1", ["resume", str(shutil.copytree(f[F]["run"], t / "r"))]),
      ["already finished"]),
+    ("mlflow-uri-unknown-scheme",
+     lambda t, f, m: _needs_mlflow(["train", "smoke", f"output.dir={t / 'runs'}", "output.mlflow=true",
+                                    "output.mlflow_uri=htp://tracking", *FAST]),
+     ["output.mlflow_uri='htp://tracking' cannot be used", "http://host:port"]),
+    ("mlflow-server-unreachable",
+     lambda t, f, m: _needs_mlflow(["train", "smoke", f"output.dir={t / 'runs'}", "output.mlflow=true",
+                                    f"output.mlflow_uri=http://127.0.0.1:{_closed_port()}", *FAST]),
+     ["output.mlflow_uri='http://127.0.0.1:", "cannot be"]),
+    ("resume-epochs-corrupt-mlflow-json",
+     lambda t, f, m: _needs_mlflow(["resume", str(_with_file(tampered_copy(f[F]["run"], t / "r", _config(
+         "output", "mlflow", True)), "mlflow.json", "{not json")), "--epochs", "2"]),
+     ["mlflow.json is not readable", "delete it to log the rest into a new MLflow run"]),
+    ("resume-epochs-tensorboard-folder-is-a-file",
+     lambda t, f, m: ["resume", str(_with_file(tampered_copy(f[F]["run"], t / "r", _config(
+         "output", "tensorboard", True)), "tb", "not a folder")), "--epochs", "2"],
+     ["output.tensorboard", "tb is a file, not a folder"]),
     ("model-width-a-float",
      lambda t, f, m: ["train", "smoke", f"output.dir={t / 'runs'}", "model.options={width: 8.5}", *FAST],
      ["model.options.width of model 'convnet' must be a whole number", "8.5"]),
@@ -275,6 +291,25 @@ CASES = [
      lambda t, f, m: ["train", "smoke", f"output.dir={t / 'runs'}", "model.options={width: '8'}", *FAST],
      ["model.options.width of model 'convnet' must be a whole number", "'8' (str)"]),
 ]
+
+
+def _needs_mlflow(argv: list[str]) -> list[str]:
+    pytest.importorskip("mlflow")
+    return argv
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_file(run: Path, name: str, text: str) -> Path:
+    (run / name).write_text(text)
+    return run
 
 
 def _touch(path: Path) -> Path:

@@ -129,9 +129,11 @@ def _keep_copy(path: Path, keep_previous: Path) -> None:
             raise
     try:
         os.replace(link, keep_previous)
-    except BaseException:
+    finally:
+        # Gone after a rename; but where `keep_previous` already is this same file (a writer killed between
+        # keeping the previous file and renaming the new one leaves both names on one inode), POSIX rename
+        # does nothing and returns success, and the link would stay forever.
         _unlink_quietly(link)
-        raise
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -153,6 +155,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb",
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     remove_stale_temps(path)
+    if keep_previous is not None:  # _keep_copy's temporaries, of a writer killed before their rename
+        remove_stale_temps(Path(keep_previous))
     tmp: Optional[Path] = None
     try:
         fd, tmp = _new_temp(path)

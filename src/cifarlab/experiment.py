@@ -26,6 +26,7 @@ from cifarlab.training.build import ARRAYS, build_state, check_model_input, defa
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
+from cifarlab.training.preflight import check_integrations
 from cifarlab.training.state import TrainState
 
 
@@ -68,6 +69,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
     check_model_input(cfg.model, dataset)
+    check_integrations(cfg.output)
     if run_dir is not None and runtime.dist.is_main:
         _refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
@@ -175,6 +177,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
+    check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
     try:
         previous = rundir.read_summary(run_dir, required=False)
     except UserError:

@@ -26,6 +26,7 @@ from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_ch
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
+PLOT_CLASSES = 30  # beyond this many classes, plots show the most-confused ones
 SUMMARY_FIELDS = (  # (summary.json key, label in the report)
     ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
     ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
@@ -212,31 +213,44 @@ def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) ->
 
 
 def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[Section]:
-    from cifarlab.analysis.metrics import confusion_matrix, per_class_accuracy, top_confused
+    """Per-class accuracy and confusion. Tables in tables/ are complete (every class; every non-zero
+    confusion cell in confusion.csv); beyond PLOT_CLASSES classes the plots and the report's own tables show
+    the classes with the most errors, so memory and time grow with the test split, not with classes squared
+    (a 300-class report peaked at 16.6 GB drawing a 300x300 matrix with every label)."""
+    from cifarlab.analysis.metrics import confusion_cells, dense_confusion, most_confused_classes
 
     K = len(classes)
-    conf = _cpu(confusion_matrix(_cpu(predictions.labels), _cpu(predictions.preds), K))
-    totals, correct = conf.sum(dim=1), conf.diagonal()
-    acc = _cpu(per_class_accuracy(conf))  # fractions; NaN for a class absent from the test split
+    labels, preds = _cpu(predictions.labels).long(), _cpu(predictions.preds).long()
+    cells = confusion_cells(labels, preds, K)
+    totals = torch.bincount(labels, minlength=K)
+    correct = torch.bincount(labels[labels == preds], minlength=K)
+    acc = correct.double() / totals.double()  # NaN for a class absent from the test split
     header = ("class", "correct", "total", "accuracy")
     rows = [(classes[k], int(correct[k]), int(totals[k]), format_cell("test_acc", None if acc[k].isnan() else acc[k]))
             for k in range(K)]
     _write_table(run_dir, "per_class", header, rows)
-    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / "plots" / "per_class.png")
-    per_class = Section("Per-class accuracy", [Table(header, rows),
-                                               Image("plots/per_class.png", "test accuracy per class")])
-    pairs = top_confused(conf, list(classes), TOP_CONFUSED)
-    pair_rows = [(true, pred, int(count)) for true, pred, count in pairs]
+    _write_table(run_dir, "confusion", ("true", "predicted", "count"),
+                 [(classes[t], classes[p], n) for t, p, n in cells.tolist()])
+    shown = most_confused_classes(cells, K, PLOT_CLASSES)
+    note = "" if len(shown) == K else f" (the {len(shown)} of {K} classes with the most errors; all in tables/)"
+    plots.plot_per_class(acc[shown].nan_to_num(0.0), [classes[k] for k in shown], run_dir / "plots" / "per_class.png")
+    per_class = Section("Per-class accuracy", [Table(header, [rows[k] for k in shown]),
+                                               Image("plots/per_class.png", f"test accuracy per class{note}")])
+    wrong = cells[cells[:, 0] != cells[:, 1]]
+    top_pairs = wrong[wrong[:, 2].argsort(descending=True, stable=True)[:TOP_CONFUSED]].tolist()
+    pair_rows = [(classes[t], classes[p], n) for t, p, n in top_pairs]
     _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
-    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion.png", normalised=False)
-    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion_normalised.png", normalised=True)
+    block, names = dense_confusion(cells, shown), [classes[k] for k in shown]
+    plots.plot_confusion(block, names, run_dir / "plots" / "confusion.png", normalised=False)
+    plots.plot_confusion(block, names, run_dir / "plots" / "confusion_normalised.png", normalised=True,
+                         row_totals=totals[shown])
     top = (", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows)
            or "none: no test image was misclassified")
     confusion = Section("Confusion", [
         Text(f"Most confused pairs (true→predicted, images): {top}."),
         Table(("true", "predicted", "images"), pair_rows),
-        Image("plots/confusion.png", "confusion matrix, counts"),
-        Image("plots/confusion_normalised.png", "confusion matrix, percent of each true class"),
+        Image("plots/confusion.png", f"confusion matrix, counts{note}"),
+        Image("plots/confusion_normalised.png", f"confusion matrix, percent of each true class{note}"),
     ])
     return [per_class, confusion]
 
