@@ -70,6 +70,12 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     dataset = load_data(cfg.data, cfg.seed, source)
     check_model_input(cfg.model, dataset)
     check_integrations(cfg.output)
+    if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
+        from cifarlab.registry import build_model
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
+                             dataset.classes, dataset.in_channels)
     if run_dir is not None and runtime.dist.is_main:
         _refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
