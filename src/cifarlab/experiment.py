@@ -19,10 +19,11 @@ import torch
 from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
+from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime, is_rank_zero, make_runtime
-from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data, same_data
+from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
@@ -205,7 +206,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, _arrays(data))
-    same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
+    check_same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}

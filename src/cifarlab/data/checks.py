@@ -100,3 +100,31 @@ def _check_statistics(dataset: Dataset, std_given: bool, where: str) -> None:
 def _short(value) -> str:
     text = repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_same_data(classes, fingerprint: Optional[dict], dataset: Dataset, splits: tuple[str, ...],
+                    doing: str) -> None:
+    """Is `dataset` the data a checkpoint (its `classes`, its `data_fingerprint`) was trained on?
+
+    Other class names, or the same ones in another order (a renamed class folder), would score every label
+    against the wrong name: refused. Other images in `splits` under the same names: refused for a resume
+    (`doing` "resumed": it would train on with other data), a warning for an evaluation (the number is right
+    for the data given, which may be the user's point: new test images). Checkpoints from before the
+    fingerprint was stored are compared by class names only."""
+    if list(classes) != list(dataset.classes):
+        if len(classes) != len(dataset.classes):
+            diff = f"the checkpoint has {len(classes)} classes, the data {len(dataset.classes)}"
+        else:
+            k = next(i for i, (a, b) in enumerate(zip(classes, dataset.classes)) if a != b)
+            diff = f"class {k} is {classes[k]!r} in the checkpoint but {dataset.classes[k]!r} in the data"
+        raise UserError(f"{dataset.name} ({dataset.origin}) is not the data this checkpoint was trained on: {diff}; "
+                        f"it can only be {doing} on data with the same class names in the same order")
+    changed = [name for name in splits if fingerprint and fingerprint.get(name) != dataset.fingerprint[name]]
+    if not changed:
+        return
+    text = (f"the {' and '.join(changed)} images of {dataset.name} ({dataset.origin}) differ from those this "
+            f"checkpoint was trained with")
+    if doing == "resumed":
+        raise UserError(f"{text}; a run can only be resumed on its own data: start a new run "
+                        f"(model.init_from=<this checkpoint> to start from its weights)")
+    print(f"warning: {text}; the accuracy is for the data given now", file=sys.stderr, flush=True)
