@@ -289,10 +289,10 @@ CASES = [
      ["output.tensorboard", "tb is a file, not a folder"]),
     ("model-width-a-float",
      lambda t, f, m: ["train", "smoke", f"output.dir={t / 'runs'}", "model.options={width: 8.5}", *FAST],
-     ["model.options.width of model 'convnet' must be a whole number", "8.5"]),
+     ["model 'convnet' cannot be built: width=8.5 must be a whole number", "model.options.width"]),
     ("model-width-a-string",
      lambda t, f, m: ["train", "smoke", f"output.dir={t / 'runs'}", "model.options={width: '8'}", *FAST],
-     ["model.options.width of model 'convnet' must be a whole number", "'8' (str)"]),
+     ["model 'convnet' cannot be built: width='8' must be a whole number", "not a str"]),
 ]
 
 

@@ -68,8 +68,8 @@ def check_option_types(name: str, factory: Callable, kwargs: dict) -> None:
     for key, value in kwargs.items():
         expected = hints.get(key)
         if expected is not None and not _matches(value, expected):
-            raise UserError(f"model.options.{key} of model {name!r} must be {_describe(expected)}, "
-                            f"got {value!r} ({type(value).__name__})")
+            raise UserError(f"model {name!r} cannot be built: {key}={value!r} must be {_describe(expected)} "
+                            f"(model.options.{key}), not a {type(value).__name__}")
 
 
 def _matches(value, expected) -> bool:
