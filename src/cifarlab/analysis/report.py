@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from cifarlab.atomic import atomic_write_text
+from cifarlab.run.layout import REPORT_HTML, REPORT_MD
 
 # The sections a full run report has, in order (`analyze_run` builds them).
 SECTION_TITLES = (
@@ -75,8 +76,8 @@ def write_report(run_dir: str | Path, sections: Sequence[Section], title: str | 
         for block in _flat_blocks(section.blocks):
             if isinstance(block, Image) and not (run_dir / block.path).is_file():
                 raise FileNotFoundError(f"report section {section.title!r} links {block.path}, missing in {run_dir}")
-    md_path = run_dir / "report.md"
-    html_path = run_dir / "report.html"
+    md_path = run_dir / REPORT_MD
+    html_path = run_dir / REPORT_HTML
     atomic_write_text(md_path, render_markdown(title, sections))
     atomic_write_text(html_path, render_html(title, sections, run_dir))
     return md_path, html_path
