@@ -29,6 +29,7 @@ from torch import nn
 
 from cifarlab.atomic import atomic_path, atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run import layout
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_TOLERANCE = 1e-4
@@ -120,7 +121,8 @@ def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Pat
 
     checkpoint = Path(checkpoint)
     if not checkpoint.name:  # "." or "/": no file name to put the export beside
-        raise UserError(f"checkpoint {checkpoint} is a directory; give a .pt file such as checkpoints/best.pt")
+        raise UserError(f"checkpoint {checkpoint} is a directory; give a .pt file such as "
+                        f"{layout.CHECKPOINTS}/{layout.BEST}")
     out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
     _refuse_existing(out)
     loaded = load_model(checkpoint, device="cpu", precision="fp32")

@@ -325,7 +325,7 @@ def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
     """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
     path = Path(path)
     if not path.name:  # ".", "/": a folder with no name, so no `.prev` sibling either
-        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt")
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}")
     try:
         return _read(path), path
     except UserError as err:

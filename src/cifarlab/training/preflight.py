@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from cifarlab.errors import UserError
+from cifarlab.run import layout
 
 # MLflow's defaults (7 retries with backoff, 120 s timeout) turn an unreachable server into minutes of
 # silence before a traceback; a training run should say so at once. The user's own settings win.
@@ -27,7 +28,7 @@ def check_integrations(output_cfg, run_dir: Optional[Path] = None) -> None:
     if output_cfg.mlflow:
         _check_mlflow(output_cfg.mlflow_uri, run_dir)
     if output_cfg.tensorboard and run_dir is not None:
-        _check_writable_folder(Path(run_dir) / "tb", "output.tensorboard")
+        _check_writable_folder(Path(run_dir) / layout.TENSORBOARD, "output.tensorboard")
 
 
 def _check_mlflow(uri: Optional[str], run_dir: Optional[Path]) -> None:
@@ -37,7 +38,7 @@ def _check_mlflow(uri: Optional[str], run_dir: Optional[Path]) -> None:
         raise UserError("output.mlflow=true needs MLflow: pip install 'cifarlab[mlflow]' (or set output.mlflow=false)")
     for name, value in MLFLOW_FAST_FAIL.items():
         os.environ.setdefault(name, value)
-    saved = None if run_dir is None else Path(run_dir) / "mlflow.json"
+    saved = None if run_dir is None else Path(run_dir) / layout.MLFLOW_RUN
     if saved is not None and saved.exists():
         try:
             record = json.loads(saved.read_text(encoding="utf-8"))
