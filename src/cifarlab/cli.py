@@ -200,7 +200,9 @@ def main(argv=None) -> int:
             import_user_modules(args.import_modules)
         return args.run(args)
     except UserError as err:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        from cifarlab.runtime import is_rank_zero
+
+        if is_rank_zero():  # under torchrun every rank fails alike: say it once
             print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import torch
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
+from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.run import layout
@@ -24,11 +25,12 @@ from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, ve
 from cifarlab.run.lock import RunLock
 from cifarlab.run.records import Summary, read_summary
 from cifarlab.run.records import write_summary as write_summary_file
-from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
+from cifarlab.runtime import Runtime, is_rank_zero, make_runtime
+from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import restore
 from cifarlab.training.loop import fit
+from cifarlab.training.preflight import check_integrations
 from cifarlab.training.state import TrainState
 
 
@@ -77,6 +79,16 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source)
+    check_model_input(cfg.model, dataset)
+    check_integrations(cfg.output)
+    if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
+        from cifarlab.models.registry import build_model
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
+                             dataset.classes, dataset.in_channels)
+    if run_dir is not None and runtime.dist.is_main:
+        _refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
@@ -93,6 +105,17 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         raise
     with lock:
         return _fit_and_finish(state, dataset, callbacks)
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    """`train(run_dir=...)` starts a run: into a new or empty folder, never over files already there (an
+    earlier run's checkpoints and metrics would be overwritten or mixed with the new ones)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir} is a file; give a new or empty folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = (f"; continue that run with cifarlab.resume({str(run_dir)!r})"
+                if (run_dir / layout.CONFIG).exists() else "")
+        raise UserError(f"run_dir {run_dir} is not empty: a new run goes into a new or empty folder{hint}")
 
 
 def _arrays(data) -> Optional[Dataset]:
@@ -164,7 +187,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
     # holds it for all ranks of a torchrun job (the others would find it taken).
     lock = RunLock(run_dir)
-    if os.environ.get("RANK", "0") == "0":
+    if is_rank_zero():
         lock.acquire()
     with lock:
         return _resume_locked(run_dir, checkpoint, data, callbacks, epochs)
@@ -176,6 +199,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
+    check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
     try:
         previous = read_summary(run_dir, required=False) or Summary()
     except UserError:
@@ -197,6 +221,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, _arrays(data))
+    check_same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -34,7 +33,9 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from cifarlab.atomic import atomic_path, atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run import layout
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_TOLERANCE = 1e-4
@@ -161,6 +162,9 @@ def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Pat
     from cifarlab.use.load import load_model
 
     checkpoint = Path(checkpoint)
+    if not checkpoint.name:  # "." or "/": no file name to put the export beside
+        raise UserError(f"checkpoint {checkpoint} is a directory; give a .pt file such as "
+                        f"{layout.CHECKPOINTS}/{layout.BEST}")
     out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
     _checked_tta(tta, export_format)
     _refuse_existing(out)
@@ -199,12 +203,15 @@ def export_model(loaded, export_format: str, out: Union[str, Path], source: str 
     _checked_tta(tta, export_format)
     _refuse_existing(out)
     model = loaded.module.float().eval()
+    _refuse_non_finite(model, source or "the model")
     tta = tta_name(loaded.tta or "flip") if tta is True else tta_name(tta)
     meta = metadata(loaded, source, export_format, tta)
     network = WithTTA(model, tta).eval() if tta else model  # what is written: the network, with TTA if asked
     sidecar = out.with_name(out.name + ".json")
-    tmp, tmp_sidecar = (path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in (out, sidecar))
-    try:
+    # Through cifarlab.atomic: a failed or killed export leaves no half-written file under either name, and
+    # a killed one's temporaries are swept by the next export to the same name. The network is renamed
+    # first, so a sidecar never describes a file that is not there.
+    with atomic_path(out) as tmp:
         if export_format == "safetensors":
             _write_safetensors(network, tmp, meta)
         elif export_format == "torchscript":
@@ -212,16 +219,18 @@ def export_model(loaded, export_format: str, out: Union[str, Path], source: str 
         else:
             _write_onnx(network, tmp, meta, _example(loaded, 2))
             diff = onnx_max_abs_diff(tmp, network, _example(loaded, 16))
-            if diff is not None and diff > ONNX_TOLERANCE:
-                raise RuntimeError(f"the ONNX export differs from PyTorch by {diff:.3g} > {ONNX_TOLERANCE}")
+            if diff is not None and not diff <= ONNX_TOLERANCE:
+                raise UserError(f"the ONNX export of {source or 'the model'} differs from PyTorch by {diff:.3g} "
+                                f"(allowed {ONNX_TOLERANCE}); nothing was written: export as safetensors or "
+                                f"torchscript instead")
             meta["onnxruntime_max_abs_diff"] = diff
-        tmp_sidecar.write_text(json.dumps(meta, indent=2) + "\n")
-        # Renames last: a failed export leaves no half-written file under either name.
-        os.replace(tmp, out)
-        os.replace(tmp_sidecar, sidecar)
-    except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_sidecar.unlink(missing_ok=True)
+    atomic_write_text(sidecar, json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return out
+
+
+def _refuse_non_finite(model: nn.Module, source: str) -> None:
+    """A network with NaN or inf weights (a diverged run) would export fine and predict garbage."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source} has non-finite (NaN or inf) values in {name}; a diverged model cannot be "
+                            f"exported: export a checkpoint from before the divergence")

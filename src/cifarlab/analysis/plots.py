@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.atomic import WriteError, atomic_write
 from cifarlab.run.layout import BEST
 
 DPI = 120
@@ -26,9 +27,13 @@ OVERLAY_CMAP = "jet"
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only run directory: one line, like every other write
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight",
+                                                  facecolor="white"))
     return path
 
 
@@ -162,11 +167,14 @@ def plot_per_class(acc: Any, classes: Sequence[str], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalised: bool) -> Path:
-    """Heat map of a (K, K) confusion matrix, rows = true class; `normalised` shows row percentages."""
+def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalised: bool,
+                   row_totals: Any = None) -> Path:
+    """Heat map of a (K, K) confusion matrix, rows = true class; `normalised` shows row percentages, of
+    `row_totals` when `conf` is a block of a larger matrix (each true class's images in all columns)."""
     counts = _to_numpy(conf).astype(np.float64)
     K = len(classes)
-    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 100.0 if normalised else counts
+    totals = counts.sum(axis=1) if row_totals is None else _to_numpy(row_totals).astype(np.float64)
+    values = counts / np.maximum(totals[:, None], 1) * 100.0 if normalised else counts
     side = max(6.0, 0.55 * K)
     fig = Figure(figsize=(side + 1.5, side), layout="constrained")
     ax = fig.subplots()

@@ -18,6 +18,7 @@ import torch
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
+from cifarlab.atomic import atomic_write, atomic_write_text
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
 from cifarlab.progress import PhaseProgress
@@ -28,6 +29,7 @@ from cifarlab.run.records import Summary, read_metrics, read_summary
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
+PLOT_CLASSES = 30  # beyond this many classes, plots show the most-confused ones
 SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
@@ -130,11 +132,13 @@ def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence
     `shown_rows` (the same rows formatted for reading, e.g. percentages), default `rows`."""
     tables = run_dir / layout.TABLES
     tables.mkdir(parents=True, exist_ok=True)
-    with (tables / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
+    def write_csv(handle) -> None:
+        writer = csv.writer(handle, lineterminator="\r\n")  # csv's own default, as open(newline="") gave
         writer.writerow(header)
         writer.writerows(rows)
-    (tables / f"{name}.md").write_text(markdown_table(header, shown_rows or rows))
+
+    atomic_write(tables / f"{name}.csv", write_csv, mode="w")
+    atomic_write_text(tables / f"{name}.md", markdown_table(header, shown_rows or rows))
 
 
 # ---------------------------------------------------------------- sections
@@ -233,37 +237,51 @@ def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) ->
     from cifarlab.analysis.model_summary import model_summary
 
     text = model_summary(model, input_shape, batch_size)
-    (run_dir / MODEL_SUMMARY).write_text(text + "\n")
+    atomic_write_text(run_dir / MODEL_SUMMARY, text + "\n")
     return Section("Model summary", [Text(f"For a batch of {batch_size}; also in {MODEL_SUMMARY}."), Code(text)])
 
 
 def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[Section]:
-    from cifarlab.analysis.metrics import confusion_matrix, per_class_accuracy, top_confused
+    """Per-class accuracy and confusion. Tables in tables/ are complete (every class; every non-zero
+    confusion cell in confusion.csv); beyond PLOT_CLASSES classes the plots and the report's own tables show
+    the classes with the most errors, so memory and time grow with the test split, not with classes squared
+    (a 300-class report peaked at 16.6 GB drawing a 300x300 matrix with every label)."""
+    from cifarlab.analysis.metrics import confusion_cells, dense_confusion, most_confused_classes
 
     K = len(classes)
-    conf = _cpu(confusion_matrix(_cpu(predictions.labels), _cpu(predictions.preds), K))
-    totals, correct = conf.sum(dim=1), conf.diagonal()
-    acc = _cpu(per_class_accuracy(conf))  # fractions; NaN for a class absent from the test split
+    labels, preds = _cpu(predictions.labels).long(), _cpu(predictions.preds).long()
+    cells = confusion_cells(labels, preds, K)
+    totals = torch.bincount(labels, minlength=K)
+    correct = torch.bincount(labels[labels == preds], minlength=K)
+    acc = correct.double() / totals.double()  # NaN for a class absent from the test split
+    header = ("class", "correct", "total", "accuracy")
     fractions = [None if acc[k].isnan() else round(float(acc[k]), 6) for k in range(K)]
     numbers = [(classes[k], int(correct[k]), int(totals[k]), fractions[k]) for k in range(K)]  # accuracy in [0, 1]
     rows = [(*row[:3], format_cell("test_acc", row[3])) for row in numbers]
-    header = ("class", "correct", "total", "accuracy")
     _write_table(run_dir, "per_class", header, numbers, rows)
-    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / layout.plot("per_class.png"))
-    per_class = Section("Per-class accuracy", [Table(header, rows),
-                                               Image(layout.plot("per_class.png"), "test accuracy per class")])
-    pairs = top_confused(conf, list(classes), TOP_CONFUSED)
-    pair_rows = [(true, pred, int(count)) for true, pred, count in pairs]
+    _write_table(run_dir, "confusion", ("true", "predicted", "count"),
+                 [(classes[t], classes[p], n) for t, p, n in cells.tolist()])
+    shown = most_confused_classes(cells, K, PLOT_CLASSES)
+    note = "" if len(shown) == K else f" (the {len(shown)} of {K} classes with the most errors; all in tables/)"
+    plots.plot_per_class(acc[shown].nan_to_num(0.0), [classes[k] for k in shown],
+                         run_dir / layout.plot("per_class.png"))
+    per_class = Section("Per-class accuracy", [Table(header, [rows[k] for k in shown]),
+                                               Image(layout.plot("per_class.png"), f"test accuracy per class{note}")])
+    wrong = cells[cells[:, 0] != cells[:, 1]]
+    top_pairs = wrong[wrong[:, 2].argsort(descending=True, stable=True)[:TOP_CONFUSED]].tolist()
+    pair_rows = [(classes[t], classes[p], n) for t, p, n in top_pairs]
     _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
-    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion.png"), normalised=False)
-    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion_normalised.png"), normalised=True)
+    block, names = dense_confusion(cells, shown), [classes[k] for k in shown]
+    plots.plot_confusion(block, names, run_dir / layout.plot("confusion.png"), normalised=False)
+    plots.plot_confusion(block, names, run_dir / layout.plot("confusion_normalised.png"), normalised=True,
+                         row_totals=totals[shown])
     top = (", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows)
            or "none: no test image was misclassified")
     confusion = Section("Confusion", [
         Text(f"Most confused pairs (true→predicted, images): {top}."),
         Table(("true", "predicted", "images"), pair_rows),
-        Image(layout.plot("confusion.png"), "confusion matrix, counts"),
-        Image(layout.plot("confusion_normalised.png"), "confusion matrix, percent of each true class"),
+        Image(layout.plot("confusion.png"), f"confusion matrix, counts{note}"),
+        Image(layout.plot("confusion_normalised.png"), f"confusion matrix, percent of each true class{note}"),
     ])
     return [per_class, confusion]
 

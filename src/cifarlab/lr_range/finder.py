@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarlab.atomic import atomic_write
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
 from cifarlab.lr_range.suggest import RULES, Rule, centred_smooth, descent_start_index, suggest_index
@@ -250,5 +251,5 @@ def plot_range_test(result: RangeTestResult, path: Union[str, Path], rule: Optio
     fig = range_test_figure(result, rule)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
     return path

@@ -222,6 +222,9 @@ class ModelCard:
     tta: Optional[str]
     architecture: str
     options: dict[str, Any] = field(default_factory=dict)
+    # split -> sha256 of the data it trained on (Dataset.fingerprint; None in older checkpoints): evaluating
+    # on other data warns, resuming refuses (data/checks.check_same_data)
+    data_fingerprint: Optional[dict[str, Optional[str]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -241,4 +244,5 @@ class ModelCard:
         return cls(classes=tuple(payload["classes"]), in_channels=payload.get("in_channels") or len(mean),
                    image_size=payload.get("image_size"), mean=mean, std=tuple(payload["std"]),
                    precision=payload.get("precision"), tta=config.get("train", {}).get("tta"),
-                   architecture=config["model"]["name"], options=dict(config["model"].get("options") or {}))
+                   architecture=config["model"]["name"], options=dict(config["model"].get("options") or {}),
+                   data_fingerprint=payload.get("data_fingerprint"))

@@ -47,6 +47,7 @@ class TrainState:
     ema: Optional[EMA] = None
     lookahead: Optional[Lookahead] = None
     classes: tuple[str, ...] = ()
+    data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
