@@ -26,7 +26,7 @@ PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
 SUMMARY_FIELDS = (  # (summary.json key, label in the report)
-    ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
+    ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"), ("pruned", "pruned"),
     ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
     ("selected_by", "best.pt chosen by"), ("best_epoch", "best epoch"),
     ("best_val_acc", "validation accuracy of best.pt"),
