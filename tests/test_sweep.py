@@ -118,6 +118,18 @@ def test_grid_tries_every_combination_once(tmp_path):
     assert (sweep_dir / "best.yaml").is_file()
 
 
+def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path):
+    sweep_dir = tmp_path / "seeds"
+    assert main(["sweep", "smoke", *FAST, *ONE_EPOCH, "--grid", "optim.lr=0.05", "--seeds", "2",
+                 "--dir", str(sweep_dir)]) == 0
+    (trial,) = _trials(sweep_dir, "smoke-grid")
+    runs = _run_dirs(sweep_dir)
+    assert [run.name for run in runs] == ["seed-0", "seed-1"]
+    assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
+    scores = [max(row["val_acc"] for row in read_metrics(run) if row["kind"] == "epoch") for run in runs]
+    assert trial.value == pytest.approx(sum(scores) / 2)
+
+
 @pytest.mark.parametrize("space, extra, named", [
     ("optim.lrr: {low: 0.01, high: 0.1}\n", [], "unknown config key 'optim.lrr'"),
     ("optim.lr: {low: 0.1, high: 0.01}\n", [], "the range is empty"),
@@ -168,7 +180,11 @@ def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
 # ------------------------------------------------------------------ several processes, faults
 
 def _command(sweep_dir: Path, *extra: str, space: Path) -> list[str]:
-    return [sys.executable, "-m", "cifarlab", "sweep", "smoke", str(space), *FAST, "--dir", str(sweep_dir), *extra]
+    """The sweep command line: overrides (key=value) first, then the options (argparse wants them so)."""
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    options = [item for item in extra if item not in overrides]
+    return [sys.executable, "-m", "cifarlab", "sweep", "smoke", str(space), *FAST, *overrides,
+            "--dir", str(sweep_dir), *options]
 
 
 def _env() -> dict:
@@ -193,6 +209,16 @@ def test_two_workers_on_one_sqlite_file_finish_exactly_n_trials(tmp_path):
 
 
 @pytest.mark.slow
+def test_workers_option_runs_trials_in_k_processes_and_reports_once_done(tmp_path):
+    command = _command(tmp_path / "s", *ONE_EPOCH, "--trials", "2", "--workers", "2", space=_space(tmp_path))
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _states(_trials(tmp_path / "s", "smoke-space")) == {"COMPLETE": 2}
+    with open(tmp_path / "s" / "trials.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(why_not() is not None, reason=str(why_not()))
 def test_two_workers_on_a_postgresql_server_finish_exactly_n_trials(tmp_path):
     space = _space(tmp_path)
@@ -214,7 +240,8 @@ def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop) -> subpro
         time.sleep(0.05)
     stop(process)
     process.wait(timeout=120)
-    assert not (run_dir / "summary.json").exists(), "stopped too late: the trial had finished"
+    summary = read_summary(run_dir, required=False)  # none after kill -9; "interrupted" after Ctrl-C
+    assert summary.get("status", "interrupted") == "interrupted", "stopped too late: the trial had finished"
     return process
 
 
