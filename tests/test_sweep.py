@@ -169,7 +169,7 @@ def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
     run_dir = _run_dirs(tmp_path / "s")[0]
     summary = read_summary(run_dir)
     assert (summary["epochs_completed"], summary["epochs"]) == (1, 2)
-    assert summary["pruned"].startswith("after epoch 1 of 2: ThresholdPruner pruner")
+    assert summary["pruned"].startswith("after epoch 1 of 2: pruned by the ThresholdPruner pruner")
     assert main(["resume", str(run_dir)]) == 2  # finished as far as resume is concerned
     with open(tmp_path / "s" / "trials.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)

@@ -41,8 +41,8 @@ class ReportToTrial(Callback):
     run when the trial should be pruned. On resume, the epochs done before are reported first, so a
     retried trial (a new Optuna trial continuing the same run) has the whole curve."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True):
-        self.trial, self.monitor, self.prune = trial, monitor, prune
+    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = "pruned by the sweep"):
+        self.trial, self.monitor, self.prune, self.why = trial, monitor, prune, why
         self.pruned_at: Optional[int] = None
         self.reported: set[int] = set()
 
@@ -61,9 +61,12 @@ class ReportToTrial(Callback):
         self._report(state.history[-1])
         if self.prune and state.epoch < state.cfg.train.epochs and self.trial.should_prune():
             self.pruned_at = state.epoch
-            state.stop_reason = "early_stop"  # stops after this epoch, saved as finished
-            best = state.best()
-            state.early_stop = {"epoch": state.epoch, "best_epoch": best["epoch"]}
+            request_stop = getattr(state, "request_stop", None)  # the outcome API, where the run has it
+            if request_stop is not None:
+                request_stop(self.why)
+            else:  # stops after this epoch, saved as finished
+                state.stop_reason = "early_stop"
+                state.early_stop = {"epoch": state.epoch, "best_epoch": state.best()["epoch"]}
 
     def on_fit_end(self, state):
         # The checkpointer saved this epoch's last.pt before the pruner was asked (user callbacks come after

@@ -94,8 +94,7 @@ def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
         raise UserError(f"space key {key!r}: a log range needs low > 0 and no step, got low {low}, step {step}")
     if step is not None and step <= 0:
         raise UserError(f"space key {key!r}: step must be above 0, got {step}")
-    if all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int)) and not log \
-            or all(isinstance(v, int) for v in (low, high, step)):
+    if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
         return optuna.distributions.IntDistribution(low, high, log=log, step=step or 1)
     return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
 

@@ -13,6 +13,7 @@ workers never both take it over.
 from __future__ import annotations
 
 import importlib.util
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ from cifarlab.errors import UserError
 
 STUDY_DB = "study.db"
 MAX_RETRIES = 3  # a trial killed this many times (e.g. out of memory each time) is left failed
+OPEN_ATTEMPTS = 4
 SQLITE_BUSY_SECONDS = 60  # several workers on one SQLite file wait for each other's writes this long
 
 
@@ -51,17 +53,24 @@ def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
-                                              heartbeat_stale_trial_callback=retry_callback())
-    except ImportError as err:
-        raise UserError(f"--storage {redacted(url)!r} needs a database driver: {err} "
-                        f"(PostgreSQL: pip install 'cifarlab[postgres]')") from None
-    except Exception as err:  # SQLAlchemy's OperationalError and friends: say where and why in one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot open study storage {redacted(url)!r}: {reason}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" (Optuna 2.8)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_seconds,
+                                                  heartbeat_stale_trial_callback=retry_callback())
+        except ImportError as err:
+            raise UserError(f"--storage {redacted(url)!r} needs a database driver: {err} "
+                            f"(PostgreSQL: pip install 'cifarlab[postgres]')") from None
+        except Exception as err:  # SQLAlchemy's OperationalError and friends: say where and why in one line
+            # Workers started together all create the schema of a new database; the losers of that race
+            # find the tables half made. A moment later they are there: try again before giving up.
+            if attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(1.0 + attempt)
+                continue
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"cannot open study storage {redacted(url)!r}: {reason}") from None
 
 
 def with_driver(url: str) -> str:

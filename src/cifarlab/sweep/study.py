@@ -140,14 +140,12 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial, cfg, run_dir, first: bool) -> runs.RunOutcome:
         # With several seeds the first seed's run is the one the pruner judges.
-        reporter = ReportToTrial(trial, self.sweep.monitor, prune=first and pruner_name(self.sweep.pruner) != "none")
+        why = f"pruned by the {pruner_name(self.sweep.pruner)} pruner of sweep {self.sweep.name}, trial {trial.number}"
+        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner_name(self.sweep.pruner) != "none", why)
         print(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}", file=sys.stderr, flush=True)
         summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
         if reporter.pruned_at is not None:
-            runs.mark_pruned(run_dir, reporter.pruned_at, f"{pruner_name(self.sweep.pruner)} pruner of sweep "
-                             f"{self.sweep.name}, "
-                             f"trial {trial.number}", cfg.output.report, cfg.train.device)
-            summary = runs.rundir.read_summary(run_dir)
+            summary = runs.mark_pruned(run_dir, reporter.pruned_at, why, cfg.output.report, cfg.train.device)
         return runs.outcome(run_dir, summary, self.sweep.monitor)
 
     def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:

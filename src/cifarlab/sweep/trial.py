@@ -68,8 +68,9 @@ def best_score(run_dir: Path, monitor: str) -> Optional[float]:
     return pick(rows, key=lambda row: row[monitor])[monitor]
 
 
-def mark_pruned(run_dir: Path, epoch: int, why: str, report: bool, device: str) -> None:
-    """Say in the run's own summary.json (and its report, when it has one) that the sweep pruned it."""
+def mark_pruned(run_dir: Path, epoch: int, why: str, report: bool, device: str) -> dict:
+    """Say in the run's own summary.json (and its report, when it has one) that the sweep pruned it;
+    returns the summary."""
     summary = rundir.read_summary(run_dir)
     summary["pruned"] = f"after epoch {epoch} of {summary.get('epochs')}: {why}"
     rundir.write_summary(run_dir, summary)
@@ -77,6 +78,7 @@ def mark_pruned(run_dir: Path, epoch: int, why: str, report: bool, device: str) 
         from cifarlab.analysis.run_report import report_from_run_dir
 
         report_from_run_dir(run_dir, device=device)
+    return summary
 
 
 def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:

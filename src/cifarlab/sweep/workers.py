@@ -47,8 +47,10 @@ def run_sweep(sweep: Sweep, workers: int = 1, report: bool = True) -> int:
 def _quiet_optuna() -> None:
     import optuna
 
-    # Optuna's per-trial INFO lines repeat what the runs print; warnings (a failed trial) still show.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's per-trial lines repeat what the runs print, and its warning for a failed trial carries a
+    # traceback: a trial that fails for a reason the user must see raises it to the CLI instead, and a
+    # stopped or surplus trial is no error.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _run_workers(sweep: Sweep, workers: int) -> int:
