@@ -1,11 +1,12 @@
-# cifarlab: `make demo` trains for real and prints the run directory; `make test` runs the test suite.
+# cifarlab: `make demo` trains for real and prints the run directory; `make test` runs the whole test suite,
+# `make test-fast` all but the tests marked slow (over ~5 s each), in about a minute.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-gpu venv data clean
+.PHONY: demo test test-fast bench bench-gpu venv data clean
 
 venv: $(STAMP)
 
@@ -30,6 +31,10 @@ demo: venv data
 test: venv data
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
+
+test-fast: venv data
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q -m "not slow"
 
 bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
