@@ -24,7 +24,7 @@ def make_pruner(name, epochs: int) -> optuna.pruners.BasePruner:
     if isinstance(name, optuna.pruners.BasePruner):
         return name
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # steps are epochs, from 1
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     if name == "none":
