@@ -20,7 +20,7 @@ from _postgres import postgres_server, why_not
 
 from _runs import SRC
 from cifarlab.cli import main
-from cifarlab.rundir import read_metrics, read_summary
+from cifarlab.run.records import read_metrics, read_summary
 
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none", "data.val_split=64"]
 ONE_EPOCH = ["train.epochs=1", "schedule.peak_epoch=0.5"]
@@ -70,7 +70,7 @@ def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
         assert config["optim"]["lr"] == trial.params["optim.lr"]
         assert config["optim"]["momentum"] == trial.params["optim.momentum"]
         summary = read_summary(run_dir)
-        assert summary["status"] == "completed" and summary["selected_by"] == "val_acc"
+        assert summary.status == "completed" and summary.selected_by == "val_acc"
         assert trial.value == max(row["val_acc"] for row in read_metrics(run_dir) if row["kind"] == "epoch")
     with open(sweep_dir / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -154,7 +154,7 @@ def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsy
     assert "select on the test split" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
     assert main([*args, "--allow-test-selection"]) == 0
-    assert read_summary(_run_dirs(tmp_path / "s")[0])["selected_by"] == "test_acc"
+    assert read_summary(_run_dirs(tmp_path / "s")[0]).selected_by == "test_acc"
 
 
 def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
@@ -168,8 +168,8 @@ def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
     assert trial.state == optuna.trial.TrialState.PRUNED
     run_dir = _run_dirs(tmp_path / "s")[0]
     summary = read_summary(run_dir)
-    assert (summary["epochs_completed"], summary["epochs"]) == (1, 2)
-    assert summary["pruned"].startswith("after epoch 1 of 2: pruned by the ThresholdPruner pruner")
+    assert (summary.epochs_completed, summary.epochs) == (1, 2)
+    assert summary.early_stop["reason"].startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
     assert main(["resume", str(run_dir)]) == 2  # finished as far as resume is concerned
     with open(tmp_path / "s" / "trials.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
@@ -241,7 +241,7 @@ def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop) -> subpro
     stop(process)
     process.wait(timeout=120)
     summary = read_summary(run_dir, required=False)  # none after kill -9; "interrupted" after Ctrl-C
-    assert summary.get("status", "interrupted") == "interrupted", "stopped too late: the trial had finished"
+    assert summary is None or summary.status == "interrupted", "stopped too late: the trial had finished"
     return process
 
 

@@ -15,7 +15,7 @@ import optuna
 
 from cifarlab.config import Config, apply_override, parse_override, read_recipe, validate
 from cifarlab.errors import UserError
-from cifarlab.rundir import check_run_name
+from cifarlab.run.layout import check_run_name
 from cifarlab.sweep.pruning import make_pruner
 from cifarlab.sweep.space import parse_grid, read_space_file
 from cifarlab.sweep.storage import default_url

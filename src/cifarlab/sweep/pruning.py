@@ -1,8 +1,8 @@
 """Pruning: the run reports its per-epoch monitor to the Optuna trial and stops when the pruner says so.
 
 Pruners by name: `median` (the default), `hyperband`, `none`. A pruned run stops through the callback
-API after the epoch it was judged on (`state.stop_reason = "early_stop"`, so its checkpoints say it
-finished and `resume` does not train it again); the sweep then writes `pruned` into its summary.json.
+API after the epoch it was judged on (`state.request_stop(reason)`: its checkpoints say it finished,
+so `resume` does not train it on, and its summary.json's early_stop carries the reason, "pruned by ...").
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Optional
 
 import optuna
 
-from cifarlab import rundir
 from cifarlab.errors import UserError
-from cifarlab.training.callbacks import Callback, mark_best_completed
+from cifarlab.training.callbacks import Callback
 
 PRUNERS = ("median", "hyperband", "none")
+PRUNED_BY = "pruned by"  # how the stop reason of a pruned run begins (summary.json early_stop.reason)
 
 
 def make_pruner(name, epochs: int) -> optuna.pruners.BasePruner:
@@ -41,7 +41,7 @@ class ReportToTrial(Callback):
     run when the trial should be pruned. On resume, the epochs done before are reported first, so a
     retried trial (a new Optuna trial continuing the same run) has the whole curve."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = "pruned by the sweep"):
+    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = f"{PRUNED_BY} the sweep"):
         self.trial, self.monitor, self.prune, self.why = trial, monitor, prune, why
         self.pruned_at: Optional[int] = None
         self.reported: set[int] = set()
@@ -61,15 +61,4 @@ class ReportToTrial(Callback):
         self._report(state.history[-1])
         if self.prune and state.epoch < state.cfg.train.epochs and self.trial.should_prune():
             self.pruned_at = state.epoch
-            request_stop = getattr(state, "request_stop", None)  # the outcome API, where the run has it
-            if request_stop is not None:
-                request_stop(self.why)
-            else:  # stops after this epoch, saved as finished
-                state.stop_reason = "early_stop"
-                state.early_stop = {"epoch": state.epoch, "best_epoch": state.best()["epoch"]}
-
-    def on_fit_end(self, state):
-        # The checkpointer saved this epoch's last.pt before the pruner was asked (user callbacks come after
-        # cifarlab's), so it still says "running": say it finished, or `resume` would train the run on.
-        if self.pruned_at is not None:
-            mark_best_completed(rundir.checkpoint_path(state.run_dir, "last.pt"))
+            state.request_stop(self.why)  # ends after this epoch, saved as finished, with this reason

@@ -19,12 +19,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
-from cifarlab import rundir
 from cifarlab.analysis.compare import format_duration
 from cifarlab.analysis.report import Code, Image, Section, Table, Text, write_report
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import validate
 from cifarlab.config_diff import diff_yaml, scalar
+from cifarlab.run.layout import BEST, PLOTS  # the sweep folder keeps its plots as a run does
+from cifarlab.run.records import read_metrics
 from cifarlab.sweep.definition import Sweep
 from cifarlab.sweep.pruning import pruner_name
 from cifarlab.sweep.space import apply_params
@@ -32,7 +33,6 @@ from cifarlab.sweep.storage import redacted
 
 BEST_YAML = "best.yaml"
 TRIALS_CSV = "trials.csv"
-PLOTS = "plots"
 BEST_CURVES = 5  # trials whose curves are overlaid
 SHOWN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -67,7 +67,7 @@ def _best(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
 def trial_table(sweep: Sweep, trials: list) -> tuple[list[str], list[list[Any]]]:
     """Parameters, score, test accuracy of best.pt, training time, state and run folder per trial."""
     keys = list(sweep.space)
-    header = ["trial", *keys, f"{sweep.monitor} (score)", "test acc of best.pt", "time", "state", "run"]
+    header = ["trial", *keys, f"{sweep.monitor} (score)", f"test acc of {BEST}", "time", "state", "run"]
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         attrs = trial.user_attrs
@@ -104,14 +104,14 @@ def _summary_section(sweep: Sweep, study: optuna.Study, trials: list, best) -> S
         states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
     lines = [f"Recipe {sweep.recipe} {' '.join(sweep.overrides)}; {sweep.trials} trials asked, "
              + ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-             + f". Each trial scored by {sweep.monitor} of its best.pt"
+             + f". Each trial scored by {sweep.monitor} of its {BEST}"
              + (f", the mean over {sweep.seeds} seeds" if sweep.seeds > 1 else "")
              + f" ({sweep.direction}); pruner: {pruner_name(sweep.pruner)}. Storage: {redacted(sweep.storage_url)}, "
                f"study {sweep.name!r}."]
     if best is not None:
         test = best.user_attrs.get("test_acc")
         lines.append(f"Best: trial {best.number}, {sweep.monitor} {best.value:.4f}"
-                     + (f", test accuracy of best.pt {100 * test:.2f}%" if test is not None else "")
+                     + (f", test accuracy of {BEST} {100 * test:.2f}%" if test is not None else "")
                      + f", with {', '.join(f'{k}={scalar(v)}' for k, v in best.params.items())}.")
     return Section("Summary", [Text("\n\n".join(lines))])
 
@@ -162,7 +162,7 @@ def _curves_of_best(sweep: Sweep, trials: list) -> dict[str, list[dict]]:
     curves = {}
     for trial in finished[:BEST_CURVES]:
         run_dirs = trial.user_attrs.get("run_dirs") or []
-        rows = rundir.read_metrics(sweep.sweep_dir / run_dirs[0]) if run_dirs else []
+        rows = read_metrics(sweep.sweep_dir / run_dirs[0]) if run_dirs else []
         epochs = [row for row in rows if row["kind"] == "epoch" and row.get(sweep.monitor) is not None]
         if epochs:  # a run on another machine (PostgreSQL sweep) has no folder here
             curves[f"trial {trial.number} ({trial.value:.4f})"] = epochs

@@ -22,7 +22,7 @@ from cifarlab.config import validate
 from cifarlab.errors import UserError
 from cifarlab.sweep import trial as runs
 from cifarlab.sweep.definition import Sweep
-from cifarlab.sweep.pruning import ReportToTrial, make_pruner, pruner_name
+from cifarlab.sweep.pruning import PRUNED_BY, ReportToTrial, make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, suggest
 from cifarlab.sweep.storage import RUN_ATTR, open_storage, redacted, retry_callback, run_number
 
@@ -140,12 +140,11 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial, cfg, run_dir, first: bool) -> runs.RunOutcome:
         # With several seeds the first seed's run is the one the pruner judges.
-        why = f"pruned by the {pruner_name(self.sweep.pruner)} pruner of sweep {self.sweep.name}, trial {trial.number}"
-        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner_name(self.sweep.pruner) != "none", why)
+        pruner = pruner_name(self.sweep.pruner)
+        why = f"{PRUNED_BY} the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
+        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why)
         print(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}", file=sys.stderr, flush=True)
         summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
-        if reporter.pruned_at is not None:
-            summary = runs.mark_pruned(run_dir, reporter.pruned_at, why, cfg.output.report, cfg.train.device)
         return runs.outcome(run_dir, summary, self.sweep.monitor)
 
     def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import cifarlab
-from cifarlab import rundir
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+from cifarlab.run.layout import LAST, checkpoint_path
+from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.sweep.pruning import PRUNED_BY
 from cifarlab.training.callbacks import Callback
 
 TRIALS = "trials"
@@ -43,7 +45,7 @@ def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> di
     summary = _summary(run_dir)
     if summary.get("status") in ("completed", "diverged"):  # summary.json is written when a run has ended
         return summary
-    last = rundir.checkpoint_path(run_dir, "last.pt")
+    last = checkpoint_path(run_dir, LAST)
     if last.exists() or last.with_name("last.prev.pt").exists():
         return cifarlab.resume(run_dir, callbacks=callbacks).summary
     if run_dir.exists():  # started but killed before its first checkpoint: nothing worth keeping
@@ -54,36 +56,24 @@ def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> di
 
 def _summary(run_dir: Path) -> dict:
     try:
-        return rundir.read_summary(run_dir, required=False)
+        summary = read_summary(run_dir, required=False)
     except UserError:  # torn by a kill: the checkpoint is the truth, resume rebuilds it
         return {}
+    return summary.to_json() if summary is not None else {}
 
 
 def best_score(run_dir: Path, monitor: str) -> Optional[float]:
     """The monitor's value in the epoch best.pt holds (the best one; the first on ties), from metrics.csv."""
-    rows = [row for row in rundir.read_metrics(run_dir) if row["kind"] == "epoch" and row.get(monitor) is not None]
+    rows = [row for row in read_metrics(run_dir) if row["kind"] == "epoch" and row.get(monitor) is not None]
     if not rows:
         return None
     pick = min if monitor.endswith("loss") else max
     return pick(rows, key=lambda row: row[monitor])[monitor]
 
 
-def mark_pruned(run_dir: Path, epoch: int, why: str, report: bool, device: str) -> dict:
-    """Say in the run's own summary.json (and its report, when it has one) that the sweep pruned it;
-    returns the summary."""
-    summary = rundir.read_summary(run_dir)
-    summary["pruned"] = f"after epoch {epoch} of {summary.get('epochs')}: {why}"
-    rundir.write_summary(run_dir, summary)
-    if report:
-        from cifarlab.analysis.run_report import report_from_run_dir
-
-        report_from_run_dir(run_dir, device=device)
-    return summary
-
-
 def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:
     status = summary.get("status", "interrupted")
-    if status == "completed" and summary.get("pruned"):
-        status = "pruned"
+    if status == "completed" and str((summary.get("early_stop") or {}).get("reason", "")).startswith(PRUNED_BY):
+        status = "pruned"  # stopped by the pruning callback (sweep/pruning.py), which gave this reason
     return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.get("best_test_acc"),
                       float(summary.get("train_seconds") or 0.0))
