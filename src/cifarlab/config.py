@@ -6,6 +6,7 @@ the section they need (`build_optimizer(model, cfg.optim)`), never the whole con
 from __future__ import annotations
 
 import math
+import re
 import types
 from importlib import resources
 from pathlib import Path
@@ -145,6 +146,17 @@ class ModelConfig(ConfigSection):
     norm: Literal["batch", "group", "layer", "instance"] = "batch"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     options: dict[str, Any] = {}  # extra keyword arguments for the model factory
+    # Python module(s) whose import registers `name` with @register_model (the user's own model code),
+    # e.g. mypkg.nets; imported by `train`. Loading a checkpoint never imports it: pass --import there.
+    module: Union[str, list[str], None] = None
+
+    @field_validator("module")
+    @classmethod
+    def _module_names(cls, value):
+        for name in [value] if isinstance(value, str) else value or ():
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"must be an importable module name like mypkg.nets, got {name!r}")
+        return value
     # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
     # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
     init_from: Optional[str] = None
@@ -274,6 +286,10 @@ class OutputConfig(ConfigSection):
     # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
     mlflow: bool = False
     mlflow_uri: Optional[str] = None
+    # Weights & Biases logging (needs `pip install cifarlab[wandb]`): config, epoch rows, summary and the
+    # report's plots into project wandb_project (default "cifarlab"). See training/wandb_logger.py.
+    wandb: bool = False
+    wandb_project: Optional[str] = None
 
 
 class Config(ConfigSection):
