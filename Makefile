@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook,wandb,hf]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook,wandb,hf,sweep,postgres]'
 	touch $(STAMP)
 
 # Real Fashion-MNIST from the OS package, for offline demos and tests.

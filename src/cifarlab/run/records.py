@@ -117,7 +117,7 @@ class Summary:
     best_val_loss: Optional[float] = _item(optional=True)
     final_val_acc: Optional[float] = _item(optional=True)
     val_images: Optional[int] = _item(optional=True)
-    early_stop: Optional[dict[str, Any]] = _item(optional=True)  # {epoch, best_epoch, reason}
+    early_stop: Optional[dict[str, Any]] = _item("stopped early", optional=True)  # {epoch, best_epoch, reason}
     diverged_at: Optional[dict[str, Any]] = _item(optional=True)  # {step, lr}
     # Where to go on from, for a run that stopped before its end (None: no checkpoint was written).
     last_good_checkpoint: Optional[str] = _item(optional=True)
