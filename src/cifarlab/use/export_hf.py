@@ -88,6 +88,7 @@ def folder_config(model: torch.nn.Module, cfg, meta: dict) -> dict[str, Any]:
                          "(x - mean) / std per channel; float32 (N, C, H, W)",
         "output": "logits (N, num_labels); softmax gives class probabilities",
         "tta": cfg.train.tta, "precision": meta.get("precision"), "epoch": meta.get("epoch"),
+        "data_fingerprint": meta.get("data_fingerprint"),  # the data it trained on: eval on other data warns
         "run_config": cfg.to_dict(),
     }
 

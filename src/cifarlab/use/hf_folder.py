@@ -42,5 +42,6 @@ def load_model_folder(path: Union[str, Path], device: Union[str, torch.device] =
         raise UserError(f"{path} is not a readable cifarlab model folder: {str(err).splitlines()[0][:200]}") from None
     meta = {"classes": config["classes"], "mean": config["mean"], "std": config["std"], "epoch": config.get("epoch"),
             "step": None, "history": [], "status": "completed", "precision": config.get("precision"),
-            "image_size": config["image_size"], "lr_peak": None, "lr_peak_source": None, "early_stop": None}
+            "image_size": config["image_size"], "lr_peak": None, "lr_peak_source": None, "early_stop": None,
+            "data_fingerprint": config.get("data_fingerprint")}
     return model.to(device).eval(), cfg, meta
