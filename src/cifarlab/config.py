@@ -6,6 +6,8 @@ the section they need (`build_optimizer(model, cfg.optim)`), never the whole con
 from __future__ import annotations
 
 import math
+import os
+import sys
 import types
 from importlib import resources
 from pathlib import Path
@@ -99,7 +101,7 @@ class DataConfig(ConfigSection):
     # Validation images taken from the training split (after train_subset), stratified by class with the
     # run's seed: a fraction in (0, 1) or a count. With it, best.pt, early stopping and plateau schedules
     # select on validation and the test split only reports.
-    val_split: Union[int, float, None] = None
+    val_split: Union[int, float, Literal["auto"], None] = None
     mean: Optional[list[float]] = None  # default: the dataset's own per-channel statistics
     std: Optional[list[Annotated[float, Field(gt=0)]]] = None
     options: dict[str, Any] = {}  # source options, e.g. synthetic's num_train
@@ -230,8 +232,8 @@ class LookaheadConfig(ConfigSection):
 
 
 class TrainConfig(ConfigSection):
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = 10
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = 128
     eval_batch_size: int = Field(default=1000, ge=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -294,12 +296,13 @@ class Config(ConfigSection):
     @model_validator(mode="after")
     def _schedule_fits_training(self):
         schedule, epochs = self.schedule, self.train.epochs
-        if schedule.name == "onecycle" and schedule.peak_epoch is not None and not 0 < schedule.peak_epoch < epochs:
+        if (schedule.name == "onecycle" and schedule.peak_epoch is not None and epochs != "auto"
+                and not 0 < schedule.peak_epoch < epochs):
             raise ValueError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {schedule.peak_epoch}")
         if schedule.name == "multistep" and not schedule.milestones:
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
         split = self.data.val_split
-        if split is not None and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
+        if split not in (None, "auto") and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
             raise ValueError(f"data.val_split must be a fraction in (0, 1) or a count of at least 1, got {split}")
         return self
 
@@ -447,6 +450,30 @@ def validate(raw: dict) -> Config:
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
     raw = read_recipe(recipe) if recipe else {}
-    for text in overrides:
-        apply_override(raw, *parse_override(text))
+    recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in parsed:
+        apply_override(raw, keys, value)
+    _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
     return validate(raw)
+
+
+def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> None:
+    """A recipe's onecycle `peak_epoch` is a point in its run: when an override changes `train.epochs`,
+    the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5) and one line says so. A peak_epoch
+    given on the command line is the user's own and is left for validation to judge."""
+    schedule, epochs = raw.get("schedule"), (raw.get("train") or {}).get("epochs")
+    if not overridden & {"train.epochs", "train"} or overridden & {"schedule.peak_epoch", "schedule"}:
+        return
+    if not isinstance(schedule, dict) or schedule.get("name") != "onecycle":
+        return
+    peak = schedule.get("peak_epoch")
+    numbers = (peak, epochs, recipe_epochs)
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return  # validation names whatever is wrong
+    if epochs == recipe_epochs:
+        return
+    schedule["peak_epoch"] = peak * epochs / recipe_epochs
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+        print(f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
+              f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
 from cifarlab.training.loop import fit
+from cifarlab.training.sizing import few_steps_warning, size_to_data
 from cifarlab.training.state import TrainState
 
 
@@ -66,7 +67,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         rundir.check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data, cfg.seed, source)
+    cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
@@ -117,6 +118,9 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
               f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
               f"device: {runtime.describe()}", runtime)
+    warning = few_steps_warning(state.steps_per_epoch, cfg.train.epochs)
+    if warning:
+        _announce(warning, runtime)
     return state
 
 
