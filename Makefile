@@ -1,4 +1,5 @@
-# cifarlab: `make demo` trains for real and prints the run directory; `make test` runs the test suite.
+# cifarlab: `make demo` installs the plain package, trains for real and prints the run directory;
+# `make test` installs what the tests need (the `test` extra) and runs the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,14 +8,21 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test bench bench-gpu venv data clean
 
+TEST_STAMP := $(VENV)/.installed-test
+
 venv: $(STAMP)
 
 # constraints.txt pins torch==2.13.0 for the install (the CPU build here); the package itself asks torch>=2.4.
+# The plain package is all `cifarlab demo` needs; `make test` adds the `test` extra (pyproject.toml).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook]'
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
 
 # Real Fashion-MNIST from the OS package, for offline demos and tests.
 data:
@@ -27,7 +35,7 @@ data:
 demo: venv data
 	$(VENV)/bin/cifarlab demo
 
-test: venv data
+test: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
