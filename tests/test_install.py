@@ -3,10 +3,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from _folders import needs_fashion
 from _runs import SRC
@@ -32,8 +32,9 @@ def test_the_demo_path_runs_with_no_extra_importable(tmp_path):
     script = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); from cifarlab.cli import main; "
               "raise SystemExit(main(sys.argv[1:]))")
     # What `cifarlab demo` trains where CIFAR-10 cannot be downloaded (trying to would wait on the network).
-    done = subprocess.run([sys.executable, "-c", script, "train", "fmnist-quick", "train.epochs=1", "data.train_subset=500",
-                           "data.test_subset=200", f"output.dir={tmp_path}", "train.threads=1", "output.progress=none"],
+    done = subprocess.run([sys.executable, "-c", script, "train", "fmnist-quick", "train.epochs=1",
+                           "data.train_subset=500", "data.test_subset=200", f"output.dir={tmp_path}",
+                           "train.threads=1", "output.progress=none"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(SRC), "CIFARLAB_DATA": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
