@@ -164,7 +164,7 @@ def cmd_datasets(args) -> int:
 
     for name in list_datasets():
         if name == "folder":
-            where = "your own images: data.dataset=folder data.dir=PATH (train/<class>/*, test/<class>/*)"
+            where = "your own images: cifarlab train folder data.dir=PATH (train/<class>/*, test/<class>/*)"
         else:
             where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
         print(f"{name:<14} {where}")
