@@ -539,26 +539,28 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     parsed = [parse_override(text) for text in overrides]
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
-    return validate(raw)
+    note = _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+    cfg = validate(raw)
+    if note and os.environ.get("RANK", "0") == "0":  # said once under torchrun, and only for a valid config
+        print(note, file=sys.stderr, flush=True)
+    return cfg
 
 
-def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> None:
+def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
     """A recipe's onecycle `peak_epoch` is a point in its run: when an override changes `train.epochs`,
-    the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5) and one line says so. A peak_epoch
-    given on the command line is the user's own and is left for validation to judge."""
+    the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5); returns the line that says so.
+    A peak_epoch given on the command line is the user's own and is left for validation to judge."""
     schedule, epochs = raw.get("schedule"), (raw.get("train") or {}).get("epochs")
     if not overridden & {"train.epochs", "train"} or overridden & {"schedule.peak_epoch", "schedule"}:
-        return
+        return None
     if not isinstance(schedule, dict) or schedule.get("name") != "onecycle":
-        return
+        return None
     peak = schedule.get("peak_epoch")
     numbers = (peak, epochs, recipe_epochs)
     if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 for n in numbers):
-        return  # validation names whatever is wrong
+        return None  # validation names whatever is wrong
     if epochs == recipe_epochs:
-        return
+        return None
     schedule["peak_epoch"] = peak * epochs / recipe_epochs
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
-        print(f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
-              f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run", file=sys.stderr, flush=True)
+    return (f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
+            f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run")
