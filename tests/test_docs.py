@@ -104,10 +104,13 @@ def short_run(argv: list[str]) -> list[str]:
     return argv + extra + FAST
 
 
-def run_command(line: str, capsys) -> tuple[int, str]:
+def run_command(line: str, capsys, monkeypatch) -> tuple[int, str]:
     """(exit code, everything printed) of one documented command line, run in the current folder."""
     assert not re.search(r"\s(\||&&|;|>|<)\s", line), f"one command per line, no shell syntax: {line}"
     argv = shlex.split(line, comments=True)
+    while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):  # `WANDB_MODE=offline cifarlab ...`: for this command
+        name, _, value = argv.pop(0).partition("=")
+        monkeypatch.setenv(name, value)
     program, args = argv[0], argv[1:]
     if program == "cifarlab":
         capsys.readouterr()
@@ -177,11 +180,13 @@ def test_documented_example_runs(language, body, examples_folder, monkeypatch, c
         return
     if language == "bash":
         for line in commands(body):
-            code, printed = run_command(line, capsys)
+            with monkeypatch.context() as patch:
+                code, printed = run_command(line, capsys, patch)
             assert code == 0, f"{line}\n{printed[-3000:]}"
         return
     for command, shown in _transcript(body):
-        _, printed = run_command(command, capsys)
+        with monkeypatch.context() as patch:
+            _, printed = run_command(command, capsys, patch)
         for expected in shown:
             assert expected in printed, f"{command}: expected {expected!r} in\n{printed[-3000:]}"
 
