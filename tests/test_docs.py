@@ -69,11 +69,8 @@ def _blocks():
             language, body = match.group(1), match.group(2)
             if language in ("bash", "console", "python"):
                 line = text.count("\n", 0, match.start()) + 1
-                # trains from Python, in several processes, or tries the network first (demo's CIFAR-10)
-                slow = language == "python" and "cifarlab.train(" in body or "torchrun" in body \
-                    or "cifarlab demo" in body
-                marks = [pytest.mark.slow] if slow else []
-                yield pytest.param(language, body, id=f"{page.relative_to(ROOT)}:{line}", marks=marks)
+                # Every example waits for the examples folder, which trains a run first: all are slow.
+                yield pytest.param(language, body, id=f"{page.relative_to(ROOT)}:{line}", marks=[pytest.mark.slow])
 
 
 def commands(body: str) -> list[str]:
