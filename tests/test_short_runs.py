@@ -33,6 +33,7 @@ def test_shortened_recipe_keeps_the_peak_at_its_fraction_and_says_so(tmp_path):
         "note: schedule.peak_epoch moves from 5 of 24 epochs to 1.04 of 5, the same fraction of the run"]
 
 
+@pytest.mark.slow  # a training run in its own process
 def test_the_readme_example_trains_shortened(tmp_path):
     # The README's own example, with the data and the network made tiny so it takes seconds (and an lr
     # given, so no range test): what is checked is that the shortened onecycle schedule is accepted.
@@ -45,6 +46,7 @@ def test_the_readme_example_trains_shortened(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["epochs_completed"] == 5
 
 
+@pytest.mark.slow  # a training run in its own process
 def test_smoke_for_one_epoch_trains(tmp_path):
     done = cifarlab("train", "smoke", "train.epochs=1", f"output.dir={tmp_path}", *FAST, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -59,6 +61,7 @@ def test_a_peak_the_user_sets_stays_an_error_when_impossible(capsys):
 
 
 @needs_fashion
+@pytest.mark.slow  # real data decoded, then a run
 def test_fmnist_quick_on_32_images_for_one_epoch_runs_and_warns(tmp_path, capsys, monkeypatch):
     # 30 train images at batch 8: 4 steps, where OneCycleLR's warm-up (pct_start 0.25) had zero steps.
     write_fashion_folder(tmp_path / "fm", 3, 2)
