@@ -1,12 +1,13 @@
 # cifarlab: `make demo` installs the plain package, trains for real and prints the run directory;
-# `make test` installs what the tests need (the `test` extra) and runs the test suite.
+# `make test` installs what the tests need (the `test` extra) and runs the whole test suite, `make test-fast`
+# all but the tests marked slow (over ~5 s each).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-gpu venv data clean
+.PHONY: demo test test-fast bench bench-gpu venv data clean
 
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -38,6 +39,10 @@ demo: venv data
 test: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
+
+test-fast: $(TEST_STAMP) data
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q -m "not slow"
 
 bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'

@@ -16,11 +16,11 @@ except ModuleNotFoundError:  # run by hand from a checkout
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from cifarlab.config import load_config
-from cifarlab.runtime import cpu_has_bf16
+from cifarlab.runtime import cpu_bf16_is_fast
 
 
 def machine() -> str:
-    """One line: CPU model, cores torch uses, bf16 support, and the load average at the time."""
+    """One line: CPU model, cores torch uses, whether bf16 is fast, and the load average at the time."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as info:
@@ -29,7 +29,7 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, CPU bf16: {cpu_has_bf16()}, load average {load()}")
+            f"{gpu}, CPU bf16 faster than fp32 (AMX): {cpu_bf16_is_fast()}, load average {load()}")
 
 
 def load() -> str:

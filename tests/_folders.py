@@ -46,7 +46,8 @@ def write_fashion_folder(root: Path, train_per_class: int, test_per_class: int) 
 
 
 def train_fashion_folder(tmp: Path, train_per_class: int, test_per_class: int, epochs: int, *overrides: str):
-    """(Run, written files): the smoke recipe trained on a fresh Fashion-MNIST PNG folder under `tmp`.
+    """(Run, written files): the smoke recipe trained in fp32 (unless `overrides` say otherwise) on a fresh
+    Fashion-MNIST PNG folder under `tmp`.
 
     The folder's decoded cache goes to `tmp/cache`, never the user's."""
     import cifarlab
@@ -56,5 +57,6 @@ def train_fashion_folder(tmp: Path, train_per_class: int, test_per_class: int, e
         patch.setenv("CIFARLAB_DATA", str(tmp / "cache"))
         run = cifarlab.train("smoke", [f"data.dir={tmp / 'fm'}", "data.dataset=folder", "data.options={}",
                                        f"train.epochs={epochs}", "train.batch_size=32", f"output.dir={tmp / 'runs'}",
-                                       "output.tensorboard=false", "output.progress=none", *overrides])
+                                       "output.tensorboard=false", "output.progress=none", "train.precision=fp32",
+                                       *overrides])
     return run, written

@@ -31,6 +31,7 @@ from cifarlab import rundir
 from cifarlab.cli import main
 from cifarlab.training import build
 from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.use.evaluate import evaluation_data_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
@@ -579,6 +580,7 @@ def test_gradcam_without_out_writes_to_the_real_run_however_the_path_is_spelled(
     assert not (run / "checkpoints" / "plots").exists() and not (tmp_path / "plots").exists()
 
 
+@pytest.mark.slow  # eval twice and a report
 def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, monkeypatch, capsys):
     """data.dir in a checkpoint is someone else's path: eval looks up datasets under the user's folder."""
     elsewhere = tmp_path / "not-yours"
@@ -598,7 +600,7 @@ def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, mo
     capsys.readouterr()
     assert asked == [None, str(tmp_path / "chosen"), None] and not elsewhere.exists()
     assert (
-        build.evaluation_data_config(
+        evaluation_data_config(
             build.Config().data.model_copy(update={"dataset": "cifar10", "dir": str(elsewhere)})
         ).dir
         is None
@@ -630,6 +632,7 @@ def _start_training(root: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     return process, next((root / "smoke").iterdir())
 
 
+@pytest.mark.slow  # a training subprocess
 def test_resume_of_a_run_still_training_is_refused_and_the_lock_dies_with_the_trainer(tmp_path):
     process, run_dir = _start_training(tmp_path, "train.epochs=200")
     try:
@@ -722,6 +725,7 @@ def test_compare_labels_runs_with_the_same_recipe_and_stamp_apart(runs, tmp_path
 # ---------------------------------------------------------------- 7. the end-of-run window
 
 
+@pytest.mark.slow  # kills a training subprocess
 def test_kill_between_the_final_checkpoint_and_summary_json_then_resume_rebuilds_it(tmp_path, capsys):
     """A real process is SIGKILLed at the moment summary.json would be written; resume finishes the
     bookkeeping from last.pt (no training), after which the run reads as finished everywhere."""

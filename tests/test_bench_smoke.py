@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # builds and profiles every benchmark case
 def test_gpu_speed_smoke_prints_the_table_for_every_cpu_case():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "--smoke"], env=env,

@@ -10,19 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.training.build import load_for_evaluation
+from cifarlab import load_model
 from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.use.evaluate import evaluate_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Same global batch (64) in both runs; 2048 images make the accuracy a stable figure, 12 px keep it quick.
 # lr 0.002 leaves the runs mid-way (~77% for one process; 0.001 gives ~51%, 0.01 ~100%), so a DDP mistake
 # that changes the effective step (gradients summed instead of averaged, duplicated data) would show.
-COMMON = ["data.options={num_train: 2048, num_test: 512, image_size: 12}", "optim.lr=0.002",
+COMMON = ["data.options={num_train: 2048, num_test: 512, image_size: 12}", "optim.lr=0.002", "train.precision=fp32",
           "train.epochs=2", "train.batch_size=64",
           "output.tensorboard=false", "output.report=false", "output.progress=lines", "train.log_every_steps=16"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="needs torch.distributed with gloo")
+# Two torchrun launches of two processes each: a minute or more.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                 reason="needs torch.distributed with gloo")]
 
 
 def launch(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -71,7 +74,7 @@ def test_metrics_count_every_test_image_once_and_only_rank_0_writes(ddp_runs):
     # The evaluation is reduced over both ranks' shards; one process evaluating rank 0's weights on all 512
     # test images must agree (up to rank 1 using its own BatchNorm running statistics for its shard).
     summary = json.loads((run / "summary.json").read_text())
-    single = load_for_evaluation(run / "checkpoints" / "last.pt").test_metrics()
+    single = evaluate_checkpoint(load_model(run / "checkpoints" / "last.pt"))
     assert single["images"] == 512
     assert abs(single["test_acc"] - summary["final_test_acc"]) < 0.03, (single, summary["final_test_acc"])
 

@@ -194,6 +194,7 @@ def test_progress_uses_tqdm_auto_bars_in_a_jupyter_kernel(monkeypatch):
     assert made and made[0]["total"] == 8 and made[0]["desc"] == "Epoch 1/2"
 
 
+@pytest.mark.slow  # a Jupyter kernel runs the notebook
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     for module in ("nbclient", "nbformat", "ipykernel"):
         pytest.importorskip(module)

@@ -16,6 +16,8 @@ from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
 from cifarlab.export import ONNX_TOLERANCE, export, export_model
 from cifarlab.registry import create_model, list_models
+from cifarlab.runtime import Precision
+from cifarlab.use.load import LoadedModel, ModelCard
 
 pytestmark = needs_fashion
 
@@ -56,10 +58,12 @@ def test_safetensors_rebuilds_the_same_network(checkpoint, tmp_path):
         assert json.loads(handle.metadata()["cifarlab"])["classes"] == meta["classes"]
     rebuilt = create_model(**meta["model"]).eval()
     rebuilt.load_state_dict(load_file(str(out)))
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
+    assert model.channels_last  # the run's memory format, which picks other (equally exact) conv kernels
+    rebuilt = rebuilt.to(memory_format=torch.channels_last)
     inputs = real_inputs(model)
     with torch.no_grad():
-        assert torch.equal(rebuilt(inputs), model(inputs))
+        assert torch.equal(rebuilt(inputs), model.module(inputs))
 
 
 def test_torchscript_runs_without_cifarlab_code(checkpoint, tmp_path):
@@ -67,12 +71,13 @@ def test_torchscript_runs_without_cifarlab_code(checkpoint, tmp_path):
     extra = {"cifarlab.json": ""}
     scripted = torch.jit.load(str(tmp_path / "net.pt"), _extra_files=extra)
     check_metadata(json.loads(extra["cifarlab.json"]))
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     inputs = real_inputs(model, 50)  # another batch size than the one traced
     with torch.no_grad():
-        assert torch.allclose(scripted(inputs), model(inputs), atol=1e-5)
+        assert torch.allclose(scripted(inputs), model.module(inputs), atol=1e-5)
 
 
+@pytest.mark.slow  # the ONNX exporter and onnxruntime
 def test_onnx_matches_pytorch_on_real_images(checkpoint):
     onnx = pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
@@ -83,12 +88,12 @@ def test_onnx_matches_pytorch_on_real_images(checkpoint):
     assert meta["onnxruntime_max_abs_diff"] <= ONNX_TOLERANCE
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["cifarlab"])["classes"] == meta["classes"]
-    model = cifarlab.load_model(checkpoint)
+    model = cifarlab.load_model(checkpoint, device="cpu")
     inputs = real_inputs(model, 200)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0])
     with torch.no_grad():
-        expected = model(inputs)
+        expected = model.module(inputs)
     assert (got - expected).abs().max().item() <= ONNX_TOLERANCE
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
@@ -120,6 +125,7 @@ def test_bad_requests_give_one_line(checkpoint, tmp_path, monkeypatch):
         run_cli(str(checkpoint), "--format", "keras")
 
 
+@pytest.mark.slow  # ONNX export of every model, resnet34 included
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_exports_faithfully(name, tmp_path):
     """TorchScript and ONNX files of each model give its PyTorch logits (fixed random weights and inputs)."""
@@ -127,19 +133,20 @@ def test_every_registered_model_exports_faithfully(name, tmp_path):
     model = create_model(name, num_classes=10, in_channels=3, norm="batch", dropout=0.0)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from train mode
         model.train()(torch.randn(32, 3, 32, 32))
-    for key, value in dict(classes=tuple("abcdefghij"), mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32,
-                           in_channels=3, tta=False, config=load_config(None, [f"model.name={name}"])).items():
-        setattr(model, key, value)
     model.eval()
+    card = ModelCard(architecture=name, options={}, classes=tuple("abcdefghij"), in_channels=3, image_size=32,
+                     mean=(0.5,) * 3, std=(0.25,) * 3, precision="fp32", tta=None)
+    loaded = LoadedModel(model, card, Precision("fp32", "cpu"), load_config(None, [f"model.name={name}"]), epoch=0,
+                         channels_last=False)
     inputs = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         expected = model(inputs)
-    traced = torch.jit.load(str(export_model(model, "torchscript", tmp_path / "m.pt")))
+    traced = torch.jit.load(str(export_model(loaded, "torchscript", tmp_path / "m.pt")))
     assert torch.allclose(traced(inputs), expected, atol=1e-5)
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime not installed (pip install 'cifarlab[onnx]')")
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(export_model(model, "onnx", tmp_path / "m.onnx")))
+    session = onnxruntime.InferenceSession(str(export_model(loaded, "onnx", tmp_path / "m.onnx")))
     got = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0])
     assert (got - expected).abs().max().item() <= ONNX_TOLERANCE

@@ -58,6 +58,7 @@ def test_decoded_pixels_and_labels_equal_the_pngs(tmp_path):
     assert ds.mean[0] == pytest.approx(expected_mean, abs=1e-9)  # statistics of the train split
 
 
+@pytest.mark.slow  # 5 epochs on 800 real images
 @needs_fashion
 def test_a_1000_image_folder_trains_end_to_end(tmp_path):
     run, _ = train_fashion_folder(tmp_path, 80, 20, 5)  # 800 + 200 real images as PNG files

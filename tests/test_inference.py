@@ -10,9 +10,9 @@ from PIL import Image
 
 import cifarlab
 from _folders import FASHION_NAMES, needs_fashion, train_fashion_folder
-from cifarlab.analysis.predict import predict as predict_split
 from cifarlab.data.images import read_image
 from cifarlab.errors import UserError
+from cifarlab.use.predict import predict_batch
 
 pytestmark = needs_fashion
 
@@ -26,12 +26,13 @@ def trained(tmp_path_factory):
 
 def test_load_model_carries_what_prediction_needs(trained):
     checkpoint, _ = trained
-    model = cifarlab.load_model(checkpoint)
-    assert not model.training and model.classes == tuple(sorted(FASHION_NAMES))
+    model = cifarlab.load_model(checkpoint, device="cpu")
+    assert not model.module.training and model.classes == tuple(sorted(FASHION_NAMES))
     assert model.image_size == 28 and model.in_channels == 1 and model.tta is None
     assert len(model.mean) == 1 and 0.2 < model.mean[0] < 0.4 and model.std[0] > 0.2
     with torch.no_grad():
-        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert model.module(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model.card.precision == model.precision.name == "fp32"  # the run's own, as `cifarlab predict` uses
 
 
 def test_predict_on_files_matches_the_evaluated_model_and_beats_chance(trained):
@@ -42,7 +43,7 @@ def test_predict_on_files_matches_the_evaluated_model_and_beats_chance(trained):
     assert len(results) == len(paths) and all(len(r) == 3 for r in results)
     assert all(r[0][1] >= r[1][1] >= r[2][1] > 0 and sum(p for _, p in r) <= 1 + 1e-6 for r in results)
     images = torch.stack([read_image(p, 1, 28) for p in paths])
-    probs = predict_split(model, images, torch.zeros(len(images), dtype=torch.long), model.mean, model.std).probs
+    probs = predict_batch(model.module, images, torch.zeros(len(images), dtype=torch.long), model.mean, model.std).probs
     assert [r[0][0] for r in results] == [model.classes[k] for k in probs.argmax(1).tolist()]
     truth = [FASHION_NAMES[label] for _, label, _ in test_files]
     accuracy = np.mean([r[0][0] == name for r, name in zip(results, truth)])

@@ -12,7 +12,7 @@ from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.data.sources import dataset_available
 from cifarlab.experiment import train
-from cifarlab.runtime import cpu_has_bf16, make_runtime, resolve_precision
+from cifarlab.runtime import make_runtime, resolve_precision
 from cifarlab.training.build import build_state, load_data
 from cifarlab.training.loop import train_step
 from cifarlab.training.optim import Schedule
@@ -30,7 +30,7 @@ def tiny_state(tmp_path: Path, overrides: list[str]):
 def test_one_batch_can_be_overfit(tmp_path):
     state = tiny_state(tmp_path, ["data.options={num_train: 32, num_test: 32, image_size: 16}", "augment={}",
                                   "train.batch_size=32", "optim.name=adam", "optim.lr=0.01", "optim.momentum=0",
-                                  "schedule.name=constant", "optim.weight_decay=0"])
+                                  "schedule.name=constant", "optim.weight_decay=0", "train.precision=fp32"])
     inputs, labels = next(iter(state.train_loader))
     state.train_model.train()
     for _ in range(60):
@@ -40,12 +40,13 @@ def test_one_batch_can_be_overfit(tmp_path):
     assert loss < 0.05, f"a 32-image batch should be memorised in 60 steps, loss is still {loss:.3f}"
 
 
+@pytest.mark.slow  # 2 epochs on 3000 real images
 @pytest.mark.skipif(not dataset_available("fashion_mnist"), reason="Fashion-MNIST is not on this machine")
 def test_short_real_fashion_mnist_run_learns(tmp_path):
     run = train("fmnist-quick", QUIET + [
         f"output.dir={tmp_path}", "data.train_subset=3000", "data.test_subset=1000", "train.epochs=2",
         "model.options={width: 8}", "train.batch_size=100", "train.tta=false", "train.ema=null",
-        "checkpoint.every_epochs=100"])
+        "checkpoint.every_epochs=100", "train.precision=fp32"])
     assert run.summary["status"] == "completed"
     assert run.best_test_acc > 0.60, (f"2 epochs on 3000 real images should beat chance (10%) by far, "
                                       f"got {run.best_test_acc}")
@@ -145,17 +146,33 @@ def test_onecycle_with_final_div_factor_annihilates():
     assert used[-1] == pytest.approx(0.4 / 10 / 100, rel=1e-2)
 
 
-def test_auto_precision_on_cpu_is_bf16_exactly_when_the_cpu_has_it():
-    expected = "bf16" if cpu_has_bf16() else "fp32"
+# What torch.cpu.get_capabilities() reports on three CPUs (only the flags that matter here).
+XEON_AVX512_BF16 = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_tile": False,
+                    "amx_bf16": False}  # the issue-18 Xeon: bf16 measured 0.60-0.78x fp32
+XEON_AMX = {**XEON_AVX512_BF16, "amx_tile": True, "amx_bf16": True}  # Sapphire Rapids and later
+EPYC_AVX2 = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_tile": False, "amx_bf16": False}
+
+
+@pytest.mark.parametrize("flags, expected", [(XEON_AVX512_BF16, "fp32"), (XEON_AMX, "bf16"), (EPYC_AVX2, "fp32")],
+                         ids=["avx512_bf16-without-amx", "amx", "avx2-only"])
+def test_auto_precision_on_cpu_is_bf16_only_with_amx(monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
     assert resolve_precision("auto", CPU).name == expected
-    assert resolve_precision("fp32", CPU).name == "fp32"
-
-
-def test_fp16_on_cpu_falls_back_with_a_warning():
+    assert resolve_precision("fp32", CPU).name == "fp32" and resolve_precision("bf16", CPU).name == "bf16"
     with pytest.warns(UserWarning, match="fp16 needs a CUDA device"):
         precision = resolve_precision("fp16", CPU)
-    assert precision.name == ("bf16" if cpu_has_bf16() else "fp32")
-    assert precision.make_scaler() is None
+    assert precision.name == expected and precision.make_scaler() is None  # fp16 on a CPU: auto's choice
+
+
+def test_auto_precision_on_this_cpu_follows_its_proc_cpuinfo_flags():
+    """The expectation is read from the kernel's own flags, not from the function under test."""
+    try:
+        flags = next(set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no x86 /proc/cpuinfo flags on this machine")
+    expected = "bf16" if {"amx_bf16", "amx_tile"} <= flags else "fp32"
+    assert resolve_precision("auto", CPU).name == expected
 
 
 def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
@@ -169,16 +186,24 @@ def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
 
 # ------------------------------------------------------------------------------------------ GPU recipes on a CPU
 
+# Best test accuracy of this case over seeds 0-6 (7 each; synthetic 16 px, 10 classes, chance 0.1), measured on
+# an AMD EPYC without AVX512-BF16, torch 2.13: fast 0.88-1.00 fp32, 0.91-1.00 bf16; cifar10-quick 0.36-0.79 fp32,
+# 0.33-0.87 bf16 (3 epochs of 8 steps is a noisy run). Each floor sits well below its lowest seed.
+ACCURACY_FLOOR = {"fast": 0.7, "cifar10-quick": 0.2}
+
+
+@pytest.mark.slow  # bf16 autocast is emulated (~10x slower) on a CPU without AVX512-BF16
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("recipe, model_options", [("fast", "{widths: [16, 32, 32]}"), ("cifar10-quick", "{width: 8}")])
-def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, model_options, tmp_path):
+def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, model_options, precision, tmp_path):
     """fastnet + whitening, alternating flip, EMA, flip TTA: the parts the CIFAR recipes use, on small synthetic
-    data."""
+    data, in both precisions whatever this CPU's `auto` would pick."""
     run = train(recipe, QUIET + [
         f"output.dir={tmp_path}", "data.dataset=synthetic",
         "data.options={num_train: 1024, num_test: 256, image_size: 16}", "train.epochs=3", "train.batch_size=128",
-        f"model.options={model_options}", "checkpoint.every_epochs=100", "train.precision=auto"])
-    assert run.summary["status"] == "completed"
-    assert run.best_test_acc > 0.5, f"{recipe} on easy synthetic data should learn, got {run.best_test_acc}"
+        f"model.options={model_options}", "checkpoint.every_epochs=100", f"train.precision={precision}"])
+    assert run.summary["status"] == "completed" and run.summary["precision"] == precision
+    assert run.best_test_acc > ACCURACY_FLOOR[recipe], f"{recipe} should learn easy synthetic data: {run.best_test_acc}"
 
 
 def test_flip_tta_loss_stays_finite_for_confident_wrong_predictions():

@@ -1,11 +1,12 @@
-"""Confusion-matrix metrics (analysis/metrics.py) and split predictions (analysis/predict.py)."""
+"""Confusion-matrix metrics (analysis/metrics.py) and split predictions (use/predict.py)."""
 import pytest
 import torch
 from torch import nn
 
 from cifarlab.analysis.metrics import confusion_matrix, format_per_class, per_class_accuracy, top_confused
-from cifarlab.analysis.predict import Predictions, predict
 from cifarlab.data.normalize import normalize, to_float
+from cifarlab.use.predict import Predictions
+from cifarlab.use.predict import predict_batch as predict
 
 CIFAR_CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

@@ -20,7 +20,12 @@ def _run(tmp_path, *extra):
     return run_dir
 
 
-@pytest.mark.parametrize("variant", [["train.tta=true", "train.ema=0.9"], ["train.tta=false"]])
+# One accuracy per checkpoint in either precision (bf16 autocast runs on any x86 CPU, emulated without AVX512-BF16).
+@pytest.mark.slow  # three trainings with reports, one in emulated bf16
+@pytest.mark.parametrize("variant", [["train.tta=true", "train.ema=0.9", "train.precision=fp32"],
+                                     ["train.tta=false", "train.precision=fp32"],
+                                     ["train.tta=true", "train.precision=bf16"]],
+                         ids=["fp32-tta-ema", "fp32", "bf16-tta"])
 def test_eval_and_report_of_best_pt_equal_the_summary(tmp_path, capsys, variant):
     run_dir = _run(tmp_path, "output.report=true", *variant)
     summary = json.loads((run_dir / "summary.json").read_text())

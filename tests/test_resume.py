@@ -138,6 +138,7 @@ def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, 
     _assert_same_run(run_dir, reference[variant])
 
 
+@pytest.mark.slow  # kills a training subprocess, then resumes
 def test_resume_after_sigkill_and_torn_metrics_equals_uninterrupted(tmp_path, reference, capsys):
     """Kill -9 a real training process mid-run, resume it, compare with the uninterrupted run."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -166,6 +167,7 @@ def test_resume_after_sigkill_and_torn_metrics_equals_uninterrupted(tmp_path, re
     _assert_same_run(run_dir, reference["plain"])
 
 
+@pytest.mark.slow  # signals a training subprocess, then resumes
 @pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_sigterm_to_a_real_process_saves_hints_and_resumes_exactly(tmp_path, reference, capsys, signum):
     env = {**os.environ, "PYTHONPATH": str(SRC)}

@@ -27,16 +27,18 @@ def resume(run_dir, data=None, callbacks=(), epochs=None):
     return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
-def load_model(checkpoint, device="cpu"):
-    """An eval-mode model from a checkpoint, with `.classes`, `.mean`, `.std`, `.image_size`, `.tta`."""
-    from cifarlab.inference import load_model as _load_model
+def load_model(checkpoint, device=None, precision=None):
+    """A `LoadedModel`: `.module` (eval mode), `.card`, `.precision`, and `.classes`, `.mean`, `.std`,
+    `.image_size`, `.in_channels`, `.tta`. Default device: CUDA if there is one, else the CPU; default
+    precision: the run's own (as `cifarlab predict` and `eval` use it)."""
+    from cifarlab.use.load import load_model as _load_model
 
-    return _load_model(checkpoint, device)
+    return _load_model(checkpoint, device, precision)
 
 
 def predict(model_or_checkpoint, images, top=3, tta=None):
     """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
-    from cifarlab.inference import predict as _predict
+    from cifarlab.use.predict import predict as _predict
 
     return _predict(model_or_checkpoint, images, top=top, tta=tta)
 

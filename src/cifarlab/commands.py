@@ -100,16 +100,18 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON line per image, {"image": path, "top": [[class, probability], ...]}, unrounded')
     p.set_defaults(run=cmd_predict)
 
 
 def cmd_eval(args) -> int:
     import json
 
-    from cifarlab.training.build import load_for_evaluation
+    from cifarlab.use.evaluate import evaluate_checkpoint
+    from cifarlab.use.load import load_model
 
-    loaded = load_for_evaluation(args.checkpoint, precision=args.precision, data_dir=args.data_dir)
-    result = loaded.test_metrics(args.tta)
+    result = evaluate_checkpoint(load_model(args.checkpoint, precision=args.precision), args.data_dir, args.tta)
     n, acc = result["images"], result["test_acc"]
     print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
     print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
@@ -209,17 +211,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _predictions(loaded, images, labels=None):
-    """Predictions for uint8 images under a loaded checkpoint, with its precision and TTA."""
-    import torch
-
-    from cifarlab.analysis.predict import predict
-
-    labels = torch.zeros(len(images), dtype=torch.long) if labels is None else labels
-    return predict(loaded.model, images, labels, loaded.meta["mean"], loaded.meta["std"], tta=loaded.tta,
-                   autocast=loaded.runtime.precision.autocast, channels_last=loaded.runtime.channels_last)
-
-
 def cmd_export(args) -> int:
     from cifarlab.export import export
 
@@ -229,77 +220,70 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
+    import json
 
-    from cifarlab.data.images import read_image
-    from cifarlab.training.build import load_for_evaluation
+    import cifarlab
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    loaded = load_for_evaluation(args.checkpoint)
-    meta = loaded.meta
-    channels, size = len(meta["mean"]), _image_size(loaded)
-    images = torch.stack([read_image(path, channels, size) for path in args.images])
-    probs = _predictions(loaded, images).probs
-    top = min(args.top, probs.shape[1])
-    for path, row in zip(args.images, probs):
-        values, indices = row.topk(top)
-        ranked = ", ".join(f"{meta['classes'][i]} {100 * v:.1f}%" for v, i in zip(values.tolist(), indices.tolist()))
-        print(f"{path}: {ranked}")
+    results = cifarlab.predict(cifarlab.load_model(args.checkpoint), args.images, top=args.top)
+    for path, ranked in zip(args.images, results):
+        if args.json:
+            print(json.dumps({"image": str(path), "top": ranked}))
+        else:
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in ranked))
     return 0
 
 
-def _image_size(loaded) -> int:
-    """The image size the checkpoint's model was trained on."""
-    from cifarlab.inference import image_size_of
-
-    return image_size_of(loaded.meta, loaded.cfg.data)
-
-
 def cmd_gradcam(args) -> int:
-    import torch
-
     from cifarlab.analysis.gradcam import gradcam
     from cifarlab.analysis.plots import plot_gradcam
-    from cifarlab.data.images import read_image
     from cifarlab.data.normalize import normalize, to_float
-    from cifarlab.training.build import load_for_evaluation
+    from cifarlab.use.load import load_model
+    from cifarlab.use.predict import predictions
 
     if not 1 <= args.count <= MAX_GRADCAM_IMAGES:
         raise UserError(f"--count must be in 1..{MAX_GRADCAM_IMAGES}, got {args.count}")
     chosen = _image_choice(args.images)
     out = output_target(args.out, "--out") if args.out is not None else None
-    loaded = load_for_evaluation(args.checkpoint, data_dir=args.data_dir)
+    loaded = load_model(args.checkpoint)
     out = out or _default_gradcam_out(args.checkpoint, args.method)
-    model, meta = loaded.model, loaded.meta
-    classes, mean, std = meta["classes"], meta["mean"], meta["std"]
-    if chosen == "misclassified" or isinstance(chosen[0], int):
-        test = loaded.test_data().test
-        if chosen == "misclassified":
-            chosen = _predictions(loaded, test.images, test.labels).misclassified(args.count)
-            if len(chosen) == 0:
-                raise UserError("the checkpoint classifies every test image correctly: no misclassified image to "
-                                "explain; give --images with test indices or image files")
-        else:
-            if max(chosen) >= len(test.labels) or min(chosen) < 0:
-                raise UserError(f"--images indices must be in 0..{len(test.labels) - 1}, got {args.images}")
-            chosen = torch.tensor(chosen)
-        images, labels = test.images[chosen], test.labels[chosen]
-        names = [f"#{i}" for i in chosen.tolist()]
-    else:
-        images = torch.stack([read_image(p, len(mean), _image_size(loaded)) for p in chosen])
-        labels, names = None, [p.name for p in chosen]
-    probs = _predictions(loaded, images).probs
+    images, labels, names = _gradcam_images(loaded, chosen, args)
+    probs = predictions(loaded, images).probs
     top2 = probs.topk(min(2, probs.shape[1]), dim=1).indices
     preds = top2[:, 0]
     second = labels if labels is not None else top2[:, -1]  # own images: compare with the runner-up class
-    inputs = normalize(to_float(images), mean, std, channels_last=False)
-    cam_pred = gradcam(model, inputs, preds, layer=args.layer, method=args.method)
-    cam_other = gradcam(model, inputs, second, layer=args.layer, method=args.method)
+    inputs = normalize(to_float(images), loaded.mean, loaded.std, channels_last=False)
+    cam_pred = gradcam(loaded.module, inputs, preds, layer=args.layer, method=args.method)
+    cam_other = gradcam(loaded.module, inputs, second, layer=args.layer, method=args.method)
+    classes = loaded.classes
     titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
               for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
     print(plot_gradcam(images, cam_pred, cam_other, titles, out))
     return 0
+
+
+def _gradcam_images(loaded, chosen, args):
+    """(uint8 images, true labels or None, names) of --images: misclassified or indexed test images, or files."""
+    import torch
+
+    from cifarlab.use.evaluate import run_test_data
+    from cifarlab.use.images import as_batch
+    from cifarlab.use.predict import predictions
+
+    if chosen != "misclassified" and not isinstance(chosen[0], int):
+        return as_batch(chosen, loaded.in_channels, loaded.image_size), None, [p.name for p in chosen]
+    test = run_test_data(loaded, args.data_dir).test
+    if chosen == "misclassified":
+        chosen = predictions(loaded, test.images, test.labels).misclassified(args.count)
+        if len(chosen) == 0:
+            raise UserError("the checkpoint classifies every test image correctly: no misclassified image to "
+                            "explain; give --images with test indices or image files")
+    else:
+        if max(chosen) >= len(test.labels) or min(chosen) < 0:
+            raise UserError(f"--images indices must be in 0..{len(test.labels) - 1}, got {args.images}")
+        chosen = torch.tensor(chosen)
+    return test.images[chosen], test.labels[chosen], [f"#{i}" for i in chosen.tolist()]
 
 
 def _image_choice(text: str):

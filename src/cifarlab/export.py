@@ -34,7 +34,7 @@ FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onn
 ONNX_TOLERANCE = 1e-4
 
 
-def metadata(model: nn.Module, source: str, export_format: str) -> dict:
+def metadata(model, source: str, export_format: str) -> dict:
     """The sidecar JSON: enough to feed the exported network and read its output."""
     from cifarlab import __version__
 
@@ -100,7 +100,7 @@ def onnx_max_abs_diff(onnx_path: Union[str, Path], model: nn.Module, inputs: tor
     return float((torch.from_numpy(got) - expected).abs().max())
 
 
-def _example(model: nn.Module, count: int) -> torch.Tensor:
+def _example(model, count: int) -> torch.Tensor:
     """`count` normalised inputs from fixed random pixels: shapes for tracing, values for the ONNX check."""
     from cifarlab.data.normalize import normalize
 
@@ -116,12 +116,13 @@ def default_out(checkpoint: Path, export_format: str) -> Path:
 
 def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Path, None] = None) -> Path:
     """Write the checkpoint's network as `export_format` to `out` (default `default_out`) plus `<out>.json`."""
-    from cifarlab.inference import load_model
+    from cifarlab.use.load import load_model
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
     _refuse_existing(out)
-    return export_model(load_model(checkpoint), export_format, out, source=str(checkpoint))
+    loaded = load_model(checkpoint, device="cpu", precision="fp32")
+    return export_model(loaded, export_format, out, source=str(checkpoint))
 
 
 def _checked_format(export_format: str) -> str:
@@ -138,24 +139,24 @@ def _refuse_existing(out: Path) -> None:
         raise UserError(f"output folder {out.parent} does not exist")
 
 
-def export_model(model: nn.Module, export_format: str, out: Union[str, Path], source: str = "") -> Path:
-    """Export a model from `cifarlab.load_model` (it carries the metadata; fine-tuned or not) to `out` plus
-    `<out>.json`. The model is put in eval mode and float32 first."""
+def export_model(loaded, export_format: str, out: Union[str, Path], source: str = "") -> Path:
+    """Export a model from `cifarlab.load_model` (its card says how to feed it; fine-tuned or not) to `out`
+    plus `<out>.json`. Its network is put in eval mode and float32 first."""
     out = Path(out)
     _checked_format(export_format)
     _refuse_existing(out)
-    model = model.float().eval()
-    meta = metadata(model, source, export_format)
+    model = loaded.module.float().eval()
+    meta = metadata(loaded, source, export_format)
     sidecar = out.with_name(out.name + ".json")
     tmp, tmp_sidecar = (path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in (out, sidecar))
     try:
         if export_format == "safetensors":
             _write_safetensors(model, tmp, meta)
         elif export_format == "torchscript":
-            _write_torchscript(model, tmp, meta, _example(model, 1))
+            _write_torchscript(model, tmp, meta, _example(loaded, 1))
         else:
-            _write_onnx(model, tmp, meta, _example(model, 2))
-            diff = onnx_max_abs_diff(tmp, model, _example(model, 16))
+            _write_onnx(model, tmp, meta, _example(loaded, 2))
+            diff = onnx_max_abs_diff(tmp, model, _example(loaded, 16))
             if diff is not None and diff > ONNX_TOLERANCE:
                 raise RuntimeError(f"the ONNX export differs from PyTorch by {diff:.3g} > {ONNX_TOLERANCE}")
             meta["onnxruntime_max_abs_diff"] = diff

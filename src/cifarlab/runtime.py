@@ -18,12 +18,23 @@ import torch
 from cifarlab.errors import UserError
 
 
-def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (x86 with AVX512-BF16 or AMX), about 3x fp32 for convnets."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+def cpu_bf16_is_fast() -> bool:
+    """True where bf16 autocast trains faster than fp32 on this CPU: x86 with AMX tiles (`amx_bf16`).
+
+    Only AMX's bf16 tile multiply (Sapphire Rapids and later) beats fp32 on a CPU. AVX512-BF16 alone is
+    slower: on an Intel Xeon with avx512_bf16 but no AMX (2 cores, torch 2.13, issue 18) bf16 autocast
+    trained at 0.60-0.78x the fp32 rate for every built-in model (`bench/precision.py` measures it), and
+    on a CPU without either (AMD EPYC here) oneDNN emulates bf16 and is slower still. So this asks for AMX
+    rather than `torch.ops.mkldnn._is_mkldnn_bf16_supported()`, which says True on AVX512-BF16 alone.
+
+    The flags come from `torch.cpu.get_capabilities()`, torch's public read of cpuinfo (torch 2.13 has
+    it; `torch.backends.cpu.get_cpu_capability()` only names the widest vector ISA, "AVX512" with or
+    without AMX). `amx_tile` too because `amx_bf16` runs on the tile unit. A torch without the call: fp32."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
         return False
+    flags = capabilities()
+    return bool(flags.get("amx_bf16") and flags.get("amx_tile"))
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         bf16_ok = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
         auto = "bf16" if bf16_ok else "fp16"
     else:
-        bf16_ok = cpu_has_bf16()
-        auto = "bf16" if bf16_ok else "fp32"
+        auto = "bf16" if cpu_bf16_is_fast() else "fp32"
     name = auto if requested == "auto" else requested
     if device.type == "cpu" and name == "fp16":
         # Recipes written for GPUs ask for fp16; a CPU has no fast fp16 path, so take its best instead.

@@ -41,15 +41,16 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
                 gradcam_count: int = 10, gradcam_layer: Optional[str] = None, gradcam_method: str = "gradcam") -> Path:
     """Write every plot, table and the report for `model` (trained by `cfg`) on `dataset`, evaluated as in
     training (`autocast` of the run's precision, the recipe's TTA); returns report.md."""
-    from cifarlab.analysis.predict import predict
+    from cifarlab.use.predict import predict_batch
 
     run_dir = Path(run_dir)
     summary = read_summary(run_dir, required=False)
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
-    predictions = predict(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
-                          autocast=autocast, tta=cfg.train.tta, device=device, channels_last=cfg.train.channels_last)
+    predictions = predict_batch(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
+                                autocast=autocast, tta=cfg.train.tta, device=device,
+                                channels_last=cfg.train.channels_last)
     gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
     sections = [
         _summary_section(summary, predictions, cfg),
@@ -70,9 +71,10 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
 
 def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=None) -> Path:
     """`cifarlab report RUN_DIR`: best.pt (else last.pt) on the run's own test split (`dataset`, when the
-    caller has it loaded already; else looked up under `data_dir`, see `load_for_evaluation`), evaluated
+    caller has it loaded already; else looked up under `data_dir`, see `run_test_data`), evaluated
     with the run's precision and TTA, then `analyze_run`."""
-    from cifarlab.training.build import load_for_evaluation
+    from cifarlab.use.evaluate import run_test_data
+    from cifarlab.use.load import load_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -81,10 +83,10 @@ def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=No
     if checkpoint is None:
         raise UserError(f"{str(run_dir)!r} has no checkpoints/best.pt or checkpoints/last.pt to report on")
     check_writable(run_dir)
-    loaded = load_for_evaluation(checkpoint, device=device, data_dir=data_dir)
+    loaded = load_model(checkpoint, device=device)
     try:
-        return analyze_run(run_dir, loaded.model, dataset or loaded.test_data(), loaded.cfg,
-                           autocast=loaded.runtime.precision.autocast, device=loaded.runtime.device)
+        return analyze_run(run_dir, loaded.module, dataset or run_test_data(loaded, data_dir), loaded.config,
+                           autocast=loaded.precision.autocast, device=loaded.device)
     except OSError as err:  # read-only or full disk half-way: one line, not a traceback
         where = f" ({err.filename})" if err.filename else ""
         raise UserError(f"cannot write the report into {run_dir}: {err.strerror or err}{where}") from None

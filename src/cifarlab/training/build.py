@@ -5,9 +5,9 @@ a run, its range test and its benchmark train exactly the same model on exactly 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
@@ -20,11 +20,9 @@ from cifarlab.data.sources import load_dataset
 from cifarlab.data.split import stratified_split
 from cifarlab.errors import UserError
 from cifarlab.registry import build_model
-from cifarlab.runtime import Runtime, make_runtime
+from cifarlab.runtime import Runtime
 from cifarlab.training import callbacks as cb
-from cifarlab.training.checkpoint import load_model
 from cifarlab.training.ema import EMA
-from cifarlab.training.evaluate import evaluate
 from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
 from cifarlab.training.state import COMPILE_WARMUP_STEPS, TrainState
@@ -89,11 +87,11 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
                          # A compiled step keeps one shape: the ragged last batch would recompile (or
                          # miss its CUDA graph), so it is dropped; the images come again next epoch.
                          drop_last=cfg.train.compile is not None)
-    test = _eval_loader(cfg, dataset.test, dataset, runtime)
+    test = eval_loader(cfg, dataset.test, dataset, runtime)
     return train, test
 
 
-def _eval_loader(cfg: Config, split: Split, dataset: Dataset, runtime: Runtime) -> DeviceLoader:
+def eval_loader(cfg: Config, split: Split, dataset: Dataset, runtime: Runtime) -> DeviceLoader:
     return DeviceLoader(split.images, split.labels, batch_size=cfg.train.eval_batch_size, train=False,
                         device=runtime.device, mean=dataset.mean, std=dataset.std, seed=cfg.seed,
                         channels_last=runtime.channels_last, rank=runtime.dist.rank, world_size=runtime.dist.world_size)
@@ -102,7 +100,7 @@ def _eval_loader(cfg: Config, split: Split, dataset: Dataset, runtime: Runtime) 
 def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
     """A fresh TrainState; `cfg.schedule.lr_peak` must already be a number or None."""
     train_loader, test_loader = make_loaders(cfg, dataset, runtime)
-    val_loader = _eval_loader(cfg, dataset.val, dataset, runtime) if dataset.val is not None else None
+    val_loader = eval_loader(cfg, dataset.val, dataset, runtime) if dataset.val is not None else None
     monitor, schedule_monitor = monitors(cfg, val_loader is not None)
     model = build_model(cfg.model, dataset.num_classes, dataset.in_channels)
     if hasattr(model, "init_whitening"):  # fastnet: whitening filters from the training patches
@@ -154,56 +152,3 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
 
             callbacks.append(MLflowLogger(run_dir, cfg.output.mlflow_uri))
     return cb.Callbacks(callbacks)
-
-
-@dataclass
-class Evaluation:
-    """A checkpoint made ready to evaluate the way it was trained: its model on the device, its config,
-    its metadata (classes, mean/std, epoch, ...), and a runtime with the precision it trained with."""
-    model: nn.Module
-    cfg: Config
-    meta: dict
-    runtime: Runtime
-    data_dir: Optional[str] = None  # where the user keeps datasets; never the checkpoint's own data.dir
-
-    @property
-    def tta(self) -> Optional[str]:
-        return self.cfg.train.tta
-
-    def test_data(self) -> Dataset:
-        """The run's own test split (subset included), normalised with the checkpoint's statistics."""
-        dataset = load_data(evaluation_data_config(self.cfg.data, self.data_dir), self.cfg.seed)
-        if dataset.num_classes != len(self.meta["classes"]):
-            raise UserError(f"the checkpoint has {len(self.meta['classes'])} classes but {self.cfg.data.dataset} has "
-                            f"{dataset.num_classes}")
-        return replace(dataset, mean=tuple(self.meta["mean"]), std=tuple(self.meta["std"]))
-
-    def test_metrics(self, tta: Union[str, bool, None] = None) -> dict:
-        """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none."""
-        tta = self.tta if tta is None else (tta or None)
-        _, test_loader = make_loaders(self.cfg, self.test_data(), self.runtime)
-        loss, acc = evaluate(self.model, test_loader, self.runtime.precision, tta)
-        return {"epoch": self.meta["epoch"], "test_loss": loss, "test_acc": acc, "images": test_loader.num_images,
-                "tta": tta, "precision": self.runtime.precision.name}
-
-
-def evaluation_data_config(data_cfg, data_dir: Optional[str] = None):
-    """The checkpoint's `data` section with `dir` replaced by the user's (`data_dir`, else $CIFARLAB_DATA or
-    the default cache): a built-in source decodes into and caches under `dir`, and a checkpoint is someone
-    else's file, so evaluating it must not write a dataset cache wherever its config points. An image
-    folder's `dir` is where its images are (only read; its cache goes under the user's cache folder)."""
-    if data_cfg.dataset == "folder":
-        return data_cfg if data_dir is None else data_cfg.model_copy(update={"dir": str(data_dir)})
-    return data_cfg.model_copy(update={"dir": None if data_dir is None else str(data_dir)})
-
-
-def load_for_evaluation(path: Path, device: str = "auto", precision: Optional[str] = None,
-                        data_dir: Optional[str] = None) -> Evaluation:
-    """`path`'s model on `device`, with the precision the run trained with unless `precision` is given;
-    its test data is looked up under `data_dir` (see `evaluation_data_config`)."""
-    model, cfg, meta = load_model(Path(path))
-    chosen = precision or meta.get("precision") or cfg.train.precision
-    runtime = make_runtime(cfg.train.model_copy(update={"device": device, "precision": chosen}), cfg.seed)
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    return Evaluation(model.to(runtime.device, memory_format=memory_format), cfg, meta, runtime,
-                      None if data_dir is None else str(data_dir))

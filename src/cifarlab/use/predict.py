@@ -1,15 +1,29 @@
-"""Predictions on a whole split: class probabilities, per-image losses, and the mistakes sorted by loss."""
+"""The one way to predict: class probabilities of uint8 images under a model, its precision and its TTA.
+
+    model = cifarlab.load_model("runs/fmnist-quick/<time>/checkpoints/best.pt")
+    cifarlab.predict(model, ["shoe.jpg", pil_image, uint8_tensor], top=3)
+    # -> [[("Sneaker", 0.91), ("Sandal", 0.06), ("Ankle boot", 0.02)], ...]
+
+Three levels, each built on the one below: `predict_batch` (a network, uint8 images, normalisation,
+autocast, TTA -> `Predictions`; the report calls it on the model it has in memory), `predictions` (the
+same under a `LoadedModel`: its precision, TTA, device) and `predict` (any images -> top classes; the API
+and `cifarlab predict`). `cifarlab gradcam` and `eval`'s report choose their images from `predictions`.
+"""
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from cifarlab.data.normalize import normalize, to_float
+from cifarlab.errors import UserError
 from cifarlab.training.evaluate import eval_mode, log_probs, model_device
+from cifarlab.use.images import as_batch
+from cifarlab.use.load import LoadedModel, load_model
 
 
 @dataclass
@@ -42,7 +56,7 @@ class Predictions:
         return wrong[order][:limit]
 
 
-def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+def predict_batch(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
             std: Sequence[float], batch_size: int = 1000,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
             tta: Union[str, bool, None] = None,
@@ -71,3 +85,37 @@ def predict(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, 
     on_cpu = torch.cat([scores.exp(), losses], dim=1).cpu()  # one transfer
     return Predictions(probs=on_cpu[:, :-1].contiguous(), labels=labels.detach().to("cpu", torch.long),
                        losses=on_cpu[:, -1].contiguous())
+
+
+def predictions(model: LoadedModel, images_uint8: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                tta: Union[str, bool, None] = None, batch_size: Optional[int] = None) -> Predictions:
+    """`predict_batch` under a loaded checkpoint: its normalisation, precision, device and memory format;
+    `tta` None means the run's own, False none; `labels` default to zeros (losses then mean nothing)."""
+    labels = torch.zeros(len(images_uint8), dtype=torch.long) if labels is None else labels
+    return predict_batch(model.module, images_uint8, labels, model.mean, model.std,
+                         batch_size=batch_size or model.config.train.eval_batch_size,
+                         autocast=model.precision.autocast, tta=model.tta if tta is None else (tta or None),
+                         channels_last=model.channels_last)
+
+
+def predict(model: Union[LoadedModel, str, Path], images, top: int = 3, tta: Union[str, bool, None] = None,
+            batch_size: Optional[int] = None) -> list[list[tuple[str, float]]]:
+    """Top-`top` (class name, probability) per image, most likely first, one list per image.
+
+    `model`: a `LoadedModel` or a checkpoint path (loaded with `load_model`'s defaults). `images`: one
+    image or a list of them, each a file path, a PIL image, or a numpy array / torch tensor (H, W),
+    (H, W, C) or (C, H, W), uint8 or float in [0, 1]; a 4-D array is a batch. Each is resized by the
+    rule in `cifarlab.use.images`. `tta` defaults to the run's own; False turns it off, "flip" or
+    "flip_translate" choose."""
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if not isinstance(model, LoadedModel):
+        raise UserError(f"predict needs a checkpoint path or a model from cifarlab.load_model, got "
+                        f"{type(model).__name__}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise UserError(f"top must be a positive integer, got {top!r}")
+    batch = as_batch(images, model.in_channels, model.image_size)
+    probs = predictions(model, batch, tta=tta, batch_size=batch_size).probs
+    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+    return [[(model.classes[k], float(p)) for p, k in zip(row_p.tolist(), row_k.tolist())]
+            for row_p, row_k in zip(values, indices)]
