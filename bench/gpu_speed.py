@@ -83,7 +83,7 @@ def make_state(case: Case, steps: int, run_dir: Path):
 
 def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
-    state.epoch, state.step, state.batch_in_epoch, state.stop_reason = 0, 0, 0, None
+    state.epoch, state.step, state.batch_in_epoch, state.stop = 0, 0, 0, None
     state.history.clear()
     state.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
 

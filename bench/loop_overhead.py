@@ -21,7 +21,7 @@ from cifarlab.training.loop import fit, train_epoch
 
 def cifarlab_fit(state, callbacks) -> int:
     """One epoch of `fit`, evaluation and checkpoint included."""
-    state.epoch, state.batch_in_epoch, state.stop_reason = 0, 0, None
+    state.epoch, state.batch_in_epoch, state.stop = 0, 0, None
     state.history.clear()
     fit(state, callbacks)
     return state.steps_per_epoch * state.train_loader.batch_size

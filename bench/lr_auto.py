@@ -24,7 +24,7 @@ import torch
 
 import cifarlab
 from cifarlab.models.convnet import convnet
-from cifarlab.registry import list_models, register_model
+from cifarlab.models.registry import list_models, register_model
 
 HOT_LOGIT_SCALE = 3.0
 

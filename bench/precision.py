@@ -20,7 +20,7 @@ from tempfile import TemporaryDirectory
 import torch
 from common import bare_epoch, bench_config, load, median_ratio, paired, timed
 
-from cifarlab.registry import list_models
+from cifarlab.models.registry import list_models
 from cifarlab.runtime import make_runtime, resolve_precision
 from cifarlab.training.build import build_state, load_data
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.cli import main
-from cifarlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MEMORY_LIMIT = 4 << 30  # for CLI runs that, were their fix lost, would read until memory runs out

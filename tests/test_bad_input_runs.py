@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from _runs import assert_refused, finished_and_open_runs, tampered_copy
-from cifarlab import rundir
 from cifarlab.cli import main
+from cifarlab.run import layout, lock
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import build
-from cifarlab.training.checkpoint import load_checkpoint
 from cifarlab.use.evaluate import evaluation_data_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -657,9 +657,9 @@ def test_resume_of_a_run_still_training_is_refused_and_the_lock_dies_with_the_tr
             process.wait()
         process.stderr.close()
     assert process.returncode == -signal.SIGKILL
-    with rundir.RunLock(run_dir).acquire():  # the kernel dropped the killed trainer's lock
+    with lock.RunLock(run_dir).acquire():  # the kernel dropped the killed trainer's lock
         pass
-    assert not (run_dir / rundir.LOCK).exists()  # and the lock left no file behind
+    assert not (run_dir / layout.LOCK).exists()  # and the lock left no file behind
 
 
 def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
@@ -678,7 +678,7 @@ def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
                     sys.executable,
                     "-c",
                     (
-                        "import sys; from cifarlab.rundir import RunLock; from cifarlab.errors import UserError\n"
+                        "import sys; from cifarlab.run.lock import RunLock; from cifarlab.errors import UserError\n"
                         "try:\n    RunLock(sys.argv[1]).acquire()\nexcept UserError as e:\n    print(e); sys.exit(3)"
                     ),
                     str(run),
@@ -694,7 +694,7 @@ def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
     resume(run, callbacks=[TryTheLock()])
     capsys.readouterr()
     assert holders and all(code == 3 and "being trained by another process" in text for code, text in holders)
-    with rundir.RunLock(run).acquire():  # released when the run is over
+    with lock.RunLock(run).acquire():  # released when the run is over
         pass
 
 
@@ -813,10 +813,10 @@ def test_where_directories_cannot_be_locked_a_lock_file_takes_over(tmp_path, mon
             raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
         real_flock(fd, operation)
 
-    monkeypatch.setattr(rundir.fcntl, "flock", flock)
-    first = rundir.RunLock(tmp_path).acquire()
-    assert (tmp_path / rundir.LOCK).is_file()
-    with pytest.raises(rundir.UserError, match="is being trained by another process"):
-        rundir.RunLock(tmp_path).acquire()
+    monkeypatch.setattr(lock.fcntl, "flock", flock)
+    first = lock.RunLock(tmp_path).acquire()
+    assert (tmp_path / layout.LOCK).is_file()
+    with pytest.raises(lock.UserError, match="is being trained by another process"):
+        lock.RunLock(tmp_path).acquire()
     first.release()
-    rundir.RunLock(tmp_path).acquire().release()
+    lock.RunLock(tmp_path).acquire().release()

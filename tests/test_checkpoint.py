@@ -12,8 +12,8 @@ import torch
 
 from cifarlab import atomic
 from cifarlab.errors import UserError
-from cifarlab.training import checkpoint as ckpt
-from cifarlab.training.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
+from cifarlab.run import checkpoint as ckpt
+from cifarlab.run.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
 
 
 def _payload(step: int) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cifarlab import load_model
-from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.use.evaluate import evaluate_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -113,7 +113,8 @@ def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     _, a, _ = runs
-    events = EventAccumulator(str(a.run_dir / "tb" / "hparams"))
+    assert [p.name for p in (a.run_dir / "tb").iterdir() if p.is_dir()] == []  # one run in TensorBoard, not two
+    events = EventAccumulator(str(a.run_dir / "tb"))
     events.Reload()
     assert events.Scalars("hparam/best_test_acc")[0].value == pytest.approx(a.summary["best_test_acc"])
     assert events.Scalars("hparam/final_test_loss")[0].value == pytest.approx(a.summary["final_test_loss"])
@@ -125,16 +126,16 @@ def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     assert hparams["data.mean"].string_value == "null"  # null and lists as text
 
 
-def test_an_extended_run_replaces_its_hparams_entry(tmp_path):
+def test_an_extended_run_adds_its_newer_hparams_entry(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET])
     extended = cifarlab.resume(run.run_dir, epochs=2)
-    assert len(list((run.run_dir / "tb" / "hparams").glob("events.out.tfevents.*"))) == 1
-    events = EventAccumulator(str(run.run_dir / "tb" / "hparams"))
+    events = EventAccumulator(str(run.run_dir / "tb"))
     events.Reload()
-    (final,) = events.Scalars("hparam/final_test_acc")
+    *_, final = events.Scalars("hparam/final_test_acc")
     assert final.step == 16 and final.value == pytest.approx(extended.history[-1]["test_acc"])
+    assert [e.step for e in events.Scalars("epoch/test_acc")] == [8, 16]
 
 
 # ------------------------------------------------------------------------------ MLflow
@@ -150,13 +151,13 @@ def test_mlflow_logger_writes_params_metrics_and_status_offline_and_resume_exten
     logged = client.get_run(saved["run_id"])
     assert logged.info.status == "FINISHED"
     assert logged.data.params["optim.lr"] == "0.05" and logged.data.params["model.name"] == "convnet"
-    (test_acc,) = client.get_metric_history(saved["run_id"], "test_acc")
+    (test_acc,) = client.get_metric_history(saved["run_id"], "epoch/test_acc")
     assert test_acc.value == pytest.approx(run.summary["best_test_acc"]) and test_acc.step == 8
-    assert len(client.get_metric_history(saved["run_id"], "train_loss_step")) == 2  # windows at steps 4 and 8
+    assert len(client.get_metric_history(saved["run_id"], "step/train_loss")) == 2  # windows at steps 4 and 8
 
     extended = cifarlab.resume(run.run_dir, epochs=2)
     assert json.loads((run.run_dir / "mlflow.json").read_text())["run_id"] == saved["run_id"]
-    history = client.get_metric_history(saved["run_id"], "test_acc")
+    history = client.get_metric_history(saved["run_id"], "epoch/test_acc")
     assert [m.step for m in history] == [8, 16]
     assert history[-1].value == pytest.approx(extended.history[-1]["test_acc"])
     logged = client.get_run(saved["run_id"])

@@ -6,7 +6,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import load_config
-from cifarlab.registry import create_model
+from cifarlab.models.registry import create_model
 from cifarlab.runtime import make_runtime
 from cifarlab.training.build import build_state, load_data
 from cifarlab.training.ema import EMA

@@ -15,7 +15,7 @@ from cifarlab.config import load_config
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
 from cifarlab.export import ONNX_TOLERANCE, export, export_model
-from cifarlab.registry import create_model, list_models
+from cifarlab.models.registry import create_model, list_models
 from cifarlab.runtime import Precision
 from cifarlab.use.load import LoadedModel, ModelCard
 
@@ -49,7 +49,7 @@ def test_safetensors_rebuilds_the_same_network(checkpoint, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from cifarlab.registry import create_model
+    from cifarlab.models.registry import create_model
 
     out = export(checkpoint, "safetensors", tmp_path / "net.safetensors")
     meta = json.loads((tmp_path / "net.safetensors.json").read_text())

@@ -13,8 +13,8 @@ import yaml
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.config import load_config
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
-from cifarlab.training.checkpoint import load_checkpoint
 from cifarlab.training.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
@@ -90,7 +90,7 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
 
     def stop_at_step_28(state, inputs, labels):
         if state.step + 1 == 28:
-            state.stop_reason, state.signal_name, state.signal_number = "interrupted", "SIGINT", 2
+            state.interrupt("SIGINT", 2)
         real_step(state, inputs, labels)
 
     monkeypatch.setattr(loop, "train_step", stop_at_step_28)
@@ -210,7 +210,7 @@ def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
 
 
 def test_every_registered_model_has_a_classifier_head_giving_the_logits():
-    from cifarlab.registry import create_model, list_models
+    from cifarlab.models.registry import create_model, list_models
     from cifarlab.training.warmstart import classifier_head
 
     for name in list_models():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cifarlab.cli import main
 from cifarlab.config import load_config
-from cifarlab.registry import create_model
+from cifarlab.models.registry import create_model
 from cifarlab.training.evaluate import log_probs
 from cifarlab.training.optim import Schedule, build_optimizer
 
@@ -40,7 +40,7 @@ def test_whitening_bias_trains_only_in_its_first_epochs(tmp_path):
             "data.options={num_train: 256, num_test: 64, image_size: 16}", "checkpoint.every_epochs=1"]
     assert main(args) == 0
     (run_dir,) = (tmp_path / "smoke").iterdir()
-    from cifarlab.training.checkpoint import load_checkpoint
+    from cifarlab.run.checkpoint import load_checkpoint
 
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     prev = load_checkpoint(run_dir / "checkpoints" / "last.prev.pt")  # the epoch-2 save

@@ -238,6 +238,7 @@ def test_early_stop_ends_a_stalled_run_as_finished(tmp_path):
                                   "schedule.name=constant", "train.early_stop_patience=2",
                                   "train.early_stop_min_delta=0.01"])
     assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 3
-    assert run.summary["early_stop"] == {"epoch": 3, "best_epoch": 1}
+    assert run.summary["early_stop"] == {"epoch": 3, "best_epoch": 1,
+                                         "reason": "no improvement in test_acc by more than 0.01 since epoch 1"}
     with pytest.raises(UserError, match="already finished"):
         resume(run.run_dir)

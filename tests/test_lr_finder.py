@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from _curves import calibration_then_descent, ema, hand_made_curve
-from cifarlab.analysis.lr_finder import (
+from cifarlab.config import LRFindConfig
+from cifarlab.errors import UserError
+from cifarlab.lr_range.finder import (
     RangeTestResult,
     lr_schedule,
     plain_step,
@@ -19,8 +21,6 @@ from cifarlab.analysis.lr_finder import (
     range_test_figure,
     summarize,
 )
-from cifarlab.config import LRFindConfig
-from cifarlab.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

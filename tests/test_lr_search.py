@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from cifarlab.analysis import lr_search
 from cifarlab.config import load_config
 from cifarlab.experiment import load_data
+from cifarlab.lr_range import search as lr_search
 from cifarlab.runtime import make_runtime
 
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
@@ -68,7 +68,7 @@ def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clippi
     # fp16 needs CUDA, but the state's GradStep with a GradScaler runs on a CPU too: the sweep must scale
     # the loss, unscale before clipping (else the clipped step would be lr * clip / scale) and update the
     # scale every step, as training does.
-    from cifarlab.analysis.lr_finder import range_test
+    from cifarlab.lr_range.finder import range_test
     from cifarlab.training.optim import GradStep
 
     clip = 1e-3

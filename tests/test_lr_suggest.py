@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from _curves import calibration_then_descent, ema, hand_made_curve
-from cifarlab.analysis.lr_finder import summarize
-from cifarlab.analysis.lr_suggest import minimum_index, steepest_index, valley_index
 from cifarlab.errors import UserError
+from cifarlab.lr_range.finder import summarize
+from cifarlab.lr_range.suggest import minimum_index, steepest_index, valley_index
 
 
 def test_slope_against_log_lr_finds_the_descent_where_raw_lr_slope_fails():

@@ -5,7 +5,7 @@ from torch import nn
 
 from cifarlab.errors import UserError
 from cifarlab.models.norm import norm_layer
-from cifarlab.registry import create_model, list_models
+from cifarlab.models.registry import create_model, list_models
 
 INPUTS = [(3, 32), (1, 28)]  # CIFAR, Fashion-MNIST
 NUM_CLASSES = 7

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cifarlab.cli import main
-from cifarlab.training.checkpoint import load_checkpoint
+from cifarlab.run.checkpoint import load_checkpoint
 
 COMMON = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
           "train.epochs=3", "data.options={num_train: 512, num_test: 300, image_size: 16}"]

@@ -137,7 +137,7 @@ def test_compare_table_values_come_from_the_run_files(tmp_path):
     rows = compare_runs([first, second])
     assert rows[0]["recipe"] == "custom-resnet-onecycle"
     assert rows[0]["run"].endswith("custom-resnet-onecycle/20240101-120000")
-    assert rows[0]["lr_found"] == 0.0187 and rows[0]["best_test_acc"] == 0.918 and rows[0]["best_train_acc"] == 0.9693
+    assert rows[0]["lr_peak"] == 0.0187 and rows[0]["best_test_acc"] == 0.918 and rows[0]["best_train_acc"] == 0.9693
     assert rows[0]["lr_min"] == pytest.approx(0.002)  # from metrics.csv: first logged step
     assert rows[1]["best_train_acc"] == pytest.approx(0.56)  # not in summary: best epoch row of metrics.csv
     markdown = to_markdown(rows)
@@ -145,7 +145,7 @@ def test_compare_table_values_come_from_the_run_files(tmp_path):
         assert text in markdown
     with to_csv(rows, tmp_path / "t.csv").open() as f:
         back = list(csv.DictReader(f))
-    assert float(back[1]["best_test_acc"]) == 0.8853 and back[1]["lr_found"] == ""
+    assert float(back[1]["best_test_acc"]) == 0.8853 and back[1]["lr_peak"] == ""
     files = write_comparison([first, second], tmp_path / "cmp")
     assert "88.53%" in files.markdown.read_text() and _is_png(files.plot) and files.csv.is_file()
 

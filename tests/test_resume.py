@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from cifarlab.cli import main
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
-from cifarlab.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
@@ -216,8 +216,8 @@ def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path,
 
     events = EventAccumulator(str(run_dir / "tb")).Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    assert steps["train/loss_step"] == [4, 8, 12, 16, 20, 24]
-    assert steps["acc/test"] == steps["epoch"] == [8, 16, 24]
+    assert steps["step/train_loss"] == steps["step/lr"] == [4, 8, 12, 16, 20, 24]
+    assert steps["epoch/test_acc"] == steps["epoch/epoch"] == [8, 16, 24]
 
 
 def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monkeypatch, capsys):
@@ -263,7 +263,7 @@ def test_huge_learning_rate_really_diverges_and_names_step_and_lr(tmp_path, caps
 ])
 def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, extra):
     from cifarlab.config import ScheduleConfig
-    from cifarlab.training.checkpoint import save_checkpoint
+    from cifarlab.run.checkpoint import save_checkpoint
     from cifarlab.training.optim import Schedule
 
     def fresh():

@@ -1,12 +1,34 @@
-"""The package's modules import one way: no import cycle, function-level imports included."""
+"""The package's folders are layers: each module imports only from its own layer or the ones below it.
+
+`LAYERS` is the one ordered list of the layers (lowest first); every module of src/cifarlab belongs to
+exactly one (the longest matching prefix), with no exemption. Imports are read from the source: top
+level, inside functions, and by string (`importlib.import_module("cifarlab.x")` with a constant).
+"""
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from pathlib import Path
 
+import pytest
+
 import cifarlab
+from cifarlab.run import layout
 
 PACKAGE = Path(cifarlab.__file__).parent
+LAYERS = (  # lowest first: a module may import from its own layer and the ones before it
+    ("foundation", ("cifarlab.errors", "cifarlab._version")),
+    ("base", ("cifarlab.runtime", "cifarlab.atomic", "cifarlab.strict_yaml", "cifarlab.config",
+              "cifarlab.config_diff")),
+    ("data and models", ("cifarlab.data", "cifarlab.models")),
+    ("run directory", ("cifarlab.run",)),
+    ("training", ("cifarlab.training",)),
+    ("range test and use", ("cifarlab.lr_range", "cifarlab.use", "cifarlab.export")),
+    ("analysis", ("cifarlab.analysis",)),
+    ("lifecycle", ("cifarlab.experiment",)),
+    ("interface", ("cifarlab.cli", "cifarlab.commands", "cifarlab.__main__", "cifarlab")),
+)
 
 
 def _module_name(path: Path) -> str:
@@ -14,8 +36,19 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _string_import(node: ast.Call) -> str | None:
+    """The module of `importlib.import_module("x")` / `import_module("x")` / `__import__("x")`, when constant."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        return node.args[0].value
+    return None
+
+
 def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
-    """Every cifarlab module `path` imports anywhere (top level or inside functions)."""
+    """Every cifarlab module `path` imports anywhere (top level, inside functions, by a constant string).
+    `from pkg import sub` counts as importing the submodule `pkg.sub`, `from pkg import name` as `pkg`."""
     found = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
@@ -26,19 +59,28 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        elif isinstance(node, ast.Call) and (target := _string_import(node)):
+            targets = [target]
         else:
             continue
-        # `from cifarlab.training import callbacks` imports the submodule; `import cifarlab.x.y` imports x.y.
         found |= {t for t in targets if t in modules}
-    # A package's own __init__ being imported by its children is not a cycle worth untying.
-    return {t for t in found if t != name and not name.startswith(t + ".")}
+    return found - {name}
 
 
 def import_graph() -> dict[str, set[str]]:
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(paths)
     return {name: _imports(path, name, modules) for name, path in paths.items()}
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix that matches `module` (a KeyError when none does)."""
+    matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    if not matches:
+        raise KeyError(module)
+    return max(matches)[1]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -68,20 +110,90 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+def test_every_module_belongs_to_a_layer():
+    unplaced = []
+    for module in import_graph():
+        try:
+            layer_of(module)
+        except KeyError:
+            unplaced.append(module)
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+
+
+def test_no_module_imports_from_a_higher_layer():
+    graph = import_graph()
+    upward = sorted(f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+                    for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    assert not upward, upward
+
+
+def test_the_package_facade_is_imported_by_no_module_below_the_interface():
+    """`cifarlab/__init__.py` (the public API) is for users and for the CLI, which is a thin shell over it."""
+    top = len(LAYERS) - 1
+    importers = sorted(a for a, targets in import_graph().items() if "cifarlab" in targets and layer_of(a) < top)
+    assert not importers, importers
+
+
+def test_the_checker_sees_function_level_string_and_facade_imports(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    modules = {"cifarlab", "cifarlab.experiment", "cifarlab.models", "cifarlab.models.convnet"}
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from cifarlab.experiment import train\n")
-    assert _imports(source, "cifarlab.x", {"cifarlab.experiment"}) == {"cifarlab.experiment"}
+    assert _imports(source, "cifarlab.x", modules) == {"cifarlab.experiment"}
+    source.write_text("import importlib\ndef f():\n    importlib.import_module('cifarlab.models')\n")
+    assert _imports(source, "cifarlab.x", modules) == {"cifarlab.models"}
+    source.write_text("from cifarlab import __version__\nfrom cifarlab.models import convnet\n")
+    assert _imports(source, "cifarlab.x", modules) == {"cifarlab", "cifarlab.models.convnet"}
+    assert layer_of("cifarlab.use.predict") < layer_of("cifarlab.analysis.plots")
+    assert layer_of("cifarlab") == len(LAYERS) - 1
 
 
-def test_lower_layers_never_import_higher_ones():
-    """config/data/models/training know nothing of the run lifecycle, the analysis or the CLI."""
+# ------------------------------------------------------------------ run-directory names
+
+def _run_dir_names() -> dict[str, str]:
+    """Every file and folder name of the run directory that run/layout.py defines."""
+    return {key: value for key, value in vars(layout).items() if key.isupper() and isinstance(value, str)}
+
+
+@functools.lru_cache(maxsize=None)
+def _strings(path: Path) -> list[str]:
+    """The string constants of a module (f-string parts included), docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and (body := node.body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def _spells(text: str, name: str) -> bool:
+    """`text` spells out the run-directory name `name`: a file name anywhere in it; a folder name as the
+    whole string or as a path segment (`plots/x.png`), not as an English word in a message."""
+    if "." in name.strip("."):
+        return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
+    return text == name or re.search(rf"(?:^|/){re.escape(name)}/|/{re.escape(name)}$", text) is not None
+
+
+@pytest.mark.parametrize("name", sorted(set(_run_dir_names().values())))
+def test_each_run_dir_name_is_spelled_out_in_one_module_of_src(name):
+    spelled_in = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                        if any(_spells(text, name) for text in _strings(path)))
+    assert spelled_in == ["run/layout.py"], f"{name!r} is spelled out in {spelled_in}"
+
+
+def test_the_required_run_dir_names_are_in_the_layout():
+    assert {"config.yaml", "metrics.csv", "summary.json", "last.pt", "best.pt", "report.md"} <= set(
+        _run_dir_names().values())
+
+
+def test_analysis_never_builds_a_training_state():
+    """analysis/ works on a loaded model, a dataset and the run's records, never on a TrainState."""
     graph = import_graph()
-    higher = ("cifarlab.experiment", "cifarlab.analysis", "cifarlab.cli", "cifarlab.commands")
-    lower = ("cifarlab.config", "cifarlab.data", "cifarlab.models", "cifarlab.training", "cifarlab.registry",
-             "cifarlab.runtime", "cifarlab.atomic", "cifarlab.rundir")
-    wrong = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
-                   if a.startswith(lower) and b.startswith(higher))
-    assert not wrong, wrong
+    for path in (PACKAGE / "analysis").rglob("*.py"):
+        module = _module_name(path)
+        names = {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
+        names |= {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+                  for alias in node.names}
+        assert not names & {"TrainState", "build_state", "range_test_state"}, module
+        assert not graph[module] & {"cifarlab.training.state", "cifarlab.training.loop"}, module

@@ -60,7 +60,7 @@ def test_validation_selects_best_pt_and_is_logged_everywhere(tmp_path, capsys):
     assert "best.pt was chosen by val_acc on a validation split" in (run_dir / "report.md").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert "acc/val" in EventAccumulator(str(run_dir / "tb")).Reload().Tags()["scalars"]
+    assert "epoch/val_acc" in EventAccumulator(str(run_dir / "tb")).Reload().Tags()["scalars"]
 
 
 def test_monitoring_validation_without_a_split_is_refused(tmp_path, capsys):

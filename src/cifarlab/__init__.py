@@ -6,7 +6,7 @@
 
 Nothing heavy happens at import time; the API functions import their modules when called.
 """
-__version__ = "0.1.0"
+from cifarlab._version import __version__
 
 
 def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cifarlab.errors import UserError
+from cifarlab.run.layout import example_checkpoint
 
 EXAMPLES = """examples:
   cifarlab recipes                                  # the reference experiments and quick recipes
@@ -51,7 +52,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("train", help="train a recipe into a new run directory",
                        epilog="examples:\n  cifarlab train fmnist-quick\n  cifarlab train smoke train.epochs=5 "
                               "optim.lr=0.05\n"
-                              "  cifarlab train smoke model.init_from=runs/smoke/<time>/checkpoints/best.pt")
+                              f"  cifarlab train smoke model.init_from={example_checkpoint('smoke')}")
     p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     _overrides(p)
     p.set_defaults(run=cmd_train)
@@ -91,7 +92,7 @@ def build_parser() -> Parser:
 
 
 def _version() -> str:
-    from cifarlab import __version__
+    from cifarlab._version import __version__
 
     return __version__
 
@@ -151,7 +152,7 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from cifarlab.registry import create_model, list_models
+    from cifarlab.models.registry import create_model, list_models
 
     for name in list_models():
         params = sum(p.numel() for p in create_model(name).parameters())

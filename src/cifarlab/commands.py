@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cifarlab.errors import UserError
+from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
 MAX_SUMMARY_BATCH = 1024
@@ -27,13 +28,13 @@ def _data_dir_flag(p) -> None:
                    "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
 
 
-CHECKPOINT_HELP = "a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt"
+CHECKPOINT_HELP = f"a checkpoint file, e.g. {example_checkpoint()}"
 
 
 def add_analysis_commands(sub) -> None:
     p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did",
-                       epilog="examples:\n  cifarlab eval runs/fmnist-quick/20261121-120000/checkpoints/best.pt\n"
-                              "  cifarlab eval runs/fmnist-quick/20261121-120000/checkpoints/best.pt --no-tta")
+                       epilog=f"examples:\n  cifarlab eval {example_checkpoint('fmnist-quick', '20261121-120000')}\n"
+                              f"  cifarlab eval {example_checkpoint('fmnist-quick', '20261121-120000')} --no-tta")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     _tta_flags(p)
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
@@ -44,7 +45,8 @@ def add_analysis_commands(sub) -> None:
                        epilog="example:\n  cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200")
     p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. lr_find.end_lr=1 lr_find.num_iter=200")
-    p.add_argument("--out", type=Path, help="folder for lr_find.png/json (default runs/<recipe>/lr-find-<time>)")
+    p.add_argument("--out", type=Path,
+                   help=f"folder for {LR_FIND_PLOT} and {LR_FIND} (default runs/<recipe>/lr-find-<time>)")
     p.set_defaults(run=cmd_lr_find)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model",
@@ -61,8 +63,8 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
                        epilog="examples:\n"
-                              "  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --method gradcam++\n"
-                              "  cifarlab gradcam runs/fmnist-quick/<time>/checkpoints/best.pt --images 3,17,42")
+                              f"  cifarlab gradcam {example_checkpoint('fmnist-quick')} --method gradcam++\n"
+                              f"  cifarlab gradcam {example_checkpoint('fmnist-quick')} --images 3,17,42")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--images", default="misclassified",
                    help="'misclassified' (by loss), comma-separated test indices, or image files (comma-separated)")
@@ -86,8 +88,8 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser(
         "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
-        description="example: cifarlab export runs/fmnist-quick/20261121-120000/checkpoints/best.pt --format onnx")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint file, e.g. runs/<recipe>/<time>/checkpoints/best.pt")
+        description=f"example: cifarlab export {example_checkpoint('fmnist-quick', '20261121-120000')} --format onnx")
+    p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--format", dest="export_format", choices=["onnx", "safetensors", "torchscript"], required=True,
                    help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
     p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
@@ -96,7 +98,7 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
                        epilog="example:\n"
-                              "  cifarlab predict runs/fmnist-quick/<time>/checkpoints/best.pt photo1.jpg photo2.png")
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
@@ -119,9 +121,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from cifarlab.analysis.lr_search import describe, run_range_test, save_range_test
     from cifarlab.config import load_config
-    from cifarlab.rundir import check_run_name
+    from cifarlab.lr_range.search import describe, run_range_test, save_range_test
+    from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
     from cifarlab.training.sizing import size_to_data
 
@@ -137,7 +139,7 @@ def cmd_lr_find(args) -> int:
     result = run_range_test(cfg, runtime, dataset)
     plot = save_range_test(result, out, cfg.lr_find.suggestion)
     print(describe(result))
-    print(f"plot: {plot}\ndata: {out / 'lr_find.json'}")
+    print(f"plot: {plot}\ndata: {out / LR_FIND}")
     return 0
 
 
@@ -164,7 +166,7 @@ def _settings(pairs: list[str]) -> dict:
 def cmd_summary(args) -> int:
     from cifarlab.analysis.model_summary import model_summary
     from cifarlab.data.sources import dataset_shape
-    from cifarlab.registry import MODELS, create_model
+    from cifarlab.models.registry import MODELS, create_model
 
     MODELS.get(args.model)  # an unknown model name first, with the list of known ones
     settings = _settings(args.settings)
@@ -192,9 +194,10 @@ def cmd_summary(args) -> int:
 
 def cmd_report(args) -> int:
     from cifarlab.analysis.run_report import report_from_run_dir
+    from cifarlab.run.layout import CONFIG
 
-    if not (args.run_dir / "config.yaml").exists():
-        raise UserError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    if not (args.run_dir / CONFIG).exists():
+        raise UserError(f"{args.run_dir} is not a run directory (no {CONFIG})")
     print(report_from_run_dir(args.run_dir, data_dir=args.data_dir))
     return 0
 
@@ -307,14 +310,13 @@ def _image_choice(text: str):
 def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
     """plots/gradcam_<method>.png of the run the checkpoint really lies in (symlinks and `..` resolved),
     so the same checkpoint always writes to the same place however its path was spelled."""
-    from cifarlab.rundir import CHECKPOINTS, CONFIG
+    from cifarlab.run.layout import CHECKPOINTS, CONFIG, PLOTS, run_dir_of_checkpoint
 
-    real = checkpoint.resolve()
-    run_dir = real.parent.parent
-    if real.parent.name != CHECKPOINTS or not (run_dir / CONFIG).is_file():
+    run_dir = run_dir_of_checkpoint(checkpoint)
+    if run_dir is None:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
-                        f"{CONFIG}), so there is no plots/ folder for it; give --out FILE.png")
-    plots = output_target(run_dir / "plots", "the run's plots folder", folder=True)
+                        f"{CONFIG}), so there is no {PLOTS}/ folder for it; give --out FILE.png")
+    plots = output_target(run_dir / PLOTS, "the run's plots folder", folder=True)
     out = plots / f"gradcam_{method.replace('+', 'pp')}.png"
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")

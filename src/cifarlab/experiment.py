@@ -9,22 +9,25 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
-from cifarlab import rundir
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.run import layout
+from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
+from cifarlab.run.lock import RunLock
+from cifarlab.run.records import Summary, read_summary
+from cifarlab.run.records import write_summary as write_summary_file
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
-from cifarlab.training.checkpoint import check_payload, load_checkpoint_with_path, restore, versions
+from cifarlab.training.checkpoint import restore
 from cifarlab.training.loop import fit
 from cifarlab.training.sizing import few_steps_warning, size_to_data
 from cifarlab.training.state import TrainState
@@ -64,15 +67,15 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     if source is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
     if run_dir is None:
-        rundir.check_run_name(cfg.name)
+        layout.check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     created = run_dir is None and runtime.dist.is_main
-    run_dir = Path(run_dir) if run_dir else (rundir.new_run_dir(cfg.output.dir, cfg.name)
+    run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
     run_dir = _shared_run_dir(run_dir, runtime)
-    lock = rundir.RunLock(run_dir)
+    lock = RunLock(run_dir)
     try:
         if runtime.dist.is_main:  # held until the run is over; the kernel drops it if the process dies
             lock.acquire()
@@ -103,7 +106,7 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
 
         require_mlflow()
     if cfg.schedule.lr_peak == "auto":
-        from cifarlab.analysis.lr_search import find_peak_lr
+        from cifarlab.lr_range.search import find_peak_lr
 
         cfg = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
@@ -114,7 +117,7 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
-        atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
               f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
               f"device: {runtime.describe()}", runtime)
@@ -145,14 +148,14 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     but whose summary.json is missing or older (a kill between the final checkpoint and the summary) gets
     its summary.json, best.pt status and report rebuilt from the checkpoint, without training."""
     run_dir = Path(run_dir)
-    checkpoint = rundir.checkpoint_path(run_dir, "last.pt")
+    checkpoint = layout.checkpoint_path(run_dir, layout.LAST)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
-    if not checkpoint.exists() and not checkpoint.with_name("last.prev.pt").exists():
-        raise UserError(f"{run_dir} has no checkpoints/last.pt to resume from")
+    if not checkpoint.exists() and not layout.previous_path(checkpoint).exists():
+        raise UserError(f"{run_dir} has no {layout.CHECKPOINTS}/{layout.LAST} to resume from")
     # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
     # holds it for all ranks of a torchrun job (the others would find it taken).
-    lock = rundir.RunLock(run_dir)
+    lock = RunLock(run_dir)
     if os.environ.get("RANK", "0") == "0":
         lock.acquire()
     with lock:
@@ -166,16 +169,16 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
     try:
-        previous = rundir.read_summary(run_dir, required=False)
+        previous = read_summary(run_dir, required=False) or Summary()
     except UserError:
-        previous = {}
+        previous = Summary()
     finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
-    if finished and previous.get("status") == "completed" and previous.get("epochs_completed") == payload["epoch"]:
+    if finished and previous.status == "completed" and previous.epochs_completed == payload["epoch"]:
         raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
                         f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
                         f"or start a new run with `cifarlab train`")
-    if not finished and "diverged" in (previous.get("status"), payload["status"]):
-        step = previous.get("diverged_at", {}).get("step") if isinstance(previous.get("diverged_at"), dict) else None
+    if not finished and "diverged" in (previous.status, payload["status"]):
+        step = previous.diverged_at.get("step") if isinstance(previous.diverged_at, dict) else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
     written_with = payload.get("versions", {}).get("torch")
@@ -192,14 +195,14 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     if finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
-        if state.epoch < cfg.train.epochs:
-            state.stop_reason = "early_stop"
-        _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {rundir.SUMMARY} "
-                  f"is {'missing' if not previous else 'out of date'}: rebuilding it from {used}", runtime)
-        mark_best_completed(rundir.checkpoint_path(run_dir, "best.pt"))
-        return _finish(state, dataset, state.elapsed_seconds)
+        if state.epoch < cfg.train.epochs and state.stop is None:
+            state.request_stop("stopped early (the checkpoint says the run finished)")
+        _announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
+                  f"is {'missing' if previous.status is None else 'out of date'}: rebuilding it from {used}", runtime)
+        mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
+        return _finish(state, dataset)
     if epochs is not None and runtime.dist.is_main:  # the run's config now records the new total
-        atomic_write_text(run_dir / rundir.CONFIG, cfg.to_yaml())
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
               runtime)
     return _fit_and_finish(state, dataset, callbacks)
@@ -222,18 +225,17 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
-    started = time.perf_counter()
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
         callbacks.callbacks.extend(user_callbacks)
     fit(state, callbacks)
-    return _finish(state, dataset, time.perf_counter() - started)
+    return _finish(state, dataset)
 
 
-def _finish(state: TrainState, dataset: Dataset, wall_seconds: float) -> Run:
+def _finish(state: TrainState, dataset: Dataset) -> Run:
     """summary.json, the closing line and the report of a run whose training is over (or stopped)."""
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
-    summary = write_summary(state, wall_seconds)
+    summary = write_summary(state)
     if runtime.dist.is_main:
         _announce(_closing_message(state), runtime)
         if cfg.output.report and state.history and state.status == "completed":
@@ -247,49 +249,47 @@ def _finish(state: TrainState, dataset: Dataset, wall_seconds: float) -> Run:
     return Run(run_dir, cfg, summary, list(state.history))
 
 
-def write_summary(state: TrainState, wall_seconds: float) -> dict:
+def write_summary(state: TrainState) -> dict:
+    """summary.json of the run as it stands (run/records.Summary); returns it as a dict (`Run.summary`)."""
     best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
     last = state.history[-1] if state.history else {}
     loader = state.train_loader
     per_epoch = min(len(loader) * loader.batch_size, loader.num_images)
     images = state.epoch * per_epoch + min(state.batch_in_epoch * loader.batch_size, loader.num_images)
-    train_seconds = state.elapsed_seconds
-    summary = {
-        "recipe": state.cfg.name, "model": state.cfg.model.name, "dataset": state.cfg.data.dataset,
-        "num_params": sum(p.numel() for p in state.model.parameters()),
-        "epochs_completed": state.epoch, "epochs": state.cfg.train.epochs,
+    train_seconds, outcome = state.elapsed_seconds, state.outcome
+    stopped = outcome.status in ("diverged", "interrupted")
+    summary = Summary(
+        recipe=state.cfg.name, model=state.cfg.model.name, dataset=state.cfg.data.dataset,
+        num_params=sum(p.numel() for p in state.model.parameters()),
+        epochs_completed=state.epoch, epochs=state.cfg.train.epochs,
         # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
-        "selected_by": state.monitor, "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
-        "final_test_acc": last.get("test_acc"), "final_test_loss": last.get("test_loss"),
-        "final_train_acc": last.get("train_acc"),
-        "best_train_acc": max((row["train_acc"] for row in state.history), default=None),
-        "wall_seconds": round(wall_seconds, 3), "train_seconds": round(train_seconds, 3),
-        "compile_seconds": round(state.compile_seconds, 3),
-        "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
-        "lr_peak": state.lr_peak, "lr_peak_source": state.lr_peak_source, "precision": state.runtime.precision.name,
-        "tta": state.cfg.train.tta, "device": state.runtime.describe(), "versions": versions(), "status": state.status,
-    }
-    if state.val_loader is not None:
-        summary.update(best_val_acc=best.get("val_acc"), best_val_loss=best.get("val_loss"),
-                       final_val_acc=last.get("val_acc"), val_images=state.val_loader.num_images)
-    if state.early_stop is not None:
-        summary["early_stop"] = state.early_stop
-    if state.diverged_at is not None:
-        summary["diverged_at"] = state.diverged_at
-    if state.status in ("diverged", "interrupted"):
+        selected_by=state.monitor, best_test_acc=best.get("test_acc"), best_epoch=best.get("epoch"),
+        final_test_acc=last.get("test_acc"), final_test_loss=last.get("test_loss"),
+        final_train_acc=last.get("train_acc"),
+        best_train_acc=max((row["train_acc"] for row in state.history), default=None),
+        wall_seconds=round(state.wall_seconds, 3), train_seconds=round(train_seconds, 3),
+        compile_seconds=round(state.compile_seconds, 3),
+        train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
+        lr_peak=state.lr_peak, lr_peak_source=state.lr_peak_source, precision=state.runtime.precision.name,
+        tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
+        early_stop=state.early_stop, diverged_at=state.diverged_at,
         # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).
-        summary["last_good_checkpoint"] = state.last_checkpoint["path"] if state.last_checkpoint else None
-    if state.status == "interrupted":
-        summary["signal"], summary["signal_number"] = state.signal_name, state.signal_number
+        last_good_checkpoint=state.last_checkpoint["path"] if stopped and state.last_checkpoint else None,
+        signal=outcome.details.get("signal") if outcome.status == "interrupted" else None,
+        signal_number=outcome.details.get("signal_number") if outcome.status == "interrupted" else None,
+    )
+    if state.val_loader is not None:
+        summary.best_val_acc, summary.best_val_loss = best.get("val_acc"), best.get("val_loss")
+        summary.final_val_acc, summary.val_images = last.get("val_acc"), state.val_loader.num_images
     if state.runtime.dist.is_main:
-        rundir.write_summary(state.run_dir, summary)
-    return summary
+        write_summary_file(state.run_dir, summary)
+    return summary.to_json()
 
 
 def _closing_message(state: TrainState) -> str:
     run_dir = state.run_dir
     if state.status == "interrupted":
-        return (f"stopped by {state.signal_name or 'a signal'} at epoch {state.epoch + 1}, step {state.step}; "
+        return (f"{state.outcome.reason} at epoch {state.epoch + 1}, step {state.step}; "
                 f"checkpoint saved. Resume with: cifarlab resume {run_dir}")
     if state.status == "diverged":
         where, saved = state.diverged_at, state.last_checkpoint
@@ -299,13 +299,13 @@ def _closing_message(state: TrainState) -> str:
                 f"{good}. Try a lower learning rate: `cifarlab lr-find {state.cfg.name}` (the LR range test) "
                 f"suggests one")
     best = state.best()
-    if state.stop_reason == "early_stop":
-        stop = state.early_stop
-        run_dir = (f"{run_dir} (stopped early after epoch {stop['epoch']}: "
-                   f"no improvement since epoch {stop['best_epoch']})")
+    if best is None:  # stopped before its first epoch ended
+        return f"done: stopped before any epoch finished ({state.outcome.reason}) in {run_dir}"
+    if state.early_stop is not None:
+        run_dir = f"{run_dir} (stopped early after epoch {state.epoch}: {state.outcome.reason})"
     if state.monitor == "test_acc":
         return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
-    return (f"done: best.pt is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
+    return (f"done: {layout.BEST} is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
             f"test accuracy {100 * best['test_acc']:.2f}%, in {run_dir}")
 
 

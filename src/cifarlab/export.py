@@ -6,7 +6,7 @@ names, mean/std, image size, channels, the model's name and options. The network
 resized to `image_size`, then centre-cropped) and returns logits (N, num_classes).
 
 - safetensors: the weights (EMA weights where the run kept them); rebuild the network with
-  `cifarlab.registry.create_model(**json["model"])` and `load_state_dict(safetensors.torch.load_file(f))`.
+  `cifarlab.models.registry.create_model(**json["model"])` and `load_state_dict(safetensors.torch.load_file(f))`.
   The JSON is also stored in the file's own header under `cifarlab`.
 - torchscript: a traced module, `torch.jit.load(f)`; the JSON is also stored as its extra file `cifarlab.json`.
   (torch deprecates TorchScript in favour of torch.export; it is here because deployment tools still read it.)
@@ -36,7 +36,7 @@ ONNX_TOLERANCE = 1e-4
 
 def metadata(model, source: str, export_format: str) -> dict:
     """The sidecar JSON: enough to feed the exported network and read its output."""
-    from cifarlab import __version__
+    from cifarlab._version import __version__
 
     cfg = model.config
     return {

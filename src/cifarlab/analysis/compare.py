@@ -11,21 +11,17 @@ import yaml
 from cifarlab.analysis.report import markdown_table
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
-from cifarlab.rundir import CONFIG, SUMMARY, read_metrics, read_summary
+from cifarlab.run.layout import CONFIG, SUMMARY
+from cifarlab.run.records import Summary, read_metrics, read_summary
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
-# (row key, markdown header) in table order.
+# (row key, markdown header) in table order: the summary.json fields with a short label (run/records.Summary),
+# after the run and before the status, plus the lowest lr and the epochs done of planned.
+_SUMMARY = dict(Summary.labels("short"))
 COLUMNS = (
-    ("run", "Run"),
-    ("recipe", "Recipe"),
-    ("lr_found", "Found max LR"),
-    ("lr_min", "Min LR"),
-    ("best_test_acc", "Best test acc."),
-    ("best_train_acc", "Best train acc."),
-    ("epochs", "Epochs"),
-    ("wall_seconds", "Wall time"),
-    ("images_per_second", "Images/s"),
-    ("status", "Status"),
+    ("run", "Run"), ("recipe", _SUMMARY["recipe"]), ("lr_peak", _SUMMARY["lr_peak"]), ("lr_min", "Min LR"),
+    *((key, label) for key, label in _SUMMARY.items() if key not in ("recipe", "lr_peak", "status")),
+    ("epochs", "Epochs"), ("status", _SUMMARY["status"]),
 )
 
 
@@ -120,21 +116,20 @@ def _row(run_dir: Path, label: str) -> dict:
     metrics = read_metrics(run_dir)
     lrs = [row["lr"] for row in metrics if row["lr"] is not None]
     train_accs = [row["train_acc"] for row in metrics if row["kind"] == "epoch" and row["train_acc"] is not None]
-    best_train = summary.get("best_train_acc")
+    best_train = summary.best_train_acc
     if best_train is None and train_accs:
         best_train = max(train_accs)
     return {
-        "run": label,
-        "recipe": summary.get("recipe"),
-        "lr_found": summary.get("lr_peak"),
-        "lr_min": min(lrs) if lrs else None,
-        "best_test_acc": summary.get("best_test_acc"),
-        "best_train_acc": best_train,
-        "epochs": f"{summary.get('epochs_completed', '?')}/{summary.get('epochs', '?')}",
-        "wall_seconds": summary.get("wall_seconds"),
-        "images_per_second": summary.get("train_images_per_second"),
-        "status": summary.get("status"),
+        "run": label, "recipe": summary.recipe, "lr_peak": summary.lr_peak, "lr_min": min(lrs) if lrs else None,
+        "best_test_acc": summary.best_test_acc, "best_train_acc": best_train,
+        "epochs": f"{_or_unknown(summary.epochs_completed)}/{_or_unknown(summary.epochs)}",
+        "wall_seconds": summary.wall_seconds, "train_images_per_second": summary.train_images_per_second,
+        "status": summary.status,
     }
+
+
+def _or_unknown(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def run_label(run_dir: str | Path, depth: int = 2) -> str:

@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.run.layout import BEST
+
 DPI = 120
 OVERLAY_ALPHA = 0.5
 OVERLAY_CMAP = "jet"
@@ -97,7 +99,7 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, mon
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     best_epoch, best_acc = _best(epochs, monitor)
     if best_epoch is not None:
-        label = "best test" if monitor == "test_acc" else f"best.pt ({monitor}): test"
+        label = "best test" if monitor == "test_acc" else f"{BEST} ({monitor}): test"
         acc_ax.annotate(f"{label} {best_acc:.2f}%\n(epoch {best_epoch:g})", (best_epoch, best_acc),
                         xytext=(0, -40), textcoords="offset points", ha="center", fontsize=9,
                         arrowprops=dict(arrowstyle="->", color="gray"))

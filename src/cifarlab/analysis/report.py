@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from cifarlab.run.layout import REPORT_HTML, REPORT_MD
+
 # The sections a full run report has, in order (`analyze_run` builds them).
 SECTION_TITLES = (
     "Summary", "Configuration", "Environment", "Training curves", "Learning rate", "LR range test",
@@ -73,8 +75,8 @@ def write_report(run_dir: str | Path, sections: Sequence[Section], title: str | 
         for block in _flat_blocks(section.blocks):
             if isinstance(block, Image) and not (run_dir / block.path).is_file():
                 raise FileNotFoundError(f"report section {section.title!r} links {block.path}, missing in {run_dir}")
-    md_path = run_dir / "report.md"
-    html_path = run_dir / "report.html"
+    md_path = run_dir / REPORT_MD
+    html_path = run_dir / REPORT_HTML
     md_path.write_text(render_markdown(title, sections))
     html_path.write_text(render_html(title, sections, run_dir))
     return md_path, html_path

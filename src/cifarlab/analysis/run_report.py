@@ -20,21 +20,14 @@ from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
-from cifarlab.rundir import MODEL_SUMMARY, read_metrics, read_summary, report_checkpoint
+from cifarlab.run import layout
+from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
+from cifarlab.run.records import Summary, read_metrics, read_summary
 
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
-SUMMARY_FIELDS = (  # (summary.json key, label in the report)
-    ("recipe", "recipe"), ("model", "model"), ("dataset", "dataset"), ("status", "status"),
-    ("num_params", "parameters"), ("epochs_completed", "epochs completed"), ("epochs", "epochs planned"),
-    ("selected_by", "best.pt chosen by"), ("best_epoch", "best epoch"),
-    ("best_val_acc", "validation accuracy of best.pt"),
-    ("best_test_acc", "test accuracy of best.pt"), ("final_test_acc", "final test accuracy"),
-    ("final_test_loss", "final test loss"), ("final_train_acc", "final train accuracy"),
-    ("best_train_acc", "best train accuracy"), ("lr_peak", "found max LR (range test)"),
-    ("wall_seconds", "training wall time"), ("train_images_per_second", "training images/s"),
-)
+SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
 def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, device="cpu", gallery_size: int = 20,
@@ -44,7 +37,8 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     from cifarlab.use.predict import predict_batch
 
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir, required=False)
+    record = read_summary(run_dir, required=False)
+    summary = record.to_json() if record is not None else {}
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
@@ -81,7 +75,8 @@ def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=No
         raise UserError(f"run directory {str(run_dir)!r} does not exist")
     checkpoint = report_checkpoint(run_dir)
     if checkpoint is None:
-        raise UserError(f"{str(run_dir)!r} has no checkpoints/best.pt or checkpoints/last.pt to report on")
+        raise UserError(f"{str(run_dir)!r} has no {layout.CHECKPOINTS}/{layout.BEST} or "
+                        f"{layout.CHECKPOINTS}/{layout.LAST} to report on")
     check_writable(run_dir)
     loaded = load_model(checkpoint, device=device)
     try:
@@ -92,8 +87,8 @@ def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=No
         raise UserError(f"cannot write the report into {run_dir}: {err.strerror or err}{where}") from None
 
 
-REPORT_FOLDERS = ("plots", "tables")
-REPORT_FILES = (MODEL_SUMMARY, "report.md", "report.html")
+REPORT_FOLDERS = (layout.PLOTS, layout.TABLES)
+REPORT_FILES = (MODEL_SUMMARY, layout.REPORT_MD, layout.REPORT_HTML)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -119,7 +114,7 @@ def _cpu(tensor: Any) -> torch.Tensor:
 
 
 def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    tables = run_dir / "tables"
+    tables = run_dir / layout.TABLES
     tables.mkdir(parents=True, exist_ok=True)
     with (tables / f"{name}.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -132,7 +127,7 @@ def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence
 
 def _summary_section(summary: dict, predictions, cfg) -> Section:
     if not summary:
-        blocks = [Text("summary.json was not found: the run has not finished an epoch.")]
+        blocks = [Text(f"{layout.SUMMARY} was not found: the run has not finished an epoch.")]
     else:
         rows = [(label, format_cell(key, summary[key])) for key, label in SUMMARY_FIELDS if key in summary]
         blocks = [Table(("field", "value"), rows)]
@@ -140,7 +135,7 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
         monitor = summary.get("selected_by") or "test_acc"
         split = "a validation split taken from the training images" if monitor.startswith("val_") else "the test split"
-        blocks.append(Text(f"best.pt was chosen by {monitor} on {split}."
+        blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on {split}."
                            + (" The test split only reports." if monitor.startswith("val_") else "")))
     count = len(_cpu(predictions.labels))
     tta = f"with {cfg.train.tta} TTA" if cfg.train.tta else "without TTA"
@@ -156,7 +151,8 @@ def _config_section(cfg) -> Section:
     top = (Table(("key", "this run", "default"), changed) if changed
            else Text("Every value is the default."))
     return Section("Configuration", [Text("Values that differ from the defaults (`cifarlab show RECIPE --diff`):"),
-                                     top, Collapsed("Full configuration (config.yaml)", [Code(cfg.to_yaml(), "yaml")])])
+                                     top, Collapsed(f"Full configuration ({layout.CONFIG})",
+                                                    [Code(cfg.to_yaml(), "yaml")])])
 
 
 def _environment_section(summary: dict, dataset) -> Section:
@@ -171,23 +167,23 @@ def _environment_section(summary: dict, dataset) -> Section:
 
 def _curves_section(run_dir: Path, metrics: list[dict], monitor: str) -> Section:
     if not any(row["kind"] == "epoch" for row in metrics):
-        return Section("Training curves", [Text("metrics.csv has no epoch rows yet.")])
-    plots.plot_curves(metrics, run_dir / "plots" / "curves.png", monitor)
-    return Section("Training curves", [Image("plots/curves.png", "train and test loss and accuracy per epoch")])
+        return Section("Training curves", [Text(f"{layout.METRICS} has no epoch rows yet.")])
+    plots.plot_curves(metrics, run_dir / layout.plot("curves.png"), monitor)
+    return Section("Training curves", [Image(layout.plot("curves.png"), "train and test loss and accuracy per epoch")])
 
 
 def _lr_section(run_dir: Path, metrics: list[dict]) -> Section:
     if not any(row["lr"] is not None for row in metrics):
-        return Section("Learning rate", [Text("metrics.csv has no learning-rate values.")])
-    plots.plot_lr(metrics, run_dir / "plots" / "lr.png")
+        return Section("Learning rate", [Text(f"{layout.METRICS} has no learning-rate values.")])
+    plots.plot_lr(metrics, run_dir / layout.plot("lr.png"))
     lrs = [row["lr"] for row in metrics if row["lr"] is not None]
     text = Text(f"Learning rate from {format_cell('lr', lrs[0])} to {format_cell('lr', lrs[-1])}, "
                 f"peak {format_cell('lr', max(lrs))}, minimum {format_cell('lr', min(lrs))}.")
-    return Section("Learning rate", [text, Image("plots/lr.png", "learning rate over global steps")])
+    return Section("Learning rate", [text, Image(layout.plot("lr.png"), "learning rate over global steps")])
 
 
 def _lr_find_section(run_dir: Path) -> Optional[Section]:
-    result = _read_json(run_dir / "lr_find.json")
+    result = _read_json(run_dir / layout.LR_FIND)
     if not result:
         return None
     chosen = result.get("rule")
@@ -197,8 +193,8 @@ def _lr_find_section(run_dir: Path) -> Optional[Section]:
     if result.get("stopped_early"):
         suggestions.append("the test stopped early when the loss diverged")
     blocks = [Text(f"Range test over {len(result.get('lrs', []))} learning rates; suggestions:"), Bullets(suggestions)]
-    if (run_dir / "plots" / "lr_find.png").is_file():
-        blocks.append(Image("plots/lr_find.png", "loss against learning rate in the range test"))
+    if (run_dir / layout.plot(layout.LR_FIND_PLOT)).is_file():
+        blocks.append(Image(layout.plot(layout.LR_FIND_PLOT), "loss against learning rate in the range test"))
     return Section("LR range test", blocks)
 
 
@@ -207,7 +203,7 @@ def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) ->
 
     text = model_summary(model, input_shape, batch_size)
     (run_dir / MODEL_SUMMARY).write_text(text + "\n")
-    return Section("Model summary", [Text(f"For a batch of {batch_size}; also in model_summary.txt."), Code(text)])
+    return Section("Model summary", [Text(f"For a batch of {batch_size}; also in {MODEL_SUMMARY}."), Code(text)])
 
 
 def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[Section]:
@@ -221,21 +217,21 @@ def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[
     rows = [(classes[k], int(correct[k]), int(totals[k]), format_cell("test_acc", None if acc[k].isnan() else acc[k]))
             for k in range(K)]
     _write_table(run_dir, "per_class", header, rows)
-    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / "plots" / "per_class.png")
+    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / layout.plot("per_class.png"))
     per_class = Section("Per-class accuracy", [Table(header, rows),
-                                               Image("plots/per_class.png", "test accuracy per class")])
+                                               Image(layout.plot("per_class.png"), "test accuracy per class")])
     pairs = top_confused(conf, list(classes), TOP_CONFUSED)
     pair_rows = [(true, pred, int(count)) for true, pred, count in pairs]
     _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
-    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion.png", normalised=False)
-    plots.plot_confusion(conf, classes, run_dir / "plots" / "confusion_normalised.png", normalised=True)
+    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion.png"), normalised=False)
+    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion_normalised.png"), normalised=True)
     top = (", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows)
            or "none: no test image was misclassified")
     confusion = Section("Confusion", [
         Text(f"Most confused pairs (true→predicted, images): {top}."),
         Table(("true", "predicted", "images"), pair_rows),
-        Image("plots/confusion.png", "confusion matrix, counts"),
-        Image("plots/confusion_normalised.png", "confusion matrix, percent of each true class"),
+        Image(layout.plot("confusion.png"), "confusion matrix, counts"),
+        Image(layout.plot("confusion_normalised.png"), "confusion matrix, percent of each true class"),
     ])
     return [per_class, confusion]
 
@@ -252,11 +248,11 @@ def _gallery_section(run_dir: Path, images, predictions, classes, limit: int) ->
     probs, losses = _cpu(predictions.probs), _cpu(predictions.losses)
     titles = [f"{classes[labels[i]]} → {classes[preds[i]]} (p={float(probs[i, preds[i]]):.2f})\n"
               f"loss {float(losses[i]):.2f}" for i in indices]
-    plots.plot_gallery(_cpu(images)[indices], titles, run_dir / "plots" / "misclassified.png")
+    plots.plot_gallery(_cpu(images)[indices], titles, run_dir / layout.plot("misclassified.png"))
     wrong = int((~_cpu(predictions.correct).bool()).sum())
     text = Text(f"{wrong:,} of {len(labels):,} test images are misclassified; the {len(indices)} with the highest "
                 "loss, with the predicted class's probability:")
-    return Section("Misclassified images", [text, Image("plots/misclassified.png", "misclassified test images")])
+    return Section("Misclassified images", [text, Image(layout.plot("misclassified.png"), "misclassified test images")])
 
 
 def _gradcam_section(run_dir: Path, model, images, predictions, classes, options: dict) -> Section:
@@ -277,10 +273,10 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
     cam_true = _cpu(gradcam(model, inputs, true.to(device), **run))
     titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
               for i, t, p in zip(indices, true.tolist(), pred.tolist())]
-    plots.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / "plots" / "gradcam.png")
+    plots.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / layout.plot("gradcam.png"))
     text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images "
                 "with the highest loss: the image, the map for the predicted class, the map for the true class.")
-    return Section("Grad-CAM", [text, Image("plots/gradcam.png", "Grad-CAM, predicted vs. true class")])
+    return Section("Grad-CAM", [text, Image(layout.plot("gradcam.png"), "Grad-CAM, predicted vs. true class")])
 
 
 def _augment_section(run_dir: Path, dataset, cfg) -> Section:
@@ -295,9 +291,9 @@ def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     before = dataset.train.images[:count].cpu()
     generator = torch.Generator().manual_seed(PREVIEW_SEED)
     after = aug(to_float(before), generator, indices=torch.arange(count), epoch=0)
-    plots.plot_augment_preview(before, after, run_dir / "plots" / "augment.png")
+    plots.plot_augment_preview(before, after, run_dir / layout.plot("augment.png"))
     return Section("Augmentation preview", [
         Text("Applied to training images, in this order:"),
         Bullets(aug.describe()),
-        Image("plots/augment.png", "training images before and after augmentation"),
+        Image(layout.plot("augment.png"), "training images before and after augmentation"),
     ])

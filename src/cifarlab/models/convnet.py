@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cifarlab.errors import UserError
 from cifarlab.models.norm import check_factory_args, norm_layer
-from cifarlab.registry import register_model
+from cifarlab.models.registry import register_model
 
 
 def _block(in_channels: int, out_channels: int, norm: str, pool: bool) -> nn.Sequential:

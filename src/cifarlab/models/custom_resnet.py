@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cifarlab.models.norm import check_factory_args, maybe_dropout, norm_layer
-from cifarlab.registry import register_model
+from cifarlab.models.registry import register_model
 
 
 def conv_norm_relu(in_channels: int, out_channels: int, norm: str, pool: bool = False) -> nn.Sequential:

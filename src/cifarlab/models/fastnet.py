@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from cifarlab.errors import UserError
 from cifarlab.models.norm import check_factory_args, maybe_dropout, norm_layer
-from cifarlab.registry import register_model
+from cifarlab.models.registry import register_model
 
 WHITEN_PATCH = 2
 LOGIT_SCALE = 1 / 9  # airbench's output scaling

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cifarlab.models.norm import check_factory_args, maybe_dropout, norm_layer
-from cifarlab.registry import register_model
+from cifarlab.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

@@ -19,7 +19,8 @@ from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import load_dataset
 from cifarlab.data.split import stratified_split
 from cifarlab.errors import UserError
-from cifarlab.registry import build_model
+from cifarlab.models.registry import build_model
+from cifarlab.run import layout
 from cifarlab.runtime import Runtime
 from cifarlab.training import callbacks as cb
 from cifarlab.training.ema import EMA
@@ -143,10 +144,11 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
     if cfg.train.early_stop_patience:
         callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta))
     if is_main:
-        callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / "metrics.csv"),
-                      cb.Checkpointer(run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)]
+        callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / layout.METRICS),
+                      cb.Checkpointer(run_dir / layout.CHECKPOINTS, cfg.checkpoint.every_epochs,
+                                      cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
-            callbacks.append(cb.TensorBoard(run_dir / "tb"))
+            callbacks.append(cb.TensorBoard(run_dir / layout.TENSORBOARD))
         if cfg.output.mlflow:
             from cifarlab.training.mlflow_logger import MLflowLogger
 

@@ -1,31 +1,35 @@
 """Everything optional around the loop: named no-op hooks that see one `TrainState`.
 
-Hooks: on_fit_start, on_epoch_start, on_step_end, on_epoch_end, on_fit_end. Callbacks never
-synchronise with the device themselves: they read what the loop publishes at its sync points
-(`state.window` every `train.log_every_steps` steps, `state.history` at the epoch end).
+Hooks: on_fit_start, on_epoch_start, on_window, on_step_end, on_epoch_end, on_fit_end, and on_exception
+when the fit raises. Callbacks never synchronise with the device themselves: they read what the loop
+publishes at its sync points (`state.window` in `on_window`, every `train.log_every_steps` steps;
+`state.history` at the epoch end). To end a run early, call `state.request_stop(reason)`.
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
-from cifarlab.rundir import METRIC_COLUMNS, is_whole_row
-from cifarlab.training.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.run.layout import BEST, LAST
+from cifarlab.run.records import METRIC_COLUMNS, TRACKED, csv_cells, is_whole_row, tracked_values
+from cifarlab.training.checkpoint import make_payload
+from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
 
 
 class Callback:
     def on_fit_start(self, state): ...
     def on_epoch_start(self, state): ...
+    def on_window(self, state): ...  # a new logging window in `state.window` (before that step's on_step_end)
     def on_step_end(self, state): ...
     def on_epoch_end(self, state): ...
     def on_fit_end(self, state): ...
+    def on_exception(self, state, error: BaseException): ...  # the fit raised `error`; it is re-raised after
 
 
 class Callbacks(Callback):
@@ -34,13 +38,27 @@ class Callbacks(Callback):
 
     def _fire(self, hook: str, state) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(state)
+            method = getattr(callback, hook, None)  # a callback that is not a Callback may lack newer hooks
+            if method is not None:
+                method(state)
 
     def on_fit_start(self, state): self._fire("on_fit_start", state)
     def on_epoch_start(self, state): self._fire("on_epoch_start", state)
+    def on_window(self, state): self._fire("on_window", state)
     def on_step_end(self, state): self._fire("on_step_end", state)
     def on_epoch_end(self, state): self._fire("on_epoch_end", state)
     def on_fit_end(self, state): self._fire("on_fit_end", state)
+
+    def on_exception(self, state, error):
+        """Every callback's, even when one of them raises (the first such error is raised after the rest)."""
+        failed = None
+        for callback in self.callbacks:
+            try:
+                getattr(callback, "on_exception", lambda state, error: None)(state, error)
+            except Exception as err:  # noqa: BLE001 - the others still clean up; the fit's error goes on
+                failed = failed or err
+        if failed is not None:
+            raise failed from error
 
 
 class ModelEpochs(Callback):
@@ -67,7 +85,6 @@ class Progress(Callback):
         self.bars = mode == "bar" or (mode == "auto" and (self.stream.isatty() or in_notebook()))
         self.silent = mode == "none"
         self.bar = None
-        self._shown = None
 
     def on_epoch_start(self, state):
         if self.silent:
@@ -81,19 +98,18 @@ class Progress(Callback):
         else:
             print(f"Epoch {state.epoch + 1}/{total}", file=self.stream, flush=True)
 
-    def on_step_end(self, state):
+    def on_window(self, state):
         window = state.window
-        fresh = window is not None and window is not self._shown
-        if fresh:
-            self._shown = window
-            text = f"loss={window['train_loss']:.4f} acc={100 * window['train_acc']:.2f}% lr={window['lr']:.3g}"
+        text = f"loss={window['train_loss']:.4f} acc={100 * window['train_acc']:.2f}% lr={window['lr']:.3g}"
         if self.bar is not None:
-            if fresh:
-                self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-        elif fresh and not self.silent:
+            self.bar.set_postfix_str(text, refresh=False)
+        elif not self.silent:
             print(f"  step {window['step']} ({state.batch_in_epoch}/{state.steps_per_epoch}): {text}",
                   file=self.stream, flush=True)
+
+    def on_step_end(self, state):
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, state):
         if self.bar is not None:
@@ -116,6 +132,10 @@ class Progress(Callback):
     def on_fit_end(self, state):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def on_exception(self, state, error):
+        self.on_fit_end(state)
 
 
 def in_notebook() -> bool:
@@ -129,7 +149,6 @@ class CSVLogger(Callback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._last_window = None
 
     def on_fit_start(self, state):
         # Rows logged after the checkpoint we resume from will be logged again, and a kill may have left
@@ -146,39 +165,27 @@ class CSVLogger(Callback):
             rows = list(csv.DictReader(handle))
         return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
-    def _append(self, row: dict) -> None:
+    def _append(self, kind: str, row: dict) -> None:
         # One write, then fsync: after a kill the file holds whole rows (the reader drops a torn last one).
         line = io.StringIO()
-        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(
-            {k: _cell(row.get(k)) for k in METRIC_COLUMNS})
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(csv_cells(kind, row))
         append_line(self.path, line.getvalue())
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self._append({"kind": "step", **window})
+    def on_window(self, state):
+        self._append("step", state.window)
 
     def on_epoch_end(self, state):
-        self._append({"kind": "epoch", **state.history[-1]})
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-HPARAMS_RUN = "hparams"  # tb/hparams: the HPARAMS tab's session of a finished run
+        self._append("epoch", state.history[-1])
 
 
 class TensorBoard(Callback):
+    """Every tracked metric of run/records.EpochRow as `step/<name>` (logging windows) and `epoch/<name>`
+    (epochs), against the optimizer step; and, when the run finishes, its flat config and final metrics
+    in the HPARAMS tab, in the same run (so TensorBoard lists each run once)."""
+
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         self.writer = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         from torch.utils.tensorboard import SummaryWriter
@@ -186,23 +193,16 @@ class TensorBoard(Callback):
         # On resume, drop the events logged after the checkpoint (steps > state.step): they come again.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self.writer.add_scalar("train/loss_step", window["train_loss"], window["step"])
-            self.writer.add_scalar("lr", window["lr"], window["step"])
+    def on_window(self, state):
+        for tag, value in tracked_values("step", state.window).items():
+            self.writer.add_scalar(tag, value, state.window["step"])
 
     def on_epoch_end(self, state):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
         # the events logged after the checkpoint.
         row = state.history[-1]
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
-            if key not in row:
-                continue
-            split, metric = key.split("_")
-            self.writer.add_scalar(f"{metric}/{split}", row[key], row["step"])
-        self.writer.add_scalar("epoch", row["epoch"], row["step"])
+        for tag, value in tracked_values("epoch", row).items():
+            self.writer.add_scalar(tag, value, row["step"])
         self.writer.flush()
 
     def on_fit_end(self, state):
@@ -211,59 +211,75 @@ class TensorBoard(Callback):
         if state.status == "completed" and state.history:
             self._hparams(state)
         self.writer.close()
+        self.writer = None
+
+    def on_exception(self, state, error):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def _hparams(self, state) -> None:
-        """The flat config and the final metrics in TensorBoard's HPARAMS tab, once, under tb/hparams
-        (an extended run replaces them)."""
+        """The flat config and the final metrics (`hparam/final_<metric>`, `hparam/best_<metric>` for the
+        accuracies) in TensorBoard's HPARAMS tab, written into this run; an extended run adds newer ones."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
         from cifarlab.config_diff import flatten, scalar
 
-        hparams = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
+        config = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
         last, best = state.history[-1], state.best()
-        metrics = {f"hparam/final_{key}": last[key] for key in ("test_acc", "test_loss", "train_acc", "train_loss",
-                                                                "val_acc", "val_loss") if key in last}
-        metrics.update({f"hparam/best_{key}": best[key] for key in ("test_acc", "val_acc") if key in best})
-        shutil.rmtree(self.log_dir / HPARAMS_RUN, ignore_errors=True)
-        self.writer.add_hparams(hparams, metrics, run_name=HPARAMS_RUN, global_step=state.step)
+        scores = [name for name in TRACKED if name.split("_")[0] in ("train", "val", "test")]
+        metrics = {f"hparam/final_{name}": last[name] for name in scores if name in last}
+        metrics.update({f"hparam/best_{name}": best[name] for name in scores
+                        if name.endswith("_acc") and not name.startswith("train") and name in best})
+        file_writer = self.writer._get_file_writer()  # add_hparams would make a second run (tb/<name>)
+        for summary in hparams_summaries(config, metrics):
+            file_writer.add_summary(summary, state.step)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, state.step)
 
 
 class Checkpointer(Callback):
     """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
 
-    It only saves: whether the weights are still good is the loop's call (`state.stop_reason`), so after
-    a divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
+    It only saves: whether the weights are still good is the loop's call (`state.outcome`), so after a
+    divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
 
     def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps = every_epochs, every_steps
 
     def save(self, state, *names: str) -> None:
-        save_checkpoint(make_payload(state), *(self.directory / name for name in names))
-        if "last.pt" in names:
-            state.last_checkpoint = {"path": str(self.directory / "last.pt"), "epoch": state.epoch, "step": state.step}
+        payload = make_payload(state)
+        save_checkpoint(payload, *(self.directory / name for name in names))
+        if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
+            state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step,
+                                     "status": payload["status"]}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
-                and state.batch_in_epoch < state.steps_per_epoch and state.stop_reason != "diverged":
-            self.save(state, "last.pt")
+                and state.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
+            self.save(state, LAST)
 
     def on_epoch_end(self, state):
-        if state.stop_reason == "diverged":
+        if state.status == "diverged":
             return
-        names = ["best.pt"] if state.best() is state.history[-1] else []
+        names = [BEST] if state.best() is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.status == "completed":
-            names.append("last.pt")
+            names.append(LAST)
         if names:  # one serialisation for both files when the newest epoch is also the best
             self.save(state, *names)
 
     def on_fit_end(self, state):
-        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done.
-        # Not when this very step is already in last.pt (early stop is decided before on_epoch_end saves).
+        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not
+        # when last.pt holds this very step with this status already: an early stop decided before
+        # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
         saved = state.last_checkpoint or {}
-        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / "last.pt")
-        if state.stop_reason in ("interrupted", "early_stop") and not (here and state.stop_reason == "early_stop"):
-            self.save(state, "last.pt")
+        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST) \
+            and saved.get("status") == state.status
+        if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:
+            self.save(state, LAST)
         if state.status == "completed":
-            mark_best_completed(self.directory / "best.pt")
+            mark_best_completed(self.directory / BEST)
 
 
 def mark_best_completed(best: Path) -> None:
@@ -288,12 +304,11 @@ class StopOnSignal(Callback):
 
     def on_fit_start(self, state):
         def handler(signum, frame):
-            if state.stop_reason == "interrupted":  # asked twice: stop now
+            if state.stop is not None and state.stop.kind == INTERRUPTED:  # asked twice: stop now
                 signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
                 os.kill(os.getpid(), signum)
                 return
-            state.stop_reason = "interrupted"
-            state.signal_name, state.signal_number = signal.Signals(signum).name, int(signum)
+            state.interrupt(signal.Signals(signum).name, int(signum))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -303,15 +318,19 @@ class StopOnSignal(Callback):
 
     def on_step_end(self, state):
         # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
-        if state.stop_reason == "interrupted" and not self._told:
+        if not self._told and state.stop is not None and state.stop.kind == INTERRUPTED:  # no allocation per step
             self._told = True
-            print(f"\n{state.signal_name or 'signal'} received: finishing step {state.step} and saving a "
-                  f"checkpoint (send it again to stop at once)", file=self.stream, flush=True)
+            name = state.stop.details.get("signal") or "signal"
+            print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
+                  f"stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
         self.previous.clear()
+
+    def on_exception(self, state, error):  # a raising callback must not leave our handler installed
+        self.on_fit_end(state)
 
 
 class EarlyStop(Callback):
@@ -327,7 +346,7 @@ class EarlyStop(Callback):
         for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
             if best is None or sign * (row[monitor] - best) > self.min_delta:
                 best_epoch, best = row["epoch"], row[monitor]
-        if state.epoch - best_epoch >= self.patience and not state.stop_reason:
-            state.stop_reason = "early_stop"
-            state.early_stop = {"epoch": state.epoch, "best_epoch": best_epoch}
+        if state.epoch - best_epoch >= self.patience:
+            state.request_stop(f"no improvement in {monitor} by more than {self.min_delta:g} since epoch "
+                               f"{best_epoch}", best_epoch=best_epoch)
 

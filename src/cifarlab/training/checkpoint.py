@@ -1,52 +1,20 @@
-"""Checkpoints that hold everything the next step depends on, written atomically, loaded safely.
-
-A payload holds model, optimizer, LR schedule, grad scaler, EMA weights, epoch/step/batch position, the
-epoch and window metric sums, every RNG state (Python, NumPy, torch CPU and CUDA), the metric history,
-the resolved config and the library versions. The data loader has no generator state to save: its
-randomness is counter-based (batch k of epoch e is a pure function of (seed, e, k)), so
-`(epoch, batch_in_epoch)` is its whole state.
-
-Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a kill
-during a save never leaves a half-written `last.pt`; the file it replaces is kept as `last.prev.pt`.
-The file is a normal `torch.save` archive followed by a one-line trailer with the sha256 of the archive
-bytes (zip readers, `torch.load` included, ignore trailing bytes), so a truncated or bit-flipped file is
-caught even where `torch.load` would happily read it. Loads use `torch.load(weights_only=True)`: a
-checkpoint from the internet cannot run code. A bad newest file falls back to `.prev` with a warning.
+"""A TrainState to a checkpoint payload and back: one table, `FIELDS`, is both what a save writes and what a
+restore reads (the file format, its checks and its I/O are in run/checkpoint.py). Also `load_model`: a
+model in eval mode from a checkpoint, for evaluation, analysis and predict.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import platform
 import random
-import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cifarlab.atomic import atomic_write_bytes
 from cifarlab.errors import UserError
-from cifarlab.registry import build_model
-from cifarlab.training.payload_check import check_payload
-
-FORMAT_VERSION = 1
-TRAILER_TAG = b"\nCIFARLAB-SHA256 "
-TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
-# TrainState fields about how the run went that a resumed run must know (older files kept them in "extra").
-OUTCOME_FIELDS = ("lr_peak", "lr_peak_source", "early_stop")
-# A load reads at most this many bytes (a device file or a huge download must not read until MemoryError).
-MAX_BYTES_ENV = "CIFARLAB_MAX_CHECKPOINT_BYTES"
-DEFAULT_MAX_BYTES = 4 * 1024**3
-
-
-def versions() -> dict[str, str]:
-    from cifarlab import __version__
-
-    return {"python": platform.python_version(), "torch": str(torch.__version__), "cifarlab": __version__}
+from cifarlab.models.registry import build_model
+from cifarlab.run.checkpoint import FORMAT_VERSION, check_payload, load_checkpoint, outcome, versions
+from cifarlab.training.outcome import EARLY_STOPPED, Stop
 
 
 def rng_state(runtime) -> dict[str, Any]:
@@ -70,157 +38,66 @@ def set_rng_state(state: dict[str, Any], runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
+def _load_if(target, value, *extra) -> None:
+    """`target.load_state_dict(value)` where both exist (a run without an EMA, a file without a scaler)."""
+    if target is not None and value is not None:
+        target.load_state_dict(value, *extra)
+
+
+def _set_early_stop(state, stored: dict[str, Any]) -> None:
+    """A run that stopped early stays stopped: its early stop takes effect at once."""
+    stop = outcome(stored)["early_stop"]
+    if stop:
+        reason = stop.get("reason") or f"no improvement since epoch {stop.get('best_epoch')}"
+        state.stop = Stop(EARLY_STOPPED, state.epoch, state.step, reason, {"best_epoch": stop.get("best_epoch")})
+
+
+def _set_lr_peak(state, stored: dict[str, Any]) -> None:
+    state.lr_peak, state.lr_peak_source = outcome(stored)["lr_peak"], outcome(stored)["lr_peak_source"]
+
+
+_READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read by check_payload
+# key -> (what a save writes from the state, how a restore puts the file's value back, or _READ_ONLY).
+# Restores run in this order; `check_payload` has checked every value first. Keys: run/checkpoint.PAYLOAD_KEYS.
+FIELDS = {
+    "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
+    "model": (lambda s: s.model.state_dict(), lambda s, v, p: s.model.load_state_dict(v)),
+    "optimizer": (lambda s: s.optimizer.state_dict(), lambda s, v, p: s.optimizer.load_state_dict(v)),
+    "schedule": (lambda s: s.schedule.state_dict(), lambda s, v, p: s.schedule.load_state_dict(v)),
+    "lr_used": (lambda s: s.schedule.lr_used,
+                lambda s, v, p: setattr(s.schedule, "lr_used", s.schedule.lr if v is None else v)),
+    "scaler": (lambda s: s.grad_step.scaler.state_dict() if s.grad_step.scaler is not None else None,
+               lambda s, v, p: _load_if(s.grad_step.scaler, v)),
+    "ema": (lambda s: s.ema.state_dict() if s.ema is not None else None, lambda s, v, p: _load_if(s.ema, v)),
+    "lookahead": (lambda s: s.lookahead.state_dict() if s.lookahead is not None else None,
+                  lambda s, v, p: _load_if(s.lookahead, v, s.model)),
+    # float64 sums of the epoch and of the logging window so far (two keys, one StepMetrics)
+    "epoch_meter": (lambda s: s.metrics.state_dict()["epoch_meter"], lambda s, v, p: s.metrics.load_state_dict(p)),
+    "window_meter": (lambda s: s.metrics.state_dict()["window_meter"], _READ_ONLY),
+    "epoch": (lambda s: s.epoch, lambda s, v, p: setattr(s, "epoch", v)),
+    "step": (lambda s: s.step, lambda s, v, p: setattr(s, "step", v)),
+    "batch_in_epoch": (lambda s: s.batch_in_epoch, lambda s, v, p: setattr(s, "batch_in_epoch", v)),
+    "elapsed_seconds": (lambda s: s.elapsed_seconds, lambda s, v, p: setattr(s, "elapsed_seconds", v)),
+    "compile_seconds": (lambda s: s.compile_seconds, lambda s, v, p: setattr(s, "compile_seconds", v or 0.0)),
+    # Of the whole run so far. Files before it was kept: their training time is the best lower bound.
+    "wall_seconds": (lambda s: s.wall_seconds,
+                     lambda s, v, p: setattr(s, "wall_seconds_before", p["elapsed_seconds"] if v is None else v)),
+    "history": (lambda s: s.history, lambda s, v, p: setattr(s, "history", list(v))),
+    "rng": (lambda s: rng_state(s.runtime), lambda s, v, p: set_rng_state(v, s.runtime)),
+    "config": (lambda s: s.cfg.to_dict(), _READ_ONLY),
+    **{key: (lambda s, key=key: s.card.payload_fields()[key], _READ_ONLY)
+       for key in ("classes", "mean", "std", "image_size", "in_channels", "precision")},
+    "status": (lambda s: s.status, _READ_ONLY),
+    "outcome": (lambda s: {"lr_peak": s.lr_peak, "lr_peak_source": s.lr_peak_source, "early_stop": s.early_stop},
+                lambda s, v, p: (_set_lr_peak(s, p), _set_early_stop(s, p))),
+    "versions": (lambda s: versions(), _READ_ONLY),
+}
+_OBJECTS = ("model", "optimizer", "schedule", "scaler", "ema", "lookahead", "epoch_meter")  # may not match
+
+
 def make_payload(state) -> dict[str, Any]:
-    """Everything the next step depends on (see module doc); plain tensors and containers only."""
-    payload = {
-        "format": FORMAT_VERSION,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "schedule": state.schedule.state_dict(),
-        "lr_used": state.schedule.lr_used,
-        "scaler": state.grad_step.scaler.state_dict() if state.grad_step.scaler is not None else None,
-        "ema": state.ema.state_dict() if state.ema is not None else None,
-        "lookahead": state.lookahead.state_dict() if state.lookahead is not None else None,
-        "epoch": state.epoch,
-        "step": state.step,
-        "batch_in_epoch": state.batch_in_epoch,
-        "elapsed_seconds": state.elapsed_seconds,
-        "compile_seconds": state.compile_seconds,
-        **state.metrics.state_dict(),  # epoch_meter, window_meter: float64 sums of the epoch and window so far
-        "rng": rng_state(state.runtime),
-        "history": state.history,
-        "config": state.cfg.to_dict(),
-        "classes": list(state.classes),
-        "mean": list(state.train_loader.mean),
-        "std": list(state.train_loader.std),
-        "image_size": int(state.train_loader.images.shape[-1]),
-        "in_channels": int(state.train_loader.images.shape[1]),
-        "precision": state.runtime.precision.name,
-        "status": state.status,
-        "outcome": {name: getattr(state, name) for name in OUTCOME_FIELDS},
-        "versions": versions(),
-    }
-    return payload
-
-
-def outcome(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload's OUTCOME_FIELDS (missing ones None), whichever format wrote it."""
-    stored = payload.get("outcome") or payload.get("extra") or {}
-    return {name: stored.get(name) for name in OUTCOME_FIELDS}
-
-
-def previous_path(path: Path) -> Path:
-    """`last.pt` -> `last.prev.pt`: where the file a save replaces is kept."""
-    path = Path(path)
-    return path.with_name(path.stem + ".prev" + path.suffix)
-
-
-def serialize(payload: dict[str, Any]) -> bytes:
-    """torch.save bytes plus the sha256 trailer (see module doc)."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    body = buffer.getvalue()
-    return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode() + b"\n"
-
-
-def save_checkpoint(payload: dict[str, Any], *paths: Path) -> None:
-    """Serialise once, write each of `paths` atomically (e.g. best.pt and last.pt of the same epoch)."""
-    data = serialize(payload)
-    for path in map(Path, paths):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
-        atomic_write_bytes(path, data, keep_previous=previous_path(path))
-
-
-def _verified_body(path: Path, data: bytes) -> bytes:
-    tail = data[-TRAILER_BYTES:]
-    if len(data) <= TRAILER_BYTES or not tail.startswith(TRAILER_TAG) or not tail.endswith(b"\n"):
-        raise UserError(f"checkpoint {path} is truncated or not a cifarlab checkpoint (no checksum trailer)")
-    body, expected = data[:-TRAILER_BYTES], tail[len(TRAILER_TAG):-1].decode("ascii", "replace")
-    if hashlib.sha256(body).hexdigest() != expected:
-        raise UserError(f"checkpoint {path} is corrupt: its sha256 does not match the one stored with it")
-    return body
-
-
-def max_checkpoint_bytes() -> int:
-    """The most bytes a checkpoint load reads: $CIFARLAB_MAX_CHECKPOINT_BYTES, else 4 GiB."""
-    text = os.environ.get(MAX_BYTES_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_BYTES
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"{MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}")
-    return int(text)
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes: a regular file only (never a device, FIFO or socket), at most max_checkpoint_bytes()."""
-    limit = max_checkpoint_bytes()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt") from None
-    except OSError as err:
-        raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    info = os.fstat(fd)
-    problem = None
-    if stat.S_ISDIR(info.st_mode):
-        problem = f"checkpoint {path} is a directory; give a .pt file such as checkpoints/best.pt"
-    elif not stat.S_ISREG(info.st_mode):
-        problem = f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file"
-    elif info.st_size > limit:
-        problem = (f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit "
-                   f"(raise it with {MAX_BYTES_ENV})")
-    if problem:
-        os.close(fd)
-        raise UserError(problem)
-    with os.fdopen(fd, "rb") as handle:
-        try:  # exactly the size stat gave (read(limit) would reserve the whole limit up front)
-            data, more = handle.read(info.st_size), handle.read(1)
-        except OSError as err:
-            raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    if more:  # it grew while we read it: being written by something that is not cifarlab's atomic save
-        raise UserError(f"checkpoint {path} changed while it was read; try again once nothing writes to it")
-    return data
-
-
-def _read(path: Path) -> dict[str, Any]:
-    data = _read_bytes(Path(path))
-    body = _verified_body(path, data)
-    try:
-        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle of code objects, wrong file type...
-        raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
-    required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status")
-    if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
-            or not all(k in payload for k in required)):
-        raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
-    return payload
-
-
-def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
-    """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
-    path = Path(path)
-    try:
-        return _read(path), path
-    except UserError as err:
-        previous = previous_path(path)
-        if not previous.is_file():
-            raise
-        try:
-            payload = _read(previous)
-        except UserError:
-            raise err from None
-        print(f"warning: {err}; using the previous checkpoint {previous} instead", file=sys.stderr, flush=True)
-        return payload, previous
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint; if it is bad and a `.prev` sibling is good, warn and use that instead."""
-    return load_checkpoint_with_path(path)[0]
+    """Everything the next step depends on (see run/checkpoint.py); plain tensors and containers only."""
+    return {key: save(state) for key, (save, _) in FIELDS.items()}
 
 
 def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
@@ -232,28 +109,14 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
                         f"epoch * {steps} + batch_in_epoch ({steps} batches per epoch), got batch_in_epoch "
                         f"{payload['batch_in_epoch']}, step {payload['step']}")
     try:
-        state.model.load_state_dict(payload["model"])
-        state.optimizer.load_state_dict(payload["optimizer"])
-        state.schedule.load_state_dict(payload["schedule"])
-        if state.grad_step.scaler is not None and payload["scaler"] is not None:
-            state.grad_step.scaler.load_state_dict(payload["scaler"])
-        if state.ema is not None and payload["ema"] is not None:
-            state.ema.load_state_dict(payload["ema"])
-        if state.lookahead is not None and payload.get("lookahead") is not None:
-            state.lookahead.load_state_dict(payload["lookahead"], state.model)
-        state.metrics.load_state_dict(payload)
+        for key in _OBJECTS:
+            FIELDS[key][1](state, payload.get(key), payload)
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{source} does not match the model and optimizer its config builds "
                         f"({_describe_model(payload)}): {_first_line(err)}") from None
-    state.epoch, state.step = payload["epoch"], payload["step"]
-    state.batch_in_epoch = payload["batch_in_epoch"]
-    state.elapsed_seconds = payload["elapsed_seconds"]
-    state.compile_seconds = payload.get("compile_seconds", 0.0)
-    state.schedule.lr_used = payload.get("lr_used", state.schedule.lr)
-    state.history = list(payload["history"])
-    for name, value in outcome(payload).items():
-        setattr(state, name, value)
-    set_rng_state(payload["rng"], state.runtime)
+    for key, (_, load) in FIELDS.items():
+        if load is not _READ_ONLY and key not in _OBJECTS:
+            load(state, payload.get(key), payload)
 
 
 def _describe_model(payload: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """The training loop. Everything optional hangs off callbacks; precision lives in `runtime.precision`.
 
-The loop is also the one owner of the run's outcome: it is the only code that synchronises with the
-device during an epoch (every `train.log_every_steps` steps, at checkpoint steps and at the epoch end),
-and there it publishes the logging window and judges divergence (`TrainState.check_finite`).
+The loop is the only code that synchronises with the device during an epoch (every
+`train.log_every_steps` steps, at checkpoint steps and at the epoch end); there it publishes the logging
+window (`on_window`) and judges divergence (`TrainState.check_finite`). It runs while
+`TrainState.outcome`, the one place the run's outcome is decided, says "running".
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import time
 
 import torch
 
+from cifarlab.run.records import EpochRow
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.evaluate import evaluate
+from cifarlab.training.outcome import DIVERGED, RUNNING
 from cifarlab.training.state import TrainState
 
 
@@ -34,20 +37,22 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
     return loss
 
 
-def _sync_if_due(state: TrainState) -> None:
-    """At the end of a logging window, publish it (`state.window`, one device sync) and judge the losses
-    so far; at a checkpoint step judge the weights too, so that no callback saves broken ones (the epoch
-    end judges both in `end_epoch`). Weights are checked only where they may be saved: a non-finite
-    weight shows up as a non-finite loss one step later anyway."""
+def _sync_if_due(state: TrainState) -> bool:
+    """At the end of a logging window, publish it (`state.window`, one device sync; returns True) and judge
+    the losses so far; at a checkpoint step judge the weights too, so that no callback saves broken ones
+    (the epoch end judges both in `end_epoch`). Weights are checked only where they may be saved: a
+    non-finite weight shows up as a non-finite loss one step later anyway."""
     every_steps = state.cfg.checkpoint.every_steps
     saving = bool(every_steps and state.step % every_steps == 0) and state.batch_in_epoch < state.steps_per_epoch
-    if state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch:
-        loss, acc = state.metrics.read_window()
-        state.window = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
-                        "train_loss": loss, "train_acc": acc}
+    published = state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch
+    if published:
+        loss, acc = state.metrics.read_window()  # note: a CPU-GPU sync point, once per window
+        state.window = EpochRow(epoch=state.epoch + 1, step=state.step, lr=state.lr, train_loss=loss,
+                                train_acc=acc).as_dict()
     elif not saving:
-        return
+        return False
     state.check_finite(weights=saving)
+    return published
 
 
 def _synced_clock(state: TrainState) -> float:
@@ -70,9 +75,10 @@ def train_epoch(state: TrainState, callbacks: Callback) -> float:
             train_step(state, inputs, labels)
         state.step += 1
         state.batch_in_epoch += 1
-        _sync_if_due(state)
+        if _sync_if_due(state):
+            callbacks.on_window(state)
         callbacks.on_step_end(state)
-        if state.stop_reason:
+        if state.stop_now:  # interrupted or diverged; an early stop waits for the end of the epoch
             break
     state.compile_seconds += compiling
     return compiling
@@ -91,35 +97,45 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
                 state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist)
     state.epoch += 1
     state.batch_in_epoch = 0
+    state.epoch_open = False
     state.elapsed_seconds += train_seconds
-    state.history.append({
-        "epoch": state.epoch, "step": state.step, "lr": state.lr, "train_loss": train_loss, "train_acc": train_acc,
-        **scores, "elapsed_seconds": state.elapsed_seconds, "images_per_second": images / max(train_seconds, 1e-9),
-        **({"compile_seconds": compile_seconds} if compile_seconds else {}),
-    })
+    state.history.append(EpochRow(
+        epoch=state.epoch, step=state.step, lr=state.lr, train_loss=train_loss, train_acc=train_acc, **scores,
+        elapsed_seconds=state.elapsed_seconds, images_per_second=images / max(train_seconds, 1e-9),
+        compile_seconds=compile_seconds or None,
+    ).as_dict())
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
     if math.isfinite(train_loss):
         state.check_finite(weights=True)
     elif state.check_finite(weights=False):
-        state.stop_reason, state.diverged_at = "diverged", {"step": state.step, "lr": state.lr}
+        state.diverge({"step": state.step, "lr": state.lr})
     state.schedule.after_epoch(state.history[-1])
 
 
 def fit(state: TrainState, callbacks: Callback) -> TrainState:
-    """Train until `train.epochs` or a stop reason (interrupted, diverged, early_stop)."""
-    callbacks.on_fit_start(state)
-    while state.epoch < state.cfg.train.epochs and not state.stop_reason:
-        callbacks.on_epoch_start(state)
-        first_batch, started = state.batch_in_epoch, time.perf_counter()
-        compiling = train_epoch(state, callbacks)
-        seconds = time.perf_counter() - started - compiling
-        if state.stop_reason == "diverged" or (state.stop_reason and state.batch_in_epoch < state.steps_per_epoch):
-            state.elapsed_seconds += seconds
-            break  # diverged, or interrupted mid-epoch: no evaluation of a partial or broken epoch
-        batch, total = state.train_loader.batch_size, state.train_loader.num_images
-        images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
-        end_epoch(state, seconds, images, compiling)
-        callbacks.on_epoch_end(state)
-    state.check_finite(weights=True)
-    callbacks.on_fit_end(state)
+    """Train until `state.outcome` is no longer running: all `train.epochs` done, an early stop at the end
+    of an epoch, an interrupt or a divergence. A callback that raises ends the fit: every callback's
+    `on_exception` runs (e.g. the signal handlers are put back), then the error goes on to the caller."""
+    state.process_started = time.perf_counter()
+    try:
+        callbacks.on_fit_start(state)
+        while state.outcome.kind == RUNNING:
+            state.epoch_open = True
+            callbacks.on_epoch_start(state)
+            first_batch, started = state.batch_in_epoch, time.perf_counter()
+            compiling = train_epoch(state, callbacks)
+            seconds = time.perf_counter() - started - compiling
+            if state.stop_now and (state.outcome.kind == DIVERGED or state.batch_in_epoch < state.steps_per_epoch):
+                state.elapsed_seconds += seconds
+                break  # diverged, or interrupted mid-epoch: no evaluation of a partial or broken epoch
+            batch, total = state.train_loader.batch_size, state.train_loader.num_images
+            images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
+            end_epoch(state, seconds, images, compiling)
+            callbacks.on_epoch_end(state)
+        state.epoch_open = False
+        state.check_finite(weights=True)
+        callbacks.on_fit_end(state)
+    except BaseException as error:
+        callbacks.on_exception(state, error)
+        raise
     return state

@@ -1,7 +1,8 @@
 """An optional MLflow logger (`output.mlflow: true`, needs `pip install cifarlab[mlflow]`).
 
 One MLflow run per cifarlab run: the flat config as params when it starts, the logging windows
-(`train_loss_step`, `lr`) and every epoch's metrics against the optimizer step, and at the end the
+(`step/train_loss`, ...) and every epoch's metrics (`epoch/test_acc`, ...: the TensorBoard tags, from
+run/records.EpochRow) against the optimizer step, and at the end the
 status (FINISHED, KILLED when interrupted, FAILED when diverged). The MLflow run id is kept in
 `<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking store is
 `output.mlflow_uri`, else a local file store in `<run_dir>/mlruns` (no server; `mlflow ui
@@ -18,11 +19,11 @@ from typing import Optional
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run.layout import MLFLOW_RUN, MLFLOW_STORE
+from cifarlab.run.records import tracked_values
 from cifarlab.training.callbacks import Callback
 
-RUN_FILE = "mlflow.json"
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
 
 def require_mlflow() -> None:
@@ -36,10 +37,9 @@ def require_mlflow() -> None:
 class MLflowLogger(Callback):
     def __init__(self, run_dir: Path, tracking_uri: Optional[str] = None):
         self.run_dir = Path(run_dir)
-        self.tracking_uri = tracking_uri or (self.run_dir / "mlruns").resolve().as_uri()
+        self.tracking_uri = tracking_uri or (self.run_dir / MLFLOW_STORE).resolve().as_uri()
         self.client = None
         self.run_id = None
-        self._last_window = None
 
     def on_fit_start(self, state):
         require_mlflow()
@@ -49,7 +49,7 @@ class MLflowLogger(Callback):
             # MLflow 3 refuses the file store unless asked: it is what an offline, server-less log needs.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        saved = self.run_dir / RUN_FILE
+        saved = self.run_dir / MLFLOW_RUN
         if saved.is_file():  # resumed: the same MLflow run
             self.run_id = json.loads(saved.read_text())["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
@@ -82,16 +82,17 @@ class MLflowLogger(Callback):
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def on_step_end(self, state):
-        window = state.window
-        if window is not None and window is not self._last_window:
-            self._last_window = window
-            self._log({"train_loss_step": window["train_loss"], "lr_step": window["lr"]}, window["step"])
+    def on_window(self, state):
+        self._log(tracked_values("step", state.window), state.window["step"])
 
     def on_epoch_end(self, state):
         row = state.history[-1]
-        self._log({key: row[key] for key in EPOCH_KEYS if key in row} | {"epoch": row["epoch"]}, row["step"])
+        self._log(tracked_values("epoch", row), row["step"])
 
     def on_fit_end(self, state):
         if self.client is not None and self.run_id is not None:
             self.client.set_terminated(self.run_id, status=STATUS.get(state.status, "KILLED"))
+
+    def on_exception(self, state, error):
+        if self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, status="FAILED")

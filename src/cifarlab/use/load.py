@@ -16,23 +16,10 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+from cifarlab.run.records import ModelCard  # the card checkpoints keep; re-exported for callers of use.load
 from cifarlab.runtime import Precision, resolve_device, resolve_precision
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What travels with the weights, after timm's `PretrainedCfg`: enough to feed the network and read it."""
-    architecture: str  # the registered model name, e.g. "custom_resnet"
-    options: dict  # the factory's keyword arguments besides classes and channels (norm, dropout, model.options)
-    classes: tuple[str, ...]
-    in_channels: int
-    image_size: int  # side of the square images it was trained on
-    mean: tuple[float, ...]  # per channel, of [0, 1] pixels
-    std: tuple[float, ...]
-    precision: str  # what the run trained with: bf16, fp16 or fp32
-    tta: Optional[str]  # the run's test-time augmentation: None, "flip" or "flip_translate"
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Tiny explicit registries: the CLI, the docs table and the tests all iterate them."""
+"""The model registry: the CLI, the docs table and the tests all iterate it.
+
+Filled by plain imports: `cifarlab/models/__init__.py` imports every model module, each of which
+registers its factories with `@register_model(name)`; importing this module imports that package first."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Generic, TypeVar
 
 from cifarlab.errors import UserError
@@ -10,11 +12,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to factories. `populate` names the module whose import registers the entries."""
+    """Maps names to factories."""
 
-    def __init__(self, kind: str, populate: str):
+    def __init__(self, kind: str):
         self.kind = kind
-        self._populate = populate
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -26,21 +27,16 @@ class Registry(Generic[T]):
 
         return add
 
-    def _load(self) -> None:
-        importlib.import_module(self._populate)
-
     def get(self, name: str) -> T:
-        self._load()
         if name not in self._entries:
             raise UserError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
         return self._entries[name]
 
     def names(self) -> list[str]:
-        self._load()
         return sorted(self._entries)
 
 
-MODELS: Registry[Callable] = Registry("model", "cifarlab.models")
+MODELS: Registry[Callable] = Registry("model")
 
 
 def register_model(name: str):

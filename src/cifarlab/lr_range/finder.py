@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab.analysis.lr_suggest import RULES, Rule, centred_smooth, descent_start_index, suggest_index
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
+from cifarlab.lr_range.suggest import RULES, Rule, centred_smooth, descent_start_index, suggest_index
 
 Batches = Union[Callable[[], tuple[torch.Tensor, torch.Tensor]], Iterator, Iterable]
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, labels) -> loss, after one optimizer step

@@ -8,10 +8,11 @@ from typing import Iterator, Optional
 
 import torch
 
-from cifarlab.analysis.lr_finder import RangeTestResult, Step, plot_range_test, range_test
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
+from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
+from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
 from cifarlab.training.build import build_state
 from cifarlab.training.state import TrainState
@@ -74,9 +75,9 @@ def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTest
 
 
 def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] = None) -> Path:
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "lr_find.json", json.dumps(result.to_dict(), indent=1) + "\n")
-    return plot_range_test(result, out_dir / "plots" / "lr_find.png", rule)
+    (out_dir / PLOTS).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / LR_FIND, json.dumps(result.to_dict(), indent=1) + "\n")
+    return plot_range_test(result, out_dir / PLOTS / LR_FIND_PLOT, rule)
 
 
 LABELS = {"minimum": "minimum (centred smoothing)", "steepest": "steepest descent (vs log lr)", "valley": "valley"}

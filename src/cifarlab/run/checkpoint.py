@@ -1,4 +1,21 @@
-"""What a checkpoint holds, checked before anything is built from it or written because of it.
+"""Checkpoint files: what they hold (one table of keys, checked on every load), and how they are written
+and read.
+
+A payload holds model, optimizer, LR schedule, grad scaler, EMA weights, epoch/step/batch position, the
+epoch and window metric sums, every RNG state (Python, NumPy, torch CPU and CUDA), the metric history,
+the resolved config, the model card (run/records.ModelCard) and the library versions. `PAYLOAD_KEYS` is
+the one list of its keys: training/checkpoint.py fills exactly these from a TrainState and puts them back,
+and `check_payload` refuses a file with a key it does not know or without one a load needs (Lightning
+Fabric's save/load are the example). The data loader has no generator state to save: its randomness is
+counter-based (batch k of epoch e is a pure function of (seed, e, k)), so `(epoch, batch_in_epoch)` is its
+whole state.
+
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a kill
+during a save never leaves a half-written `last.pt`; the file it replaces is kept as `last.prev.pt`.
+The file is a normal `torch.save` archive followed by a one-line trailer with the sha256 of the archive
+bytes (zip readers, `torch.load` included, ignore trailing bytes), so a truncated or bit-flipped file is
+caught even where `torch.load` would happily read it. Loads use `torch.load(weights_only=True)`: a
+checkpoint from the internet cannot run code. A bad newest file falls back to `.prev` with a warning.
 
 A checkpoint with a valid sha256 can still hold anything (it was tampered with, or written by a bug): the
 trailer proves the file is whole, not that its contents make sense. `check_payload` checks every field a
@@ -7,14 +24,43 @@ line naming the field, not a traceback or a half-rewritten run directory.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import os
+import platform
+import stat
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from cifarlab._version import __version__
+from cifarlab.atomic import atomic_write_bytes
 from cifarlab.config import Config, validate
 from cifarlab.errors import UserError
+from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
+
+FORMAT_VERSION = 1
+TRAILER_TAG = b"\nCIFARLAB-SHA256 "
+TRAILER_BYTES = len(TRAILER_TAG) + 64 + 1  # tag, hex digest, newline
+# TrainState fields about how the run went that a resumed run must know (older files kept them in "extra").
+OUTCOME_FIELDS = ("lr_peak", "lr_peak_source", "early_stop")
+# A load reads at most this many bytes (a device file or a huge download must not read until MemoryError).
+MAX_BYTES_ENV = "CIFARLAB_MAX_CHECKPOINT_BYTES"
+DEFAULT_MAX_BYTES = 4 * 1024**3
+# The one table of a checkpoint's keys: True where every load needs it, False where files written by an
+# older cifarlab may lack it (or where it is only read when present). Any other key is refused.
+PAYLOAD_KEYS = {
+    "format": True, "model": True, "optimizer": False, "schedule": False, "lr_used": False, "scaler": False,
+    "ema": False, "lookahead": False, "epoch": True, "step": True, "batch_in_epoch": False,
+    "elapsed_seconds": False, "compile_seconds": False, "wall_seconds": False, "epoch_meter": False,
+    "window_meter": False, "rng": False, "history": True, "config": True, "classes": True, "mean": True,
+    "std": True, "image_size": False, "in_channels": False, "precision": False, "status": True,
+    "outcome": False, "versions": False,
+}
+LEGACY_KEYS = ("extra",)  # read in place of `outcome` from the oldest files
 
 STATUSES = ("running", "completed", "interrupted", "diverged")
 HISTORY_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -35,6 +81,10 @@ def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = Fa
             text = text if len(text) <= 60 else text[:57] + "..."
             raise UserError(f"checkpoint {source} is not usable: {field} must be {expected}, got {text}")
 
+    unknown = sorted(key for key in payload if key not in PAYLOAD_KEYS and key not in LEGACY_KEYS)
+    need(not unknown, "the checkpoint's keys", f"among {', '.join(PAYLOAD_KEYS)}", f"also {', '.join(unknown)}")
+    absent = [key for key, required in PAYLOAD_KEYS.items() if required and key not in payload]
+    need(not absent, "the checkpoint's keys", "complete", f"no {', '.join(absent)}")
     if resume:
         missing = [key for key in RESUME_KEYS if key not in payload]
         need(not missing, "a resumable checkpoint", f"complete ({', '.join(RESUME_KEYS)})", f"no {', '.join(missing)}")
@@ -84,7 +134,7 @@ def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
     need(_whole(batch, 0, step), "batch_in_epoch", f"a whole number in 0..step ({step})", batch)
     need(payload["status"] in STATUSES, "status", f"one of {', '.join(STATUSES)}", payload["status"])
     _check_history(payload["history"], epoch, need)
-    for key in ("elapsed_seconds", "compile_seconds", "lr_used"):
+    for key in ("elapsed_seconds", "compile_seconds", "wall_seconds", "lr_used"):
         value = payload.get(key)
         need(value is None or (_finite(value) and value >= 0), key, "a finite number >= 0", value)
 
@@ -167,3 +217,123 @@ def _check_rng(rng: Any, need) -> None:
     cuda = rng.get("cuda")
     need(cuda is None or (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8), "rng.cuda",
          "a uint8 tensor", type(cuda).__name__)
+
+
+# ---------------------------------------------------------------------- reading and writing
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "cifarlab": __version__}
+
+
+def outcome(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload's OUTCOME_FIELDS (missing ones None), whichever format wrote it."""
+    stored = payload.get("outcome") or payload.get("extra") or {}
+    return {name: stored.get(name) for name in OUTCOME_FIELDS}
+
+
+def serialize(payload: dict[str, Any]) -> bytes:
+    """torch.save bytes plus the sha256 trailer (see module doc)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode() + b"\n"
+
+
+def save_checkpoint(payload: dict[str, Any], *paths: Path) -> None:
+    """Serialise once, write each of `paths` atomically (e.g. best.pt and last.pt of the same epoch)."""
+    data = serialize(payload)
+    for path in map(Path, paths):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create checkpoint folder {path.parent}: {err.strerror or err}") from None
+        atomic_write_bytes(path, data, keep_previous=previous_path(path))
+
+
+def _verified_body(path: Path, data: bytes) -> bytes:
+    tail = data[-TRAILER_BYTES:]
+    if len(data) <= TRAILER_BYTES or not tail.startswith(TRAILER_TAG) or not tail.endswith(b"\n"):
+        raise UserError(f"checkpoint {path} is truncated or not a cifarlab checkpoint (no checksum trailer)")
+    body, expected = data[:-TRAILER_BYTES], tail[len(TRAILER_TAG):-1].decode("ascii", "replace")
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise UserError(f"checkpoint {path} is corrupt: its sha256 does not match the one stored with it")
+    return body
+
+
+def max_checkpoint_bytes() -> int:
+    """The most bytes a checkpoint load reads: $CIFARLAB_MAX_CHECKPOINT_BYTES, else 4 GiB."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}")
+    return int(text)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes: a regular file only (never a device, FIFO or socket), at most max_checkpoint_bytes()."""
+    limit = max_checkpoint_bytes()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}") from None
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = f"checkpoint {path} is not a regular file (a device, pipe or socket); give a .pt file"
+    elif info.st_size > limit:
+        problem = (f"checkpoint {path} is {info.st_size:,} bytes, over the {limit:,}-byte limit "
+                   f"(raise it with {MAX_BYTES_ENV})")
+    if problem:
+        os.close(fd)
+        raise UserError(problem)
+    with os.fdopen(fd, "rb") as handle:
+        try:  # exactly the size stat gave (read(limit) would reserve the whole limit up front)
+            data, more = handle.read(info.st_size), handle.read(1)
+        except OSError as err:
+            raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if more:  # it grew while we read it: being written by something that is not cifarlab's atomic save
+        raise UserError(f"checkpoint {path} changed while it was read; try again once nothing writes to it")
+    return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    data = _read_bytes(Path(path))
+    body = _verified_body(path, data)
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle of code objects, wrong file type...
+        raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
+    required = ("model", "optimizer", "config", "epoch", "step", "classes", "mean", "std", "history", "status")
+    if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
+            or not all(k in payload for k in required)):
+        raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
+    return payload
+
+
+def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
+    """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
+    path = Path(path)
+    try:
+        return _read(path), path
+    except UserError as err:
+        previous = previous_path(path)
+        if not previous.is_file():
+            raise
+        try:
+            payload = _read(previous)
+        except UserError:
+            raise err from None
+        print(f"warning: {err}; using the previous checkpoint {previous} instead", file=sys.stderr, flush=True)
+        return payload, previous
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint; if it is bad and a `.prev` sibling is good, warn and use that instead."""
+    return load_checkpoint_with_path(path)[0]

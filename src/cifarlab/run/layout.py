@@ -1,0 +1,99 @@
+"""The run directory's layout: every file and folder name in it, in this one module.
+
+```
+runs/<recipe>/<YYYYmmdd-HHMMSS>/
+  config.yaml  metrics.csv  summary.json  lr_find.json  mlflow.json  model_summary.txt  report.md  report.html
+  checkpoints/{last,best}.pt (and last.prev.pt, best.prev.pt: the files a save replaced)
+  tb/  plots/  tables/  mlruns/
+```
+Writers and readers take names from here, so the layout changes in one file (tests/test_structure.py
+checks that no other module of src/ spells a name out). What goes into the files is in `run/records.py`
+(metrics.csv, summary.json) and `run/checkpoint.py` (the checkpoints).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+from cifarlab.errors import UserError
+
+CONFIG = "config.yaml"  # the resolved config
+METRICS = "metrics.csv"  # run/records.EpochRow rows
+SUMMARY = "summary.json"  # run/records.Summary
+LR_FIND = "lr_find.json"  # the range test's losses and suggestion
+MLFLOW_RUN = "mlflow.json"  # {tracking_uri, run_id}: a resumed run logs into the same MLflow run
+MLFLOW_STORE = "mlruns"  # the local MLflow file store when no output.mlflow_uri is given
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"  # newest state, what resume continues
+BEST = "best.pt"  # the epoch the monitor chose, what eval and report analyse
+TENSORBOARD = "tb"
+PLOTS = "plots"
+TABLES = "tables"
+LR_FIND_PLOT = "lr_find.png"  # under plots/
+MODEL_SUMMARY = "model_summary.txt"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+LOCK = ".lock"  # only where a directory cannot be flock'ed (see run/lock.py)
+
+
+def check_run_name(name: str) -> str:
+    """`name` (the config's `name`, the folder under output.dir) as one plain folder name, or a UserError:
+    a separator, `..` or an absolute path would put the run outside output.dir."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise UserError(f"name={name!r} must be one folder name, without '/', '\\' or '..': a run is written to "
+                        f"output.dir/<name>/<time> and must stay inside output.dir")
+    return name
+
+
+def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
+    """A fresh `<output_dir>/<recipe>/<time>` folder (a suffix when two runs start in the same second)."""
+    root = Path(output_dir) / check_run_name(recipe)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        run_dir = root / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+    raise UserError(f"too many runs started this second under {root}")
+
+
+def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
+    return Path(run_dir) / CHECKPOINTS / name
+
+
+def previous_path(path: str | Path) -> Path:
+    """`last.pt` -> `last.prev.pt`: where the file a checkpoint save replaces is kept."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def report_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """best.pt, else last.pt, else None: the checkpoint a report or an evaluation of the run uses."""
+    for name in (BEST, LAST):
+        path = checkpoint_path(run_dir, name)
+        if path.is_file():
+            return path
+    return None
+
+
+def plot(name: str) -> str:
+    """`plots/<name>`, relative to the run directory (as report.md links it)."""
+    return f"{PLOTS}/{name}"
+
+
+def run_dir_of_checkpoint(checkpoint: str | Path) -> Optional[Path]:
+    """The run directory a checkpoint file lies in (`<run>/checkpoints/<file>.pt` next to config.yaml,
+    symlinks and `..` resolved), or None when it lies elsewhere."""
+    real = Path(checkpoint).resolve()
+    run_dir = real.parent.parent
+    return run_dir if real.parent.name == CHECKPOINTS and (run_dir / CONFIG).is_file() else None
+
+
+def example_checkpoint(recipe: str = "<recipe>", stamp: str = "<time>") -> str:
+    """`runs/<recipe>/<time>/checkpoints/best.pt`, for help texts and messages."""
+    return f"runs/{recipe}/{stamp}/{CHECKPOINTS}/{BEST}"

@@ -1,0 +1,115 @@
+"""Run directories written by an older cifarlab (tests/fixtures/run_138c3be, made with commit 138c3be) still
+load, evaluate and resume: the resumed run ends bit-identical to the same config trained without a stop.
+
+The bit-for-bit comparison with the stored uninterrupted run needs the arithmetic the fixture was made
+with (same torch, same CPU kernel family); elsewhere the test still resumes the old run and checks that
+every epoch the old code finished is carried over unchanged.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarlab.cli import main
+from cifarlab.run.checkpoint import load_checkpoint
+from cifarlab.run.records import read_metrics, read_summary
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"
+MADE_WITH = json.loads((FIXTURE / "made_with.json").read_text())
+SAME_ARITHMETIC = (MADE_WITH["torch"] == str(torch.__version__)
+                   and MADE_WITH["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
+TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
+STATE_KEYS = ("model", "optimizer", "schedule", "lr_used", "ema", "epoch", "step", "batch_in_epoch", "history",
+              "rng", "epoch_meter", "window_meter", "status")
+
+
+def _same(a, b, where: str) -> None:
+    """Exact equality of nested checkpoint content (timing keys skipped)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) - TIMING == set(b) - TIMING, where
+        for key in set(a) - TIMING:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
+
+
+def _csv_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture
+def resumed(tmp_path, capsys):
+    run_dir = tmp_path / "interrupted"
+    shutil.copytree(FIXTURE / "interrupted", run_dir)
+    assert main(["resume", str(run_dir)]) == 0
+    assert f"resuming {run_dir} at epoch 2, batch 3 (step 11)" in capsys.readouterr().err
+    return run_dir
+
+
+def test_an_old_interrupted_run_resumes_and_keeps_what_it_had_done(resumed):
+    old = load_checkpoint(FIXTURE / "interrupted" / "checkpoints" / "last.pt")
+    new = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert (new["epoch"], new["step"], new["status"]) == (2, 16, "completed")
+    _same(new["history"][0], old["history"][0], "history[0]")
+    assert read_summary(resumed).status == "completed"
+    assert [row["step"] for row in read_metrics(resumed)] == [4, 8, 8, 12, 16, 16]
+
+
+@pytest.mark.skipif(not SAME_ARITHMETIC, reason=f"the fixture's reference was computed with torch "
+                    f"{MADE_WITH['torch']} on {MADE_WITH['cpu_capability']} kernels")
+def test_an_old_interrupted_run_resumes_bit_identical_to_the_old_uninterrupted_one(resumed):
+    reference = FIXTURE / "uninterrupted"
+    for name in ("last.pt", "best.pt"):
+        got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
+        for key in STATE_KEYS:
+            _same(got[key], want[key], f"{name}:{key}")
+    assert _csv_rows(resumed) == _csv_rows(reference)
+    summaries = [{k: v for k, v in read_summary(d).to_json().items() if k not in TIMING} for d in (resumed, reference)]
+    assert summaries[0] == summaries[1]
+
+
+def test_an_old_best_pt_evaluates_to_its_summary_and_old_records_read(capsys):
+    run_dir = FIXTURE / "uninterrupted"
+    summary = read_summary(run_dir)
+    assert (summary.status, summary.epochs_completed, summary.best_epoch) == ("completed", 2, 2)
+    rows = read_metrics(run_dir)
+    epochs = [row for row in rows if row["kind"] == "epoch"]
+    assert [row["epoch"] for row in epochs] == [1, 2] and epochs[-1]["test_acc"] == pytest.approx(
+        summary.best_test_acc, abs=1e-6)
+    assert main(["eval", str(run_dir / "checkpoints" / "best.pt")]) == 0
+    printed = re.search(r"\((\d+\.\d\d)%\)", capsys.readouterr().out).group(1)
+    assert printed == f"{100 * summary.best_test_acc:.2f}"
+
+
+def test_a_checkpoint_saves_and_restores_exactly_the_keys_the_format_defines():
+    from cifarlab.run.checkpoint import PAYLOAD_KEYS
+    from cifarlab.training.checkpoint import FIELDS
+
+    assert list(FIELDS) == [key for key in FIELDS if key in PAYLOAD_KEYS] and set(FIELDS) == set(PAYLOAD_KEYS)
+    for run in ("interrupted", "uninterrupted"):
+        for name in ("last.pt", "best.pt"):
+            assert set(load_checkpoint(FIXTURE / run / "checkpoints" / name)) <= set(PAYLOAD_KEYS)
+
+
+def test_a_checkpoint_with_a_key_cifarlab_does_not_know_is_refused(tmp_path, capsys):
+    from cifarlab.run.checkpoint import save_checkpoint
+
+    payload = load_checkpoint(FIXTURE / "uninterrupted" / "checkpoints" / "best.pt")
+    payload["surprise"] = 1
+    save_checkpoint(payload, tmp_path / "odd.pt")
+    assert main(["eval", str(tmp_path / "odd.pt")]) == 2
+    assert "surprise" in capsys.readouterr().err
