@@ -110,7 +110,7 @@ class DataConfig(ConfigSection):
     val_split: Union[int, float, Literal["auto"], None] = Field(None,
         description=("Validation images taken from train (after train_subset), stratified by class with the run's "
                      "seed: a fraction in (0, 1) or a count; auto: 10% when the data has no val split of its own "
-                     "and enough images. With one, best.pt, early stopping and plateau schedules select on "
+                     "and enough images. With one, the best checkpoint, early stopping and plateau schedules select on "
                      "validation."))
     mean: Optional[list[float]] = Field(None,
         description=("Per-channel mean to normalise with (one value per channel); null: the train split's own "
@@ -211,7 +211,7 @@ class ScheduleConfig(ConfigSection):
     # None: optim.lr; auto: LR range test first
     lr_peak: Union[Annotated[float, Field(gt=0)], Literal["auto"], None] = Field(None,
         description=("onecycle: the peak lr; null: optim.lr; auto: the LR range test runs first and its value is "
-                     "written into config.yaml."))
+                     "written into the run's resolved config."))
     peak_epoch: Optional[float] = Field(default=None, ge=0,
         description=("onecycle: the epoch the peak is reached (e.g. 5 of 24); null: pct_start. Overriding "
                      "train.epochs moves a recipe's peak to the same fraction of the run."))
@@ -319,7 +319,7 @@ class TrainConfig(ConfigSection):
     lookahead: Optional[LookaheadConfig] = Field(None,
         description=("airbench94's lookahead weight averaging; null: off."))
     log_every_steps: int = Field(default=50, ge=1,
-        description=("Optimizer steps per logging window (progress, metrics.csv step rows, TensorBoard)."))
+        description=("Optimizer steps per logging window (progress, the metrics file's step rows, TensorBoard)."))
     threads: Optional[int] = Field(default=None, ge=1, description="CPU intra-op threads; null: torch's choice.")
     early_stop_patience: Optional[int] = Field(default=None, ge=1,
         description=("Stop after this many epochs without a better checkpoint.monitor; null: never."))
@@ -335,20 +335,20 @@ class TrainConfig(ConfigSection):
 
 
 class CheckpointConfig(ConfigSection):
-    every_epochs: int = Field(default=1, ge=1, description="Write checkpoints/last.pt every this many epochs.")
+    every_epochs: int = Field(default=1, ge=1, description="Write the last checkpoint every this many epochs.")
     every_steps: Optional[int] = Field(default=None, ge=1,
         description=("Also write it every this many optimizer steps (a resume continues mid-epoch); null: only at "
                      "epoch ends."))
     # What selects best.pt and early stopping: null = val_acc with a validation split, else test_acc.
     monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = Field(None,
-        description=("What selects best.pt and early stopping: val_acc, val_loss, test_acc or test_loss; null: "
-                     "val_acc with a validation split, else test_acc."))
+        description=("What selects the best checkpoint and early stopping: val_acc, val_loss, test_acc or "
+                     "test_loss; null: val_acc with a validation split, else test_acc."))
 
 
 class OutputConfig(ConfigSection):
     dir: str = Field("runs", description="Folder of the run directories: <dir>/<recipe>/<YYYYmmdd-HHMMSS>/.")
     tensorboard: bool = Field(True, description="Write TensorBoard events under tb/.")
-    report: bool = Field(True, description="Make the plots, tables and report.md/html at the end of train.")
+    report: bool = Field(True, description="Make the plots, tables and report (markdown, HTML) at the end of train.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto",
         description=("auto (a bar in a terminal or notebook, plain lines otherwise), bar, lines or none."))
     # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
@@ -375,7 +375,7 @@ class Config(ConfigSection):
     lr_find: LRFindConfig = Field(LRFindConfig(),
         description=("The LR range test (`cifarlab lr-find`, schedule.lr_peak: auto)."))
     train: TrainConfig = Field(TrainConfig(), description="The training loop.")
-    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and what selects best.pt.")
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and what selects the best one.")
     output: OutputConfig = Field(OutputConfig(), description="Where and how a run reports.")
 
     @model_validator(mode="after")
