@@ -343,7 +343,7 @@ def test_options_are_checked():
 
 
 def test_list_datasets():
-    assert list_datasets() == ["cifar10", "cifar100", "fashion_mnist", "folder", "mnist", "synthetic"]
+    assert list_datasets() == ["cifar10", "cifar100", "fashion_mnist", "folder", "hf", "mnist", "synthetic"]
     assert dataset_available("synthetic")
 
 

@@ -7,6 +7,7 @@
 Nothing heavy happens at import time; the API functions import their modules when called.
 """
 from cifarlab._version import __version__
+from cifarlab.models.registry import register_model  # noqa: E402  (light: registers your own model factories)
 
 
 def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
@@ -19,27 +20,35 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
     return _train(config, overrides, run_dir, data=data, callbacks=callbacks)
 
 
-def resume(run_dir, data=None, callbacks=(), epochs=None):
+def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=()):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
-    epochs in all. Returns the `Run`."""
+    epochs in all; `import_modules=["mypkg.nets"]` registers your own model first. Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
+    from cifarlab.models.registry import import_user_modules
 
+    import_user_modules(import_modules)
     return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
-def load_model(checkpoint, device=None, precision=None):
+def load_model(checkpoint, device=None, precision=None, import_modules=()):
     """A `LoadedModel`: `.module` (eval mode), `.card`, `.precision`, and `.classes`, `.mean`, `.std`,
     `.image_size`, `.in_channels`, `.tta`. Default device: CUDA if there is one, else the CPU; default
-    precision: the run's own (as `cifarlab predict` and `eval` use it)."""
+    precision: the run's own (as `cifarlab predict` and `eval` use it). `checkpoint` may also be a model
+    folder from `cifarlab export --format hf`. `import_modules=["mypkg.nets"]`: modules to import first,
+    which register your own model (a checkpoint's own config is never imported)."""
+    from cifarlab.models.registry import import_user_modules
     from cifarlab.use.load import load_model as _load_model
 
+    import_user_modules(import_modules)
     return _load_model(checkpoint, device, precision)
 
 
-def predict(model_or_checkpoint, images, top=3, tta=None):
+def predict(model_or_checkpoint, images, top=3, tta=None, import_modules=()):
     """Top-`top` (class, probability) per image: paths, PIL images, arrays or tensors of any size."""
+    from cifarlab.models.registry import import_user_modules
     from cifarlab.use.predict import predict as _predict
 
+    import_user_modules(import_modules)
     return _predict(model_or_checkpoint, images, top=top, tta=tta)
 
 
@@ -49,4 +58,4 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
-__all__ = ["train", "resume", "load_model", "predict", "load_config", "__version__"]
+__all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "__version__"]

@@ -48,6 +48,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"cifarlab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    from cifarlab import commands
 
     p = sub.add_parser("train", help="train a recipe into a new run directory",
                        epilog="examples:\n  cifarlab train fmnist-quick\n  cifarlab train smoke train.epochs=5 "
@@ -62,6 +63,7 @@ def build_parser() -> Parser:
                               "  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8")
     p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
     p.add_argument("--epochs", type=int, help="extend the run (finished or not) to this many epochs in all")
+    commands.import_flag(p)
     p.set_defaults(run=cmd_resume)
 
     p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST",
@@ -84,8 +86,6 @@ def build_parser() -> Parser:
     p.add_argument("--diff", action="store_true",
                    help="only the values that differ from the defaults (itself a recipe giving the same config)")
     p.set_defaults(run=cmd_show)
-
-    from cifarlab import commands
 
     commands.add_analysis_commands(sub)
     return parser
@@ -166,6 +166,8 @@ def cmd_datasets(args) -> int:
     for name in list_datasets():
         if name == "folder":
             where = "your own images: cifarlab train folder data.dir=PATH (train/<class>/*, test/<class>/*)"
+        elif name == "hf":
+            where = "a Hugging Face dataset: data.dataset=hf data.dir=SAVED_FOLDER|PARQUET_FOLDER|HUB_NAME"
         else:
             where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
         print(f"{name:<14} {where}")
@@ -192,6 +194,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "import_modules", None):  # --import: the user's model code registers itself
+            from cifarlab.models.registry import import_user_modules
+
+            import_user_modules(args.import_modules)
         return args.run(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once

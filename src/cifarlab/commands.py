@@ -28,7 +28,15 @@ def _data_dir_flag(p) -> None:
                    "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
 
 
-CHECKPOINT_HELP = f"a checkpoint file, e.g. {example_checkpoint()}"
+def import_flag(p) -> None:
+    """--import MODULE (repeatable): the user's module that registers their model, imported before loading."""
+    p.add_argument("--import", dest="import_modules", action="append", metavar="MODULE", default=[],
+                   help="a Python module to import first, whose @register_model registers your own model "
+                        "(e.g. mypkg.nets; repeat for several); a checkpoint's own config is never imported")
+
+
+CHECKPOINT_HELP = (f"a checkpoint file, e.g. {example_checkpoint()}, or a model folder from "
+                   "`cifarlab export --format hf`")
 
 
 def add_analysis_commands(sub) -> None:
@@ -39,6 +47,7 @@ def add_analysis_commands(sub) -> None:
     _tta_flags(p)
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions",
@@ -53,12 +62,14 @@ def add_analysis_commands(sub) -> None:
                        epilog="example:\n  cifarlab summary custom_resnet dataset=cifar10 batch_size=512")
     p.add_argument("model", help="a registered model name (see `cifarlab models`)")
     p.add_argument("settings", nargs="*", metavar="key=value", help="dataset=cifar10 batch_size=1, or model options")
+    import_flag(p)
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory",
                        epilog="example:\n  cifarlab report runs/fmnist-quick/20261121-120000")
     p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
@@ -75,6 +86,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
                                             "of the run the checkpoint belongs to)")
     _data_dir_flag(p)
+    import_flag(p)
     p.set_defaults(run=cmd_gradcam)
 
     p = sub.add_parser("compare", help="table and overlaid curves of several runs",
@@ -90,13 +102,16 @@ def add_analysis_commands(sub) -> None:
         "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
         description=f"example: cifarlab export {example_checkpoint('fmnist-quick', '20261121-120000')} --format onnx")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
-    p.add_argument("--format", dest="export_format", choices=["onnx", "safetensors", "torchscript"], required=True,
-                   help="safetensors: weights only; torchscript: traced module; onnx: needs cifarlab[onnx]")
-    p.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, e.g. best.onnx); "
-                                            "never overwritten")
+    p.add_argument("--format", dest="export_format", choices=["hf", "onnx", "safetensors", "torchscript"],
+                   required=True, help="safetensors: weights only; torchscript: traced module; onnx: needs "
+                                       "cifarlab[onnx]; hf: a Hugging Face-style model folder (model.safetensors, "
+                                       "config.json, README.md model card)")
+    p.add_argument("--out", type=Path, help="output file, for hf a new folder (default: beside the checkpoint, e.g. "
+                                            "best.onnx, best-hf/); never overwritten")
+    import_flag(p)
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint",
+    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
                        epilog="example:\n"
                               f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
@@ -104,6 +119,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
     p.add_argument("--json", action="store_true",
                    help='one JSON line per image, {"image": path, "top": [[class, probability], ...]}, unrounded')
+    import_flag(p)
     p.set_defaults(run=cmd_predict)
 
 
@@ -123,6 +139,7 @@ def cmd_eval(args) -> int:
 def cmd_lr_find(args) -> int:
     from cifarlab.config import load_config
     from cifarlab.lr_range.search import describe, run_range_test, save_range_test
+    from cifarlab.models.registry import import_user_modules
     from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
     from cifarlab.training.sizing import size_to_data
@@ -130,6 +147,7 @@ def cmd_lr_find(args) -> int:
     if args.out is not None:
         output_target(args.out, "--out", folder=True)
     cfg = load_config(args.recipe, args.overrides)
+    import_user_modules(cfg.model.module)
     if args.out is None:
         check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
@@ -216,6 +234,12 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     from cifarlab.export import export
+
+    if args.export_format == "hf":
+        from cifarlab.use.export_hf import export_hf
+
+        print(export_hf(args.checkpoint, args.out))
+        return 0
 
     out = export(args.checkpoint, args.export_format, args.out)
     print(f"{out}\n{out.with_name(out.name + '.json')}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import types
 from importlib import resources
@@ -172,6 +173,18 @@ class ModelConfig(ConfigSection):
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout probability before the classifier.")
     options: dict[str, Any] = Field({},
         description=("Extra keyword arguments of the model factory, e.g. convnet {width: 16}."))
+    module: Union[str, list[str], None] = Field(None,
+        description=("Python module(s) whose import registers model.name with @register_model (your own model "
+                     "code), e.g. mypkg.nets; imported by train. Loading a checkpoint never imports it: pass "
+                     "--import there."))
+
+    @field_validator("module")
+    @classmethod
+    def _module_names(cls, value):
+        for name in [value] if isinstance(value, str) else value or ():
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"must be an importable module name like mypkg.nets, got {name!r}")
+        return value
     # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
     # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
     init_from: Optional[str] = Field(None,
@@ -356,6 +369,11 @@ class OutputConfig(ConfigSection):
     mlflow: bool = Field(False, description="Log params, metrics and status to MLflow (needs cifarlab[mlflow]).")
     mlflow_uri: Optional[str] = Field(None,
         description=("MLflow tracking URI; null: a local file store in <run_dir>/mlruns."))
+    # Weights & Biases logging (needs `pip install cifarlab[wandb]`): config, epoch rows, summary and the
+    # report's plots into project wandb_project (default "cifarlab"). See training/wandb_logger.py.
+    wandb: bool = Field(False, description="Log the config, epoch rows, summary and plots to Weights & Biases "
+                                           "(needs cifarlab[wandb]; offline with WANDB_MODE=offline).")
+    wandb_project: Optional[str] = Field(None, description="The W&B project; null: cifarlab.")
 
 
 class Config(ConfigSection):

@@ -63,6 +63,13 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
+    from cifarlab.models.registry import import_user_modules
+
+    import_user_modules(cfg.model.module)  # the user's recipe names it: their model registers itself
+    if cfg.output.wandb:
+        from cifarlab.training.wandb_logger import require_wandb
+
+        require_wandb()
     source = _arrays(data)
     if source is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
@@ -229,7 +236,10 @@ def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequenc
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
         callbacks.callbacks.extend(user_callbacks)
     fit(state, callbacks)
-    return _finish(state, dataset)
+    try:
+        return _finish(state, dataset)
+    finally:  # the loggers publish summary.json, the report and the model, and close their runs
+        callbacks.on_run_end(state)
 
 
 def _finish(state: TrainState, dataset: Dataset) -> Run:

@@ -104,7 +104,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def list_datasets() -> list[str]:
-    return sorted([*SOURCES, "folder", "synthetic"])
+    return sorted([*SOURCES, "folder", "hf", "synthetic"])
 
 
 def dataset_shape(name: str, **options) -> tuple[int, int, int]:
@@ -112,9 +112,10 @@ def dataset_shape(name: str, **options) -> tuple[int, int, int]:
     if name == "synthetic":
         settings = synthetic_settings(options)
         return settings["channels"], settings["image_size"], settings["num_classes"]
-    if name == "folder":
-        fixed = ", ".join(n for n in list_datasets() if n != "folder")
-        raise UserError(f"an image folder's shape depends on its files; name a dataset with a fixed shape ({fixed})")
+    if name in ("folder", "hf"):
+        fixed = ", ".join(n for n in list_datasets() if n not in ("folder", "hf"))
+        raise UserError(f"the shape of dataset {name!r} depends on its files; name a dataset with a fixed shape "
+                        f"({fixed})")
     return _source(name).shape
 
 
@@ -144,7 +145,7 @@ def _cifar_extracted(source: Source, root: Path) -> bool:
 
 def dataset_available(name: str, data_dir: str | Path | None = None) -> bool:
     """True when `load_dataset(name, data_dir, download=False)` needs no network."""
-    if name in ("synthetic", "folder"):
+    if name in ("synthetic", "folder", "hf"):
         return True
     source, root = _source(name), resolve_data_dir(data_dir) / name
     if _cache_path(root, name).is_file():
@@ -260,6 +261,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         from cifarlab.data.folder import load_folder
 
         return load_folder(data_dir, resolve_data_dir(None), **options)
+    if name == "hf":
+        from cifarlab.data.hf import load_hf
+
+        return load_hf(data_dir, resolve_data_dir(None), download=download, **options)
     if name == "synthetic":
         settings = synthetic_settings(options)
         return _build(name, make_synthetic(**settings), f"synthetic (seed {settings['seed']}, generated in memory)")

@@ -4,6 +4,8 @@ Filled by plain imports: `cifarlab/models/__init__.py` imports every model modul
 registers its factories with `@register_model(name)`; importing this module imports that package first."""
 from __future__ import annotations
 
+import importlib
+import re
 from typing import Callable, Generic, TypeVar
 
 from cifarlab.errors import UserError
@@ -52,7 +54,41 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def import_user_modules(names) -> None:
+    """Import the modules a user named (`model.module` in their recipe, `--import` on the command line,
+    `import_modules=` in Python), so that their `@register_model` decorators run.
+
+    Only names the user gave come here: a checkpoint's own config is never a reason to import code."""
+    for name in _module_names(names):
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+            raise UserError(f"{name!r} is not a module name; give a dotted Python module name like mypkg.nets")
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+                raise  # the user's module itself failed to import one of its own dependencies
+            raise UserError(f"cannot import model module {name!r}: no module named {err.name!r} "
+                            f"(install it, or put its folder on PYTHONPATH)") from None
+
+
+def check_registered(model_cfg) -> None:
+    """A model a checkpoint or run names must be registered already: say which module to import, one line."""
+    if model_cfg.name in MODELS.names():
+        return
+    module = _module_names(model_cfg.module)
+    named = f" (its run imported {', '.join(module)})" if module else ""
+    flags = " ".join(f"--import {m}" for m in module) or "--import MODULE"
+    raise UserError(f"model {model_cfg.name!r} is not registered{named}: name the module that registers it with "
+                    f"{flags} (in Python: import_modules=[...]); registered models: {', '.join(MODELS.names())}")
+
+
+def _module_names(module) -> list[str]:
+    return [module] if isinstance(module, str) else list(module or ())
+
+
 def build_model(model_cfg, num_classes: int, in_channels: int):
-    """The model a config's `model` section names, for `num_classes` classes of `in_channels`-channel images."""
+    """The model a config's `model` section names, for `num_classes` classes of `in_channels`-channel images.
+    A model from the user's own module must have been registered first (`import_user_modules`)."""
+    check_registered(model_cfg)
     return create_model(model_cfg.name, num_classes=num_classes, in_channels=in_channels,
                         norm=model_cfg.norm, dropout=model_cfg.dropout, **model_cfg.options)

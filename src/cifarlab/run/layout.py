@@ -2,9 +2,10 @@
 
 ```
 runs/<recipe>/<YYYYmmdd-HHMMSS>/
-  config.yaml  metrics.csv  summary.json  lr_find.json  mlflow.json  model_summary.txt  report.md  report.html
+  config.yaml  metrics.csv  summary.json  lr_find.json  mlflow.json  wandb.json  model_summary.txt  report.md
+  report.html
   checkpoints/{last,best}.pt (and last.prev.pt, best.prev.pt: the files a save replaced)
-  tb/  plots/  tables/  mlruns/
+  tb/  plots/  tables/  mlruns/  wandb/ (W&B's own files)
 ```
 Writers and readers take names from here, so the layout changes in one file (tests/test_structure.py
 checks that no other module of src/ spells a name out). What goes into the files is in `run/records.py`
@@ -22,8 +23,9 @@ CONFIG = "config.yaml"  # the resolved config
 METRICS = "metrics.csv"  # run/records.EpochRow rows
 SUMMARY = "summary.json"  # run/records.Summary
 LR_FIND = "lr_find.json"  # the range test's losses and suggestion
-MLFLOW_RUN = "mlflow.json"  # {tracking_uri, run_id}: a resumed run logs into the same MLflow run
+MLFLOW_RUN = "mlflow.json"  # {store (relative) or tracking_uri, run_id}: a resumed run logs into the same MLflow run
 MLFLOW_STORE = "mlruns"  # the local MLflow file store when no output.mlflow_uri is given
+WANDB_RUN = "wandb.json"  # {run_id, project}: a resumed run logs into the same W&B run (W&B names its wandb/)
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # newest state, what resume continues
 BEST = "best.pt"  # the epoch the monitor chose, what eval and report analyse

@@ -153,4 +153,8 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
             from cifarlab.training.mlflow_logger import MLflowLogger
 
             callbacks.append(MLflowLogger(run_dir, cfg.output.mlflow_uri))
+        if cfg.output.wandb:
+            from cifarlab.training.wandb_logger import WandbLogger
+
+            callbacks.append(WandbLogger(run_dir, cfg.output.wandb_project))
     return cb.Callbacks(callbacks)

@@ -1,9 +1,10 @@
 """Everything optional around the loop: named no-op hooks that see one `TrainState`.
 
-Hooks: on_fit_start, on_epoch_start, on_window, on_step_end, on_epoch_end, on_fit_end, and on_exception
-when the fit raises. Callbacks never synchronise with the device themselves: they read what the loop
-publishes at its sync points (`state.window` in `on_window`, every `train.log_every_steps` steps;
-`state.history` at the epoch end). To end a run early, call `state.request_stop(reason)`.
+Hooks: on_fit_start, on_epoch_start, on_window, on_step_end, on_epoch_end, on_fit_end, on_exception
+when the fit raises, and on_run_end once summary.json and the report are written. Callbacks never
+synchronise with the device themselves: they read what the loop publishes at its sync points
+(`state.window` in `on_window`, every `train.log_every_steps` steps; `state.history` at the epoch end).
+To end a run early, call `state.request_stop(reason)`.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Callback:
     def on_epoch_end(self, state): ...
     def on_fit_end(self, state): ...
     def on_exception(self, state, error: BaseException): ...  # the fit raised `error`; it is re-raised after
+    def on_run_end(self, state): ...  # after summary.json and the report are written (or failed)
 
 
 class Callbacks(Callback):
@@ -48,6 +50,7 @@ class Callbacks(Callback):
     def on_step_end(self, state): self._fire("on_step_end", state)
     def on_epoch_end(self, state): self._fire("on_epoch_end", state)
     def on_fit_end(self, state): self._fire("on_fit_end", state)
+    def on_run_end(self, state): self._fire("on_run_end", state)
 
     def on_exception(self, state, error):
         """Every callback's, even when one of them raises (the first such error is raised after the rest)."""

@@ -19,7 +19,7 @@ def evaluation_data_config(data_cfg, data_dir: Optional[str] = None):
     the default cache): a built-in source decodes into and caches under `dir`, and a checkpoint is someone
     else's file, so evaluating it must not write a dataset cache wherever its config points. An image
     folder's `dir` is where its images are (only read; its cache goes under the user's cache folder)."""
-    if data_cfg.dataset == "folder":
+    if data_cfg.dataset in ("folder", "hf"):  # data.dir is where the images are (hf: or a Hub name)
         return data_cfg if data_dir is None else data_cfg.model_copy(update={"dir": str(data_dir)})
     return data_cfg.model_copy(update={"dir": None if data_dir is None else str(data_dir)})
 

@@ -53,6 +53,7 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = 
     """`path`'s model on `device` (None: auto) under `precision` (None: the run's own, resolved for the
     device; or auto, bf16, fp16, fp32)."""
     from cifarlab.training.checkpoint import load_model as read_checkpoint
+    from cifarlab.use.hf_folder import is_model_folder, load_model_folder
 
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the run's own), got {precision!r}")
@@ -60,7 +61,8 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = 
     # Building the network draws its initial weights from torch's global RNG; the checkpoint's weights
     # replace them, and the caller's RNG must not notice.
     with torch.random.fork_rng(devices=[]):
-        module, cfg, meta = read_checkpoint(Path(path))
+        # a model folder from `cifarlab export --format hf` loads like a checkpoint (use/hf_folder.py)
+        module, cfg, meta = (load_model_folder if is_model_folder(path) else read_checkpoint)(Path(path))
     options = {"norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options}
     card = ModelCard(
         architecture=cfg.model.name, options=options,

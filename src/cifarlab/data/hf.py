@@ -1,0 +1,221 @@
+"""`data.dataset: hf`: an image-classification dataset in Hugging Face `datasets` form, as uint8 tensors.
+
+`data.dir` is one of
+- a folder written by `DatasetDict.save_to_disk` (it holds `dataset_dict.json`),
+- a folder of parquet files named by split (`train-*.parquet`, `data/test-00000-of-00001.parquet`, ...:
+  the split names `datasets` infers from file names),
+- a dataset name on the Hugging Face Hub, e.g. `uoft-cs/cifar10` (downloads unless `data.download=false`).
+
+Options (`data.options`): `image_column` (default: the split's one `Image` feature) and `label_column`
+(default: its one `ClassLabel` feature); class names are that ClassLabel's names, label k the k-th name.
+`train_split` / `test_split` (default `train` / `test`) and `val_split_name` (default `validation` when the
+dataset has one, else none) name the splits; `image_size` and `channels` as for an image folder (default:
+the most common shorter side capped at 64, and what most images are).
+
+Every image goes through the image-folder rule (`cifarlab.data.images.fit_square`) once, decoded in
+parallel threads from the dataset's encoded bytes, into `<cache>/hf/<key>.pt` ($CIFARLAB_DATA, default
+~/.cache/cifarlab). The key covers the datasets' fingerprints (which change when their contents do) and
+the options. Training then reads that cache like any other source, so training speed is that of CIFAR-10.
+Needs `pip install 'cifarlab[hf]'`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from cifarlab.atomic import atomic_write
+from cifarlab.data.dataset import Dataset, Split, channel_stats
+from cifarlab.data.images import MAX_PIXELS, fit_square, to_chw
+from cifarlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+OPTIONS = ("image_column", "label_column", "train_split", "test_split", "val_split_name", "image_size", "channels")
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+DEFAULT_SIZE_CAP = 64
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("data.dataset=hf needs Hugging Face datasets: pip install 'cifarlab[hf]'") from None
+    return datasets
+
+
+def open_hf(where: str, cache_root: Path, download: bool):
+    """The DatasetDict that `where` names (see the module doc)."""
+    datasets = _datasets()
+    path = Path(where).expanduser()
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(path))
+    if path.is_dir() and any(path.rglob("*.parquet")):
+        return datasets.load_dataset("parquet", data_dir=str(path), cache_dir=str(cache_root / "hf" / "arrow"))
+    if path.exists() or where.startswith((".", "/", "~")):
+        raise UserError(f"data.dir {where} is neither a save_to_disk folder (dataset_dict.json) nor a folder of "
+                        f"parquet files")
+    if not download:
+        raise UserError(f"data.dir {where!r} is not a local folder, and data.download=false forbids fetching it "
+                        f"from the Hugging Face Hub")
+    try:
+        return datasets.load_dataset(where, cache_dir=str(cache_root / "hf" / "arrow"))
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # unknown name, no network
+        raise UserError(f"cannot load Hugging Face dataset {where!r}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _settings(options: dict) -> dict:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r} for dataset 'hf'; choose from: {', '.join(OPTIONS)}")
+    size, channels = options.get("image_size"), options.get("channels")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512):
+        raise UserError(f"hf option image_size must be an integer in 8..512, got {size!r}")
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise UserError(f"hf option channels must be 1 or 3, got {channels!r}")
+    return {key: options.get(key) for key in OPTIONS}
+
+
+def _column(split, given: Optional[str], feature_type, option: str) -> str:
+    """The column `given`, else the split's only column of `feature_type`; checked to be of that type."""
+    features = split.features
+    if given is None:
+        found = [name for name, feature in features.items() if isinstance(feature, feature_type)]
+        if len(found) != 1:
+            raise UserError(f"the dataset has {len(found)} {feature_type.__name__} columns among "
+                            f"{', '.join(features)}; name one with data.options.{option}")
+        return found[0]
+    if given not in features:
+        raise UserError(f"data.options.{option}={given!r} is not a column; the columns are {', '.join(features)}")
+    if not isinstance(features[given], feature_type):
+        raise UserError(f"column {given!r} is {type(features[given]).__name__}, not {feature_type.__name__}; "
+                        f"cast it, e.g. dataset.cast_column({given!r}, datasets.{feature_type.__name__}(...))")
+    return given
+
+
+def _splits(dataset_dict, settings: dict) -> dict:
+    names = {"train": settings["train_split"] or "train", "test": settings["test_split"] or "test"}
+    val = settings["val_split_name"] or ("validation" if "validation" in dataset_dict else None)
+    if val is not None:
+        names["val"] = val
+    for role, name in names.items():
+        if name not in dataset_dict:
+            raise UserError(f"the dataset has no split {name!r} for {role}; its splits are "
+                            f"{', '.join(dataset_dict)} (set data.options.{role}_split{'_name' * (role == 'val')})")
+    return {role: dataset_dict[name] for role, name in names.items()}
+
+
+def _open_image(encoded: dict, where: str):
+    """A PIL image from `datasets`' undecoded Image value ({"bytes", "path"}); one line if unreadable."""
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"])
+    except Exception as err:  # PIL raises many types for a bad image; each means "unreadable"
+        raise UserError(f"cannot read the image of {where}: {str(err).splitlines()[0][:200] if str(err) else err}"
+                        ) from None
+    if image.size[0] * image.size[1] > MAX_PIXELS:
+        raise UserError(f"the image of {where} is {image.size[0]}x{image.size[1]} pixels, more than cifarlab decodes")
+    return image
+
+
+def _encoded(split, column: str) -> list[dict]:
+    datasets = _datasets()
+    return list(split.cast_column(column, datasets.Image(decode=False))[column])
+
+
+def _shape(train_images: list[dict], settings: dict) -> tuple[int, int]:
+    """(image_size, channels): the options, or the defaults read from the train images' headers."""
+    size, channels = settings["image_size"], settings["channels"]
+    if size is None or channels is None:
+        with ThreadPoolExecutor() as pool:
+            probes = list(pool.map(lambda item: _probe(*item), enumerate(train_images)))
+        sides = Counter(side for side, _ in probes)
+        common = max(sides.items(), key=lambda item: (item[1], item[0]))[0]  # a tie goes to the larger
+        size = size if size is not None else min(common, DEFAULT_SIZE_CAP)
+        grey = sum(is_grey for _, is_grey in probes)
+        channels = channels if channels is not None else (1 if grey > len(probes) - grey else 3)
+    return size, channels
+
+
+def _probe(index: int, encoded: dict) -> tuple[int, bool]:
+    with _open_image(encoded, f"train row {index}") as image:
+        return min(image.size), image.mode in GREY_MODES
+
+
+def _decode(role: str, images: list[dict], labels: list[int], size: int, channels: int, num_classes: int) -> Split:
+    bad = next((i for i, label in enumerate(labels) if label is None or not 0 <= label < num_classes), None)
+    if bad is not None:  # e.g. -1: a split published without its labels
+        raise UserError(f"{role} row {bad} has label {labels[bad]!r}, outside the {num_classes} classes; "
+                        f"every row of the train, test and validation splits needs a label")
+    out = torch.empty(len(images), channels, size, size, dtype=torch.uint8)
+
+    def load(index: int) -> None:  # PIL releases the GIL while decoding: threads decode in parallel
+        with _open_image(images[index], f"{role} row {index}") as image:
+            out[index] = to_chw(fit_square(image, channels, size))
+
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(load, range(len(images))))
+    return Split(out, torch.tensor(labels, dtype=torch.int64))
+
+
+def load_hf(data_dir: Optional[str], cache_root: Path, download: bool = True, **options) -> Dataset:
+    """The Hugging Face dataset `data_dir` (see the module doc) as a Dataset, decoded once and cached."""
+    if data_dir in (None, ""):
+        raise UserError("data.dataset=hf needs data.dir=<a save_to_disk folder, a folder of parquet files or a "
+                        "Hub dataset name>")
+    settings = _settings(options)
+    splits = _splits(open_hf(str(data_dir), cache_root, download), settings)
+    train = splits["train"]
+    image_column = _column(train, settings["image_column"], _datasets().Image, "image_column")
+    label_column = _column(train, settings["label_column"], _datasets().ClassLabel, "label_column")
+    classes = tuple(train.features[label_column].names)
+    key = hashlib.sha256(repr((CACHE_VERSION, sorted(settings.items()), image_column, label_column,
+                               [(role, split._fingerprint) for role, split in splits.items()])).encode())
+    cache = cache_root / "hf" / f"{key.hexdigest()[:24]}.pt"
+    if cache.is_file() and (dataset := _read_cache(cache)) is not None:
+        return dataset
+    images = {role: _encoded(split, image_column) for role, split in splits.items()}
+    size, channels = _shape(images["train"], settings)
+    decoded = {role: _decode(role, images[role], list(split[label_column]), size, channels, len(classes))
+               for role, split in splits.items()}
+    mean, std = channel_stats(decoded["train"].images)
+    origin = (f"{data_dir} (Hugging Face dataset, columns {image_column}/{label_column}, shorter side resized to "
+              f"{size} + centre crop, {channels}-channel)")
+    dataset = Dataset("hf", decoded["train"], decoded["test"], classes, mean, std, origin, val=decoded.get("val"))
+    _write_cache(dataset, cache)
+    return dataset
+
+
+def _read_cache(path: Path) -> Optional[Dataset]:
+    try:
+        blob = torch.load(path, weights_only=True)
+        if blob["version"] != CACHE_VERSION:
+            raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
+        splits = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
+        return Dataset("hf", splits["train"], splits["test"], tuple(blob["classes"]), tuple(blob["mean"]),
+                       tuple(blob["std"]), f"cache {path} (decoded from {blob['origin']})", val=splits["val"])
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
+        log.warning("ignoring unreadable hf cache %s (%s); decoding again", path, err)
+        return None
+
+
+def _write_cache(dataset: Dataset, path: Path) -> None:
+    blob = {"version": CACHE_VERSION, "classes": list(dataset.classes), "mean": list(dataset.mean),
+            "std": list(dataset.std), "origin": dataset.origin}
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        blob[name] = (split.images, split.labels) if split is not None else None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda handle: torch.save(blob, handle))
+    except (OSError, UserError) as err:  # a read-only cache dir only costs a slower next load
+        log.warning("could not write the hf cache %s (%s); the next load decodes again", path, err)
