@@ -7,6 +7,7 @@
 #   syncs    pytest -m gpu: no CUDA sync inside a training step (set_sync_debug_mode="error"), augmentation
 #   fast     `cifarlab train fast` on CIFAR-shaped synthetic data: eager, then train.compile=reduce-overhead
 #   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed
+#   augment  bench/augment_cost.py: launches and GPU ms per batch of each augmentation (not in the default set)
 # Where one call may run at most 10 minutes, split them: `speed graphs`, then `syncs fast`, then `fmnist`.
 # If .device/whl holds wheels (a machine without our pure-Python dependencies), they are installed first.
 set -uo pipefail
@@ -64,6 +65,7 @@ for s in "${stages[@]}"; do
       run_fast eager "${CIFAR_SHAPED[@]}"
       run_fast reduce-overhead "${CIFAR_SHAPED[@]}" train.compile=reduce-overhead ;;
     fmnist) run_fast fmnist data.dataset=fashion_mnist ;;
-    *) echo "unknown stage $s (speed, graphs, syncs, fast, fmnist)" >&2; exit 2 ;;
+    augment) stage augment 120 "$PY" bench/augment_cost.py ;;
+    *) echo "unknown stage $s (speed, graphs, syncs, fast, fmnist, augment)" >&2; exit 2 ;;
   esac
 done

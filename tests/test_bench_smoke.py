@@ -21,3 +21,19 @@ def test_gpu_speed_smoke_prints_the_table_for_every_cpu_case():
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
     assert len(rows) >= 2 and all(row.count("|") == 13 for row in rows), done.stdout
     assert "syncs/step fit (bare)" in done.stdout
+
+
+@pytest.mark.slow  # a subprocess that builds and profiles every augmentation and two training states
+def test_augment_cost_smoke_counts_every_op_without_a_sync():
+    """Each augmentation's row: zero host syncs, and MixUp/CutMix/colour jitter within a few launches."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "augment_cost.py"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ") and "launches/" not in line]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+    assert len(rows) == 9 and all(cells[2] == "0" for cells in rows.values()), done.stdout  # syncs per batch
+    added = {label: float(cells[1]) for label, cells in rows.items()}
+    # Budgets with a little headroom over what the ops launch today (CPU count: 6, 7 and 12).
+    assert added["mixup"] <= 8 and added["cutmix"] <= 8 and added["color (b, c, s 0.4)"] <= 14, added
+    assert "training step launches" in done.stdout

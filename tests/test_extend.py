@@ -19,7 +19,7 @@ from cifarlab.training.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=none"]
-TIMING = {"elapsed_seconds", "images_per_second"}
+TIMING = {"elapsed_seconds", "images_per_second", "mfu"}
 
 
 def _train(root: Path, *extra: str) -> Path:

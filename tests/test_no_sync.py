@@ -20,7 +20,8 @@ QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=non
 SMALL_DATA = ["data.dataset=synthetic", "data.options={num_train: 64, num_test: 16, image_size: 16}",
               "data.mean=null", "data.std=null", "train.batch_size=16", "schedule.lr_peak=null"]
 # Recipes shrunk to seconds; between them: SGD and Adam, onecycle/constant/step/plateau schedules,
-# crop (zero, reflect), i.i.d. and alternating flips, rotate, cutout, EMA, BatchNorm and LayerNorm.
+# crop (zero, reflect), i.i.d. and alternating flips, rotate, cutout, colour jitter, MixUp/CutMix, EMA,
+# gradient accumulation, BatchNorm and LayerNorm.
 CASES = {  # id: (recipe, overrides)
     "smoke": ("smoke", []),
     "fast": ("fast", ["model.options={widths: [8, 16, 16]}"]),
@@ -31,6 +32,8 @@ CASES = {  # id: (recipe, overrides)
     "resnet18-cutout": ("resnet18-cutout", []),
     "resnet18-layernorm-plateau": ("resnet18-layernorm-plateau", []),
     "resnet18-steplr": ("resnet18-steplr", []),
+    "smoke-mix-color": ("smoke", ["augment.mixup={p: 0.5}", "augment.cutmix={p: 0.5}", "augment.color={p: 0.5}"]),
+    "smoke-accumulate": ("smoke", ["train.batch_size=8", "train.accumulate=2", "augment.mixup={}"]),
 }
 STEP_CASES = list(CASES)
 STEPS = 3
@@ -91,7 +94,7 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", ["fast", "fast-ema", "fast-ema-every-2", "fast-lookahead",
-                                  "custom-resnet-onecycle", "resnet18-steplr"])
+                                  "custom-resnet-onecycle", "resnet18-steplr", "smoke-mix-color", "smoke-accumulate"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
     state.train_model.train()

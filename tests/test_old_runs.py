@@ -25,7 +25,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"
 MADE_WITH = json.loads((FIXTURE / "made_with.json").read_text())
 SAME_ARITHMETIC = (MADE_WITH["torch"] == str(torch.__version__)
                    and MADE_WITH["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
-TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
+TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
+          # MFU and what it rests on: measured by the process that trains, absent from runs made before MFU was recorded
+          "mfu", "train_flops_per_image", "peak_flops", "peak_flops_source"}
 STATE_KEYS = ("model", "optimizer", "schedule", "lr_used", "ema", "epoch", "step", "batch_in_epoch", "history",
               "rng", "epoch_meter", "window_meter", "status")
 

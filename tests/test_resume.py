@@ -25,7 +25,8 @@ from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second"}
+TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
+          "mfu", "peak_flops"}  # MFU's peak on a CPU is a matmul probe: timed too
 # 8 steps per epoch (512 images, batch 64); a window row every 4 steps; last.pt every 3 steps and per epoch.
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=lines", "checkpoint.every_steps=3"]

@@ -18,8 +18,9 @@ import secrets
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from cifarlab.errors import UserError
 
@@ -128,9 +129,11 @@ def _keep_copy(path: Path, keep_previous: Path) -> None:
             raise
     try:
         os.replace(link, keep_previous)
-    except BaseException:
+    finally:
+        # Gone after a rename; but where `keep_previous` already is this same file (a writer killed between
+        # keeping the previous file and renaming the new one leaves both names on one inode), POSIX rename
+        # does nothing and returns success, and the link would stay forever.
         _unlink_quietly(link)
-        raise
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -152,6 +155,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb",
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     remove_stale_temps(path)
+    if keep_previous is not None:  # _keep_copy's temporaries, of a writer killed before their rename
+        remove_stale_temps(Path(keep_previous))
     tmp: Optional[Path] = None
     try:
         fd, tmp = _new_temp(path)
@@ -170,6 +175,32 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb",
     finally:
         if tmp is not None:
             _unlink_quietly(tmp)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` for tools that write by file name (safetensors, ONNX): what the body
+    writes there is fsynced and renamed over `path` when the body returns, and removed if it raises. The name
+    carries our pid, so a kill leaves a temporary the next write of `path` sweeps (`remove_stale_temps`)."""
+    path = Path(path)
+    remove_stale_temps(path)
+    try:
+        fd, tmp = _new_temp(path)
+        os.close(fd)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        _unlink_quietly(tmp)  # gone after the rename; otherwise the failed write's leftover
     fsync_dir(path.parent)
 
 

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   cifarlab compare runs/fmnist-quick                # every run under a folder, differing settings as columns
   cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
   cifarlab report runs/fmnist-quick/20261121-120000
+  cifarlab sweep smoke data.val_split=64 --grid optim.lr=0.02,0.05,0.1   # an Optuna study of runs
   cifarlab COMMAND --help                           # each command's arguments and examples
 
 exit codes of train/resume/demo: 0 done, 2 bad input (one line on stderr), 3 diverged (NaN/inf loss;
@@ -88,7 +89,46 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_show)
 
     commands.add_analysis_commands(sub)
+    _add_sweep(sub)
     return parser
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="many runs of a recipe as one Optuna study (space file or --grid)",
+                       epilog="examples:\n  cifarlab sweep fmnist-quick space.yaml data.val_split=0.1 --trials 20\n"
+                              "  cifarlab sweep smoke data.val_split=64 --grid seed=0,1,2 optim.lr=0.05,0.1\n"
+                              "  cifarlab sweep fmnist-quick space.yaml data.val_split=0.1 --trials 50 "
+                              "--storage postgresql://user@host/db   # the same command on every machine\n"
+                              "see docs/sweeps.md")
+    p.add_argument("recipe", help="recipe name or YAML path")
+    p.add_argument("args", nargs="*", metavar="SPACE.yaml | key=value",
+                   help="the space file (config key -> {low, high[, log, step]} or {choices}) and overrides")
+    p.add_argument("--grid", nargs="+", metavar="key=v1,v2", help="try every combination of these values")
+    p.add_argument("--trials", type=int, help="trials in all, over every worker (default with --grid: the grid size)")
+    p.add_argument("--seeds", type=int, default=1, help="train each configuration with this many seeds; score the mean")
+    p.add_argument("--pruner", default="median", help="median (default), hyperband or none")
+    p.add_argument("--workers", type=int, default=1, help="trials at once on this machine (one GPU each)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the sweep folder), e.g. postgresql://...")
+    p.add_argument("--name", help="study name (default: RECIPE-SPACE or RECIPE-grid)")
+    p.add_argument("--dir", help="sweep folder (default: sweeps/NAME)")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between a running trial's heartbeats; a trial silent for twice that is retried")
+    p.add_argument("--allow-test-selection", action="store_true",
+                   help="let trials select on the test split (no validation split); the test score is then tuned on")
+    p.add_argument("--no-report", action="store_true", help="skip the sweep report at the end")
+    p.set_defaults(run=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from cifarlab.sweep import define_sweep, run_sweep
+
+    spaces = [arg for arg in args.args if "=" not in arg]
+    if len(spaces) > 1:
+        raise UserError(f"one space file expected, got {', '.join(spaces)} (overrides look like key=value)")
+    sweep = define_sweep(args.recipe, [arg for arg in args.args if "=" in arg], spaces[0] if spaces else None,
+                         args.grid, args.trials, args.seeds, args.name, args.dir, args.storage, args.pruner,
+                         args.heartbeat, args.allow_test_selection)
+    return run_sweep(sweep, workers=args.workers, report=not args.no_report)
 
 
 def _version() -> str:
@@ -200,7 +240,9 @@ def main(argv=None) -> int:
             import_user_modules(args.import_modules)
         return args.run(args)
     except UserError as err:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        from cifarlab.runtime import is_rank_zero
+
+        if is_rank_zero():  # under torchrun every rank fails alike: say it once
             print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
 MAX_SUMMARY_BATCH = 1024
+GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/gradcam_<name>.png
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
@@ -40,6 +41,7 @@ CHECKPOINT_HELP = (f"a checkpoint file, e.g. {example_checkpoint()}, or a model 
 
 
 def add_analysis_commands(sub) -> None:
+    export_example = example_checkpoint("fmnist-quick", "20261121-120000")
     p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did",
                        epilog=f"examples:\n  cifarlab eval {example_checkpoint('fmnist-quick', '20261121-120000')}\n"
                               f"  cifarlab eval {example_checkpoint('fmnist-quick', '20261121-120000')} --no-tta")
@@ -100,7 +102,8 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser(
         "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
-        description=f"example: cifarlab export {example_checkpoint('fmnist-quick', '20261121-120000')} --format onnx")
+        description=f"examples:\n  cifarlab export {export_example} --format onnx\n"
+                    f"  cifarlab export {export_example} --format onnx --tta")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--format", dest="export_format", choices=["hf", "onnx", "safetensors", "torchscript"],
                    required=True, help="safetensors: weights only; torchscript: traced module; onnx: needs "
@@ -109,6 +112,9 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--out", type=Path, help="output file, for hf a new folder (default: beside the checkpoint, e.g. "
                                             "best.onnx, best-hf/); never overwritten")
     import_flag(p)
+    p.add_argument("--tta", nargs="?", const=True, choices=["flip", "flip_translate"],
+                   help="put test-time augmentation in the onnx/torchscript graph, so it scores as the run did: "
+                        "the run's own (train.tta; flip if none) when given alone")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
@@ -233,16 +239,23 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import json
+
     from cifarlab.export import export
 
     if args.export_format == "hf":
+        if args.tta:
+            raise UserError("--tta needs --format onnx or torchscript: an hf folder holds weights, not a graph")
         from cifarlab.use.export_hf import export_hf
 
         print(export_hf(args.checkpoint, args.out))
         return 0
 
-    out = export(args.checkpoint, args.export_format, args.out)
+    out = export(args.checkpoint, args.export_format, args.out, tta=args.tta)
     print(f"{out}\n{out.with_name(out.name + '.json')}")
+    note = json.loads(out.with_name(out.name + ".json").read_text()).get("note")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -284,9 +297,14 @@ def cmd_gradcam(args) -> int:
     cam_pred = gradcam(loaded.module, inputs, preds, layer=args.layer, method=args.method)
     cam_other = gradcam(loaded.module, inputs, second, layer=args.layer, method=args.method)
     classes = loaded.classes
-    titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
-              for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
-    print(plot_gradcam(images, cam_pred, cam_other, titles, out))
+    if labels is not None:
+        titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
+                  for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
+    else:  # own images have no true class: the second map is the runner-up's
+        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%, runner-up {classes[o]} {100 * probs[i, o]:.0f}%"
+                  for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
+    print(plot_gradcam(images, cam_pred, cam_other, titles, out,
+                       other="true class" if labels is not None else "runner-up class"))
     return 0
 
 
@@ -341,7 +359,7 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no {PLOTS}/ folder for it; give --out FILE.png")
     plots = output_target(run_dir / PLOTS, "the run's plots folder", folder=True)
-    out = plots / f"gradcam_{method.replace('+', 'pp')}.png"
+    out = plots / f"gradcam_{GRADCAM_FILE_NAMES[method]}.png"
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call

@@ -156,13 +156,53 @@ class RotateConfig(ConfigSection):
     p: float = Field(default=1.0, ge=0, le=1, description="Probability that an image is rotated.")
 
 
+class ColorConfig(ConfigSection):
+    """Colour jitter (data/color.py): each factor uniform in [1 - x, 1 + x] per image, applied in this order."""
+
+    brightness: float = Field(default=0.4, ge=0, le=1, description="pixels scaled by a factor in [1-x, 1+x]")
+    contrast: float = Field(default=0.4, ge=0, le=1,
+                            description="distance from the image's mean grey scaled by a factor in [1-x, 1+x]")
+    saturation: float = Field(default=0.4, ge=0, le=1, description=(
+        "distance from each pixel's grey scaled by a factor in [1-x, 1+x]; RGB images only"))
+    p: float = Field(default=1.0, ge=0, le=1, description="probability that an image is jittered")
+
+
+class MixupConfig(ConfigSection):
+    """MixUp (Zhang et al. 2018, arXiv:1710.09412) of a batch with its reverse, targets mixed alike."""
+
+    alpha: float = Field(default=0.2, gt=0, le=100,
+                         description="the batch's weight of its own images is drawn from Beta(alpha, alpha)")
+    p: float = Field(default=1.0, ge=0, le=1, description="share of training batches that are mixed")
+
+
+class CutmixConfig(ConfigSection):
+    """CutMix (Yun et al. 2019, arXiv:1905.04899): a box from the reversed batch pasted in, targets by area."""
+
+    alpha: float = Field(default=1.0, gt=0, le=100,
+                         description="the box covers 1 - lambda of the image, lambda from Beta(alpha, alpha)")
+    p: float = Field(default=1.0, ge=0, le=1, description="share of training batches that are cut and mixed")
+
+
 class AugmentConfig(ConfigSection):
-    """Applied in this order: crop, flip, rotate, cutout; a null op is off. Test data is never augmented."""
+    """Applied in this order: crop, flip, rotate, color, cutout, then mixup or cutmix; a null op is off.
+    Test data is never augmented."""
 
     crop: Optional[CropConfig] = Field(None, description="Pad and randomly crop (a random translation); null: off.")
     flip: Optional[FlipConfig] = Field(None, description="Random horizontal flip; null: off.")
     rotate: Optional[RotateConfig] = Field(None, description="Random rotation; null: off.")
+    color: Optional[ColorConfig] = Field(default=None, description="colour jitter: brightness, contrast, saturation")
     cutout: Optional[CutoutConfig] = Field(None, description="Cutout: square holes of constant value; null: off.")
+    mixup: Optional[MixupConfig] = Field(default=None, description=(
+        "MixUp; the loss is taken on the mixed targets, train accuracy against each image's dominant label"))
+    cutmix: Optional[CutmixConfig] = Field(default=None, description=(
+        "CutMix; with mixup on too, each batch gets at most one of them (mixup.p + cutmix.p <= 1)"))
+
+    @model_validator(mode="after")
+    def _one_mix_per_batch(self):
+        if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1:
+            raise ValueError(f"augment.mixup.p + augment.cutmix.p must be at most 1 (each batch is mixed by one "
+                             f"of them at most, e.g. 0.5 each), got {self.mixup.p:g} + {self.cutmix.p:g}")
+        return self
 
 
 class ModelConfig(ConfigSection):
@@ -333,6 +373,9 @@ class TrainConfig(ConfigSection):
         description=("airbench94's lookahead weight averaging; null: off."))
     log_every_steps: int = Field(default=50, ge=1,
         description=("Optimizer steps per logging window (progress, the metrics file's step rows, TensorBoard)."))
+    accumulate: int = Field(default=1, ge=1, le=1024, description=(
+        "micro-batches of train.batch_size per optimizer step (gradient accumulation): each step sees "
+        "batch_size x accumulate images; steps, the schedule and checkpoints count optimizer steps"))
     threads: Optional[int] = Field(default=None, ge=1, description="CPU intra-op threads; null: torch's choice.")
     early_stop_patience: Optional[int] = Field(default=None, ge=1,
         description=("Stop after this many epochs without a better checkpoint.monitor; null: never."))

@@ -17,6 +17,7 @@ import torch
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config, validate
+from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.run import layout
@@ -24,11 +25,12 @@ from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, ve
 from cifarlab.run.lock import RunLock
 from cifarlab.run.records import Summary, read_summary
 from cifarlab.run.records import write_summary as write_summary_file
-from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.training.build import ARRAYS, build_state, default_callbacks, load_data
+from cifarlab.runtime import Runtime, is_rank_zero, make_runtime
+from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data
 from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import restore
 from cifarlab.training.loop import fit
+from cifarlab.training.preflight import check_integrations
 from cifarlab.training.sizing import few_steps_warning, size_to_data
 from cifarlab.training.state import TrainState
 
@@ -78,6 +80,16 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
+    check_model_input(cfg.model, dataset)
+    check_integrations(cfg.output)
+    if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
+        from cifarlab.models.registry import build_model
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
+                             dataset.classes, dataset.in_channels)
+    if run_dir is not None and runtime.dist.is_main:
+        _refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
     run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
@@ -94,6 +106,17 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         raise
     with lock:
         return _fit_and_finish(state, dataset, callbacks)
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    """`train(run_dir=...)` starts a run: into a new or empty folder, never over files already there (an
+    earlier run's checkpoints and metrics would be overwritten or mixed with the new ones)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir} is a file; give a new or empty folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = (f"; continue that run with cifarlab.resume({str(run_dir)!r})"
+                if (run_dir / layout.CONFIG).exists() else "")
+        raise UserError(f"run_dir {run_dir} is not empty: a new run goes into a new or empty folder{hint}")
 
 
 def _arrays(data) -> Optional[Dataset]:
@@ -120,18 +143,24 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
         from cifarlab.training.warmstart import init_from_checkpoint
 
-        init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels)
+        _announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
     state.lr_peak_source = source
     state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
     if runtime.dist.is_main:
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
-    _announce(f"run directory: {run_dir}\ndata: {dataset.name} ({dataset.origin}), "
-              f"{len(dataset.train.labels)} train / {len(dataset.test.labels)} test images\n"
-              f"device: {runtime.describe()}", runtime)
-    warning = few_steps_warning(state.steps_per_epoch, cfg.train.epochs)
+    _announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
+    optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
+    warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
     if warning:
         _announce(warning, runtime)
     return state
+
+
+def data_line(dataset: Dataset) -> str:
+    """`data: fashion_mnist, 60,000 train / 10,000 test images, from <origin>`: counts first, then where."""
+    val = f" / {len(dataset.val.labels):,} validation" if dataset.val is not None else ""
+    return (f"data: {dataset.name}, {len(dataset.train.labels):,} train{val} / {len(dataset.test.labels):,} test "
+            f"images, from {dataset.origin}")
 
 
 def _lr_peak_source(cfg: Config) -> str:
@@ -163,7 +192,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     # Taken before reading: a trainer still at work is the reason to give, not its half-way files. Rank 0
     # holds it for all ranks of a torchrun job (the others would find it taken).
     lock = RunLock(run_dir)
-    if os.environ.get("RANK", "0") == "0":
+    if is_rank_zero():
         lock.acquire()
     with lock:
         return _resume_locked(run_dir, checkpoint, data, callbacks, epochs)
@@ -175,6 +204,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
+    check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
     try:
         previous = read_summary(run_dir, required=False) or Summary()
     except UserError:
@@ -196,6 +226,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, _arrays(data))
+    check_same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
     state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
@@ -231,7 +262,12 @@ def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
+    from cifarlab.training.throughput import measure_speed
+
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
+    state.speed = measure_speed(state)  # before fit: not training time
+    if state.speed is not None:
+        _announce(state.speed.describe(), runtime)
     callbacks = default_callbacks(cfg, run_dir, runtime.dist.is_main)
     if runtime.dist.is_main:  # like cifarlab's own logging: one process reports
         callbacks.callbacks.extend(user_callbacks)
@@ -280,6 +316,7 @@ def write_summary(state: TrainState) -> dict:
         wall_seconds=round(state.wall_seconds, 3), train_seconds=round(train_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
         train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
+        **(state.speed.summary(images / train_seconds if train_seconds else None) if state.speed else {}),
         lr_peak=state.lr_peak, lr_peak_source=state.lr_peak_source, precision=state.runtime.precision.name,
         tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
         early_stop=state.early_stop, diverged_at=state.diverged_at,

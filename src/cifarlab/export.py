@@ -14,13 +14,18 @@ resized to `image_size`, then centre-cropped) and returns logits (N, num_classes
   metadata_props. Needs the extra `pip install cifarlab[onnx]`. When onnxruntime is installed the export
   is run once against PyTorch and refused if any output differs by more than `ONNX_TOLERANCE`.
 
+TTA: a run that evaluated with test-time augmentation (`train.tta`) scores higher than its bare network.
+`tta=` (`--tta`) puts it inside the TorchScript or ONNX graph (`WithTTA`): the graph then returns the log
+of the views' averaged class probabilities, which are still logits (softmax gives those probabilities, and
+the argmax is the run's answer). Without it the sidecar's `tta_in_graph` is null and its `note` says what is
+left out. safetensors holds weights only, so it cannot carry TTA.
+
 An existing output file is never replaced: the export is refused with one line.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -28,33 +33,69 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from cifarlab.atomic import atomic_path, atomic_write_text
 from cifarlab.errors import UserError
+from cifarlab.run import layout
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_TOLERANCE = 1e-4
+TTA_CHOICES = ("flip", "flip_translate")
 
 
-def metadata(model, source: str, export_format: str) -> dict:
-    """The sidecar JSON: enough to feed the exported network and read its output."""
+class WithTTA(nn.Module):
+    """`model` with test-time augmentation in its forward: the log of the weighted mean of the views'
+    softmaxes (training/evaluate.log_probs, the run's own evaluation), so an exported graph scores as the
+    run reported."""
+
+    def __init__(self, model: nn.Module, tta: str):
+        super().__init__()
+        self.model, self.tta = model, tta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from cifarlab.training.evaluate import log_probs
+
+        return log_probs(self.model, images, tta=self.tta)
+
+
+def metadata(model, source: str, export_format: str, tta: Optional[str] = None) -> dict:
+    """The sidecar JSON: enough to feed the exported network and read its output (`tta`: the TTA put in
+    the graph, if any)."""
     from cifarlab._version import __version__
 
     cfg = model.config
+    output = ("log of the TTA views' mean class probabilities (N, num_classes): logits, softmax gives the "
+              "probabilities" if tta else "logits (N, num_classes); softmax gives class probabilities")
     return {
         "format": export_format, "classes": list(model.classes), "mean": list(model.mean), "std": list(model.std),
         "image_size": model.image_size, "channels": model.in_channels,
         "model": {"name": cfg.model.name, "num_classes": len(model.classes), "in_channels": model.in_channels,
                   "norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options},
         "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std; shorter side resized to image_size, centre crop",
-        "output": "logits (N, num_classes); softmax gives class probabilities",
-        "tta": model.tta, "checkpoint": source, "cifarlab": __version__, "torch": str(torch.__version__),
+        "output": output, "tta": model.tta, "tta_in_graph": tta, "note": tta_note(model.tta, tta),
+        "checkpoint": source, "cifarlab": __version__, "torch": str(torch.__version__),
     }
 
 
+def tta_name(tta: Union[str, bool, None]) -> Optional[str]:
+    """A TTA setting by name: `train.tta: true` is flip; false or None is no TTA."""
+    return "flip" if tta is True else (tta or None)
+
+
+def tta_note(run_tta: Union[str, bool, None], graph_tta: Optional[str]) -> Optional[str]:
+    """What a user of the file must know about TTA, or None when the file scores as the run did."""
+    if graph_tta or not run_tta:
+        return None
+    return (f"the run evaluated with {tta_name(run_tta)} TTA (train.tta); this network does not include it and scores "
+            f"a little lower: average the views yourself, or export with --tta to put it in the graph")
+
+
 def _write_safetensors(model: nn.Module, tmp: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    save_file(weights, str(tmp), metadata={"cifarlab": json.dumps(meta)})
+    # safetensors' save_file creates its file 0600; written as bytes here, it gets the umask's permissions
+    # like every other export.
+    tmp.write_bytes(save(weights, metadata={"cifarlab": json.dumps(meta)}))
 
 
 def _write_torchscript(model: nn.Module, tmp: Path, meta: dict, example: torch.Tensor) -> None:
@@ -114,15 +155,28 @@ def default_out(checkpoint: Path, export_format: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + FORMATS[export_format])
 
 
-def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Path, None] = None) -> Path:
-    """Write the checkpoint's network as `export_format` to `out` (default `default_out`) plus `<out>.json`."""
+def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Path, None] = None,
+           tta: Union[str, bool, None] = None) -> Path:
+    """Write the checkpoint's network as `export_format` to `out` (default `default_out`) plus `<out>.json`;
+    `tta` as in `export_model`."""
     from cifarlab.use.load import load_model
 
     checkpoint = Path(checkpoint)
+    if not checkpoint.name:  # "." or "/": no file name to put the export beside
+        raise UserError(f"checkpoint {checkpoint} is a directory; give a .pt file such as "
+                        f"{layout.CHECKPOINTS}/{layout.BEST}")
     out = Path(out) if out is not None else default_out(checkpoint, _checked_format(export_format))
+    _checked_tta(tta, export_format)
     _refuse_existing(out)
     loaded = load_model(checkpoint, device="cpu", precision="fp32")
-    return export_model(loaded, export_format, out, source=str(checkpoint))
+    return export_model(loaded, export_format, out, source=str(checkpoint), tta=tta)
+
+
+def _checked_tta(tta: Union[str, bool, None], export_format: str) -> None:
+    if tta and export_format == "safetensors":
+        raise UserError("--tta needs --format onnx or torchscript: safetensors holds weights only, not a graph")
+    if tta not in (None, False, True, *TTA_CHOICES):
+        raise UserError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
 
 
 def _checked_format(export_format: str) -> str:
@@ -139,34 +193,44 @@ def _refuse_existing(out: Path) -> None:
         raise UserError(f"output folder {out.parent} does not exist")
 
 
-def export_model(loaded, export_format: str, out: Union[str, Path], source: str = "") -> Path:
+def export_model(loaded, export_format: str, out: Union[str, Path], source: str = "",
+                 tta: Union[str, bool, None] = None) -> Path:
     """Export a model from `cifarlab.load_model` (its card says how to feed it; fine-tuned or not) to `out`
-    plus `<out>.json`. Its network is put in eval mode and float32 first."""
+    plus `<out>.json`. Its network is put in eval mode and float32 first. `tta`: put test-time augmentation
+    in the graph (onnx, torchscript): True for the run's own (`loaded.tta`, flip if it had none), or a name."""
     out = Path(out)
     _checked_format(export_format)
+    _checked_tta(tta, export_format)
     _refuse_existing(out)
     model = loaded.module.float().eval()
-    meta = metadata(loaded, source, export_format)
+    _refuse_non_finite(model, source or "the model")
+    tta = tta_name(loaded.tta or "flip") if tta is True else tta_name(tta)
+    meta = metadata(loaded, source, export_format, tta)
+    network = WithTTA(model, tta).eval() if tta else model  # what is written: the network, with TTA if asked
     sidecar = out.with_name(out.name + ".json")
-    tmp, tmp_sidecar = (path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in (out, sidecar))
-    try:
+    # Through cifarlab.atomic: a failed or killed export leaves no half-written file under either name, and
+    # a killed one's temporaries are swept by the next export to the same name. The network is renamed
+    # first, so a sidecar never describes a file that is not there.
+    with atomic_path(out) as tmp:
         if export_format == "safetensors":
-            _write_safetensors(model, tmp, meta)
+            _write_safetensors(network, tmp, meta)
         elif export_format == "torchscript":
-            _write_torchscript(model, tmp, meta, _example(loaded, 1))
+            _write_torchscript(network, tmp, meta, _example(loaded, 1))
         else:
-            _write_onnx(model, tmp, meta, _example(loaded, 2))
-            diff = onnx_max_abs_diff(tmp, model, _example(loaded, 16))
-            if diff is not None and diff > ONNX_TOLERANCE:
-                raise RuntimeError(f"the ONNX export differs from PyTorch by {diff:.3g} > {ONNX_TOLERANCE}")
+            _write_onnx(network, tmp, meta, _example(loaded, 2))
+            diff = onnx_max_abs_diff(tmp, network, _example(loaded, 16))
+            if diff is not None and not diff <= ONNX_TOLERANCE:
+                raise UserError(f"the ONNX export of {source or 'the model'} differs from PyTorch by {diff:.3g} "
+                                f"(allowed {ONNX_TOLERANCE}); nothing was written: export as safetensors or "
+                                f"torchscript instead")
             meta["onnxruntime_max_abs_diff"] = diff
-        tmp_sidecar.write_text(json.dumps(meta, indent=2) + "\n")
-        # Renames last: a failed export leaves no half-written file under either name.
-        os.replace(tmp, out)
-        os.replace(tmp_sidecar, sidecar)
-    except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_sidecar.unlink(missing_ok=True)
+    atomic_write_text(sidecar, json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return out
+
+
+def _refuse_non_finite(model: nn.Module, source: str) -> None:
+    """A network with NaN or inf weights (a diverged run) would export fine and predict garbage."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source} has non-finite (NaN or inf) values in {name}; a diverged model cannot be "
+                            f"exported: export a checkpoint from before the divergence")

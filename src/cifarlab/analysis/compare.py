@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import yaml
 
 from cifarlab.analysis.report import markdown_table
+from cifarlab.atomic import atomic_write, atomic_write_text
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
 from cifarlab.run.layout import CONFIG, SUMMARY
@@ -124,6 +125,7 @@ def _row(run_dir: Path, label: str) -> dict:
         "best_test_acc": summary.best_test_acc, "best_train_acc": best_train,
         "epochs": f"{_or_unknown(summary.epochs_completed)}/{_or_unknown(summary.epochs)}",
         "wall_seconds": summary.wall_seconds, "train_images_per_second": summary.train_images_per_second,
+        "mfu": summary.mfu,
         "status": summary.status,
     }
 
@@ -161,6 +163,8 @@ def format_cell(key: str, value: Any) -> str:
         return str(value)
     if key.endswith("_acc"):
         return f"{100 * float(value):.2f}%"
+    if key == "mfu":  # a fraction of the device's peak FLOP/s
+        return f"{100 * float(value):.1f}%"
     if key.startswith("lr"):
         return f"{float(value):.2E}"
     if key == "wall_seconds":
@@ -190,12 +194,15 @@ def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """Raw values (accuracies as fractions, seconds) for further processing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        keys = [key for key, _ in columns(rows)]
-        writer = csv.DictWriter(f, fieldnames=keys)
+    keys = [key for key, _ in columns(rows)]
+
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, fieldnames=keys, lineterminator="\r\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in keys})
+
+    atomic_write(path, write, mode="w")
     return path
 
 
@@ -211,7 +218,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"
-    markdown.write_text("# Run comparison\n\n" + to_markdown(rows) + "\n![test curves](comparison.png)\n")
+    atomic_write_text(markdown, "# Run comparison\n\n" + to_markdown(rows) + "\n![test curves](comparison.png)\n")
     csv_path = to_csv(rows, out_dir / "comparison.csv")
     curves = {row["run"]: read_metrics(run_dir) for row, run_dir in zip(rows, run_dirs)}
     plot = plot_compare(curves, out_dir / "comparison.png")

@@ -19,6 +19,36 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     return flat.view(num_classes, num_classes)
 
 
+def confusion_cells(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The non-zero cells of the confusion matrix as an (M, 3) int64 tensor of (true, predicted, count), in
+    row-major order: M is at most the number of images, so memory and time grow with the test split, not
+    with num_classes squared (2,000 classes would be 4 million cells, 100,000 classes 80 GB)."""
+    labels, preds = torch.as_tensor(labels).long().flatten().cpu(), torch.as_tensor(preds).long().flatten().cpu()
+    codes, counts = torch.unique(labels * num_classes + preds, return_counts=True)  # sorted: row-major
+    return torch.stack([codes // num_classes, codes % num_classes, counts], dim=1)
+
+
+def most_confused_classes(cells: torch.Tensor, num_classes: int, limit: int) -> list[int]:
+    """Up to `limit` class indices with the most errors (misclassified images of the class plus images
+    misclassified as it), in index order; all classes when there are at most `limit`."""
+    if num_classes <= limit:
+        return list(range(num_classes))
+    wrong = cells[cells[:, 0] != cells[:, 1]]
+    errors = torch.bincount(wrong[:, 0], wrong[:, 2], minlength=num_classes)
+    errors += torch.bincount(wrong[:, 1], wrong[:, 2], minlength=num_classes)
+    return sorted(errors.double().argsort(descending=True, stable=True)[:limit].tolist())
+
+
+def dense_confusion(cells: torch.Tensor, chosen: Sequence[int]) -> torch.Tensor:
+    """The (len(chosen), len(chosen)) block of the confusion matrix over the `chosen` classes."""
+    position = {k: i for i, k in enumerate(chosen)}
+    block = torch.zeros(len(chosen), len(chosen), dtype=torch.int64)
+    for true, pred, count in cells.tolist():
+        if true in position and pred in position:
+            block[position[true], position[pred]] = count
+    return block
+
+
 def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
     """(K,) float: correct / total per true class; NaN for a class with no examples."""
     confusion = confusion.double()

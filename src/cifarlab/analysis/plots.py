@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.atomic import WriteError, atomic_write
 from cifarlab.run.layout import BEST
 
 DPI = 120
@@ -26,9 +27,13 @@ OVERLAY_CMAP = "jet"
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only run directory: one line, like every other write
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight",
+                                                  facecolor="white"))
     return path
 
 
@@ -162,11 +167,14 @@ def plot_per_class(acc: Any, classes: Sequence[str], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalised: bool) -> Path:
-    """Heat map of a (K, K) confusion matrix, rows = true class; `normalised` shows row percentages."""
+def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalised: bool,
+                   row_totals: Any = None) -> Path:
+    """Heat map of a (K, K) confusion matrix, rows = true class; `normalised` shows row percentages, of
+    `row_totals` when `conf` is a block of a larger matrix (each true class's images in all columns)."""
     counts = _to_numpy(conf).astype(np.float64)
     K = len(classes)
-    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 100.0 if normalised else counts
+    totals = counts.sum(axis=1) if row_totals is None else _to_numpy(row_totals).astype(np.float64)
+    values = counts / np.maximum(totals[:, None], 1) * 100.0 if normalised else counts
     side = max(6.0, 0.55 * K)
     fig = Figure(figsize=(side + 1.5, side), layout="constrained")
     ax = fig.subplots()
@@ -216,8 +224,10 @@ def _upsample(cam: Any, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequence[str], path: str | Path) -> Path:
-    """Per image: the image, the predicted-class map over it, the true-class map over it.
+def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequence[str], path: str | Path,
+                 other: str = "true class") -> Path:
+    """Per image: the image, the predicted-class map over it, the map of `other` over it (the true class,
+    or for images without one, e.g. the runner-up class).
 
     Maps are (N, H, W) in [0, 1]; `titles[i]` names the image ("true dog, pred cat (p=0.87)").
     Two images share a row when there are more than four, to keep the figure README-sized.
@@ -235,13 +245,13 @@ def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequen
         pixels, cmap = _as_hwc(images_uint8[i])
         size = pixels.shape[:2]
         for ax, cam, label in ((image_ax, None, titles[i]), (pred_ax, cam_pred[i], "predicted-class map"),
-                               (true_ax, cam_true[i], "true-class map")):
+                               (true_ax, cam_true[i], f"{other} map")):
             ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             if cam is not None:
                 ax.imshow(_upsample(cam, size), cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1,
                           interpolation="bilinear")
             ax.set_title(label, fontsize=8)
-    fig.suptitle("Grad-CAM: where the model looked for its prediction vs. for the true class")
+    fig.suptitle(f"Grad-CAM: where the model looked for its prediction vs. for the {other}")
     return _save(fig, path)
 
 

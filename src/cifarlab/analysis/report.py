@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from cifarlab.atomic import atomic_write_text
 from cifarlab.run.layout import REPORT_HTML, REPORT_MD
 
 # The sections a full run report has, in order (`analyze_run` builds them).
@@ -77,8 +78,8 @@ def write_report(run_dir: str | Path, sections: Sequence[Section], title: str | 
                 raise FileNotFoundError(f"report section {section.title!r} links {block.path}, missing in {run_dir}")
     md_path = run_dir / REPORT_MD
     html_path = run_dir / REPORT_HTML
-    md_path.write_text(render_markdown(title, sections))
-    html_path.write_text(render_html(title, sections, run_dir))
+    atomic_write_text(md_path, render_markdown(title, sections))
+    atomic_write_text(html_path, render_html(title, sections, run_dir))
     return md_path, html_path
 
 

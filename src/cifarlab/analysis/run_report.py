@@ -18,8 +18,10 @@ import torch
 from cifarlab.analysis import plots
 from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
+from cifarlab.atomic import atomic_write, atomic_write_text
 from cifarlab.config_diff import from_defaults, scalar
 from cifarlab.errors import UserError
+from cifarlab.progress import PhaseProgress
 from cifarlab.run import layout
 from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
 from cifarlab.run.records import Summary, read_metrics, read_summary
@@ -27,6 +29,7 @@ from cifarlab.run.records import Summary, read_metrics, read_summary
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
+PLOT_CLASSES = 30  # beyond this many classes, plots show the most-confused ones
 SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
@@ -42,23 +45,33 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
-    predictions = predict_batch(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
-                                autocast=autocast, tta=cfg.train.tta, device=device,
-                                channels_last=cfg.train.channels_last)
     gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
-    sections = [
-        _summary_section(summary, predictions, cfg),
-        _config_section(cfg),
-        _environment_section(summary, dataset),
-        _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc"),
-        _lr_section(run_dir, metrics),
-        _lr_find_section(run_dir),
-        _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size),
-        *_class_sections(run_dir, predictions, dataset.classes),
-        _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size),
-        _gradcam_section(run_dir, model, test.images, predictions, dataset.classes, gradcam_options),
-        _augment_section(run_dir, dataset, cfg),
+    predictions = None  # the first step's; the sections below read it when they run
+    steps = [  # (what, make): progress names each as it finishes (minutes in all on a busy CPU)
+        ("summary", lambda: _summary_section(summary, predictions, cfg)),
+        ("configuration", lambda: _config_section(cfg)),
+        ("environment", lambda: _environment_section(summary, dataset)),
+        ("curves", lambda: _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc")),
+        ("learning rate", lambda: _lr_section(run_dir, metrics)),
+        ("range test", lambda: _lr_find_section(run_dir)),
+        ("model summary", lambda: _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size)),
+        ("classes", lambda: _class_sections(run_dir, predictions, dataset.classes)),
+        ("misclassified", lambda: _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size)),
+        ("Grad-CAM", lambda: _gradcam_section(run_dir, model, test.images, predictions, dataset.classes,
+                                              gradcam_options)),
+        ("augmentation", lambda: _augment_section(run_dir, dataset, cfg)),
     ]
+    sections = []
+    with PhaseProgress("report", 1 + len(steps), "steps", cfg.output.progress,
+                       start_text=f"{len(test.labels):,} test images") as progress:
+        predictions = predict_batch(model, test.images, test.labels, mean, std, batch_size=cfg.train.eval_batch_size,
+                                    autocast=autocast, tta=cfg.train.tta, device=device,
+                                    channels_last=cfg.train.channels_last, progress=cfg.output.progress)
+        progress.update(text="predictions")
+        for what, make in steps:
+            made = make()
+            sections += made if isinstance(made, list) else [made]
+            progress.update(text=what)
     md_path, _ = write_report(run_dir, [s for s in sections if s is not None])
     return md_path
 
@@ -113,14 +126,19 @@ def _cpu(tensor: Any) -> torch.Tensor:
     return torch.as_tensor(tensor).detach().cpu()
 
 
-def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+                 shown_rows: Optional[Sequence[Sequence[Any]]] = None) -> None:
+    """tables/<name>.csv with `rows` as they are (numbers stay numbers), and tables/<name>.md with
+    `shown_rows` (the same rows formatted for reading, e.g. percentages), default `rows`."""
     tables = run_dir / layout.TABLES
     tables.mkdir(parents=True, exist_ok=True)
-    with (tables / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
+    def write_csv(handle) -> None:
+        writer = csv.writer(handle, lineterminator="\r\n")  # csv's own default, as open(newline="") gave
         writer.writerow(header)
         writer.writerows(rows)
-    (tables / f"{name}.md").write_text(markdown_table(header, rows))
+
+    atomic_write(tables / f"{name}.csv", write_csv, mode="w")
+    atomic_write_text(tables / f"{name}.md", markdown_table(header, shown_rows or rows))
 
 
 # ---------------------------------------------------------------- sections
@@ -129,7 +147,7 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     if not summary:
         blocks = [Text(f"{layout.SUMMARY} was not found: the run has not finished an epoch.")]
     else:
-        rows = [(label, format_cell(key, summary[key])) for key, label in SUMMARY_FIELDS if key in summary]
+        rows = [(label, _summary_cell(key, summary)) for key, label in SUMMARY_FIELDS if key in summary]
         blocks = [Table(("field", "value"), rows)]
         if summary.get("status") not in (None, "completed"):
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
@@ -142,6 +160,23 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "
                        f"on {count:,} test images ({tta})."))
     return Section("Summary", blocks)
+
+
+def _summary_cell(key: str, summary: dict) -> str:
+    """A summary value as the report shows it; the peak LR says where it came from (`lr_peak_source`)."""
+    if key == "mfu" and summary[key] is not None:
+        peak = summary.get("peak_flops")
+        of_peak = f" of {peak / 1e12:.3g} TFLOP/s ({summary.get('peak_flops_source')})" if peak else ""
+        return f"{100 * summary[key]:.1f}%{of_peak}"
+    text = format_cell(key, summary[key])
+    if key != "lr_peak":
+        return text
+    source = summary.get("lr_peak_source")
+    if not source:
+        return f"{text} (source not recorded)"
+    if source.startswith("range test"):
+        return f"{text}, found by the {source}"
+    return f"{text}, as configured ({source})"
 
 
 def _config_section(cfg) -> Section:
@@ -202,36 +237,51 @@ def _model_section(run_dir: Path, model, input_shape: tuple, batch_size: int) ->
     from cifarlab.analysis.model_summary import model_summary
 
     text = model_summary(model, input_shape, batch_size)
-    (run_dir / MODEL_SUMMARY).write_text(text + "\n")
+    atomic_write_text(run_dir / MODEL_SUMMARY, text + "\n")
     return Section("Model summary", [Text(f"For a batch of {batch_size}; also in {MODEL_SUMMARY}."), Code(text)])
 
 
 def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[Section]:
-    from cifarlab.analysis.metrics import confusion_matrix, per_class_accuracy, top_confused
+    """Per-class accuracy and confusion. Tables in tables/ are complete (every class; every non-zero
+    confusion cell in confusion.csv); beyond PLOT_CLASSES classes the plots and the report's own tables show
+    the classes with the most errors, so memory and time grow with the test split, not with classes squared
+    (a 300-class report peaked at 16.6 GB drawing a 300x300 matrix with every label)."""
+    from cifarlab.analysis.metrics import confusion_cells, dense_confusion, most_confused_classes
 
     K = len(classes)
-    conf = _cpu(confusion_matrix(_cpu(predictions.labels), _cpu(predictions.preds), K))
-    totals, correct = conf.sum(dim=1), conf.diagonal()
-    acc = _cpu(per_class_accuracy(conf))  # fractions; NaN for a class absent from the test split
+    labels, preds = _cpu(predictions.labels).long(), _cpu(predictions.preds).long()
+    cells = confusion_cells(labels, preds, K)
+    totals = torch.bincount(labels, minlength=K)
+    correct = torch.bincount(labels[labels == preds], minlength=K)
+    acc = correct.double() / totals.double()  # NaN for a class absent from the test split
     header = ("class", "correct", "total", "accuracy")
-    rows = [(classes[k], int(correct[k]), int(totals[k]), format_cell("test_acc", None if acc[k].isnan() else acc[k]))
-            for k in range(K)]
-    _write_table(run_dir, "per_class", header, rows)
-    plots.plot_per_class(acc.nan_to_num(0.0), classes, run_dir / layout.plot("per_class.png"))
-    per_class = Section("Per-class accuracy", [Table(header, rows),
-                                               Image(layout.plot("per_class.png"), "test accuracy per class")])
-    pairs = top_confused(conf, list(classes), TOP_CONFUSED)
-    pair_rows = [(true, pred, int(count)) for true, pred, count in pairs]
+    fractions = [None if acc[k].isnan() else round(float(acc[k]), 6) for k in range(K)]
+    numbers = [(classes[k], int(correct[k]), int(totals[k]), fractions[k]) for k in range(K)]  # accuracy in [0, 1]
+    rows = [(*row[:3], format_cell("test_acc", row[3])) for row in numbers]
+    _write_table(run_dir, "per_class", header, numbers, rows)
+    _write_table(run_dir, "confusion", ("true", "predicted", "count"),
+                 [(classes[t], classes[p], n) for t, p, n in cells.tolist()])
+    shown = most_confused_classes(cells, K, PLOT_CLASSES)
+    note = "" if len(shown) == K else f" (the {len(shown)} of {K} classes with the most errors; all in tables/)"
+    plots.plot_per_class(acc[shown].nan_to_num(0.0), [classes[k] for k in shown],
+                         run_dir / layout.plot("per_class.png"))
+    per_class = Section("Per-class accuracy", [Table(header, [rows[k] for k in shown]),
+                                               Image(layout.plot("per_class.png"), f"test accuracy per class{note}")])
+    wrong = cells[cells[:, 0] != cells[:, 1]]
+    top_pairs = wrong[wrong[:, 2].argsort(descending=True, stable=True)[:TOP_CONFUSED]].tolist()
+    pair_rows = [(classes[t], classes[p], n) for t, p, n in top_pairs]
     _write_table(run_dir, "confused_pairs", ("true", "predicted", "count"), pair_rows)
-    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion.png"), normalised=False)
-    plots.plot_confusion(conf, classes, run_dir / layout.plot("confusion_normalised.png"), normalised=True)
+    block, names = dense_confusion(cells, shown), [classes[k] for k in shown]
+    plots.plot_confusion(block, names, run_dir / layout.plot("confusion.png"), normalised=False)
+    plots.plot_confusion(block, names, run_dir / layout.plot("confusion_normalised.png"), normalised=True,
+                         row_totals=totals[shown])
     top = (", ".join(f"{true}→{pred} {count}" for true, pred, count in pair_rows)
            or "none: no test image was misclassified")
     confusion = Section("Confusion", [
         Text(f"Most confused pairs (true→predicted, images): {top}."),
         Table(("true", "predicted", "images"), pair_rows),
-        Image(layout.plot("confusion.png"), "confusion matrix, counts"),
-        Image(layout.plot("confusion_normalised.png"), "confusion matrix, percent of each true class"),
+        Image(layout.plot("confusion.png"), f"confusion matrix, counts{note}"),
+        Image(layout.plot("confusion_normalised.png"), f"confusion matrix, percent of each true class{note}"),
     ])
     return [per_class, confusion]
 
@@ -281,11 +331,15 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
 
 def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     from cifarlab.data.augment import build_augment
+    from cifarlab.data.mix import build_mix
     from cifarlab.data.normalize import to_float
 
     C, H = dataset.train.images.shape[1:3]
     aug = build_augment(cfg.augment, H, C, seed=cfg.seed)
-    if not aug.describe():
+    mixing = build_mix(cfg.augment.mixup, cfg.augment.cutmix, dataset.num_classes)
+    mix_lines = [f"{line} (on whole batches, with the targets; not in the preview)" for line in mixing.describe()] \
+        if mixing is not None else []
+    if not aug.describe() and not mix_lines:
         return Section("Augmentation preview", [Text("The recipe uses no augmentation: images are only normalised.")])
     count = min(PREVIEW_COUNT, len(dataset.train.labels))
     before = dataset.train.images[:count].cpu()
@@ -294,6 +348,6 @@ def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     plots.plot_augment_preview(before, after, run_dir / layout.plot("augment.png"))
     return Section("Augmentation preview", [
         Text("Applied to training images, in this order:"),
-        Bullets(aug.describe()),
+        Bullets(aug.describe() + mix_lines),
         Image(layout.plot("augment.png"), "training images before and after augmentation"),
     ])

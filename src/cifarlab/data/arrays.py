@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from cifarlab.data.checks import MAX_CLASSES
 from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.errors import UserError
 
@@ -80,6 +81,9 @@ def _class_names(classes: Optional[Sequence[str]], labels: list[torch.Tensor]) -
     if low < 0:
         raise UserError(f"labels must be class indices >= 0, got {low}")
     if classes is None:
+        if top >= MAX_CLASSES:  # before allocating a name per index
+            raise UserError(f"labels must be class indices 0..K-1 with K at most {MAX_CLASSES:,}, got a label {top:,}; "
+                            f"pass classes=[...] or renumber the labels")
         return tuple(str(k) for k in range(max(top + 1, 2)))
     names = tuple(str(name) for name in classes)
     if len(set(names)) != len(names) or len(names) < 2:

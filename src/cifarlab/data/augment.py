@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cifarlab.config import AugmentConfig
+from cifarlab.data.color import color_jitter
 from cifarlab.errors import UserError
 
 
@@ -187,12 +188,13 @@ def _rotation_basis(H: int, W: int, device: torch.device, dtype: torch.dtype) ->
 
 
 class BatchAugment:
-    """The configured ops in order crop, flip, rotate, cutout: `aug(images, generator, indices=None, epoch=0)`.
+    """The configured ops in order crop, flip, rotate, color, cutout: `aug(images, generator, indices=None,
+    epoch=0)`.
 
     images: float (N, C, H, W) in [0, 1]; indices: (N,) dataset indices, needed by alternating flip.
-    The result equals applying `random_crop`, `horizontal_flip`/`alternating_flip`, `rotate` and `cutout`
-    in turn with the same generator (the same draws in the same order), with crop and flip done as one
-    gather. Built by `build_augment`, which validates the settings.
+    The result equals applying `random_crop`, `horizontal_flip`/`alternating_flip`, `rotate`,
+    `color.color_jitter` and `cutout` in turn with the same generator (the same draws in the same
+    order), with crop and flip done as one gather. Built by `build_augment`, which validates the settings.
     """
 
     def __init__(self, cfg: AugmentConfig, channels: int, image_size: int, seed: int, lines: list[str]):
@@ -216,7 +218,7 @@ class BatchAugment:
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"augment built for (N, {', '.join(map(str, expected))}) images, "
                              f"got {tuple(images.shape)}")
-        crop, flip, rot, cut = self.cfg.crop, self.cfg.flip, self.cfg.rotate, self.cfg.cutout
+        crop, flip, rot, color, cut = self.cfg.crop, self.cfg.flip, self.cfg.rotate, self.cfg.color, self.cfg.cutout
         N, device = images.shape[0], images.device
         offsets = flips = None
         if crop is not None and crop.padding > 0:
@@ -229,6 +231,8 @@ class BatchAugment:
             images = torch.where(flips[:, None, None, None], images.flip(3), images)
         if rot is not None:
             images = rotate(images, generator, rot.degrees, rot.fill, rot.p)
+        if color is not None:
+            images = color_jitter(images, generator, color.brightness, color.contrast, color.saturation, color.p)
         if cut is not None:
             images = cutout(images, generator, cut.holes, cut.size, cut.fill, cut.p)
         return images
@@ -255,7 +259,8 @@ def _check(key: str, value, low: int, high: int) -> None:
 
 
 def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int = 0) -> BatchAugment:
-    """Validate `cfg` against (channels, image_size, image_size) images; ops run crop, flip, rotate, cutout.
+    """Validate `cfg` against (channels, image_size, image_size) images; ops run crop, flip, rotate, color,
+    cutout. (MixUp and CutMix change the labels too: `data.mix.build_mix`.)
 
     `seed` feeds alternating flip's per-index bits (use the run's seed).
     """
@@ -274,8 +279,21 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int 
                      else f"horizontal flip, p={flip.p:g}")
     if (rot := cfg.rotate) is not None:
         lines.append(f"rotation by up to ±{rot.degrees:g}°, bilinear, fill {rot.fill:g}, p={rot.p:g}")
+    if (color := cfg.color) is not None:
+        lines.append(_color_line(color, channels))
     if (cut := cfg.cutout) is not None:
         _check("cutout.size", cut.size, 1, image_size)
         holes = f"{cut.holes} hole{'s' if cut.holes > 1 else ''}"
         lines.append(f"cutout {holes} of {cut.size}×{cut.size} px, fill {cut.fill:g}, p={cut.p:g}")
     return BatchAugment(cfg, channels, image_size, seed, lines)
+
+
+def _color_line(color, channels: int) -> str:
+    strengths = {"brightness": color.brightness, "contrast": color.contrast, "saturation": color.saturation}
+    if color.saturation and channels != 3:
+        raise UserError(f"augment.color.saturation needs RGB images, these have {channels} channel"
+                        f"{'s' if channels > 1 else ''}; set it to 0")
+    if not any(strengths.values()):
+        raise UserError("augment.color needs brightness, contrast or saturation above 0, got all 0")
+    jitter = ", ".join(f"{name} ×[{1 - x:g}, {1 + x:g}]" for name, x in strengths.items() if x)
+    return f"colour jitter: {jitter}, p={color.p:g}"

@@ -2,7 +2,9 @@
 the per-channel normalisation statistics. Sources, folders, arrays and the validation split all build it."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -32,6 +34,12 @@ class Dataset:
     origin: str  # one line: where the tensors came from
     val: Optional[Split] = None  # a validation split: an image folder's val/, or one `data.val_split` made
 
+    @cached_property
+    def fingerprint(self) -> dict[str, Optional[str]]:
+        """split name -> sha256 of its labels and pixels (None for no split): checkpoints keep it, so that
+        evaluating or resuming on other data than a run trained on is noticed. Computed once per Dataset."""
+        return {name: split_fingerprint(getattr(self, name)) for name in ("train", "val", "test")}
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -44,6 +52,16 @@ class Dataset:
     def image_size(self) -> int:
         return self.train.images.shape[2]
 
+
+
+def split_fingerprint(split: Optional[Split]) -> Optional[str]:
+    """sha256 over a split's shape, labels and pixels (a full pass: ~0.1 s for CIFAR-10's 150 MB)."""
+    if split is None:
+        return None
+    digest = hashlib.sha256(repr(tuple(split.images.shape)).encode())
+    digest.update(split.labels.contiguous().numpy().tobytes())
+    digest.update(memoryview(split.images.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

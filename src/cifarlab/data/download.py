@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cifarlab.atomic import atomic_write
 from cifarlab.errors import UserError
+from cifarlab.progress import PhaseProgress
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ def fetch(url: str, dest: str | Path, md5: str, timeout: float = 30.0) -> Path:
             response = urllib.request.urlopen(url, timeout=timeout)
         except NETWORK_ERRORS as err:
             raise _network_error(url, err) from None
-        with response:
+        size = int(response.headers.get("Content-Length") or 0)
+        # Lines only once it has taken a few seconds: a refused download (bad md5) stays one line.
+        with response, PhaseProgress(f"downloading {url}", size, "bytes", "auto" if size else "none",
+                                     announce=False) as progress:
             while True:
                 try:
                     chunk = response.read(CHUNK_BYTES)
@@ -82,6 +86,7 @@ def fetch(url: str, dest: str | Path, md5: str, timeout: float = 30.0) -> Path:
                     break
                 digest.update(chunk)
                 out.write(chunk)
+                progress.update(len(chunk))
         got = digest.hexdigest()
         if got != md5:
             raise UserError(f"download of {url} is corrupt: expected md5 {md5}, got {got}; "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +42,11 @@ from cifarlab.atomic import atomic_write
 from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.data.images import fit_square, open_checked
 from cifarlab.errors import UserError
+from cifarlab.progress import PhaseProgress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the pixels' fingerprint is stored and checked on every read
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 DEFAULT_SIZE_CAP = 64
@@ -69,7 +71,7 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     found = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and _visible(p)):
         files = [p for p in class_dir.rglob("*")
-                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                 if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.exists()))
                  and all(_visible(part) for part in p.relative_to(class_dir).parents if part.name)
                  and _visible(p)]
         found[class_dir.name] = sorted(files)
@@ -125,8 +127,12 @@ def content_key(root: Path, splits: dict[str, FileSplit], settings: dict) -> str
     digest = hashlib.sha256(f"{CACHE_VERSION}|{settings['image_size']}|{settings['channels']}".encode())
     for name, split in splits.items():
         for path, label in zip(split.files, split.labels):
-            stat = path.stat()
-            digest.update(f"\n{name}|{label}|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            try:
+                stat = path.stat()
+            except OSError as err:  # a dangling link: the decode names it
+                raise _unreadable(path, err) from None
+            relative = os.fsencode(path.relative_to(root))  # bytes: a file name need not be valid UTF-8
+            digest.update(f"\n{name}|{label}|".encode() + relative + f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -160,8 +166,9 @@ def resolve_settings(train: FileSplit, settings: dict) -> tuple[int, int]:
     return size, channels
 
 
-def decode(split: FileSplit, size: int, channels: int) -> Split:
-    """All images of a split -> uint8 (N, channels, size, size), decoded in parallel threads."""
+def decode(split: FileSplit, size: int, channels: int, progress: Optional[PhaseProgress] = None) -> Split:
+    """All images of a split -> uint8 (N, channels, size, size), decoded in parallel threads; `progress`
+    counts the images."""
     pixels = np.empty((len(split.files), size, size, channels), dtype=np.uint8)
 
     def load(index: int) -> None:
@@ -173,7 +180,9 @@ def decode(split: FileSplit, size: int, channels: int) -> Split:
             raise _unreadable(path, err) from None
 
     with ThreadPoolExecutor() as pool:
-        list(pool.map(load, range(len(split.files))))
+        for _ in pool.map(load, range(len(split.files))):
+            if progress is not None:
+                progress.update()
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     return Split(images, torch.tensor(split.labels, dtype=torch.int64))
 
@@ -184,22 +193,38 @@ def _cache_path(cache_root: Path, root: Path, settings: dict, key: str) -> Path:
     return cache_root / "folder" / f"{prefix}-{key[:16]}.pt"
 
 
-def _read_cache(path: Path) -> Optional[Dataset]:
+def _read_cache(path: Path, classes: tuple[str, ...], splits: dict[str, FileSplit]) -> Optional[Dataset]:
+    """The cached Dataset if it is exactly what decoding the scanned folder would give, else None (decode again).
+
+    A cache is a file anyone could have edited: it is verified, never trusted. Its class names and every
+    split's labels must be those the folder scan gives, its pixels must hash to the fingerprint stored
+    with them, and mean/std are recomputed from the pixels rather than read."""
     try:
         blob = torch.load(path, weights_only=True)
         if blob["version"] != CACHE_VERSION:
             raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
-        splits = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
-        return Dataset("folder", splits["train"], splits["test"], tuple(blob["classes"]), tuple(blob["mean"]),
-                       tuple(blob["std"]), f"cache {path} (decoded from {blob['origin']})", val=splits["val"])
+        cached = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
+        if tuple(blob["classes"]) != classes:
+            raise ValueError("its class names are not the folder's")
+        for name in ("train", "val", "test"):
+            split, scanned = cached[name], splits.get(name)
+            expected = None if scanned is None else torch.tensor(scanned.labels, dtype=torch.int64)
+            if (split is None) != (expected is None) or (split is not None and not torch.equal(split.labels, expected)):
+                raise ValueError(f"its {name} labels are not the folder's")
+        mean, std = channel_stats(cached["train"].images)
+        dataset = Dataset("folder", cached["train"], cached["test"], classes, mean, std,
+                          f"cache {path}, decoded from {blob['origin']}", val=cached["val"])
+        if dataset.fingerprint != blob["fingerprint"]:
+            raise ValueError("its pixels do not match the fingerprint stored with them")
+        return dataset
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
-        log.warning("ignoring unreadable folder cache %s (%s); decoding again", path, err)
+        log.warning("ignoring folder cache %s (%s); decoding again", path, err)
         return None
 
 
 def _write_cache(dataset: Dataset, path: Path) -> None:
     blob = {"version": CACHE_VERSION, "classes": list(dataset.classes), "mean": list(dataset.mean),
-            "std": list(dataset.std), "origin": dataset.origin}
+            "std": list(dataset.std), "origin": dataset.origin, "fingerprint": dataset.fingerprint}
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)
         blob[name] = (split.images, split.labels) if split is not None else None
@@ -221,12 +246,14 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
     settings = _settings(options)
     classes, splits = scan(root)
     cache = _cache_path(cache_root, root, settings, content_key(root, splits, settings))
-    if cache.is_file() and (dataset := _read_cache(cache)) is not None:
+    if cache.is_file() and (dataset := _read_cache(cache, classes, splits)) is not None:
         return dataset
     size, channels = resolve_settings(splits["train"], settings)
-    decoded = {name: decode(split, size, channels) for name, split in splits.items()}
-    mean, std = channel_stats(decoded["train"].images)
     count = sum(len(split.files) for split in splits.values())
+    # No line up front (announce=False): a folder refused for a bad file says only that, in one line.
+    with PhaseProgress(f"decoding {root}", count, "images", announce=False) as progress:
+        decoded = {name: decode(split, size, channels, progress) for name, split in splits.items()}
+    mean, std = channel_stats(decoded["train"].images)
     origin = f"{root} (image folder, {count} files, shorter side resized to {size} + centre crop, {channels}-channel)"
     dataset = Dataset("folder", decoded["train"], decoded["test"], classes, mean, std, origin, val=decoded.get("val"))
     _write_cache(dataset, cache)

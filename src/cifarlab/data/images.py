@@ -38,6 +38,16 @@ def _to_8bit(image):
     return Image.fromarray(scaled, "L")
 
 
+def _float_to_8bit(image):
+    """A 32-bit float grayscale image (mode F, e.g. a scientific TIFF) as mode L: values in [0, 1] are scaled
+    by 255 (PIL's own convert would clip them to black), larger ones are taken as 0..255."""
+    from PIL import Image
+
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    scale = 255.0 if pixels.size and float(pixels.max()) <= 1.0 else 1.0
+    return Image.fromarray(np.rint(np.clip(pixels * scale, 0, 255)).astype(np.uint8), "L")
+
+
 def fit_square(image, channels: int, size: int) -> np.ndarray:
     """A PIL image -> uint8 (size, size) for 1 channel or (size, size, 3) for 3, by the rule above."""
     from PIL import Image, ImageOps
@@ -49,6 +59,8 @@ def fit_square(image, channels: int, size: int) -> np.ndarray:
         image.draft("L" if channels == 1 else "RGB", (size, size))
     if image.mode in (*SIXTEEN_BIT_MODES, "I"):
         image = _to_8bit(image)
+    elif image.mode == "F":
+        image = _float_to_8bit(image)
     if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         # Drop alpha by compositing over black, so invisible pixels (often junk colours) count as black.
         rgba = image.convert("RGBA")
@@ -76,7 +88,9 @@ def open_checked(path: Path):
         raise UserError(f"image {path} does not exist")
     if not path.is_file():  # a FIFO would block, a device would be read until memory runs out
         raise UserError(f"image {path} is not a regular file")
-    image = Image.open(path)
+    with warnings.catch_warnings():  # PIL warns above its own limit; MAX_PIXELS, lower, decides below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()

@@ -2,21 +2,25 @@
 
 No DataLoader workers, no PIL, no per-image Python: gather -> float -> augment -> normalise ->
 channels_last. Randomness is counter-based: the permutation of epoch `e` and the augmentation of batch
-`k` come from generators seeded by (seed, e) and (seed, e, k), so any batch can be rebuilt exactly
-from its position. That makes a mid-epoch resume reproduce the uninterrupted run bit for bit, with no
-generator state to carry, and lets each distributed rank take its shard of the same permutation.
+`k` come from generators seeded by (seed, e) and (seed, e, k) (MixUp/CutMix's per-batch draws from a
+host `random.Random` seeded the same way), so any batch can be rebuilt exactly from its position.
+That makes a mid-epoch resume reproduce the uninterrupted run bit for bit, with no generator state to
+carry, and lets each distributed rank take its shard of the same permutation.
 """
 from __future__ import annotations
 
+import random
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from cifarlab.data.augment import BatchAugment
+from cifarlab.data.mix import BatchMix
 from cifarlab.data.normalize import Normalize, to_float
 
 # `aug(pixels, generator, indices=..., epoch=...) -> pixels`, e.g. augment.BatchAugment.
 AugmentFn = Callable[..., torch.Tensor]
+MIX_STREAM = 0x6D6978  # keeps MixUp/CutMix's host draws apart from the augmentation generator's seeds
 
 
 def _mix(*parts: int) -> int:
@@ -32,7 +36,8 @@ def _mix(*parts: int) -> int:
 class DeviceLoader:
     """Iterates (inputs, labels) batches of one split that lives on `device`.
 
-    inputs: float (B, C, H, W) normalised, channels_last if asked; labels: int64 (B,).
+    inputs: float (B, C, H, W) normalised, channels_last if asked; labels: int64 (B,), or with `mix`
+    (MixUp/CutMix, training only) float (B, num_classes) mixed targets.
     With `world_size > 1`, global batch k is `perm[k*B:(k+1)*B]` and rank r takes every world_size-th
     image of it, so the ranks together see exactly what one process would.
     """
@@ -48,6 +53,7 @@ class DeviceLoader:
         std: Sequence[float],
         train: bool,
         augment: Optional[AugmentFn] = None,
+        mix: Optional[BatchMix] = None,
         seed: int = 0,
         channels_last: bool = True,
         rank: int = 0,
@@ -59,7 +65,7 @@ class DeviceLoader:
         self.images = images.to(device, non_blocking=True)
         self.labels = labels.to(device, non_blocking=True)
         self.batch_size, self.device, self.train = batch_size, device, train
-        self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
+        self.mean, self.std, self.augment, self.mix = tuple(mean), tuple(std), augment, mix
         self.normalize = Normalize(self.mean, self.std, device)  # constants on the device once, not per batch
         if isinstance(augment, BatchAugment):
             augment.prepare(self.num_images, device)  # per-index tables made once, not per batch
@@ -97,5 +103,9 @@ class DeviceLoader:
         if self.train and self.augment is not None:
             generator = torch.Generator(device=self.device).manual_seed(_mix(self.seed, epoch, batch_index, self.rank))
             pixels = self.augment(pixels, generator, indices=indices, epoch=epoch)
+        labels = self.labels.index_select(0, indices)
+        if self.train and self.mix is not None:
+            # Not the rank: every rank mixes its shard of global batch k with the same lam (and box).
+            pixels, labels = self.mix(pixels, labels, random.Random(_mix(self.seed, epoch, batch_index, MIX_STREAM)))
         inputs = self.normalize(pixels, self.channels_last)
-        return inputs, self.labels.index_select(0, indices)
+        return inputs, labels

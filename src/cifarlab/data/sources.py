@@ -39,7 +39,7 @@ from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a fingerprint of the tensors is stored and checked on every read
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -234,10 +234,12 @@ def _write_cache(dataset: Dataset, path: Path) -> None:
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "origin": dataset.origin,
+        "fingerprint": dataset.fingerprint,
     }
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda handle: torch.save(blob, handle))
-    except UserError as e:  # a read-only data dir only costs a slower next load
+    except (OSError, UserError) as e:  # a read-only data dir only costs a slower next load
         log.warning("could not write the dataset cache %s (%s); the next load decodes again", path, e)
 
 
@@ -247,9 +249,18 @@ def _read_cache(name: str, path: Path) -> Dataset | None:
         blob = torch.load(path, weights_only=True)
         if blob["version"] != CACHE_VERSION:
             raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
-        origin = f"cache {path} (decoded from {blob['origin']})"
-        return _build(name, blob, origin, stats=(blob["mean"], blob["std"]))
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
+        origin = f"cache {path}, decoded from {blob['origin']}"
+        # Verified, never trusted (anyone can edit the file): the pixels must hash to the fingerprint stored
+        # with them, fixed class names must be the source's, and mean/std are recomputed, not read.
+        dataset = _build(name, blob, origin)
+        if dataset.fingerprint != blob["fingerprint"]:
+            raise ValueError("its images or labels do not match the fingerprint stored with them")
+        fixed = SOURCES[name].classes if name in SOURCES else ()
+        if fixed and dataset.classes != tuple(fixed):
+            raise ValueError(f"its class names are not {name}'s")
+        return dataset
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
+            UserError) as e:
         log.warning("ignoring unreadable dataset cache %s (%s); decoding again", path, e)
         return None
 
@@ -279,6 +290,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     decode = _decode_idx if source.cifar_layout is None else _decode_cifar
     tensors, origin = decode(name, source, root, download)
     dataset = _build(name, tensors, origin)
-    root.mkdir(parents=True, exist_ok=True)
     _write_cache(dataset, cache)
     return dataset

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarlab.atomic import atomic_write
 from cifarlab.config import LRFindConfig
 from cifarlab.errors import UserError
 from cifarlab.lr_range.suggest import RULES, Rule, centred_smooth, descent_start_index, suggest_index
@@ -153,7 +154,7 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
 
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, step: Step, batches: Batches,
-               cfg: LRFindConfig) -> RangeTestResult:
+               cfg: LRFindConfig, on_step: Optional[Callable[[float, float], None]] = None) -> RangeTestResult:
     """Sweep the lr (set on every param group), run `step` once per lr, record raw and smoothed losses,
     restore `model` and `optimizer`.
 
@@ -165,7 +166,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, step: Step, b
     (bias correction, so early values are not pulled towards 0). `smooth` is the weight of the newest
     loss: torch-lr-finder's `smooth_f` (0.05) and fastai's beta = 0.98 is smooth = 0.02; smooth = 0 means
     no smoothing. Stops early when the smoothed loss exceeds diverge_threshold x the best so far, or the
-    loss is not finite. Batches must already be on the model's device.
+    loss is not finite. Batches must already be on the model's device. `on_step(lr, loss)`, if given, is
+    called after each step (progress).
     """
     next_batch = _batch_source(batches)
     lrs, losses, smoothed = [], [], []
@@ -187,6 +189,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, step: Step, b
             losses.append(value)
             smoothed.append(smooth_value)
             best = min(best, smooth_value)
+            if on_step is not None:
+                on_step(float(lr), value)
             if smooth_value > cfg.diverge_threshold * best:
                 stopped_early = True
                 break
@@ -247,5 +251,5 @@ def plot_range_test(result: RangeTestResult, path: Union[str, Path], rule: Optio
     fig = range_test_figure(result, rule)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
     return path

@@ -12,8 +12,10 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
+from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
+from cifarlab.training.accumulate import forward_backward
 from cifarlab.training.build import build_state
 from cifarlab.training.state import TrainState
 
@@ -59,10 +61,12 @@ def training_step(state: TrainState) -> Step:
     plain model, not `train_model`: under DDP each rank stops the sweep on its own loss, and a collective
     that one rank skips would hang the others; under torch.compile the sweep would compile a model that
     training then throws away."""
+    micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size  # train.accumulate as in training
+
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with state.runtime.precision.autocast():
-            loss = state.loss_fn(state.model(inputs), labels)
-        state.grad_step(loss)
+        loss, _ = forward_backward(state.model, state.loss_fn, state.runtime.precision, state.grad_step,
+                                   inputs, labels, micro_size)
+        state.grad_step.step()
         return loss
 
     return step
@@ -71,7 +75,15 @@ def training_step(state: TrainState) -> Step:
 def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTestResult:
     """The range test on a freshly built model and optimizer of this recipe (weights are left untouched)."""
     state = range_test_state(cfg, runtime, dataset)
-    return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), cfg.lr_find)
+    sweep = cfg.lr_find
+    mode = cfg.output.progress if runtime.dist.is_main else "none"
+    with PhaseProgress("range test", sweep.num_iter, "steps", mode,
+                       start_text=f"lr {sweep.start_lr:.3g} to {sweep.end_lr:.3g} ({sweep.step_mode})") as progress:
+        def on_step(lr: float, loss: float) -> None:
+            progress.update(text=f"lr {lr:.2e}, loss {loss:.4f}")
+
+        return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), sweep,
+                          on_step)
 
 
 def save_range_test(result: RangeTestResult, out_dir: Path, rule: Optional[str] = None) -> Path:

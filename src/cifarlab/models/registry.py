@@ -4,8 +4,11 @@ Filled by plain imports: `cifarlab/models/__init__.py` imports every model modul
 registers its factories with `@register_model(name)`; importing this module imports that package first."""
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import re
+import types
+import typing
 from typing import Callable, Generic, TypeVar
 
 from cifarlab.errors import UserError
@@ -47,7 +50,53 @@ def register_model(name: str):
 
 
 def create_model(name: str, **kwargs):
-    return MODELS.get(name)(**kwargs)
+    factory = MODELS.get(name)
+    check_option_types(name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def check_option_types(name: str, factory: Callable, kwargs: dict) -> None:
+    """Each keyword against the factory's annotation (int, float, bool, str, Optional/Union and sequences of
+    those): `model.options={width: 8.5}` or `{width: "8"}` is one line naming the option, not a TypeError
+    deep in torch. Options the factory does not annotate are left to it."""
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # annotations that cannot be resolved: the factory checks its own arguments
+        return
+    for key, value in kwargs.items():
+        expected = hints.get(key)
+        if expected is not None and not _matches(value, expected):
+            raise UserError(f"model {name!r} cannot be built: {key}={value!r} must be {_describe(expected)} "
+                            f"(model.options.{key}), not a {type(value).__name__}")
+
+
+def _matches(value, expected) -> bool:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, arg) for arg in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = args[0] if args else None  # list[int], tuple[int, ...]: every item an int
+        return isinstance(value, (list, tuple)) and (item is None or all(_matches(v, item) for v in value))
+    return True
+
+
+def _describe(expected) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(expected))
+    if typing.get_origin(expected) in (list, tuple, collections.abc.Sequence):
+        return "a list"
+    return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 def list_models() -> list[str]:

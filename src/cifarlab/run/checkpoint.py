@@ -58,7 +58,7 @@ PAYLOAD_KEYS = {
     "elapsed_seconds": False, "compile_seconds": False, "wall_seconds": False, "epoch_meter": False,
     "window_meter": False, "rng": False, "history": True, "config": True, "classes": True, "mean": True,
     "std": True, "image_size": False, "in_channels": False, "precision": False, "status": True,
-    "outcome": False, "versions": False,
+    "outcome": False, "versions": False, "data_fingerprint": False,
 }
 LEGACY_KEYS = ("extra",)  # read in place of `outcome` from the oldest files
 
@@ -123,6 +123,10 @@ def _check_data_meta(payload: dict[str, Any], need) -> None:
         need(value is None or _whole(value, low, high), key, f"a whole number in {low}..{high}", value)
     need(payload.get("precision") in (None, "bf16", "fp16", "fp32"), "precision", "bf16, fp16 or fp32",
          payload.get("precision"))
+    prints = payload.get("data_fingerprint")
+    need(prints is None or (isinstance(prints, dict) and set(prints) == {"train", "val", "test"} and all(
+        value is None or (isinstance(value, str) and len(value) == 64) for value in prints.values())),
+        "data_fingerprint", "null or {train, val, test: a sha256 hex digest or null}", prints)
 
 
 def _check_position(payload: dict[str, Any], epochs: int, need) -> None:
@@ -265,7 +269,7 @@ def max_checkpoint_bytes() -> int:
     text = os.environ.get(MAX_BYTES_ENV, "").strip()
     if not text:
         return DEFAULT_MAX_BYTES
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²".isdigit() is True; int("²") fails
         raise UserError(f"{MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}")
     return int(text)
 
@@ -320,6 +324,8 @@ def _read(path: Path) -> dict[str, Any]:
 def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
     """(payload, file it came from): `path`, or its `.prev` sibling with a warning when `path` is bad."""
     path = Path(path)
+    if not path.name:  # ".", "/": a folder with no name, so no `.prev` sibling either
+        raise UserError(f"checkpoint {path} is a directory; give a .pt file such as {CHECKPOINTS}/{BEST}")
     try:
         return _read(path), path
     except UserError as err:

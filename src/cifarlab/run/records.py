@@ -43,6 +43,7 @@ class EpochRow:
     test_acc: Optional[float] = _metric("test accuracy")
     elapsed_seconds: Optional[float] = _metric("training seconds so far", tracked=False)
     images_per_second: Optional[float] = _metric("training images/s")
+    mfu: Optional[float] = _metric("model FLOPs utilisation")  # a fraction of the peak (training/throughput.py)
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +101,11 @@ class Summary:
     train_seconds: Optional[float] = _item()
     compile_seconds: Optional[float] = _item()
     train_images_per_second: Optional[float] = _item("training images/s", "Images/s")
+    # MFU: training FLOPs per second as a fraction of the device's peak (training/throughput.py says how).
+    mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True)
+    train_flops_per_image: Optional[int] = _item(optional=True)
+    peak_flops: Optional[float] = _item(optional=True)
+    peak_flops_source: Optional[str] = _item(optional=True)
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
@@ -111,7 +117,7 @@ class Summary:
     best_val_loss: Optional[float] = _item(optional=True)
     final_val_acc: Optional[float] = _item(optional=True)
     val_images: Optional[int] = _item(optional=True)
-    early_stop: Optional[dict[str, Any]] = _item(optional=True)  # {epoch, best_epoch, reason}
+    early_stop: Optional[dict[str, Any]] = _item("stopped early", optional=True)  # {epoch, best_epoch, reason}
     diverged_at: Optional[dict[str, Any]] = _item(optional=True)  # {step, lr}
     # Where to go on from, for a run that stopped before its end (None: no checkpoint was written).
     last_good_checkpoint: Optional[str] = _item(optional=True)
@@ -216,6 +222,9 @@ class ModelCard:
     tta: Optional[str]
     architecture: str
     options: dict[str, Any] = field(default_factory=dict)
+    # split -> sha256 of the data it trained on (Dataset.fingerprint; None in older checkpoints): evaluating
+    # on other data warns, resuming refuses (data/checks.check_same_data)
+    data_fingerprint: Optional[dict[str, Optional[str]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -235,4 +244,5 @@ class ModelCard:
         return cls(classes=tuple(payload["classes"]), in_channels=payload.get("in_channels") or len(mean),
                    image_size=payload.get("image_size"), mean=mean, std=tuple(payload["std"]),
                    precision=payload.get("precision"), tta=config.get("train", {}).get("tta"),
-                   architecture=config["model"]["name"], options=dict(config["model"].get("options") or {}))
+                   architecture=config["model"]["name"], options=dict(config["model"].get("options") or {}),
+                   data_fingerprint=payload.get("data_fingerprint"))

@@ -14,8 +14,10 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.augment import build_augment
+from cifarlab.data.checks import check_dataset
 from cifarlab.data.dataset import Dataset, Split
 from cifarlab.data.loader import DeviceLoader
+from cifarlab.data.mix import build_mix
 from cifarlab.data.sources import load_dataset
 from cifarlab.data.split import stratified_split
 from cifarlab.errors import UserError
@@ -52,8 +54,32 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
             raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "
                             f"set data.val_split=null to use it")
         train, val = stratified_split(train, data_cfg.val_split, seed)
-    return replace(dataset, train=train, test=test, val=val,
-                   mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+    dataset = replace(dataset, train=train, test=test, val=val,
+                      mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
+    check_dataset(dataset, std_given=data_cfg.std is not None, val_split=data_cfg.val_split)
+    return dataset
+
+
+def check_model_input(model_cfg, dataset: Dataset) -> None:
+    """Refuse, before a run directory exists, images too small for the model (a 4x4 image through three
+    poolings has no pixels left). Shapes are propagated on the meta device (no memory, no compute); a
+    failure there is confirmed by a real forward of one image on the CPU, since a user's model may do
+    things meta tensors cannot (`.item()`)."""
+    C, size = dataset.in_channels, dataset.image_size
+    try:
+        with torch.device("meta"):
+            build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
+        return
+    except Exception:  # confirmed or dismissed below
+        pass
+    try:
+        with torch.no_grad():
+            build_model(model_cfg, dataset.num_classes, C).eval()(torch.zeros(1, C, size, size))
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
+                        f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
+                        f"or a model for small images") from None
 
 
 def monitors(cfg: Config, has_val: bool) -> tuple[str, str]:
@@ -73,15 +99,22 @@ def _first(split: Split, count: Optional[int]) -> Split:
 
 
 def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[DeviceLoader, DeviceLoader]:
-    """(train, test) loaders; `make_val_loader` adds the validation one."""
-    if cfg.train.batch_size > len(dataset.train.labels):
-        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+    """(train, test) loaders; `make_val_loader` adds the validation one.
+
+    A training batch is one optimizer step's images: train.batch_size x train.accumulate, which
+    `training.accumulate.micro_batches` splits again; so the schedule, `state.step` and the resume point
+    count optimizer steps with no change, and the batches are those of one batch of that size."""
+    step_images = cfg.train.batch_size * cfg.train.accumulate
+    if step_images > len(dataset.train.labels):
+        accumulate = f" x train.accumulate={cfg.train.accumulate}" if cfg.train.accumulate > 1 else ""
+        raise UserError(f"train.batch_size={cfg.train.batch_size}{accumulate} is larger than the "
                         f"{len(dataset.train.labels)} training images; use at most that many")
     if cfg.train.batch_size % runtime.dist.world_size:
         raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
                         f"{runtime.dist.world_size} processes")
     augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
-    train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=cfg.train.batch_size,
+    mix = build_mix(cfg.augment.mixup, cfg.augment.cutmix, dataset.num_classes)
+    train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=step_images, mix=mix,
                          train=True, augment=augment, device=runtime.device, mean=dataset.mean, std=dataset.std,
                          seed=cfg.seed, channels_last=runtime.channels_last, rank=runtime.dist.rank,
                          world_size=runtime.dist.world_size,
@@ -123,6 +156,7 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
         train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
         run_dir=run_dir, ema=ema, lookahead=lookahead, classes=dataset.classes,
+        data_fingerprint=dataset.fingerprint,
         compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0)
 
 

@@ -123,8 +123,9 @@ class Progress(Callback):
         row = state.history[-1]
         n = state.test_loader.num_images
         compiling = f" (plus {row['compile_seconds']:.1f} s compiling)" if row.get("compile_seconds") else ""
+        mfu = f", MFU {100 * row['mfu']:.1f}%" if row.get("mfu") is not None else ""
         print(f"Train: Average loss: {row['train_loss']:.4f}, Accuracy: {100 * row['train_acc']:.2f}%, "
-              f"{row['images_per_second']:.0f} images/s{compiling}", file=self.stream)
+              f"{row['images_per_second']:.0f} images/s{mfu}{compiling}", file=self.stream)
         if state.val_loader is not None:
             v = state.val_loader.num_images
             print(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {round(row['val_acc'] * v)}/{v} "

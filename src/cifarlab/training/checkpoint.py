@@ -88,6 +88,8 @@ FIELDS = {
     **{key: (lambda s, key=key: s.card.payload_fields()[key], _READ_ONLY)
        for key in ("classes", "mean", "std", "image_size", "in_channels", "precision")},
     "status": (lambda s: s.status, _READ_ONLY),
+    # Dataset.fingerprint of the data trained on: eval warns and resume refuses on other data (data/checks.py)
+    "data_fingerprint": (lambda s: s.data_fingerprint, _READ_ONLY),
     "outcome": (lambda s: {"lr_peak": s.lr_peak, "lr_peak_source": s.lr_peak_source, "early_stop": s.early_stop},
                 lambda s, v, p: (_set_lr_peak(s, p), _set_early_stop(s, p))),
     "versions": (lambda s: versions(), _READ_ONLY),
@@ -136,7 +138,8 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     cfg = check_payload(payload, path)
     classes = payload["classes"]
     meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status")}
-    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"))
+    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"),
+                data_fingerprint=payload.get("data_fingerprint"))
     model = build_model(cfg.model, num_classes=len(classes), in_channels=len(payload["mean"]))
     state_dict = payload["ema"] if payload.get("ema") else payload["model"]
     if payload.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged

@@ -62,15 +62,20 @@ def log_probs(model: nn.Module, inputs: torch.Tensor, autocast: Callable = conte
 
 
 @torch.inference_mode()
-def evaluate(model, loader, precision, tta: Union[str, bool, None] = None, dist=None) -> tuple[float, float]:
-    """(mean loss, accuracy) over a split, summed on the device, one sync at the end."""
+def evaluate(model, loader, precision, tta: Union[str, bool, None] = None, dist=None,
+             progress: str = "none", what: str = "evaluation") -> tuple[float, float]:
+    """(mean loss, accuracy) over a split, summed on the device, one sync at the end. `progress` is an
+    `output.progress` mode: an evaluation that takes long (a big model on a CPU) says how far it is."""
+    from cifarlab.progress import PhaseProgress
+
     totals = torch.zeros(3, dtype=torch.float64, device=loader.device)
-    with eval_mode(model):
+    with eval_mode(model), PhaseProgress(what, len(loader), "batches", progress, announce=False) as shown:
         for inputs, labels in loader:
             scores = log_probs(model, inputs, precision.autocast, tta)
             totals[0] += F.nll_loss(scores, labels, reduction="sum").double()
             totals[1] += (scores.argmax(1) == labels).sum()
             totals[2] += labels.shape[0]
+            shown.update()  # batches queued, not finished: no sync with the device
     if dist is not None and dist.enabled:
         torch.distributed.all_reduce(totals)
     loss_sum, correct, n = totals.tolist()

@@ -13,6 +13,7 @@ import time
 import torch
 
 from cifarlab.run.records import EpochRow
+from cifarlab.training.accumulate import forward_backward
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.evaluate import evaluate
 from cifarlab.training.outcome import DIVERGED, RUNNING
@@ -20,11 +21,12 @@ from cifarlab.training.state import TrainState
 
 
 def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss."""
-    with state.runtime.precision.autocast():
-        logits = state.train_model(inputs)
-        loss = state.loss_fn(logits, labels)
-    state.grad_step(loss)
+    """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss.
+    With `train.accumulate: K` the batch is K micro-batches of train.batch_size (training/accumulate.py)."""
+    micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size
+    loss, logits = forward_backward(state.train_model, state.loss_fn, state.runtime.precision, state.grad_step,
+                                    inputs, labels, micro_size)
+    state.grad_step.step()
     state.schedule.after_step()
     if state.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
         state.lookahead.update(state.model, state.step + 1, state.epoch,
@@ -91,17 +93,21 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
         for buffer in state.eval_model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     scores = {}
+    progress = state.cfg.output.progress if state.runtime.dist.is_main else "none"
     for split, loader in (("val", state.val_loader), ("test", state.test_loader)):
         if loader is not None:
             scores[f"{split}_loss"], scores[f"{split}_acc"] = evaluate(
-                state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist)
+                state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist,
+                progress, f"{split} evaluation")
     state.epoch += 1
     state.batch_in_epoch = 0
     state.epoch_open = False
     state.elapsed_seconds += train_seconds
+    images_per_second = images / max(train_seconds, 1e-9)
     state.history.append(EpochRow(
         epoch=state.epoch, step=state.step, lr=state.lr, train_loss=train_loss, train_acc=train_acc, **scores,
-        elapsed_seconds=state.elapsed_seconds, images_per_second=images / max(train_seconds, 1e-9),
+        elapsed_seconds=state.elapsed_seconds, images_per_second=images_per_second,
+        mfu=state.speed.mfu(images_per_second) if state.speed is not None else None,
         compile_seconds=compile_seconds or None,
     ).as_dict())
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.

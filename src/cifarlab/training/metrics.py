@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import torch
 
+from cifarlab.data.mix import dominant_labels
+
 SUMS = 3  # loss * images, correct predictions, images
 
 
@@ -29,12 +31,13 @@ class StepMetrics:
         self.first_nonfinite: Optional[dict[str, Any]] = None  # {step, lr}, kept for the whole process
 
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lr: float, step: int) -> None:
-        """One training step's loss and correct predictions, written on the device; no sync."""
+        """One training step's loss and correct predictions, written on the device; no sync. `labels` may be
+        MixUp/CutMix targets (N, classes): a prediction is correct when it is the dominant label."""
         i = len(self.pending)
         if i == len(self.rows):  # more steps between syncs than planned: a bigger buffer, still no sync
             self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)])
         self.rows[i, 0].copy_(loss.detach())
-        torch.sum(logits.detach().argmax(dim=1) == labels, 0, dtype=torch.float32, out=self.rows[i, 1])
+        torch.sum(logits.detach().argmax(dim=1) == dominant_labels(labels), 0, dtype=torch.float32, out=self.rows[i, 1])
         self.pending.append((labels.shape[0], lr, step))
 
     def flush(self) -> None:

@@ -158,20 +158,31 @@ class WarmupCosine:
 
 
 class GradStep:
-    """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler."""
+    """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler.
+
+    `grad_step(loss)` is `backward(loss)` then `step()`; gradient accumulation calls `backward` once per
+    micro-batch (zeroing only on the first) and `step` once (training/accumulate.py)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
                  grad_clip: Optional[float]):
         self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, grad_clip
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.step()
+
+    def backward(self, loss: torch.Tensor, zero: bool = True) -> None:
+        """Gradients of `loss` (scaled under fp16), added to the current ones unless `zero`."""
+        if zero:
+            self.optimizer.zero_grad(set_to_none=True)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self) -> None:
+        """Unscale (fp16), clip, and step on the gradients summed since the last zeroing."""
         if self.scaler is None:
-            loss.backward()
             self._clip()
             self.optimizer.step()
             return
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         self._clip()
         self.scaler.step(self.optimizer)

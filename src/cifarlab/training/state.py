@@ -47,6 +47,7 @@ class TrainState:
     ema: Optional[EMA] = None
     lookahead: Optional[Lookahead] = None
     classes: tuple[str, ...] = ()
+    data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
@@ -61,6 +62,7 @@ class TrainState:
     lr_peak: Optional[float] = None
     lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
     wall_seconds_before: float = 0.0
+    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
     # This process only (never saved): the newest logging window, when this process's fit began.
     window: Optional[dict[str, Any]] = None  # {epoch, step, lr, train_loss, train_acc}
     process_started: Optional[float] = None  # time.perf_counter()

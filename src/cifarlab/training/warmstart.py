@@ -25,8 +25,9 @@ def classifier_head(model: nn.Module) -> str:
     return names[-1]
 
 
-def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in_channels: int) -> None:
-    """Load `model_cfg.init_from`'s weights into `model` (built from `model_cfg` for `classes`)."""
+def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in_channels: int) -> str:
+    """Load `model_cfg.init_from`'s weights into `model` (built from `model_cfg` for `classes`); returns one
+    line saying what was loaded (from where, how many tensors, the head kept or started fresh)."""
     path = Path(model_cfg.init_from)
     try:
         source, source_cfg, meta = load_model(path)
@@ -57,6 +58,12 @@ def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in
     if stray:
         raise UserError(f"{where} does not fit model {model_cfg.name!r} with norm={model_cfg.norm!r}, options "
                         f"{model_cfg.options}: parameters {', '.join(stray[:3])} do not match")
+    values = sum(tensor.numel() for tensor in weights.values())
+    kind = "EMA weights" if source_cfg.train.ema is not None else "weights"
+    head_text = (f"classifier head '{head}' started fresh for {len(new)} classes" if head is not None
+                 else "classifier head kept")
+    return (f"model.init_from: loaded {len(weights)} of {len(model.state_dict())} tensors ({values:,} values) "
+            f"from {path}, its {kind} of epoch {meta['epoch']}; {head_text}")
 
 
 def _preview(classes: list[str]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional, Union
 
+from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
-from cifarlab.errors import UserError
 from cifarlab.runtime import Runtime
 from cifarlab.training.build import eval_loader, load_data
 from cifarlab.training.evaluate import evaluate
@@ -29,9 +29,7 @@ def run_test_data(model: LoadedModel, data_dir: Optional[str] = None) -> Dataset
     statistics; its images are looked up under `data_dir` (see `evaluation_data_config`)."""
     cfg = model.config
     dataset = load_data(evaluation_data_config(cfg.data, data_dir), cfg.seed)
-    if dataset.num_classes != len(model.classes):
-        raise UserError(f"the checkpoint has {len(model.classes)} classes but {cfg.data.dataset} has "
-                        f"{dataset.num_classes}")
+    check_same_data(model.classes, model.card.data_fingerprint, dataset, ("test",), "evaluated")
     return replace(dataset, mean=model.mean, std=model.std)
 
 
@@ -41,6 +39,6 @@ def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta:
     dataset = run_test_data(model, data_dir)
     runtime = Runtime(model.device, model.precision, channels_last=model.channels_last)
     loader = eval_loader(model.config, dataset.test, dataset, runtime)
-    loss, acc = evaluate(model.module, loader, model.precision, tta)
+    loss, acc = evaluate(model.module, loader, model.precision, tta, progress="auto")
     return {"epoch": model.epoch, "test_loss": loss, "test_acc": acc, "images": loader.num_images,
             "tta": tta, "precision": model.precision.name}

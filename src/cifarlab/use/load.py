@@ -68,7 +68,8 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = 
         architecture=cfg.model.name, options=options,
         classes=tuple(meta["classes"]), in_channels=len(meta["mean"]), image_size=image_size_of(meta, cfg.data),
         mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-        precision=meta.get("precision") or cfg.train.precision, tta=cfg.train.tta)
+        precision=meta.get("precision") or cfg.train.precision, tta=cfg.train.tta,
+        data_fingerprint=meta.get("data_fingerprint"))
     chosen = resolve_precision(precision or card.precision, target)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     module = module.to(target, memory_format=memory_format).eval()

@@ -60,10 +60,14 @@ def predict_batch(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Te
             std: Sequence[float], batch_size: int = 1000,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
             tta: Union[str, bool, None] = None,
-            device: Union[str, torch.device, None] = None, channels_last: bool = True) -> Predictions:
+            device: Union[str, torch.device, None] = None, channels_last: bool = True,
+            progress: str = "none") -> Predictions:
     """Run `model` over uint8 images (N, C, H, W) in eval mode under inference_mode, batch by batch on
     `device` (default: the model's), normalised like training input. Results stay on the device until one
-    transfer to the CPU at the end; the model's per-module train/eval modes are restored afterwards."""
+    transfer to the CPU at the end; the model's per-module train/eval modes are restored afterwards.
+    `progress` (an `output.progress` mode) shows how far a long run over many images is."""
+    from cifarlab.progress import PhaseProgress
+
     if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
         raise ValueError(f"predict expects uint8 images shaped (N, C, H, W), got {images_uint8.dtype} "
                          f"{tuple(images_uint8.shape)}")
@@ -74,11 +78,13 @@ def predict_batch(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Te
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else model_device(model)
     chunks = []
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), \
+            PhaseProgress("predictions", len(images_uint8), "images", progress, announce=False) as shown:
         for start in range(0, len(images_uint8), batch_size):
             batch = images_uint8[start:start + batch_size].to(device, non_blocking=True)
             inputs = normalize(to_float(batch), mean, std, channels_last=channels_last)
             chunks.append(log_probs(model, inputs, autocast, tta))
+            shown.update(len(batch))  # images queued, not finished: no sync with the device
     # Outside inference_mode, so the results are ordinary tensors users may modify or differentiate.
     scores = torch.cat(chunks)
     losses = -scores.gather(1, labels.to(device, dtype=torch.long).view(-1, 1))

@@ -1,0 +1,108 @@
+"""A sweep's definition: the recipe and overrides, what varies, how trials are scored, where it all lives.
+
+Everything is checked here, before any trial runs: the recipe and overrides, every key and edge value of
+the space, and that trials select on a validation split (a sweep that selects on the test split reports a
+test accuracy it was tuned on; it needs `allow_test_selection`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+
+from cifarlab.config import Config, apply_override, parse_override, read_recipe, validate
+from cifarlab.errors import UserError
+from cifarlab.run.layout import check_run_name
+from cifarlab.sweep.pruning import make_pruner
+from cifarlab.sweep.space import parse_grid, read_space_file
+from cifarlab.sweep.storage import default_url
+
+SWEEPS_DIR = "sweeps"
+
+
+@dataclass
+class Sweep:
+    recipe: str
+    overrides: list[str]
+    base_raw: dict  # the recipe with its overrides, before validation: each trial's params go on top
+    space: dict[str, optuna.distributions.BaseDistribution]
+    grid: Optional[dict[str, list[Any]]]
+    trials: int
+    seeds: int
+    monitor: str
+    name: str
+    sweep_dir: Path
+    storage_url: str
+    pruner: Any = "median"  # a name (pruning.PRUNERS) or, from Python, an optuna pruner
+    heartbeat_seconds: int = 10
+    sampler_seed: Optional[int] = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.monitor.endswith("loss") else "maximize"
+
+    @property
+    def base_config(self) -> Config:
+        return validate(self.base_raw)
+
+    def identity(self) -> str:
+        """What two workers must agree on to share a study (the trial count may grow between runs)."""
+        space = {key: optuna.distributions.distribution_to_json(d) for key, d in self.space.items()}
+        return json.dumps({"recipe": self.recipe, "overrides": self.overrides, "space": space, "seeds": self.seeds,
+                           "monitor": self.monitor, "grid": self.grid}, sort_keys=True, default=str)
+
+
+def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, grid: Optional[list[str]] = None,
+                 trials: Optional[int] = None, seeds: int = 1, name: Optional[str] = None,
+                 sweep_dir: Optional[str] = None, storage: Optional[str] = None, pruner: str = "median",
+                 heartbeat_seconds: int = 10, allow_test_selection: bool = False) -> Sweep:
+    """A checked `Sweep` (UserError, nothing written, on any bad input)."""
+    base_raw = read_recipe(recipe)
+    for text in overrides:
+        apply_override(base_raw, *parse_override(text))
+    base = validate(base_raw)
+    if (space_file is None) == (not grid):
+        raise UserError("give a space file (SPACE.yaml) or --grid key=v1,v2 ..., exactly one of them")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if heartbeat_seconds < 1:
+        raise UserError(f"--heartbeat must be at least 1 second, got {heartbeat_seconds}")
+    parsed_grid = parse_grid(grid, base_raw) if grid else None
+    space = read_space_file(space_file, base_raw) if space_file else {
+        key: optuna.distributions.CategoricalDistribution(values) for key, values in parsed_grid.items()}
+    if seeds > 1 and "seed" in space:
+        raise UserError("--seeds trains each configuration with seeds seed, seed+1, ...; do not sweep 'seed' too")
+    trials = _trial_count(trials, parsed_grid)
+    make_pruner(pruner, base.train.epochs)  # a bad name is refused here, before anything is written
+    monitor = monitor_of(base)
+    if monitor.startswith("test_") and not allow_test_selection:
+        raise UserError(f"the trials would select on the test split ({monitor}); give a validation split, e.g. "
+                        f"data.val_split=0.1, or pass --allow-test-selection to tune on the test split knowingly")
+    name = name or f"{Path(recipe).stem}-{Path(space_file).stem if space_file else 'grid'}"
+    folder = Path(sweep_dir) if sweep_dir else Path(SWEEPS_DIR) / check_run_name(name)
+    return Sweep(recipe, list(overrides), base_raw, space, parsed_grid, trials, seeds, monitor, name, folder,
+                 storage or default_url(folder), pruner, heartbeat_seconds)
+
+
+def _trial_count(trials: Optional[int], grid: Optional[dict]) -> int:
+    if grid is not None:
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        trials = size if trials is None else trials
+        if trials > size:
+            raise UserError(f"--trials {trials} is more than the {size} points of the grid")
+    if trials is None:
+        raise UserError("--trials N is needed with a space file (how many configurations to try)")
+    if isinstance(trials, bool) or trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    return trials
+
+
+def monitor_of(cfg: Config) -> str:
+    """What selects best.pt in a run of `cfg`, hence what scores a trial."""
+    return cfg.checkpoint.monitor or ("val_acc" if cfg.data.val_split is not None else "test_acc")

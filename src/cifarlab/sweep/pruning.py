@@ -1,0 +1,64 @@
+"""Pruning: the run reports its per-epoch monitor to the Optuna trial and stops when the pruner says so.
+
+Pruners by name: `median` (the default), `hyperband`, `none`. A pruned run stops through the callback
+API after the epoch it was judged on (`state.request_stop(reason)`: its checkpoints say it finished,
+so `resume` does not train it on, and its summary.json's early_stop carries the reason, "pruned by ...").
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from cifarlab.errors import UserError
+from cifarlab.training.callbacks import Callback
+
+PRUNERS = ("median", "hyperband", "none")
+PRUNED_BY = "pruned by"  # how the stop reason of a pruned run begins (summary.json early_stop.reason)
+
+
+def make_pruner(name, epochs: int) -> optuna.pruners.BasePruner:
+    """A pruner by name (or, from Python, any Optuna pruner as it is). The median pruner waits for 5
+    finished trials and judges from the second epoch on (the first epoch of a one-cycle schedule says
+    little); hyperband budgets in epochs."""
+    if isinstance(name, optuna.pruners.BasePruner):
+        return name
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # steps are epochs, from 1
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
+
+
+def pruner_name(pruner) -> str:
+    return pruner if isinstance(pruner, str) else type(pruner).__name__
+
+
+class ReportToTrial(Callback):
+    """Reports `state.history[-1][monitor]` to `trial` at every epoch end (step = the epoch) and stops the
+    run when the trial should be pruned. On resume, the epochs done before are reported first, so a
+    retried trial (a new Optuna trial continuing the same run) has the whole curve."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = f"{PRUNED_BY} the sweep"):
+        self.trial, self.monitor, self.prune, self.why = trial, monitor, prune, why
+        self.pruned_at: Optional[int] = None
+        self.reported: set[int] = set()
+
+    def _report(self, row: dict) -> None:
+        if row["epoch"] not in self.reported:
+            self.trial.report(float(row[self.monitor]), step=row["epoch"])
+            self.reported.add(row["epoch"])
+
+    def on_fit_start(self, state):
+        for row in state.history:
+            self._report(row)
+
+    def on_epoch_end(self, state):
+        if state.stop_reason:  # diverged or interrupted: nothing to judge
+            return
+        self._report(state.history[-1])
+        if self.prune and state.epoch < state.cfg.train.epochs and self.trial.should_prune():
+            self.pruned_at = state.epoch
+            state.request_stop(self.why)  # ends after this epoch, saved as finished, with this reason

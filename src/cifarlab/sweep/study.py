@@ -1,0 +1,168 @@
+"""The study and its workers: each worker asks Optuna for a trial, trains it (`sweep/trial.py`), tells the
+score, until the study holds `trials` trials that count, finished or under way.
+
+Counting: a trial counts when it is complete, pruned, running or waiting (a retry of a killed one);
+failed trials (killed then retried, or stopped) do not. Before it trains, a trial checks that fewer than
+`trials` counting trials are numbered below it: two workers asking at the same moment could otherwise
+make one more trial than asked for. Such a surplus trial ends at once as failed with `surplus` set.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from statistics import mean
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from cifarlab.config import validate
+from cifarlab.errors import UserError
+from cifarlab.sweep import trial as runs
+from cifarlab.sweep.definition import Sweep
+from cifarlab.sweep.pruning import PRUNED_BY, ReportToTrial, make_pruner, pruner_name
+from cifarlab.sweep.space import apply_params, suggest
+from cifarlab.sweep.storage import RUN_ATTR, open_storage, redacted, retry_callback, run_number
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+DEFINITION_ATTR = "cifarlab_sweep"
+
+
+class SurplusTrial(Exception):
+    """Asked for after the study already held enough trials (a race between workers)."""
+
+
+class SweepStopped(Exception):
+    """The trial's run was stopped by a signal: the sweep stops; the same command continues it."""
+
+
+def open_study(sweep: Sweep) -> optuna.Study:
+    """Create the study, or join it when it exists and was started with the same definition."""
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(sweep.storage_url, sweep.heartbeat_seconds)
+    if sweep.grid is not None:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(sweep.grid, seed=0)
+    else:
+        # TPE starts from random points: Optuna's default 10 would leave a short sweep all random, so a
+        # third of the trials (3 to 10). constant_liar: parallel workers do not all propose one point.
+        startup = min(10, max(3, sweep.trials // 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(n_startup_trials=startup, constant_liar=True, seed=sweep.sampler_seed)
+    study = optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.direction, sampler=sampler,
+                                pruner=make_pruner(sweep.pruner, sweep.base_config.train.epochs),
+                                load_if_exists=True)
+    known = study.user_attrs.get(DEFINITION_ATTR)
+    if known is None:
+        study.set_user_attr(DEFINITION_ATTR, sweep.identity())
+    elif known != sweep.identity():
+        raise UserError(f"study {sweep.name!r} in {redacted(sweep.storage_url)} was started with another recipe, "
+                        f"overrides, space or seeds; give this sweep another --name (or --dir)")
+    return study
+
+
+@dataclass
+class Counts:
+    counted: int
+    running: int
+    waiting: int
+
+
+def counts(study: optuna.Study) -> Counts:
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    return Counts(len(trials), sum(t.state == TrialState.RUNNING for t in trials),
+                  sum(t.state == TrialState.WAITING for t in trials))
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def work(sweep: Sweep, study: optuna.Study) -> None:
+    """Run trials until the study has `sweep.trials` that count and none is left running elsewhere (a
+    worker that waits for the others takes over any of theirs that goes stale)."""
+    holder = _Objective(sweep, study)
+    while True:
+        _fail_stale(study)
+        now = counts(study)
+        if now.waiting or now.counted < sweep.trials:
+            try:
+                study.optimize(holder, n_trials=1, catch=(SurplusTrial,))
+            except (SweepStopped, KeyboardInterrupt):
+                holder.requeue()
+                raise
+        elif now.running:
+            time.sleep(sweep.heartbeat_seconds)
+        else:
+            return
+
+
+class _Objective:
+    """Optuna's objective: one trial's runs, scored by the mean over seeds of best.pt's monitor."""
+
+    def __init__(self, sweep: Sweep, study: optuna.Study):
+        self.sweep, self.study = sweep, study
+        self.current: Optional[int] = None  # the trial number being trained, for `requeue`
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
+        self._admit(trial)
+        number = run_number(trial)
+        trial.set_user_attr(RUN_ATTR, number)
+        params = suggest(trial, self.sweep.space)
+        cfg = validate(apply_params(self.sweep.base_raw, params))
+        results = []
+        for seed_index in range(self.sweep.seeds):
+            seeded = cfg if seed_index == 0 else cfg.model_copy(update={"seed": cfg.seed + seed_index})
+            results.append(self._run(trial, seeded, runs.run_dir_for(self.sweep.sweep_dir, number, seed_index,
+                                                                     self.sweep.seeds), first=seed_index == 0))
+            if results[-1].status != "completed":
+                break
+        self._record(trial, results)
+        status = results[-1].status
+        if status == "interrupted":
+            raise SweepStopped(f"trial {trial.number} stopped by a signal")
+        if status in ("pruned", "diverged"):
+            raise optuna.TrialPruned(f"{status} ({results[-1].run_dir})")
+        self.current = None
+        return mean(result.score for result in results)
+
+    def _admit(self, trial: optuna.Trial) -> None:
+        below = [t for t in self.study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
+        if len(below) >= self.sweep.trials:
+            trial.set_user_attr("surplus", True)
+            self.current = None
+            raise SurplusTrial(f"trial {trial.number}: the study already holds {self.sweep.trials} trials")
+
+    def _run(self, trial: optuna.Trial, cfg, run_dir, first: bool) -> runs.RunOutcome:
+        # With several seeds the first seed's run is the one the pruner judges.
+        pruner = pruner_name(self.sweep.pruner)
+        why = f"{PRUNED_BY} the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
+        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why)
+        print(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}", file=sys.stderr, flush=True)
+        summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
+        return runs.outcome(run_dir, summary, self.sweep.monitor)
+
+    def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:
+        """What the report's table shows beside the score: the runs, their state, test accuracy and time."""
+        tests = [r.test_acc for r in results if r.test_acc is not None]
+        trial.set_user_attr("status", results[-1].status)
+        trial.set_user_attr("run_dirs", [str(r.run_dir.relative_to(self.sweep.sweep_dir)) for r in results])
+        trial.set_user_attr("test_acc", mean(tests) if tests else None)
+        trial.set_user_attr("train_seconds", round(sum(r.seconds for r in results), 3))
+        if results[-1].status == "pruned":
+            trial.set_user_attr("score", results[-1].score)
+
+    def requeue(self) -> None:
+        """The trial being trained was stopped (Ctrl-C): Optuna has marked it failed; enqueue it again, as a
+        stale one would be, so that the same command resumes its run."""
+        if self.current is None:
+            return
+        failed = [t for t in self.study.get_trials(deepcopy=False) if t.number == self.current]
+        if failed and failed[0].state == TrialState.FAIL:
+            retry_callback()(self.study, failed[0])
+        self.current = None

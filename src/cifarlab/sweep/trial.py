@@ -1,0 +1,79 @@
+"""One trial's training: each seed an ordinary run directory under the sweep folder, trained with
+`cifarlab.train`, or continued with `cifarlab.resume` when a killed or stopped worker left a last.pt.
+
+    <sweep>/trials/0007/            the run of trial 7 (one seed)
+    <sweep>/trials/0007/seed-1/     with --seeds S, one run per seed
+
+The folder is keyed by the number of the trial that started the run, so a retry of trial 7 (a new
+Optuna trial after a kill) trains the same folder on from where it stopped.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cifarlab
+from cifarlab.config import Config
+from cifarlab.errors import UserError
+from cifarlab.run.layout import LAST, checkpoint_path
+from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.sweep.pruning import PRUNED_BY
+from cifarlab.training.callbacks import Callback
+
+TRIALS = "trials"
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    status: str  # completed | pruned | interrupted | diverged
+    score: Optional[float]  # the monitor of best.pt
+    test_acc: Optional[float]  # test accuracy of best.pt
+    seconds: float
+
+
+def run_dir_for(sweep_dir: Path, run_number: int, seed_index: int, seeds: int) -> Path:
+    trial_dir = Path(sweep_dir) / TRIALS / f"{run_number:04d}"
+    return trial_dir if seeds == 1 else trial_dir / f"seed-{seed_index}"
+
+
+def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> dict:
+    """Bring the run at `run_dir` to its end and return its summary: a finished run as it is, a run with
+    a checkpoint resumed from it (exact resume), anything else trained from the start."""
+    summary = _summary(run_dir)
+    if summary.get("status") in ("completed", "diverged"):  # summary.json is written when a run has ended
+        return summary
+    last = checkpoint_path(run_dir, LAST)
+    if last.exists() or last.with_name("last.prev.pt").exists():
+        return cifarlab.resume(run_dir, callbacks=callbacks).summary
+    if run_dir.exists():  # started but killed before its first checkpoint: nothing worth keeping
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return cifarlab.train(cfg, run_dir=run_dir, callbacks=callbacks).summary
+
+
+def _summary(run_dir: Path) -> dict:
+    try:
+        summary = read_summary(run_dir, required=False)
+    except UserError:  # torn by a kill: the checkpoint is the truth, resume rebuilds it
+        return {}
+    return summary.to_json() if summary is not None else {}
+
+
+def best_score(run_dir: Path, monitor: str) -> Optional[float]:
+    """The monitor's value in the epoch best.pt holds (the best one; the first on ties), from metrics.csv."""
+    rows = [row for row in read_metrics(run_dir) if row["kind"] == "epoch" and row.get(monitor) is not None]
+    if not rows:
+        return None
+    pick = min if monitor.endswith("loss") else max
+    return pick(rows, key=lambda row: row[monitor])[monitor]
+
+
+def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:
+    status = summary.get("status", "interrupted")
+    if status == "completed" and str((summary.get("early_stop") or {}).get("reason", "")).startswith(PRUNED_BY):
+        status = "pruned"  # stopped by the pruning callback (sweep/pruning.py), which gave this reason
+    return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.get("best_test_acc"),
+                      float(summary.get("train_seconds") or 0.0))

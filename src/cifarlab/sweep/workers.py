@@ -1,0 +1,100 @@
+"""`run_sweep`: this process works on the study, or K worker processes do (`workers=K`), then the report.
+
+Each worker is an ordinary Optuna worker on the shared storage, so K processes here and the same command
+on other machines (`--storage postgresql://...`) all cooperate the same way. On a machine with several
+GPUs each local worker sees one of them (CUDA_VISIBLE_DEVICES); on a CPU they split the cores.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+
+from cifarlab.errors import UserError
+from cifarlab.sweep.definition import Sweep
+
+EXIT_STOPPED = 130  # stopped by SIGINT (or SIGTERM) after saving the running trial's checkpoint
+
+
+def run_sweep(sweep: Sweep, workers: int = 1, report: bool = True) -> int:
+    """Work on the sweep until it has its trials, then write the report; returns the exit code: 0 done,
+    130 stopped by a signal (run the same command again to continue)."""
+    from cifarlab.sweep.study import SweepStopped, open_study, work
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    study = open_study(sweep)  # checks the storage and the definition once, before any worker starts
+    _quiet_optuna()
+    if workers > 1:
+        code = _run_workers(sweep, workers)
+    else:
+        try:
+            work(sweep, study)
+            code = 0
+        except (SweepStopped, KeyboardInterrupt):
+            code = EXIT_STOPPED
+    if code == EXIT_STOPPED:
+        print(f"sweep {sweep.name} stopped; the running trial saved its checkpoint. Continue it with the same "
+              f"command (its trials so far are in {sweep.sweep_dir})", file=sys.stderr, flush=True)
+    if report and code == 0:
+        from cifarlab.sweep.report import write_sweep_report
+
+        path = write_sweep_report(sweep, study)
+        print(f"sweep report: {path}", file=sys.stderr, flush=True)
+    return code
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    # Optuna's per-trial lines repeat what the runs print, and its warning for a failed trial carries a
+    # traceback: a trial that fails for a reason the user must see raises it to the CLI instead, and a
+    # stopped or surplus trial is no error.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _run_workers(sweep: Sweep, workers: int) -> int:
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or DB state
+    gpus = _gpu_count()
+    processes = []
+    for index in range(workers):
+        env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        process = context.Process(target=_worker_main, args=(sweep, env), name=f"sweep-worker-{index}")
+        process.start()
+        processes.append(process)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:  # the workers got the same SIGINT: let them save and stop
+        for process in processes:
+            process.join()
+    codes = [process.exitcode for process in processes]
+    if any(code not in (0, EXIT_STOPPED) for code in codes):
+        raise UserError(f"a sweep worker failed (exit codes {codes}); see its message above")
+    return EXIT_STOPPED if EXIT_STOPPED in codes else 0
+
+
+def _worker_main(sweep: Sweep, env: dict) -> None:
+    os.environ.update({key: value for key, value in env.items() if key not in os.environ
+                       or key == "CUDA_VISIBLE_DEVICES"})
+    from cifarlab.sweep.study import SweepStopped, open_study, work
+
+    _quiet_optuna()
+    try:
+        work(sweep, open_study(sweep))
+    except (SweepStopped, KeyboardInterrupt):
+        raise SystemExit(EXIT_STOPPED)
+    except UserError as err:
+        print(f"cifarlab sweep: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0

@@ -1,0 +1,286 @@
+"""`cifarlab sweep`: an Optuna study whose trials are ordinary runs of the smoke recipe.
+
+Fast tests run in this process; the ones with several processes, a PostgreSQL server, kill -9 or a
+browser are marked slow."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from _browser import CHROMIUM
+from _postgres import postgres_server, why_not
+
+from _runs import SRC
+from cifarlab.cli import main
+from cifarlab.run.records import read_metrics, read_summary
+
+FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none", "data.val_split=64"]
+ONE_EPOCH = ["train.epochs=1", "schedule.peak_epoch=0.5"]
+SPACE = "optim.lr: {low: 0.01, high: 0.2, log: true}\noptim.momentum: {low: 0.5, high: 0.95}\n"
+
+
+def _space(folder: Path, text: str = SPACE, name: str = "space.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def _trials(sweep_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def _states(trials) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    return states
+
+
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (sweep_dir / "trials").rglob("config.yaml"))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A 2-trial sweep over lr and momentum."""
+    root = tmp_path_factory.mktemp("sweep")
+    space = _space(root)
+    code = main(["sweep", "smoke", str(space), *FAST, "--trials", "2",
+                 "--dir", str(root / "sweep")])
+    return code, root / "sweep"
+
+
+def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
+    code, sweep_dir = swept
+    assert code == 0
+    trials = _trials(sweep_dir, "smoke-space")
+    assert _states(trials) == {"COMPLETE": 2}
+    for trial in trials:  # each trial is a finished run whose config holds the trial's parameters
+        run_dir = sweep_dir / trial.user_attrs["run_dirs"][0]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["optim"]["lr"] == trial.params["optim.lr"]
+        assert config["optim"]["momentum"] == trial.params["optim.momentum"]
+        summary = read_summary(run_dir)
+        assert summary.status == "completed" and summary.selected_by == "val_acc"
+        assert trial.value == max(row["val_acc"] for row in read_metrics(run_dir) if row["kind"] == "epoch")
+    with open(sweep_dir / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["state"] for row in rows] == ["complete", "complete"]
+    assert all(row["test acc of best.pt"].endswith("%") for row in rows)
+    report = (sweep_dir / "report.md").read_text()
+    for title in ("## Trials", "## Best configuration", "Optimisation history", "Parallel coordinates"):
+        assert title in report
+    for plot in ("history", "parallel", "best_curves"):
+        assert (sweep_dir / "plots" / f"{plot}.png").stat().st_size > 1000
+
+
+def test_best_yaml_trains_as_is_into_the_best_trials_config(swept, tmp_path, monkeypatch):
+    _, sweep_dir = swept
+    best = max(_trials(sweep_dir, "smoke-space"), key=lambda t: t.value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(sweep_dir / "best.yaml")]) == 0
+    trained = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())
+    expected = yaml.safe_load((sweep_dir / best.user_attrs["run_dirs"][0] / "config.yaml").read_text())
+    assert trained == expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_sweep_and_run_reports_render_in_headless_chromium(swept):
+    from _browser import render
+
+    _, sweep_dir = swept
+    run_dir = _run_dirs(sweep_dir)[0]
+    assert main(["report", str(run_dir)]) == 0  # a trial's run report, as `cifarlab report` writes it
+    for page, at_least in ((sweep_dir / "report.html", 3), (run_dir / "report.html", 5)):
+        result = render(page)
+        assert result["count"] >= at_least, (page, result)
+        assert result["broken"] == [] and result["failed"] == [] and result["errors"] == [], (page, result)
+
+
+def test_grid_tries_every_combination_once(tmp_path):
+    sweep_dir = tmp_path / "grid"
+    assert main(["sweep", "smoke", *FAST, *ONE_EPOCH, "--grid", "seed=0,1", "optim.lr=0.05",
+                 "--dir", str(sweep_dir)]) == 0
+    trials = _trials(sweep_dir, "smoke-grid")
+    assert sorted((t.params["seed"], t.params["optim.lr"]) for t in trials) == [(0, 0.05), (1, 0.05)]
+    seeds = sorted(yaml.safe_load((d / "config.yaml").read_text())["seed"] for d in _run_dirs(sweep_dir))
+    assert seeds == [0, 1]
+    assert (sweep_dir / "best.yaml").is_file()
+
+
+def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path):
+    sweep_dir = tmp_path / "seeds"
+    assert main(["sweep", "smoke", *FAST, *ONE_EPOCH, "--grid", "optim.lr=0.05", "--seeds", "2",
+                 "--dir", str(sweep_dir)]) == 0
+    (trial,) = _trials(sweep_dir, "smoke-grid")
+    runs = _run_dirs(sweep_dir)
+    assert [run.name for run in runs] == ["seed-0", "seed-1"]
+    assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
+    scores = [max(row["val_acc"] for row in read_metrics(run) if row["kind"] == "epoch") for run in runs]
+    assert trial.value == pytest.approx(sum(scores) / 2)
+
+
+@pytest.mark.parametrize("space, extra, named", [
+    ("optim.lrr: {low: 0.01, high: 0.1}\n", [], "unknown config key 'optim.lrr'"),
+    ("optim.lr: {low: 0.1, high: 0.01}\n", [], "the range is empty"),
+    ("optim.lr: {low: -1.0, high: 0.1}\n", [], "optim.lr"),
+    ("optim.name: {choices: [sgd, rmsprop2]}\n", [], "optim.name"),
+    ("optim.lr: {low: 0.01, high: 0.1, scale: log}\n", [], "allowed: low, high, log, step"),
+    (SPACE, ["--pruner", "percentile"], "--pruner must be one of median, hyperband, none"),
+])
+def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, space, extra, named):
+    path = _space(tmp_path, space)
+    assert main(["sweep", "smoke", str(path), *FAST, "--trials", "2", "--dir", str(tmp_path / "s"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsys):
+    path = _space(tmp_path)
+    args = ["sweep", "smoke", str(path), "train.threads=1", "output.tensorboard=false", "output.progress=none",
+            *ONE_EPOCH, "--trials", "1", "--dir", str(tmp_path / "s")]
+    assert main(args) == 2
+    assert "select on the test split" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert main([*args, "--allow-test-selection"]) == 0
+    assert read_summary(_run_dirs(tmp_path / "s")[0]).selected_by == "test_acc"
+
+
+def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
+    from cifarlab.sweep import define_sweep, run_sweep
+
+    # A real Optuna pruner whose threshold no accuracy reaches: every trial is pruned after epoch 1 of 2.
+    sweep = define_sweep("smoke", FAST, space_file=str(_space(tmp_path)), trials=1, sweep_dir=str(tmp_path / "s"),
+                         pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    assert run_sweep(sweep) == 0
+    (trial,) = _trials(tmp_path / "s", "smoke-space")
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    run_dir = _run_dirs(tmp_path / "s")[0]
+    summary = read_summary(run_dir)
+    assert (summary.epochs_completed, summary.epochs) == (1, 2)
+    assert summary.early_stop["reason"].startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
+    assert main(["resume", str(run_dir)]) == 2  # finished as far as resume is concerned
+    with open(tmp_path / "s" / "trials.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["state"] == "pruned" and row["val_acc (score)"] != "—"
+    assert not (tmp_path / "s" / "best.yaml").exists()  # no finished trial, no best configuration
+
+
+# ------------------------------------------------------------------ several processes, faults
+
+def _command(sweep_dir: Path, *extra: str, space: Path) -> list[str]:
+    """The sweep command line: overrides (key=value) first, then the options (argparse wants them so)."""
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    options = [item for item in extra if item not in overrides]
+    return [sys.executable, "-m", "cifarlab", "sweep", "smoke", str(space), *FAST, *overrides,
+            "--dir", str(sweep_dir), *options]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+
+
+def _two_workers(sweep_dir: Path, space: Path, *extra: str) -> list[subprocess.CompletedProcess]:
+    command = _command(sweep_dir, *ONE_EPOCH, "--trials", "3", *extra, space=space)
+    workers = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    return [subprocess.CompletedProcess(w.args, w.wait(timeout=600), *w.communicate()) for w in workers]
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_sqlite_file_finish_exactly_n_trials(tmp_path):
+    space = _space(tmp_path)
+    for done in _two_workers(tmp_path / "s", space, "--no-report"):
+        assert done.returncode == 0, done.stderr[-2000:]
+    trials = _trials(tmp_path / "s", "smoke-space")
+    assert _states(trials).get("COMPLETE") == 3 and len(_run_dirs(tmp_path / "s")) == 3
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+
+
+@pytest.mark.slow
+def test_workers_option_runs_trials_in_k_processes_and_reports_once_done(tmp_path):
+    command = _command(tmp_path / "s", *ONE_EPOCH, "--trials", "2", "--workers", "2", space=_space(tmp_path))
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _states(_trials(tmp_path / "s", "smoke-space")) == {"COMPLETE": 2}
+    with open(tmp_path / "s" / "trials.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(why_not() is not None, reason=str(why_not()))
+def test_two_workers_on_a_postgresql_server_finish_exactly_n_trials(tmp_path):
+    space = _space(tmp_path)
+    with postgres_server() as url:
+        for done in _two_workers(tmp_path / "s", space, "--storage", url):
+            assert done.returncode == 0, done.stderr[-2000:]
+        trials = optuna.load_study(study_name="smoke-space", storage=url.replace("postgresql:", "postgresql+psycopg2:"))
+        states = _states(trials.get_trials(deepcopy=False))
+    assert states.get("COMPLETE") == 3 and states.get("RUNNING") is None
+    assert len(_run_dirs(tmp_path / "s")) == 3
+
+
+def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop) -> subprocess.Popen:
+    """Start the sweep and `stop(process)` once its first run has a mid-run last.pt and no summary."""
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the first trial never saved a checkpoint"
+        time.sleep(0.05)
+    stop(process)
+    process.wait(timeout=120)
+    summary = read_summary(run_dir, required=False)  # none after kill -9; "interrupted" after Ctrl-C
+    assert summary is None or summary.status == "interrupted", "stopped too late: the trial had finished"
+    return process
+
+
+def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path) -> None:
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = sweep_dir / "trials" / "0000"
+    assert f"resuming {first}" in done.stderr
+    trials = _trials(sweep_dir, "smoke-space")
+    assert _states(trials)["COMPLETE"] == 2 and "RUNNING" not in _states(trials)
+    assert len(_run_dirs(sweep_dir)) == 2  # the retry trained trial 0's run on, no third run
+    assert any(t.user_attrs.get("run") == 0 and t.number != 0 for t in trials if t.state.name == "COMPLETE")
+    # Exact resume: the interrupted run ends where the same config trained without a stop ends.
+    assert main(["train", str(first / "config.yaml"), f"output.dir={tmp_path / 'fresh'}"]) == 0
+    fresh = next((tmp_path / "fresh").rglob("metrics.csv")).parent
+    assert _epochs(first) == _epochs(fresh)
+
+
+def _epochs(run_dir: Path) -> list[tuple]:
+    keys = ("epoch", "step", "train_loss", "train_acc", "val_acc", "test_acc", "test_loss")
+    return [tuple(row[k] for k in keys) for row in read_metrics(run_dir) if row["kind"] == "epoch"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_the_same_command_resumes_that_run(tmp_path):
+    command = _command(tmp_path / "s", "train.epochs=3", "checkpoint.every_steps=2", "--trials", "2",
+                       "--heartbeat", "1", space=_space(tmp_path))
+    _start_and_stop_mid_trial(command, tmp_path / "s" / "trials" / "0000", lambda p: p.send_signal(signal.SIGKILL))
+    _continue_and_check(command, tmp_path / "s", tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
+    command = _command(tmp_path / "s", "train.epochs=3", "checkpoint.every_steps=2", "--trials", "2",
+                       space=_space(tmp_path))
+    stopped = _start_and_stop_mid_trial(command, tmp_path / "s" / "trials" / "0000",
+                                        lambda p: p.send_signal(signal.SIGINT))
+    assert stopped.returncode == 130
+    err = stopped.stderr.read()
+    assert "Traceback" not in err and "Continue it with the same command" in err
+    _continue_and_check(command, tmp_path / "s", tmp_path)
+
