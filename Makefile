@@ -1,5 +1,6 @@
-# cifarlab: `make demo` trains for real and prints the run directory; `make test` runs the whole test suite,
-# `make test-fast` all but the tests marked slow (over ~5 s each), in about a minute.
+# cifarlab: `make demo` installs the plain package, trains for real and prints the run directory;
+# `make test` installs what the tests need (the `test` extra) and runs the whole test suite, `make test-fast`
+# all but the tests marked slow (over ~5 s each).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,14 +9,21 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test test-fast bench bench-gpu venv data clean
 
+TEST_STAMP := $(VENV)/.installed-test
+
 venv: $(STAMP)
 
 # constraints.txt pins torch==2.13.0 for the install (the CPU build here); the package itself asks torch>=2.4.
+# The plain package is all `cifarlab demo` needs; `make test` adds the `test` extra (pyproject.toml).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx,mlflow,notebook,wandb,hf,sweep,postgres]'
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
 
 # Real Fashion-MNIST from the OS package, for offline demos and tests.
 data:
@@ -28,11 +36,11 @@ data:
 demo: venv data
 	$(VENV)/bin/cifarlab demo
 
-test: venv data
+test: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
-test-fast: venv data
+test-fast: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q -m "not slow"
 

@@ -221,13 +221,13 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ user callbacks
 
 def test_the_readme_callback_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("### Your own callbacks", 1)[1]
+    page = (ROOT / "docs" / "python-api.md").read_text()
+    block = page.split("## Your own callbacks", 1)[1]
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     code = code.replace('"fmnist-quick"', '"smoke"').replace('["train.epochs=2"]', repr(QUIET))
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # the documented example, on the smoke recipe
+    exec(compile(code, "docs/python-api.md", "exec"), namespace)  # the documented example, on the smoke recipe
     out = capsys.readouterr().out
     assert re.search(r"epoch 1: test accuracy \d+\.\d\d%", out)
     assert re.search(r"step 4: loss \d+\.\d+", out)

@@ -205,7 +205,7 @@ def cmd_datasets(args) -> int:
 
     for name in list_datasets():
         if name == "folder":
-            where = "your own images: data.dataset=folder data.dir=PATH (train/<class>/*, test/<class>/*)"
+            where = "your own images: cifarlab train folder data.dir=PATH (train/<class>/*, test/<class>/*)"
         elif name == "hf":
             where = "a Hugging Face dataset: data.dataset=hf data.dir=SAVED_FOLDER|PARQUET_FOLDER|HUB_NAME"
         else:

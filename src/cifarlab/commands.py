@@ -148,7 +148,7 @@ def cmd_lr_find(args) -> int:
     from cifarlab.models.registry import import_user_modules
     from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.build import load_data
+    from cifarlab.training.sizing import size_to_data
 
     if args.out is not None:
         output_target(args.out, "--out", folder=True)
@@ -157,7 +157,7 @@ def cmd_lr_find(args) -> int:
     if args.out is None:
         check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
-    dataset = load_data(cfg.data, cfg.seed)
+    cfg, dataset = size_to_data(cfg)
     out = args.out or Path(cfg.output.dir) / cfg.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     result = run_range_test(cfg, runtime, dataset)

@@ -6,7 +6,9 @@ the section they need (`build_optimizer(model, cfg.optim)`), never the whole con
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 import types
 from importlib import resources
 from pathlib import Path
@@ -92,44 +94,66 @@ def _number_problem(value: Any, where: str = "", depth: int = 0) -> Optional[str
 
 
 class DataConfig(ConfigSection):
-    dataset: str = "synthetic"
-    dir: Optional[str] = None  # else $CIFARLAB_DATA, else ~/.cache/cifarlab
-    download: bool = True
-    train_subset: Optional[int] = Field(default=None, ge=1)  # first N train images (quick runs, tests)
-    test_subset: Optional[int] = Field(default=None, ge=1)
-    # Validation images taken from the training split (after train_subset), stratified by class with the
-    # run's seed: a fraction in (0, 1) or a count. With it, best.pt, early stopping and plateau schedules
-    # select on validation and the test split only reports.
-    val_split: Union[int, float, None] = None
-    mean: Optional[list[float]] = None  # default: the dataset's own per-channel statistics
-    std: Optional[list[Annotated[float, Field(gt=0)]]] = None
-    options: dict[str, Any] = {}  # source options, e.g. synthetic's num_train
+    dataset: str = Field("synthetic",
+        description=("Where the images come from: cifar10, cifar100, fashion_mnist, mnist, folder (your own "
+                     "ImageFolder-layout images under data.dir) or synthetic (generated, for tests); `cifarlab "
+                     "datasets` lists them."))
+    dir: Optional[str] = Field(None,
+        description=("The data folder (a dataset cache, or your image folder for dataset=folder); null: "
+                     "$CIFARLAB_DATA, else ~/.cache/cifarlab."))
+    download: bool = Field(True,
+        description=("Download a missing built-in dataset from its canonical URL (md5-checked); false: fail with "
+                     "one line instead."))
+    train_subset: Optional[int] = Field(default=None, ge=1,
+        description=("Train on the first N training images only (quick runs and tests); null: all."))
+    test_subset: Optional[int] = Field(default=None, ge=1,
+        description=("Evaluate on the first N test images only; null: all."))
+    val_split: Union[int, float, Literal["auto"], None] = Field(None,
+        description=("Validation images taken from train (after train_subset), stratified by class with the run's "
+                     "seed: a fraction in (0, 1) or a count; auto: 10% when the data has no val split of its own "
+                     "and enough images. With one, the best checkpoint, early stopping and plateau schedules select on "
+                     "validation."))
+    mean: Optional[list[float]] = Field(None,
+        description=("Per-channel mean to normalise with (one value per channel); null: the train split's own "
+                     "statistics."))
+    std: Optional[list[Annotated[float, Field(gt=0)]]] = Field(None,
+        description=("Per-channel standard deviation to normalise with (positive, one per channel); null: the "
+                     "train split's own."))
+    options: dict[str, Any] = Field({},
+        description=("Options of the data source: folder {image_size, channels}, synthetic {num_train, num_test, "
+                     "image_size, num_classes, ...}."))
 
 
 class CropConfig(ConfigSection):
-    padding: int = Field(default=4, ge=0, le=64)
-    pad_mode: Literal["zero", "reflect", "constant"] = "zero"
-    fill: float = Field(default=0.0, ge=0, le=1)  # for pad_mode=constant, in pixel units [0, 1]
-    p: float = Field(default=1.0, ge=0, le=1)
+    padding: int = Field(default=4, ge=0, le=64,
+        description=("Pixels added on each side before a random crop back to the image size (a random "
+                     "translation)."))
+    pad_mode: Literal["zero", "reflect", "constant"] = Field("zero",
+        description=("What the padding holds: zero, reflect (mirrored image) or constant (the value `fill`)."))
+    fill: float = Field(default=0.0, ge=0, le=1,
+        description=("Padding value for pad_mode=constant, in pixel units [0, 1]."))
+    p: float = Field(default=1.0, ge=0, le=1, description="Probability that an image is cropped.")
 
 
 class FlipConfig(ConfigSection):
-    p: float = Field(default=0.5, ge=0, le=1)
+    p: float = Field(default=0.5, ge=0, le=1, description="Probability of a horizontal flip.")
     # Alternate flips across epochs instead of i.i.d. flips (Jordan 2024, arXiv:2404.00498).
-    alternate: bool = False
+    alternate: bool = Field(False,
+        description=("Flip each image on alternate epochs instead of at random (airbench's alternating flip)."))
 
 
 class CutoutConfig(ConfigSection):
-    holes: int = Field(default=1, ge=1, le=16)
-    size: int = Field(default=16, ge=1)  # side of the square hole in pixels; checked against the image
-    fill: float = Field(default=0.0, ge=0, le=1)
-    p: float = Field(default=1.0, ge=0, le=1)
+    holes: int = Field(default=1, ge=1, le=16, description="Square holes cut out of each image.")
+    size: int = Field(default=16, ge=1, description="Side of each hole in pixels (at most the image size).")
+    fill: float = Field(default=0.0, ge=0, le=1, description="Value of the cut-out pixels, in pixel units [0, 1].")
+    p: float = Field(default=1.0, ge=0, le=1, description="Probability that an image gets its holes.")
 
 
 class RotateConfig(ConfigSection):
-    degrees: float = Field(default=18.0, gt=0, le=180)
-    fill: float = Field(default=0.0, ge=0, le=1)
-    p: float = Field(default=1.0, ge=0, le=1)
+    degrees: float = Field(default=18.0, gt=0, le=180, description="Largest rotation, in degrees either way.")
+    fill: float = Field(default=0.0, ge=0, le=1,
+        description=("Value of the pixels a rotation uncovers, in pixel units [0, 1]."))
+    p: float = Field(default=1.0, ge=0, le=1, description="Probability that an image is rotated.")
 
 
 class ColorConfig(ConfigSection):
@@ -163,11 +187,11 @@ class AugmentConfig(ConfigSection):
     """Applied in this order: crop, flip, rotate, color, cutout, then mixup or cutmix; a null op is off.
     Test data is never augmented."""
 
-    crop: Optional[CropConfig] = None
-    flip: Optional[FlipConfig] = None
-    rotate: Optional[RotateConfig] = None
+    crop: Optional[CropConfig] = Field(None, description="Pad and randomly crop (a random translation); null: off.")
+    flip: Optional[FlipConfig] = Field(None, description="Random horizontal flip; null: off.")
+    rotate: Optional[RotateConfig] = Field(None, description="Random rotation; null: off.")
     color: Optional[ColorConfig] = Field(default=None, description="colour jitter: brightness, contrast, saturation")
-    cutout: Optional[CutoutConfig] = None
+    cutout: Optional[CutoutConfig] = Field(None, description="Cutout: square holes of constant value; null: off.")
     mixup: Optional[MixupConfig] = Field(default=None, description=(
         "MixUp; the loss is taken on the mixed targets, train accuracy against each image's dominant label"))
     cutmix: Optional[CutmixConfig] = Field(default=None, description=(
@@ -182,13 +206,17 @@ class AugmentConfig(ConfigSection):
 
 
 class ModelConfig(ConfigSection):
-    name: str = "custom_resnet"
-    norm: Literal["batch", "group", "layer", "instance"] = "batch"
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    options: dict[str, Any] = {}  # extra keyword arguments for the model factory
-    # Python module(s) whose import registers `name` with @register_model (the user's own model code),
-    # e.g. mypkg.nets; imported by `train`. Loading a checkpoint never imports it: pass --import there.
-    module: Union[str, list[str], None] = None
+    name: str = Field("custom_resnet",
+        description=("A registered model: resnet18, resnet34, custom_resnet, fastnet, convnet (`cifarlab models`)."))
+    norm: Literal["batch", "group", "layer", "instance"] = Field("batch",
+        description=("Normalisation layers: batch, group, layer or instance."))
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout probability before the classifier.")
+    options: dict[str, Any] = Field({},
+        description=("Extra keyword arguments of the model factory, e.g. convnet {width: 16}."))
+    module: Union[str, list[str], None] = Field(None,
+        description=("Python module(s) whose import registers model.name with @register_model (your own model "
+                     "code), e.g. mypkg.nets; imported by train. Loading a checkpoint never imports it: pass "
+                     "--import there."))
 
     @field_validator("module")
     @classmethod
@@ -199,70 +227,100 @@ class ModelConfig(ConfigSection):
         return value
     # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
     # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
-    init_from: Optional[str] = None
-    init_head: bool = True
+    init_from: Optional[str] = Field(None,
+        description=("A checkpoint whose model weights start this new run (optimizer and schedule start fresh); "
+                     "null: random init."))
+    init_head: bool = Field(True,
+        description=("With init_from, load the classifier head too; false: all but the head, for data with other "
+                     "classes."))
 
 
 class OptimConfig(ConfigSection):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    grad_clip: Optional[float] = Field(default=None, gt=0)  # max global grad norm
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer: sgd, adam or adamw.")
+    lr: float = Field(default=0.1, gt=0,
+        description=("Learning rate (the base of every schedule; onecycle peaks at schedule.lr_peak when set)."))
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum.")
+    weight_decay: float = Field(default=0.0, ge=0, description="L2 weight decay (decoupled for adamw).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW (beta1, beta2).")
+    eps: float = Field(default=1e-8, gt=0, description="Adam/AdamW epsilon.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    grad_clip: Optional[float] = Field(default=None, gt=0,
+        description=("Clip the global gradient norm to this value; null: no clipping."))
     # lr multiplier for normalisation layers' parameters (airbench's bias_scaler, 64); their weight decay
     # is divided by it, so the per-step decay lr*wd stays that of the other parameters.
-    norm_lr_scale: Optional[float] = Field(default=None, gt=0)
+    norm_lr_scale: Optional[float] = Field(default=None, gt=0,
+        description=("Learning rate multiplier for normalisation layers' parameters, whose weight decay is divided "
+                     "by it (airbench's bias scaler, 64); null: off."))
 
 
 class ScheduleConfig(ConfigSection):
     """One LR schedule. Fields not used by `name` are ignored; per-step schedules step every batch."""
 
-    name: Literal["constant", "onecycle", "step", "multistep", "plateau", "cosine"] = "constant"
+    name: Literal["constant", "onecycle", "step", "multistep", "plateau", "cosine"] = Field("constant",
+        description=("LR schedule: constant, onecycle, step, multistep, plateau or cosine. onecycle and cosine "
+                     "step every batch, the others every epoch."))
     # onecycle
     # None: optim.lr; auto: LR range test first
-    lr_peak: Union[Annotated[float, Field(gt=0)], Literal["auto"], None] = None
-    peak_epoch: Optional[float] = Field(default=None, ge=0)  # e.g. 5 of 24; else pct_start
-    pct_start: float = Field(default=0.3, gt=0, lt=1)
-    div_factor: float = Field(default=10.0, gt=0)  # initial lr = lr_peak / div_factor
-    final_div_factor: Optional[float] = Field(default=None, gt=0)  # None = no annihilation: end at initial lr
-    anneal: Literal["linear", "cos"] = "linear"
+    lr_peak: Union[Annotated[float, Field(gt=0)], Literal["auto"], None] = Field(None,
+        description=("onecycle: the peak lr; null: optim.lr; auto: the LR range test runs first and its value is "
+                     "written into the run's resolved config."))
+    peak_epoch: Optional[float] = Field(default=None, ge=0,
+        description=("onecycle: the epoch the peak is reached (e.g. 5 of 24); null: pct_start. Overriding "
+                     "train.epochs moves a recipe's peak to the same fraction of the run."))
+    pct_start: float = Field(default=0.3, gt=0, lt=1,
+        description=("onecycle: the fraction of the steps spent rising to the peak, when peak_epoch is null."))
+    div_factor: float = Field(default=10.0, gt=0, description="onecycle: the initial lr is lr_peak / div_factor.")
+    final_div_factor: Optional[float] = Field(default=None, gt=0,
+        description=("onecycle: the final lr is the initial lr / final_div_factor; null: no annihilation, the "
+                     "cycle ends where it began."))
+    anneal: Literal["linear", "cos"] = Field("linear",
+        description=("onecycle: linear or cos annealing between its points."))
     # torch's OneCycleLR default, which the course notebooks used: momentum (SGD) or beta1 (Adam) cycles
     # 0.95 -> 0.85 at the peak -> 0.95, replacing optim.momentum / betas[0]; false keeps the configured one.
-    cycle_momentum: bool = True
+    cycle_momentum: bool = Field(True,
+        description=("onecycle: cycle the momentum (SGD) or beta1 (Adam) 0.95 -> 0.85 at the peak -> 0.95, as "
+                     "torch's OneCycleLR does; false keeps optim's."))
     # step / multistep (in epochs)
-    step_size: int = Field(default=30, ge=1)
-    milestones: list[Annotated[int, Field(ge=1)]] = []
-    gamma: float = Field(default=0.1, gt=0)
+    step_size: int = Field(default=30, ge=1, description="step: multiply the lr by gamma every this many epochs.")
+    milestones: list[Annotated[int, Field(ge=1)]] = Field([],
+        description=("multistep: the epochs after which the lr is multiplied by gamma."))
+    gamma: float = Field(default=0.1, gt=0, description="step, multistep: the factor applied to the lr.")
     # plateau: all of ReduceLROnPlateau's arguments; monitor null = val_loss with a validation split, else test_loss
-    monitor: Optional[Literal["val_loss", "val_acc", "test_loss", "train_loss", "test_acc", "train_acc"]] = None
-    mode: Literal["min", "max"] = "min"
-    factor: float = Field(default=0.1, gt=0, lt=1)
-    patience: int = Field(default=10, ge=0)
-    threshold: float = Field(default=1e-4, ge=0)
-    threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: int = Field(default=0, ge=0)
-    min_lr: float = Field(default=0.0, ge=0)
-    eps: float = Field(default=1e-8, ge=0)
+    monitor: Optional[Literal["val_loss", "val_acc", "test_loss", "train_loss", "test_acc", "train_acc"]] = Field(None,
+        description=("plateau: the metric watched; null: val_loss with a validation split, else test_loss."))
+    mode: Literal["min", "max"] = Field("min", description="plateau: min (a loss) or max (an accuracy).")
+    factor: float = Field(default=0.1, gt=0, lt=1,
+        description=("plateau: the factor applied to the lr when the metric stalls."))
+    patience: int = Field(default=10, ge=0, description="plateau: epochs without improvement before the lr drops.")
+    threshold: float = Field(default=1e-4, ge=0,
+        description=("plateau: the smallest change that counts as an improvement."))
+    threshold_mode: Literal["rel", "abs"] = Field("rel",
+        description=("plateau: threshold relative to the best value (rel) or absolute (abs)."))
+    cooldown: int = Field(default=0, ge=0, description="plateau: epochs to wait after a drop before watching again.")
+    min_lr: float = Field(default=0.0, ge=0, description="plateau and cosine: the lowest lr.")
+    eps: float = Field(default=1e-8, ge=0, description="plateau: drops smaller than this are skipped.")
     # cosine
-    warmup_epochs: float = Field(default=0.0, ge=0)
+    warmup_epochs: float = Field(default=0.0, ge=0, description="cosine: epochs of linear warm-up before the decay.")
     # The epochs onecycle and cosine are planned over; null = train.epochs. `resume --epochs` sets it to the
     # run's original total when it extends a run: the added epochs hold the lr the plan ended at.
-    planned_epochs: Optional[int] = Field(default=None, ge=1)
+    planned_epochs: Optional[int] = Field(default=None, ge=1,
+        description=("onecycle, cosine: the epochs the plan spans; null: train.epochs. `resume --epochs` sets it "
+                     "when extending a run, whose added epochs hold the final lr."))
 
 
 class LRFindConfig(ConfigSection):
-    start_lr: float = Field(default=1e-7, gt=0)
-    end_lr: float = Field(default=10.0, gt=0)
-    num_iter: int = Field(default=100, ge=5)
-    step_mode: Literal["exp", "linear"] = "exp"
-    smooth: float = Field(default=0.05, ge=0, lt=1)
-    diverge_threshold: float = Field(default=5.0, gt=1)
+    start_lr: float = Field(default=1e-7, gt=0, description="The range test's first lr.")
+    end_lr: float = Field(default=10.0, gt=0, description="The range test's last lr (greater than start_lr).")
+    num_iter: int = Field(default=100, ge=5, description="Steps of the range test.")
+    step_mode: Literal["exp", "linear"] = Field("exp", description="How the lr grows: exp (geometric) or linear.")
+    smooth: float = Field(default=0.05, ge=0, lt=1, description="Exponential smoothing of the recorded loss (0: none).")
+    diverge_threshold: float = Field(default=5.0, gt=1,
+        description=("Stop when the smoothed loss exceeds this multiple of the best."))
     # minimum: of the loss smoothed without lag (analysis/lr_suggest.py); steepest, valley: the older rules
-    suggestion: Literal["minimum", "steepest", "valley"] = "minimum"
+    suggestion: Literal["minimum", "steepest", "valley"] = Field("minimum",
+        description=("The rule that picks the lr: minimum (of the loss smoothed without lag), steepest (descent vs "
+                     "log lr) or valley (fastai's)."))
 
     @model_validator(mode="after")
     def _range(self):
@@ -275,35 +333,54 @@ class LookaheadConfig(ConfigSection):
     # airbench94's lookahead (training/lookahead.py): from epoch `start_epoch` (0-based), every `every` steps
     # the slow weights move towards the model with rho = decay**every * (step / planned steps)**power and
     # the model is reset to them; at each epoch end the model takes the slow weights.
-    every: int = Field(default=5, ge=1)
-    decay: float = Field(default=0.95, gt=0, lt=1)
-    power: float = Field(default=3.0, ge=0)
-    start_epoch: int = Field(default=0, ge=0)
+    every: int = Field(default=5, ge=1, description="Pull the weights to the slow average every this many steps.")
+    decay: float = Field(default=0.95, gt=0, lt=1,
+        description=("Per-step decay of the slow average (raised to the power `every`)."))
+    power: float = Field(default=3.0, ge=0,
+        description=("The decay is scaled by (step / planned steps) ** power, averaging harder towards the end."))
+    start_epoch: int = Field(default=0, ge=0, description="First epoch (0-based) with lookahead.")
 
 
 class TrainConfig(ConfigSection):
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    eval_batch_size: int = Field(default=1000, ge=1)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    channels_last: bool = True
+    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(10,
+        description=("Epochs to train; auto: about 600 optimizer steps in all, 8..100 epochs (the folder recipe)."))
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(128,
+        description=("Training batch size (the global batch with several processes); auto: the largest power of "
+                     "two giving >= 25 steps an epoch, 8..256."))
+    eval_batch_size: int = Field(default=1000, ge=1, description="Batch size for evaluation.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto",
+        description=("auto: bf16 on CUDA sm80+, fp16 with a grad scaler on older GPUs, on a CPU bf16 only with "
+                     "AMX, else fp32; or bf16, fp16, fp32."))
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    channels_last: bool = Field(True, description="Train in the channels_last memory format.")
     # torch.compile the training model: a mode (default, reduce-overhead = CUDA graphs,
     # max-autotune-no-cudagraphs), true = default, false/null = eager. The warm-up is timed apart.
-    compile: Optional[Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]] = None
+    compile: Optional[Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]] = Field(None,
+        description=("torch.compile the training model: default, reduce-overhead (CUDA graphs) or "
+                     "max-autotune-no-cudagraphs; true means default, null or false eager. The warm-up is timed "
+                     "apart."))
     # Test-time augmentation at evaluation: flip (the image and its mirror) or flip_translate (airbench's
     # level 2: also 1-px shifted copies); true means flip, false or null none.
-    tta: Optional[Literal["flip", "flip_translate"]] = None
-    ema: Optional[float] = Field(default=None, gt=0, lt=1)  # decay of an EMA of the weights, evaluated
-    ema_every: int = Field(default=1, ge=1)  # update the EMA every N steps (with decay**N), a cheaper step
-    lookahead: Optional[LookaheadConfig] = None  # lookahead weight averaging (changes the training path)
-    log_every_steps: int = Field(default=50, ge=1)
+    tta: Optional[Literal["flip", "flip_translate"]] = Field(None,
+        description=("Test-time augmentation at evaluation: flip (the image and its mirror) or flip_translate "
+                     "(also 1-px shifts); true means flip, null or false none."))
+    ema: Optional[float] = Field(default=None, gt=0, lt=1,
+        description=("Decay of an exponential moving average of the weights, which is then what is evaluated and "
+                     "saved as best; null: none."))
+    ema_every: int = Field(default=1, ge=1,
+        description=("Update the EMA every N steps (with decay ** N): a cheaper step."))
+    lookahead: Optional[LookaheadConfig] = Field(None,
+        description=("airbench94's lookahead weight averaging; null: off."))
+    log_every_steps: int = Field(default=50, ge=1,
+        description=("Optimizer steps per logging window (progress, the metrics file's step rows, TensorBoard)."))
     accumulate: int = Field(default=1, ge=1, le=1024, description=(
         "micro-batches of train.batch_size per optimizer step (gradient accumulation): each step sees "
         "batch_size x accumulate images; steps, the schedule and checkpoints count optimizer steps"))
-    threads: Optional[int] = Field(default=None, ge=1)  # CPU intra-op threads; default: torch's choice
-    early_stop_patience: Optional[int] = Field(default=None, ge=1)  # epochs without a better checkpoint.monitor
-    early_stop_min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as better
+    threads: Optional[int] = Field(default=None, ge=1, description="CPU intra-op threads; null: torch's choice.")
+    early_stop_patience: Optional[int] = Field(default=None, ge=1,
+        description=("Stop after this many epochs without a better checkpoint.monitor; null: never."))
+    early_stop_min_delta: float = Field(default=0.0, ge=0,
+        description=("Smaller improvements do not count for early stopping."))
 
 
     @field_validator("tta", "compile", mode="before")
@@ -314,51 +391,64 @@ class TrainConfig(ConfigSection):
 
 
 class CheckpointConfig(ConfigSection):
-    every_epochs: int = Field(default=1, ge=1)
-    every_steps: Optional[int] = Field(default=None, ge=1)
+    every_epochs: int = Field(default=1, ge=1, description="Write the last checkpoint every this many epochs.")
+    every_steps: Optional[int] = Field(default=None, ge=1,
+        description=("Also write it every this many optimizer steps (a resume continues mid-epoch); null: only at "
+                     "epoch ends."))
     # What selects best.pt and early stopping: null = val_acc with a validation split, else test_acc.
-    monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = None
+    monitor: Optional[Literal["val_acc", "val_loss", "test_acc", "test_loss"]] = Field(None,
+        description=("What selects the best checkpoint and early stopping: val_acc, val_loss, test_acc or "
+                     "test_loss; null: val_acc with a validation split, else test_acc."))
 
 
 class OutputConfig(ConfigSection):
-    dir: str = "runs"
-    tensorboard: bool = True
-    report: bool = True  # analysis and report.md/html at the end of train
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    dir: str = Field("runs", description="Folder of the run directories: <dir>/<recipe>/<YYYYmmdd-HHMMSS>/.")
+    tensorboard: bool = Field(True, description="Write TensorBoard events under tb/.")
+    report: bool = Field(True, description="Make the plots, tables and report (markdown, HTML) at the end of train.")
+    progress: Literal["auto", "bar", "lines", "none"] = Field("auto",
+        description=("auto (a bar in a terminal or notebook, plain lines otherwise), bar, lines or none."))
     # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
     # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
-    mlflow: bool = False
-    mlflow_uri: Optional[str] = None
+    mlflow: bool = Field(False, description="Log params, metrics and status to MLflow (needs cifarlab[mlflow]).")
+    mlflow_uri: Optional[str] = Field(None,
+        description=("MLflow tracking URI; null: a local file store in <run_dir>/mlruns."))
     # Weights & Biases logging (needs `pip install cifarlab[wandb]`): config, epoch rows, summary and the
     # report's plots into project wandb_project (default "cifarlab"). See training/wandb_logger.py.
-    wandb: bool = False
-    wandb_project: Optional[str] = None
+    wandb: bool = Field(False, description="Log the config, epoch rows, summary and plots to Weights & Biases "
+                                           "(needs cifarlab[wandb]; offline with WANDB_MODE=offline).")
+    wandb_project: Optional[str] = Field(None, description="The W&B project; null: cifarlab.")
 
 
 class Config(ConfigSection):
-    name: str = "experiment"
-    description: str = ""
-    seed: int = 0  # any 64-bit integer (negative seeds work and reproduce); wider ones are refused
-    deterministic: bool = False
-    data: DataConfig = DataConfig()
-    augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    lr_find: LRFindConfig = LRFindConfig()
-    train: TrainConfig = TrainConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    output: OutputConfig = OutputConfig()
+    name: str = Field("experiment",
+        description=("The run's name: runs go to <output.dir>/<name>/; a recipe's file name by default."))
+    description: str = Field("", description="One line about the recipe, shown by `cifarlab recipes`.")
+    seed: int = Field(0, description="Seed of every random draw (any 64-bit integer).")
+    deterministic: bool = Field(False,
+        description=("Deterministic algorithms: a run stopped and resumed on a CPU ends bit-identical to one never "
+                     "stopped."))
+    data: DataConfig = Field(DataConfig(), description="The data section.")
+    augment: AugmentConfig = Field(AugmentConfig(),
+        description=("Training augmentation, applied in the order crop, flip, rotate, cutout."))
+    model: ModelConfig = Field(ModelConfig(), description="The network.")
+    optim: OptimConfig = Field(OptimConfig(), description="The optimizer.")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="The learning-rate schedule.")
+    lr_find: LRFindConfig = Field(LRFindConfig(),
+        description=("The LR range test (`cifarlab lr-find`, schedule.lr_peak: auto)."))
+    train: TrainConfig = Field(TrainConfig(), description="The training loop.")
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and what selects the best one.")
+    output: OutputConfig = Field(OutputConfig(), description="Where and how a run reports.")
 
     @model_validator(mode="after")
     def _schedule_fits_training(self):
         schedule, epochs = self.schedule, self.train.epochs
-        if schedule.name == "onecycle" and schedule.peak_epoch is not None and not 0 < schedule.peak_epoch < epochs:
+        if (schedule.name == "onecycle" and schedule.peak_epoch is not None and epochs != "auto"
+                and not 0 < schedule.peak_epoch < epochs):
             raise ValueError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {schedule.peak_epoch}")
         if schedule.name == "multistep" and not schedule.milestones:
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
         split = self.data.val_split
-        if split is not None and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
+        if split not in (None, "auto") and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
             raise ValueError(f"data.val_split must be a fraction in (0, 1) or a count of at least 1, got {split}")
         return self
 
@@ -506,6 +596,32 @@ def validate(raw: dict) -> Config:
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
     raw = read_recipe(recipe) if recipe else {}
-    for text in overrides:
-        apply_override(raw, *parse_override(text))
-    return validate(raw)
+    recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in parsed:
+        apply_override(raw, keys, value)
+    note = _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+    cfg = validate(raw)
+    if note and os.environ.get("RANK", "0") == "0":  # said once under torchrun, and only for a valid config
+        print(note, file=sys.stderr, flush=True)
+    return cfg
+
+
+def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
+    """A recipe's onecycle `peak_epoch` is a point in its run: when an override changes `train.epochs`,
+    the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5); returns the line that says so.
+    A peak_epoch given on the command line is the user's own and is left for validation to judge."""
+    schedule, epochs = raw.get("schedule"), (raw.get("train") or {}).get("epochs")
+    if not overridden & {"train.epochs", "train"} or overridden & {"schedule.peak_epoch", "schedule"}:
+        return None
+    if not isinstance(schedule, dict) or schedule.get("name") != "onecycle":
+        return None
+    peak = schedule.get("peak_epoch")
+    numbers = (peak, epochs, recipe_epochs)
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return None  # validation names whatever is wrong
+    if epochs == recipe_epochs:
+        return None
+    schedule["peak_epoch"] = peak * epochs / recipe_epochs
+    return (f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
+            f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run")

@@ -31,6 +31,7 @@ from cifarlab.training.callbacks import Callback, mark_best_completed
 from cifarlab.training.checkpoint import restore
 from cifarlab.training.loop import fit
 from cifarlab.training.preflight import check_integrations
+from cifarlab.training.sizing import few_steps_warning, size_to_data
 from cifarlab.training.state import TrainState
 
 
@@ -78,7 +79,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         layout.check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     _default_threads(cfg, runtime)
-    dataset = load_data(cfg.data, cfg.seed, source)
+    cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     check_model_input(cfg.model, dataset)
     check_integrations(cfg.output)
     if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
@@ -148,6 +149,10 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
     if runtime.dist.is_main:
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
+    optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
+    warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
+    if warning:
+        _announce(warning, runtime)
     return state
 
 

@@ -110,10 +110,11 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         return None
     if cfg.name == "onecycle":
         pct_start = cfg.pct_start if cfg.peak_epoch is None else cfg.peak_epoch / epochs  # range checked in config
+        cycle_steps, pct_start = onecycle_phases(total_steps, pct_start)
         # No annihilation (final_div_factor unset): the cycle ends where it began, at lr_peak / div_factor.
         final_div = cfg.final_div_factor if cfg.final_div_factor is not None else 1.0
         peaks = [peak_lr(cfg, base_lr) * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
-        return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
+        return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=cycle_steps, pct_start=pct_start,
                             div_factor=cfg.div_factor, final_div_factor=final_div, anneal_strategy=cfg.anneal,
                             cycle_momentum=cfg.cycle_momentum)
     if cfg.name == "step":
@@ -129,6 +130,18 @@ def _build(optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         floor = cfg.min_lr / base_lr
         return S.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, floor))
     raise UserError(f"unknown schedule {cfg.name!r}")
+
+
+def onecycle_phases(total_steps: int, pct_start: float) -> tuple[int, float]:
+    """(steps of the cycle, pct_start) with each phase at least one step long.
+
+    OneCycleLR puts its peak at step pct_start * total - 1 and divides by each phase's length, so a phase
+    of zero steps (4 steps in all at pct_start 0.25) is a ZeroDivisionError and a phase shorter than one
+    step skips the warm-up. So the peak lands on step 1 or later and at least one step follows it; a run
+    of fewer than 3 steps follows the first steps of a 3-step cycle (the Schedule stops at its own total)."""
+    cycle_steps = max(total_steps, 3)
+    earliest, latest = 2 / cycle_steps, 1 - 1 / cycle_steps
+    return cycle_steps, float(min(max(pct_start, earliest), latest))
 
 
 class WarmupCosine:
