@@ -33,6 +33,7 @@ from _runs import FAST, SRC
 from cifarlab.cli import main
 from cifarlab.config import Config, load_config
 from cifarlab.config_docs import config_reference
+from cifarlab.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -173,7 +174,14 @@ def test_documented_example_runs(language, body, examples_folder, monkeypatch, c
     monkeypatch.setenv("CIFARLAB_DATA", str(examples_folder / "cache"))
     assert FASHION_DIR.exists()
     if language == "python":
-        exec(compile(body, "docs example", "exec"), {"__name__": "__docs__"})
+        # An example may register a model (docs/ecosystem.md): the registry is process-wide, so it is put
+        # back afterwards, as a fresh interpreter would have it for the next test.
+        registered = dict(MODELS._entries)
+        try:
+            exec(compile(body, "docs example", "exec"), {"__name__": "__docs__"})
+        finally:
+            MODELS._entries.clear()
+            MODELS._entries.update(registered)
         return
     if language == "bash":
         for line in commands(body):

@@ -56,6 +56,25 @@ def test_a_saved_dataset_decodes_once_with_its_class_names(saved, tmp_path):
     assert len(list((tmp_path / "cache" / "hf").glob("*.pt"))) == 1
 
 
+@pytest.mark.parametrize("tamper", ["labels", "pixels", "names"])
+def test_a_tampered_hf_cache_is_rebuilt_not_trusted(saved, tmp_path, tamper, caplog):
+    first = load_dataset("hf", saved)
+    cache = next((tmp_path / "cache" / "hf").glob("*.pt"))
+    blob = torch.load(cache, weights_only=True)
+    images, labels = blob["train"]
+    if tamper == "labels":
+        blob["train"] = (images, (labels + 1) % len(CLASSES))
+    elif tamper == "pixels":
+        blob["train"] = (images[:10], labels[:10])
+    else:
+        blob["classes"] = list(reversed(CLASSES))
+    torch.save(blob, cache)
+    again = load_dataset("hf", saved)
+    assert not again.origin.startswith("cache ") and "ignoring hf cache" in caplog.text
+    assert again.classes == tuple(CLASSES)
+    assert torch.equal(again.train.labels, first.train.labels) and torch.equal(again.train.images, first.train.images)
+
+
 def test_parquet_files_named_by_split_read_the_same(saved, tmp_path):
     parquet = tmp_path / "parquet" / "data"
     parquet.mkdir(parents=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cifarlab.atomic import atomic_write
+from cifarlab.data.cache import CACHE_VERSION, read_cache, write_cache
 from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.data.images import fit_square, open_checked
 from cifarlab.errors import UserError
@@ -46,7 +45,6 @@ from cifarlab.progress import PhaseProgress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the pixels' fingerprint is stored and checked on every read
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 DEFAULT_SIZE_CAP = 64
@@ -193,49 +191,21 @@ def _cache_path(cache_root: Path, root: Path, settings: dict, key: str) -> Path:
     return cache_root / "folder" / f"{prefix}-{key[:16]}.pt"
 
 
-def _read_cache(path: Path, classes: tuple[str, ...], splits: dict[str, FileSplit]) -> Optional[Dataset]:
-    """The cached Dataset if it is exactly what decoding the scanned folder would give, else None (decode again).
-
-    A cache is a file anyone could have edited: it is verified, never trusted. Its class names and every
-    split's labels must be those the folder scan gives, its pixels must hash to the fingerprint stored
-    with them, and mean/std are recomputed from the pixels rather than read."""
-    try:
-        blob = torch.load(path, weights_only=True)
-        if blob["version"] != CACHE_VERSION:
-            raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
-        cached = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
-        if tuple(blob["classes"]) != classes:
-            raise ValueError("its class names are not the folder's")
-        for name in ("train", "val", "test"):
-            split, scanned = cached[name], splits.get(name)
-            expected = None if scanned is None else torch.tensor(scanned.labels, dtype=torch.int64)
-            if (split is None) != (expected is None) or (split is not None and not torch.equal(split.labels, expected)):
-                raise ValueError(f"its {name} labels are not the folder's")
-        mean, std = channel_stats(cached["train"].images)
-        dataset = Dataset("folder", cached["train"], cached["test"], classes, mean, std,
-                          f"cache {path}, decoded from {blob['origin']}", val=cached["val"])
-        if dataset.fingerprint != blob["fingerprint"]:
-            raise ValueError("its pixels do not match the fingerprint stored with them")
-        return dataset
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
-        log.warning("ignoring folder cache %s (%s); decoding again", path, err)
-        return None
+def _check_labels(splits: dict[str, FileSplit]):
+    """A cache's labels must be those the folder scan gives, split by split (data/cache.py verifies the rest)."""
+    def check(name: str, cached: Optional[Split]) -> None:
+        scanned = splits.get(name)
+        expected = None if scanned is None else torch.tensor(scanned.labels, dtype=torch.int64)
+        if (cached is None) != (expected is None) or (cached is not None and not torch.equal(cached.labels, expected)):
+            raise ValueError(f"its {name} labels are not the folder's")
+    return check
 
 
 def _write_cache(dataset: Dataset, path: Path) -> None:
-    blob = {"version": CACHE_VERSION, "classes": list(dataset.classes), "mean": list(dataset.mean),
-            "std": list(dataset.std), "origin": dataset.origin, "fingerprint": dataset.fingerprint}
-    for name in ("train", "val", "test"):
-        split = getattr(dataset, name)
-        blob[name] = (split.images, split.labels) if split is not None else None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda handle: torch.save(blob, handle))
+    if write_cache(dataset, path):
         for stale in path.parent.glob(path.name.split("-")[0] + "-*.pt"):
             if stale != path:  # the same folder and options' cache from before its files changed
                 stale.unlink(missing_ok=True)
-    except (OSError, UserError) as err:  # a read-only cache dir only costs a slower next load
-        log.warning("could not write the folder cache %s (%s); the next load decodes again", path, err)
 
 
 def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dataset:
@@ -246,7 +216,7 @@ def load_folder(data_dir: str | Path | None, cache_root: Path, **options) -> Dat
     settings = _settings(options)
     classes, splits = scan(root)
     cache = _cache_path(cache_root, root, settings, content_key(root, splits, settings))
-    if cache.is_file() and (dataset := _read_cache(cache, classes, splits)) is not None:
+    if cache.is_file() and (dataset := read_cache(cache, "folder", classes, _check_labels(splits))) is not None:
         return dataset
     size, channels = resolve_settings(splits["train"], settings)
     count = sum(len(split.files) for split in splits.values())

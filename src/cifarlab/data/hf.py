@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import pickle
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,14 +30,13 @@ from typing import Optional
 
 import torch
 
-from cifarlab.atomic import atomic_write
+from cifarlab.data.cache import CACHE_VERSION, read_cache, write_cache
 from cifarlab.data.dataset import Dataset, Split, channel_stats
 from cifarlab.data.images import MAX_PIXELS, fit_square, to_chw
 from cifarlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
 OPTIONS = ("image_column", "label_column", "train_split", "test_split", "val_split_name", "image_size", "channels")
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 DEFAULT_SIZE_CAP = 64
@@ -181,7 +179,7 @@ def load_hf(data_dir: Optional[str], cache_root: Path, download: bool = True, **
     key = hashlib.sha256(repr((CACHE_VERSION, sorted(settings.items()), image_column, label_column,
                                [(role, split._fingerprint) for role, split in splits.items()])).encode())
     cache = cache_root / "hf" / f"{key.hexdigest()[:24]}.pt"
-    if cache.is_file() and (dataset := _read_cache(cache)) is not None:
+    if cache.is_file() and (dataset := read_cache(cache, "hf", classes)) is not None:
         return dataset
     images = {role: _encoded(split, image_column) for role, split in splits.items()}
     size, channels = _shape(images["train"], settings)
@@ -191,31 +189,6 @@ def load_hf(data_dir: Optional[str], cache_root: Path, download: bool = True, **
     origin = (f"{data_dir} (Hugging Face dataset, columns {image_column}/{label_column}, shorter side resized to "
               f"{size} + centre crop, {channels}-channel)")
     dataset = Dataset("hf", decoded["train"], decoded["test"], classes, mean, std, origin, val=decoded.get("val"))
-    _write_cache(dataset, cache)
+    write_cache(dataset, cache)
     return dataset
 
-
-def _read_cache(path: Path) -> Optional[Dataset]:
-    try:
-        blob = torch.load(path, weights_only=True)
-        if blob["version"] != CACHE_VERSION:
-            raise ValueError(f"cache version {blob['version']}, expected {CACHE_VERSION}")
-        splits = {name: Split(*blob[name]) if blob[name] is not None else None for name in ("train", "val", "test")}
-        return Dataset("hf", splits["train"], splits["test"], tuple(blob["classes"]), tuple(blob["mean"]),
-                       tuple(blob["std"]), f"cache {path} (decoded from {blob['origin']})", val=splits["val"])
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
-        log.warning("ignoring unreadable hf cache %s (%s); decoding again", path, err)
-        return None
-
-
-def _write_cache(dataset: Dataset, path: Path) -> None:
-    blob = {"version": CACHE_VERSION, "classes": list(dataset.classes), "mean": list(dataset.mean),
-            "std": list(dataset.std), "origin": dataset.origin}
-    for name in ("train", "val", "test"):
-        split = getattr(dataset, name)
-        blob[name] = (split.images, split.labels) if split is not None else None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda handle: torch.save(blob, handle))
-    except (OSError, UserError) as err:  # a read-only cache dir only costs a slower next load
-        log.warning("could not write the hf cache %s (%s); the next load decodes again", path, err)
