@@ -2,44 +2,59 @@
 
 The convention (docs/README.md says it for writers):
 - ```bash blocks are commands, one per line (a `\\` continues a line, `#` starts a comment). Each runs and
-  must exit 0: `cifarlab ...` through the real CLI (`cifarlab.cli.main`), `torchrun`/`python` in a process,
-  `make TARGET` as `make -n TARGET` (the target exists), `pip install ...` checked, not run (the extras named
-  exist in pyproject.toml, a `-c` file exists). No pipes, redirections or `&&`.
+  must exit 0: `cifarlab ...` through the real CLI (`cifarlab.cli.main`), `torchrun`/`python` in a process
+  (`python bench/...` in the checkout), `make TARGET` as `make -n TARGET` (the target exists), `pip install
+  ...` checked, not run (the extras named exist in pyproject.toml, a `-c` file exists). `NAME=value cmd`
+  sets the environment of one command, `export NAME=value` of the rest of the block; `PYTHONPATH` puts its
+  folders on sys.path for the in-process CLI, as the interpreter would. Wildcards expand as in a shell. No
+  pipes, redirections or `&&`.
+- A line that needs what the test machine lacks ends in `# needs: WHAT` (network, an account, a browser).
+  It is checked, not run: a `cifarlab` line's arguments parse and the config (or the sweep) they make
+  validates; another program is installed and `PROGRAM [SUBCOMMAND] --help` exits 0; its wildcards and
+  `sqlite:///` files exist. A `# needs:` without what is an error.
 - ```console blocks are transcripts: `$ command` lines run like bash lines, and every line shown after one
-  must appear in what that command printed (stdout and stderr).
-- ```python blocks run as written, each on its own.
+  must appear in a line of what that command printed (stdout and stderr); `...` stands for any text.
+- ```python blocks run as written, each on its own, with the examples folder on sys.path (as a script
+  saved there would have it).
+- ```yaml blocks that name no file are part of a recipe: each loads as one over the defaults (`cifarlab show`).
+- A block whose first line is a comment naming a file (`# space.yaml`, `# mypkg/nets.py`) shows that file:
+  the examples folder holds exactly that text before any example runs.
 - ```text (or any other language) blocks are output or layouts: never run.
-All run in one folder that holds a finished short fmnist-quick run, named in the docs
-`runs/fmnist-quick/20261129-120000`, an image folder `my_photos/` (train/ and test/, 10 classes of real
-Fashion-MNIST) and two images `shoe.png`, `bag.png`. A command that would train long runs shortened
-(`short_run`): one epoch unless it sets `train.epochs`, Fashion-MNIST/MNIST cut to 1,000/500 images, a
-CIFAR recipe (CIFAR-10 is not on the test machine) on synthetic 32x32 images with a width-4 convnet, a
-10-step range test, no report unless asked for.
+All run in one folder, in page order, so an example may use what an earlier one on its page made. It holds
+a finished short fmnist-quick run, named in the docs `runs/fmnist-quick/20261129-120000`, an image
+folder `my_photos/` (train/ and test/, 10 classes of real Fashion-MNIST) and two images `shoe.png`,
+`bag.png`. `runs/RECIPE/<time>` stands for the newest run directory of RECIPE there (the one an earlier
+example trained). A `postgresql://...@db-host/...` URL is a throwaway PostgreSQL server on 127.0.0.1
+(tests/_postgres.py). Hugging Face and W&B keep their caches in the folder, offline.
+A command that would train long runs shortened (`short_run`, tests/_docs_shell.py): one epoch unless it
+sets `train.epochs`, Fashion-MNIST/MNIST cut to 1,000/500 images, a CIFAR recipe (CIFAR-10 is not on the
+test machine) on synthetic 32x32 images with a width-4 convnet, a 10-step range test, no report unless
+asked for; a sweep at most 2 such trials; `python bench/precision.py` 1 step, 1 pair, batch 2, convnet
+alone unless the line names --models.
 """
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _docs_shell import Shell, StandIns, commands, newest_runs, short_bench, short_run
 
 from _folders import FASHION_DIR, fashion_test_arrays, needs_fashion, write_fashion_folder
-from _runs import FAST, SRC
+from _runs import FAST
 from cifarlab.cli import main
-from cifarlab.config import Config, load_config
+from cifarlab.config import Config
 from cifarlab.config_docs import config_reference
+from cifarlab.errors import UserError
 from cifarlab.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_DIR = "runs/fmnist-quick/20261129-120000"  # the run directory the docs' examples name
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-TRAINING = ("train", "demo", "lr-find")
+FILE_NAME = re.compile(r"# ([\w.-]+(/[\w.-]+)*\.\w+)\n")  # the first line of a block that shows a file
 
 
 # ------------------------------------------------------------------------------ docs/config.md
@@ -68,83 +83,22 @@ def _blocks():
         text = page.read_text(encoding="utf-8")
         for match in FENCE.finditer(text):
             language, body = match.group(1), match.group(2)
-            if language in ("bash", "console", "python"):
+            if language in ("bash", "console", "python") or (language == "yaml" and not FILE_NAME.match(body)):
                 line = text.count("\n", 0, match.start()) + 1
                 # Every example waits for the examples folder, which trains a run first: all are slow.
                 yield pytest.param(language, body, id=f"{page.relative_to(ROOT)}:{line}", marks=[pytest.mark.slow])
 
 
-def commands(body: str) -> list[str]:
-    """The command lines of a bash block: continuations joined, comments and blank lines dropped."""
-    joined = re.sub(r"\\\n\s*", " ", body)
-    return [line for line in joined.splitlines() if shlex.split(line, comments=True)]
-
-
-def short_run(argv: list[str]) -> list[str]:
-    """A `cifarlab` command that would train long, shortened (see the module docstring)."""
-    if not argv or argv[0] not in TRAINING:
-        return argv
-    overrides = [arg for arg in argv[1:] if "=" in arg and not arg.startswith("-")]
-    given = {arg.split("=", 1)[0] for arg in overrides}
-    recipe = "fmnist-quick" if argv[0] == "demo" else argv[1]
-    cfg = load_config(recipe, overrides)
-    extra = []
-    if cfg.data.dataset in ("cifar10", "cifar100"):
-        extra += ["data.dataset=synthetic", "data.options={num_train: 256, num_test: 128, image_size: 32}",
-                  "model.name=convnet", "model.options={width: 4}", "train.batch_size=64"]
-    elif cfg.data.dataset in ("fashion_mnist", "mnist"):
-        extra += ["data.train_subset=1000", "data.test_subset=500"]
-    if argv[0] == "lr-find" or cfg.schedule.lr_peak == "auto":
-        extra.append("lr_find.num_iter=10")
-    if argv[0] != "lr-find":
-        extra += [] if "train.epochs" in given else ["train.epochs=1"]
-        extra += [] if "output.report" in given else ["output.report=false"]
-    return argv + extra + FAST
-
-
-def run_command(line: str, capsys, monkeypatch) -> tuple[int, str]:
-    """(exit code, everything printed) of one documented command line, run in the current folder."""
-    assert not re.search(r"\s(\||&&|;|>|<)\s", line), f"one command per line, no shell syntax: {line}"
-    argv = shlex.split(line, comments=True)
-    while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):  # `WANDB_MODE=offline cifarlab ...`: for this command
-        name, _, value = argv.pop(0).partition("=")
-        monkeypatch.setenv(name, value)
-    program, args = argv[0], argv[1:]
-    if program == "cifarlab":
-        capsys.readouterr()
-        code = main(short_run(args))
-        out, err = capsys.readouterr()
-        return code, out + err
-    if program in ("torchrun", "python"):
-        if program == "torchrun":
-            at = args.index("cifarlab")
-            args = ["-m", "torch.distributed.run", *args[:at + 1], *short_run(args[at + 1:])]
-        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(SRC)})
-        return done.returncode, done.stdout + done.stderr
-    if program == "make":
-        done = subprocess.run(["make", "-n", *args], capture_output=True, text=True, cwd=ROOT)
-        return done.returncode, done.stdout + done.stderr
-    if program == "pip":
-        return _check_pip(args), ""
-    raise AssertionError(f"no rule to run {program!r} in a docs example: {line}")
-
-
-def _check_pip(args: list[str]) -> int:
-    """`pip install [-c FILE] [-e] TARGET`: the constraints file exists and every extra named is declared."""
-    import tomllib
-
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert args[0] == "install", args
-    rest = args[1:]
-    if "-c" in rest:
-        assert (ROOT / rest[rest.index("-c") + 1]).is_file()
-    for target in [arg for arg in rest if not arg.startswith("-") and not arg.endswith(".txt")]:
-        name, _, wanted = target.partition("[")
-        assert name in ("cifarlab", "."), f"docs install only cifarlab itself, not {target}"
-        for extra in filter(None, wanted.rstrip("]").split(",")):
-            assert extra in extras, f"pip install {target}: no extra {extra!r} in pyproject.toml"
-    return 0
+def shown_files() -> dict[str, str]:
+    """{path: text} of the blocks that show a file (first line `# PATH`)."""
+    files = {}
+    for page in PAGES:
+        for match in FENCE.finditer(page.read_text(encoding="utf-8")):
+            named = FILE_NAME.match(match.group(2))
+            if named:
+                assert files.get(named.group(1), match.group(2)) == match.group(2), f"two texts of {named.group(1)}"
+                files[named.group(1)] = match.group(2)
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +111,9 @@ def examples_folder(tmp_path_factory):
     images, labels = fashion_test_arrays()
     Image.fromarray(images[np.flatnonzero(labels == 7)[0]]).save(root / "shoe.png")  # a sneaker
     Image.fromarray(images[np.flatnonzero(labels == 8)[0]]).save(root / "bag.png")
+    for name, text in shown_files().items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("CIFARLAB_DATA", str(root / "cache"))
@@ -167,33 +124,53 @@ def examples_folder(tmp_path_factory):
     return root
 
 
-@needs_fashion
-@pytest.mark.parametrize("language, body", list(_blocks()))
-def test_documented_example_runs(language, body, examples_folder, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def stand_ins():
+    servers = StandIns()
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def in_examples_folder(examples_folder, monkeypatch):
+    """The examples folder as the current one, its own caches, offline; and afterwards the process as a fresh
+    interpreter would have it: an example may register a model or import the folder's modules (mypkg)."""
     monkeypatch.chdir(examples_folder)
     monkeypatch.setenv("CIFARLAB_DATA", str(examples_folder / "cache"))
+    monkeypatch.setenv("HF_HOME", str(examples_folder / ".cache" / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(examples_folder / ".cache" / "wandb"))
+    registered, modules = dict(MODELS._entries), set(sys.modules)
+    yield examples_folder
+    MODELS._entries.clear()
+    MODELS._entries.update(registered)
+    for name in set(sys.modules) - modules:
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(examples_folder)):
+            del sys.modules[name]
+
+
+@needs_fashion
+@pytest.mark.parametrize("language, body", list(_blocks()))
+def test_documented_example_runs(language, body, in_examples_folder, stand_ins, monkeypatch, capsys):
     assert FASHION_DIR.exists()
+    shell = Shell(in_examples_folder, monkeypatch, capsys, stand_ins)
     if language == "python":
-        # An example may register a model (docs/ecosystem.md): the registry is process-wide, so it is put
-        # back afterwards, as a fresh interpreter would have it for the next test.
-        registered = dict(MODELS._entries)
-        try:
-            exec(compile(body, "docs example", "exec"), {"__name__": "__docs__"})
-        finally:
-            MODELS._entries.clear()
-            MODELS._entries.update(registered)
-        return
-    if language == "bash":
+        monkeypatch.syspath_prepend(str(in_examples_folder))
+        exec(compile(newest_runs(body, in_examples_folder), "docs example", "exec"), {"__name__": "__docs__"})
+    elif language == "yaml":  # a part of a recipe: it loads as one, over the defaults
+        (in_examples_folder / "fragment.yaml").write_text(body, encoding="utf-8")
+        assert main(["show", "fragment.yaml"]) == 0, capsys.readouterr().err
+    elif language == "bash":
         for line in commands(body):
-            with monkeypatch.context() as patch:
-                code, printed = run_command(line, capsys, patch)
+            code, printed = shell.run(line)
             assert code == 0, f"{line}\n{printed[-3000:]}"
-        return
-    for command, shown in _transcript(body):
-        with monkeypatch.context() as patch:
-            _, printed = run_command(command, capsys, patch)
-        for expected in shown:
-            assert expected in printed, f"{command}: expected {expected!r} in\n{printed[-3000:]}"
+    else:
+        for command, shown in _transcript(body):
+            _, printed = shell.run(command)
+            for expected in shown:
+                pattern = ".*?".join(map(re.escape, expected.split("...")))
+                assert re.search(pattern, printed), f"{command}: expected {expected!r} in\n{printed[-3000:]}"
 
 
 def _transcript(body: str) -> list[tuple[str, list[str]]]:
@@ -205,3 +182,34 @@ def _transcript(body: str) -> list[tuple[str, list[str]]]:
         elif steps and line.strip() and line.strip() != "...":
             steps[-1][1].append(line.strip())
     return steps
+
+
+# ------------------------------------------------------------------------------ the rules themselves
+
+def test_a_line_not_run_says_what_it_needs_and_is_still_checked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shell = Shell(tmp_path, monkeypatch, capsys, StandIns())
+    with pytest.raises(AssertionError, match="says what the line needs"):
+        shell.run("wandb sync runs   # needs:")
+    with pytest.raises(AssertionError, match="no rule to run 'wandb'"):
+        shell.run("wandb sync runs")
+    with pytest.raises(AssertionError, match="matches nothing"):
+        shell.run("wandb sync runs/*/offline-run-*   # needs: network")
+    with pytest.raises(UserError, match="no_such_key"):
+        shell.run("cifarlab train smoke optim.no_such_key=1   # needs: network")
+    with pytest.raises(AssertionError, match="arguments refused"):
+        shell.run("cifarlab eval --no-such-flag best.pt   # needs: network")
+    assert shell.run("cifarlab train smoke output.mlflow_uri=http://mlflow.example:5000   # needs: a server")[0] == 0
+    assert not (tmp_path / "runs").exists()  # checked, not run
+
+
+def test_sweeps_and_bench_scripts_run_short():
+    assert short_run(["sweep", "smoke", "data.val_split=64", "--grid", "seed=0,1,2", "optim.lr=0.05,0.1"]) == [
+        "sweep", "smoke", "data.val_split=64", "train.epochs=1", "output.report=false", *FAST,
+        "--grid", "seed=0,1,2", "optim.lr=0.05,0.1", "--trials", "2"]
+    shortened = short_run(["sweep", "smoke", "s.yaml", "--trials", "200", "--dir", "d"])
+    assert shortened[:3] == ["sweep", "smoke", "s.yaml"] and shortened[-4:] == ["--trials", "2", "--dir", "d"]
+    assert short_bench(["bench/precision.py"]) == ["bench/precision.py", "--steps", "1", "--repeats", "1",
+                                                   "--batch-size", "2", "--models", "convnet"]
+    assert short_bench(["bench/precision.py", "--models", "convnet", "fastnet", "--steps", "2"]) == [
+        "bench/precision.py", "--models", "convnet", "fastnet", "--steps", "1", "--repeats", "1", "--batch-size", "2"]

@@ -284,3 +284,16 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
     assert "Traceback" not in err and "Continue it with the same command" in err
     _continue_and_check(command, tmp_path / "s", tmp_path)
 
+
+
+def test_a_shortened_sweep_keeps_the_onecycle_peak_fraction_as_train_does(tmp_path, capsys):
+    """`cifarlab sweep smoke train.epochs=1 ...` is accepted as `cifarlab train smoke train.epochs=1` is."""
+    from cifarlab.config import load_config
+    from cifarlab.sweep import define_sweep
+
+    sweep = define_sweep("smoke", ["train.epochs=1", "data.val_split=64"], grid=["optim.lr=0.05,0.1"],
+                         sweep_dir=str(tmp_path / "sweep"))
+    trained = load_config("smoke", ["train.epochs=1"])
+    assert sweep.base_config.schedule.peak_epoch == trained.schedule.peak_epoch == 0.5
+    assert "schedule.peak_epoch moves from 1 of 2 epochs to 0.5 of 1" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()  # defining a sweep writes nothing
