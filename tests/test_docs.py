@@ -146,7 +146,8 @@ def in_examples_folder(examples_folder, monkeypatch):
     MODELS._entries.clear()
     MODELS._entries.update(registered)
     for name in set(sys.modules) - modules:
-        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(examples_folder)):
+        where = [getattr(sys.modules[name], "__file__", None), *getattr(sys.modules[name], "__path__", [])]
+        if any(str(place or "").startswith(str(examples_folder)) for place in where):  # mypkg is a namespace
             del sys.modules[name]
 
 
