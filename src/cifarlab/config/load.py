@@ -1,7 +1,6 @@
 """Recipes and overrides: defaults < recipe YAML < `key=value`, validated into a `Config` (errors in one line)."""
 from __future__ import annotations
 
-import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from cifarlab.config.schema import Config, TrainConfig
 from cifarlab.errors import UserError
+from cifarlab.runtime import is_rank_zero
 from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
 
 # ---------------------------------------------------------------- recipes and overrides
@@ -157,7 +157,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
         apply_override(raw, keys, value)
     note = _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
     cfg = validate(raw)
-    if note and os.environ.get("RANK", "0") == "0":  # said once under torchrun, and only for a valid config
+    if note and is_rank_zero():  # said once under torchrun, and only for a valid config
         print(note, file=sys.stderr, flush=True)
     return cfg
 
