@@ -8,34 +8,35 @@ test, lookahead), `schema` (train, checkpoint, output and the whole `Config`), `
 validation into one-line errors). Import from `cifarlab.config`.
 """
 from cifarlab.config.load import (
-                                  apply_override,
-                                  list_recipes,
-                                  load_config,
-                                  parse_override,
-                                  read_recipe,
-                                  recipes_dir,
-                                  validate,
+    apply_override,
+    list_recipes,
+    load_config,
+    parse_override,
+    read_recipe,
+    read_with_overrides,
+    recipes_dir,
+    validate,
 )
 from cifarlab.config.schema import CheckpointConfig, Config, OutputConfig, TrainConfig
 from cifarlab.config.sections import (
-                                  AugmentConfig,
-                                  ColorConfig,
-                                  CropConfig,
-                                  CutmixConfig,
-                                  CutoutConfig,
-                                  DataConfig,
-                                  FlipConfig,
-                                  LookaheadConfig,
-                                  LRFindConfig,
-                                  MixupConfig,
-                                  ModelConfig,
-                                  OptimConfig,
-                                  RotateConfig,
-                                  ScheduleConfig,
+    AugmentConfig,
+    ColorConfig,
+    CropConfig,
+    CutmixConfig,
+    CutoutConfig,
+    DataConfig,
+    FlipConfig,
+    LookaheadConfig,
+    LRFindConfig,
+    MixupConfig,
+    ModelConfig,
+    OptimConfig,
+    RotateConfig,
+    ScheduleConfig,
 )
 
 __all__ = ["Config", "AugmentConfig", "CheckpointConfig", "ColorConfig", "CropConfig", "CutmixConfig",
            "CutoutConfig", "DataConfig", "FlipConfig", "LRFindConfig", "LookaheadConfig", "MixupConfig",
            "ModelConfig", "OptimConfig", "OutputConfig", "RotateConfig", "ScheduleConfig", "TrainConfig",
-           "apply_override", "list_recipes", "load_config", "parse_override", "read_recipe", "recipes_dir",
-           "validate"]
+           "apply_override", "list_recipes", "load_config", "parse_override", "read_recipe",
+           "read_with_overrides", "recipes_dir", "validate"]

@@ -150,16 +150,21 @@ def validate(raw: dict) -> Config:
 
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
+    raw, note = read_with_overrides(recipe, overrides)
+    cfg = validate(raw)
+    if note and is_rank_zero():  # said once under torchrun, and only for a valid config
+        print(note, file=sys.stderr, flush=True)
+    return cfg
+
+
+def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[dict, Optional[str]]:
+    """(the recipe with its overrides, not yet validated; the line saying a moved onecycle peak, or None)."""
     raw = read_recipe(recipe) if recipe else {}
     recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
     parsed = [parse_override(text) for text in overrides]
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    note = _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
-    cfg = validate(raw)
-    if note and is_rank_zero():  # said once under torchrun, and only for a valid config
-        print(note, file=sys.stderr, flush=True)
-    return cfg
+    return raw, _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
 
 
 def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import optuna
 
-from cifarlab.config import Config, apply_override, parse_override, read_recipe, validate
+from cifarlab.config import Config, apply_override, read_with_overrides, validate
 from cifarlab.errors import UserError
 from cifarlab.run.layout import check_run_name
 from cifarlab.sweep.pruning import make_pruner
@@ -63,10 +63,11 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
                  sweep_dir: Optional[str] = None, storage: Optional[str] = None, pruner: str = "median",
                  heartbeat_seconds: int = 10, allow_test_selection: bool = False) -> Sweep:
     """A checked `Sweep` (UserError, nothing written, on any bad input)."""
-    base_raw = read_recipe(recipe)
-    for text in overrides:
-        apply_override(base_raw, *parse_override(text))
-    base = _decide_auto_values(base_raw, validate(base_raw))
+    base_raw, note = read_with_overrides(recipe, overrides)  # a shortened onecycle run keeps its peak's fraction
+    base = validate(base_raw)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    base = _decide_auto_values(base_raw, base)
     if (space_file is None) == (not grid):
         raise UserError("give a space file (SPACE.yaml) or --grid key=v1,v2 ..., exactly one of them")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
