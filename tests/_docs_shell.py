@@ -5,6 +5,7 @@ docstring and docs/README.md; this module is their one implementation."""
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import runpy
@@ -94,6 +95,7 @@ def _short_sweep(argv: list[str]) -> list[str]:
 
 
 def short_bench(args: list[str]) -> list[str]:
+    """`bench/SCRIPT.py ...` arguments with BENCH_SHORT's options in place of the documented ones."""
     shortened = BENCH_SHORT.get(args[0]) if args else None
     if not shortened:
         return args
@@ -192,7 +194,7 @@ class Shell:
             return 0, ""
         found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
         assert found, f"{program} is not installed (the line needs {reason}): {line}"
-        words = [arg for arg in args[:2] if re.fullmatch(r"[a-z][a-z-]*", arg)]
+        words = list(itertools.takewhile(lambda arg: re.fullmatch(r"[a-z][a-z-]*", arg), args))  # subcommands
         done = subprocess.run([found, *words, "--help"], capture_output=True, text=True, timeout=120)
         return done.returncode, done.stdout + done.stderr
 

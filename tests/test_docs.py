@@ -146,9 +146,15 @@ def in_examples_folder(examples_folder, monkeypatch):
     MODELS._entries.clear()
     MODELS._entries.update(registered)
     for name in set(sys.modules) - modules:
-        where = [getattr(sys.modules[name], "__file__", None), *getattr(sys.modules[name], "__path__", [])]
-        if any(str(place or "").startswith(str(examples_folder)) for place in where):  # mypkg is a namespace
+        if _imported_from(sys.modules[name], examples_folder):
             del sys.modules[name]
+
+
+def _imported_from(module, folder: Path) -> bool:
+    """Whether `module` (a file, a package or a namespace package like mypkg/) was imported from `folder`."""
+    spec = getattr(module, "__spec__", None)
+    places = [getattr(spec, "origin", None), *(getattr(spec, "submodule_search_locations", None) or [])]
+    return any(str(place or "").startswith(str(folder)) for place in places)
 
 
 @needs_fashion
