@@ -28,6 +28,7 @@ SWEEP_TRIALS = 2  # a documented sweep runs at most this many (short) trials
 # bench scripts run shortened: option -> value (replacing the documented one); a line that names no
 # --models times convnet alone (every model's bf16 step, emulated on most CPUs, takes ~50 s even so).
 BENCH_SHORT = {"bench/precision.py": {"--steps": "1", "--repeats": "1", "--batch-size": "2", "--models": "convnet"}}
+RUN_DIR = "runs/fmnist-quick/20261129-120000"  # the examples folder's own run, as the docs name it
 NEEDS = re.compile(r"\s#\s*needs:(.*)$")
 RUN_STAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")
 POSTGRES_URL = re.compile(r"postgresql(\+\w+)?://[^\s@]*@db-host/\w+")
@@ -40,10 +41,12 @@ def commands(body: str) -> list[str]:
 
 
 def newest_runs(text: str, folder: Path) -> str:
-    """`text` with each `runs/RECIPE/<time>` put as the newest run directory of RECIPE under `folder`."""
+    """`text` with each `runs/RECIPE/<time>` put as the newest run directory of RECIPE under `folder` that an
+    example trained (RUN_DIR, named for a date, is not one: on a clock before that date it would be newest)."""
     def newest(match: re.Match) -> str:
         parent = folder / match.group(1)
-        stamps = sorted((p.name for p in parent.glob("*") if RUN_STAMP.fullmatch(p.name)),
+        stamps = sorted((p.name for p in parent.glob("*")
+                         if RUN_STAMP.fullmatch(p.name) and p != folder / RUN_DIR),
                         key=lambda name: [int(part) for part in name.split("-")])
         assert stamps, f"no run under {match.group(1)}: an earlier example on the page trains it"
         return f"{match.group(1)}/{stamps[-1]}"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _docs_shell import Shell, StandIns, commands, newest_runs, short_bench, short_run
+from _docs_shell import RUN_DIR, Shell, StandIns, commands, newest_runs, short_bench, short_run
 
 from _folders import FASHION_DIR, fashion_test_arrays, needs_fashion, write_fashion_folder
 from _runs import FAST
@@ -52,7 +52,6 @@ from cifarlab.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUN_DIR = "runs/fmnist-quick/20261129-120000"  # the run directory the docs' examples name
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 FILE_NAME = re.compile(r"# ([\w.-]+(/[\w.-]+)*\.\w+)\n")  # the first line of a block that shows a file
 
@@ -220,3 +219,14 @@ def test_sweeps_and_bench_scripts_run_short():
                                                    "--batch-size", "2", "--models", "convnet"]
     assert short_bench(["bench/precision.py", "--models", "convnet", "fastnet", "--steps", "2"]) == [
         "bench/precision.py", "--models", "convnet", "fastnet", "--steps", "1", "--repeats", "1", "--batch-size", "2"]
+
+
+def test_time_stands_for_the_newest_run_an_example_trained(tmp_path):
+    for run in ("smoke/20250101-000009", "smoke/20250101-000010", "smoke/20250101-000010-1", "smoke/lr-find-20250102-0",
+                "fmnist-quick/20250101-000000", RUN_DIR.removeprefix("runs/")):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+    assert newest_runs("eval runs/smoke/<time>/checkpoints/best.pt", tmp_path) == \
+        "eval runs/smoke/20250101-000010-1/checkpoints/best.pt"
+    assert newest_runs("runs/fmnist-quick/<time>", tmp_path) == "runs/fmnist-quick/20250101-000000"
+    with pytest.raises(AssertionError, match="an earlier example on the page trains it"):
+        newest_runs("runs/fast/<time>", tmp_path)
