@@ -23,19 +23,20 @@ from cifarlab.training.state import TrainState
 def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss.
     With `train.accumulate: K` the batch is K micro-batches of train.batch_size (training/accumulate.py)."""
+    objects, progress = state.objects, state.progress  # every step: the parts, not the flat names (`Part`)
     micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size
-    loss, logits = forward_backward(state.train_model, state.loss_fn, state.runtime.precision, state.grad_step,
+    loss, logits = forward_backward(objects.train_model, objects.loss_fn, state.runtime.precision, objects.grad_step,
                                     inputs, labels, micro_size)
-    state.grad_step.step()
-    state.schedule.after_step()
-    if state.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
-        state.lookahead.update(state.model, state.step + 1, state.epoch,
-                               epoch_end=state.batch_in_epoch + 1 == state.steps_per_epoch)
-    if state.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
-        state.ema.update(state.model, state.step + 1)
+    objects.grad_step.step()
+    objects.schedule.after_step()
+    if objects.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
+        objects.lookahead.update(objects.model, progress.step + 1, progress.epoch,
+                                 epoch_end=progress.batch_in_epoch + 1 == len(objects.train_loader))
+    if objects.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
+        objects.ema.update(objects.model, progress.step + 1)
     # Loss and correct predictions into this step's row on the device; lr, step and batch size stay on
     # the host. Read back, and judged finite or not, only at the loop's sync points (training/metrics.py).
-    state.metrics.record(loss, logits, labels, state.schedule.lr_used, state.step + 1)
+    objects.metrics.record(loss, logits, labels, objects.schedule.lr_used, progress.step + 1)
     return loss
 
 
@@ -44,13 +45,14 @@ def _sync_if_due(state: TrainState) -> bool:
     the losses so far; at a checkpoint step judge the weights too, so that no callback saves broken ones
     (the epoch end judges both in `end_epoch`). Weights are checked only where they may be saved: a
     non-finite weight shows up as a non-finite loss one step later anyway."""
-    every_steps = state.cfg.checkpoint.every_steps
-    saving = bool(every_steps and state.step % every_steps == 0) and state.batch_in_epoch < state.steps_per_epoch
-    published = state.step % state.cfg.train.log_every_steps == 0 or state.batch_in_epoch == state.steps_per_epoch
+    progress, every_steps = state.progress, state.cfg.checkpoint.every_steps
+    step, mid_epoch = progress.step, progress.batch_in_epoch < state.steps_per_epoch
+    saving = bool(every_steps and step % every_steps == 0) and mid_epoch
+    published = step % state.cfg.train.log_every_steps == 0 or not mid_epoch
     if published:
         loss, acc = state.metrics.read_window()  # note: a CPU-GPU sync point, once per window
-        state.process.window = EpochRow(epoch=state.epoch + 1, step=state.step, lr=state.lr, train_loss=loss,
-                                train_acc=acc).as_dict()
+        state.process.window = EpochRow(epoch=progress.epoch + 1, step=step, lr=state.lr, train_loss=loss,
+                                        train_acc=acc).as_dict()
     elif not saving:
         return False
     state.check_finite(weights=saving)

@@ -156,7 +156,7 @@ class TrainState:
         """The compiled model will trace again (e.g. a parameter stopped training: its graph changes), so
         its next steps are timed as compiling, not training."""
         if self.cfg.train.compile is not None:
-            self.compile_warmup_steps = max(self.compile_warmup_steps, COMPILE_WARMUP_STEPS)
+            self.process.compile_warmup_steps = max(self.process.compile_warmup_steps, COMPILE_WARMUP_STEPS)
 
     def check_finite(self, weights: bool = True) -> bool:
         """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
