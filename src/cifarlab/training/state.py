@@ -129,6 +129,7 @@ class Part:
 
 @dataclass
 class TrainState:
+    """The parts (module doc), the stop asked for so far, and the run's fixed facts; one per process."""
     cfg: Config
     runtime: Runtime
     objects: TrainObjects
