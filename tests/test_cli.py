@@ -129,6 +129,7 @@ def test_demo_says_why_it_falls_back_to_fashion_mnist(monkeypatch, capsys):
 
     trained = []
     monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: False)
+    monkeypatch.setattr(sources, "download_server_answers", lambda name, seconds: True)
     monkeypatch.setattr(sources, "load_dataset", offline)
     monkeypatch.setattr(experiment, "train", lambda recipe, overrides: trained.append(recipe) or
                         type("Run", (), {"run_dir": "runs/x", "summary": {"status": "completed"}})())
@@ -137,3 +138,22 @@ def test_demo_says_why_it_falls_back_to_fashion_mnist(monkeypatch, capsys):
     assert trained == ["fmnist-quick"] and "CIFAR-10 is not cached and could not be downloaded" in err
     monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: name == "cifar10")
     assert main(["demo"]) == 0 and trained[-1] == "cifar10-quick"
+    # Offline (the server does not answer): no download is tried at all.
+    monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: False)
+    monkeypatch.setattr(sources, "download_server_answers", lambda name, seconds: False)
+    assert main(["demo"]) == 0 and trained[-1] == "fmnist-quick"
+    assert "its server did not answer within 5 s" in capsys.readouterr().err
+
+
+def test_the_server_probe_answers_for_a_listening_port_and_not_for_a_closed_one():
+    import socket
+
+    from cifarlab.data.download import server_answers
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert server_answers(f"http://127.0.0.1:{port}/cifar-10.tar.gz", seconds=5)
+    assert not server_answers(f"http://127.0.0.1:{port}/cifar-10.tar.gz", seconds=5)  # closed now
+    assert not server_answers("https://host.invalid/cifar-10.tar.gz", seconds=5)  # no such name

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _runs import FAST
+from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.loader import DeviceLoader
@@ -156,6 +158,7 @@ EPYC_AVX2 = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_
 @pytest.mark.parametrize("flags, expected", [(XEON_AVX512_BF16, "fp32"), (XEON_AMX, "bf16"), (EPYC_AVX2, "fp32")],
                          ids=["avx512_bf16-without-amx", "amx", "avx2-only"])
 def test_auto_precision_on_cpu_is_bf16_only_with_amx(monkeypatch, flags, expected):
+    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)  # the suite may run with it forced
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
     assert resolve_precision("auto", CPU).name == expected
     assert resolve_precision("fp32", CPU).name == "fp32" and resolve_precision("bf16", CPU).name == "bf16"
@@ -164,8 +167,9 @@ def test_auto_precision_on_cpu_is_bf16_only_with_amx(monkeypatch, flags, expecte
     assert precision.name == expected and precision.make_scaler() is None  # fp16 on a CPU: auto's choice
 
 
-def test_auto_precision_on_this_cpu_follows_its_proc_cpuinfo_flags():
+def test_auto_precision_on_this_cpu_follows_its_proc_cpuinfo_flags(monkeypatch):
     """The expectation is read from the kernel's own flags, not from the function under test."""
+    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
     try:
         flags = next(set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags"))
@@ -173,6 +177,17 @@ def test_auto_precision_on_this_cpu_follows_its_proc_cpuinfo_flags():
         pytest.skip("no x86 /proc/cpuinfo flags on this machine")
     expected = "bf16" if {"amx_bf16", "amx_tile"} <= flags else "fp32"
     assert resolve_precision("auto", CPU).name == expected
+
+
+@pytest.mark.parametrize("forced", ["bf16", "fp32"])
+def test_the_cpu_auto_precision_can_be_forced_for_trying_the_other_machine(monkeypatch, forced, tmp_path, capsys):
+    monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", forced)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: XEON_AMX if forced == "fp32" else EPYC_AVX2)
+    assert resolve_precision("auto", CPU).name == forced
+    monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", "fp16")
+    assert main(["train", "smoke", f"output.dir={tmp_path}", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "CIFARLAB_CPU_AUTO_PRECISION must be bf16 or fp32" in err
 
 
 def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():

@@ -20,15 +20,17 @@ PACKAGE = Path(cifarlab.__file__).parent
 LAYERS = (  # lowest first: a module may import from its own layer and the ones before it
     ("foundation", ("cifarlab.errors", "cifarlab._version")),
     ("base", ("cifarlab.runtime", "cifarlab.atomic", "cifarlab.strict_yaml", "cifarlab.config", "cifarlab.progress",
-              "cifarlab.config_diff")),
+              "cifarlab.config_diff", "cifarlab.config_docs")),
     ("data and models", ("cifarlab.data", "cifarlab.models")),
     ("run directory", ("cifarlab.run",)),
     ("training", ("cifarlab.training",)),
     ("range test and use", ("cifarlab.lr_range", "cifarlab.use", "cifarlab.export")),
     ("analysis", ("cifarlab.analysis",)),
     ("lifecycle", ("cifarlab.experiment",)),
+    ("sweeps", ("cifarlab.sweep",)),
     ("interface", ("cifarlab.cli", "cifarlab.commands", "cifarlab.__main__", "cifarlab")),
 )
+FACADE = "cifarlab"  # the package itself: matches only itself, never as the prefix of every module
 
 
 def _module_name(path: Path) -> str:
@@ -77,7 +79,7 @@ def import_graph() -> dict[str, set[str]]:
 def layer_of(module: str) -> int:
     """Index in LAYERS of the longest prefix that matches `module` (a KeyError when none does)."""
     matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-               if module == prefix or module.startswith(prefix + ".")]
+               if module == prefix or (prefix != FACADE and module.startswith(prefix + "."))]
     if not matches:
         raise KeyError(module)
     return max(matches)[1]
@@ -147,6 +149,18 @@ def test_the_checker_sees_function_level_string_and_facade_imports(tmp_path):
     assert _imports(source, "cifarlab.x", modules) == {"cifarlab", "cifarlab.models.convnet"}
     assert layer_of("cifarlab.use.predict") < layer_of("cifarlab.analysis.plots")
     assert layer_of("cifarlab") == len(LAYERS) - 1
+    with pytest.raises(KeyError):  # a new module outside every layer is caught, not taken by the facade
+        layer_of("cifarlab.newpackage.thing")
+
+
+def test_the_architecture_page_shows_the_layers_as_the_test_holds_them():
+    """docs/architecture.md's layer table: the LAYERS of this file, highest first, every prefix listed."""
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([a-z][a-z ]+) \| (`[^|]+`) \|", page, re.M)
+    shown = [(name, sorted(re.findall(r"`([\w.]+)`", modules))) for name, modules in rows]
+    held = [(name, sorted(prefix.removeprefix("cifarlab.") for prefix in prefixes))
+            for name, prefixes in reversed(LAYERS)]
+    assert shown == held, "docs/architecture.md's layer table differs from LAYERS in tests/test_structure.py"
 
 
 # ------------------------------------------------------------------ run-directory names

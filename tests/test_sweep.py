@@ -18,9 +18,11 @@ import yaml
 from _browser import CHROMIUM
 from _postgres import postgres_server, why_not
 
+from _folders import needs_fashion, write_fashion_folder
 from _runs import SRC
 from cifarlab.cli import main
 from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.sweep.definition import define_sweep
 
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none", "data.val_split=64"]
 ONE_EPOCH = ["train.epochs=1", "schedule.peak_epoch=0.5"]
@@ -284,3 +286,19 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
     assert "Traceback" not in err and "Continue it with the same command" in err
     _continue_and_check(command, tmp_path / "s", tmp_path)
 
+
+
+@needs_fashion
+def test_a_sweep_of_the_folder_recipe_decides_its_auto_values_once_from_the_data(tmp_path, capsys, monkeypatch):
+    """The folder recipe leaves batch size, epochs and the validation split to the data: a sweep decides
+    them once, so the hyperband pruner has an epoch budget and the trials select on the validation split."""
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    write_fashion_folder(tmp_path / "photos", 30, 5)
+    sweep = define_sweep("folder", [f"data.dir={tmp_path / 'photos'}"], grid=["optim.lr=0.05"], pruner="hyperband",
+                         sweep_dir=str(tmp_path / "s"))
+    base = sweep.base_config
+    # 300 images, 10 classes: 10% for validation (270 train), batch 8 (>= 25 steps), 18 epochs (~600 steps)
+    assert (base.data.val_split, base.train.batch_size, base.train.epochs) == (0.1, 8, 18)
+    assert sweep.monitor == "val_acc"
+    err = capsys.readouterr().err
+    assert "train.batch_size=8, train.epochs=18, data.val_split=0.1" in err

@@ -1,8 +1,8 @@
 """docs/config.md, generated from the config schema: every key with its type, range, default and description.
 
-The descriptions live in config.py (`Field(description=...)`); this renders pydantic's JSON schema of
-`Config` as one table per section. `python -m cifarlab.config_docs --write docs/config.md` regenerates
-the page; tests/test_docs.py fails when the page is stale or a key has no description.
+The descriptions live in config/sections.py and config/schema.py (`Field(description=...)`); this renders
+pydantic's JSON schema of `Config` as one table per section. `python -m cifarlab.config_docs --write
+docs/config.md` regenerates the page; tests/test_docs.py fails when the page is stale or a key has no description.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cifarlab.config import Config
 
 HEADER = """# Configuration reference
 
-<!-- Generated from the config schema (src/cifarlab/config.py) by
+<!-- Generated from the config schema (src/cifarlab/config/) by
      `python -m cifarlab.config_docs --write docs/config.md`; do not edit by hand. -->
 
 A config is built in three layers: the defaults below < a recipe (YAML) < `key=value` overrides on the

@@ -37,6 +37,22 @@ def cpu_bf16_is_fast() -> bool:
     return bool(flags.get("amx_bf16") and flags.get("amx_tile"))
 
 
+CPU_AUTO_ENV = "CIFARLAB_CPU_AUTO_PRECISION"
+
+
+def cpu_auto_precision() -> str:
+    """What `precision: auto` takes on this CPU: bf16 where it is fast (`cpu_bf16_is_fast`), else fp32.
+
+    The environment variable CIFARLAB_CPU_AUTO_PRECISION=bf16|fp32 overrides the probe, so the other
+    machine's answer can be tried here (the test suite is run with each, see docs/precision.md)."""
+    forced = os.environ.get(CPU_AUTO_ENV, "").strip()
+    if not forced:
+        return "bf16" if cpu_bf16_is_fast() else "fp32"
+    if forced not in ("bf16", "fp32"):
+        raise UserError(f"environment variable {CPU_AUTO_ENV} must be bf16 or fp32 (or unset), got {forced!r}")
+    return forced
+
+
 @dataclass(frozen=True)
 class Precision:
     name: str  # bf16 | fp16 | fp32
@@ -75,7 +91,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         bf16_ok = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
         auto = "bf16" if bf16_ok else "fp16"
     else:
-        auto = "bf16" if cpu_bf16_is_fast() else "fp32"
+        auto = cpu_auto_precision()
     name = auto if requested == "auto" else requested
     if device.type == "cpu" and name == "fp16":
         # Recipes written for GPUs ask for fp16; a CPU has no fast fp16 path, so take its best instead.

@@ -55,6 +55,32 @@ def _network_error(url: str, err: Exception) -> DownloadError:
     return DownloadError(f"could not download {url}: {' '.join(str(reason).split())}")
 
 
+def server_answers(url: str, seconds: float = 5.0) -> bool:
+    """Whether `url`'s host accepts a TCP connection within `seconds`, name lookup included.
+
+    `urlopen`'s timeout bounds each socket operation but not the name lookup, and a network that drops
+    packets makes a download wait its whole timeout, so `cifarlab demo` asks this first. The lookup and
+    connect run in a daemon thread: a resolver that hangs is abandoned, not waited for."""
+    import threading
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=seconds).close()
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    probe = threading.Thread(target=connect, name="cifarlab-server-probe", daemon=True)
+    probe.start()
+    probe.join(seconds)
+    return bool(answered and answered[0])
+
+
 def fetch(url: str, dest: str | Path, md5: str, timeout: float = 30.0) -> Path:
     """Download `url` to `dest` and check its md5; on any failure nothing is left at `dest` (or beside it).
 

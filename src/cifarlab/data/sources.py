@@ -25,7 +25,7 @@ import torch
 
 from cifarlab.atomic import atomic_write
 from cifarlab.data.dataset import Dataset, Split, channel_stats  # noqa: F401 (re-exported)
-from cifarlab.data.download import DownloadError, fetch, safe_extract, verify_md5
+from cifarlab.data.download import DownloadError, fetch, safe_extract, server_answers, verify_md5
 from cifarlab.data.formats import (
     CIFAR10_LAYOUT,
     CIFAR100_LAYOUT,
@@ -153,6 +153,11 @@ def dataset_available(name: str, data_dir: str | Path | None = None) -> bool:
     if source.cifar_layout is None:
         return _idx_dir(source, root) is not None
     return _cifar_extracted(source, root) or (root / source.files[0][0]).is_file()
+
+
+def download_server_answers(name: str, seconds: float = 5.0) -> bool:
+    """Whether the server `name` downloads from accepts a connection within `seconds` (see download.py)."""
+    return server_answers(_source(name).base_url, seconds)
 
 
 def _obtain(name: str, source: Source, root: Path, file_name: str, md5: str, download: bool) -> Path:

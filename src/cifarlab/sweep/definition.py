@@ -7,18 +7,20 @@ test accuracy it was tuned on; it needs `allow_test_selection`).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import optuna
 
-from cifarlab.config import Config, apply_override, parse_override, read_recipe, validate
+from cifarlab.config import Config, apply_override, read_with_overrides, validate
 from cifarlab.errors import UserError
 from cifarlab.run.layout import check_run_name
 from cifarlab.sweep.pruning import make_pruner
 from cifarlab.sweep.space import parse_grid, read_space_file
 from cifarlab.sweep.storage import default_url
+from cifarlab.training.sizing import AUTO, size_to_data
 
 SWEEPS_DIR = "sweeps"
 
@@ -61,10 +63,11 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
                  sweep_dir: Optional[str] = None, storage: Optional[str] = None, pruner: str = "median",
                  heartbeat_seconds: int = 10, allow_test_selection: bool = False) -> Sweep:
     """A checked `Sweep` (UserError, nothing written, on any bad input)."""
-    base_raw = read_recipe(recipe)
-    for text in overrides:
-        apply_override(base_raw, *parse_override(text))
+    base_raw, note = read_with_overrides(recipe, overrides)  # a shortened onecycle run keeps its peak's fraction
     base = validate(base_raw)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    base = _decide_auto_values(base_raw, base)
     if (space_file is None) == (not grid):
         raise UserError("give a space file (SPACE.yaml) or --grid key=v1,v2 ..., exactly one of them")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -101,6 +104,30 @@ def _trial_count(trials: Optional[int], grid: Optional[dict]) -> int:
     if isinstance(trials, bool) or trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     return trials
+
+
+SIZED = ("train.batch_size", "train.epochs", "data.val_split")  # what `auto` sizes to the data (sizing.py)
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _decide_auto_values(base_raw: dict, base: Config) -> Config:
+    """A recipe's `auto` batch size, epochs and validation split (the folder recipe), decided once for the
+    whole sweep from the data and written into `base_raw`: every trial trains the same number of epochs
+    on the same split (a swept key still overrides), the pruner knows the epochs, and the monitor is
+    known before any trial runs."""
+    autos = [key for key in SIZED if _value(base, key) == AUTO]
+    if not autos:
+        return base
+    sized, _ = size_to_data(base)
+    for key in autos:
+        apply_override(base_raw, key.split("."), _value(sized, key))
+    decided = ", ".join(f"{key}={_value(sized, key)}" for key in autos)
+    print(f"sweep: auto values decided once for every trial from the data: {decided}", file=sys.stderr, flush=True)
+    return validate(base_raw)
 
 
 def monitor_of(cfg: Config) -> str:

@@ -1,5 +1,5 @@
 """One trial's training: each seed an ordinary run directory under the sweep folder, trained with
-`cifarlab.train`, or continued with `cifarlab.resume` when a killed or stopped worker left a last.pt.
+`experiment.train`, or continued with `experiment.resume` when a killed or stopped worker left a last.pt.
 
     <sweep>/trials/0007/            the run of trial 7 (one seed)
     <sweep>/trials/0007/seed-1/     with --seeds S, one run per seed
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cifarlab
+from cifarlab import experiment
 from cifarlab.config import Config
 from cifarlab.errors import UserError
-from cifarlab.run.layout import LAST, checkpoint_path
+from cifarlab.run.layout import LAST, checkpoint_path, previous_path
 from cifarlab.run.records import read_metrics, read_summary
 from cifarlab.sweep.pruning import PRUNED_BY
 from cifarlab.training.callbacks import Callback
@@ -46,12 +46,12 @@ def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> di
     if summary.get("status") in ("completed", "diverged"):  # summary.json is written when a run has ended
         return summary
     last = checkpoint_path(run_dir, LAST)
-    if last.exists() or last.with_name("last.prev.pt").exists():
-        return cifarlab.resume(run_dir, callbacks=callbacks).summary
+    if last.exists() or previous_path(last).exists():
+        return experiment.resume(run_dir, callbacks=callbacks).summary
     if run_dir.exists():  # started but killed before its first checkpoint: nothing worth keeping
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    return cifarlab.train(cfg, run_dir=run_dir, callbacks=callbacks).summary
+    return experiment.train(cfg, run_dir=run_dir, callbacks=callbacks).summary
 
 
 def _summary(run_dir: Path) -> dict:

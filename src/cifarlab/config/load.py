@@ -1,0 +1,187 @@
+"""Recipes and overrides: defaults < recipe YAML < `key=value`, validated into a `Config` (errors in one line)."""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cifarlab.config.schema import Config, TrainConfig
+from cifarlab.errors import UserError
+from cifarlab.runtime import is_rank_zero
+from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
+
+# ---------------------------------------------------------------- recipes and overrides
+
+MAX_RECIPE_BYTES = 1 << 20  # recipes are a few hundred bytes; a config.yaml of a run about 2 KB
+def recipes_dir() -> Path:
+    return Path(str(resources.files("cifarlab") / "recipes"))
+
+
+def list_recipes() -> dict[str, str]:
+    """Recipe name -> one-line description, for `cifarlab recipes`."""
+    found = {}
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
+        found[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+    return found
+
+
+def _read_text(path: Path) -> str:
+    """A recipe file's text, or one line saying why not: missing, not a file, too big, not UTF-8."""
+    where = repr(str(path))
+    if path.is_dir():
+        raise UserError(f"recipe {where} is a directory; give a .yaml file")
+    if not path.exists():
+        raise UserError(f"recipe file {where} does not exist")
+    if not path.is_file():
+        raise UserError(f"recipe {where} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"cannot read recipe {where}: {err.strerror or err}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe {where} is larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short YAML file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        bad = f"byte 0x{data[err.start]:02x} at offset {err.start}"
+        raise UserError(f"recipe {where} is not UTF-8 text ({bad})") from None
+
+
+def read_recipe(recipe: str) -> dict:
+    """A recipe name (`custom-resnet-onecycle`) or a path to a YAML file (a run's config.yaml too), as a dict."""
+    path = Path(recipe)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        path = recipes_dir() / f"{recipe}.yaml"
+        if not path.exists():
+            raise UserError(f"unknown recipe {recipe!r}; choose from: {', '.join(list_recipes())} or give a .yaml path")
+    text = _read_text(path)
+    try:
+        raw = load_yaml(text)
+    except YAMLRefused as err:
+        raise UserError(f"recipe {str(path)!r}: {err}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {str(path)!r} is not valid YAML: {yaml_error(err)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=0.05` -> (["optim", "lr"], 0.05). Values are YAML scalars, lists or mappings."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in argv arrive as lone surrogates
+        raise UserError(f"override {text!r} is not valid UTF-8") from None
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=5")
+    key, _, value = text.partition("=")
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise UserError(f"override key {key!r} is malformed; use dotted names like optim.lr")
+    try:
+        parsed = load_yaml(value) if value.strip() else None
+    except YAMLRefused as err:
+        raise UserError(f"override {text!r}: {err}") from None
+    except yaml.YAMLError:
+        parsed = value
+    return keys, parsed
+
+
+def apply_override(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{'.'.join(keys[:depth + 1])} is a value, not a section; cannot set {'.'.join(keys)}")
+        node = child
+    node[keys[-1]] = value
+
+
+_TYPE_TAGS = {"float", "int", "str", "bool", "none", "list", "tuple", "dict"}
+
+
+def _describe(error: dict) -> str:
+    # Drop the union-member tags pydantic puts in a location (`lr_peak.constrained-float`).
+    where = ".".join(str(part) for part in error["loc"] if isinstance(part, int)
+                     or (str(part).isidentifier() and part not in _TYPE_TAGS)) or "config"
+    if error["type"] == "extra_forbidden":
+        section = _section_for(error["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "?"
+        return f"unknown config key {where!r}; allowed here: {allowed}"
+    given = error.get("input")
+    shown = repr(given)
+    shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+    given_text = f", got {shown}" if not isinstance(given, dict) else ""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}{given_text}"
+
+
+def _section_for(loc: tuple) -> Optional[type[BaseModel]]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def validate(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_describe(err.errors()[0])) from None
+
+
+def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
+    """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
+    raw, note = read_with_overrides(recipe, overrides)
+    cfg = validate(raw)
+    if note and is_rank_zero():  # said once under torchrun, and only for a valid config
+        print(note, file=sys.stderr, flush=True)
+    return cfg
+
+
+def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[dict, Optional[str]]:
+    """(the recipe with its overrides, not yet validated; the line saying a moved onecycle peak, or None)."""
+    raw = read_recipe(recipe) if recipe else {}
+    recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in parsed:
+        apply_override(raw, keys, value)
+    return raw, _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+
+
+def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
+    """A recipe's onecycle `peak_epoch` is a point in its run: when an override changes `train.epochs`,
+    the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5); returns the line that says so.
+    A peak_epoch given on the command line is the user's own and is left for validation to judge."""
+    schedule, epochs = raw.get("schedule"), (raw.get("train") or {}).get("epochs")
+    if not overridden & {"train.epochs", "train"} or overridden & {"schedule.peak_epoch", "schedule"}:
+        return None
+    if not isinstance(schedule, dict) or schedule.get("name") != "onecycle":
+        return None
+    peak = schedule.get("peak_epoch")
+    numbers = (peak, epochs, recipe_epochs)
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return None  # validation names whatever is wrong
+    if epochs == recipe_epochs:
+        return None
+    schedule["peak_epoch"] = peak * epochs / recipe_epochs
+    return (f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
+            f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run")
