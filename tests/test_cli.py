@@ -1,12 +1,16 @@
 """The CLI end to end on the synthetic `smoke` recipe: every run-directory file and every command."""
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from _runs import SRC
 from cifarlab.cli import main
 from cifarlab.data.sources import load_dataset
 
@@ -157,3 +161,13 @@ def test_the_server_probe_answers_for_a_listening_port_and_not_for_a_closed_one(
         assert server_answers(f"http://127.0.0.1:{port}/cifar-10.tar.gz", seconds=5)
     assert not server_answers(f"http://127.0.0.1:{port}/cifar-10.tar.gz", seconds=5)  # closed now
     assert not server_answers("https://host.invalid/cifar-10.tar.gz", seconds=5)  # no such name
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["trian"]])
+def test_version_help_and_a_mistyped_command_answer_without_importing_torch(argv):
+    """They answer at once (torch's import alone takes seconds on a small CPU)."""
+    code = ("import sys\nfrom cifarlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.stdout.strip().splitlines()[-1] == "no torch", done.stdout + done.stderr

@@ -7,7 +7,16 @@
 Nothing heavy happens at import time; the API functions import their modules when called.
 """
 from cifarlab._version import __version__
-from cifarlab.models.registry import register_model  # noqa: E402  (light: registers your own model factories)
+
+
+def __getattr__(name):
+    """`cifarlab.register_model` on first use: the registry imports torch and the built-in models, which
+    `cifarlab --version`, `--help` and a mistyped command have no use for (PEP 562)."""
+    if name == "register_model":
+        from cifarlab.models.registry import register_model
+
+        return register_model
+    raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
 
 
 def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):

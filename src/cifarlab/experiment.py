@@ -144,8 +144,9 @@ def _prepare(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> 
         from cifarlab.training.warmstart import init_from_checkpoint
 
         _announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
-    state.lr_peak_source = source
-    state.lr_peak = cfg.schedule.lr_peak if cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak else cfg.optim.lr
+    onecycle_peak = cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak
+    state.progress.lr_peak = cfg.schedule.lr_peak if onecycle_peak else cfg.optim.lr
+    state.progress.lr_peak_source = source
     if runtime.dist.is_main:
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     _announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
@@ -229,7 +230,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
     check_same_data(payload["classes"], payload.get("data_fingerprint"), dataset, ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, payload, used)
-    state.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
+    state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
     if finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
@@ -292,36 +293,37 @@ def _finish(state: TrainState, dataset: Dataset) -> Run:
             _announce(f"report: {report}", runtime)
     if runtime.dist.enabled:  # the run is over: leave no process group behind for the next one
         torch.distributed.destroy_process_group()
-    return Run(run_dir, cfg, summary, list(state.history))
+    return Run(run_dir, cfg, summary, list(state.progress.history))
 
 
 def write_summary(state: TrainState) -> dict:
     """summary.json of the run as it stands (run/records.Summary); returns it as a dict (`Run.summary`)."""
+    progress, saved = state.progress, state.process.last_checkpoint
     best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
-    last = state.history[-1] if state.history else {}
+    last = progress.history[-1] if progress.history else {}
     loader = state.train_loader
     per_epoch = min(len(loader) * loader.batch_size, loader.num_images)
-    images = state.epoch * per_epoch + min(state.batch_in_epoch * loader.batch_size, loader.num_images)
-    train_seconds, outcome = state.elapsed_seconds, state.outcome
+    images = progress.epoch * per_epoch + min(progress.batch_in_epoch * loader.batch_size, loader.num_images)
+    train_seconds, outcome = progress.elapsed_seconds, state.outcome
     stopped = outcome.status in ("diverged", "interrupted")
     summary = Summary(
         recipe=state.cfg.name, model=state.cfg.model.name, dataset=state.cfg.data.dataset,
         num_params=sum(p.numel() for p in state.model.parameters()),
-        epochs_completed=state.epoch, epochs=state.cfg.train.epochs,
+        epochs_completed=progress.epoch, epochs=state.cfg.train.epochs,
         # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
         selected_by=state.monitor, best_test_acc=best.get("test_acc"), best_epoch=best.get("epoch"),
         final_test_acc=last.get("test_acc"), final_test_loss=last.get("test_loss"),
         final_train_acc=last.get("train_acc"),
-        best_train_acc=max((row["train_acc"] for row in state.history), default=None),
+        best_train_acc=max((row["train_acc"] for row in progress.history), default=None),
         wall_seconds=round(state.wall_seconds, 3), train_seconds=round(train_seconds, 3),
-        compile_seconds=round(state.compile_seconds, 3),
+        compile_seconds=round(progress.compile_seconds, 3),
         train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
         **(state.speed.summary(images / train_seconds if train_seconds else None) if state.speed else {}),
-        lr_peak=state.lr_peak, lr_peak_source=state.lr_peak_source, precision=state.runtime.precision.name,
+        lr_peak=progress.lr_peak, lr_peak_source=progress.lr_peak_source, precision=state.runtime.precision.name,
         tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
         early_stop=state.early_stop, diverged_at=state.diverged_at,
         # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).
-        last_good_checkpoint=state.last_checkpoint["path"] if stopped and state.last_checkpoint else None,
+        last_good_checkpoint=saved["path"] if stopped and saved else None,
         signal=outcome.details.get("signal") if outcome.status == "interrupted" else None,
         signal_number=outcome.details.get("signal_number") if outcome.status == "interrupted" else None,
     )
@@ -339,7 +341,7 @@ def _closing_message(state: TrainState) -> str:
         return (f"{state.outcome.reason} at epoch {state.epoch + 1}, step {state.step}; "
                 f"checkpoint saved. Resume with: cifarlab resume {run_dir}")
     if state.status == "diverged":
-        where, saved = state.diverged_at, state.last_checkpoint
+        where, saved = state.diverged_at, state.process.last_checkpoint
         good = (f"last good checkpoint: {saved['path']} (step {saved['step']}, epoch {saved['epoch']})" if saved
                 else "no checkpoint was written before it")
         return (f"training diverged: non-finite loss at step {where['step']} with lr {where['lr']:.4g}; "

@@ -27,8 +27,9 @@ from cifarlab.runtime import Runtime
 from cifarlab.training import callbacks as cb
 from cifarlab.training.ema import EMA
 from cifarlab.training.lookahead import Lookahead
+from cifarlab.training.metrics import StepMetrics
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
-from cifarlab.training.state import COMPILE_WARMUP_STEPS, TrainState
+from cifarlab.training.state import COMPILE_WARMUP_STEPS, ProcessValues, TrainObjects, TrainState
 
 ARRAYS = "arrays"  # data.dataset of a run whose images came from Python (`cifarlab.train(cfg, data=...)`)
 
@@ -149,15 +150,17 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     ahead = cfg.train.lookahead
     lookahead = None if ahead is None else Lookahead(ahead.every, ahead.decay, ahead.power, ahead.start_epoch,
                                                      schedule.planned_steps)
-    return TrainState(
-        cfg=cfg, runtime=runtime, model=model, train_model=wrap_for_training(model, cfg, runtime),
-        optimizer=optimizer, schedule=schedule,
+    # Room in the step metrics for the steps between two syncs (it grows if a caller takes more).
+    metrics = StepMetrics(runtime.device, capacity=min(cfg.train.log_every_steps, len(train_loader)) + 1)
+    objects = TrainObjects(
+        model=model, train_model=wrap_for_training(model, cfg, runtime), optimizer=optimizer, schedule=schedule,
         grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-        train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, monitor=monitor,
-        run_dir=run_dir, ema=ema, lookahead=lookahead, classes=dataset.classes,
-        data_fingerprint=dataset.fingerprint,
-        compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0)
+        train_loader=train_loader, test_loader=test_loader, metrics=metrics, val_loader=val_loader, ema=ema,
+        lookahead=lookahead)
+    return TrainState(cfg=cfg, runtime=runtime, objects=objects, run_dir=run_dir, monitor=monitor,
+                      classes=dataset.classes, data_fingerprint=dataset.fingerprint,
+                      process=ProcessValues(compile_warmup_steps=COMPILE_WARMUP_STEPS if cfg.train.compile else 0))
 
 
 def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Module:

@@ -246,7 +246,7 @@ class Checkpointer(Callback):
     """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
 
     It only saves: whether the weights are still good is the loop's call (`state.outcome`), so after a
-    divergence last.pt stays the last good state (`state.last_checkpoint` says which)."""
+    divergence last.pt stays the last good state (`state.process.last_checkpoint` says which)."""
 
     def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
         self.directory = Path(directory)
@@ -256,8 +256,8 @@ class Checkpointer(Callback):
         payload = make_payload(state)
         save_checkpoint(payload, *(self.directory / name for name in names))
         if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
-            state.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch, "step": state.step,
-                                     "status": payload["status"]}
+            state.process.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch,
+                                             "step": state.step, "status": payload["status"]}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
@@ -277,7 +277,7 @@ class Checkpointer(Callback):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not
         # when last.pt holds this very step with this status already: an early stop decided before
         # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
-        saved = state.last_checkpoint or {}
+        saved = state.process.last_checkpoint or {}
         here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST) \
             and saved.get("status") == state.status
         if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:

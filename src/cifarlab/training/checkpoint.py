@@ -15,6 +15,7 @@ from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.checkpoint import FORMAT_VERSION, check_payload, load_checkpoint, outcome, versions
 from cifarlab.training.outcome import EARLY_STOPPED, Stop
+from cifarlab.training.state import Progress
 
 
 def rng_state(runtime) -> dict[str, Any]:
@@ -52,13 +53,11 @@ def _set_early_stop(state, stored: dict[str, Any]) -> None:
         state.stop = Stop(EARLY_STOPPED, state.epoch, state.step, reason, {"best_epoch": stop.get("best_epoch")})
 
 
-def _set_lr_peak(state, stored: dict[str, Any]) -> None:
-    state.lr_peak, state.lr_peak_source = outcome(stored)["lr_peak"], outcome(stored)["lr_peak_source"]
-
-
 _READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read by check_payload
-# key -> (what a save writes from the state, how a restore puts the file's value back, or _READ_ONLY).
-# Restores run in this order; `check_payload` has checked every value first. Keys: run/checkpoint.PAYLOAD_KEYS.
+# key -> (what a save writes from the state, how a restore puts the file's value back, or _READ_ONLY). A
+# tuple of keys is one unit saved and restored together: its save returns {key: value}, its restore reads
+# the payload. Restores run in this order; `check_payload` has checked every value first. Keys:
+# run/checkpoint.PAYLOAD_KEYS.
 FIELDS = {
     "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
     "model": (lambda s: s.model.state_dict(), lambda s, v, p: s.model.load_state_dict(v)),
@@ -74,15 +73,9 @@ FIELDS = {
     # float64 sums of the epoch and of the logging window so far (two keys, one StepMetrics)
     "epoch_meter": (lambda s: s.metrics.state_dict()["epoch_meter"], lambda s, v, p: s.metrics.load_state_dict(p)),
     "window_meter": (lambda s: s.metrics.state_dict()["window_meter"], _READ_ONLY),
-    "epoch": (lambda s: s.epoch, lambda s, v, p: setattr(s, "epoch", v)),
-    "step": (lambda s: s.step, lambda s, v, p: setattr(s, "step", v)),
-    "batch_in_epoch": (lambda s: s.batch_in_epoch, lambda s, v, p: setattr(s, "batch_in_epoch", v)),
-    "elapsed_seconds": (lambda s: s.elapsed_seconds, lambda s, v, p: setattr(s, "elapsed_seconds", v)),
-    "compile_seconds": (lambda s: s.compile_seconds, lambda s, v, p: setattr(s, "compile_seconds", v or 0.0)),
-    # Of the whole run so far. Files before it was kept: their training time is the best lower bound.
-    "wall_seconds": (lambda s: s.wall_seconds,
-                     lambda s, v, p: setattr(s, "wall_seconds_before", p["elapsed_seconds"] if v is None else v)),
-    "history": (lambda s: s.history, lambda s, v, p: setattr(s, "history", list(v))),
+    # The progress counters (training/state.Progress): these keys, and lr_peak and its source from "outcome"
+    Progress.KEYS: (lambda s: s.progress.state_dict(process_seconds=s.process.seconds()),
+                    lambda s, v, p: s.progress.load_state_dict(p)),
     "rng": (lambda s: rng_state(s.runtime), lambda s, v, p: set_rng_state(v, s.runtime)),
     "config": (lambda s: s.cfg.to_dict(), _READ_ONLY),
     **{key: (lambda s, key=key: s.card.payload_fields()[key], _READ_ONLY)
@@ -90,16 +83,20 @@ FIELDS = {
     "status": (lambda s: s.status, _READ_ONLY),
     # Dataset.fingerprint of the data trained on: eval warns and resume refuses on other data (data/checks.py)
     "data_fingerprint": (lambda s: s.data_fingerprint, _READ_ONLY),
-    "outcome": (lambda s: {"lr_peak": s.lr_peak, "lr_peak_source": s.lr_peak_source, "early_stop": s.early_stop},
-                lambda s, v, p: (_set_lr_peak(s, p), _set_early_stop(s, p))),
+    "outcome": (lambda s: {"lr_peak": s.progress.lr_peak, "lr_peak_source": s.progress.lr_peak_source,
+                           "early_stop": s.early_stop}, lambda s, v, p: _set_early_stop(s, p)),
     "versions": (lambda s: versions(), _READ_ONLY),
 }
+SAVED_KEYS = tuple(key for row in FIELDS for key in (row if isinstance(row, tuple) else (row,)))  # in file order
 _OBJECTS = ("model", "optimizer", "schedule", "scaler", "ema", "lookahead", "epoch_meter")  # may not match
 
 
 def make_payload(state) -> dict[str, Any]:
     """Everything the next step depends on (see run/checkpoint.py); plain tensors and containers only."""
-    return {key: save(state) for key, (save, _) in FIELDS.items()}
+    payload = {}
+    for key, (save, _) in FIELDS.items():
+        payload.update(save(state) if isinstance(key, tuple) else {key: save(state)})  # a tuple: a unit's keys
+    return payload
 
 
 def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
@@ -118,7 +115,7 @@ def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -
                         f"({_describe_model(payload)}): {_first_line(err)}") from None
     for key, (_, load) in FIELDS.items():
         if load is not _READ_ONLY and key not in _OBJECTS:
-            load(state, payload.get(key), payload)
+            load(state, None if isinstance(key, tuple) else payload.get(key), payload)
 
 
 def _describe_model(payload: dict[str, Any]) -> str:

@@ -1,7 +1,19 @@
-"""`TrainState`: everything the loop and its callbacks share, and everything a checkpoint must hold.
+"""`TrainState`: what the loop and its callbacks share, made of parts with one job each.
 
-How the run ends is decided in one place, `TrainState.outcome` (kinds in training/outcome.py): callbacks
-and the signal handler only ask (`request_stop`, `interrupt`), the loop judges divergence (`check_finite`).
+- `state.objects` (`TrainObjects`): the training objects — model, optimizer, schedule, loaders, EMA,
+  Lookahead, step metrics. Built once by training/build.py; a checkpoint saves their own state_dicts.
+- `state.progress` (`Progress`): the counters a checkpoint saves and a resume restores, as one unit
+  (`Progress.state_dict` / `load_state_dict`, same payload keys as ever): epoch, step, batch_in_epoch,
+  timings, history, and how the peak learning rate was chosen.
+- `state.process` (`ProcessValues`): this process's values, never saved: the newest logging window, when
+  this process's fit began, whether an epoch is open, compile warm-up steps left, the newest good last.pt.
+- The outcome: `state.stop` (what was asked) and `state.outcome` (where the run stands, decided here only;
+  kinds in training/outcome.py). Callbacks and the signal handler only ask (`request_stop`, `interrupt`),
+  the loop judges divergence (`check_finite`).
+- Beside them: cfg, runtime, run_dir, classes, monitor, data_fingerprint and speed.
+
+Callbacks keep the flat names they have always used: `state.epoch` reads and writes `state.progress.epoch`,
+`state.model` is `state.objects.model`, and so on (`Part` below names the part that owns each one).
 """
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
+from cifarlab.run.checkpoint import outcome as stored_outcome
 from cifarlab.run.records import ModelCard
 from cifarlab.runtime import Runtime
 from cifarlab.training.ema import EMA
@@ -30,9 +43,8 @@ COMPILE_WARMUP_STEPS = 3
 
 
 @dataclass
-class TrainState:
-    cfg: Config
-    runtime: Runtime
+class TrainObjects:
+    """The objects that train: built once per process (training/build.py), their state in every checkpoint."""
     model: nn.Module  # the plain module: what checkpoints and analysis see
     train_model: nn.Module  # what the loop calls: the model itself, compiled, or wrapped in DDP
     optimizer: torch.optim.Optimizer
@@ -41,43 +53,111 @@ class TrainState:
     loss_fn: nn.Module
     train_loader: DeviceLoader
     test_loader: DeviceLoader
-    run_dir: Path
+    metrics: StepMetrics  # per-step loss and accuracy on the device; epoch and window sums
     val_loader: Optional[DeviceLoader] = None  # with a validation split, what selects best.pt
-    monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
     ema: Optional[EMA] = None
     lookahead: Optional[Lookahead] = None
-    classes: tuple[str, ...] = ()
-    data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
+
+
+@dataclass
+class Progress:
+    """How far the run has come: what a checkpoint saves and a resume restores, as one unit."""
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
     elapsed_seconds: float = 0.0  # training wall time, carried across resumes; compile warm-up excluded
     compile_seconds: float = 0.0  # time of the compiled model's warm-up steps, carried across resumes
-    compile_warmup_steps: int = 0  # this process's steps still to count as compiling
+    wall_seconds_before: float = 0.0  # wall time of the earlier processes of this run
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    metrics: Optional[StepMetrics] = None  # per-step loss and accuracy on the device; epoch and window sums
-    stop: Optional[Stop] = None  # why training stops (now, or at the end of the epoch); see `outcome`
-    last_checkpoint: Optional[dict[str, Any]] = None  # {path, epoch, step, status} of the newest good last.pt
-    # Kept in checkpoints: how the run chose its peak learning rate, the wall time of earlier processes.
-    lr_peak: Optional[float] = None
+    lr_peak: Optional[float] = None  # how the run chose its peak learning rate (saved in "outcome")
     lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
-    wall_seconds_before: float = 0.0
-    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
-    # This process only (never saved): the newest logging window, when this process's fit began.
-    window: Optional[dict[str, Any]] = None  # {epoch, step, lr, train_loss, train_acc}
-    process_started: Optional[float] = None  # time.perf_counter()
-    epoch_open: bool = False  # between on_epoch_start and the epoch's evaluation (set by the loop)
 
-    def __post_init__(self):
-        if self.metrics is None:  # room for the steps between two syncs (it grows if a caller takes more)
-            steps = min(self.cfg.train.log_every_steps, len(self.train_loader))
-            self.metrics = StepMetrics(self.runtime.device, capacity=steps + 1)
+    # The payload keys `state_dict` writes (lr_peak and lr_peak_source go in the payload's "outcome").
+    KEYS = ("epoch", "step", "batch_in_epoch", "elapsed_seconds", "compile_seconds", "wall_seconds", "history")
+
+    def state_dict(self, process_seconds: float) -> dict[str, Any]:
+        """The checkpoint payload's progress keys; `process_seconds`: this process's wall time so far."""
+        return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "elapsed_seconds": self.elapsed_seconds, "compile_seconds": self.compile_seconds,
+                "wall_seconds": self.wall_seconds_before + process_seconds, "history": self.history}
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Back from a payload that `check_payload` accepted, whichever format wrote it."""
+        self.epoch, self.step = payload.get("epoch"), payload.get("step")
+        self.batch_in_epoch, self.elapsed_seconds = payload.get("batch_in_epoch"), payload.get("elapsed_seconds")
+        self.compile_seconds = payload.get("compile_seconds") or 0.0
+        # Files written before wall time was kept: their training time is the best lower bound.
+        wall = payload.get("wall_seconds")
+        self.wall_seconds_before = payload["elapsed_seconds"] if wall is None else wall
+        self.history = list(payload.get("history"))
+        stored = stored_outcome(payload)  # older files kept these in "extra"
+        self.lr_peak, self.lr_peak_source = stored["lr_peak"], stored["lr_peak_source"]
+
+
+@dataclass
+class ProcessValues:
+    """This process's values: never saved, so a resumed run starts them afresh."""
+    window: Optional[dict[str, Any]] = None  # the newest logging window {epoch, step, lr, train_loss, train_acc}
+    started: Optional[float] = None  # time.perf_counter() when this process's fit began
+    epoch_open: bool = False  # between on_epoch_start and the epoch's evaluation (set by the loop)
+    compile_warmup_steps: int = 0  # steps still to time as compiling (COMPILE_WARMUP_STEPS)
+    # {path, epoch, step, status} of the newest good last.pt: set by the save, or by the resume that read it
+    # (a checkpoint cannot name itself, so it is not in one).
+    last_checkpoint: Optional[dict[str, Any]] = None
+
+    def seconds(self) -> float:
+        """Wall time of this process's fit so far (0 before it began)."""
+        return time.perf_counter() - self.started if self.started is not None else 0.0
+
+
+class Part:
+    """`state.<name>` reads and writes `state.<part>.<attribute>`: the flat names callbacks have always
+    used (`state.epoch`, `state.model`, `state.history`) kept working on the split state."""
+
+    def __init__(self, part: str, attribute: Optional[str] = None):
+        self.part, self.attribute = part, attribute
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attribute = self.attribute or name
+
+    def __get__(self, state, owner=None):
+        return self if state is None else getattr(getattr(state, self.part), self.attribute)
+
+    def __set__(self, state, value) -> None:
+        setattr(getattr(state, self.part), self.attribute, value)
+
+
+@dataclass
+class TrainState:
+    """The parts (module doc), the stop asked for so far, and the run's fixed facts; one per process."""
+    cfg: Config
+    runtime: Runtime
+    objects: TrainObjects
+    run_dir: Path
+    progress: Progress = field(default_factory=Progress)
+    process: ProcessValues = field(default_factory=ProcessValues)
+    monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
+    classes: tuple[str, ...] = ()
+    data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
+    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
+    stop: Optional[Stop] = None  # why training stops (now, or at the end of the epoch); see `outcome`
+
+    # The flat names, each owned by one part (not dataclass fields: no annotation).
+    model, train_model, optimizer = Part("objects"), Part("objects"), Part("objects")
+    schedule, grad_step, loss_fn = Part("objects"), Part("objects"), Part("objects")
+    train_loader, test_loader, val_loader = Part("objects"), Part("objects"), Part("objects")
+    ema, lookahead, metrics = Part("objects"), Part("objects"), Part("objects")
+    epoch, step, batch_in_epoch, history = Part("progress"), Part("progress"), Part("progress"), Part("progress")
+    elapsed_seconds, compile_seconds, wall_seconds_before = Part("progress"), Part("progress"), Part("progress")
+    lr_peak, lr_peak_source = Part("progress"), Part("progress")
+    window, epoch_open, last_checkpoint = Part("process"), Part("process"), Part("process")
+    compile_warmup_steps, process_started = Part("process"), Part("process", "started")
 
     def expect_recompile(self) -> None:
         """The compiled model will trace again (e.g. a parameter stopped training: its graph changes), so
         its next steps are timed as compiling, not training."""
         if self.cfg.train.compile is not None:
-            self.compile_warmup_steps = max(self.compile_warmup_steps, COMPILE_WARMUP_STEPS)
+            self.process.compile_warmup_steps = max(self.process.compile_warmup_steps, COMPILE_WARMUP_STEPS)
 
     def check_finite(self, weights: bool = True) -> bool:
         """The one place a run is judged diverged: a non-finite training loss so far, or (with `weights`)
@@ -172,8 +252,7 @@ class TrainState:
     @property
     def wall_seconds(self) -> float:
         """Wall time of the whole run so far: every earlier process's, plus this one's since its fit began."""
-        now = time.perf_counter() - self.process_started if self.process_started is not None else 0.0
-        return self.wall_seconds_before + now
+        return self.progress.wall_seconds_before + self.process.seconds()
 
     # ------------------------------------------------------------------ reading
     @property
