@@ -1,6 +1,6 @@
 # cifarlab: `make demo` installs the plain package, trains for real and prints the run directory;
 # `make test` installs what the tests need (the `test` extra) and runs the whole test suite, `make test-fast`
-# all but the tests marked slow (over ~5 s each).
+# all but the tests marked slow (over ~2 s each, or a module fixture that trains a reported run).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,13 +36,17 @@ data:
 demo: venv data
 	$(VENV)/bin/cifarlab demo
 
+# One pytest worker per CPU core (pytest-xdist), each test file on one worker (its module fixtures built
+# once); every test runs torch on one thread (tests/conftest.py), so the workers don't oversubscribe.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile
+
 test: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(TEST_STAMP) data
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: venv data
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'

@@ -341,7 +341,12 @@ def test_the_table_covers_every_class():
 IN_A_PROCESS = {"arrays-label-a-billion"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+# A case in its own process pays torch's import (seconds): marked slow, with any other case over ~2 s.
+SLOW = IN_A_PROCESS | {"export-onnx-differs-from-pytorch"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case[0], marks=[pytest.mark.slow] * (case[0] in SLOW))
+                                  for case in CASES])
 def test_bad_data_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, folder_run, monkeypatch, capsys):
     name, setup, words = case
     monkeypatch.chdir(tmp_path)

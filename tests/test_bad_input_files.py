@@ -352,7 +352,12 @@ IN_A_PROCESS = {"recipe-billion-laughs", "recipe-billion-laughs-in-options", "re
                 "override-billion-laughs", "override-self-alias", "recipe-fifo", "predict-fifo"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+# A case in its own process pays torch's import (seconds): marked slow, with any other case over ~2 s.
+SLOW = IN_A_PROCESS
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case[0], marks=[pytest.mark.slow] * (case[0] in SLOW))
+                                  for case in CASES])
 def test_bad_file_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run, monkeypatch, capsys):
     name, setup, words = case
     monkeypatch.chdir(tmp_path)

@@ -550,7 +550,12 @@ def test_the_table_covers_every_class():
 IN_A_PROCESS = {"eval-dev-zero", "predict-dev-urandom", "eval-fifo", "eval-link-to-a-device"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+# A case in its own process pays torch's import (seconds): marked slow, with any other case over ~2 s.
+SLOW = IN_A_PROCESS
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case[0], marks=[pytest.mark.slow] * (case[0] in SLOW))
+                                  for case in CASES])
 def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, runs, monkeypatch, capsys):
     name, setup, words = case
     monkeypatch.chdir(tmp_path)
@@ -562,6 +567,7 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, run
 # ---------------------------------------------------------------- 4. where output goes
 
 
+@pytest.mark.slow
 def test_gradcam_without_out_writes_to_the_real_run_however_the_path_is_spelled(runs, tmp_path, monkeypatch, capsys):
     run = _copy(runs[DONE], tmp_path / "run")
     (tmp_path / "link.pt").symlink_to(run / "checkpoints" / "best.pt")
@@ -662,6 +668,7 @@ def test_resume_of_a_run_still_training_is_refused_and_the_lock_dies_with_the_tr
     assert not (run_dir / layout.LOCK).exists()  # and the lock left no file behind
 
 
+@pytest.mark.slow
 def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
     run = _copy(runs[OPEN], tmp_path / "run")
     holders = []
@@ -698,6 +705,7 @@ def test_a_resumed_run_holds_the_lock_while_it_trains(runs, tmp_path, capsys):
         pass
 
 
+@pytest.mark.slow
 def test_compare_counts_the_same_run_once_however_spelled(runs, tmp_path, capsys):
     done = runs[DONE]
     assert main(["compare", str(done), str(done), f"{done}/../{done.name}", "--out", str(tmp_path / "cmp")]) == 0
@@ -711,6 +719,7 @@ def test_compare_counts_the_same_run_once_however_spelled(runs, tmp_path, capsys
         compare_runs([done, f"{done}/../{done.name}"])
 
 
+@pytest.mark.slow
 def test_compare_labels_runs_with_the_same_recipe_and_stamp_apart(runs, tmp_path, capsys):
     stamp = runs[DONE].name
     first = _copy(runs[DONE], tmp_path / "a" / "smoke" / stamp)

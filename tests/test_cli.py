@@ -28,6 +28,7 @@ def smoke_run(tmp_path_factory):
     return _run_dir(root)
 
 
+@pytest.mark.slow
 def test_train_writes_every_run_directory_file(smoke_run):
     for name in ["config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
                  "report.md", "report.html", "model_summary.txt", "plots/curves.png", "plots/lr.png",
@@ -45,6 +46,7 @@ def test_train_writes_every_run_directory_file(smoke_run):
     assert summary["train_images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_every_linked_file(smoke_run):
     report = (smoke_run / "report.md").read_text()
     for section in ["Summary", "Configuration", "Environment", "Training curves", "Learning rate", "Model summary",
@@ -56,6 +58,7 @@ def test_report_has_every_section_and_every_linked_file(smoke_run):
     assert html.count("data:image/png;base64,") == len([link for link in links if link.endswith(".png")])
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):
     assert main(["eval", str(smoke_run / "checkpoints" / "best.pt")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -64,6 +67,7 @@ def test_eval_reproduces_the_best_checkpoint_accuracy(smoke_run, capsys):
     assert result["images"] == 256
 
 
+@pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestions(smoke_run, tmp_path, capsys):
     assert main(["lr-find", "smoke", "lr_find.num_iter=20", f"output.dir={tmp_path}",
                  "--out", str(tmp_path / "lr")]) == 0
@@ -80,6 +84,7 @@ def test_summary_reports_parameters_and_mult_adds(capsys):
     assert "Total params: 6,573,130" in out and "Total mult-adds (G): 194.18" in out
 
 
+@pytest.mark.slow
 def test_predict_gives_top3_for_image_files_of_any_size(smoke_run, tmp_path, capsys):
     test = load_dataset("synthetic", num_train=512, num_test=256, image_size=16).test
     path = tmp_path / "big.png"
@@ -89,6 +94,7 @@ def test_predict_gives_top3_for_image_files_of_any_size(smoke_run, tmp_path, cap
     assert line.startswith(str(path)) and line.count("%") == 3
 
 
+@pytest.mark.slow
 def test_gradcam_command_on_chosen_test_images(smoke_run, tmp_path):
     out = tmp_path / "cam.png"
     assert main(["gradcam", str(smoke_run / "checkpoints" / "best.pt"), "--images", "0,1,2", "--out", str(out),
@@ -96,6 +102,7 @@ def test_gradcam_command_on_chosen_test_images(smoke_run, tmp_path):
     assert np.asarray(Image.open(out)).shape[0] > 100
 
 
+@pytest.mark.slow
 def test_compare_two_runs(smoke_run, tmp_path, capsys):
     assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=2", "output.tensorboard=false"]) == 0
     other = _run_dir(tmp_path)

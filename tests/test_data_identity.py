@@ -118,6 +118,7 @@ def test_a_tampered_folder_cache_is_rebuilt_not_trusted(tamper, tmp_path, monkey
     assert "ignoring" not in caplog.text
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_tampered_dataset_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path))
@@ -174,6 +175,7 @@ def _one_line(done, command: str, *words: str) -> None:
         assert word in lines[0], (word, lines[0])
 
 
+@pytest.mark.slow
 def test_export_into_a_read_only_folder_is_one_line(folder_run, tmp_path):
     out = tmp_path / "ro"
     out.mkdir()
@@ -183,6 +185,7 @@ def test_export_into_a_read_only_folder_is_one_line(folder_run, tmp_path):
     assert not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_gradcam_and_report_into_a_read_only_run_are_one_line(folder_run, tmp_path):
     run = shutil.copytree(folder_run["run"], tmp_path / "run")
     before = tree_hashes(run)
@@ -192,6 +195,7 @@ def test_gradcam_and_report_into_a_read_only_run_are_one_line(folder_run, tmp_pa
     assert tree_hashes(run) == before
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_read_only_data_folder_and_home_still_load_the_os_package_dataset(tmp_path):
     data, home = tmp_path / "data", tmp_path / "home"

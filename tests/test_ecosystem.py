@@ -57,6 +57,7 @@ def test_show_diff_prints_only_values_that_differ_from_the_defaults(capsys):
     assert diff["model"] == {"name": "convnet", "options": {"width": 8}}
 
 
+@pytest.mark.slow
 def test_report_shows_the_differences_on_top_and_folds_the_full_config(runs):
     _, a, _ = runs
     markdown = (a.run_dir / "report.md").read_text()
@@ -78,6 +79,7 @@ def _table_rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if not line.startswith("|---")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["parent", "glob"])
 def test_compare_a_folder_or_glob_shows_the_config_keys_that_differ(runs, tmp_path, capsys, how):
     root, a, b = runs
@@ -108,6 +110,7 @@ def test_compare_without_runs_is_one_line(tmp_path, capsys, target, expected):
 
 # ------------------------------------------------------------------------------ TensorBoard hparams
 
+@pytest.mark.slow
 def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -126,6 +129,7 @@ def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     assert hparams["data.mean"].string_value == "null"  # null and lists as text
 
 
+@pytest.mark.slow
 def test_an_extended_run_adds_its_newer_hparams_entry(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -45,6 +45,7 @@ def check_metadata(meta: dict) -> None:
     assert len(meta["mean"]) == len(meta["std"]) == 1 and meta["model"]["name"] == "convnet"
 
 
+@pytest.mark.slow
 def test_safetensors_rebuilds_the_same_network(checkpoint, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -66,6 +67,7 @@ def test_safetensors_rebuilds_the_same_network(checkpoint, tmp_path):
         assert torch.equal(rebuilt(inputs), model.module(inputs))
 
 
+@pytest.mark.slow
 def test_torchscript_runs_without_cifarlab_code(checkpoint, tmp_path):
     assert run_cli(str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "net.pt")) == 0
     extra = {"cifarlab.json": ""}

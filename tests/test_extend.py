@@ -66,6 +66,7 @@ def test_extending_a_finished_onecycle_run_holds_the_final_lr_and_records_the_ne
     assert (summary["epochs_completed"], summary["epochs"], summary["status"]) == (4, 4, "completed")
 
 
+@pytest.mark.slow
 def test_a_step_schedule_extended_equals_a_run_planned_that_long(tmp_path):
     """Per-epoch schedules do not depend on the total: 2 epochs extended to 3 is the 3-epoch run."""
     schedule = ["schedule.name=step", "schedule.step_size=1", "schedule.gamma=0.5"]
@@ -170,6 +171,7 @@ def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_
     assert [int(row["epoch"]) for row in _rows(new_run)] == [1]
 
 
+@pytest.mark.slow
 def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_the_head(tmp_path, capsys):
     checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
     five = [f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1",

@@ -34,6 +34,7 @@ def test_norm_parameters_get_scaled_lr_and_weight_decay_through_the_whole_schedu
         schedule.after_step()
 
 
+@pytest.mark.slow
 def test_whitening_bias_trains_only_in_its_first_epochs(tmp_path):
     args = ["train", "smoke", f"output.dir={tmp_path}", *SMALL, "train.epochs=3", "model.name=fastnet",
             "model.options={widths: [8, 16, 16], whiten_bias_epochs: 1}",
@@ -64,6 +65,7 @@ def test_flip_translate_tta_is_the_weighted_mean_of_eight_views():
     assert torch.allclose(log_probs(model, x, tta=None).exp().sum(1), torch.ones(2))
 
 
+@pytest.mark.slow
 def test_compile_warmup_is_reported_apart_from_training_time(tmp_path, monkeypatch, capsys):
     slow = {"calls": 0}
 

@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
     return run.run_dir / "checkpoints" / "best.pt", written["test"]
 
 
+@pytest.mark.slow
 def test_load_model_carries_what_prediction_needs(trained):
     checkpoint, _ = trained
     model = cifarlab.load_model(checkpoint, device="cpu")

@@ -35,7 +35,9 @@ CASES = {  # id: (recipe, overrides)
     "smoke-mix-color": ("smoke", ["augment.mixup={p: 0.5}", "augment.cutmix={p: 0.5}", "augment.color={p: 0.5}"]),
     "smoke-accumulate": ("smoke", ["train.batch_size=8", "train.accumulate=2", "augment.mixup={}"]),
 }
-STEP_CASES = list(CASES)
+# The full-size networks take seconds for three CPU steps: slow (the small ones keep the fast tier honest).
+STEP_CASES = [pytest.param(case, marks=[pytest.mark.slow] * (CASES[case][0] != "smoke" and case.startswith("resnet18")))
+              for case in CASES]
 STEPS = 3
 
 

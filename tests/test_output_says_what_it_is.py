@@ -205,6 +205,7 @@ def test_export_with_tta_scores_as_the_run_did(run, tmp_path, capsys):
     assert torch.allclose(got.softmax(1).sum(1), torch.ones(len(got)))  # still logits
 
 
+@pytest.mark.slow
 def test_export_with_tta_in_torchscript_and_not_in_safetensors(run, tmp_path):
     import cifarlab
     from cifarlab.errors import UserError

@@ -78,6 +78,7 @@ def _linked(markdown: str) -> list[str]:
 
 # ---------------------------------------------------------------- plots
 
+@pytest.mark.slow
 def test_plots_write_png_files(tmp_path):
     torch.manual_seed(0)
     rows = _metrics_rows()
@@ -271,6 +272,7 @@ def analysis_modules(monkeypatch):
             monkeypatch.setitem(sys.modules, f"cifarlab.analysis.{name}", fake)
 
 
+@pytest.mark.slow
 def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     sources = pytest.importorskip("cifarlab.data.sources", reason="cifarlab.data.sources not written yet")
     from cifarlab.analysis.run_report import analyze_run

@@ -25,6 +25,7 @@ def cifarlab(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(SRC)})
 
 
+@pytest.mark.slow
 def test_shortened_recipe_keeps_the_peak_at_its_fraction_and_says_so(tmp_path):
     done = cifarlab("show", "custom-resnet-onecycle", "train.epochs=5", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -61,6 +61,7 @@ def swept(tmp_path_factory):
     return code, root / "sweep"
 
 
+@pytest.mark.slow
 def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
     code, sweep_dir = swept
     assert code == 0
@@ -109,6 +110,7 @@ def test_sweep_and_run_reports_render_in_headless_chromium(swept):
         assert result["broken"] == [] and result["failed"] == [] and result["errors"] == [], (page, result)
 
 
+@pytest.mark.slow
 def test_grid_tries_every_combination_once(tmp_path):
     sweep_dir = tmp_path / "grid"
     assert main(["sweep", "smoke", *FAST, *ONE_EPOCH, "--grid", "seed=0,1", "optim.lr=0.05",
@@ -120,6 +122,7 @@ def test_grid_tries_every_combination_once(tmp_path):
     assert (sweep_dir / "best.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path):
     sweep_dir = tmp_path / "seeds"
     assert main(["sweep", "smoke", *FAST, *ONE_EPOCH, "--grid", "optim.lr=0.05", "--seeds", "2",
@@ -148,6 +151,7 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, s
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsys):
     path = _space(tmp_path)
     args = ["sweep", "smoke", str(path), "train.threads=1", "output.tensorboard=false", "output.progress=none",
@@ -159,6 +163,7 @@ def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsy
     assert read_summary(_run_dirs(tmp_path / "s")[0]).selected_by == "test_acc"
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
     from cifarlab.sweep import define_sweep, run_sweep
 
@@ -288,6 +293,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
 
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_sweep_of_the_folder_recipe_decides_its_auto_values_once_from_the_data(tmp_path, capsys, monkeypatch):
     """The folder recipe leaves batch size, epochs and the validation split to the data: a sweep decides

@@ -43,6 +43,7 @@ def test_a_split_that_leaves_nothing_is_one_clear_error(size):
         stratified_split(_split(), size, seed=0)
 
 
+@pytest.mark.slow
 def test_validation_selects_best_pt_and_is_logged_everywhere(tmp_path, capsys):
     assert main(["train", "smoke", f"output.dir={tmp_path}", "data.val_split=0.125", "output.report=true",
                  *COMMON]) == 0
