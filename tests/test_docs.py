@@ -20,7 +20,8 @@ The convention (docs/README.md says it for writers):
 - A block whose first line is a comment naming a file (`# space.yaml`, `# mypkg/nets.py`) shows that file:
   the examples folder holds exactly that text before any example runs.
 - ```text (or any other language) blocks are output or layouts: never run.
-All run in one folder, in page order, so an example may use what an earlier one on its page made. It holds
+All run in one folder, in page order, so an example may use what an earlier one on its page made (so one
+worker runs this file: pytest-xdist's --dist loadfile, as the Makefile has it). It holds
 a finished short fmnist-quick run, named in the docs `runs/fmnist-quick/20261129-120000`, an image
 folder `my_photos/` (train/ and test/, 10 classes of real Fashion-MNIST) and two images `shoe.png`,
 `bag.png`. `runs/RECIPE/<time>` stands for the newest run directory of RECIPE there (the one an earlier
