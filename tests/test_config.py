@@ -43,10 +43,11 @@ def test_resolved_config_round_trips_through_yaml():
     ("lr_find.end_lr=1e-9", "lr_find"),
     ("no_equals_sign", "must look like key=value"),
     ("optim.lr.value=1", "optim.lr is a value, not a section"),
+    ("optim.name=adam optim.nesterov=true", "nesterov applies to sgd only, not adam"),
 ])
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(UserError) as err:
-        load_config("smoke", [override])
+        load_config("smoke", override.split())
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

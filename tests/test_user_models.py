@@ -140,3 +140,16 @@ def test_model_module_must_be_a_module_name():
 def test_the_user_module_in_the_docs_is_the_one_tested():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "ecosystem.md").read_text()
     assert textwrap.dedent(USER_MODULE).strip() in doc
+
+
+def test_options_a_user_factory_does_not_take_are_named_as_such_before_any_run_directory(tmp_path, user_module,
+                                                                                         capsys):
+    from cifarlab.cli import main
+
+    # The smoke recipe's options are convnet's: tiny_mlp takes `hidden`, not `width`.
+    assert main(["train", "smoke", f"output.dir={tmp_path}", "model.name=tiny_mlp", f"model.module={MODULE}",
+                 "output.progress=none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model 'tiny_mlp' could not be built with model.options={'width': 8}" in err[0], err
+    assert "width" in err[0] and "too small" not in err[0]
+    assert not (tmp_path / "smoke").exists()

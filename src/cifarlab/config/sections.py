@@ -169,6 +169,14 @@ class OptimConfig(ConfigSection):
         description=("Learning rate multiplier for normalisation layers' parameters, whose weight decay is divided "
                      "by it (airbench's bias scaler, 64); null: off."))
 
+    @model_validator(mode="after")
+    def _nesterov_is_sgd_only(self):
+        # Checked with the config, not when the optimizer is built: a sweep that offers adam on a recipe
+        # with nesterov is refused before its first trial, not at it.
+        if self.nesterov and self.name != "sgd":
+            raise ValueError(f"nesterov applies to sgd only, not {self.name}; set optim.nesterov=false with it")
+        return self
+
 
 class ScheduleConfig(ConfigSection):
     """One LR schedule. Fields not used by `name` are ignored; per-step schedules step every batch."""

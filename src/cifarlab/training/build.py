@@ -74,13 +74,24 @@ def check_model_input(model_cfg, dataset: Dataset) -> None:
     except Exception:  # confirmed or dismissed below
         pass
     try:
+        model = build_model(model_cfg, dataset.num_classes, C).eval()
+    except UserError:
+        raise
+    except Exception as err:  # e.g. a user's factory given options it does not take
+        raise UserError(f"model {model_cfg.name!r} could not be built with model.options={dict(model_cfg.options)} "
+                        f"({_reason(err)}); give the options its factory takes") from None
+    try:
         with torch.no_grad():
-            build_model(model_cfg, dataset.num_classes, C).eval()(torch.zeros(1, C, size, size))
+            model(torch.zeros(1, C, size, size))
     except Exception as err:
-        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        reason = _reason(err)
         raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
                         f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
                         f"or a model for small images") from None
+
+
+def _reason(err: Exception) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
 
 
 def monitors(cfg: Config, has_val: bool) -> tuple[str, str]:

@@ -38,8 +38,6 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
-    if cfg.nesterov:
-        raise UserError(f"optim.nesterov applies to sgd only, not {cfg.name}")
     kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     return kind(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
