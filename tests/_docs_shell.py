@@ -65,6 +65,9 @@ def short_run(argv: list[str]) -> list[str]:
     return argv + _short_overrides(argv[0], recipe, overrides) + FAST
 
 
+MAX_EPOCHS = 5  # a command that sets more epochs (README: `train.epochs=30`) trains this many
+
+
 def _short_overrides(command: str, recipe: str, overrides: list[str]) -> list[str]:
     given = {arg.split("=", 1)[0] for arg in overrides}
     cfg = load_config(recipe, overrides)
@@ -77,7 +80,9 @@ def _short_overrides(command: str, recipe: str, overrides: list[str]) -> list[st
     if command == "lr-find" or cfg.schedule.lr_peak == "auto":
         extra.append("lr_find.num_iter=10")
     if command != "lr-find":
-        extra += [] if "train.epochs" in given else ["train.epochs=1"]
+        epochs = cfg.train.epochs if "train.epochs" in given else 1
+        if epochs == 1 or (isinstance(epochs, int) and epochs > MAX_EPOCHS):
+            extra.append(f"train.epochs={min(epochs, MAX_EPOCHS)}")
         extra += [] if "output.report" in given else ["output.report=false"]
     return extra
 
@@ -149,7 +154,10 @@ class Shell:
         program, args = argv[0], _globbed(argv[1:])
         if program == "cifarlab":
             self.capsys.readouterr()
-            code = main(short_run(args))
+            try:
+                code = main(short_run(args))
+            except SystemExit as done:  # argparse's --help and --version exit, as the real program does
+                code = done.code or 0
             out, err = self.capsys.readouterr()
             return code, out + err
         if program == "python" and args and args[0].startswith("bench/"):

@@ -20,6 +20,9 @@ The convention (docs/README.md says it for writers):
 - A block whose first line is a comment naming a file (`# space.yaml`, `# mypkg/nets.py`) shows that file:
   the examples folder holds exactly that text before any example runs.
 - ```text (or any other language) blocks are output or layouts: never run.
+- A whole `cifarlab` command written inline in prose (a subcommand and an argument, no placeholder such
+  as RECIPE, `<time>` or `...`) runs like a bash line; `cifarlab report` or `cifarlab resume RUN_DIR`
+  only names a command.
 All run in one folder, in page order, so an example may use what an earlier one on its page made (so one
 worker runs this file: pytest-xdist's --dist loadfile, as the Makefile has it). It holds
 a finished short fmnist-quick run, named in the docs `runs/fmnist-quick/20261129-120000`, an image
@@ -28,10 +31,10 @@ folder `my_photos/` (train/ and test/, 10 classes of real Fashion-MNIST) and two
 example trained). A `postgresql://...@db-host/...` URL is a throwaway PostgreSQL server on 127.0.0.1
 (tests/_postgres.py). Hugging Face and W&B keep their caches in the folder, offline.
 A command that would train long runs shortened (`short_run`, tests/_docs_shell.py): one epoch unless it
-sets `train.epochs`, Fashion-MNIST/MNIST cut to 1,000/500 images, a CIFAR recipe (CIFAR-10 is not on the
-test machine) on synthetic 32x32 images with a width-4 convnet, a 10-step range test, no report unless
-asked for; a sweep at most 2 such trials; `python bench/precision.py` 1 step, 1 pair, batch 2, convnet
-alone unless the line names --models.
+sets `train.epochs` (then at most 5), Fashion-MNIST/MNIST cut to 1,000/500 images, a CIFAR recipe
+(CIFAR-10 is not on the test machine) on synthetic 32x32 images with a width-4 convnet, a 10-step range
+test, no report unless asked for; a sweep at most 2 such trials; `python bench/precision.py` 1 step,
+1 pair, batch 2, convnet alone unless the line names --models.
 """
 from __future__ import annotations
 
@@ -87,6 +90,27 @@ def _blocks():
                 line = text.count("\n", 0, match.start()) + 1
                 # Every example waits for the examples folder, which trains a run first: all are slow.
                 yield pytest.param(language, body, id=f"{page.relative_to(ROOT)}:{line}", marks=[pytest.mark.slow])
+        for line, command in inline_commands(text):
+            yield pytest.param("bash", command, id=f"{page.relative_to(ROOT)}:{line}:inline", marks=[pytest.mark.slow])
+
+
+INLINE = re.compile(r"`(cifarlab [^`]+)`")
+PLACEHOLDER = re.compile(r"<|\.\.\.|\b[A-Z][A-Z_]{2,}\b")  # runs/<time>, sweeps/.../x, RECIPE, RUN_DIR
+
+
+def inline_commands(text: str) -> list[tuple[int, str]]:
+    """(line, command) of the whole `cifarlab` commands written inline in prose, outside the blocks: those
+    with at least a subcommand and an argument that is not an option, and no placeholder. `cifarlab
+    report`, `cifarlab eval --precision fp32` and `cifarlab resume RUN_DIR` name a command; they are
+    references, not examples."""
+    found = []
+    prose = FENCE.sub(lambda block: re.sub(r"[^\n]", " ", block.group(0)), text)  # same positions, no blocks
+    for match in INLINE.finditer(prose):
+        command = " ".join(match.group(1).split())
+        words = command.split()
+        if len(words) >= 3 and not PLACEHOLDER.search(command) and (words[2] == "--help" or words[2][0] != "-"):
+            found.append((text.count("\n", 0, match.start()) + 1, command))
+    return found
 
 
 def shown_files() -> dict[str, str]:
