@@ -12,9 +12,10 @@ every log line) = the model's training FLOPs per image x images/s / the device's
     TF32, which `runtime.make_runtime` enables). Datasheet peaks are what MFU is reported against, so a
     figure here compares with nanoGPT's and the papers'.
   * a CPU, or a GPU not in the table: a short matmul probe at the run's precision and thread count (on a
-    CPU timed in CPU seconds, see `probe_peak`). A CPU's datasheet peak hangs on its clock under load and
-    its vector units, which cannot be read reliably; what a matmul achieves on these cores is an honest
-    denominator. MFU is then "of the measured matmul peak", and the summary says so (`peak_flops_source`).
+    CPU timed in CPU seconds, see `probe_peak`), or in fp32 where that is faster (emulated bf16). A CPU's
+    datasheet peak hangs on its clock under load and its vector units, which cannot be read reliably;
+    what a matmul achieves on these cores is an honest denominator. MFU is then "of the measured matmul
+    peak", and the summary says so (`peak_flops_source`).
 """
 from __future__ import annotations
 
@@ -137,10 +138,16 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
             return peak, f"datasheet: {name}, {precision} dense" + (" as TF32" if precision == "fp32" else "")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     threads = torch.get_num_threads()
-    peak = probe_peak(device.type, device.index, dtype, threads)
+    peak, probed = probe_peak(device.type, device.index, dtype, threads), precision
+    if dtype != torch.float32:
+        # The device's peak is its fastest matmul: where bf16 is emulated (a CPU without AVX512-BF16 or
+        # AMX) fp32 is faster, and a bf16 run measured against its own slow matmul showed MFU over 100%.
+        fp32_peak = probe_peak(device.type, device.index, torch.float32, threads)
+        if fp32_peak > peak:
+            peak, probed = fp32_peak, f"fp32 (faster here than {precision})"
     plural = "s" if threads != 1 else ""
     where = f"{threads} thread{plural}" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    return peak, f"matmul probe: {device.type}, {precision}, {where}"
+    return peak, f"matmul probe: {device.type}, {probed}, {where}"
 
 
 def measure_speed(state) -> Optional[Speed]:
