@@ -86,6 +86,7 @@ def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
         assert (sweep_dir / "plots" / f"{plot}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_best_yaml_trains_as_is_into_the_best_trials_config(swept, tmp_path, monkeypatch):
     _, sweep_dir = swept
     best = max(_trials(sweep_dir, "smoke-space"), key=lambda t: t.value)

@@ -41,7 +41,7 @@ def test_a_cpu_peak_is_measured_and_says_so():
     assert 1e8 < peak < 1e14 and source.startswith("matmul probe: cpu, fp32")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16: emulated, slow
 def test_epoch_line_and_summary_show_images_per_second_and_mfu(tmp_path, capsys, precision):
     """In both precisions on any CPU: a bf16 run where bf16 is emulated once showed MFU 214% (its peak was
     the slow bf16 matmul; the peak is now the faster of the two)."""
