@@ -25,17 +25,18 @@ OVERLAY_CMAP = "jet"
 
 # ---------------------------------------------------------------- helpers
 
-def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
-    """`fig` as a PNG at `path`. `tight` crops to what is drawn, which costs one more layout pass over every
-    artist; image grids laid out by `_image_grid` fit their figure already and pass False."""
+def _save(fig: Figure, path: str | Path, tight: bool = False) -> Path:
+    """`fig` as a PNG at `path`. Constrained layout or `_image_grid` has fitted everything into the figure
+    already; `tight` also crops the margins that an equal-aspect plot leaves, at the cost of one more pass
+    measuring every artist, so only the confusion matrix asks for it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a read-only run directory: one line, like every other write
         raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     FigureCanvasAgg(fig)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
-                                                  facecolor="white"))
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, facecolor="white",
+                                                  bbox_inches="tight" if tight else None))
     return path
 
 
@@ -241,7 +242,7 @@ def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalis
                         color="white" if values[i, j] > threshold else "black")
     kind = "row-normalised, %" if normalised else "counts"
     ax.set(title=f"Confusion matrix ({kind})", xlabel="predicted class", ylabel="true class")
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 # ---------------------------------------------------------------- image grids
@@ -251,7 +252,7 @@ def plot_gallery(images_uint8: Any, titles: Sequence[str], path: str | Path, nco
     fig, axes = _image_grid(titles, ncols, panel_inches=2.0, suptitle="Misclassified test images, highest loss first")
     for ax, image in zip(axes, images_uint8):
         _show(ax, image)
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def _upsample(cam: Any, size: tuple[int, int]) -> np.ndarray:
@@ -287,7 +288,7 @@ def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequen
             if cam is not None:
                 ax.imshow(_upsample(cam, pixels.shape[:2]), cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1,
                           interpolation="bilinear")
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def plot_augment_preview(before_uint8: Any, after_float01: Any, path: str | Path) -> Path:
@@ -300,7 +301,7 @@ def plot_augment_preview(before_uint8: Any, after_float01: Any, path: str | Path
         _show(axes[count + i], after_float01[i])
     axes[0].set_ylabel("original", fontsize=10)
     axes[count].set_ylabel("augmented", fontsize=10)
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------- several runs
