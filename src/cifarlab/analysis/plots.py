@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -87,12 +88,13 @@ SUPTITLE_INCHES = 0.4
 TITLE_PAD_POINTS = 6.0  # matplotlib's axes.titlepad
 
 
-def _text_inches(texts: Sequence[str], fontsize: float) -> tuple[float, float]:
+def _text_inches(texts: Sequence[str], fontsize: float | str) -> tuple[float, float]:
     """(widest line, tallest text) of `texts` in inches at `fontsize`, measured with the font's metrics."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextToPath
 
     font, measure = FontProperties(size=fontsize), TextToPath()
+    fontsize = font.get_size_in_points()
     widths = [measure.get_text_width_height_descent(line, font, ismath=False)[0]
               for text in texts for line in text.split("\n") if line]
     lines = max((len(text.split("\n")) for text in texts if text), default=0)
@@ -100,9 +102,10 @@ def _text_inches(texts: Sequence[str], fontsize: float) -> tuple[float, float]:
 
 
 def _image_grid(titles: Sequence[str], ncols: int, panel_inches: float, suptitle: str, title_fontsize: float = 9,
-                left_inches: float = GRID_MARGIN_INCHES) -> tuple[Figure, Any, list[tuple[float, float, float]]]:
-    """A figure of one square panel per title ("" for none), `ncols` a row, `suptitle` on top: the figure,
-    its one Axes (axis off, data coordinates in inches from the top left) and each panel's (left, top, side).
+                left_inches: float = GRID_MARGIN_INCHES, aspect: float = 1.0) -> tuple[Figure, Any, list]:
+    """A figure of one panel per title ("" for none), `panel_inches` wide and `aspect` (height / width) as
+    high, `ncols` a row, `suptitle` on top: the figure, its one Axes (axis off, data coordinates in inches
+    from the top left) and each panel's (left, top, width, height).
 
     Laid out once here, in inches from the titles' measured size, on a single Axes: one Axes per image under
     constrained layout and bbox_inches="tight" measured every axis, tick and title on each save, and
@@ -116,7 +119,10 @@ def _image_grid(titles: Sequence[str], ncols: int, panel_inches: float, suptitle
     gap, side = max(GRID_GAP_INCHES, overhang + 0.1), max(GRID_MARGIN_INCHES, overhang / 2 + 0.05)
     left = max(left_inches, side)
     width = left + ncols * panel_inches + (ncols - 1) * gap + side
-    row_inches = title_inches + panel_inches + GRID_GAP_INCHES
+    suptitle_width = _text_inches([suptitle], rcParams["figure.titlesize"])[0] + 2 * GRID_MARGIN_INCHES
+    left, width = left + max(0.0, suptitle_width - width) / 2, max(width, suptitle_width)
+    panel_height = panel_inches * aspect
+    row_inches = title_inches + panel_height + GRID_GAP_INCHES
     height = SUPTITLE_INCHES + nrows * row_inches - GRID_GAP_INCHES + GRID_MARGIN_INCHES
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1), xlim=(0, width), ylim=(height, 0))
@@ -126,7 +132,7 @@ def _image_grid(titles: Sequence[str], ncols: int, panel_inches: float, suptitle
     for i, title in enumerate(titles):
         row, col = divmod(i, ncols)
         x, y = left + col * (panel_inches + gap), SUPTITLE_INCHES + row * row_inches + title_inches
-        panels.append((x, y, panel_inches))
+        panels.append((x, y, panel_inches, panel_height))
         if title:
             ax.text(x + panel_inches / 2, y - TITLE_PAD_POINTS / 72, title, ha="center", va="bottom",
                     fontsize=title_fontsize, linespacing=1.2)
@@ -134,13 +140,20 @@ def _image_grid(titles: Sequence[str], ncols: int, panel_inches: float, suptitle
     return fig, ax, panels
 
 
-def _draw(ax, panel: tuple[float, float, float], pixels: np.ndarray, cmap: str | None = None, frame: bool = False,
-          **imshow_options) -> None:
-    """`pixels` (H, W[, 3]) in [0, 1] into `panel` of an `_image_grid`, centred at its own aspect ratio."""
-    x, y, side = panel
+def _aspect(images: Any) -> float:
+    """Height / width of (N, C, H, W) images; 1 for none."""
+    return images.shape[-2] / images.shape[-1] if len(images) else 1.0
+
+
+def _draw(ax, panel: tuple[float, float, float, float], pixels: np.ndarray, cmap: str | None = None,
+          frame: bool = False, **imshow_options) -> None:
+    """`pixels` (H, W[, 3]) in [0, 1] into `panel` of an `_image_grid` at its own aspect ratio, centred
+    across and at the top (under its title)."""
+    x, y, panel_width, panel_height = panel
     H, W = pixels.shape[:2]
-    width, height = side * min(1.0, W / H), side * min(1.0, H / W)
-    x, y = x + (side - width) / 2, y + (side - height) / 2
+    scale = min(panel_width / W, panel_height / H)
+    width, height = W * scale, H * scale
+    x += (panel_width - width) / 2
     ax.imshow(pixels, cmap=cmap, vmin=0.0, vmax=1.0, extent=(x, x + width, y + height, y), aspect="auto",
               **{"interpolation": "nearest", **imshow_options})
     if frame:
@@ -262,7 +275,7 @@ def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalis
 
 def plot_gallery(images_uint8: Any, titles: Sequence[str], path: str | Path, ncols: int = 5) -> Path:
     """Grid of (N, C, H, W) images with a title each, e.g. "dog → cat (p=0.87)\\nloss 2.31"."""
-    fig, ax, panels = _image_grid(titles, ncols, panel_inches=2.0,
+    fig, ax, panels = _image_grid(titles, ncols, panel_inches=2.0, aspect=_aspect(images_uint8),
                                   suptitle="Misclassified test images, highest loss first")
     for panel, image in zip(panels, images_uint8):
         _draw(ax, panel, *_as_hwc(image), frame=True)
@@ -293,6 +306,7 @@ def plot_gradcam(images_uint8: Any, cam_pred: Any, cam_true: Any, titles: Sequen
     per_row = 2 if count > 4 else 1
     panel_titles = [title for image_title in titles for title in (image_title, "predicted-class map", f"{other} map")]
     fig, ax, panels = _image_grid(panel_titles, 3 * per_row, panel_inches=1.9, title_fontsize=8,
+                                  aspect=_aspect(images_uint8),
                                   suptitle=f"Grad-CAM: where the model looked for its prediction vs. for the {other}")
     for i in range(count):
         pixels, cmap = _as_hwc(images_uint8[i])
@@ -308,12 +322,13 @@ def plot_augment_preview(before_uint8: Any, after_float01: Any, path: str | Path
     """The same training images before (top row) and after (bottom row) the recipe's augmentation."""
     count = max(len(before_uint8), 1)
     fig, ax, panels = _image_grid([""] * (2 * count), count, panel_inches=1.4, left_inches=0.35,
+                                  aspect=_aspect(before_uint8),
                                   suptitle="Training images before and after augmentation")
     for i in range(len(before_uint8)):
         _draw(ax, panels[i], *_as_hwc(before_uint8[i]), frame=True)
         _draw(ax, panels[count + i], *_as_hwc(after_float01[i]), frame=True)
-    for (x, y, side), label in zip((panels[0], panels[count]), ("original", "augmented")):
-        ax.text(x - 0.08, y + side / 2, label, rotation=90, ha="right", va="center", fontsize=10)
+    for (x, y, _, height), label in zip((panels[0], panels[count]), ("original", "augmented")):
+        ax.text(x - 0.08, y + height / 2, label, rotation=90, ha="right", va="center", fontsize=10)
     return _save(fig, path)
 
 
