@@ -27,8 +27,9 @@ from cifarlab.run.records import Summary, read_summary
 from cifarlab.run.records import write_summary as write_summary_file
 from cifarlab.runtime import Runtime, is_rank_zero, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, check_model_input, default_callbacks, load_data
-from cifarlab.training.callbacks import Callback, mark_best_completed
+from cifarlab.training.callbacks import Callback
 from cifarlab.training.checkpoint import restore
+from cifarlab.training.checkpointer import mark_best_completed
 from cifarlab.training.loop import fit
 from cifarlab.training.preflight import check_integrations
 from cifarlab.training.sizing import few_steps_warning, size_to_data
