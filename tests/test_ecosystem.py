@@ -186,12 +186,12 @@ def test_progress_uses_tqdm_auto_bars_in_a_jupyter_kernel(monkeypatch):
 
     import tqdm.auto
 
-    from cifarlab.training import callbacks as cb
+    from cifarlab.training.progress_printer import ProgressPrinter
 
-    assert not cb.Progress("auto", io.StringIO()).bars  # not a terminal, not a notebook: plain lines
+    assert not ProgressPrinter("auto", io.StringIO()).bars  # not a terminal, not a notebook: plain lines
     shell = types.SimpleNamespace(config={"IPKernelApp": {}})
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
-    progress = cb.Progress("auto", io.StringIO())
+    progress = ProgressPrinter("auto", io.StringIO())
     assert progress.bars
     made = []
     monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kwargs: made.append(kwargs) or types.SimpleNamespace())

@@ -133,7 +133,7 @@ def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_traini
     and those steps must land in compile_seconds, not in the epoch's images/s."""
     from cifarlab.runtime import make_runtime
     from cifarlab.training.build import build_state, load_data
-    from cifarlab.training.callbacks import ModelEpochs
+    from cifarlab.training.model_epochs import ModelEpochs
     from cifarlab.training.state import COMPILE_WARMUP_STEPS
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)

@@ -24,12 +24,18 @@ from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime
-from cifarlab.training import callbacks as cb
+from cifarlab.training.callbacks import Callback, Callbacks
+from cifarlab.training.checkpointer import Checkpointer
+from cifarlab.training.csv_logger import CSVLogger
 from cifarlab.training.ema import EMA
 from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.metrics import StepMetrics
+from cifarlab.training.model_epochs import ModelEpochs
 from cifarlab.training.optim import GradStep, Schedule, build_optimizer
+from cifarlab.training.progress_printer import ProgressPrinter
 from cifarlab.training.state import COMPILE_WARMUP_STEPS, ProcessValues, TrainObjects, TrainState
+from cifarlab.training.stopping import EarlyStop, StopOnSignal
+from cifarlab.training.tensorboard_logger import TensorBoard
 
 ARRAYS = "arrays"  # data.dataset of a run whose images came from Python (`cifarlab.train(cfg, data=...)`)
 
@@ -187,16 +193,16 @@ def wrap_for_training(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Mod
     return torch.compile(wrapped, mode=None if mode == "default" else mode)
 
 
-def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks:
-    callbacks: list[cb.Callback] = [cb.ModelEpochs(), cb.StopOnSignal()]
+def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> Callbacks:
+    callbacks: list[Callback] = [ModelEpochs(), StopOnSignal()]
     if cfg.train.early_stop_patience:
-        callbacks.append(cb.EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta))
+        callbacks.append(EarlyStop(cfg.train.early_stop_patience, cfg.train.early_stop_min_delta))
     if is_main:
-        callbacks += [cb.Progress(cfg.output.progress), cb.CSVLogger(run_dir / layout.METRICS),
-                      cb.Checkpointer(run_dir / layout.CHECKPOINTS, cfg.checkpoint.every_epochs,
-                                      cfg.checkpoint.every_steps)]
+        callbacks += [ProgressPrinter(cfg.output.progress), CSVLogger(run_dir / layout.METRICS),
+                      Checkpointer(run_dir / layout.CHECKPOINTS, cfg.checkpoint.every_epochs,
+                                   cfg.checkpoint.every_steps)]
         if cfg.output.tensorboard:
-            callbacks.append(cb.TensorBoard(run_dir / layout.TENSORBOARD))
+            callbacks.append(TensorBoard(run_dir / layout.TENSORBOARD))
         if cfg.output.mlflow:
             from cifarlab.training.mlflow_logger import MLflowLogger
 
@@ -205,4 +211,4 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> cb.Callbacks
             from cifarlab.training.wandb_logger import WandbLogger
 
             callbacks.append(WandbLogger(run_dir, cfg.output.wandb_project))
-    return cb.Callbacks(callbacks)
+    return Callbacks(callbacks)

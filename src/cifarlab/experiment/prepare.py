@@ -1,0 +1,141 @@
+"""Before a run trains: its config checked against the data and the machine, its state built and
+announced. Everything here may still refuse the run; nothing is written but config.yaml, at the end."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from cifarlab.atomic import atomic_write_text
+from cifarlab.config import Config, load_config
+from cifarlab.data.dataset import Dataset
+from cifarlab.errors import UserError
+from cifarlab.run import layout
+from cifarlab.runtime import Runtime, make_runtime
+from cifarlab.training.build import ARRAYS, build_state, check_model_input
+from cifarlab.training.preflight import check_integrations
+from cifarlab.training.sizing import few_steps_warning, size_to_data
+from cifarlab.training.state import TrainState
+
+
+def checked_config(config: Union[Config, str, None], overrides: Sequence[str], data,
+                   run_dir: Optional[Path]) -> tuple[Config, Runtime, Dataset]:
+    """`train`'s config resolved (recipe + overrides, `auto` sizes -> numbers), its runtime and its data,
+    checked before the run directory exists: the user's model module, integrations, `model.init_from`."""
+    cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
+    if isinstance(config, Config) and overrides:
+        raise ValueError("pass overrides with a recipe name or path, not with a Config object")
+    from cifarlab.models.registry import import_user_modules
+
+    import_user_modules(cfg.model.module)  # the user's recipe names it: their model registers itself
+    if cfg.output.wandb:
+        from cifarlab.training.wandb_logger import require_wandb
+
+        require_wandb()
+    source = source_dataset(data)
+    if source is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": ARRAYS})})
+    if run_dir is None:
+        layout.check_run_name(cfg.name)
+    runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
+    default_threads(cfg, runtime)
+    cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
+    check_model_input(cfg.model, dataset)
+    check_integrations(cfg.output)
+    if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
+        from cifarlab.models.registry import build_model
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
+                             dataset.classes, dataset.in_channels)
+    return cfg, runtime, dataset
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """`train(run_dir=...)` starts a run: into a new or empty folder, never over files already there (an
+    earlier run's checkpoints and metrics would be overwritten or mixed with the new ones)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir} is a file; give a new or empty folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = (f"; continue that run with cifarlab.resume({str(run_dir)!r})"
+                if (run_dir / layout.CONFIG).exists() else "")
+        raise UserError(f"run_dir {run_dir} is not empty: a new run goes into a new or empty folder{hint}")
+
+
+def source_dataset(data) -> Optional[Dataset]:
+    """`data=` of `train`/`resume` as a validated Dataset, or None when the config names the data."""
+    if data is None:
+        return None
+    from cifarlab.data.arrays import as_dataset
+
+    return as_dataset(data)
+
+
+def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
+    """Range test if asked, then the state; the run is announced only once nothing can be rejected."""
+    source = _lr_peak_source(cfg)
+    if cfg.output.mlflow:
+        from cifarlab.training.mlflow_logger import require_mlflow
+
+        require_mlflow()
+    if cfg.schedule.lr_peak == "auto":
+        from cifarlab.lr_range.search import find_peak_lr
+
+        cfg = find_peak_lr(cfg, runtime, dataset, run_dir)
+    state = build_state(cfg, runtime, dataset, run_dir)
+    if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
+        from cifarlab.training.warmstart import init_from_checkpoint
+
+        announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
+    onecycle_peak = cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak
+    state.progress.lr_peak = cfg.schedule.lr_peak if onecycle_peak else cfg.optim.lr
+    state.progress.lr_peak_source = source
+    if runtime.dist.is_main:
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
+    announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
+    optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
+    warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
+    if warning:
+        announce(warning, runtime)
+    return state
+
+
+def data_line(dataset: Dataset) -> str:
+    """`data: fashion_mnist, 60,000 train / 10,000 test images, from <origin>`: counts first, then where."""
+    val = f" / {len(dataset.val.labels):,} validation" if dataset.val is not None else ""
+    return (f"data: {dataset.name}, {len(dataset.train.labels):,} train{val} / {len(dataset.test.labels):,} test "
+            f"images, from {dataset.origin}")
+
+
+def _lr_peak_source(cfg: Config) -> str:
+    """How the run's peak learning rate is chosen, for summary.json."""
+    if cfg.schedule.name != "onecycle" or cfg.schedule.lr_peak is None:
+        return "optim.lr"
+    if cfg.schedule.lr_peak == "auto":
+        return f"range test (lr_find.suggestion={cfg.lr_find.suggestion})"
+    return "schedule.lr_peak"
+
+
+def announce(text: str, runtime: Runtime) -> None:
+    """`text` on stderr, from one process of a multi-process run."""
+    if runtime.dist.is_main:
+        print(text, file=sys.stderr, flush=True)
+
+
+def default_threads(cfg: Config, runtime: Runtime) -> None:
+    # Several CPU processes on one machine: split the cores instead of oversubscribing them.
+    if runtime.dist.enabled and runtime.device.type == "cpu" and not cfg.train.threads:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.dist.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def shared_run_dir(run_dir: Optional[Path], runtime: Runtime) -> Path:
+    """Rank 0 names the run directory; the other ranks learn it."""
+    if not runtime.dist.enabled:
+        return run_dir
+    box = [str(run_dir) if run_dir else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return Path(box[0])

@@ -1,0 +1,108 @@
+"""Whether and how a run directory goes on: the checks on its checkpoint and summary.json (a finished or
+diverged run is refused), the config of a run extended to more epochs, and the state restored to go on."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cifarlab.atomic import atomic_write_text
+from cifarlab.config import Config, validate
+from cifarlab.data.checks import check_same_data
+from cifarlab.data.dataset import Dataset
+from cifarlab.errors import UserError
+from cifarlab.experiment.prepare import announce, default_threads, source_dataset
+from cifarlab.run import layout
+from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
+from cifarlab.run.records import Summary, read_summary
+from cifarlab.runtime import make_runtime
+from cifarlab.training.build import build_state, load_data
+from cifarlab.training.checkpoint import restore
+from cifarlab.training.checkpointer import mark_best_completed
+from cifarlab.training.preflight import check_integrations
+from cifarlab.training.state import TrainState
+
+
+@dataclass
+class ResumePoint:
+    """A checked checkpoint to go on from: its payload, the file read (last.pt or its previous copy), the
+    run's config (extended when asked), whether training had finished, and the summary.json found."""
+    payload: dict
+    checkpoint_used: Path
+    cfg: Config
+    finished: bool
+    previous: Summary
+
+
+def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> ResumePoint:
+    """The run's checkpoint, checked before anything is written; refuses a run that already finished (unless
+    extended to `epochs`) and one that diverged."""
+    payload, used = load_checkpoint_with_path(checkpoint)
+    cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
+    if epochs is not None:
+        cfg = extend_config(cfg, payload["epoch"], epochs)
+    check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
+    try:
+        previous = read_summary(run_dir, required=False) or Summary()
+    except UserError:
+        previous = Summary()
+    finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
+    if finished and previous.status == "completed" and previous.epochs_completed == payload["epoch"]:
+        raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
+                        f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
+                        f"or start a new run with `cifarlab train`")
+    if not finished and "diverged" in (previous.status, payload["status"]):
+        step = previous.diverged_at.get("step") if isinstance(previous.diverged_at, dict) else None
+        raise UserError(f"run {run_dir} diverged at step {step}; resuming "
+                        f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
+    written_with = payload.get("versions", {}).get("torch")
+    if written_with != versions()["torch"]:
+        print(f"warning: {used} was written with torch {written_with}, this is "
+              f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
+              file=sys.stderr, flush=True)
+    return ResumePoint(payload, used, cfg, finished, previous)
+
+
+def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tuple[TrainState, Dataset]:
+    """The state as `point` saved it, on the run's data (`data`: its arrays, for a run trained on arrays).
+    A finished run's state is stopped where it ended and its best.pt marked completed, for the bookkeeping."""
+    cfg, used = point.cfg, point.checkpoint_used
+    runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
+    default_threads(cfg, runtime)
+    dataset = load_data(cfg.data, cfg.seed, source_dataset(data))
+    check_same_data(point.payload["classes"], point.payload.get("data_fingerprint"), dataset,
+                    ("train", "val", "test"), "resumed")
+    state = build_state(cfg, runtime, dataset, run_dir)
+    restore(state, point.payload, used)
+    state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
+    if point.finished:
+        # The final last.pt was written but the process died before summary.json (which needs the whole
+        # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
+        if state.epoch < cfg.train.epochs and state.stop is None:
+            state.request_stop("stopped early (the checkpoint says the run finished)")
+        missing = "missing" if point.previous.status is None else "out of date"
+        announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
+                 f"is {missing}: rebuilding it from {used}", runtime)
+        mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
+        return state, dataset
+    if extended and runtime.dist.is_main:  # the run's config now records the new total
+        atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
+    announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
+             runtime)
+    return state, dataset
+
+
+def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:
+    """The config of a run extended to `epochs` in all. onecycle and cosine keep the plan they were
+    built over (`schedule.planned_epochs`), so the added epochs hold the lr the plan ended at; per-epoch
+    schedules continue as they would have. Refuses a total that does not exceed the epochs done."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= epochs_done:
+        raise UserError(f"--epochs must be more than the {epochs_done} epochs this run has done, got {epochs}")
+    schedule = cfg.schedule
+    if schedule.name in ("onecycle", "cosine") and schedule.planned_epochs is None:
+        schedule = schedule.model_copy(update={"planned_epochs": cfg.train.epochs})
+    raw = cfg.to_dict()
+    raw["train"]["epochs"] = epochs
+    raw["schedule"] = schedule.model_dump(mode="json")
+    return validate(raw)

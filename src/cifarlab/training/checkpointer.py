@@ -1,0 +1,63 @@
+"""Checkpointer: last.pt and best.pt of a run as it trains; mark_best_completed once it has finished."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.run.layout import BEST, LAST
+from cifarlab.training.callbacks import Callback
+from cifarlab.training.checkpoint import make_payload
+from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
+
+
+class Checkpointer(Callback):
+    """last.pt every N epochs (and every N steps if asked), best.pt on improvement, and on interrupt.
+
+    It only saves: whether the weights are still good is the loop's call (`state.outcome`), so after a
+    divergence last.pt stays the last good state (`state.process.last_checkpoint` says which)."""
+
+    def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
+        self.directory = Path(directory)
+        self.every_epochs, self.every_steps = every_epochs, every_steps
+
+    def save(self, state, *names: str) -> None:
+        payload = make_payload(state)
+        save_checkpoint(payload, *(self.directory / name for name in names))
+        if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
+            state.process.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch,
+                                             "step": state.step, "status": payload["status"]}
+
+    def on_step_end(self, state):
+        if self.every_steps and state.step % self.every_steps == 0 \
+                and state.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
+            self.save(state, LAST)
+
+    def on_epoch_end(self, state):
+        if state.status == "diverged":
+            return
+        names = [BEST] if state.best() is state.history[-1] else []
+        if state.epoch % self.every_epochs == 0 or state.status == "completed":
+            names.append(LAST)
+        if names:  # one serialisation for both files when the newest epoch is also the best
+            self.save(state, *names)
+
+    def on_fit_end(self, state):
+        # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not
+        # when last.pt holds this very step with this status already: an early stop decided before
+        # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
+        saved = state.process.last_checkpoint or {}
+        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST) \
+            and saved.get("status") == state.status
+        if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:
+            self.save(state, LAST)
+        if state.status == "completed":
+            mark_best_completed(self.directory / BEST)
+
+
+def mark_best_completed(best: Path) -> None:
+    """best.pt was written while its run was still running: say now that the run finished."""
+    if best.is_file():
+        payload = load_checkpoint(best)
+        if payload["status"] != "completed":
+            payload["status"] = "completed"
+            save_checkpoint(payload, best)

@@ -1,0 +1,69 @@
+"""The callbacks that end a run early: StopOnSignal (SIGINT/SIGTERM) and EarlyStop (no improvement)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from cifarlab.training.callbacks import Callback
+from cifarlab.training.outcome import INTERRUPTED
+
+
+class StopOnSignal(Callback):
+    """SIGINT/SIGTERM finish the current step; the loop then stops and the checkpointer saves.
+
+    A second signal acts as if there were no handler (KeyboardInterrupt, or termination): the atomic
+    writes keep the checkpoint files whole even then."""
+
+    def __init__(self, stream=None):
+        self.previous = {}
+        self.stream = stream or sys.stderr
+        self._told = False
+
+    def on_fit_start(self, state):
+        def handler(signum, frame):
+            if state.stop is not None and state.stop.kind == INTERRUPTED:  # asked twice: stop now
+                signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+                os.kill(os.getpid(), signum)
+                return
+            state.interrupt(signal.Signals(signum).name, int(signum))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm
+                pass
+
+    def on_step_end(self, state):
+        # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
+        if not self._told and state.stop is not None and state.stop.kind == INTERRUPTED:  # no allocation per step
+            self._told = True
+            name = state.stop.details.get("signal") or "signal"
+            print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
+                  f"stop at once)", file=self.stream, flush=True)
+
+    def on_fit_end(self, state):
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous.clear()
+
+    def on_exception(self, state, error):  # a raising callback must not leave our handler installed
+        self.on_fit_end(state)
+
+
+class EarlyStop(Callback):
+    """Stop when `state.monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+
+    def on_epoch_end(self, state):
+        monitor = state.monitor
+        sign = -1.0 if monitor.endswith("loss") else 1.0
+        best_epoch, best = 0, None
+        for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
+            if best is None or sign * (row[monitor] - best) > self.min_delta:
+                best_epoch, best = row["epoch"], row[monitor]
+        if state.epoch - best_epoch >= self.patience:
+            state.request_stop(f"no improvement in {monitor} by more than {self.min_delta:g} since epoch "
+                               f"{best_epoch}", best_epoch=best_epoch)
