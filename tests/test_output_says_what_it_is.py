@@ -49,7 +49,7 @@ def test_gradcam_plus_plus_gets_a_clean_file_name(run, capsys):
 def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from cifarlab.analysis import plots
+    from cifarlab.analysis import image_grids
     from cifarlab.data.sources import load_dataset
 
     run_dir, _ = run
@@ -59,8 +59,8 @@ def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, mo
         files.append(tmp_path / f"own{i}.png")
         Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(files[-1])
     calls = []
-    real = plots.plot_gradcam
-    monkeypatch.setattr(plots, "plot_gradcam", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    real = image_grids.plot_gradcam
+    monkeypatch.setattr(image_grids, "plot_gradcam", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
     assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", ",".join(map(str, files)),
                  "--out", str(tmp_path / "own.png")]) == 0
     (args, kwargs), = calls

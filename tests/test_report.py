@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.analysis import plots
+from cifarlab.analysis import image_grids, plots
 from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
@@ -91,10 +91,11 @@ def test_plots_write_png_files(tmp_path):
         plots.plot_per_class(torch.tensor([0.8, 0.6, 0.8]), CLASSES, tmp_path / "per_class.png"),
         plots.plot_confusion(conf, CLASSES, tmp_path / "confusion.png", normalised=False),
         plots.plot_confusion(conf, CLASSES, tmp_path / "confusion_normalised.png", normalised=True),
-        plots.plot_gallery(images, [f"cat → dog (p=0.{i}7)\nloss 1.2{i}" for i in range(6)], tmp_path / "gallery.png"),
-        plots.plot_gradcam(images, cams, cams.flip(-1), [f"true cat, pred dog {i}" for i in range(6)],
-                           tmp_path / "gradcam.png"),
-        plots.plot_augment_preview(images, images.float() / 255, tmp_path / "augment.png"),
+        image_grids.plot_gallery(images, [f"cat → dog (p=0.{i}7)\nloss 1.2{i}" for i in range(6)],
+                                 tmp_path / "gallery.png"),
+        image_grids.plot_gradcam(images, cams, cams.flip(-1), [f"true cat, pred dog {i}" for i in range(6)],
+                                 tmp_path / "gradcam.png"),
+        image_grids.plot_augment_preview(images, images.float() / 255, tmp_path / "augment.png"),
         plots.plot_compare({"a": rows, "b": _metrics_rows(epochs=3)}, tmp_path / "compare.png"),
     ]
     for path in made:
@@ -103,9 +104,9 @@ def test_plots_write_png_files(tmp_path):
 
 def test_gallery_and_gradcam_take_grayscale_images_and_coarse_maps(tmp_path):
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-    assert _is_png(plots.plot_gallery(images, ["1 → 7 (p=0.51)\nloss 0.9"] * 3, tmp_path / "g.png", ncols=2))
+    assert _is_png(image_grids.plot_gallery(images, ["1 → 7 (p=0.51)\nloss 0.9"] * 3, tmp_path / "g.png", ncols=2))
     coarse = torch.rand(3, 7, 7)  # a map at the layer's resolution is upsampled to the image
-    assert _is_png(plots.plot_gradcam(images, coarse, coarse, ["x"] * 3, tmp_path / "c.png"))
+    assert _is_png(image_grids.plot_gradcam(images, coarse, coarse, ["x"] * 3, tmp_path / "c.png"))
 
 
 def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):

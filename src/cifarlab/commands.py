@@ -277,7 +277,7 @@ def cmd_predict(args) -> int:
 
 def cmd_gradcam(args) -> int:
     from cifarlab.analysis.gradcam import gradcam
-    from cifarlab.analysis.plots import plot_gradcam
+    from cifarlab.analysis.image_grids import plot_gradcam
     from cifarlab.data.normalize import normalize, to_float
     from cifarlab.use.load import load_model
     from cifarlab.use.predict import predictions

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from cifarlab.analysis import plots
+from cifarlab.analysis import image_grids, plots
 from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.atomic import atomic_write, atomic_write_text
@@ -298,7 +298,7 @@ def _gallery_section(run_dir: Path, images, predictions, classes, limit: int) ->
     probs, losses = _cpu(predictions.probs), _cpu(predictions.losses)
     titles = [f"{classes[labels[i]]} → {classes[preds[i]]} (p={float(probs[i, preds[i]]):.2f})\n"
               f"loss {float(losses[i]):.2f}" for i in indices]
-    plots.plot_gallery(_cpu(images)[indices], titles, run_dir / layout.plot("misclassified.png"))
+    image_grids.plot_gallery(_cpu(images)[indices], titles, run_dir / layout.plot("misclassified.png"))
     wrong = int((~_cpu(predictions.correct).bool()).sum())
     text = Text(f"{wrong:,} of {len(labels):,} test images are misclassified; the {len(indices)} with the highest "
                 "loss, with the predicted class's probability:")
@@ -323,7 +323,7 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
     cam_true = _cpu(gradcam(model, inputs, true.to(device), **run))
     titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
               for i, t, p in zip(indices, true.tolist(), pred.tolist())]
-    plots.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / layout.plot("gradcam.png"))
+    image_grids.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / layout.plot("gradcam.png"))
     text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images "
                 "with the highest loss: the image, the map for the predicted class, the map for the true class.")
     return Section("Grad-CAM", [text, Image(layout.plot("gradcam.png"), "Grad-CAM, predicted vs. true class")])
@@ -345,7 +345,7 @@ def _augment_section(run_dir: Path, dataset, cfg) -> Section:
     before = dataset.train.images[:count].cpu()
     generator = torch.Generator().manual_seed(PREVIEW_SEED)
     after = aug(to_float(before), generator, indices=torch.arange(count), epoch=0)
-    plots.plot_augment_preview(before, after, run_dir / layout.plot("augment.png"))
+    image_grids.plot_augment_preview(before, after, run_dir / layout.plot("augment.png"))
     return Section("Augmentation preview", [
         Text("Applied to training images, in this order:"),
         Bullets(aug.describe() + mix_lines),
