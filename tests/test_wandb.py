@@ -59,3 +59,14 @@ def test_wandb_missing_is_one_line_before_any_run_directory(tmp_path, capsys, mo
     assert capsys.readouterr().err.strip() == ("cifarlab train: error: output.wandb=true needs Weights & Biases: "
                                                "pip install 'cifarlab[wandb]' (or set output.wandb=false)")
     assert not (tmp_path / "smoke").exists()
+
+
+def test_wandb_that_cannot_start_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, offline, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "bogus")  # W&B refuses its own setting at init, as it would a missing login
+    assert main(["train", "smoke", f"output.dir={tmp_path / 'runs'}", *QUIET, "output.wandb=true"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("cifarlab train: error:")]
+    assert len(errors) == 1 and "Weights & Biases could not start" in errors[0] and "Traceback" not in err, err
+    assert "WANDB_MODE=offline" in errors[0]
+    # The run had said its directory (it had started), but nothing was trained: it leaves nothing behind.
+    assert not (tmp_path / "runs" / "smoke").exists() or not any((tmp_path / "runs" / "smoke").iterdir())

@@ -85,8 +85,15 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
         if created:  # a run that never started leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    with lock:
-        return _fit_and_finish(state, dataset, callbacks)
+    try:
+        with lock:
+            return _fit_and_finish(state, dataset, callbacks)
+    except UserError:
+        # Refused before its first step (e.g. Weights & Biases could not start): nothing trained, nothing
+        # to resume, so it leaves nothing behind either, as a run refused while being prepared.
+        if created and state.step == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = (),
