@@ -38,6 +38,7 @@ test, no report unless asked for; a sweep at most 2 such trials; `python bench/p
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -165,10 +166,16 @@ def in_examples_folder(examples_folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(examples_folder / ".cache" / "wandb"))
-    registered, modules = dict(MODELS._entries), set(sys.modules)
+    registered, modules, environ = dict(MODELS._entries), set(sys.modules), dict(os.environ)
     yield examples_folder
     MODELS._entries.clear()
     MODELS._entries.update(registered)
+    # An example may call mlflow.set_tracking_uri, which MLflow keeps process-wide and also writes into
+    # os.environ: the next test file on this worker would log to that store (it did, under pytest-xdist).
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(environ.get("MLFLOW_TRACKING_URI"))
+    os.environ.clear()
+    os.environ.update(environ)
     for name in set(sys.modules) - modules:
         if _imported_from(sys.modules[name], examples_folder):
             del sys.modules[name]
