@@ -64,8 +64,11 @@ def _one_image_changed(original: Path, dest: Path, split: str = "train") -> Path
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
+    return train_folder_run(tmp_path_factory.mktemp("folder"))
+
+
+def train_folder_run(root: Path) -> dict:
     """A finished 1-epoch run on a two-class PNG folder, with its folder and the cache folder."""
-    root = tmp_path_factory.mktemp("folder")
     images = _png_folder(root / "images")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIFARLAB_DATA", str(root / "cache"))

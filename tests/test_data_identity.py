@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_bad_input_data import FOLDER_RUN, _one_image_changed, _png_folder
+from test_bad_input_data import _one_image_changed, _png_folder, train_folder_run
 
 from _folders import needs_fashion
 from _runs import MEMORY_LIMIT, SRC, tampered_copy, tree_hashes
@@ -32,12 +32,7 @@ from cifarlab.data.sources import load_dataset
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("folder")
-    images = _png_folder(root / "images")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIFARLAB_DATA", str(root / "cache"))
-        assert main(["train", "smoke", f"data.dir={images}", f"output.dir={root / 'runs'}", *FOLDER_RUN]) == 0
-    return {"run": next((root / "runs" / "smoke").iterdir()), "images": images, "cache": root / "cache"}
+    return train_folder_run(tmp_path_factory.mktemp("folder"))
 
 
 def _best(run: Path) -> str:
