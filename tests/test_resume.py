@@ -291,3 +291,35 @@ def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, ex
     opt_c.load_state_dict(blob["optimizer"])
     c.load_state_dict(blob["schedule"])
     assert advance(c, 13, start=7) == full[7:]
+
+
+def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads_after_the_first(tmp_path):
+    """TensorBoard reads a log folder's event files in name order, and a name is
+    `events.out.tfevents.<second>.<host>.<pid>.<n>` with n counting writers in the process: a notebook that
+    resumes within the second its 10th writer started wrote `....10`, which sorts before `....9`, so the
+    resumed steps came first ([20, 24, 4, 8, ...]). The resumed file must sort after the earlier one."""
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer import event_file_writer
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401  imported now, not inside the second
+
+    from cifarlab.training.tensorboard_logger import TensorBoard
+
+    def log(steps, start):
+        writer = TensorBoard(tmp_path / "tb")
+        writer.on_fit_start(SimpleNamespace(step=start))
+        for step in steps:
+            writer.on_window(SimpleNamespace(window={"step": step, "train_loss": 1.0 / step}))
+        writer.writer.close()
+
+    while event_file_writer._global_uid._value % 10 != 9:  # the next writer is the 9th, 19th, ...: n gains a digit
+        event_file_writer._global_uid.get()
+    while time.time() % 1 > 0.5:  # both writers start within one second
+        time.sleep(0.05)
+    log([4, 8, 12, 16, 20], start=0)
+    log([20, 24], start=18)  # resumed from step 18: TensorBoard purges the first file's step 20
+    names = sorted(path.name for path in (tmp_path / "tb").iterdir())
+    assert len(names) == 2
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()  # reads the files as TensorBoard does
+    assert [e.step for e in events.Scalars("step/train_loss")] == [4, 8, 12, 16, 20, 24]

@@ -1,6 +1,9 @@
 """TensorBoard: a run's metrics, config and final scores as TensorBoard events."""
 from __future__ import annotations
 
+import re
+import sys
+import time
 from pathlib import Path
 
 from cifarlab.run.records import TRACKED, tracked_values
@@ -19,6 +22,7 @@ class TensorBoard(Callback):
     def on_fit_start(self, state):
         from torch.utils.tensorboard import SummaryWriter
 
+        wait_for_a_later_event_file_name(self.log_dir)
         # On resume, drop the events logged after the checkpoint (steps > state.step): they come again.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
@@ -65,3 +69,31 @@ class TensorBoard(Callback):
             file_writer.add_summary(summary, state.step)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, state.step)
+
+
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d{10})\.")
+MAX_WAIT_SECONDS = 2.0
+
+
+def wait_for_a_later_event_file_name(log_dir: Path) -> None:
+    """Wait, if needed, until a new event file's name sorts after every one already in `log_dir`.
+
+    TensorBoard reads a folder's event files in name order (and, live, skips a new file that sorts before
+    the one it is reading), and purges the steps a resume repeats only when the resumed file comes later.
+    A name is `events.out.tfevents.<second>.<host>.<pid>.<n>`, with n counting writers in the process: in
+    the same second, pid 999 sorts after pid 1000 and writer 9 after writer 10, so a resume within the
+    second of the earlier file (a notebook, a sweep's quick retry) could be read first. A later second
+    always sorts after; the wait is under a second. An earlier file from a clock far ahead (another
+    machine on a shared folder) is not waited for: one line says TensorBoard may order it wrongly."""
+    seconds = [int(m.group(1)) for path in (log_dir.iterdir() if log_dir.is_dir() else ())
+               if (m := EVENT_FILE.match(path.name))]
+    newest = max(seconds, default=None)
+    if newest is None or newest < int(time.time()):
+        return
+    if newest + 1 - time.time() > MAX_WAIT_SECONDS:
+        print(f"warning: {log_dir} holds an event file from {newest - int(time.time())} s in the future (a clock "
+              f"ahead of this one); TensorBoard may show this run's new events before the earlier ones",
+              file=sys.stderr, flush=True)
+        return
+    while int(time.time()) <= newest:
+        time.sleep(newest + 1 - time.time() + 0.01)
