@@ -70,3 +70,45 @@ def test_wandb_that_cannot_start_is_one_line_and_leaves_no_run_directory(tmp_pat
     assert "WANDB_MODE=offline" in errors[0]
     # The run had said its directory (it had started), but nothing was trained: it leaves nothing behind.
     assert not (tmp_path / "runs" / "smoke").exists() or not any((tmp_path / "runs" / "smoke").iterdir())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 1-epoch smoke run (trained without W&B: the cases below turn output.wandb on in a copy)."""
+    from _runs import finished_and_open_runs
+
+    return finished_and_open_runs(tmp_path_factory.mktemp("runs"))["done"]
+
+
+def _no_wandb(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+
+
+# A W&B run resumed (`resume --epochs 2`) with a wandb.json its logger cannot use: refused in one line before
+# config.yaml says 2 epochs (it said so, and the run crashed in W&B's start with a traceback).
+REFUSED_RESUMES = [
+    ("not-json", "{not json", ["wandb.json is not readable", "delete it to log the rest into a new W&B run"]),
+    ("a-list", "[]", ["wandb.json is not readable", "a JSON object is expected"]),
+    ("run-id-a-number", '{"run_id": 5, "project": "p"}', ["wandb.json is not readable", "no run_id string"]),
+    ("no-project", '{"run_id": "abc"}', ["wandb.json is not readable", "no project string"]),
+    ("a-folder", None, ["wandb.json is not readable"]),
+    ("wandb-not-installed", '{"run_id": "abc", "project": "p"}', ["output.wandb=true needs Weights & Biases"]),
+]
+
+
+@pytest.mark.parametrize("case, text, words", REFUSED_RESUMES, ids=[case[0] for case in REFUSED_RESUMES])
+def test_a_resume_whose_wandb_record_cannot_be_used_is_one_line_and_changes_nothing(
+        tmp_path, capsys, monkeypatch, finished_run, case, text, words):
+    from _runs import assert_refused, tampered_copy
+
+    if case == "wandb-not-installed":
+        _no_wandb(monkeypatch)
+    else:
+        pytest.importorskip("wandb")
+    run = tampered_copy(finished_run, tmp_path / "r", lambda payload: payload["config"]["output"].update(wandb=True))
+    if text is None:
+        (run / "wandb.json").mkdir()
+    else:
+        (run / "wandb.json").write_text(text)
+    assert_refused(["resume", str(run), "--epochs", "2"], words, {"run": run}, capsys, tmp_path)

@@ -4,6 +4,7 @@ directory, and before `resume --epochs` rewrites config.yaml (check everything, 
 - output.mlflow: MLflow installed, `output.mlflow_uri` a tracking URI MLflow has a store for, an http(s)
   server that answers (within seconds: MLflow's own defaults retry for minutes), and on resume a readable
   mlflow.json naming the run to continue;
+- output.wandb: Weights & Biases installed, and on resume a readable wandb.json naming the W&B run and project;
 - output.tensorboard: the run's tb/ folder a folder that can be written.
 """
 from __future__ import annotations
@@ -27,6 +28,13 @@ def check_integrations(output_cfg, run_dir: Optional[Path] = None) -> None:
     the existing run of a resume (None for a new run)."""
     if output_cfg.mlflow:
         _check_mlflow(output_cfg.mlflow_uri, run_dir)
+    if output_cfg.wandb:
+        from cifarlab.training.wandb_logger import require_wandb
+
+        require_wandb()
+        if run_dir is not None:
+            _check_run_record(Path(run_dir) / layout.WANDB_RUN, ("run_id", "project"),
+                              "names the W&B run this run logs to")
     if output_cfg.tensorboard and run_dir is not None:
         _check_writable_folder(Path(run_dir) / layout.TENSORBOARD, "output.tensorboard")
 
@@ -38,17 +46,29 @@ def _check_mlflow(uri: Optional[str], run_dir: Optional[Path]) -> None:
         raise UserError("output.mlflow=true needs MLflow: pip install 'cifarlab[mlflow]' (or set output.mlflow=false)")
     for name, value in MLFLOW_FAST_FAIL.items():
         os.environ.setdefault(name, value)
-    saved = None if run_dir is None else Path(run_dir) / layout.MLFLOW_RUN
-    if saved is not None and saved.exists():
-        try:
-            record = json.loads(saved.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
-                raise ValueError("no run_id")
-        except (OSError, ValueError) as err:
-            raise UserError(f"{saved} is not readable ({err}); it names the MLflow run this run logs to: restore it, "
-                            f"or delete it to log the rest into a new MLflow run") from None
+    if run_dir is not None:
+        _check_run_record(Path(run_dir) / layout.MLFLOW_RUN, ("run_id",), "names the MLflow run this run logs to")
     if uri:
         _check_tracking_uri(uri)
+
+
+def _check_run_record(saved: Path, fields: tuple[str, ...], role: str) -> None:
+    """A tracker's record of a resumed run (mlflow.json, wandb.json), if there is one: a JSON object whose
+    `fields` are strings, as its logger reads it once training has started (too late to refuse cleanly)."""
+    if not saved.exists() and not saved.is_symlink():
+        return
+    try:
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON object is expected, not {type(record).__name__}")
+        missing = [name for name in fields if not isinstance(record.get(name), str) or not record[name]]
+        if missing:
+            raise ValueError(f"no {' or '.join(missing)} string")
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200]
+        tracker = "MLflow" if saved.name == layout.MLFLOW_RUN else "W&B"
+        raise UserError(f"{saved} is not readable ({reason}); it {role}: restore it, or delete it to log the "
+                        f"rest into a new {tracker} run") from None
 
 
 def _check_tracking_uri(uri: str) -> None:
