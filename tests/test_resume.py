@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_user_models import user_module  # noqa: F401  (a fixture)
 
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
@@ -323,3 +324,55 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
     assert len(names) == 2
     events = EventAccumulator(str(tmp_path / "tb")).Reload()  # reads the files as TensorBoard does
     assert [e.step for e in events.Scalars("step/train_loss")] == [4, 8, 12, 16, 20, 24]
+
+
+# ------------------------------------------------------------------ the run's own model module
+
+def _forget(module: str, model: str) -> None:
+    """As in a fresh process: the module not imported, its model not registered."""
+    from cifarlab.models.registry import MODELS
+
+    MODELS._entries.pop(model, None)
+    sys.modules.pop(module, None)
+
+
+def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monkeypatch, capsys, request):
+    """`train` imported the recipe's model.module; training the run on imports it again (a killed sweep's
+    trial is resumed so), with `train`'s checks: a module that is gone is one line and nothing changes."""
+    from test_user_models import MODULE
+
+    from _runs import tree_hashes
+
+    user_folder = request.getfixturevalue("user_module")  # the module's folder, on sys.path
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 5)
+        assert main(["train", *_args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}",
+                                     "model.options={hidden: 8}", "train.epochs=2")]) == 130
+    run_dir = _only_run(tmp_path)
+    capsys.readouterr()
+    _forget(MODULE, "tiny_mlp")
+    (user_folder / f"{MODULE}.py").rename(user_folder / "elsewhere.py")
+    before = tree_hashes(run_dir)
+    assert main(["resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cifarlab resume: error: cannot import model module {MODULE!r}: no module named {MODULE!r} "
+                   f"(install it, or put its folder on PYTHONPATH)"]
+    assert tree_hashes(run_dir) == before
+    (user_folder / "elsewhere.py").rename(user_folder / f"{MODULE}.py")
+    assert main(["resume", str(run_dir)]) == 0  # no --import: the run names its module
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch, capsys):
+    """A run whose model is built in but whose config names a module (an edited or foreign run) resumes
+    without importing it: a run directory is never a reason to run code its model does not need."""
+    from _runs import finished_and_open_runs, tampered_copy
+
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "cifarlab_planted_module.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(planted))
+    done = finished_and_open_runs(tmp_path / "runs")["done"]
+    run = tampered_copy(done, tmp_path / "r", lambda p: p["config"]["model"].update(module="cifarlab_planted_module"))
+    assert main(["resume", str(run), "--epochs", "2"]) == 0
+    assert not (tmp_path / "ran").exists() and "cifarlab_planted_module" not in sys.modules

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import pytest
 import yaml
 from _browser import CHROMIUM
 from _postgres import postgres_server, why_not
+from test_user_models import MODULE as USER_MODULE
+from test_user_models import user_module  # noqa: F401  (a fixture)
 
 from _folders import needs_fashion, write_fashion_folder
 from _runs import SRC
@@ -195,8 +198,8 @@ def _command(sweep_dir: Path, *extra: str, space: Path) -> list[str]:
             "--dir", str(sweep_dir), *options]
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+def _env(*folders: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [SRC, *folders])), "OMP_NUM_THREADS": "1"}
 
 
 def _two_workers(sweep_dir: Path, space: Path, *extra: str) -> list[subprocess.CompletedProcess]:
@@ -239,9 +242,10 @@ def test_two_workers_on_a_postgresql_server_finish_exactly_n_trials(tmp_path):
     assert len(_run_dirs(tmp_path / "s")) == 3
 
 
-def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop) -> subprocess.Popen:
+def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop, env: Optional[dict] = None) -> subprocess.Popen:
     """Start the sweep and `stop(process)` once its first run has a mid-run last.pt and no summary."""
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env or _env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.pt").exists():
         assert process.poll() is None and time.monotonic() < deadline, "the first trial never saved a checkpoint"
@@ -253,8 +257,8 @@ def _start_and_stop_mid_trial(command: list[str], run_dir: Path, stop) -> subpro
     return process
 
 
-def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path) -> None:
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path, env: Optional[dict] = None) -> None:
+    done = subprocess.run(command, env=env or _env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     first = sweep_dir / "trials" / "0000"
     assert f"resuming {first}" in done.stderr
@@ -292,6 +296,19 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
     assert "Traceback" not in err and "Continue it with the same command" in err
     _continue_and_check(command, tmp_path / "s", tmp_path)
 
+
+@pytest.mark.slow
+def test_a_stopped_trial_of_the_users_own_model_resumes_with_the_same_command(tmp_path, request):
+    """The recipe names the user's model module (no --import): the same command resumes the stopped trial's
+    run, which imports the module its run names (it said "'tiny_mlp' is not registered" and exit 2)."""
+    own_model = ["model.name=tiny_mlp", f"model.module={USER_MODULE}", "model.options={hidden: 8}"]
+    command = _command(tmp_path / "s", *own_model, "train.epochs=3", "checkpoint.every_steps=2", "--trials", "2",
+                       "--heartbeat", "1", space=_space(tmp_path))
+    env = _env(request.getfixturevalue("user_module"))  # the module's folder, on this process's path too
+    stopped = _start_and_stop_mid_trial(command, tmp_path / "s" / "trials" / "0000",
+                                        lambda p: p.send_signal(signal.SIGINT), env)
+    assert stopped.returncode == 130
+    _continue_and_check(command, tmp_path / "s", tmp_path, env)
 
 
 @pytest.mark.slow

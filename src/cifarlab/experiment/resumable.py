@@ -13,6 +13,7 @@ from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
+from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
 from cifarlab.run.records import Summary, read_summary
@@ -40,6 +41,7 @@ def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> Resu
     extended to `epochs`) and one that diverged."""
     payload, used = load_checkpoint_with_path(checkpoint)
     cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
+    import_run_model_module(cfg.model)
     if epochs is not None:
         cfg = extend_config(cfg, payload["epoch"], epochs)
     check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
@@ -62,6 +64,17 @@ def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> Resu
               f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
               file=sys.stderr, flush=True)
     return ResumePoint(payload, used, cfg, finished, previous)
+
+
+def import_run_model_module(model_cfg) -> None:
+    """Training a run on imports the module its recipe named (`model.module`), as `train` did when it
+    started the run: with the same checks (a dotted module name, validated with the checkpoint; one line
+    when it cannot be imported), and only when the run's model is not registered yet (by `--import`, or a
+    built-in), so a module named beside a model that needs none is never imported. A killed sweep's trial
+    resumes this way. Loading a checkpoint to evaluate, predict or export never imports it (it may come
+    from someone else): resume a run you would train from its recipe."""
+    if model_cfg.module and model_cfg.name not in MODELS.names():
+        import_user_modules(model_cfg.module)
 
 
 def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tuple[TrainState, Dataset]:

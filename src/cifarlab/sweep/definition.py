@@ -67,6 +67,9 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
     base = validate(base_raw)
     if note:
         print(note, file=sys.stderr, flush=True)
+    from cifarlab.models.registry import import_user_modules
+
+    import_user_modules(base.model.module)  # the recipe's own model, as `train` imports it (one line if it cannot)
     base = _decide_auto_values(base_raw, base)
     if (space_file is None) == (not grid):
         raise UserError("give a space file (SPACE.yaml) or --grid key=v1,v2 ..., exactly one of them")
