@@ -339,3 +339,141 @@ def test_a_shortened_sweep_keeps_the_onecycle_peak_fraction_as_train_does(tmp_pa
     assert sweep.base_config.schedule.peak_epoch == trained.schedule.peak_epoch == 0.5
     assert "schedule.peak_epoch moves from 1 of 2 epochs to 0.5 of 1" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()  # defining a sweep writes nothing
+
+
+# ------------------------------------------------ the definition and storage, checked as train checks a run
+
+@pytest.mark.parametrize("overrides, grid, peaks, refused", [
+    # train moves a onecycle recipe's peak with train.epochs: so does every trial of a sweep over it
+    ([], ["train.epochs=1,3"], {1: 0.5, 3: 1.5}, None),
+    (["train.epochs=1"], ["train.epochs=1,4"], {1: 0.5, 4: 2.0}, None),
+    # a peak the user set on the command line is theirs: judged, not moved (as `train` judges it)
+    (["schedule.peak_epoch=1"], ["train.epochs=1,3"], None, "schedule.peak_epoch must be in (0, train.epochs=1)"),
+    (["schedule.peak_epoch=0.5"], ["train.epochs=1,3"], {1: 0.5, 3: 0.5}, None),
+], ids=["grid-of-epochs", "shortened-then-grid", "users-peak-too-late", "users-peak-kept"])
+def test_a_sweep_over_train_epochs_moves_the_onecycle_peak_as_train_does(tmp_path, overrides, grid, peaks, refused):
+    from cifarlab.errors import UserError
+
+    args = dict(grid=grid, sweep_dir=str(tmp_path / "s"))
+    if refused:
+        with pytest.raises(UserError, match=refused.replace("(", r"\(").replace(")", r"\)")):
+            define_sweep("smoke", ["data.val_split=64", *overrides], **args)
+        return
+    sweep = define_sweep("smoke", ["data.val_split=64", *overrides], **args)
+    assert {epochs: sweep.trial_config({"train.epochs": epochs}).schedule.peak_epoch for epochs in peaks} == peaks
+
+
+def _open(tmp_path: Path, overrides: list[str], pruner: str = "median", **kwargs):
+    from cifarlab.sweep.study import open_study
+
+    sweep = define_sweep("smoke", ["data.val_split=64", *overrides], grid=["optim.lr=0.05,0.1"], pruner=pruner,
+                         sweep_dir=str(tmp_path / "s"), **kwargs)
+    return open_study(sweep)
+
+
+@pytest.mark.parametrize("first, then, differs", [
+    ((["optim.lr=0.1", "seed=1"], "median"), (["seed=1", "optim.lr=0.10"], "median"), None),
+    ((["optim.momentum=0.9"], "median"), (["optim.momentum=9e-1"], "median"), None),
+    ((["seed=1"], "median"), (["seed=1"], "hyperband"), "pruner"),
+    ((["seed=1"], "median"), (["seed=2"], "median"), "overrides"),
+], ids=["same-values-other-order", "same-value-other-spelling", "other-pruner", "other-value"])
+def test_a_sweep_joins_its_study_when_its_overrides_set_the_same_values_and_its_pruner_is_the_same(
+        tmp_path, first, then, differs):
+    from cifarlab.errors import UserError
+
+    _open(tmp_path, first[0], first[1])
+    if differs is None:
+        _open(tmp_path, then[0], then[1])
+        return
+    with pytest.raises(UserError, match=f"another definition \\(its {differs} differ from this command's\\)"):
+        _open(tmp_path, then[0], then[1])
+
+
+def test_a_study_recorded_with_override_text_and_no_pruner_is_still_joined(tmp_path):
+    """Studies started before the identity compared values (and held the pruner) go on."""
+    import json
+
+    study = _open(tmp_path, ["seed=1"])
+    old = json.loads(study.user_attrs["cifarlab_sweep"])
+    old["overrides"] = ["data.val_split=64", "seed=1"]
+    del old["pruner"]
+    study.set_user_attr("cifarlab_sweep", json.dumps(old))
+    _open(tmp_path, ["seed=1"])
+
+
+def _sqlite_with_a_table(path: Path) -> Path:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+        connection.execute("INSERT INTO notes VALUES ('mine')")
+    connection.close()
+    return path
+
+
+def _optuna_db_with_another_study(path: Path) -> Path:
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="someone-elses")
+    return path
+
+
+@pytest.mark.parametrize("make, refused", [
+    (_sqlite_with_a_table, "is an SQLite database but not an Optuna study's (its tables: notes)"),
+    (lambda p: p.write_text("my notes\n") and p, "is not an SQLite database"),
+    (lambda p: p.mkdir() or p, "names a folder"),
+    (lambda p: p.write_bytes(b"") and p, None),
+    (_optuna_db_with_another_study, None),
+], ids=["another-sqlite-database", "a-text-file", "a-folder", "an-empty-file", "an-optuna-database"])
+def test_storage_must_be_an_optuna_database_or_new(tmp_path, capsys, make, refused):
+    from _runs import tree_hashes
+
+    db = make(tmp_path / "other.db") or tmp_path / "other.db"
+    argv = ["sweep", "smoke", "data.val_split=64", *FAST[:3], "--grid", "optim.lr=0.05", "--storage",
+            f"sqlite:///{db}", "--dir", str(tmp_path / "s")]
+    if refused is None:
+        _open(tmp_path, [], storage=f"sqlite:///{db}")
+        return
+    before = tree_hashes(tmp_path)
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and refused in lines[0], lines
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("codes, states, expected", [
+    ([0, 0], ["COMPLETE", "COMPLETE"], 0),
+    ([0, -9], ["COMPLETE", "FAIL", "COMPLETE"], 0),  # killed; the other worker retried its trial and finished
+    ([-9, 0], ["COMPLETE", "PRUNED"], 0),
+    ([130, -9], ["COMPLETE", "FAIL"], 130),
+    ([-9, -9], ["COMPLETE", "RUNNING"], "a sweep worker failed"),  # nobody left to finish the study
+    ([1, 0], ["COMPLETE", "FAIL"], "a sweep worker failed"),
+], ids=["done", "one-killed-study-done", "killed-pruned-done", "stopped", "all-killed-not-done", "failed-not-done"])
+def test_a_killed_worker_fails_the_sweep_only_when_the_study_is_not_done(tmp_path, codes, states, expected):
+    from cifarlab.errors import UserError
+    from cifarlab.sweep.workers import workers_outcome
+
+    sweep = define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=0.05,0.1"], sweep_dir=str(tmp_path / "s"))
+    study = optuna.create_study(direction="maximize")
+    for state in states:
+        finished = state in ("COMPLETE", "PRUNED")
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState[state],
+                                                  value=0.5 if state == "COMPLETE" else None,
+                                                  intermediate_values={1: 0.4} if finished else {}))
+    if isinstance(expected, str):
+        with pytest.raises(UserError, match=expected):
+            workers_outcome(sweep, study, codes)
+    else:
+        assert workers_outcome(sweep, study, codes) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["new-folder-on-it", "the-folder-itself"])
+def test_a_sweep_folder_on_a_read_only_disk_is_one_line(tmp_path, where):
+    from test_data_identity import _one_line, _read_only
+
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    folder = disk / "sweep" if where == "new-folder-on-it" else disk
+    done = _read_only(["sweep", "smoke", "data.val_split=64", *FAST[:3], "--grid", "optim.lr=0.05", "--dir",
+                       str(folder)], [disk])
+    _one_line(done, "sweep", str(folder), "written")
+    assert not any(disk.iterdir())

@@ -164,10 +164,10 @@ def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[
     parsed = [parse_override(text) for text in overrides]
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    return raw, _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+    return raw, keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
 
 
-def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
+def keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
     """A recipe's onecycle `peak_epoch` is a point in its run: when an override changes `train.epochs`,
     the peak keeps its fraction of the run (5 of 24 becomes 1.04 of 5); returns the line that says so.
     A peak_epoch given on the command line is the user's own and is left for validation to judge."""

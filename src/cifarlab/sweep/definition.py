@@ -14,12 +14,12 @@ from typing import Any, Optional
 
 import optuna
 
-from cifarlab.config import Config, apply_override, read_with_overrides, validate
+from cifarlab.config import Config, apply_override, parse_override, read_with_overrides, validate
 from cifarlab.errors import UserError
 from cifarlab.run.layout import check_run_name
-from cifarlab.sweep.pruning import make_pruner
-from cifarlab.sweep.space import parse_grid, read_space_file
-from cifarlab.sweep.storage import default_url
+from cifarlab.sweep.pruning import make_pruner, pruner_name
+from cifarlab.sweep.space import apply_params, parse_grid, read_space_file
+from cifarlab.sweep.storage import check_url, default_url
 from cifarlab.training.sizing import AUTO, size_to_data
 
 SWEEPS_DIR = "sweeps"
@@ -51,11 +51,55 @@ class Sweep:
     def base_config(self) -> Config:
         return validate(self.base_raw)
 
+    @property
+    def user_keys(self) -> frozenset[str]:
+        """The dotted keys the command line's overrides set (a peak_epoch set there is the user's own)."""
+        return frozenset(".".join(parse_override(text)[0]) for text in self.overrides)
+
+    def trial_config(self, params: dict[str, Any]) -> Config:
+        """The config of a trial with these parameters."""
+        return validate(apply_params(self.base_raw, params, self.user_keys))
+
     def identity(self) -> str:
-        """What two workers must agree on to share a study (the trial count may grow between runs)."""
+        """What two workers must agree on to share a study (the trial count may grow between runs): the
+        overrides as the values they set (`optim.lr=0.1` and `optim.lr=1e-1` agree), the pruner too."""
         space = {key: optuna.distributions.distribution_to_json(d) for key, d in self.space.items()}
-        return json.dumps({"recipe": self.recipe, "overrides": self.overrides, "space": space, "seeds": self.seeds,
-                           "monitor": self.monitor, "grid": self.grid}, sort_keys=True, default=str)
+        return json.dumps({"recipe": self.recipe, "overrides": self.overrides_set(self.overrides), "space": space,
+                           "seeds": self.seeds, "monitor": self.monitor, "grid": self.grid,
+                           "pruner": pruner_name(self.pruner)}, sort_keys=True, default=str)
+
+    def overrides_set(self, overrides) -> dict:
+        """`key=value` overrides as the values the config took from them: `optim.lr=0.1`, `optim.lr=0.10`
+        and `optim.lr=1.0e-1` set the same number, in any order (a later override of a key still wins)."""
+        tree: dict = {}
+        for text in overrides:
+            keys, value = parse_override(text)
+            apply_override(tree, keys, value)
+        return _as_validated(tree, self.base_config.to_dict())
+
+
+def _as_validated(tree, resolved):
+    """Each leaf of `tree` replaced by the value at the same place in `resolved` (the validated config)."""
+    if not isinstance(tree, dict):
+        return resolved
+    return {key: _as_validated(value, resolved[key]) if isinstance(resolved, dict) and key in resolved else value
+            for key, value in tree.items()}
+
+
+def identity_differences(known: str, sweep: "Sweep") -> list[str]:
+    """The parts of a study's recorded identity that differ from `sweep`'s (empty when they agree). A study
+    recorded before the pruner was part of it, with its overrides as text, is compared on what it holds."""
+    try:
+        old = json.loads(known)
+    except ValueError:
+        return ["definition"]
+    new = json.loads(sweep.identity())
+    if isinstance(old.get("overrides"), list):
+        try:
+            old["overrides"] = json.loads(json.dumps(sweep.overrides_set(old["overrides"]), default=str))
+        except UserError:
+            return ["overrides"]
+    return [key for key in new if (key in old or key != "pruner") and old.get(key) != new[key]]
 
 
 def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, grid: Optional[list[str]] = None,
@@ -77,8 +121,9 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if heartbeat_seconds < 1:
         raise UserError(f"--heartbeat must be at least 1 second, got {heartbeat_seconds}")
-    parsed_grid = parse_grid(grid, base_raw) if grid else None
-    space = read_space_file(space_file, base_raw) if space_file else {
+    user_keys = frozenset(".".join(parse_override(text)[0]) for text in overrides)
+    parsed_grid = parse_grid(grid, base_raw, user_keys) if grid else None
+    space = read_space_file(space_file, base_raw, user_keys) if space_file else {
         key: optuna.distributions.CategoricalDistribution(values) for key, values in parsed_grid.items()}
     if seeds > 1 and "seed" in space:
         raise UserError("--seeds trains each configuration with seeds seed, seed+1, ...; do not sweep 'seed' too")
@@ -90,6 +135,8 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
                         f"data.val_split=0.1, or pass --allow-test-selection to tune on the test split knowingly")
     name = name or f"{Path(recipe).stem}-{Path(space_file).stem if space_file else 'grid'}"
     folder = Path(sweep_dir) if sweep_dir else Path(SWEEPS_DIR) / check_run_name(name)
+    if storage is not None:
+        check_url(storage)
     return Sweep(recipe, list(overrides), base_raw, space, parsed_grid, trials, seeds, monitor, name, folder,
                  storage or default_url(folder), pruner, heartbeat_seconds)
 

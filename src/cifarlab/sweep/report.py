@@ -22,13 +22,11 @@ from optuna.trial import TrialState
 from cifarlab.analysis.compare import format_duration
 from cifarlab.analysis.report import Code, Image, Section, Table, Text, write_report
 from cifarlab.atomic import atomic_write_text
-from cifarlab.config import validate
 from cifarlab.config_diff import diff_yaml, scalar
 from cifarlab.run.layout import BEST, PLOTS  # the sweep folder keeps its plots as a run does
 from cifarlab.run.records import read_metrics
 from cifarlab.sweep.definition import Sweep
 from cifarlab.sweep.pruning import pruner_name
-from cifarlab.sweep.space import apply_params
 from cifarlab.sweep.storage import redacted
 
 BEST_YAML = "best.yaml"
@@ -91,7 +89,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 def best_recipe(sweep: Sweep, best: optuna.trial.FrozenTrial) -> str:
     """The best trial's config as a recipe: the values differing from the defaults, with a header."""
-    cfg = validate(apply_params(sweep.base_raw, best.params))
+    cfg = sweep.trial_config(best.params)
     params = ", ".join(f"{key}={scalar(value)}" for key, value in best.params.items())
     head = (f"# Best trial ({best.number}) of sweep {sweep.name}: {sweep.monitor} {best.value:.4f}\n"
             f"# recipe {sweep.recipe} {' '.join(sweep.overrides)} with {params}\n")

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import yaml
 
-from cifarlab.config import apply_override, validate
+from cifarlab.config import TrainConfig, apply_override, keep_peak_fraction, validate
 from cifarlab.errors import UserError
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
@@ -26,9 +26,10 @@ CHOICE_TYPES = (type(None), bool, int, float, str)  # what Optuna's CategoricalD
 MAX_SPACE_BYTES = 1 << 20
 
 
-def read_space_file(path: str | Path, base_raw: dict) -> dict[str, optuna.distributions.BaseDistribution]:
+def read_space_file(path: str | Path, base_raw: dict,
+                    user_keys=frozenset()) -> dict[str, optuna.distributions.BaseDistribution]:
     """The space file at `path` as {config key: distribution}, checked against `base_raw` (the recipe
-    with its overrides, before validation)."""
+    with its overrides, before validation; `user_keys` the keys those overrides set)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"space file {str(path)!r} does not exist; give a YAML file mapping config keys "
@@ -44,11 +45,11 @@ def read_space_file(path: str | Path, base_raw: dict) -> dict[str, optuna.distri
         raise UserError(f"space file {str(path)!r} must map config keys to distributions, e.g. "
                         f"'optim.lr: {{low: 1.0e-4, high: 0.3, log: true}}'")
     space = {str(key): _distribution(str(key), spec) for key, spec in raw.items()}
-    check_against_config(space, base_raw)
+    check_against_config(space, base_raw, user_keys)
     return space
 
 
-def parse_grid(items: list[str], base_raw: dict) -> dict[str, list[Any]]:
+def parse_grid(items: list[str], base_raw: dict, user_keys=frozenset()) -> dict[str, list[Any]]:
     """`--grid seed=0,1,2 optim.lr=0.05,0.1` as {key: [values]} (each value read as YAML), checked."""
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -65,7 +66,7 @@ def parse_grid(items: list[str], base_raw: dict) -> dict[str, list[Any]]:
     if not grid:
         raise UserError("--grid needs at least one key=value1,value2 item")
     check_against_config({key: optuna.distributions.CategoricalDistribution(values) for key, values in grid.items()},
-                         base_raw)
+                         base_raw, user_keys)
     return grid
 
 
@@ -113,23 +114,27 @@ def edge_values(distribution: optuna.distributions.BaseDistribution) -> list[Any
     return [distribution.low, high]
 
 
-def check_against_config(space: dict[str, optuna.distributions.BaseDistribution], base_raw: dict) -> None:
-    """Each key with each edge value, alone on the base config, must be a config the recipe accepts."""
+def check_against_config(space: dict[str, optuna.distributions.BaseDistribution], base_raw: dict,
+                         user_keys=frozenset()) -> None:
+    """Each key with each edge value, alone on the base config, must be a config the recipe accepts (a
+    trial's train.epochs moving a onecycle peak as `train` moves it)."""
     for key, distribution in space.items():
         for value in edge_values(distribution):
-            raw = copy.deepcopy(base_raw)
             try:
-                apply_override(raw, key.split("."), value)
-                validate(raw)
+                validate(apply_params(base_raw, {key: value}, user_keys))
             except UserError as err:
                 raise UserError(f"space key {key!r} with value {value!r}: {err}") from None
 
 
-def apply_params(base_raw: dict, params: dict[str, Any]) -> dict:
-    """The base config (raw) with a trial's parameters set at their dotted keys."""
+def apply_params(base_raw: dict, params: dict[str, Any], user_keys=frozenset()) -> dict:
+    """The base config (raw) with a trial's parameters set at their dotted keys. A trial's `train.epochs`
+    moves a onecycle recipe's `schedule.peak_epoch` to the same fraction of the run, as `cifarlab train
+    RECIPE train.epochs=N` does; a peak the user set (an override in `user_keys`, or swept) stays as given."""
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
         apply_override(raw, key.split("."), value)
+    base_epochs = (base_raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
+    keep_peak_fraction(raw, base_epochs, set(params) | set(user_keys))
     return raw
 
 

@@ -13,6 +13,7 @@ workers never both take it over.
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -42,11 +43,57 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats and retry of stale trials; a UserError when it cannot be reached."""
+def check_url(url: str) -> None:
+    """The storage URL's form, before anything is made (the sweep folder included)."""
     scheme = urlsplit(url).scheme
     if not scheme or scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
         raise UserError(f"--storage must be an sqlite:///, postgresql:// or mysql:// URL, got {redacted(url)!r}")
+
+
+OPTUNA_TABLES = {"studies", "trials", "version_info"}  # what every Optuna RDB schema version has
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(url: str) -> None:
+    """An SQLite storage that exists already must be an Optuna storage (or empty): Optuna would otherwise
+    add its tables to whatever database of the user's the URL names. An Optuna database holding other
+    studies is joined, as Optuna allows (the study name and the sweep's definition are checked then)."""
+    from sqlalchemy.engine import make_url
+
+    if not urlsplit(url).scheme.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise UserError(f"--storage {url!r} names a folder; give an SQLite file (sqlite:///path/study.db)")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise UserError(f"--storage {url!r}: {path} is not an SQLite database; give a new file or an Optuna "
+                        f"study's database")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_SECONDS)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise UserError(f"--storage {url!r}: {path} cannot be read as SQLite ({err})") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserError(f"--storage {url!r}: {path} is an SQLite database but not an Optuna study's (its tables: "
+                        f"{shown}); a sweep would add Optuna's tables to it: give a new file")
+
+
+def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats and retry of stale trials; a UserError when it cannot be reached."""
+    check_url(url)
+    check_sqlite_file(url)
+    scheme = urlsplit(url).scheme
     url = with_driver(url)
     engine_kwargs: dict = {}
     if scheme.startswith("sqlite"):

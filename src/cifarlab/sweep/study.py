@@ -8,23 +8,32 @@ make one more trial than asked for. Such a surplus trial ends at once as failed 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import mean
 from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
 
-from cifarlab.config import validate
 from cifarlab.errors import UserError
 from cifarlab.sweep import trial as runs
-from cifarlab.sweep.definition import Sweep
+from cifarlab.sweep.definition import Sweep, identity_differences
 from cifarlab.sweep.pruning import PRUNED_BY, ReportToTrial, make_pruner, pruner_name
-from cifarlab.sweep.space import apply_params, suggest
-from cifarlab.sweep.storage import RUN_ATTR, open_storage, redacted, retry_callback, run_number
+from cifarlab.sweep.space import suggest
+from cifarlab.sweep.storage import (
+    RUN_ATTR,
+    check_sqlite_file,
+    check_url,
+    open_storage,
+    redacted,
+    retry_callback,
+    run_number,
+)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 DEFINITION_ATTR = "cifarlab_sweep"
@@ -40,7 +49,9 @@ class SweepStopped(Exception):
 
 def open_study(sweep: Sweep) -> optuna.Study:
     """Create the study, or join it when it exists and was started with the same definition."""
-    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    check_url(sweep.storage_url)  # the storage first: a bad URL or a foreign database makes no folder
+    check_sqlite_file(sweep.storage_url)
+    make_sweep_folder(sweep.sweep_dir)
     storage = open_storage(sweep.storage_url, sweep.heartbeat_seconds)
     if sweep.grid is not None:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(sweep.grid, seed=0)
@@ -57,10 +68,22 @@ def open_study(sweep: Sweep) -> optuna.Study:
     known = study.user_attrs.get(DEFINITION_ATTR)
     if known is None:
         study.set_user_attr(DEFINITION_ATTR, sweep.identity())
-    elif known != sweep.identity():
-        raise UserError(f"study {sweep.name!r} in {redacted(sweep.storage_url)} was started with another recipe, "
-                        f"overrides, space or seeds; give this sweep another --name (or --dir)")
+    elif differences := identity_differences(known, sweep):
+        raise UserError(f"study {sweep.name!r} in {redacted(sweep.storage_url)} was started with another "
+                        f"definition (its {', '.join(differences)} differ from this command's); run it as it was "
+                        f"started, or give this sweep another --name (or --dir)")
     return study
+
+
+def make_sweep_folder(folder: Path) -> None:
+    """The sweep folder (trials, report, the default study.db), or one line saying why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the sweep folder {folder}: {err.strerror or err}; give --dir a folder "
+                        f"that can be written") from None
+    if not os.access(folder, os.W_OK):  # a read-only disk says so here, not in SQLite's first write
+        raise UserError(f"the sweep folder {folder} cannot be written; give --dir a folder that can be written")
 
 
 @dataclass
@@ -114,7 +137,7 @@ class _Objective:
         number = run_number(trial)
         trial.set_user_attr(RUN_ATTR, number)
         params = suggest(trial, self.sweep.space)
-        cfg = validate(apply_params(self.sweep.base_raw, params))
+        cfg = self.sweep.trial_config(params)
         results = []
         for seed_index in range(self.sweep.seeds):
             seeded = cfg if seed_index == 0 else cfg.model_copy(update={"seed": cfg.seed + seed_index})

@@ -26,7 +26,7 @@ def run_sweep(sweep: Sweep, workers: int = 1, report: bool = True) -> int:
     study = open_study(sweep)  # checks the storage and the definition once, before any worker starts
     _quiet_optuna()
     if workers > 1:
-        code = _run_workers(sweep, workers)
+        code = workers_outcome(sweep, study, _run_workers(sweep, workers))
     else:
         try:
             work(sweep, study)
@@ -53,7 +53,7 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def _run_workers(sweep: Sweep, workers: int) -> int:
+def _run_workers(sweep: Sweep, workers: int) -> list[int]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or DB state
     gpus = _gpu_count()
     processes = []
@@ -70,10 +70,27 @@ def _run_workers(sweep: Sweep, workers: int) -> int:
     except KeyboardInterrupt:  # the workers got the same SIGINT: let them save and stop
         for process in processes:
             process.join()
-    codes = [process.exitcode for process in processes]
-    if any(code not in (0, EXIT_STOPPED) for code in codes):
-        raise UserError(f"a sweep worker failed (exit codes {codes}); see its message above")
-    return EXIT_STOPPED if EXIT_STOPPED in codes else 0
+    return [process.exitcode for process in processes]
+
+
+def workers_outcome(sweep: Sweep, study, codes: list[int]) -> int:
+    """The sweep's exit code from its workers' (0 done, 130 stopped). A worker that died (killed, out of
+    memory) fails the sweep only when the study is not done: the others take over its trial once its
+    heartbeat stops, so a study that holds all its trials, none running, is done."""
+    from cifarlab.sweep.study import counts
+
+    failed = [code for code in codes if code not in (0, EXIT_STOPPED)]
+    if EXIT_STOPPED in codes:
+        return EXIT_STOPPED
+    if not failed:
+        return 0
+    now = counts(study)
+    if now.counted >= sweep.trials and not now.running and not now.waiting:
+        print(f"sweep {sweep.name}: a worker ended with exit code {failed[0]} (killed?), and the others finished "
+              f"its trials: the study is done", file=sys.stderr, flush=True)
+        return 0
+    raise UserError(f"a sweep worker failed (exit codes {codes}) before the study was done; see its message "
+                    f"above, and run the same command again to continue")
 
 
 def _worker_main(sweep: Sweep, env: dict) -> None:
