@@ -82,9 +82,13 @@ def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
         rows = list(csv.DictReader(handle))
     assert [row["state"] for row in rows] == ["complete", "complete"]
     assert all(row["test acc of best.pt"].endswith("%") for row in rows)
+    assert {float(row["optim.lr"]) for row in rows} == {t.params["optim.lr"] for t in trials}  # every digit
     report = (sweep_dir / "report.md").read_text()
     for title in ("## Trials", "## Best configuration", "Optimisation history", "Parallel coordinates"):
         assert title in report
+    shown = report.split("## Best configuration")[0]  # best.yaml, below it, keeps every digit to train it again
+    for trial in trials:  # the summary and the trials table show a parameter to 4 significant digits
+        assert f"{trial.params['optim.lr']:.4g}" in shown and repr(trial.params["optim.lr"]) not in shown
     for plot in ("history", "parallel", "best_curves"):
         assert (sweep_dir / "plots" / f"{plot}.png").stat().st_size > 1000
 
@@ -165,6 +169,8 @@ def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsy
     assert not (tmp_path / "s").exists()
     assert main([*args, "--allow-test-selection"]) == 0
     assert read_summary(_run_dirs(tmp_path / "s")[0]).selected_by == "test_acc"
+    run_lines = [line for line in capsys.readouterr().err.splitlines() if "run directory:" in line]
+    assert run_lines and all(line.startswith("[trial 0] ") for line in run_lines)  # which trial said it
 
 
 @pytest.mark.slow
@@ -477,3 +483,20 @@ def test_a_sweep_folder_on_a_read_only_disk_is_one_line(tmp_path, where):
                        str(folder)], [disk])
     _one_line(done, "sweep", str(folder), "written")
     assert not any(disk.iterdir())
+
+
+@pytest.mark.parametrize("writes, shown", [
+    (["run directory: r\n", "data: x\n"], "[t] run directory: r\n[t] data: x\n"),
+    (["epoch 1/2", " 50%", "\rn", "\n"], "[t] epoch 1/2 50%\r[t] n\n"),  # a bar redrawn after \r
+    (["a\n\nb"], "[t] a\n\n[t] b"),  # an empty line stays empty
+], ids=["lines", "bar-redraws", "empty-line"])
+def test_a_trials_output_lines_start_with_its_trial(writes, shown):
+    import io
+
+    from cifarlab.sweep.trial import PrefixedLines
+
+    out = io.StringIO()
+    stream = PrefixedLines(out, "[t] ")
+    for text in writes:
+        stream.write(text)
+    assert out.getvalue() == shown

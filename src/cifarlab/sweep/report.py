@@ -41,10 +41,11 @@ def write_sweep_report(sweep: Sweep, study: optuna.Study) -> Path:
     with open(folder / ".report.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         trials = [t for t in study.get_trials(deepcopy=False) if t.state in SHOWN_STATES]
-        header, rows = trial_table(sweep, trials)
+        header, rows = trial_table(sweep, trials, short_values=False)  # the CSV keeps every digit of a parameter
         _write_csv(folder / TRIALS_CSV, header, rows)
         best = _best(study)
-        sections = [_summary_section(sweep, study, trials, best), Section("Trials", [Table(header, rows)])]
+        sections = [_summary_section(sweep, study, trials, best),
+                    Section("Trials", [Table(*trial_table(sweep, trials))])]
         if best is not None:
             atomic_write_text(folder / BEST_YAML, best_recipe(sweep, best))
             sections.append(Section("Best configuration", [Text(f"{BEST_YAML} (train it with `cifarlab train "
@@ -62,8 +63,15 @@ def _best(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
         return None
 
 
-def trial_table(sweep: Sweep, trials: list) -> tuple[list[str], list[list[Any]]]:
-    """Parameters, score, test accuracy of best.pt, training time, state and run folder per trial."""
+def short(value: Any) -> Any:
+    """A parameter as a person reads it: a float to 4 significant digits (TPE proposes 0.012345678901234567)."""
+    return f"{value:.4g}" if isinstance(value, float) else scalar(value)
+
+
+def trial_table(sweep: Sweep, trials: list, short_values: bool = True) -> tuple[list[str], list[list[Any]]]:
+    """Parameters, score, test accuracy of best.pt, training time, state and run folder per trial (the
+    parameters to 4 significant digits unless `short_values` is false)."""
+    show = short if short_values else scalar
     keys = list(sweep.space)
     header = ["trial", *keys, f"{sweep.monitor} (score)", f"test acc of {BEST}", "time", "state", "run"]
     rows = []
@@ -72,7 +80,7 @@ def trial_table(sweep: Sweep, trials: list) -> tuple[list[str], list[list[Any]]]
         score = trial.value if trial.state == TrialState.COMPLETE else attrs.get("score")
         test = attrs.get("test_acc")
         state = attrs.get("status") if trial.state == TrialState.PRUNED else trial.state.name.lower()
-        rows.append([trial.number, *(scalar(trial.params.get(key, "—")) for key in keys),
+        rows.append([trial.number, *(show(trial.params.get(key, "—")) for key in keys),
                      "—" if score is None else f"{score:.4f}", "—" if test is None else f"{100 * test:.2f}%",
                      format_duration(attrs["train_seconds"]) if attrs.get("train_seconds") else "—",
                      state or "pruned", ", ".join(attrs.get("run_dirs", []))])
@@ -90,7 +98,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 def best_recipe(sweep: Sweep, best: optuna.trial.FrozenTrial) -> str:
     """The best trial's config as a recipe: the values differing from the defaults, with a header."""
     cfg = sweep.trial_config(best.params)
-    params = ", ".join(f"{key}={scalar(value)}" for key, value in best.params.items())
+    params = ", ".join(f"{key}={short(value)}" for key, value in best.params.items())
     head = (f"# Best trial ({best.number}) of sweep {sweep.name}: {sweep.monitor} {best.value:.4f}\n"
             f"# recipe {sweep.recipe} {' '.join(sweep.overrides)} with {params}\n")
     return head + diff_yaml(cfg)
@@ -110,7 +118,7 @@ def _summary_section(sweep: Sweep, study: optuna.Study, trials: list, best) -> S
         test = best.user_attrs.get("test_acc")
         lines.append(f"Best: trial {best.number}, {sweep.monitor} {best.value:.4f}"
                      + (f", test accuracy of {BEST} {100 * test:.2f}%" if test is not None else "")
-                     + f", with {', '.join(f'{k}={scalar(v)}' for k, v in best.params.items())}.")
+                     + f", with {', '.join(f'{k}={short(v)}' for k, v in best.params.items())}.")
     return Section("Summary", [Text("\n\n".join(lines))])
 
 

@@ -167,7 +167,8 @@ class _Objective:
         why = f"{PRUNED_BY} the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
         reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why)
         print(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}", file=sys.stderr, flush=True)
-        summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
+        with runs.lines_prefixed(f"[trial {trial.number}] "):  # K workers' lines interleave in one log
+            summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
         return runs.outcome(run_dir, summary, self.sweep.monitor)
 
     def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:

@@ -9,10 +9,14 @@ Optuna trial after a kill) trains the same folder on from where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, TextIO
 
 from cifarlab import experiment
 from cifarlab.config import Config
@@ -77,3 +81,45 @@ def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:
         status = "pruned"  # stopped by the pruning callback (sweep/pruning.py), which gave this reason
     return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.get("best_test_acc"),
                       float(summary.get("train_seconds") or 0.0))
+
+
+class PrefixedLines(io.TextIOBase):
+    """A text stream that starts every line it passes on with `prefix` (a progress bar's `\r` redraws too):
+    the output of K workers, or of several machines gathered into one log, says which trial each line is."""
+
+    def __init__(self, stream: TextIO, prefix: str):
+        self.stream, self.prefix = stream, prefix
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for piece in re.split(r"([\r\n])", text):
+            if not piece:
+                continue
+            if self.at_line_start and piece not in "\r\n":
+                pieces.append(self.prefix)
+            pieces.append(piece)
+            self.at_line_start = piece in "\r\n"
+        self.stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:  # a bar is drawn where it would be without the prefix
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+@contextlib.contextmanager
+def lines_prefixed(prefix: str) -> Iterator[None]:
+    """stdout and stderr of this process, each line starting with `prefix`, inside the block."""
+    with contextlib.redirect_stdout(PrefixedLines(sys.stdout, prefix)), \
+            contextlib.redirect_stderr(PrefixedLines(sys.stderr, prefix)):
+        yield
