@@ -131,8 +131,8 @@ class ModelConfig(ConfigSection):
         description=("Extra keyword arguments of the model factory, e.g. convnet {width: 16}."))
     module: Union[str, list[str], None] = Field(None,
         description=("Python module(s) whose import registers model.name with @register_model (your own model "
-                     "code), e.g. mypkg.nets; imported by train. Loading a checkpoint never imports it: pass "
-                     "--import there."))
+                     "code), e.g. mypkg.nets; imported by train, and by resume of the run when its model is not "
+                     "registered. Loading a checkpoint never imports it: pass --import there."))
 
     @field_validator("module")
     @classmethod
