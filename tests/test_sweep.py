@@ -391,7 +391,7 @@ def test_a_sweep_joins_its_study_when_its_overrides_set_the_same_values_and_its_
     if differs is None:
         _open(tmp_path, then[0], then[1])
         return
-    with pytest.raises(UserError, match=f"another definition \\(its {differs} differ from this command's\\)"):
+    with pytest.raises(UserError, match=f"another definition \\(its {differs} differs from this command's\\)"):
         _open(tmp_path, then[0], then[1])
 
 
@@ -500,3 +500,38 @@ def test_a_trials_output_lines_start_with_its_trial(writes, shown):
     for text in writes:
         stream.write(text)
     assert out.getvalue() == shown
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The sweep's worker processes (multiprocessing's spawned children, not its resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    pids = []
+    for pid in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker processes from /proc (Linux)")
+def test_a_worker_killed_mid_trial_is_replaced_and_the_sweep_still_succeeds(tmp_path):
+    """kill -9 of one of `--workers 2`: the other takes its trial over once the heartbeat stops, resumes its
+    run, and the study ends with its trials; the sweep exits 0 with one line about the lost worker."""
+    command = _command(tmp_path / "s", "train.epochs=2", "checkpoint.every_steps=2", "--trials", "2", "--workers",
+                       "2", "--heartbeat", "1", space=_space(tmp_path))
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "s" / "trials").glob("*/checkpoints/last.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "no trial saved a checkpoint"
+        time.sleep(0.05)
+    victim = _worker_pids(process.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    err = process.communicate(timeout=600)[1]
+    assert process.returncode == 0, err[-3000:]
+    assert "a worker ended with exit code -9 (killed?), and the others finished its trials" in err
+    assert _states(_trials(tmp_path / "s", "smoke-space")).get("COMPLETE") == 2
+    assert (tmp_path / "s" / "report.md").is_file()

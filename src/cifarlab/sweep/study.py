@@ -70,7 +70,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
         study.set_user_attr(DEFINITION_ATTR, sweep.identity())
     elif differences := identity_differences(known, sweep):
         raise UserError(f"study {sweep.name!r} in {redacted(sweep.storage_url)} was started with another "
-                        f"definition (its {', '.join(differences)} differ from this command's); run it as it was "
+                        f"definition (its {', '.join(differences)} {'differs' if len(differences) == 1 else 'differ'} "
+                        f"from this command's); run it as it was "
                         f"started, or give this sweep another --name (or --dir)")
     return study
 
