@@ -14,9 +14,11 @@ names, in any order: its numbers are mapped by name to the train split's.
 dataset has one, else none) name the splits; `image_size` and `channels` as for an image folder (default:
 the most common shorter side capped at 64, and what most images are).
 
-A dataset that `datasets` cannot read (a truncated arrow file, a broken parquet file or JSON metadata file) is one
-line naming it, as every other bad input. Every image goes through the image-folder rule (`cifarlab.data.images.fit_square`) once, decoded in
-parallel threads from the dataset's encoded bytes, into `<cache>/hf/<key>.pt` ($CIFARLAB_DATA, default
+A dataset that `datasets` cannot read (a truncated arrow file, a broken parquet file or JSON metadata file)
+is one line naming it, as every other bad input.
+
+Every image goes through the image-folder rule (`cifarlab.data.images.fit_square`) once, decoded in parallel
+threads from the dataset's encoded bytes, into `<cache>/hf/<key>.pt` ($CIFARLAB_DATA, default
 ~/.cache/cifarlab). The key covers the datasets' fingerprints (which change when their contents do) and
 the options. Training then reads that cache like any other source, so training speed is that of CIFAR-10.
 Needs `pip install 'cifarlab[hf]'`.
