@@ -188,8 +188,8 @@ def _without_labels(dataset_dict):
     return dataset_dict
 
 
-def _plain_labels(dataset_dict):
-    return dataset_dict.cast_column("animal", datasets.Value("int64"))
+def _plain_labels(dataset_dict, dtype="int64"):
+    return dataset_dict.cast_column("animal", datasets.Value(dtype))
 
 
 def _test_images_as_strings(dataset_dict):
@@ -231,6 +231,9 @@ BAD_HF = [
      ["cannot read the parquet file", "test-00000-of-00001.parquet", "JSONDecodeError"]),
     ("plain-integer-labels",
      lambda d: _saved(_plain_labels(_dataset_dict()), d),
+     ["no ClassLabel column", "cast_column('animal', datasets.ClassLabel(names=[...]))"]),
+    ("string-labels",
+     lambda d: _saved(_plain_labels(_dataset_dict(), "string"), d),
      ["no ClassLabel column", "cast_column('animal', datasets.ClassLabel(names=[...]))"]),
 ]
 

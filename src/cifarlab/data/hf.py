@@ -150,9 +150,9 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
     if given is None:
         found = [name for name, feature in features.items() if isinstance(feature, feature_type)]
         if not found:  # e.g. labels as plain integers: no class names to read, so naming the column cannot help
-            integers = [name for name, feature in features.items()
-                        if getattr(feature, "dtype", "").startswith(("int", "uint"))]
-            example = (integers if kind == "ClassLabel" and integers else ["<column>"])[0]
+            plain = [name for name, feature in features.items()
+                     if str(getattr(feature, "dtype", "")).startswith(("int", "uint", "string", "large_string"))]
+            example = (plain if kind == "ClassLabel" and plain else ["<column>"])[0]
             raise UserError(f"the dataset has no {kind} column (its columns: {', '.join(features)}); cast one and "
                             f"save the dataset again, e.g. dataset = dataset.cast_column({example!r}, "
                             f"{CAST_TO[kind]})")
