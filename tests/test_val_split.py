@@ -121,5 +121,5 @@ def test_a_run_says_which_classes_its_validation_split_leaves_out(val_split, cou
         assert measured == set(range(len(counts))) and "validation image" not in err
     else:
         lines = [line for line in err.splitlines() if "validation image" in line]
-        assert len(lines) == 1 and warning in lines[0] and "best.pt is picked on the other classes" in lines[0]
+        assert len(lines) == 1 and warning in lines[0] and "picked on the other classes' val_acc" in lines[0]
         assert len(measured) == len(counts) - 1

@@ -88,7 +88,7 @@ def _check_every_class_trains(dataset: Dataset, val_split, where: str) -> None:
 
 def warn_unmeasured_classes(dataset: Dataset, val_split) -> None:
     """One warning line when the validation split `data.val_split` made leaves out classes that train: its
-    val_acc picks best.pt, and a class it never sees cannot count (cifarlab.data.split gives each class with
+    val_acc picks the best checkpoint, and a class it never sees cannot count (cifarlab.data.split gives each class with
     2 or more images one validation image whenever the split is large enough)."""
     if val_split is None or dataset.val is None:
         return
@@ -104,8 +104,8 @@ def warn_unmeasured_classes(dataset: Dataset, val_split) -> None:
     else:
         why = (f"data.val_split={val_split} made {len(dataset.val.labels)} validation images for {eligible} classes "
                f"with 2 or more images; use a count of at least {eligible} to measure each")
-    print(f"warning: {len(unmeasured)} class(es) have no validation image ({names}): {why}; best.pt is picked "
-          f"on the other classes' val_acc", file=sys.stderr, flush=True)
+    print(f"warning: {len(unmeasured)} class(es) have no validation image ({names}): {why}; the best checkpoint is "
+          f"picked on the other classes' val_acc", file=sys.stderr, flush=True)
 
 
 def _check_statistics(dataset: Dataset, std_given: bool, where: str) -> None:

@@ -2,7 +2,7 @@
 
 Every class with at least 2 images gets at least one validation image, and every class keeps at least one
 training image. Plain proportional rounding gave small classes none: on an unbalanced folder the split
-could hold a single class, whose val_acc was 1.0 every epoch and picked best.pt blindly. A split too small
+could hold a single class, whose val_acc was 1.0 every epoch and picked the best checkpoint blindly. A split too small
 to give each class one is taken all the same (the run warns, `cifarlab.data.checks`); one that would take a
 class's last training image is refused."""
 from __future__ import annotations
