@@ -228,9 +228,9 @@ CASES = [
     ("folder-all-images-one-grey",
      lambda t, f, m: _train_cli(t, _png_folder(t / "d", constant=True)),
      ["channel 0 of the training images is constant (std 0)", "data.std=[1.0"]),
-    ("val-split-takes-the-only-image-of-a-class",
-     lambda t, f, m: _train_api(t, _arrays(_random_images(10), [0] * 9 + [1], ["ant", "bee"]), "data.val_split=0.6"),
-     ["1 class(es) have no training image ('bee')", "data.val_split=0.6"]),
+    ("val-split-would-take-the-last-image-of-a-class",
+     lambda t, f, m: _train_api(t, _arrays(_random_images(10), [0] * 9 + [1], ["ant", "bee"]), "data.val_split=9"),
+     ["data.val_split=9 takes 9 of 10 training images", "every class keeps at least one", "at most 8"]),
     ("folder-one-class",
      lambda t, f, m: _train_cli(t, _png_folder(t / "d", ("ant",))),
      ["a classifier needs at least 2 classes", "['ant']"]),
@@ -388,3 +388,23 @@ def _assert_api_refused_in_a_process(name: str, words: list[str], tmp: Path) -> 
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     for word in words:
         assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.slow  # its own process (torch's import): the old code aborted the whole process here
+def test_torchscript_export_on_a_full_disk_is_one_line_and_leaves_no_temporary(folder_run, tmp_path):
+    """A disk that fills while the TorchScript file is written (here a file-size limit: EFBIG, as ENOSPC
+    would be): torch.jit.save's own writer threw a C++ exception through Python, the process aborted (a
+    terminate, exit -6) and its temporary file stayed. Now: one line, exit 2, nothing left in the folder."""
+    import resource
+
+    out = tmp_path / "exports"
+    out.mkdir()
+    before = tree_hashes(folder_run["run"])
+    done = subprocess.run([sys.executable, "-m", "cifarlab", "export", _ckpt(folder_run["run"]), "--format",
+                           "torchscript", "--out", str(out / "net.torchscript.pt")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)}, cwd=tmp_path,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.RLIM_INFINITY)))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0] == f"cifarlab export: error: cannot write {out / 'net.torchscript.pt'}: File too large"
+    assert list(out.iterdir()) == [] and tree_hashes(folder_run["run"]) == before

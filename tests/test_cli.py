@@ -156,6 +156,17 @@ def test_demo_says_why_it_falls_back_to_fashion_mnist(monkeypatch, capsys):
     assert "its server did not answer within 5 s" in capsys.readouterr().err
 
 
+def test_demo_checks_its_overrides_before_it_probes_or_announces(monkeypatch, capsys):
+    import cifarlab.data.sources as sources
+
+    probed = []
+    monkeypatch.setattr(sources, "dataset_available", lambda name, data_dir=None: probed.append(name) or False)
+    monkeypatch.setattr(sources, "download_server_answers", lambda name, seconds: probed.append(name) or False)
+    assert main(["demo", "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert probed == [] and len(err) == 1 and "optim.lr" in err[0] and "demo: training" not in err[0]
+
+
 def test_the_server_probe_answers_for_a_listening_port_and_not_for_a_closed_one():
     import socket
 

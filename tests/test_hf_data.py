@@ -29,10 +29,24 @@ def _images(count: int, seed: int):
     return {"img": images, "animal": labels.tolist()}
 
 
-def _dataset_dict():
-    features = datasets.Features({"img": datasets.Image(), "animal": datasets.ClassLabel(names=CLASSES)})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(_images(n, seed), features=features)
-                                 for split, n, seed in (("train", 96, 0), ("test", 48, 1))})
+def _dataset_dict(test_names=CLASSES):
+    """train (96 rows) and test (48 rows); the test split's ClassLabel lists `test_names`, its numbers written
+    under them, so that every image keeps its class (a class `test_names` lacks keeps its number)."""
+    splits = {}
+    for split, count, seed, names in (("train", 96, 0, CLASSES), ("test", 48, 1, list(test_names))):
+        rows = _images(count, seed)
+        rows["animal"] = [names.index(CLASSES[k]) if CLASSES[k] in names else k for k in rows["animal"]]
+        features = datasets.Features({"img": datasets.Image(), "animal": datasets.ClassLabel(names=list(names))})
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    return datasets.DatasetDict(splits)
+
+
+def _parquet(dataset_dict, folder):
+    """`dataset_dict` as parquet files named by split, as the Hub lays them out: folder/data/<split>-....parquet."""
+    (folder / "data").mkdir(parents=True)
+    for split, part in dataset_dict.items():
+        part.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
 
 
 @pytest.fixture
@@ -76,11 +90,8 @@ def test_a_tampered_hf_cache_is_rebuilt_not_trusted(saved, tmp_path, tamper, cap
 
 
 def test_parquet_files_named_by_split_read_the_same(saved, tmp_path):
-    parquet = tmp_path / "parquet" / "data"
-    parquet.mkdir(parents=True)
-    for split, part in _dataset_dict().items():
-        part.to_parquet(str(parquet / f"{split}-00000-of-00001.parquet"))
-    from_parquet, from_saved = load_dataset("hf", tmp_path / "parquet"), load_dataset("hf", saved)
+    from_parquet = load_dataset("hf", _parquet(_dataset_dict(), tmp_path / "parquet"))
+    from_saved = load_dataset("hf", saved)
     assert from_parquet.classes == tuple(CLASSES)
     assert torch.equal(from_parquet.train.images, from_saved.train.images)
     assert torch.equal(from_parquet.test.labels, from_saved.test.labels)
@@ -103,7 +114,9 @@ def test_a_plain_integer_label_column_is_refused_with_the_cast_to_make(tmp_path,
     plain = datasets.Dataset.from_dict(rows, features=datasets.Features({"img": datasets.Image(),
                                                                         "animal": datasets.Value("int64")}))
     datasets.DatasetDict({"train": plain, "test": plain}).save_to_disk(str(tmp_path / "plain"))
-    with pytest.raises(UserError, match="0 ClassLabel columns among img, animal; name one"):
+    # the first message already names the fix: naming the column (data.options.label_column) cannot help
+    with pytest.raises(UserError, match=r"no ClassLabel column \(its columns: img, animal\); cast one .*"
+                                        r"cast_column\('animal', datasets.ClassLabel\(names="):
         load_dataset("hf", tmp_path / "plain")
     with pytest.raises(UserError, match="column 'animal' is Value, not ClassLabel; cast it"):
         load_dataset("hf", tmp_path / "plain", label_column="animal")
@@ -120,3 +133,120 @@ def test_a_run_trains_on_it_and_evaluates_it_again(saved, tmp_path):
     assert model.classes == tuple(CLASSES) and model.image_size == 20
     result = evaluate_checkpoint(model)  # the run's own test split, read from data.dir again
     assert result["test_acc"] == pytest.approx(run.summary["best_test_acc"])
+
+
+def _two_train_files(dataset_dict, folder):
+    """A parquet folder whose train split is two files, the second listing the class names in another order."""
+    _parquet(dataset_dict, folder)
+    other = _dataset_dict(test_names=list(reversed(CLASSES)))["test"]
+    other.to_parquet(str(folder / "data" / "train-00001-of-00002.parquet"))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet", "parquet-train-in-two-files"])
+def test_a_split_listing_the_class_names_in_another_order_keeps_every_image_class(layout, tmp_path, monkeypatch):
+    """The numbers of a split whose ClassLabel lists the names in another order mean those names: read as the
+    train split's numbers they would train and score against the wrong classes (33% on a 100% task)."""
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    reordered = _dataset_dict(test_names=["striped", "dark", "bright"])
+    if layout == "save_to_disk":
+        reordered.save_to_disk(str(tmp_path / "d"))
+    elif layout == "parquet":
+        _parquet(reordered, tmp_path / "d")
+    else:
+        _two_train_files(_dataset_dict(), tmp_path / "d")
+    loaded = load_dataset("hf", tmp_path / "d")
+    assert loaded.classes == tuple(CLASSES)
+    assert loaded.test.labels.tolist() == _images(48, 1)["animal"]
+    if layout == "parquet-train-in-two-files":  # the second train file holds the test rows, names reversed
+        assert loaded.train.labels.tolist() == _images(96, 0)["animal"] + _images(48, 1)["animal"]
+
+
+def _saved(dataset_dict, folder, tamper=None):
+    dataset_dict.save_to_disk(str(folder))
+    if tamper is not None:
+        tamper(folder)
+    return folder
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _parquet_metadata_not_json(folder):
+    import pyarrow.parquet as pq
+
+    path = folder / "data" / "test-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"huggingface": b"{not json"}), path)
+    return folder
+
+
+def _without_labels(dataset_dict):
+    dataset_dict["test"] = dataset_dict["test"].remove_columns("animal")
+    return dataset_dict
+
+
+def _plain_labels(dataset_dict, dtype="int64"):
+    return dataset_dict.cast_column("animal", datasets.Value(dtype))
+
+
+def _test_images_as_strings(dataset_dict):
+    dataset_dict["test"] = dataset_dict["test"].remove_columns("img").add_column("img", ["x"] * 48)
+    return dataset_dict
+
+
+# (id, build(folder) -> data.dir, words the one line must hold)
+BAD_HF = [
+    ("test-names-not-the-train-names",
+     lambda d: _saved(_dataset_dict(test_names=["dark", "bright", "wavy"]), d),
+     ["class names of the 'test' split", "'wavy' is not a train class", "in any order"]),
+    ("parquet-test-names-not-the-train-names",
+     lambda d: _parquet(_dataset_dict(test_names=["dark", "bright", "wavy"]), d),
+     ["'test' split (file ", "test-00000-of-00001.parquet", "'wavy' is not a train class"]),
+    ("test-split-without-the-label-column",
+     lambda d: _saved(_without_labels(_dataset_dict()), d),
+     ["the 'test' split has no column 'animal'", "every split needs the train split's image and label columns"]),
+    ("test-images-not-an-image-column",
+     lambda d: _saved(_test_images_as_strings(_dataset_dict()), d),
+     ["column 'img' of the 'test' split is Value, not Image", "cast_column('img', datasets.Image())"]),
+    ("truncated-arrow-file",
+     lambda d: _saved(_dataset_dict(), d, lambda f: _truncate(next((f / "test").glob("*.arrow")))),
+     ["cannot read the save_to_disk folder", "write it again"]),
+    ("dataset-dict-json-broken",
+     lambda d: _saved(_dataset_dict(), d, lambda f: (f / "dataset_dict.json").write_text("{not json")),
+     ["cannot read the save_to_disk folder", "JSONDecodeError"]),
+    ("dataset-info-json-broken",
+     lambda d: _saved(_dataset_dict(), d, lambda f: (f / "test" / "dataset_info.json").write_text("[1, 2")),
+     ["cannot read the save_to_disk folder", "JSONDecodeError"]),
+    ("state-json-not-an-object",
+     lambda d: _saved(_dataset_dict(), d, lambda f: (f / "train" / "state.json").write_text("[]")),
+     ["cannot read the save_to_disk folder"]),
+    ("truncated-parquet-file",
+     lambda d: _truncate(_parquet(_dataset_dict(), d) / "data" / "test-00000-of-00001.parquet") or d,
+     ["cannot read the parquet file", "test-00000-of-00001.parquet", "ArrowInvalid"]),
+    ("parquet-metadata-not-json",
+     lambda d: _parquet_metadata_not_json(_parquet(_dataset_dict(), d)),
+     ["cannot read the parquet file", "test-00000-of-00001.parquet", "JSONDecodeError"]),
+    ("plain-integer-labels",
+     lambda d: _saved(_plain_labels(_dataset_dict()), d),
+     ["no ClassLabel column", "cast_column('animal', datasets.ClassLabel(names=[...]))"]),
+    ("string-labels",
+     lambda d: _saved(_plain_labels(_dataset_dict(), "string"), d),
+     ["no ClassLabel column", "cast_column('animal', datasets.ClassLabel(names=[...]))"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_HF, ids=[case[0] for case in BAD_HF])
+def test_a_bad_hf_dataset_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, monkeypatch, capsys):
+    from _runs import FAST, assert_refused
+
+    name, build, words = case
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = build(tmp_path / "data")
+    capsys.readouterr()  # the progress bars of writing it
+    assert_refused(["train", "smoke", f"output.dir={tmp_path / 'runs'}", "data.dataset=hf", f"data.dir={folder}",
+                    "data.options={}", *FAST], words, {"data": folder}, capsys, tmp_path)
+    assert not (tmp_path / "runs").exists()

@@ -99,3 +99,26 @@ def test_few_steps_warning_names_the_numbers_and_the_fix():
         f"warning: this run takes only 24 optimizer steps (4 per epoch x 6 epochs); under {FEW_STEPS} rarely "
         "learn anything: lower train.batch_size or raise train.epochs (the folder recipe sizes both to the data)")
     assert few_steps_warning(25, 2) is None
+
+
+# fast: lookahead from epoch 3 of 10, the whitening bias trained for the first 3 epochs
+@pytest.mark.parametrize("overrides, start_epoch, bias_epochs", [
+    (["train.epochs=2"], 1, 1),  # kept 3 and 3: no lookahead at all, the bias trained the whole run
+    (["train.epochs=1"], 0, 1),
+    (["train.epochs=5"], 2, 2),
+    (["train.epochs=20"], 6, 6),
+    (["train.epochs=10"], 3, 3),
+    (["train.epochs=2", "train.lookahead.start_epoch=3"], 3, 1),  # the user's own value is theirs
+    (["train.epochs=2", "model.options={widths: [8, 16, 16], whiten_bias_epochs: 3}"], 1, 3),
+])
+def test_a_shortened_fast_recipe_scales_its_epoch_settings_and_says_so(overrides, start_epoch, bias_epochs, capsys):
+    import cifarlab
+
+    cfg = cifarlab.load_config("fast", overrides)
+    assert (cfg.train.lookahead.start_epoch, cfg.model.options["whiten_bias_epochs"]) == (start_epoch, bias_epochs)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "the same fraction of the run" in line]
+    moved = {key: value for key, value in (("train.lookahead.start_epoch", start_epoch),
+                                           ("model.options.whiten_bias_epochs", bias_epochs)) if value != 3}
+    assert len(notes) == (1 if moved else 0)
+    for key, value in moved.items():
+        assert f"{key} moves from 3 to {value}" in notes[0]

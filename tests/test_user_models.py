@@ -153,3 +153,81 @@ def test_options_a_user_factory_does_not_take_are_named_as_such_before_any_run_d
     assert len(err) == 1 and "model 'tiny_mlp' could not be built with model.options={'width': 8}" in err[0], err
     assert "width" in err[0] and "too small" not in err[0]
     assert not (tmp_path / "smoke").exists()
+
+
+BAD_NETS_MODULE = "cifarlab_test_bad_nets"
+BAD_NETS = '''
+from torch import nn
+
+from cifarlab import register_model
+
+
+class Net(nn.Module):
+    """A small classifier whose forward returns `what` instead of (N, num_classes) logits."""
+
+    def __init__(self, in_channels, outputs, what):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, outputs))
+        self.what = what
+
+    def forward(self, x):
+        logits = self.body(x)
+        if self.what == "not-on-meta":  # .item() cannot run on the meta device: checked on one real image
+            return logits if x.abs().sum().item() >= 0 else None
+        return {"tuple": (logits, x), "dict": {"logits": logits}, "flat": logits.flatten(),
+                "integers": logits.argmax(1, keepdim=True).expand_as(logits), "wide": logits}[self.what]
+
+
+for what, extra in (("tuple", 0), ("dict", 0), ("flat", 0), ("integers", 0), ("wide", 3), ("not-on-meta", 3)):
+    register_model(f"returns_{what}")(
+        lambda num_classes=10, in_channels=3, norm="batch", dropout=0.0, what=what, extra=extra:
+        Net(in_channels, num_classes + extra, what))
+'''
+CLASH_MODULE = "cifarlab_test_clashing_net"
+CLASH = '''
+from torch import nn
+
+from cifarlab import register_model
+
+
+@register_model("resnet18")
+def my_resnet(num_classes=10, in_channels=3, norm="batch", dropout=0.0):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+'''
+
+# (id, model.module, model.name, words the one line must hold); smoke's data: 10 classes, 3x32x32 (batch 2 on meta)
+BAD_USER_NETS = [
+    ("returns-10+3-columns", BAD_NETS_MODULE, "returns_wide",
+     ["model 'returns_wide' returns a torch.float32 tensor of shape (2, 13)", "shape (2, 10)", "10 classes"]),
+    ("returns-a-tuple", BAD_NETS_MODULE, "returns_tuple", ["returns a tuple of 2 values", "one floating-point tensor"]),
+    ("returns-a-dict", BAD_NETS_MODULE, "returns_dict", ["returns a dict with keys 'logits'", "shape (N, 10)"]),
+    ("returns-a-flat-tensor", BAD_NETS_MODULE, "returns_flat", ["tensor of shape (20,)", "one row per image"]),
+    ("returns-integers", BAD_NETS_MODULE, "returns_integers", ["a torch.int64 tensor of shape (2, 10)"]),
+    ("not-on-meta-checked-on-one-image", BAD_NETS_MODULE, "returns_not-on-meta",
+     ["tensor of shape (1, 13)", "(1, 10)"]),
+    ("registers-a-built-in-name", CLASH_MODULE, "resnet18",
+     ["model name 'resnet18' is already registered, by cifarlab's built-in model", "register yours under a name not "
+      "taken", "convnet"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_USER_NETS, ids=[case[0] for case in BAD_USER_NETS])
+def test_a_user_network_that_returns_no_logits_is_one_line_before_anything_is_written(case, tmp_path, monkeypatch,
+                                                                                      capsys):
+    from _runs import FAST, assert_refused
+
+    name, module, model, words = case
+    folder = tmp_path / "usercode"
+    folder.mkdir()
+    (folder / f"{module}.py").write_text(BAD_NETS if module == BAD_NETS_MODULE else CLASH)
+    monkeypatch.syspath_prepend(str(folder))
+    MODELS.names()
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # imported afresh, and forgotten afterwards
+    try:
+        assert_refused(["train", "smoke", f"output.dir={tmp_path / 'runs'}", f"model.module={module}",
+                        f"model.name={model}", "model.options={}", *FAST], words, {"code": folder}, capsys, tmp_path)
+    finally:
+        sys.modules.pop(module, None)
+    assert not (tmp_path / "runs").exists()

@@ -68,3 +68,58 @@ def test_monitoring_validation_without_a_split_is_refused(tmp_path, capsys):
     assert main(["train", "smoke", f"output.dir={tmp_path}", "checkpoint.monitor=val_acc", *COMMON]) == 2
     assert "needs a validation split" in capsys.readouterr().err
     assert not (tmp_path / "smoke").exists() or not any((tmp_path / "smoke").iterdir())
+
+
+# (images per class, data.val_split, validation images per class): small classes beside large ones
+UNBALANCED = [
+    ((400, 4, 4), 41, (39, 1, 1)),  # proportional rounding gave (41, 0, 0): a one-class split, val_acc 1.0
+    ((600, 5, 5), 0.1, (59, 1, 1)),
+    ((1000, 2, 2, 1), 100, (98, 1, 1, 0)),  # a class of 1 image keeps it for training (and a warning says so)
+    ((10, 1), 5, (5, 0)),
+    ((30, 2, 2, 2, 2, 2), 6, (1, 1, 1, 1, 1, 1)),
+    ((100,) * 6, 4, (1, 1, 1, 1, 0, 0)),  # fewer images than classes: one each for the first (with a warning)
+    ((3, 3, 3), 6, (2, 2, 2)),  # at most all but one image of a class
+]
+
+
+@pytest.mark.parametrize("counts, size, expected", UNBALANCED, ids=[str(case[0][:4]) for case in UNBALANCED])
+def test_every_class_with_two_images_gets_a_validation_image_and_keeps_a_training_one(counts, size, expected):
+    split = _split(counts)
+    split.images[:, 0, 1, 1] = torch.arange(len(split.labels)) // 256  # with [0, 0, 0]: each image's index
+    train, val = stratified_split(split, size, seed=0)
+    assert tuple(torch.bincount(val.labels, minlength=len(counts)).tolist()) == expected
+    assert torch.bincount(train.labels, minlength=len(counts)).min() >= 1
+    ids = [set((s.images[:, 0, 0, 0].long() + 256 * s.images[:, 0, 1, 1].long()).tolist()) for s in (train, val)]
+    assert not ids[0] & ids[1] and len(ids[0]) + len(ids[1]) == sum(counts)
+
+
+def _unbalanced_arrays(counts):
+    import numpy as np
+
+    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), 3, 8, 8), dtype=np.uint8)
+    return images, labels, images[:6], labels[:6], [f"class{k}" for k in range(len(counts))]
+
+
+@pytest.mark.parametrize("val_split, counts, warning", [
+    ("auto", (400, 4, 4), None),  # auto: sized from the average (> 20 a class) but every class measured
+    ("0.1", (200, 30, 1), "1 class(es) have no validation image ('class2'): they have a single image"),
+    ("2", (50, 50, 50), "1 class(es) have no validation image ('class2'): data.val_split=2 made 2 validation "
+                        "images for 3 classes with 2 or more images; use a count of at least 3"),
+])
+def test_a_run_says_which_classes_its_validation_split_leaves_out(val_split, counts, warning, capsys):
+    from cifarlab.config import load_config
+    from cifarlab.data.arrays import as_dataset
+    from cifarlab.training.sizing import size_to_data
+
+    cfg = load_config("folder", [f"data.val_split={val_split}"])
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": "arrays"})})
+    _, dataset = size_to_data(cfg, as_dataset(_unbalanced_arrays(counts)))
+    err = capsys.readouterr().err
+    measured = set(dataset.val.labels.tolist())
+    if warning is None:
+        assert measured == set(range(len(counts))) and "validation image" not in err
+    else:
+        lines = [line for line in err.splitlines() if "validation image" in line]
+        assert len(lines) == 1 and warning in lines[0] and "picked on the other classes' val_acc" in lines[0]
+        assert len(measured) == len(counts) - 1

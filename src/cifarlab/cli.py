@@ -161,9 +161,12 @@ DEMO_PROBE_SECONDS = 5.0
 
 
 def cmd_demo(args) -> int:
+    from cifarlab.config import read_with_overrides, validate
     from cifarlab.data.sources import dataset_available, download_server_answers, load_dataset
     from cifarlab.experiment import train
 
+    for recipe in ("cifar10-quick", "fmnist-quick"):  # a bad override is refused before any probe or announcement
+        validate(read_with_overrides(recipe, args.overrides)[0])
     if dataset_available("cifar10"):
         recipe, why = "cifar10-quick", "CIFAR-10 is in the data cache"
     elif not download_server_answers("cifar10", DEMO_PROBE_SECONDS):  # offline: don't wait on a download

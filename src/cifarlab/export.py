@@ -24,6 +24,7 @@ An existing output file is never replaced: the export is refused with one line.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -102,7 +103,11 @@ def _write_torchscript(model: nn.Module, tmp: Path, meta: dict, example: torch.T
     with warnings.catch_warnings():  # the user asked for TorchScript; its deprecation notice is noise here
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(tmp), _extra_files={"cifarlab.json": json.dumps(meta)})
+    # Into memory first, then written by Python: torch.jit.save's own file writer, failing (a full disk),
+    # throws a C++ exception that terminates the whole process and leaves the temporary file behind.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={"cifarlab.json": json.dumps(meta)})
+    tmp.write_bytes(buffer.getbuffer())
 
 
 def _write_onnx(model: nn.Module, tmp: Path, meta: dict, example: torch.Tensor) -> None:

@@ -158,13 +158,15 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
 
 
 def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[dict, Optional[str]]:
-    """(the recipe with its overrides, not yet validated; the line saying a moved onecycle peak, or None)."""
+    """(the recipe with its overrides, not yet validated; the lines saying what moved with train.epochs, or None)."""
     raw = read_recipe(recipe) if recipe else {}
     recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
     parsed = [parse_override(text) for text in overrides]
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    return raw, keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+    overridden = {".".join(keys) for keys, _ in parsed}
+    notes = [keep_peak_fraction(raw, recipe_epochs, overridden), _keep_epoch_settings(raw, recipe_epochs, overridden)]
+    return raw, "\n".join(note for note in notes if note) or None
 
 
 def keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
@@ -185,3 +187,40 @@ def keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> O
     schedule["peak_epoch"] = peak * epochs / recipe_epochs
     return (f"note: schedule.peak_epoch moves from {peak:g} of {recipe_epochs} epochs to "
             f"{schedule['peak_epoch']:.3g} of {epochs}, the same fraction of the run")
+
+
+# A recipe's settings counted in whole epochs of its run, besides the onecycle peak (fast: lookahead from
+# epoch 3 of 10, the whitening bias trained for the first 3): (dotted key, least value once scaled).
+EPOCH_SETTINGS = (("train.lookahead.start_epoch", 0), ("model.options.whiten_bias_epochs", 1))
+
+
+def _keep_epoch_settings(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
+    """When an override changes `train.epochs`, each of EPOCH_SETTINGS keeps its fraction of the run as
+    the peak does, rounded to a whole epoch: lookahead still starts before the last epoch, a bias trained for
+    some epochs still trains for one. Without this, `fast train.epochs=2` never started its lookahead (epoch 3)
+    and trained the whitening bias throughout. Returns the line that says so; a setting given on the command
+    line (or a section above it) is the user's own."""
+    epochs = (raw.get("train") or {}).get("epochs")
+    whole = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (epochs, recipe_epochs))
+    if not overridden & {"train.epochs", "train"} or not whole or epochs == recipe_epochs:
+        return None
+    moved = []
+    for key, least in EPOCH_SETTINGS:
+        *parents, leaf = key.split(".")
+        section = raw
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        value = section.get(leaf) if isinstance(section, dict) else None
+        if any(key == given or key.startswith(given + ".") for given in overridden) or isinstance(value, bool) \
+                or not isinstance(value, int) or value <= 0:
+            continue  # the user's own, or left for validation to judge
+        scaled = max(least, round(value * epochs / recipe_epochs))
+        if key == "train.lookahead.start_epoch":
+            scaled = min(scaled, epochs - 1)
+        if scaled != value:
+            section[leaf] = scaled
+            moved.append(f"{key} moves from {value} to {scaled}")
+    if not moved:
+        return None
+    return (f"note: for {epochs} epochs instead of the recipe's {recipe_epochs}, {' and '.join(moved)}: the same "
+            f"fraction of the run")

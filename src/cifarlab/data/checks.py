@@ -5,6 +5,8 @@ an image folder, arrays or a `Dataset` from Python, or a decoded cache read back
 - uint8 images of one (C, H, W) in every split, C in 1 or 3, labels in 0..K-1;
 - every class has at least one training image (refused when a validation split took its last ones,
   a warning otherwise: a subset or arrays that skip a label may be meant);
+- a validation split made by data.val_split measures every class that trains, or a warning says which
+  it leaves out and why (a class of one image, a split smaller than the classes);
 - finite normalisation statistics, and no channel with std 0 (it would divide by zero: NaN inputs).
 
 A check that fails is one UserError line naming the split, the class or the channel, and what to set.
@@ -47,6 +49,7 @@ def check_dataset(dataset: Dataset, std_given: bool = False, val_split: Optional
         if low < 0 or high >= K:
             raise UserError(f"{where}: {name} labels must be in 0..{K - 1} ({K} classes), got {low}..{high}")
     _check_every_class_trains(dataset, val_split, where)
+    warn_unmeasured_classes(dataset, val_split)
     _check_statistics(dataset, std_given, where)
 
 
@@ -81,6 +84,28 @@ def _check_every_class_trains(dataset: Dataset, val_split, where: str) -> None:
                         f"2 classes")
     # Not made by us (a subset, or arrays whose labels skip a class): the user may mean it, but must know.
     print(f"warning: {text}; the model cannot learn them", file=sys.stderr, flush=True)
+
+
+def warn_unmeasured_classes(dataset: Dataset, val_split) -> None:
+    """One warning line when the validation split `data.val_split` made leaves out classes that train: its
+    val_acc picks the best checkpoint, and a class it never sees cannot count (cifarlab.data.split gives each class with
+    2 or more images one validation image whenever the split is large enough)."""
+    if val_split is None or dataset.val is None:
+        return
+    K = len(dataset.classes)
+    train, val = (torch.bincount(split.labels, minlength=K) for split in (dataset.train, dataset.val))
+    unmeasured = ((train > 0) & (val == 0)).nonzero().flatten().tolist()
+    if not unmeasured:
+        return
+    names = ", ".join(repr(dataset.classes[k]) for k in unmeasured[:5]) + (" ..." if len(unmeasured) > 5 else "")
+    eligible = int(((train + val) >= 2).sum())
+    if all(int(train[k]) == 1 for k in unmeasured):
+        why = "they have a single image, kept for training"
+    else:
+        why = (f"data.val_split={val_split} made {len(dataset.val.labels)} validation images for {eligible} classes "
+               f"with 2 or more images; use a count of at least {eligible} to measure each")
+    print(f"warning: {len(unmeasured)} class(es) have no validation image ({names}): {why}; the best checkpoint is "
+          f"picked on the other classes' val_acc", file=sys.stderr, flush=True)
 
 
 def _check_statistics(dataset: Dataset, std_given: bool, where: str) -> None:

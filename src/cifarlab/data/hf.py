@@ -7,13 +7,18 @@
 - a dataset name on the Hugging Face Hub, e.g. `uoft-cs/cifar10` (downloads unless `data.download=false`).
 
 Options (`data.options`): `image_column` (default: the split's one `Image` feature) and `label_column`
-(default: its one `ClassLabel` feature); class names are that ClassLabel's names, label k the k-th name.
+(default: its one `ClassLabel` feature); class names are the train split's ClassLabel names, label k the k-th
+name. Every split (every parquet file) must carry both columns, and its ClassLabel may list only train class
+names, in any order: its numbers are mapped by name to the train split's.
 `train_split` / `test_split` (default `train` / `test`) and `val_split_name` (default `validation` when the
 dataset has one, else none) name the splits; `image_size` and `channels` as for an image folder (default:
 the most common shorter side capped at 64, and what most images are).
 
-Every image goes through the image-folder rule (`cifarlab.data.images.fit_square`) once, decoded in
-parallel threads from the dataset's encoded bytes, into `<cache>/hf/<key>.pt` ($CIFARLAB_DATA, default
+A dataset that `datasets` cannot read (a truncated arrow file, a broken parquet file or JSON metadata file)
+is one line naming it, as every other bad input.
+
+Every image goes through the image-folder rule (`cifarlab.data.images.fit_square`) once, decoded in parallel
+threads from the dataset's encoded bytes, into `<cache>/hf/<key>.pt` ($CIFARLAB_DATA, default
 ~/.cache/cifarlab). The key covers the datasets' fingerprints (which change when their contents do) and
 the options. Training then reads that cache like any other source, so training speed is that of CIFAR-10.
 Needs `pip install 'cifarlab[hf]'`.
@@ -25,6 +30,7 @@ import io
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -50,14 +56,66 @@ def _datasets():
     return datasets
 
 
-def open_hf(where: str, cache_root: Path, download: bool):
-    """The DatasetDict that `where` names (see the module doc)."""
+@contextmanager
+def _reading(what: str):
+    """Whatever `datasets` or pyarrow raise while reading `what` as one line: a truncated arrow file, a broken
+    parquet file or JSON metadata file, a missing shard. They raise OSError, ValueError, KeyError, TypeError,
+    pyarrow's and datasets' own types (with the real reason in the cause): too many to list, and each means
+    "this dataset cannot be read", so any Exception from inside the block is a user error. Keep blocks to
+    library reads, so that a bug of ours still raises."""
+    try:
+        yield
+    except (UserError, MemoryError):
+        raise
+    except Exception as err:
+        root = err
+        while root.__cause__ is not None and root.__cause__ is not root:  # DatasetGenerationError wraps the reason
+            root = root.__cause__
+        reason = (str(root).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read {what}: {type(root).__name__}{': ' * bool(reason)}{reason}; "
+                        f"write it again (save_to_disk or to_parquet) from a dataset that loads") from None
+
+
+@contextmanager
+def _quiet():
+    """No progress bars or error logs from `datasets` while it reads a local folder (it logs a bad parquet file
+    before raising, and _reading says so in one line); restored afterwards."""
+    datasets = _datasets()
+    verbosity, bars_off = datasets.logging.get_verbosity(), datasets.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tuple[str, object]]]:
+    """{split name: its parts}, the dataset `where` names (see the module doc). A part is (how messages name it,
+    a `datasets.Dataset` with its own features): the whole split, or for a parquet folder one file, because
+    `datasets` reads every parquet file with the first file's features, so a test file whose ClassLabel lists
+    the names in another order would keep its numbers under the train file's names."""
     datasets = _datasets()
     path = Path(where).expanduser()
+    arrow_cache = str(cache_root / "hf" / "arrow")
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(path))
+        with _quiet(), _reading(f"the save_to_disk folder {path}"):
+            return {name: [(f"the {name!r} split", split)]
+                    for name, split in datasets.load_from_disk(str(path)).items()}
     if path.is_dir() and any(path.rglob("*.parquet")):
-        return datasets.load_dataset("parquet", data_dir=str(path), cache_dir=str(cache_root / "hf" / "arrow"))
+        with _quiet():
+            with _reading(f"the parquet folder {path}"):
+                files = datasets.load_dataset_builder("parquet", data_dir=str(path), cache_dir=arrow_cache
+                                                      ).config.data_files
+            parts = {}
+            for name, split_files in files.items():
+                for file in split_files:
+                    with _reading(f"the parquet file {file}"):
+                        part = datasets.Dataset.from_parquet(str(file), cache_dir=arrow_cache)
+                    parts.setdefault(name, []).append((f"the {name!r} split (file {file})", part))
+            return parts
     if path.exists() or where.startswith((".", "/", "~")):
         raise UserError(f"data.dir {where} is neither a save_to_disk folder (dataset_dict.json) nor a folder of "
                         f"parquet files")
@@ -65,9 +123,10 @@ def open_hf(where: str, cache_root: Path, download: bool):
         raise UserError(f"data.dir {where!r} is not a local folder, and data.download=false forbids fetching it "
                         f"from the Hugging Face Hub")
     try:
-        return datasets.load_dataset(where, cache_dir=str(cache_root / "hf" / "arrow"))
+        hub = datasets.load_dataset(where, cache_dir=arrow_cache)
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # unknown name, no network
         raise UserError(f"cannot load Hugging Face dataset {where!r}: {str(err).splitlines()[0][:200]}") from None
+    return {name: [(f"the {name!r} split", split)] for name, split in hub.items()}
 
 
 def _settings(options: dict) -> dict:
@@ -82,33 +141,66 @@ def _settings(options: dict) -> dict:
     return {key: options.get(key) for key in OPTIONS}
 
 
+CAST_TO = {"Image": "datasets.Image()", "ClassLabel": "datasets.ClassLabel(names=[...])"}
+
+
 def _column(split, given: Optional[str], feature_type, option: str) -> str:
     """The column `given`, else the split's only column of `feature_type`; checked to be of that type."""
-    features = split.features
+    features, kind = split.features, feature_type.__name__
     if given is None:
         found = [name for name, feature in features.items() if isinstance(feature, feature_type)]
-        if len(found) != 1:
-            raise UserError(f"the dataset has {len(found)} {feature_type.__name__} columns among "
-                            f"{', '.join(features)}; name one with data.options.{option}")
+        if not found:  # e.g. labels as plain integers: no class names to read, so naming the column cannot help
+            plain = [name for name, feature in features.items()
+                     if str(getattr(feature, "dtype", "")).startswith(("int", "uint", "string", "large_string"))]
+            example = (plain if kind == "ClassLabel" and plain else ["<column>"])[0]
+            raise UserError(f"the dataset has no {kind} column (its columns: {', '.join(features)}); cast one and "
+                            f"save the dataset again, e.g. dataset = dataset.cast_column({example!r}, "
+                            f"{CAST_TO[kind]})")
+        if len(found) > 1:
+            raise UserError(f"the dataset has {len(found)} {kind} columns ({', '.join(found)}); name one with "
+                            f"data.options.{option}")
         return found[0]
     if given not in features:
         raise UserError(f"data.options.{option}={given!r} is not a column; the columns are {', '.join(features)}")
     if not isinstance(features[given], feature_type):
-        raise UserError(f"column {given!r} is {type(features[given]).__name__}, not {feature_type.__name__}; "
-                        f"cast it, e.g. dataset.cast_column({given!r}, datasets.{feature_type.__name__}(...))")
+        raise UserError(f"column {given!r} is {type(features[given]).__name__}, not {kind}; "
+                        f"cast it, e.g. dataset.cast_column({given!r}, {CAST_TO[kind]})")
     return given
 
 
-def _splits(dataset_dict, settings: dict) -> dict:
+def _splits(parts: dict, settings: dict) -> dict:
+    """{role: (split name, its parts)} for train, test and (if any) val."""
     names = {"train": settings["train_split"] or "train", "test": settings["test_split"] or "test"}
-    val = settings["val_split_name"] or ("validation" if "validation" in dataset_dict else None)
+    val = settings["val_split_name"] or ("validation" if "validation" in parts else None)
     if val is not None:
         names["val"] = val
     for role, name in names.items():
-        if name not in dataset_dict:
+        if name not in parts:
             raise UserError(f"the dataset has no split {name!r} for {role}; its splits are "
-                            f"{', '.join(dataset_dict)} (set data.options.{role}_split{'_name' * (role == 'val')})")
-    return {role: dataset_dict[name] for role, name in names.items()}
+                            f"{', '.join(parts)} (set data.options.{role}_split{'_name' * (role == 'val')})")
+    return {role: (name, parts[name]) for role, name in names.items()}
+
+
+def _label_order(where: str, part, image_column: str, label_column: str, classes: tuple[str, ...]) -> list[int]:
+    """For each label number of `part` (a split or one of its files), the train class of the same name.
+    Every split must carry the train split's columns, and its ClassLabel only names of train classes: the
+    numbers of a test split that lists the names in another order mean other classes."""
+    datasets, features = _datasets(), part.features
+    for column, kind in ((image_column, datasets.Image), (label_column, datasets.ClassLabel)):
+        if column not in features:
+            raise UserError(f"{where} has no column {column!r} (its columns: {', '.join(features)}); every split "
+                            f"needs the train split's image and label columns")
+        if not isinstance(features[column], kind):
+            raise UserError(f"column {column!r} of {where} is {type(features[column]).__name__}, not "
+                            f"{kind.__name__} as in the train split; cast it, e.g. dataset.cast_column("
+                            f"{column!r}, {CAST_TO[kind.__name__]})")
+    names = list(features[label_column].names)
+    unknown = [name for name in names if name not in classes]
+    if unknown or len(set(names)) != len(names):
+        raise UserError(f"the class names of {where} ({names}) are not the train split's {list(classes)}"
+                        f"{f': {unknown[0]!r} is not a train class' if unknown else ''}; every split's "
+                        f"{label_column!r} ClassLabel must list the train split's names (in any order)")
+    return [classes.index(name) for name in names]
 
 
 def _open_image(encoded: dict, where: str):
@@ -172,19 +264,29 @@ def load_hf(data_dir: Optional[str], cache_root: Path, download: bool = True, **
                         "Hub dataset name>")
     settings = _settings(options)
     splits = _splits(open_hf(str(data_dir), cache_root, download), settings)
-    train = splits["train"]
-    image_column = _column(train, settings["image_column"], _datasets().Image, "image_column")
-    label_column = _column(train, settings["label_column"], _datasets().ClassLabel, "label_column")
-    classes = tuple(train.features[label_column].names)
-    key = hashlib.sha256(repr((CACHE_VERSION, sorted(settings.items()), image_column, label_column,
-                               [(role, split._fingerprint) for role, split in splits.items()])).encode())
+    first = splits["train"][1][0][1]
+    image_column = _column(first, settings["image_column"], _datasets().Image, "image_column")
+    label_column = _column(first, settings["label_column"], _datasets().ClassLabel, "label_column")
+    classes = tuple(first.features[label_column].names)
+    orders = {role: [_label_order(where, part, image_column, label_column, classes) for where, part in parts]
+              for role, (_, parts) in splits.items()}
+    # "labels by name": caches written before labels were mapped by name may hold a reordered split's numbers
+    key = hashlib.sha256(repr((CACHE_VERSION, "labels by name", sorted(settings.items()), image_column, label_column,
+                               [(role, [part._fingerprint for _, part in parts]) for role, (_, parts) in splits.items()]
+                               )).encode())
     cache = cache_root / "hf" / f"{key.hexdigest()[:24]}.pt"
     if cache.is_file() and (dataset := read_cache(cache, "hf", classes)) is not None:
         return dataset
-    images = {role: _encoded(split, image_column) for role, split in splits.items()}
+    images, labels = {}, {}
+    with _quiet():
+        for role, (name, parts) in splits.items():
+            with _reading(f"the {name!r} split of {data_dir}"):
+                images[role] = [row for _, part in parts for row in _encoded(part, image_column)]
+                numbers = [list(part[label_column]) for _, part in parts]
+            labels[role] = [_mapped(order, number) for order, part_numbers in zip(orders[role], numbers)
+                            for number in part_numbers]
     size, channels = _shape(images["train"], settings)
-    decoded = {role: _decode(role, images[role], list(split[label_column]), size, channels, len(classes))
-               for role, split in splits.items()}
+    decoded = {role: _decode(role, images[role], labels[role], size, channels, len(classes)) for role in splits}
     mean, std = channel_stats(decoded["train"].images)
     origin = (f"{data_dir} (Hugging Face dataset, columns {image_column}/{label_column}, shorter side resized to "
               f"{size} + centre crop, {channels}-channel)")
@@ -192,3 +294,8 @@ def load_hf(data_dir: Optional[str], cache_root: Path, download: bool = True, **
     write_cache(dataset, cache)
     return dataset
 
+
+def _mapped(order: list[int], number):
+    """Label `number` of a split as a train class number; out-of-range numbers (-1: no label) stay as they are,
+    for _decode to name."""
+    return order[number] if isinstance(number, int) and 0 <= number < len(order) else number

@@ -43,7 +43,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
-    check_model_input(cfg.model, dataset)
+    check_model_output(cfg.model.name, check_model_input(cfg.model, dataset), dataset.num_classes)
     check_integrations(cfg.output)
     if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
         from cifarlab.models.registry import build_model
@@ -52,6 +52,26 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
         init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
                              dataset.classes, dataset.in_channels)
     return cfg, runtime, dataset
+
+
+def check_model_output(name: str, output, num_classes: int) -> None:
+    """A model (a user's above all) must return one tensor of logits, (N, num_classes), for N images: a
+    tuple, a dict or a flat tensor would crash in the loss once the run directory exists, and extra
+    columns would train and score silently against classes the data does not have."""
+    if isinstance(output, torch.Tensor) and output.ndim == 2 and output.shape[1] == num_classes \
+            and output.is_floating_point():
+        return
+    if isinstance(output, torch.Tensor):
+        got = f"a {output.dtype} tensor of shape {tuple(output.shape)}"
+    elif isinstance(output, dict):
+        got = f"a dict with keys {', '.join(map(repr, output))}"
+    elif isinstance(output, (tuple, list)):
+        got = f"a {type(output).__name__} of {len(output)} values"
+    else:
+        got = f"a {type(output).__name__}"
+    batch = output.shape[0] if isinstance(output, torch.Tensor) and output.ndim else "N"
+    raise UserError(f"model {name!r} returns {got}; it must return one floating-point tensor of logits of shape "
+                    f"({batch}, {num_classes}): one row per image, one column per class ({num_classes} classes)")
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:

@@ -25,8 +25,11 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
-            if name in self._entries:
-                raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            if name in self._entries:  # e.g. a user's model named like a built-in one
+                owner = getattr(self._entries[name], "__module__", None) or "?"
+                by = f"cifarlab's built-in {self.kind}" if owner.startswith("cifarlab.") else f"module {owner}"
+                raise UserError(f"{self.kind} name {name!r} is already registered, by {by}; register yours under a "
+                                f"name not taken (taken: {', '.join(self.names())})")
             self._entries[name] = entry
             return entry
 

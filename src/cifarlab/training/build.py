@@ -67,16 +67,15 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
     return dataset
 
 
-def check_model_input(model_cfg, dataset: Dataset) -> None:
+def check_model_input(model_cfg, dataset: Dataset):
     """Refuse, before a run directory exists, images too small for the model (a 4x4 image through three
     poolings has no pixels left). Shapes are propagated on the meta device (no memory, no compute); a
     failure there is confirmed by a real forward of one image on the CPU, since a user's model may do
-    things meta tensors cannot (`.item()`)."""
+    things meta tensors cannot (`.item()`). Returns what the model returned (for 2 meta images or 1 real one)."""
     C, size = dataset.in_channels, dataset.image_size
     try:
         with torch.device("meta"):
-            build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
-        return
+            return build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
     except Exception:  # confirmed or dismissed below
         pass
     try:
@@ -88,7 +87,7 @@ def check_model_input(model_cfg, dataset: Dataset) -> None:
                         f"({_reason(err)}); give the options its factory takes") from None
     try:
         with torch.no_grad():
-            model(torch.zeros(1, C, size, size))
+            return model(torch.zeros(1, C, size, size))
     except Exception as err:
         reason = _reason(err)
         raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Optional
 
 from cifarlab.config import Config
+from cifarlab.data.checks import warn_unmeasured_classes
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.split import stratified_split
 from cifarlab.training.build import load_data
@@ -41,6 +42,7 @@ def size_to_data(cfg: Config, source: Optional[Dataset] = None) -> tuple[Config,
         if fraction is not None:
             train, val = stratified_split(dataset.train, fraction, cfg.seed)
             dataset = replace(dataset, train=train, val=val)
+            warn_unmeasured_classes(dataset, fraction)
         data_cfg = data_cfg.model_copy(update={"val_split": fraction})
     num_train = len(dataset.train.labels)
     batch_size = cfg.train.batch_size
