@@ -75,8 +75,10 @@ def check_model_input(model_cfg, dataset: Dataset) -> None:
     C, size = dataset.in_channels, dataset.image_size
     try:
         with torch.device("meta"):
-            build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
-        return
+            output = build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
+        return _check_output(output, 2, model_cfg, dataset)
+    except UserError:
+        raise
     except Exception:  # confirmed or dismissed below
         pass
     try:
@@ -88,12 +90,21 @@ def check_model_input(model_cfg, dataset: Dataset) -> None:
                         f"({_reason(err)}); give the options its factory takes") from None
     try:
         with torch.no_grad():
-            model(torch.zeros(1, C, size, size))
+            output = model(torch.zeros(2, C, size, size))
     except Exception as err:
         reason = _reason(err)
         raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
                         f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
                         f"or a model for small images") from None
+    _check_output(output, 2, model_cfg, dataset)
+
+
+def _check_output(output, count: int, model_cfg, dataset: Dataset) -> None:
+    """A classifier gives one row of `num_classes` logits per image; anything else would fail deep in the loss."""
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if shape != (count, dataset.num_classes):
+        raise UserError(f"model {model_cfg.name!r} must return logits shaped (N, num_classes) = "
+                        f"({count}, {dataset.num_classes}) for {count} images of {dataset.name}, got {shape}")
 
 
 def _reason(err: Exception) -> str:
