@@ -127,3 +127,15 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     table = calibration_bins(probs, labels, bins)
     gaps = (table["accuracy"] - table["confidence"]).abs()
     return float((gaps * table["counts"]).sum() / table["counts"].sum())
+
+
+def beyond_accuracy(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                    bins: int = 15) -> dict[str, float]:
+    """From (log-probabilities, labels) batches: top-5 accuracy (with more than 5 classes), the macro F1 and
+    the expected calibration error, as `cifarlab eval` prints them and the report shows them."""
+    scores = torch.cat([s for s, _ in batches]).float().cpu()  # note: a CPU-GPU sync point, once
+    labels = torch.cat([y for _, y in batches]).cpu()
+    extra = {"test_top5_acc": topk_accuracy(scores, labels, 5)} if num_classes > 5 else {}
+    extra["test_macro_f1"] = float(precision_recall_f1(labels, scores.argmax(1), num_classes)[:, 2].mean())
+    extra["test_ece"] = expected_calibration_error(scores.exp(), labels, bins)
+    return extra
