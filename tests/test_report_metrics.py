@@ -70,3 +70,20 @@ def test_eval_prints_top5_f1_and_ece_of_the_predictions_every_other_path_makes(t
     assert len(loaded.classes) == 10 and result["test_top5_acc"] >= result["test_acc"]
     assert result["test_top5_acc"] == pytest.approx(topk_accuracy(made.probs, made.labels, 5), abs=1e-9)
     assert result["test_ece"] == pytest.approx(expected_calibration_error(made.probs, made.labels), abs=1e-4)
+
+
+@pytest.mark.parametrize("K", [5, 12])
+def test_the_report_summary_gives_top5_only_where_there_are_more_than_five_classes(K):
+    from cifarlab.analysis.report import Text
+    from cifarlab.analysis.run_report import _summary_section
+    from cifarlab.config import load_config
+    from cifarlab.use.predict import Predictions
+
+    probs, labels = _scores(K=K)
+    made = Predictions(probs=probs.float(), labels=labels, losses=-probs.log().gather(1, labels[:, None])[:, 0].float())
+    text = " ".join(block.text for block in _summary_section({}, made, load_config("smoke")).blocks
+                    if isinstance(block, Text))
+    if K > 5:
+        assert f"{100 * topk_accuracy(probs, labels, 5):.2f}% top-5" in text
+    else:
+        assert "top-5" not in text
