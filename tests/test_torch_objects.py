@@ -50,6 +50,10 @@ class Pictures(torch.utils.data.Dataset):
             image = image.float() / 255
         elif self.kind == "hwc":
             image = image.permute(1, 2, 0).numpy()
+        elif self.kind == "pil":
+            from PIL import Image
+
+            image = Image.fromarray(image.permute(1, 2, 0).numpy())
         return image, int(self.labels[index])
 
 
@@ -164,7 +168,7 @@ def test_every_image_form_decodes_to_the_same_store_and_a_dataloader_gives_its_d
     assert reference.train.images.shape == (96, 3, 8, 8) and reference.classes == ("cat", "dog", "bird")
     assert torch.equal(reference.train.images, _pictures().images)
     assert "decoded once into memory" in reference.origin and "not streamed" in reference.origin
-    for kind in ("float", "hwc"):
+    for kind in ("float", "hwc", "pil"):
         got = dataset_from_torch(DataLoader(_pictures(kind=kind), batch_size=5, shuffle=True),
                                  _pictures(12, seed=1, kind=kind), classes=["a", "b", "c"])
         assert torch.equal(got.train.images, reference.train.images), kind

@@ -128,7 +128,7 @@ def _image(image, split: str, index: int) -> torch.Tensor:
         if array.ndim != 3 or array.shape[2] not in CHANNELS:
             raise UserError(f"{where}: an array or PIL image must be (H, W, C) with C in 1 or 3, or (H, W) "
                             f"(PIL modes L and RGB), got {array.shape}; convert it (e.g. image.convert('RGB'))")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1)  # PIL: read-only
     if tensor.dtype == torch.uint8:
         return tensor
     if not tensor.is_floating_point():
