@@ -47,7 +47,7 @@ class Checkpointer(Callback):
             self.save(state, *names)
         # Only once the new file is complete (written to a temporary name, then renamed): at every moment the
         # folder holds the k best epochs saved so far. last.pt and best.pt have other names: never removed.
-        for epoch, path in epoch_checkpoints(self.directory.parent).items():
+        for epoch, path in epoch_checkpoints(self.directory.parent).items() if self.keep else ():
             if epoch not in top:
                 path.unlink(missing_ok=True)
 
