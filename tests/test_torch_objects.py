@@ -136,6 +136,8 @@ def test_an_instance_of_a_local_class_loads_only_into_a_module_passed_in(tmp_pat
 
     assert main(["eval", str(best)]) == 2  # the CLI: the same one line, exit code 2
     assert "only load_state_dict can rebuild" in capsys.readouterr().err
+    with pytest.raises(UserError, match="does not match"):  # a module of another shape: load_state_dict refuses
+        cifarlab.load_model(best, model=nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)))
     loaded = cifarlab.load_model(best, model=LocalNet())
     predictions = cifarlab.predict(loaded, test.images[:4].permute(0, 2, 3, 1).numpy(), top=1)
     assert len(predictions) == 4 and predictions[0][0][0] in ("cat", "dog", "bird")
