@@ -318,12 +318,11 @@ def _precision_recall_section(run_dir: Path, predictions, classes: Sequence[str]
 
 def _calibration_section(run_dir: Path, predictions) -> Section:
     from cifarlab.analysis.calibration import plot_reliability
-    from cifarlab.analysis.metrics import calibration_bins
+    from cifarlab.analysis.metrics import calibration_bins, expected_calibration_error
 
     probs, labels = _cpu(predictions.probs), _cpu(predictions.labels)
     table = calibration_bins(probs, labels, CALIBRATION_BINS)
-    gaps = (table["accuracy"] - table["confidence"]).abs()
-    ece = float((gaps * table["counts"]).sum() / table["counts"].sum())
+    ece = expected_calibration_error(probs, labels, CALIBRATION_BINS)
     plot_reliability(table, ece, run_dir / layout.plot("calibration.png"))
     mean_confidence = float((table["confidence"] * table["counts"]).sum() / table["counts"].sum())
     over = "over" if mean_confidence > float(predictions.accuracy) else "under"

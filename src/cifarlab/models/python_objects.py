@@ -44,7 +44,7 @@ def model_section(obj) -> dict[str, Any]:
         return _state_dict_only(type(obj))
     func, options = _func_and_options(obj)
     if func is None or not _importable(func) or not _plain(options):
-        return _state_dict_only(func or obj)
+        return _state_dict_only(func or _innermost(obj))
     return {"name": f"{func.__module__}:{func.__qualname__}", "module": func.__module__, "options": options}
 
 
@@ -68,6 +68,12 @@ def _func_and_options(obj) -> tuple[Optional[Callable], dict]:
         inner, options = _func_and_options(obj.func)
         return inner, {**options, **obj.keywords} if inner is not None else {}
     return obj, {}
+
+
+def _innermost(obj):
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return obj
 
 
 def _importable(func) -> bool:
@@ -136,7 +142,7 @@ def rebuild_with(obj) -> Iterator[None]:
         _SUPPLIED.reset(token)
 
 
-def python_builder(name: str, module_names) -> Optional[Builder]:
+def python_builder(name: str) -> Optional[Builder]:
     """The builder for a model name: the one `rebuild_with` supplies, else for `module:qualname` the object
     found in the (already imported) module, else None for a registered model's name. Never imports."""
     supplied = _SUPPLIED.get()

@@ -141,7 +141,7 @@ def build_model(model_cfg, num_classes: int, in_channels: int):
     to `train` as a Python object is rebuilt as models/python_objects.py says."""
     from cifarlab.models.python_objects import python_builder
 
-    builder = python_builder(model_cfg.name, model_cfg.module)
+    builder = python_builder(model_cfg.name)
     if builder is not None:
         return builder(num_classes, in_channels, dict(model_cfg.options))
     check_registered(model_cfg)
