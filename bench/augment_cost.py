@@ -3,7 +3,8 @@
 Per training batch of CIFAR-shaped uint8 images on the device, made by `DeviceLoader.make_batch` (gather,
 to float, augment, mix, normalise, channels_last), with one op on at a time and then recipe-like stacks:
 launches (on a GPU cudaLaunchKernel; on a CPU top-level aten ops that compute, views excluded, counted as
-in gpu_speed.py), host syncs (must be 0), host ms and, on a GPU, GPU ms per batch. "+launches" is the
+in gpu_speed.py), host syncs (must be 0), host ms and, on a GPU, GPU ms per batch, images/s (median of the
+paired runs). "+launches" is the
 difference to the bare loader (no augmentation); "time × none" the median of paired wall-time ratios to it
 (runs alternate, so a change in machine load hits both). MixUp/CutMix draw their lambda and box on the host, so
 their kernels are the blend or the box copy plus the one-hot targets; with both at p 0.5 the figure is the
@@ -12,6 +13,7 @@ and the launches of a training step with `train.accumulate` 1 vs 4 at the same i
 
     python bench/augment_cost.py                # batch 512 (CPU: 1 thread unless --threads)
     python bench/augment_cost.py --smoke        # CI: batch 32, a few batches
+    python bench/augment_cost.py --only trivial rand erasing   # those variants and the bare loader
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as run_all.py: before torch loads OpenMP
 
 import argparse  # noqa: E402
+import statistics  # noqa: E402
 from pathlib import Path  # noqa: E402
 from tempfile import TemporaryDirectory  # noqa: E402
 
@@ -44,6 +47,11 @@ VARIANTS = {
     "color (b, c, s 0.4)": {"color": {}},
     "color, p 0.5": {"color": {"p": 0.5}},
     "cutout 1 x 16": {"cutout": {"size": 16}},
+    "trivialaugment (wide)": {"trivialaugment": {}},
+    "randaugment 2 ops, magnitude 9": {"randaugment": {}},
+    "random erasing, p 0.5": {"erase": {}},
+    "crop 4 + flip + trivialaugment + erasing": {"crop": {"padding": 4}, "flip": {}, "trivialaugment": {},
+                                                 "erase": {"p": 0.25}},
     "mixup": {"mixup": {}},
     "cutmix": {"cutmix": {}},
     "mixup + cutmix, p 0.5 each": {"mixup": {"p": 0.5}, "cutmix": {"p": 0.5}},
@@ -113,6 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--repeats", type=int, default=5, help="paired timings per variant")
     parser.add_argument("--smoke", action="store_true", help="batch 32, 2 batches (CI)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="measure only the variants whose label contains one of these words (and none)")
     args = parser.parse_args(argv)
     batch, batches, repeats = (32, 2, 1) if args.smoke else (args.batch, args.batches, args.repeats)
     torch.set_num_threads(args.threads)
@@ -120,10 +130,13 @@ def main(argv=None) -> None:
     print(f"machine: {machine()}\ndevice: {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); batch {batch} of 3x{SIZE}x{SIZE}, "
           f"{batches} batches per figure", flush=True)
-    print("| augment | launches/batch | +launches | syncs/batch | host ms/batch | GPU ms/batch | time × none |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| augment | launches/batch | +launches | syncs/batch | host ms/batch | GPU ms/batch | images/s | "
+          "time × none |\n|---|---|---|---|---|---|---|---|")
     cuda, base, base_work = device.type == "cuda", None, None
-    for label, section in VARIANTS.items():
+    chosen = [label for k, label in enumerate(VARIANTS)
+              if k == 0 or args.only is None or any(word in label for word in args.only)]
+    for label in chosen:
+        section = VARIANTS[label]
         work = batch_work(section, batch, batches, device)
         cost = per_step(work, batches, cuda)
         base, base_work = (cost["launches"], work) if base is None else (base, base_work)
@@ -131,7 +144,7 @@ def main(argv=None) -> None:
         ratio = median_ratio(base_rates, variant_rates)  # images/s of none / of this: its time / none's
         gpu = "–" if cost["gpu_ms"] != cost["gpu_ms"] else f"{cost['gpu_ms']:.3f}"
         print(f"| {label} | {cost['launches']:.1f} | {cost['launches'] - base:+.1f} | {cost['syncs']:.0f} | "
-              f"{cost['host_ms']:.2f} | {gpu} | {ratio:.2f} |", flush=True)
+              f"{cost['host_ms']:.2f} | {gpu} | {statistics.median(variant_rates):,.0f} | {ratio:.2f} |", flush=True)
     losses = loss_cost(batch, device)
     print(f"\nloss forward+backward launches: class indices {losses['indices']:.0f}, "
           f"mixed targets {losses['mixed targets']:.0f}")

@@ -301,7 +301,11 @@ def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     for title in SECTION_TITLES:
         assert f"\n## {title}\n" in markdown, title
     links = _linked(markdown)
-    assert len(links) == 9 and all(_is_png(run_dir / link) for link in links)
+    assert len(links) == 10 and all(_is_png(run_dir / link) for link in links)
+    assert "plots/calibration.png" in links and "Expected calibration error" in markdown
+    with (run_dir / "tables" / "precision_recall.csv").open() as f:
+        assert [row["class"] for row in csv.DictReader(f)] == list(CLASSES)
+    assert "top-5" not in markdown  # 3 classes: top-5 would be 100%
     assert "plots/lr_find.png" in links and "1.00E-03" in markdown
     page = (run_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(links) and "<script" not in page.lower()

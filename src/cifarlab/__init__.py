@@ -19,37 +19,60 @@ def __getattr__(name):
     raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
 
 
-def train(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
+def train(config=None, overrides=(), run_dir=None, data=None, callbacks=(), model=None):
     """Train a recipe name, YAML path or `Config` with `key=value` overrides; returns the `Run`.
 
     `data=(x_train, y_train, x_test, y_test[, classes])` trains on arrays or tensors instead of
-    `data.dataset`; `callbacks=[...]` adds your own `cifarlab.training.callbacks.Callback`s."""
+    `data.dataset`, `data=(train_dataset, test_dataset[, classes])` on torch Datasets or DataLoaders
+    (`cifarlab.data.torch_dataset`); `model=` an `nn.Module` instance, class or factory instead of
+    `model.name` (`cifarlab.models.python_objects`); `callbacks=[...]` adds your own
+    `cifarlab.training.callbacks.Callback`s."""
     from cifarlab.experiment import train as _train
 
-    return _train(config, overrides, run_dir, data=data, callbacks=callbacks)
+    with _supplied(model):
+        return _train(config, overrides, run_dir, data=data, callbacks=callbacks, model=model)
 
 
-def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=()):
+def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), model=None):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
-    epochs in all; `import_modules=["mypkg.nets"]` registers your own model first. Returns the `Run`."""
+    epochs in all; `import_modules=["mypkg.nets"]` registers your own model first; `model=MyNet()` rebuilds
+    a model that was passed to `train` as an object. Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
     from cifarlab.models.registry import import_user_modules
 
     import_user_modules(import_modules)
-    return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
+    with _supplied(model):
+        return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
 
 
-def load_model(checkpoint, device=None, precision=None, import_modules=()):
+def load_model(checkpoint, device=None, precision=None, import_modules=(), model=None):
     """A `LoadedModel`: `.module` (eval mode), `.card`, `.precision`, and `.classes`, `.mean`, `.std`,
     `.image_size`, `.in_channels`, `.tta`. Default device: CUDA if there is one, else the CPU; default
     precision: the run's own (as `cifarlab predict` and `eval` use it). `checkpoint` may also be a model
     folder from `cifarlab export --format hf`. `import_modules=["mypkg.nets"]`: modules to import first,
-    which register your own model (a checkpoint's own config is never imported)."""
+    which register your own model (a checkpoint's own config is never imported). `model=MyNet()`: the
+    module (instance, class or factory) the weights are loaded into, for a run whose card says only
+    load_state_dict can rebuild its model."""
     from cifarlab.models.registry import import_user_modules
     from cifarlab.use.load import load_model as _load_model
 
     import_user_modules(import_modules)
-    return _load_model(checkpoint, device, precision)
+    with _supplied(model):
+        return _load_model(checkpoint, device, precision)
+
+
+def rebuild_with(model):
+    """`with cifarlab.rebuild_with(MyNet()): ...`: every loader in the block (report, export, eval) builds
+    its model from `model` and loads the checkpoint's weights into it."""
+    from cifarlab.models.python_objects import rebuild_with as _rebuild_with
+
+    return _rebuild_with(model)
+
+
+def _supplied(model):
+    import contextlib
+
+    return contextlib.nullcontext() if model is None else rebuild_with(model)
 
 
 def predict(model_or_checkpoint, images, top=3, tta=None, import_modules=()):
@@ -67,4 +90,5 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
-__all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "__version__"]
+__all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "rebuild_with",
+           "__version__"]

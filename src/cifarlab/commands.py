@@ -132,12 +132,17 @@ def add_analysis_commands(sub) -> None:
 def cmd_eval(args) -> int:
     import json
 
+    from cifarlab.analysis.metrics import beyond_accuracy
     from cifarlab.use.evaluate import evaluate_checkpoint
     from cifarlab.use.load import load_model
 
-    result = evaluate_checkpoint(load_model(args.checkpoint, precision=args.precision), args.data_dir, args.tta)
+    loaded, batches = load_model(args.checkpoint, precision=args.precision), []
+    result = evaluate_checkpoint(loaded, args.data_dir, args.tta, collect=batches)
+    result.update(beyond_accuracy(batches, len(loaded.classes)))
     n, acc = result["images"], result["test_acc"]
     print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
+    top5 = f"top-5 accuracy {100 * result['test_top5_acc']:.2f}%, " if "test_top5_acc" in result else ""
+    print(f"{top5}macro F1 {100 * result['test_macro_f1']:.2f}%, ECE {100 * result['test_ece']:.2f}%")
     print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
     return 0
 

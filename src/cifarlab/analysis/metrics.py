@@ -79,3 +79,63 @@ def format_per_class(confusion: torch.Tensor, classes: Sequence[str]) -> str:
         value = "n/a" if accuracy != accuracy else f"{round(100 * accuracy):d} %"
         lines.append(f"Accuracy of {name:>{width}} : {value}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- beyond top-1: what peers' reports show
+
+def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of images whose true class is among the `k` highest scores (`probs` (N, K) scores of any
+    monotone kind: probabilities, log-probabilities or logits). Ties are broken by `torch.topk`."""
+    probs, labels = torch.as_tensor(probs), torch.as_tensor(labels).long().to(torch.as_tensor(probs).device)
+    top = probs.topk(min(k, probs.shape[1]), dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).double().mean())
+
+
+def precision_recall_f1(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, 3) float64: precision, recall and F1 per class, from three bincounts (memory grows with K, not K
+    squared). A class never predicted has precision 0, one absent from the labels recall 0, and F1 is 0
+    where both are 0 (torchmetrics' and scikit-learn's `zero_division=0`)."""
+    labels, preds = torch.as_tensor(labels).long().flatten(), torch.as_tensor(preds).long().flatten()
+    true_positives = torch.bincount(labels[labels == preds], minlength=num_classes).double()
+    predicted = torch.bincount(preds, minlength=num_classes).double()
+    actual = torch.bincount(labels, minlength=num_classes).double()
+    precision = torch.where(predicted > 0, true_positives / predicted.clamp_min(1), 0.0)
+    recall = torch.where(actual > 0, true_positives / actual.clamp_min(1), 0.0)
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp_min(1e-300), 0.0)
+    return torch.stack([precision, recall, f1], dim=1)
+
+
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, torch.Tensor]:
+    """The reliability diagram's data: each image's confidence (its top probability) falls in one of `bins`
+    equal-width bins [i/bins, (i+1)/bins) (a confidence of 1 in the last one); per bin the image count,
+    the mean confidence and the accuracy (0 for an empty bin). `probs`: (N, K) probabilities."""
+    probs = torch.as_tensor(probs).double()
+    labels = torch.as_tensor(labels).long().to(probs.device)
+    confidence, predicted = probs.max(dim=1)
+    index = (confidence * bins).floor().long().clamp(0, bins - 1)
+    counts = torch.bincount(index, minlength=bins).double()
+    confidence_sum = torch.bincount(index, confidence, minlength=bins)
+    correct_sum = torch.bincount(index, (predicted == labels).double(), minlength=bins)
+    return {"edges": torch.linspace(0, 1, bins + 1, dtype=torch.float64), "counts": counts,
+            "confidence": confidence_sum / counts.clamp_min(1), "accuracy": correct_sum / counts.clamp_min(1)}
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017, arXiv:1706.04599): the count-weighted mean gap |accuracy - confidence| over
+    the equal-width confidence bins of `calibration_bins`; 0 is perfectly calibrated."""
+    table = calibration_bins(probs, labels, bins)
+    gaps = (table["accuracy"] - table["confidence"]).abs()
+    return float((gaps * table["counts"]).sum() / table["counts"].sum())
+
+
+def beyond_accuracy(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                    bins: int = 15) -> dict[str, float]:
+    """From (log-probabilities, labels) batches: top-5 accuracy (with more than 5 classes), the macro F1 and
+    the expected calibration error, as `cifarlab eval` prints them and the report shows them."""
+    scores = torch.cat([s for s, _ in batches]).float().cpu()  # note: a CPU-GPU sync point, once
+    labels = torch.cat([y for _, y in batches]).cpu()
+    extra = {"test_top5_acc": topk_accuracy(scores, labels, 5)} if num_classes > 5 else {}
+    extra["test_macro_f1"] = float(precision_recall_f1(labels, scores.argmax(1), num_classes)[:, 2].mean())
+    extra["test_ece"] = expected_calibration_error(scores.exp(), labels, bins)
+    return extra

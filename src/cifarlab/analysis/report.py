@@ -19,7 +19,8 @@ from cifarlab.run.layout import REPORT_HTML, REPORT_MD
 # The sections a full run report has, in order (`analyze_run` builds them).
 SECTION_TITLES = (
     "Summary", "Configuration", "Environment", "Training curves", "Learning rate", "LR range test",
-    "Model summary", "Per-class accuracy", "Confusion", "Misclassified images", "Grad-CAM",
+    "Model summary", "Per-class accuracy", "Confusion", "Precision, recall and F1", "Calibration",
+    "Misclassified images", "Grad-CAM",
     "Augmentation preview",
 )
 

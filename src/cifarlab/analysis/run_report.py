@@ -30,6 +30,8 @@ PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
 TOP_CONFUSED = 10
 PLOT_CLASSES = 30  # beyond this many classes, plots show the most-confused ones
+TOP_K = 5  # top-5 accuracy is reported where there are more classes than this
+CALIBRATION_BINS = 15  # torchmetrics' and Guo et al.'s default
 SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
@@ -56,6 +58,8 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
         ("range test", lambda: _lr_find_section(run_dir)),
         ("model summary", lambda: _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size)),
         ("classes", lambda: _class_sections(run_dir, predictions, dataset.classes)),
+        ("precision and recall", lambda: _precision_recall_section(run_dir, predictions, dataset.classes)),
+        ("calibration", lambda: _calibration_section(run_dir, predictions)),
         ("misclassified", lambda: _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size)),
         ("Grad-CAM", lambda: _gradcam_section(run_dir, model, test.images, predictions, dataset.classes,
                                               gradcam_options)),
@@ -144,6 +148,8 @@ def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence
 # ---------------------------------------------------------------- sections
 
 def _summary_section(summary: dict, predictions, cfg) -> Section:
+    from cifarlab.analysis.metrics import topk_accuracy
+
     if not summary:
         blocks = [Text(f"{layout.SUMMARY} was not found: the run has not finished an epoch.")]
     else:
@@ -157,7 +163,9 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
                            + (" The test split only reports." if monitor.startswith("val_") else "")))
     count = len(_cpu(predictions.labels))
     tta = f"with {cfg.train.tta} TTA" if cfg.train.tta else "without TTA"
-    blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "
+    top5 = (f" top-1, {100 * topk_accuracy(_cpu(predictions.probs), _cpu(predictions.labels), 5):.2f}% top-5"
+            if _cpu(predictions.probs).shape[1] > TOP_K else "")
+    blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}%{top5} "
                        f"on {count:,} test images ({tta})."))
     return Section("Summary", blocks)
 
@@ -284,6 +292,45 @@ def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[
         Image(layout.plot("confusion_normalised.png"), f"confusion matrix, percent of each true class{note}"),
     ])
     return [per_class, confusion]
+
+
+def _precision_recall_section(run_dir: Path, predictions, classes: Sequence[str]) -> Section:
+    """Precision, recall and F1 per class (tables/precision_recall.csv has every class), and their macro means."""
+    from cifarlab.analysis.metrics import confusion_cells, most_confused_classes, precision_recall_f1
+
+    K = len(classes)
+    labels, preds = _cpu(predictions.labels).long(), _cpu(predictions.preds).long()
+    scores = precision_recall_f1(labels, preds, K)
+    header = ("class", "precision", "recall", "F1", "images")
+    totals = torch.bincount(labels, minlength=K)
+    numbers = [(classes[k], *(round(float(v), 6) for v in scores[k]), int(totals[k])) for k in range(K)]
+    shown_rows = [(name, *(f"{100 * v:.1f}%" for v in values), n) for name, *values, n in numbers]
+    _write_table(run_dir, "precision_recall", header, numbers, shown_rows)
+    shown = most_confused_classes(confusion_cells(labels, preds, K), K, PLOT_CLASSES)
+    macro = scores.mean(dim=0).tolist()
+    note = "" if len(shown) == K else f" The {len(shown)} of {K} classes with the most errors; all in tables/."
+    return Section("Precision, recall and F1", [
+        Text(f"Macro averages (each class counts once): precision {100 * macro[0]:.2f}%, recall "
+             f"{100 * macro[1]:.2f}%, F1 {100 * macro[2]:.2f}%. Precision: of the images predicted as the class, "
+             f"the share that are; recall: of the class's images, the share found.{note}"),
+        Table(header, [shown_rows[k] for k in shown])])
+
+
+def _calibration_section(run_dir: Path, predictions) -> Section:
+    from cifarlab.analysis.calibration import plot_reliability
+    from cifarlab.analysis.metrics import calibration_bins, expected_calibration_error
+
+    probs, labels = _cpu(predictions.probs), _cpu(predictions.labels)
+    table = calibration_bins(probs, labels, CALIBRATION_BINS)
+    ece = expected_calibration_error(probs, labels, CALIBRATION_BINS)
+    plot_reliability(table, ece, run_dir / layout.plot("calibration.png"))
+    mean_confidence = float((table["confidence"] * table["counts"]).sum() / table["counts"].sum())
+    over = "over" if mean_confidence > float(predictions.accuracy) else "under"
+    return Section("Calibration", [
+        Text(f"Expected calibration error (ECE, {CALIBRATION_BINS} equal-width bins): {100 * ece:.2f}%. The mean "
+             f"confidence is {100 * mean_confidence:.2f}% against {100 * float(predictions.accuracy):.2f}% accuracy: "
+             f"the model is {over}confident on average."),
+        Image(layout.plot("calibration.png"), "reliability diagram: accuracy per confidence bin")])
 
 
 def _misclassified(predictions, limit: int) -> list[int]:

@@ -82,6 +82,10 @@ class OutputConfig(ConfigSection):
     dir: str = Field("runs", description="Folder of the run directories: <dir>/<recipe>/<YYYYmmdd-HHMMSS>/.")
     tensorboard: bool = Field(True, description="Write TensorBoard events under tb/.")
     report: bool = Field(True, description="Make the plots, tables and report (markdown, HTML) at the end of train.")
+    keep: Optional[int] = Field(default=None, ge=1, le=1000,
+        description=("Also keep the checkpoints of the k best epochs by checkpoint.monitor, as "
+                     "checkpoints/epoch-NNNN.pt (a worse one is removed once a better one is saved; the last and "
+                     "best checkpoints are always kept); null: only those two."))
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto",
         description=("auto (a bar in a terminal or notebook, plain lines otherwise), bar, lines or none."))
     # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into

@@ -99,19 +99,74 @@ class CutmixConfig(ConfigSection):
     p: float = Field(default=1.0, ge=0, le=1, description="share of training batches that are cut and mixed")
 
 
+class TrivialAugmentConfig(ConfigSection):
+    """TrivialAugment (Müller & Hutter 2021, arXiv:2103.10158): one op per image at a random magnitude."""
+
+    bins: int = Field(default=31, ge=2, le=100, description="magnitude levels the random magnitude is drawn from")
+    p: float = Field(default=1.0, ge=0, le=1, description="probability that an image gets an op")
+
+
+class RandAugmentConfig(ConfigSection):
+    """RandAugment (Cubuk et al. 2019, arXiv:1909.13719): num_ops random ops per image at one magnitude."""
+
+    num_ops: int = Field(default=2, ge=1, le=10, description="ops applied in turn to each image")
+    magnitude: int = Field(default=9, ge=0, le=99, description="the ops' strength, a level in 0..bins-1")
+    bins: int = Field(default=31, ge=2, le=100, description="magnitude levels (magnitude bins-1 is each op's most)")
+    p: float = Field(default=1.0, ge=0, le=1, description="probability that an image is augmented")
+
+    @model_validator(mode="after")
+    def _magnitude_in_bins(self):
+        if self.magnitude >= self.bins:
+            raise ValueError(f"augment.randaugment.magnitude must be in 0..{self.bins - 1} (bins={self.bins}), "
+                             f"got {self.magnitude}")
+        return self
+
+
+class EraseConfig(ConfigSection):
+    """Random erasing (Zhong et al. 2017, arXiv:1708.04896): one rectangle per chosen image."""
+
+    p: float = Field(default=0.5, ge=0, le=1, description="probability that an image gets a rectangle")
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = Field(
+        (0.02, 0.33), description="least and most area of the rectangle, as fractions of the image")
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = Field(
+        (0.3, 3.3), description="least and most aspect ratio (height / width), drawn log-uniformly")
+    value: Union[Literal["random"], Annotated[float, Field(ge=0, le=1)]] = Field(
+        "random", description="the fill: random (uniform noise per pixel) or a value in [0, 1]")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for key in ("scale", "ratio"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"augment.erase.{key} must be [least, most], got [{low:g}, {high:g}]")
+        return self
+
+
 class AugmentConfig(ConfigSection):
-    """Applied in this order: crop, flip, rotate, color, cutout, then mixup or cutmix; a null op is off.
-    Test data is never augmented."""
+    """Applied in this order: crop, flip, rotate, color, randaugment or trivialaugment, cutout, erase, then
+    mixup or cutmix; a null op is off. Test data is never augmented."""
 
     crop: Optional[CropConfig] = Field(None, description="Pad and randomly crop (a random translation); null: off.")
     flip: Optional[FlipConfig] = Field(None, description="Random horizontal flip; null: off.")
     rotate: Optional[RotateConfig] = Field(None, description="Random rotation; null: off.")
     color: Optional[ColorConfig] = Field(default=None, description="colour jitter: brightness, contrast, saturation")
+    randaugment: Optional[RandAugmentConfig] = Field(None, description=(
+        "RandAugment, batched on the device (docs/augment.md); null: off"))
+    trivialaugment: Optional[TrivialAugmentConfig] = Field(None, description=(
+        "TrivialAugment (wide), batched on the device; null: off. Not together with randaugment"))
     cutout: Optional[CutoutConfig] = Field(None, description="Cutout: square holes of constant value; null: off.")
+    erase: Optional[EraseConfig] = Field(None, description="Random erasing of one rectangle per image; null: off.")
     mixup: Optional[MixupConfig] = Field(default=None, description=(
         "MixUp; the loss is taken on the mixed targets, train accuracy against each image's dominant label"))
     cutmix: Optional[CutmixConfig] = Field(default=None, description=(
         "CutMix; with mixup on too, each batch gets at most one of them (mixup.p + cutmix.p <= 1)"))
+
+    @model_validator(mode="after")
+    def _one_policy(self):
+        if self.randaugment is not None and self.trivialaugment is not None:
+            raise ValueError("augment.randaugment and augment.trivialaugment are two policies for the same place: "
+                             "set one of them (the other null)")
+        return self
 
     @model_validator(mode="after")
     def _one_mix_per_batch(self):

@@ -112,7 +112,8 @@ def dataset_from_arrays(x_train, y_train, x_test, y_test, classes: Optional[Sequ
 
 def as_dataset(data) -> Dataset:
     """What `cifarlab.train(cfg, data=...)` accepts, as a Dataset: a Dataset as it is, a tuple
-    `(x_train, y_train, x_test, y_test)` with optional fifth item `classes`, or a dict with those keys."""
+    `(x_train, y_train, x_test, y_test)` with optional fifth item `classes`, a dict with those keys, or
+    `(train, test[, classes])` of torch Datasets or DataLoaders (those go to data/torch_dataset.py first)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, dict):
@@ -125,5 +126,6 @@ def as_dataset(data) -> Dataset:
         return dataset_from_arrays(**data)
     if isinstance(data, (tuple, list)) and len(data) in (4, 5):
         return dataset_from_arrays(*data)
-    raise UserError(f"data must be (x_train, y_train, x_test, y_test[, classes]), a dict of those or a Dataset, "
+    raise UserError(f"data must be (x_train, y_train, x_test, y_test[, classes]), a dict of those, "
+                    f"(train_dataset, test_dataset[, classes]) of torch Datasets or DataLoaders, or a Dataset, "
                     f"got {type(data).__name__}{f' of {len(data)} items' if isinstance(data, (tuple, list)) else ''}")

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cifarlab.config import AugmentConfig
+from cifarlab.data.auto_augment import rand_augment, trivial_augment
 from cifarlab.data.color import color_jitter
+from cifarlab.data.erasing import random_erasing
 from cifarlab.errors import UserError
 
 
@@ -188,8 +190,8 @@ def _rotation_basis(H: int, W: int, device: torch.device, dtype: torch.dtype) ->
 
 
 class BatchAugment:
-    """The configured ops in order crop, flip, rotate, color, cutout: `aug(images, generator, indices=None,
-    epoch=0)`.
+    """The configured ops in order crop, flip, rotate, color, randaugment/trivialaugment, cutout, erase:
+    `aug(images, generator, indices=None, epoch=0)`.
 
     images: float (N, C, H, W) in [0, 1]; indices: (N,) dataset indices, needed by alternating flip.
     The result equals applying `random_crop`, `horizontal_flip`/`alternating_flip`, `rotate`,
@@ -233,8 +235,14 @@ class BatchAugment:
             images = rotate(images, generator, rot.degrees, rot.fill, rot.p)
         if color is not None:
             images = color_jitter(images, generator, color.brightness, color.contrast, color.saturation, color.p)
+        if (rand := self.cfg.randaugment) is not None:
+            images = rand_augment(images, generator, rand.num_ops, rand.magnitude, rand.bins, rand.p)
+        if (trivial := self.cfg.trivialaugment) is not None:
+            images = trivial_augment(images, generator, trivial.bins, trivial.p)
         if cut is not None:
             images = cutout(images, generator, cut.holes, cut.size, cut.fill, cut.p)
+        if (erase := self.cfg.erase) is not None:
+            images = random_erasing(images, generator, erase.p, erase.scale, erase.ratio, erase.value)
         return images
 
     def _flips(self, n: int, generator: torch.Generator, device: torch.device, indices: Optional[Tensor],
@@ -260,7 +268,7 @@ def _check(key: str, value, low: int, high: int) -> None:
 
 def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int = 0) -> BatchAugment:
     """Validate `cfg` against (channels, image_size, image_size) images; ops run crop, flip, rotate, color,
-    cutout. (MixUp and CutMix change the labels too: `data.mix.build_mix`.)
+    randaugment/trivialaugment, cutout, erase. (MixUp and CutMix change the labels too: `data.mix.build_mix`.)
 
     `seed` feeds alternating flip's per-index bits (use the run's seed).
     """
@@ -281,10 +289,20 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int 
         lines.append(f"rotation by up to ±{rot.degrees:g}°, bilinear, fill {rot.fill:g}, p={rot.p:g}")
     if (color := cfg.color) is not None:
         lines.append(_color_line(color, channels))
+    if (rand := cfg.randaugment) is not None:
+        lines.append(f"RandAugment: {rand.num_ops} ops per image at magnitude {rand.magnitude}/{rand.bins - 1}, "
+                     f"p={rand.p:g}")
+    if (trivial := cfg.trivialaugment) is not None:
+        lines.append(f"TrivialAugment (wide): one op per image at a random magnitude level of {trivial.bins}, "
+                     f"p={trivial.p:g}")
     if (cut := cfg.cutout) is not None:
         _check("cutout.size", cut.size, 1, image_size)
         holes = f"{cut.holes} hole{'s' if cut.holes > 1 else ''}"
         lines.append(f"cutout {holes} of {cut.size}×{cut.size} px, fill {cut.fill:g}, p={cut.p:g}")
+    if (erase := cfg.erase) is not None:
+        fill = "noise" if erase.value == "random" else f"{erase.value:g}"
+        lines.append(f"random erasing of {erase.scale[0]:g}-{erase.scale[1]:g} of the image, aspect "
+                     f"{erase.ratio[0]:g}-{erase.ratio[1]:g}, fill {fill}, p={erase.p:g}")
     return BatchAugment(cfg, channels, image_size, seed, lines)
 
 

@@ -62,13 +62,15 @@ class Run:
 # ------------------------------------------------------------------------------------------ running
 
 def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = (), run_dir: Optional[Path] = None,
-          data=None, callbacks: Sequence[Callback] = ()) -> Run:
+          data=None, callbacks: Sequence[Callback] = (), model=None) -> Run:
     """Train a recipe name, YAML path or Config (plus `key=value` overrides) into a new run directory.
 
     `data`: images from Python instead of `data.dataset` — `(x_train, y_train, x_test, y_test[, classes])`,
     a dict of those, or a Dataset (see `cifarlab.data.arrays`); the run then records `data.dataset: arrays`.
-    `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py)."""
-    cfg, runtime, dataset = checked_config(config, overrides, data, run_dir)
+    `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py).
+    `model`: a Module instance, class or factory instead of `model.name` (built inside `rebuild_with(model)`,
+    see models/python_objects.py)."""
+    cfg, runtime, dataset = checked_config(config, overrides, data, run_dir, model)
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main

@@ -22,12 +22,17 @@ from cifarlab.training.state import TrainState
 
 
 def checked_config(config: Union[Config, str, None], overrides: Sequence[str], data,
-                   run_dir: Optional[Path]) -> tuple[Config, Runtime, Dataset]:
+                   run_dir: Optional[Path], model=None) -> tuple[Config, Runtime, Dataset]:
     """`train`'s config resolved (recipe + overrides, `auto` sizes -> numbers), its runtime and its data,
-    checked before the run directory exists: the user's model module, integrations, `model.init_from`."""
+    checked before the run directory exists: the user's model module, integrations, `model.init_from`.
+    `model`: a Module instance, class or factory passed from Python; the config records how to rebuild it."""
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
+    if model is not None:
+        from cifarlab.models.python_objects import model_section
+
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=model_section(model))})
     from cifarlab.models.registry import import_user_modules
 
     import_user_modules(cfg.model.module)  # the user's recipe names it: their model registers itself
@@ -90,7 +95,10 @@ def source_dataset(data) -> Optional[Dataset]:
     if data is None:
         return None
     from cifarlab.data.arrays import as_dataset
+    from cifarlab.data.torch_dataset import dataset_from_torch, is_torch_data
 
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and is_torch_data(data[0]):
+        return dataset_from_torch(*data)  # (train, test[, classes]) of torch Datasets or DataLoaders
     return as_dataset(data)
 
 

@@ -140,7 +140,13 @@ def _module_names(module) -> list[str]:
 
 def build_model(model_cfg, num_classes: int, in_channels: int):
     """The model a config's `model` section names, for `num_classes` classes of `in_channels`-channel images.
-    A model from the user's own module must have been registered first (`import_user_modules`)."""
+    A model from the user's own module must have been registered first (`import_user_modules`); one passed
+    to `train` as a Python object is rebuilt as models/python_objects.py says."""
+    from cifarlab.models.python_objects import python_builder
+
+    builder = python_builder(model_cfg.name)
+    if builder is not None:
+        return builder(num_classes, in_channels, dict(model_cfg.options))
     check_registered(model_cfg)
     return create_model(model_cfg.name, num_classes=num_classes, in_channels=in_channels,
                         norm=model_cfg.norm, dropout=model_cfg.dropout, **model_cfg.options)

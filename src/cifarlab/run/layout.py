@@ -4,7 +4,8 @@
 runs/<recipe>/<YYYYmmdd-HHMMSS>/
   config.yaml  metrics.csv  summary.json  lr_find.json  mlflow.json  wandb.json  model_summary.txt  report.md
   report.html
-  checkpoints/{last,best}.pt (and last.prev.pt, best.prev.pt: the files a save replaced)
+  checkpoints/{last,best}.pt (and last.prev.pt, best.prev.pt: the files a save replaced; epoch-NNNN.pt with
+    output.keep)
   tb/  plots/  tables/  mlruns/  wandb/ (W&B's own files)
 ```
 Writers and readers take names from here, so the layout changes in one file (tests/test_structure.py
@@ -13,6 +14,7 @@ checks that no other module of src/ spells a name out). What goes into the files
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -29,6 +31,7 @@ WANDB_RUN = "wandb.json"  # {run_id, project}: a resumed run logs into the same 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # newest state, what resume continues
 BEST = "best.pt"  # the epoch the monitor chose, what eval and report analyse
+EPOCH_CHECKPOINT = "epoch-{epoch:04d}.pt"  # output.keep: each of the k best epochs by the monitor
 TENSORBOARD = "tb"
 PLOTS = "plots"
 TABLES = "tables"
@@ -66,6 +69,20 @@ def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
 
 def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
     return Path(run_dir) / CHECKPOINTS / name
+
+
+def epoch_checkpoint(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / EPOCH_CHECKPOINT.format(epoch=epoch)
+
+
+def epoch_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """epoch -> checkpoints/epoch-NNNN.pt of the epochs output.keep holds now."""
+    found = {}
+    for path in (Path(run_dir) / CHECKPOINTS).glob("epoch-*.pt"):
+        match = re.fullmatch(r"epoch-(\d+)\.pt", path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
 
 
 def previous_path(path: str | Path) -> Path:

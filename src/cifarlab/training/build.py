@@ -199,7 +199,7 @@ def default_callbacks(cfg: Config, run_dir: Path, is_main: bool) -> Callbacks:
     if is_main:
         callbacks += [ProgressPrinter(cfg.output.progress), CSVLogger(run_dir / layout.METRICS),
                       Checkpointer(run_dir / layout.CHECKPOINTS, cfg.checkpoint.every_epochs,
-                                   cfg.checkpoint.every_steps)]
+                                   cfg.checkpoint.every_steps, cfg.output.keep)]
         if cfg.output.tensorboard:
             callbacks.append(TensorBoard(run_dir / layout.TENSORBOARD))
         if cfg.output.mlflow:

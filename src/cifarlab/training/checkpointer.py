@@ -1,10 +1,11 @@
-"""Checkpointer: last.pt and best.pt of a run as it trains; mark_best_completed once it has finished."""
+"""Checkpointer: last.pt and best.pt of a run as it trains (and with output.keep the k best epochs' own
+files); mark_best_completed once it has finished."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
-from cifarlab.run.layout import BEST, LAST
+from cifarlab.run.layout import BEST, LAST, epoch_checkpoint, epoch_checkpoints
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.checkpoint import make_payload
 from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
@@ -16,9 +17,10 @@ class Checkpointer(Callback):
     It only saves: whether the weights are still good is the loop's call (`state.outcome`), so after a
     divergence last.pt stays the last good state (`state.process.last_checkpoint` says which)."""
 
-    def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None):
+    def __init__(self, directory: Path, every_epochs: int = 1, every_steps: int | None = None,
+                 keep: int | None = None):
         self.directory = Path(directory)
-        self.every_epochs, self.every_steps = every_epochs, every_steps
+        self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
 
     def save(self, state, *names: str) -> None:
         payload = make_payload(state)
@@ -38,8 +40,24 @@ class Checkpointer(Callback):
         names = [BEST] if state.best() is state.history[-1] else []
         if state.epoch % self.every_epochs == 0 or state.status == "completed":
             names.append(LAST)
-        if names:  # one serialisation for both files when the newest epoch is also the best
+        top = self.top_epochs(state)
+        if state.epoch in top:
+            names.append(epoch_checkpoint(self.directory.parent, state.epoch).name)
+        if names:  # one serialisation for every file of the newest epoch
             self.save(state, *names)
+        # Only once the new file is complete (written to a temporary name, then renamed): at every moment the
+        # folder holds the k best epochs saved so far. last.pt and best.pt have other names: never removed.
+        for epoch, path in epoch_checkpoints(self.directory.parent).items() if self.keep else ():
+            if epoch not in top:
+                path.unlink(missing_ok=True)
+
+    def top_epochs(self, state) -> set[int]:
+        """The `keep` best epochs of the history by the monitor (the earlier epoch first on ties, as best.pt)."""
+        if not self.keep:
+            return set()
+        sign = 1 if state.monitor.endswith("loss") else -1
+        ranked = sorted(state.history, key=lambda row: (sign * row[state.monitor], row["epoch"]))
+        return {row["epoch"] for row in ranked[:self.keep]}
 
     def on_fit_end(self, state):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not

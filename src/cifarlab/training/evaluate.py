@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,11 @@ def log_probs(model: nn.Module, inputs: torch.Tensor, autocast: Callable = conte
 
 @torch.inference_mode()
 def evaluate(model, loader, precision, tta: Union[str, bool, None] = None, dist=None,
-             progress: str = "none", what: str = "evaluation") -> tuple[float, float]:
+             progress: str = "none", what: str = "evaluation", collect: Optional[list] = None) -> tuple[float, float]:
     """(mean loss, accuracy) over a split, summed on the device, one sync at the end. `progress` is an
-    `output.progress` mode: an evaluation that takes long (a big model on a CPU) says how far it is."""
+    `output.progress` mode: an evaluation that takes long (a big model on a CPU) says how far it is.
+    `collect`: a list each batch's (log-probabilities, labels) is appended to, on the device, for metrics
+    beyond accuracy (`cifarlab eval`'s top-5 and calibration); the epoch-end evaluation keeps none."""
     from cifarlab.progress import PhaseProgress
 
     totals = torch.zeros(3, dtype=torch.float64, device=loader.device)
@@ -75,6 +77,8 @@ def evaluate(model, loader, precision, tta: Union[str, bool, None] = None, dist=
             totals[0] += F.nll_loss(scores, labels, reduction="sum").double()
             totals[1] += (scores.argmax(1) == labels).sum()
             totals[2] += labels.shape[0]
+            if collect is not None:
+                collect.append((scores, labels))
             shown.update()  # batches queued, not finished: no sync with the device
     if dist is not None and dist.enabled:
         torch.distributed.all_reduce(totals)

@@ -33,12 +33,14 @@ def run_test_data(model: LoadedModel, data_dir: Optional[str] = None) -> Dataset
     return replace(dataset, mean=model.mean, std=model.std)
 
 
-def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta: Union[str, bool, None] = None) -> dict:
-    """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none."""
+def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta: Union[str, bool, None] = None,
+                        collect: Optional[list] = None) -> dict:
+    """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none.
+    `collect`: a list that gets each batch's (log-probabilities, labels), as `evaluate` gives them."""
     tta = model.tta if tta is None else (tta or None)
     dataset = run_test_data(model, data_dir)
     runtime = Runtime(model.device, model.precision, channels_last=model.channels_last)
     loader = eval_loader(model.config, dataset.test, dataset, runtime)
-    loss, acc = evaluate(model.module, loader, model.precision, tta, progress="auto")
+    loss, acc = evaluate(model.module, loader, model.precision, tta, progress="auto", collect=collect)
     return {"epoch": model.epoch, "test_loss": loss, "test_acc": acc, "images": loader.num_images,
             "tta": tta, "precision": model.precision.name}
