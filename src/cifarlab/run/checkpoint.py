@@ -189,7 +189,7 @@ class Checkpoint(BaseModel):
         need(not wrong, info.field_name, "a mapping of names to tensors", ", ".join(wrong[:3]))
         return weights
 
-    @field_validator("optimizer", "schedule", "scaler", "outcome", "extra", mode="plain")
+    @field_validator("schedule", "scaler", "outcome", "extra", mode="plain")
     @classmethod
     def _mapping(cls, value: Any, info: ValidationInfo) -> Optional[dict]:
         need(value is None or isinstance(value, dict), info.field_name, "a mapping", value if info.field_name in (
@@ -229,32 +229,11 @@ class Checkpoint(BaseModel):
                  key, "sums (loss, correct, images) with whole counts and 0 <= correct <= images", meter.tolist())
         return meter
 
-    @field_validator("epoch", "step", "batch_in_epoch", mode="plain")
-    @classmethod
-    def _count(cls, value: Any, info: ValidationInfo) -> Optional[int]:  # ranges: _check_whole
-        need((value is None and info.field_name == "batch_in_epoch") or whole(value), info.field_name,
-             "a whole number", value)
-        return value
-
     @field_validator("status", mode="plain")
     @classmethod
     def _status(cls, value: Any) -> str:
         need(value in STATUSES, "status", f"one of {', '.join(STATUSES)}", value)
         return value
-
-    @field_validator("history", mode="plain")
-    @classmethod
-    def _history(cls, history: Any) -> list:
-        """One row per finished epoch, numbered 1.., each with the keys every reader uses (the count, and
-        what a history that is no list is told: _check_whole)."""
-        for number, row in enumerate(history if isinstance(history, list) else (), start=1):
-            need(isinstance(row, dict) and all(key in row for key in HISTORY_KEYS), f"history row {number}",
-                 f"a mapping with {', '.join(HISTORY_KEYS)}", row)
-            need(whole(row["epoch"], number, number) and whole(row["step"]), f"history row {number}",
-                 f"epoch {number} with a whole step", {"epoch": row["epoch"], "step": row["step"]})
-            bad = [key for key, value in row.items() if key not in ("epoch", "step") and not _number(value)]
-            need(not bad and finite(row["lr"]), f"history row {number}", "numbers only (finite lr)", row)
-        return history
 
     @field_validator("rng", mode="plain")
     @classmethod
@@ -269,10 +248,13 @@ class Checkpoint(BaseModel):
         need(isinstance(raw, dict), "config", "a mapping", raw)
         return raw
 
-    @field_validator(*ModelCard.DATA_FIELDS, "data_fingerprint", mode="plain")
+    @field_validator(*ModelCard.DATA_FIELDS, "data_fingerprint", "optimizer", "epoch", "step", "batch_in_epoch",
+                     "history", mode="plain")
     @classmethod
-    def _card_field(cls, value: Any) -> Any:
-        return value  # checked as one card (records.check_card_fields) in _check_whole
+    def _checked_together(cls, value: Any) -> Any:
+        """Fields whose check needs others, in _check_whole: the card's (records.check_card_fields), the
+        position's (against train.epochs), the optimizer's (only a resume reads it)."""
+        return value
 
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> "Checkpoint":
@@ -288,16 +270,27 @@ class Checkpoint(BaseModel):
             self._cfg = validate(self.config)
         except UserError as err:
             raise InvalidConfig(str(err)) from None
-        self.card  # noqa: B018 - the card's fields, checked as every format's card is
+        ModelCard.from_config(self._cfg, self.to_payload())  # the card's fields, checked as every format's are
         epochs, epoch, step = self._cfg.train.epochs, self.epoch, self.step
         need(whole(epoch, 0, epochs), "epoch", f"a whole number in 0..{epochs} (train.epochs)", epoch)
         need(whole(step, epoch), "step", f"a whole number >= epoch ({epoch})", step)
-        batch = self.batch_in_epoch or 0
+        batch = 0 if self.batch_in_epoch is None else self.batch_in_epoch
         need(whole(batch, 0, step), "batch_in_epoch", f"a whole number in 0..step ({step})", batch)
-        history = self.history
-        need(isinstance(history, list) and len(history) == epoch, "history", f"a list of {epoch} rows (one per epoch)",
-             type(history).__name__ if not isinstance(history, list) else f"{len(history)} rows")
+        _check_history(self.history, epoch)
         return self
+
+
+def _check_history(history: Any, epoch: int) -> None:
+    """One row per finished epoch, numbered 1..epoch, each with the keys every reader uses."""
+    need(isinstance(history, list) and len(history) == epoch, "history", f"a list of {epoch} rows (one per epoch)",
+         type(history).__name__ if not isinstance(history, list) else f"{len(history)} rows")
+    for number, row in enumerate(history, start=1):
+        need(isinstance(row, dict) and all(key in row for key in HISTORY_KEYS), f"history row {number}",
+             f"a mapping with {', '.join(HISTORY_KEYS)}", row)
+        need(whole(row["epoch"], number, number) and whole(row["step"]), f"history row {number}",
+             f"epoch {number} with a whole step", {"epoch": row["epoch"], "step": row["step"]})
+        bad = [key for key, value in row.items() if key not in ("epoch", "step") and not _number(value)]
+        need(not bad and finite(row["lr"]), f"history row {number}", "numbers only (finite lr)", row)
 
 
 def _number(value: Any) -> bool:  # NaN and inf allowed: a diverged epoch's loss is one
