@@ -86,7 +86,7 @@ FAULTS = {  # fault -> words the one line must hold, for a checkpoint and for a 
     "no-classes": (["is not usable", "no classes"],
                    ["is not usable", "classes must be a list of distinct class names"]),
     "duplicate-classes": (["classes must be a list of distinct class names"],) * 2,
-    "wrong-class-count": (["is not usable", "one per"],) * 2,
+    "wrong-class-count": (["one per"],) * 2,
 }
 COMMANDS = {  # command -> argv after the model path; OUT is where an export would write
     "predict": lambda model, made, out: ["predict", model, str(made["image"])],
@@ -128,7 +128,7 @@ def test_a_bad_model_file_is_one_line_and_exit_2_in_every_format_and_command(mad
 @pytest.mark.parametrize("kind", ["checkpoint", "folder"])
 def test_load_model_refuses_the_same_files_in_python(faulty, kind):
     for fault in FAULTS:
-        with pytest.raises(UserError, match="not usable|distinct class names"):
+        with pytest.raises(UserError, match="not usable|distinct class names|one per"):
             cifarlab.load_model(faulty[kind, fault], device="cpu")
 
 

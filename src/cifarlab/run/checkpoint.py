@@ -415,8 +415,7 @@ def _read(path: Path) -> dict[str, Any]:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle of code objects, wrong file type...
         raise UserError(f"checkpoint {path} is corrupt or not a cifarlab checkpoint ({type(err).__name__})") from None
-    if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
-            or not all(k in payload for k in Checkpoint.required_keys())):
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:  # its keys: Checkpoint.check
         raise UserError(f"{path} is not a cifarlab checkpoint (format {FORMAT_VERSION} expected)")
     return payload
 
