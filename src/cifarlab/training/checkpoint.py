@@ -58,7 +58,7 @@ _READ_ONLY = None  # a key a restore does not put back: the card, config and ver
 # key -> (what a save writes from the state, how a restore puts the file's value back, or _READ_ONLY). A
 # tuple of keys is one unit saved and restored together: its save returns {key: value}, its restore reads
 # the payload. Restores run in this order; `Checkpoint.check` has checked every value first. The keys are
-# exactly `Checkpoint.saved_keys()` (tests/test_checkpoint.py holds the two together).
+# exactly `Checkpoint.saved_keys()`, in the same order (tests/test_old_runs.py holds the two together).
 FIELDS = {
     "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
     "model": (lambda s: s.model.state_dict(), lambda s, v, p: s.model.load_state_dict(v)),
@@ -79,7 +79,7 @@ FIELDS = {
                     lambda s, v, p: s.progress.load_state_dict(p)),
     "rng": (lambda s: rng_state(s.runtime), lambda s, v, p: set_rng_state(v, s.runtime)),
     "config": (lambda s: s.cfg.to_dict(), _READ_ONLY),
-    **{key: (lambda s, key=key: s.card.payload_fields()[key], _READ_ONLY) for key in ModelCard.DATA_FIELDS},
+    ModelCard.DATA_FIELDS: (lambda s: s.card.payload_fields(), _READ_ONLY),  # the card's data, flat
     "status": (lambda s: s.status, _READ_ONLY),
     # Dataset.fingerprint of the data trained on: eval warns and resume refuses on other data (data/checks.py)
     "data_fingerprint": (lambda s: s.data_fingerprint, _READ_ONLY),
