@@ -156,11 +156,6 @@ class Checkpoint(BaseModel):
     def card(self) -> ModelCard:
         return ModelCard.from_config(self.cfg, self.to_payload())
 
-    @property
-    def run_outcome(self) -> dict[str, Any]:
-        """The OUTCOME_FIELDS (missing ones None), whichever format wrote them."""
-        return outcome(self.to_payload())
-
     # ------------------------------------------------------------------ the checks, one per field
     @model_validator(mode="before")
     @classmethod
