@@ -1,6 +1,6 @@
 """A TrainState to a `Checkpoint` and back: `FIELDS` says, for each of the Checkpoint's fields (the one list
-of a checkpoint's keys, run/checkpoint.py, with the file's checks and I/O), how a save fills it from the
-state and how a restore puts it back. A model read for use (eval, predict, `model.init_from`) comes from
+of a checkpoint's keys and their checks, run/checkpoint_record.py; the file's I/O is run/checkpoint.py), how
+a save fills it from the state and how a restore puts it back. A model read for use (eval, predict, `model.init_from`) comes from
 run/model_file.read_model, not from here.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ _OBJECTS = ("model", "optimizer", "schedule", "scaler", "ema", "lookahead", "epo
 
 
 def make_checkpoint(state) -> Checkpoint:
-    """Everything the next step depends on (see run/checkpoint.py); plain tensors and containers only.
+    """Everything the next step depends on (see run/checkpoint_record.py); plain tensors and containers only.
     Built from the state's own values, so not checked again (what is read back is)."""
     payload = {}
     for key, (save, _) in FIELDS.items():
