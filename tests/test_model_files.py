@@ -218,3 +218,21 @@ def test_the_folders_weights_are_readable_by_everyone_like_every_export(made, tm
     finally:
         os.umask(old)
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- each factory declares its classifier
+
+def test_a_model_that_declares_no_classifier_is_told_how_when_its_head_must_start_fresh(monkeypatch):
+    from cifarlab.models.registry import MODELS
+    from cifarlab.training.warmstart import classifier_head
+
+    def factory(num_classes=10, in_channels=3, norm="batch", dropout=0.0):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, num_classes))
+
+    for name, classifier in (("undeclared_head", None), ("misnamed_head", "fc")):
+        monkeypatch.setitem(MODELS._entries, name, factory)
+        monkeypatch.setitem(MODELS._facts, name, {"classifier": classifier})
+        with pytest.raises(UserError, match=f"@register_model\\('{name}', classifier="):
+            classifier_head(factory(), name)
+    monkeypatch.setitem(MODELS._facts, "misnamed_head", {"classifier": "1"})
+    assert classifier_head(factory(), "misnamed_head") == "1"

@@ -1,7 +1,7 @@
 """A TrainState to a `Checkpoint` and back: `FIELDS` says, for each of the Checkpoint's fields (the one list
 of a checkpoint's keys and their checks, run/checkpoint_record.py; the file's I/O is run/checkpoint.py), how
-a save fills it from the state and how a restore puts it back. A model read for use (eval, predict, `model.init_from`) comes from
-run/model_file.read_model, not from here.
+a save fills it from the state and how a restore puts it back. A model read for use (eval, predict,
+`model.init_from`) comes from run/model_file.read_model, not from here.
 """
 from __future__ import annotations
 
