@@ -58,7 +58,7 @@ def test_a_checkpoint_from_before_fingerprints_evaluates_and_resumes(folder_run,
     assert main(["resume", str(run), "--epochs", "2"]) == 0
     err = capsys.readouterr().err
     assert "warning" not in err and "Traceback" not in err
-    from cifarlab.training.checkpoint import load_checkpoint
+    from cifarlab.run.checkpoint import load_checkpoint
 
     stored = load_checkpoint(run / "checkpoints" / "last.pt")["data_fingerprint"]  # the resumed run adds it
     assert stored is not None and set(stored) == {"train", "val", "test"}

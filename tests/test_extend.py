@@ -217,4 +217,4 @@ def test_every_registered_model_has_a_classifier_head_giving_the_logits():
 
     for name in list_models():
         model = create_model(name, num_classes=7)
-        assert dict(model.named_modules())[classifier_head(model)].out_features == 7, name
+        assert dict(model.named_modules())[classifier_head(model, name)].out_features == 7, name

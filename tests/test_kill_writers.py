@@ -26,8 +26,8 @@ from PIL import Image
 from _runs import FAST, SRC, finished_and_open_runs, tree_hashes
 from cifarlab import atomic
 from cifarlab.cli import main
+from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import read_metrics
-from cifarlab.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

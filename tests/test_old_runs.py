@@ -98,13 +98,18 @@ def test_an_old_best_pt_evaluates_to_its_summary_and_old_records_read(capsys):
 
 
 def test_a_checkpoint_saves_and_restores_exactly_the_keys_the_format_defines():
-    from cifarlab.run.checkpoint import PAYLOAD_KEYS
+    from cifarlab.run.checkpoint import Checkpoint
     from cifarlab.training.checkpoint import SAVED_KEYS
 
-    assert len(SAVED_KEYS) == len(set(SAVED_KEYS)) and set(SAVED_KEYS) == set(PAYLOAD_KEYS)
+    assert SAVED_KEYS == Checkpoint.saved_keys()  # the same keys, in the same (file) order
     for run in ("interrupted", "uninterrupted"):
         for name in ("last.pt", "best.pt"):
-            assert set(load_checkpoint(FIXTURE / run / "checkpoints" / name)) <= set(PAYLOAD_KEYS)
+            payload = load_checkpoint(FIXTURE / run / "checkpoints" / name)
+            assert set(payload) <= set(Checkpoint.model_fields)
+            # read and written again, a checkpoint holds the same keys and the same objects
+            again = Checkpoint.check(payload, name).to_payload()
+            assert list(again) == [key for key in Checkpoint.model_fields if key in payload]
+            assert all(again[key] is payload[key] for key in payload)
 
 
 def test_a_checkpoint_with_a_key_cifarlab_does_not_know_is_refused(tmp_path, capsys):

@@ -11,11 +11,11 @@ import pytest
 
 import cifarlab
 from cifarlab.config import load_config
-from cifarlab.run.checkpoint import check_payload, load_checkpoint
+from cifarlab.run.checkpoint import Checkpoint, load_checkpoint
 from cifarlab.runtime import make_runtime
 from cifarlab.training.build import build_state, load_data
 from cifarlab.training.callbacks import Callback
-from cifarlab.training.checkpoint import make_payload, restore
+from cifarlab.training.checkpoint import make_checkpoint, restore
 from cifarlab.training.state import Part, ProcessValues, Progress, TrainObjects, TrainState
 
 QUIET = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
@@ -46,8 +46,9 @@ def test_a_mid_epoch_checkpoint_restores_the_progress_it_was_saved_with_exactly(
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[stop])
     assert run.status == "interrupted"
     payload = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
-    state = _fresh_state(tmp_path, check_payload(payload, "last.pt", resume=True))
-    restore(state, payload, "last.pt")
+    checkpoint = Checkpoint.check(payload, "last.pt", resume=True)
+    state = _fresh_state(tmp_path, checkpoint.cfg)
+    restore(state, checkpoint, "last.pt")
 
     saved = stop.progress
     assert (state.progress.epoch, state.progress.step, state.progress.batch_in_epoch) == (1, 11, 3)
@@ -67,14 +68,15 @@ def test_this_process_values_are_not_saved_and_start_afresh_on_restore(tmp_path)
     marker = str(tmp_path / "marker-last.pt")
     state.process = ProcessValues(window=window, started=1.0, epoch_open=True, compile_warmup_steps=7,
                                   last_checkpoint={"path": marker, "epoch": 0, "step": 0})
-    payload = make_payload(state)
+    checkpoint = make_checkpoint(state)
+    payload = checkpoint.to_payload()
     text = repr(payload)
     assert marker not in text and "123.25" not in text
     assert not {"window", "started", "process_started", "epoch_open", "compile_warmup_steps",
                 "last_checkpoint"} & set(payload)
 
     restored = _fresh_state(tmp_path)
-    restore(restored, payload)
+    restore(restored, checkpoint)
     assert restored.process == ProcessValues()
 
 

@@ -46,13 +46,13 @@ def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), mod
 
 
 def load_model(checkpoint, device=None, precision=None, import_modules=(), model=None):
-    """A `LoadedModel`: `.module` (eval mode), `.card`, `.precision`, and `.classes`, `.mean`, `.std`,
-    `.image_size`, `.in_channels`, `.tta`. Default device: CUDA if there is one, else the CPU; default
-    precision: the run's own (as `cifarlab predict` and `eval` use it). `checkpoint` may also be a model
-    folder from `cifarlab export --format hf`. `import_modules=["mypkg.nets"]`: modules to import first,
-    which register your own model (a checkpoint's own config is never imported). `model=MyNet()`: the
-    module (instance, class or factory) the weights are loaded into, for a run whose card says only
-    load_state_dict can rebuild its model."""
+    """A `LoadedModel`, an `nn.Module` in eval mode (`model(x)` gives logits of normalised input) with
+    `.card`, `.precision`, and `.classes`, `.mean`, `.std`, `.image_size`, `.in_channels`, `.tta`. Default
+    device: CUDA if there is one, else the CPU; default precision: the run's own (as `cifarlab predict` and
+    `eval` use it). `checkpoint` may also be a model folder from `cifarlab export --format hf`.
+    `import_modules=["mypkg.nets"]`: modules to import first, which register your own model (a
+    checkpoint's own config is never imported). `model=MyNet()`: the module (instance, class or factory)
+    the weights are loaded into, for a run whose card says only load_state_dict can rebuild its model."""
     from cifarlab.models.registry import import_user_modules
     from cifarlab.use.load import load_model as _load_model
 

@@ -1,12 +1,13 @@
 """`cifarlab export CHECKPOINT --format safetensors|torchscript|onnx`: the trained network for other tools.
 
-Each export writes the network file and, beside it, `<file>.json` with what a user of it needs: class
-names, mean/std, image size, channels, the model's name and options. The network takes float32
+Each export writes the network file and, beside it, `<file>.json` with what a user of it needs: the model
+card (class names, mean/std, image size, channels, the model's name and options, its classifier) plus
+the format's extras. The network takes float32
 (N, C, H, W) input normalised as `(pixel / 255 - mean) / std` (pixels of images whose shorter side was
 resized to `image_size`, then centre-cropped) and returns logits (N, num_classes).
 
 - safetensors: the weights (EMA weights where the run kept them); rebuild the network with
-  `cifarlab.models.registry.create_model(**json["model"])` and `load_state_dict(safetensors.torch.load_file(f))`.
+  `cifarlab.models.create_model(**json["model"])` and `load_state_dict(safetensors.torch.load_file(f))`.
   The JSON is also stored in the file's own header under `cifarlab`.
 - torchscript: a traced module, `torch.jit.load(f)`; the JSON is also stored as its extra file `cifarlab.json`.
   (torch deprecates TorchScript in favour of torch.export; it is here because deployment tools still read it.)
@@ -59,20 +60,18 @@ class WithTTA(nn.Module):
 
 
 def metadata(model, source: str, export_format: str, tta: Optional[str] = None) -> dict:
-    """The sidecar JSON: enough to feed the exported network and read its output (`tta`: the TTA put in
-    the graph, if any)."""
+    """The sidecar JSON: the model card (run/records.ModelCard.to_dict) plus what this format adds: how to
+    rebuild the network (`model`: create_model's keywords), its input and output, the TTA put in the
+    graph (`tta_in_graph`), where it came from and the versions that wrote it."""
     from cifarlab._version import __version__
 
-    cfg = model.config
     output = ("log of the TTA views' mean class probabilities (N, num_classes): logits, softmax gives the "
               "probabilities" if tta else "logits (N, num_classes); softmax gives class probabilities")
     return {
-        "format": export_format, "classes": list(model.classes), "mean": list(model.mean), "std": list(model.std),
-        "image_size": model.image_size, "channels": model.in_channels,
-        "model": {"name": cfg.model.name, "num_classes": len(model.classes), "in_channels": model.in_channels,
-                  "norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options},
+        **model.card.to_dict(), "format": export_format, "channels": model.in_channels,
+        "model": model.card.model_kwargs(),
         "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std; shorter side resized to image_size, centre crop",
-        "output": output, "tta": model.tta, "tta_in_graph": tta, "note": tta_note(model.tta, tta),
+        "output": output, "tta_in_graph": tta, "note": tta_note(model.tta, tta),
         "checkpoint": source, "cifarlab": __version__, "torch": str(torch.__version__),
     }
 
@@ -234,7 +233,8 @@ def export_model(loaded, export_format: str, out: Union[str, Path], source: str 
 
 
 def _refuse_non_finite(model: nn.Module, source: str) -> None:
-    """A network with NaN or inf weights (a diverged run) would export fine and predict garbage."""
+    """A network with NaN or inf weights would export fine and predict garbage. A model file's weights were
+    checked when it was read (run/model_file.py); this checks a model changed in memory since (fine-tuned)."""
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{source} has non-finite (NaN or inf) values in {name}; a diverged model cannot be "

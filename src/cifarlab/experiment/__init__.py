@@ -105,7 +105,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     not, to N epochs in all (see `extend_config` for the schedule of the added epochs).
 
     Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
-    another process is training, a checkpoint whose contents do not hold up (`check_payload`), a run that
+    another process is training, a checkpoint whose contents do not hold up (`Checkpoint.check`), a run that
     already finished and a run that diverged (it would diverge again). A run whose last.pt says it finished
     but whose summary.json is missing or older (a kill between the final checkpoint and the summary) gets
     its summary.json, best.pt status and report rebuilt from the checkpoint, without training."""

@@ -15,7 +15,7 @@ from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
 from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
-from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
+from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
 from cifarlab.run.records import Summary, read_summary
 from cifarlab.runtime import make_runtime
 from cifarlab.training.build import build_state, load_data
@@ -29,7 +29,7 @@ from cifarlab.training.state import TrainState
 class ResumePoint:
     """A checked checkpoint to go on from: its payload, the file read (last.pt or its previous copy), the
     run's config (extended when asked), whether training had finished, and the summary.json found."""
-    payload: dict
+    checkpoint: Checkpoint
     checkpoint_used: Path
     cfg: Config
     finished: bool
@@ -39,31 +39,31 @@ class ResumePoint:
 def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> ResumePoint:
     """The run's checkpoint, checked before anything is written; refuses a run that already finished (unless
     extended to `epochs`) and one that diverged."""
-    payload, used = load_checkpoint_with_path(checkpoint)
-    cfg = check_payload(payload, used, resume=True)  # all read below is checked before anything is written
+    stored, used = read_checkpoint(checkpoint, resume=True)  # all read below is checked before anything is written
+    cfg = stored.cfg
     import_run_model_module(cfg.model)
     if epochs is not None:
-        cfg = extend_config(cfg, payload["epoch"], epochs)
+        cfg = extend_config(cfg, stored.epoch, epochs)
     check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
     try:
         previous = read_summary(run_dir, required=False) or Summary()
     except UserError:
         previous = Summary()
-    finished = epochs is None and (payload["status"] == "completed" or payload["epoch"] >= cfg.train.epochs)
-    if finished and previous.status == "completed" and previous.epochs_completed == payload["epoch"]:
-        raise UserError(f"run {run_dir} already finished ({payload['epoch']}/{cfg.train.epochs} epochs); "
+    finished = epochs is None and (stored.status == "completed" or stored.epoch >= cfg.train.epochs)
+    if finished and previous.status == "completed" and previous.epochs_completed == stored.epoch:
+        raise UserError(f"run {run_dir} already finished ({stored.epoch}/{cfg.train.epochs} epochs); "
                         f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
                         f"or start a new run with `cifarlab train`")
-    if not finished and "diverged" in (previous.status, payload["status"]):
+    if not finished and "diverged" in (previous.status, stored.status):
         step = previous.diverged_at.get("step") if isinstance(previous.diverged_at, dict) else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
-    written_with = payload.get("versions", {}).get("torch")
+    written_with = stored.versions.get("torch")
     if written_with != versions()["torch"]:
         print(f"warning: {used} was written with torch {written_with}, this is "
               f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
               file=sys.stderr, flush=True)
-    return ResumePoint(payload, used, cfg, finished, previous)
+    return ResumePoint(stored, used, cfg, finished, previous)
 
 
 def import_run_model_module(model_cfg) -> None:
@@ -84,10 +84,10 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source_dataset(data))
-    check_same_data(point.payload["classes"], point.payload.get("data_fingerprint"), dataset,
+    check_same_data(point.checkpoint.classes, point.checkpoint.data_fingerprint, dataset,
                     ("train", "val", "test"), "resumed")
     state = build_state(cfg, runtime, dataset, run_dir)
-    restore(state, point.payload, used)
+    restore(state, point.checkpoint, used)
     state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
     if point.finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole

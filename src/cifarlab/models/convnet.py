@@ -49,7 +49,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.dropout(self.features(x)))
 
 
-@register_model("convnet")
+@register_model("convnet", classifier="classifier")
 def convnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
             width: int = 16, **options) -> nn.Module:
     """Options: `width` (channels of the first layer; the last has 8x that), default 16."""

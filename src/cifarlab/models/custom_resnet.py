@@ -53,7 +53,7 @@ class CustomResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model("custom_resnet")
+@register_model("custom_resnet", classifier="fc")
 def custom_resnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
                   **options) -> nn.Module:
     """Page's ResNet-9 as the course specified it (6,573,130 parameters); takes no options."""

@@ -113,7 +113,7 @@ class FastNet(nn.Module):
         weight.copy_(torch.cat([filters, -filters]).to(dtype=weight.dtype, device=weight.device))
 
 
-@register_model("fastnet")
+@register_model("fastnet", classifier="fc")
 def fastnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
             widths: Sequence[int] = (64, 256, 256), whiten_bias_epochs: Optional[int] = None, **options) -> nn.Module:
     """airbench94's network; options `widths`: the three conv-group widths (default 64, 256, 256), and

@@ -9,7 +9,7 @@ import importlib
 import re
 import types
 import typing
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 from cifarlab.errors import UserError
 
@@ -17,23 +17,28 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to factories."""
+    """Maps names to factories, and to what each factory declares about what it builds (`facts`)."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._facts: dict[str, dict] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **facts) -> Callable[[T], T]:
         def add(entry: T) -> T:
             if name in self._entries:  # e.g. a user's model named like a built-in one
                 owner = getattr(self._entries[name], "__module__", None) or "?"
                 by = f"cifarlab's built-in {self.kind}" if owner.startswith("cifarlab.") else f"module {owner}"
                 raise UserError(f"{self.kind} name {name!r} is already registered, by {by}; register yours under a "
                                 f"name not taken (taken: {', '.join(self.names())})")
-            self._entries[name] = entry
+            self._entries[name], self._facts[name] = entry, facts
             return entry
 
         return add
+
+    def facts(self, name: str) -> dict:
+        self.get(name)  # an unknown name is one line naming the registered ones
+        return self._facts[name]
 
     def get(self, name: str) -> T:
         if name not in self._entries:
@@ -47,9 +52,16 @@ class Registry(Generic[T]):
 MODELS: Registry[Callable] = Registry("model")
 
 
-def register_model(name: str):
-    """Decorator: `@register_model("custom_resnet")` on a factory `(num_classes, in_channels, norm, dropout, **kw)`."""
-    return MODELS.register(name)
+def register_model(name: str, classifier: Optional[str] = None):
+    """Decorator: `@register_model("custom_resnet", classifier="fc")` on a factory `(num_classes, in_channels,
+    norm, dropout, **kw)`. `classifier` names the submodule that produces the logits (timm's
+    `pretrained_cfg["classifier"]`): the model card records it, and `model.init_head=false` starts it fresh."""
+    return MODELS.register(name, classifier=classifier)
+
+
+def classifier_of(name: str) -> Optional[str]:
+    """The classifier submodule model `name` declared when it was registered (None: it declared none)."""
+    return MODELS.facts(name)["classifier"]
 
 
 def create_model(name: str, **kwargs):

@@ -67,7 +67,7 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model("resnet18")
+@register_model("resnet18", classifier="fc")
 def resnet18(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
              **options) -> nn.Module:
     """CIFAR ResNet-18, BasicBlocks [2, 2, 2, 2]; takes no options."""
@@ -75,7 +75,7 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", d
     return ResNet([2, 2, 2, 2], num_classes, in_channels, norm, dropout)
 
 
-@register_model("resnet34")
+@register_model("resnet34", classifier="fc")
 def resnet34(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
              **options) -> nn.Module:
     """CIFAR ResNet-34, BasicBlocks [3, 4, 6, 3]; takes no options."""

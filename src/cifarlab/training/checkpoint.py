@@ -1,6 +1,7 @@
-"""A TrainState to a checkpoint payload and back: one table, `FIELDS`, is both what a save writes and what a
-restore reads (the file format, its checks and its I/O are in run/checkpoint.py). Also `load_model`: a
-model in eval mode from a checkpoint, for evaluation, analysis and predict.
+"""A TrainState to a `Checkpoint` and back: `FIELDS` says, for each of the Checkpoint's fields (the one list
+of a checkpoint's keys and their checks, run/checkpoint_record.py; the file's I/O is run/checkpoint.py), how
+a save fills it from the state and how a restore puts it back. A model read for use (eval, predict,
+`model.init_from`) comes from run/model_file.read_model, not from here.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 
 from cifarlab.errors import UserError
-from cifarlab.models.registry import build_model
-from cifarlab.run.checkpoint import FORMAT_VERSION, check_payload, load_checkpoint, outcome, versions
+from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, outcome, versions
+from cifarlab.run.records import ModelCard
 from cifarlab.training.outcome import EARLY_STOPPED, Stop
 from cifarlab.training.state import Progress
 
@@ -53,11 +54,11 @@ def _set_early_stop(state, stored: dict[str, Any]) -> None:
         state.stop = Stop(EARLY_STOPPED, state.epoch, state.step, reason, {"best_epoch": stop.get("best_epoch")})
 
 
-_READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read by check_payload
+_READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read from the Checkpoint
 # key -> (what a save writes from the state, how a restore puts the file's value back, or _READ_ONLY). A
 # tuple of keys is one unit saved and restored together: its save returns {key: value}, its restore reads
-# the payload. Restores run in this order; `check_payload` has checked every value first. Keys:
-# run/checkpoint.PAYLOAD_KEYS.
+# the payload. Restores run in this order; `Checkpoint.check` has checked every value first. The keys are
+# exactly `Checkpoint.saved_keys()`, in the same order (tests/test_old_runs.py holds the two together).
 FIELDS = {
     "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
     "model": (lambda s: s.model.state_dict(), lambda s, v, p: s.model.load_state_dict(v)),
@@ -78,8 +79,7 @@ FIELDS = {
                     lambda s, v, p: s.progress.load_state_dict(p)),
     "rng": (lambda s: rng_state(s.runtime), lambda s, v, p: set_rng_state(v, s.runtime)),
     "config": (lambda s: s.cfg.to_dict(), _READ_ONLY),
-    **{key: (lambda s, key=key: s.card.payload_fields()[key], _READ_ONLY)
-       for key in ("classes", "mean", "std", "image_size", "in_channels", "precision")},
+    ModelCard.DATA_FIELDS: (lambda s: s.card.payload_fields(), _READ_ONLY),  # the card's data, flat
     "status": (lambda s: s.status, _READ_ONLY),
     # Dataset.fingerprint of the data trained on: eval warns and resume refuses on other data (data/checks.py)
     "data_fingerprint": (lambda s: s.data_fingerprint, _READ_ONLY),
@@ -91,17 +91,19 @@ SAVED_KEYS = tuple(key for row in FIELDS for key in (row if isinstance(row, tupl
 _OBJECTS = ("model", "optimizer", "schedule", "scaler", "ema", "lookahead", "epoch_meter")  # may not match
 
 
-def make_payload(state) -> dict[str, Any]:
-    """Everything the next step depends on (see run/checkpoint.py); plain tensors and containers only."""
+def make_checkpoint(state) -> Checkpoint:
+    """Everything the next step depends on (see run/checkpoint_record.py); plain tensors and containers only.
+    Built from the state's own values, so not checked again (what is read back is)."""
     payload = {}
     for key, (save, _) in FIELDS.items():
         payload.update(save(state) if isinstance(key, tuple) else {key: save(state)})  # a tuple: a unit's keys
-    return payload
+    return Checkpoint.model_construct(**payload)
 
 
-def restore(state, payload: dict[str, Any], source: Path | str = "checkpoint") -> None:
-    """Put a payload (passed through `check_payload`) back into a freshly built TrainState (same config),
+def restore(state, checkpoint: Checkpoint, source: Path | str = "checkpoint") -> None:
+    """Put a checkpoint (checked with `resume=True`) back into a freshly built TrainState (same config),
     ready for the next step."""
+    payload = checkpoint.to_payload()
     steps = state.steps_per_epoch
     if payload["batch_in_epoch"] >= steps or payload["step"] > payload["epoch"] * steps + payload["batch_in_epoch"]:
         raise UserError(f"checkpoint {source} is not usable: batch_in_epoch must be in 0..{steps - 1} and step at most "
@@ -127,23 +129,3 @@ def _describe_model(payload: dict[str, Any]) -> str:
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return " ".join(line.strip() for line in text[:3])[:300] if text else type(err).__name__
-
-
-def load_model(path: Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, Config, meta) from a checkpoint, for eval, analysis and predict."""
-    payload = load_checkpoint(Path(path))
-    cfg = check_payload(payload, path)
-    classes = payload["classes"]
-    meta = {key: payload[key] for key in ("classes", "mean", "std", "epoch", "step", "history", "status")}
-    meta.update(outcome(payload), precision=payload.get("precision"), image_size=payload.get("image_size"),
-                data_fingerprint=payload.get("data_fingerprint"))
-    model = build_model(cfg.model, num_classes=len(classes), in_channels=len(payload["mean"]))
-    state_dict = payload["ema"] if payload.get("ema") else payload["model"]
-    if payload.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items() if k.startswith("module.")}
-    try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, AttributeError, TypeError) as err:
-        raise UserError(f"checkpoint {path} does not match its own config ({_describe_model(payload)}): "
-                        f"{_first_line(err)}") from None
-    return model.to(device).eval(), cfg, meta

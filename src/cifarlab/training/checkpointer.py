@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.run.checkpoint import read_checkpoint, save_checkpoint
 from cifarlab.run.layout import BEST, LAST, epoch_checkpoint, epoch_checkpoints
 from cifarlab.training.callbacks import Callback
-from cifarlab.training.checkpoint import make_payload
+from cifarlab.training.checkpoint import make_checkpoint
 from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
 
 
@@ -23,11 +23,11 @@ class Checkpointer(Callback):
         self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
 
     def save(self, state, *names: str) -> None:
-        payload = make_payload(state)
-        save_checkpoint(payload, *(self.directory / name for name in names))
+        checkpoint = make_checkpoint(state)
+        save_checkpoint(checkpoint, *(self.directory / name for name in names))
         if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
             state.process.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch,
-                                             "step": state.step, "status": payload["status"]}
+                                             "step": state.step, "status": checkpoint.status}
 
     def on_step_end(self, state):
         if self.every_steps and state.step % self.every_steps == 0 \
@@ -75,7 +75,6 @@ class Checkpointer(Callback):
 def mark_best_completed(best: Path) -> None:
     """best.pt was written while its run was still running: say now that the run finished."""
     if best.is_file():
-        payload = load_checkpoint(best)
-        if payload["status"] != "completed":
-            payload["status"] = "completed"
-            save_checkpoint(payload, best)
+        checkpoint, _ = read_checkpoint(best)
+        if checkpoint.status != "completed":
+            save_checkpoint(checkpoint.model_copy(update={"status": "completed"}), best)

@@ -40,17 +40,17 @@ def log_best_model(client, run_id: str, checkpoint: Path) -> None:
     import torch
 
     from cifarlab.data.normalize import normalize
-    from cifarlab.training.checkpoint import load_model
+    from cifarlab.run.model_file import read_model
 
-    model, cfg, meta = load_model(checkpoint)  # fp32, on the CPU, EMA weights where the run kept them
-    channels, size = len(meta["mean"]), int(meta["image_size"])
+    stored = read_model(checkpoint)  # fp32, on the CPU, EMA weights where the run kept them
+    model, card = stored.network, stored.card
+    channels, size = card.in_channels, int(card.image_size)
     pixels = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    example = normalize(pixels, meta["mean"], meta["std"], channels_last=False)  # shapes for torch.export
-    metadata = {"classes": list(meta["classes"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
-                "image_size": size, "in_channels": channels, "tta": cfg.train.tta,
-                "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std", "output": "logits (N, num_classes)",
-                "checkpoint": str(checkpoint)}
-    options = dict(signature=_signature(example, len(meta["classes"])), metadata=metadata,
+    example = normalize(pixels, card.mean, card.std, channels_last=False)  # shapes for torch.export
+    # MLflow's metadata: the model card plus what this format adds
+    metadata = {**card.to_dict(), "input": "float32 (N, C, H, W) = (pixel / 255 - mean) / std",
+                "output": "logits (N, num_classes)", "checkpoint": str(checkpoint)}
+    options = dict(signature=_signature(example, card.num_classes), metadata=metadata,
                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     with tempfile.TemporaryDirectory(prefix="cifarlab-mlflow-") as tmp:
         try:

@@ -82,7 +82,7 @@ class Progress:
                 "wall_seconds": self.wall_seconds_before + process_seconds, "history": self.history}
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
-        """Back from a payload that `check_payload` accepted, whichever format wrote it."""
+        """Back from a checkpoint payload (`Checkpoint.check` accepted it), whichever format wrote it."""
         self.epoch, self.step = payload.get("epoch"), payload.get("step")
         self.batch_in_epoch, self.elapsed_seconds = payload.get("batch_in_epoch"), payload.get("elapsed_seconds")
         self.compile_seconds = payload.get("compile_seconds") or 0.0
@@ -259,11 +259,10 @@ class TrainState:
     def card(self) -> ModelCard:
         """What the weights need to be used, saved with them in every checkpoint."""
         images = self.train_loader.images
-        return ModelCard(classes=tuple(self.classes), in_channels=int(images.shape[1]),
-                         image_size=int(images.shape[-1]), mean=tuple(self.train_loader.mean),
-                         std=tuple(self.train_loader.std), precision=self.runtime.precision.name,
-                         tta=self.cfg.train.tta, architecture=self.cfg.model.name,
-                         options=dict(self.cfg.model.options))
+        return ModelCard.from_config(self.cfg, {
+            "classes": list(self.classes), "in_channels": int(images.shape[1]), "image_size": int(images.shape[-1]),
+            "mean": list(self.train_loader.mean), "std": list(self.train_loader.std),
+            "precision": self.runtime.precision.name, "data_fingerprint": self.data_fingerprint})
 
     @property
     def eval_model(self) -> nn.Module:

@@ -4,7 +4,7 @@ optimizer, schedule, epochs and history start fresh, as in any new run.
 The weights are the ones the checkpoint evaluates with (its EMA when the run kept one). The checkpoint
 must hold the same model (`model.name`, options, norm) and input channels. Its classes must be the new
 data's, in order; for other classes, `model.init_head=false` loads everything but the classifier head
-(the last `nn.Linear`, see `classifier_head`), which starts fresh.
+(the submodule the model's factory declared, `register_model(name, classifier=...)`), which starts fresh.
 """
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ from typing import Sequence
 from torch import nn
 
 from cifarlab.errors import UserError
-from cifarlab.training.checkpoint import load_model
+from cifarlab.models.registry import classifier_of
+from cifarlab.run.model_file import read_model
 
 
-def classifier_head(model: nn.Module) -> str:
-    """The name of the layer producing the logits: the model's last `nn.Linear`."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise UserError(f"{type(model).__name__} has no nn.Linear classifier head; model.init_head=false needs one")
-    return names[-1]
+def classifier_head(model: nn.Module, name: str) -> str:
+    """The name of the submodule producing the logits of `model` (registered as `name`), as its factory
+    declared it."""
+    head = classifier_of(name)
+    if head is None or head not in dict(model.named_modules()):
+        declared = f"declares {head!r}, which it does not have" if head else "declares no classifier"
+        raise UserError(f"model {name!r} {declared}; model.init_head=false needs the submodule that produces the "
+                        f"logits: register it with @register_model({name!r}, classifier='<submodule name>')")
+    return head
 
 
 def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in_channels: int) -> str:
@@ -30,22 +34,23 @@ def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in
     line saying what was loaded (from where, how many tensors, the head kept or started fresh)."""
     path = Path(model_cfg.init_from)
     try:
-        source, source_cfg, meta = load_model(path)
+        stored = read_model(path)
     except UserError as err:
         raise UserError(f"model.init_from: {err}") from None
+    source, source_cfg, card = stored.network, stored.config, stored.card
     where = f"model.init_from={path}"
     if source_cfg.model.name != model_cfg.name:
         raise UserError(f"{where} holds a {source_cfg.model.name!r} model but model.name is {model_cfg.name!r}; "
                         f"set model.name={source_cfg.model.name}")
-    if len(meta["mean"]) != in_channels:
-        raise UserError(f"{where} was trained on {len(meta['mean'])}-channel images, "
+    if card.in_channels != in_channels:
+        raise UserError(f"{where} was trained on {card.in_channels}-channel images, "
                         f"this data has {in_channels} channels")
-    old, new = list(meta["classes"]), list(classes)
+    old, new = list(card.classes), list(classes)
     if model_cfg.init_head and old != new:
         raise UserError(f"{where} was trained on {len(old)} classes ({_preview(old)}), this data has {len(new)} "
                         f"({_preview(new)}); set model.init_head=false to start a fresh classifier head")
     weights = source.state_dict()
-    head = None if model_cfg.init_head else classifier_head(model)
+    head = None if model_cfg.init_head else classifier_head(model, model_cfg.name)
     if head is not None:
         weights = {key: value for key, value in weights.items() if not key.startswith(head + ".")}
     try:
@@ -63,7 +68,7 @@ def init_from_checkpoint(model: nn.Module, model_cfg, classes: Sequence[str], in
     head_text = (f"classifier head '{head}' started fresh for {len(new)} classes" if head is not None
                  else "classifier head kept")
     return (f"model.init_from: loaded {len(weights)} of {len(model.state_dict())} tensors ({values:,} values) "
-            f"from {path}, its {kind} of epoch {meta['epoch']}; {head_text}")
+            f"from {path}, its {kind} of epoch {stored.epoch}; {head_text}")
 
 
 def _preview(classes: list[str]) -> str:

@@ -1,15 +1,18 @@
-"""`cifarlab export CHECKPOINT --format hf --out DIR`: a Hugging Face-style model folder, and loading it back.
+"""`cifarlab export CHECKPOINT --format hf --out DIR`: a Hugging Face model folder.
 
-    DIR/model.safetensors   the weights (EMA weights where the run kept them), float32
-    DIR/config.json         everything to rebuild and feed the network: architecture and options, classes
-                            (also as id2label/label2id), input shape, mean/std, TTA, precision, the run's config
-    DIR/README.md           a model card: what it is, how to use it, the run's results
+    DIR/model.safetensors   the weights (EMA weights where the run kept them), float32, mode 0644 (the umask's)
+    DIR/config.json         the model card (run/records.ModelCard.to_dict) plus this format's extras: the Hub's
+                            `model_type` and `library_name`, classes as id2label/label2id, the input shape,
+                            create_model's keywords (`model`), the run's config
+    DIR/README.md           a model card for people: what it is, how to use it, the run's results
 
-The folder is what `huggingface_hub.upload_folder` pushes as is; nothing here needs huggingface_hub (plain
-safetensors and JSON). Loading is cifarlab/use/hf_folder.py: `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR,
-...)`, `cifarlab predict DIR img.png` and `cifarlab eval DIR` accept the folder like a checkpoint, with the
-same probabilities. A model from the user's own module needs that module named again (`import_modules=` /
-`--import`): config.json records it, and as for a checkpoint it is never imported because a file names it.
+Writing needs no huggingface_hub (plain safetensors and JSON). The folder loads the way the Hub's users load
+models: `CifarlabModel.from_pretrained(DIR or "user/repo")` (use/hf_folder.py, huggingface_hub's
+PyTorchModelHubMixin, which also gives `push_to_hub`), and `cifarlab.load_model(DIR)`, `cifarlab.predict(DIR,
+...)`, `cifarlab predict DIR img.png` and `cifarlab eval DIR` accept it like a checkpoint, with the same
+probabilities (reading it is run/model_file.read_model's). A model from the user's own module needs that
+module named again (`import_modules=` / `--import`): config.json records it, and as for a checkpoint it is
+never imported because a file names it.
 """
 from __future__ import annotations
 
@@ -19,13 +22,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
+from torch import nn
 
 from cifarlab.errors import UserError
-from cifarlab.use.hf_folder import CONFIG_FILE, WEIGHTS_FILE
+from cifarlab.run.model_file import FOLDER_CONFIG, FOLDER_WEIGHTS
+from cifarlab.run.records import ModelCard
 
 CARD = "README.md"
 FOLDER_FORMAT = 1
+MODEL_TYPE = "cifarlab"  # config.json's `model_type`, as the Hub and its libraries read a folder's kind
 
 
 def default_out(checkpoint: Path) -> Path:
@@ -35,7 +40,7 @@ def default_out(checkpoint: Path) -> Path:
 
 def export_hf(checkpoint: Union[str, Path], out: Union[str, Path, None] = None) -> Path:
     """Write the model folder of `checkpoint` to `out` (a new or empty folder); returns `out`."""
-    from cifarlab.training.checkpoint import load_model
+    from cifarlab.run.model_file import read_model
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint)
@@ -43,14 +48,15 @@ def export_hf(checkpoint: Union[str, Path], out: Union[str, Path, None] = None) 
         raise UserError(f"{out} already exists and is not an empty folder; give a new --out (exports never overwrite)")
     if not out.absolute().parent.is_dir():
         raise UserError(f"output folder {out.absolute().parent} does not exist")
-    model, cfg, meta = load_model(checkpoint)
-    config = folder_config(model, cfg, meta)
+    stored = read_model(checkpoint)
+    if not stored.card.image_size:
+        raise UserError(f"{checkpoint} does not store its image size, and its data.dir cannot tell it "
+                        f"(folder moved?); retrain with data.options.image_size set")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir()
-        _write_weights(model, tmp / WEIGHTS_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / CARD).write_text(model_card(config, _run_results(checkpoint, meta)))
+        write_folder(tmp, stored.network, stored.card, stored.config, stored.epoch,
+                     _run_results(checkpoint, stored.checkpoint))
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)  # last: a failed export leaves no half-written folder under `out`
@@ -61,44 +67,48 @@ def export_hf(checkpoint: Union[str, Path], out: Union[str, Path, None] = None) 
     return out
 
 
-def _write_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+def write_folder(folder: Path, network: nn.Module, card: ModelCard, cfg, epoch: Optional[int],
+                 results: Optional[dict[str, Any]] = None) -> None:
+    """The folder's three files into `folder` (which exists): weights, config.json, README.md."""
+    from safetensors.torch import save
 
-    weights = {key: value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
-               for key, value in model.state_dict().items()}
-    save_file(weights, str(path), metadata={"format": "pt"})
+    weights = {key: value.detach().cpu().float().contiguous() if value.is_floating_point()
+               else value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    # safetensors' save_file creates its file 0600; written as bytes here, it gets the umask's permissions
+    # like every other export.
+    (folder / FOLDER_WEIGHTS).write_bytes(save(weights, metadata={"format": "pt"}))
+    config = folder_config(card, cfg, epoch)
+    (folder / FOLDER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CARD).write_text(model_card(config, results or {"row": {}, "summary": {}}))
 
 
-def folder_config(model: torch.nn.Module, cfg, meta: dict) -> dict[str, Any]:
+def folder_config(card: ModelCard, cfg, epoch: Optional[int]) -> dict[str, Any]:
+    """config.json: the card plus this format's extras."""
     from cifarlab._version import __version__
-    from cifarlab.use.load import image_size_of
 
-    classes = list(meta["classes"])
-    size, channels = image_size_of(meta, cfg.data), len(meta["mean"])
+    classes, size, channels = list(card.classes), card.image_size, card.in_channels
     return {
-        "library_name": "cifarlab", "cifarlab_version": __version__, "folder_format": FOLDER_FORMAT,
-        "architecture": cfg.model.name, "module": cfg.model.module,
-        "model": {"name": cfg.model.name, "num_classes": len(classes), "in_channels": channels,
-                  "norm": cfg.model.norm, "dropout": cfg.model.dropout, **cfg.model.options},
-        "num_labels": len(classes), "classes": classes,
-        "id2label": {str(i): name for i, name in enumerate(classes)}, "label2id": {n: i for i, n in enumerate(classes)},
-        "input_shape": [channels, size, size], "image_size": size, "num_channels": channels,
-        "mean": list(meta["mean"]), "std": list(meta["std"]),
+        **card.to_dict(), "model_type": MODEL_TYPE, "library_name": "cifarlab", "cifarlab_version": __version__,
+        "folder_format": FOLDER_FORMAT, "module": cfg.model.module, "model": card.model_kwargs(),
+        "num_labels": len(classes), "id2label": {str(i): name for i, name in enumerate(classes)},
+        "label2id": {n: i for i, n in enumerate(classes)},
+        "input_shape": [channels, size, size], "num_channels": channels,
         "preprocessing": "shorter side resized to image_size (antialiased bilinear), centre crop, pixel / 255, "
                          "(x - mean) / std per channel; float32 (N, C, H, W)",
         "output": "logits (N, num_labels); softmax gives class probabilities",
-        "tta": cfg.train.tta, "precision": meta.get("precision"), "epoch": meta.get("epoch"),
-        "data_fingerprint": meta.get("data_fingerprint"),  # the data it trained on: eval on other data warns
-        "run_config": cfg.to_dict(),
+        "epoch": epoch, "run_config": cfg.to_dict(),
     }
 
 
-def _run_results(checkpoint: Path, meta: dict) -> dict[str, Any]:
-    """The numbers the card reports: this checkpoint's epoch row, and the run's summary.json when beside it."""
+def _run_results(checkpoint: Path, stored) -> dict[str, Any]:
+    """The numbers the card reports: this checkpoint's epoch row, and the run's summary.json when beside it
+    (`stored`: the Checkpoint, None for a model folder)."""
     from cifarlab.run.layout import CONFIG
     from cifarlab.run.records import read_summary
 
-    row = next((r for r in reversed(meta.get("history") or []) if r.get("epoch") == meta.get("epoch")), {})
+    history = stored.history if stored is not None else []
+    epoch = stored.epoch if stored is not None else None
+    row = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
     run_dir = checkpoint.resolve().parent.parent
     try:
         summary = read_summary(run_dir, required=False) if (run_dir / CONFIG).is_file() else None
@@ -135,7 +145,9 @@ def model_card(config: dict, results: dict) -> str:
     lines += [f"| {name} | {value} |" for name, value in results_rows if value is not None]
     lines += ["", "## Classes", "", ", ".join(config["classes"]), "", "## Use", "", "```python", "import cifarlab",
               "", 'model = cifarlab.load_model("path/to/this/folder")',
-              'print(cifarlab.predict(model, ["image.png"], top=3))', "```", "",
+              'print(cifarlab.predict(model, ["image.png"], top=3))', "", "# or as the Hub's users load models "
+              "(this folder, or its repository on the Hub):", "from cifarlab.use.hf_folder import CifarlabModel", "",
+              'model = CifarlabModel.from_pretrained("path/to/this/folder")', "```", "",
               "Without cifarlab: rebuild the network from `config.json` (`model`), load `model.safetensors`, and feed "
               f"it {config['preprocessing']}; it returns {config['output']}.", ""]
     if config.get("module"):

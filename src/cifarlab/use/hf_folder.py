@@ -1,47 +1,51 @@
-"""Loading a model folder written by `cifarlab export --format hf` (see cifarlab/use/export_hf.py for its contents).
+"""`CifarlabModel`: a cifarlab model as the Hugging Face Hub's users load and share models, through
+huggingface_hub's `PyTorchModelHubMixin` (the library made for this; needs the `hf` extra).
 
-`training.checkpoint.load_model` hands such a folder here, so every loader (load_model, predict, eval)
-takes it like a checkpoint. Plain safetensors and JSON: no huggingface_hub needed.
+    from cifarlab.use.hf_folder import CifarlabModel
+
+    model = CifarlabModel.from_pretrained("runs/x/checkpoints/best-hf")  # a folder, or "user/repo" on the Hub
+    model(images)                       # logits, like any nn.Module (a cifarlab.load_model model)
+    cifarlab.predict(model, ["cat.png"])
+    model.push_to_hub("user/my-cifar-model")  # or save_pretrained(folder): the folder export_hf writes
+
+The folder is the one `cifarlab export --format hf` writes (use/export_hf.py); reading it, with the checks
+every model file gets, is run/model_file.read_model's, so `from_pretrained` and `cifarlab.load_model` give
+the same model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 
-from cifarlab.errors import UserError
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-def is_model_folder(path: Union[str, Path]) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+from cifarlab.run.model_file import FOLDER_CONFIG, FOLDER_WEIGHTS
+from cifarlab.use.export_hf import write_folder
+from cifarlab.use.load import LoadedModel, load_model
 
 
-def load_model_folder(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
-    """(model in eval mode, Config, meta) from a model folder, as `training.checkpoint.load_model` gives them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+class CifarlabModel(LoadedModel, PyTorchModelHubMixin, library_name="cifarlab", pipeline_tag="image-classification",
+                    tags=["image-classification", "cifarlab"]):
+    """A `LoadedModel` (an nn.Module with its card and precision) with the Hub mixin's `from_pretrained`,
+    `save_pretrained` and `push_to_hub`."""
 
-    from cifarlab.config import validate
-    from cifarlab.models.registry import build_model
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir: Union[str, Path, None],
+                         force_download: bool, local_files_only: bool, token: Union[str, bool, None],
+                         map_location: Optional[str] = None, precision: Optional[str] = None,
+                         **config) -> "CifarlabModel":
+        """The model of a folder, or of a Hub repository (its two files downloaded into the Hub's cache).
+        `map_location`: the device (default: CUDA if there is one, else the CPU); `precision` as in
+        `cifarlab.load_model`. The config.json values the mixin passes in (`config`) are read from the
+        folder itself."""
+        folder = Path(model_id)
+        if not folder.is_dir():
+            for name in (FOLDER_CONFIG, FOLDER_WEIGHTS):
+                downloaded = hf_hub_download(repo_id=model_id, filename=name, revision=revision, cache_dir=cache_dir,
+                                             force_download=force_download, local_files_only=local_files_only,
+                                             token=token)
+            folder = Path(downloaded).parent
+        return load_model(folder, device=map_location, precision=precision, model_class=cls)
 
-    path = Path(path)
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-        cfg = validate(config["run_config"])
-        model = build_model(cfg.model, num_classes=config["num_labels"], in_channels=config["num_channels"])
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(f"{path} is not a readable cifarlab model folder: {str(err).splitlines()[0][:200]}") from None
-    meta = {"classes": config["classes"], "mean": config["mean"], "std": config["std"], "epoch": config.get("epoch"),
-            "step": None, "history": [], "status": "completed", "precision": config.get("precision"),
-            "image_size": config["image_size"], "lr_peak": None, "lr_peak_source": None, "early_stop": None,
-            "data_fingerprint": config.get("data_fingerprint")}
-    return model.to(device).eval(), cfg, meta
+    def _save_pretrained(self, save_directory: Path) -> None:
+        write_folder(Path(save_directory), self.module, self.card, self.config, self.epoch)

@@ -1,0 +1,146 @@
+"""`read_model(path)`: the one reader of model files, a checkpoint (`.pt`) or a model folder (`cifarlab export
+--format hf`), with one set of checks for both.
+
+Every use of a stored model goes through here: `cifarlab.load_model` (and with it predict, eval, report,
+gradcam, export), the Hugging Face folder export, MLflow's copy of best.pt and `model.init_from`. What is
+checked, whatever the format: the card's fields (run/records.check_card_fields: distinct class names,
+finite mean/std with std > 0, whole numbers in range), as many classes as the classifier has outputs, the
+weights finite, and the weights fitting the network the card and config build. A file that fails is one
+line naming the file and the field; the network of a file that passes is built and filled in eval mode on
+the CPU, leaving the caller's global RNGs as they were.
+
+A model folder holds `model.safetensors` (the weights) and `config.json` (the card, its format's extras and
+the run's config, use/export_hf.py); reading it needs safetensors and JSON, not huggingface_hub.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from cifarlab.config import Config, validate
+from cifarlab.errors import UserError
+from cifarlab.models.registry import build_model
+from cifarlab.run.checkpoint import Checkpoint, read_checkpoint
+from cifarlab.run.records import FieldProblem, ModelCard, need, whole
+
+FOLDER_WEIGHTS = "model.safetensors"
+FOLDER_CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file, read and checked: the `network` (eval mode, CPU, the weights the file evaluates with:
+    EMA where the run kept one), its `card`, the run's `config`, the `epoch` its weights had trained, and
+    for a checkpoint the whole `checkpoint` (history, status) it came from."""
+    network: nn.Module
+    card: ModelCard
+    config: Config
+    epoch: Optional[int]
+    source: Path
+    checkpoint: Optional[Checkpoint] = None
+
+
+def is_model_folder(path: Union[str, Path]) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / FOLDER_CONFIG).is_file() and (path / FOLDER_WEIGHTS).is_file()
+
+
+def read_model(path: Union[str, Path]) -> ModelFile:
+    """The model in `path`: a checkpoint, or a model folder (see the module doc)."""
+    path = Path(path)
+    if is_model_folder(path):
+        return _read_folder(path)
+    checkpoint, used = read_checkpoint(path)
+    cfg = checkpoint.cfg
+    card = with_image_size(checkpoint.card, cfg)
+    weights = checkpoint.model
+    if checkpoint.ema:  # AveragedModel keys: module.<name> plus n_averaged
+        weights = {k.removeprefix("module."): v for k, v in checkpoint.ema.items() if k.startswith("module.")}
+    network = _build(card, cfg, weights, f"checkpoint {used}")
+    return ModelFile(network, card, cfg, checkpoint.epoch, used, checkpoint)
+
+
+def _read_folder(path: Path) -> ModelFile:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    source = f"model folder {path}"
+    try:
+        stored = json.loads((path / FOLDER_CONFIG).read_text())
+        weights = load_file(str(path / FOLDER_WEIGHTS))
+    except (OSError, ValueError, SafetensorError) as err:  # ValueError: JSON and UTF-8 decoding
+        raise UserError(f"{path} is not a readable cifarlab model folder: "
+                        f"{(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
+    try:
+        need(isinstance(stored, dict), FOLDER_CONFIG, "a JSON object", type(stored).__name__)
+        need(isinstance(stored.get("run_config"), dict), "run_config", "the run's config (a mapping)",
+             stored.get("run_config"))
+        cfg = _validated(stored["run_config"], source)
+        card = with_image_size(ModelCard.from_config(cfg, stored), cfg)
+        labels, epoch = stored.get("num_labels"), stored.get("epoch")
+        need(labels is None or labels == card.num_classes, "num_labels", f"{card.num_classes} (one per class)", labels)
+        need(epoch is None or whole(epoch), "epoch", "a whole number", epoch)
+    except FieldProblem as problem:
+        raise UserError(f"{source} is not usable: {problem}") from None
+    return ModelFile(_build(card, cfg, weights, source), card, cfg, epoch, path)
+
+
+def _validated(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return validate(raw)
+    except UserError as err:
+        raise UserError(f"{source} has an invalid config: {err}") from None
+
+
+def _build(card: ModelCard, cfg: Config, weights: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The network `cfg` names for the card's classes and channels, holding `weights` (checked first)."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source} is not usable: its weights have non-finite (NaN or inf) values in {name}: "
+                            f"a diverged model predicts garbage and cannot be exported; use a checkpoint from "
+                            f"before the divergence")
+    head = weights.get(f"{card.classifier}.weight") if card.classifier else None
+    if head is not None and head.dim() >= 1 and head.shape[0] != card.num_classes:
+        raise UserError(f"{source} does not match its own config: classes must be {head.shape[0]} names (one per "
+                        f"output of its classifier {card.classifier!r}), got {card.num_classes} classes")
+    # Building the network draws its initial weights from torch's global RNG; the file's weights replace
+    # them, and the caller's RNG must not notice.
+    with torch.random.fork_rng(devices=[]):
+        network = build_model(cfg.model, num_classes=card.num_classes, in_channels=card.in_channels)
+    try:
+        network.load_state_dict(weights)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        raise UserError(f"{source} does not match its own config (model {card.architecture!r} with options "
+                        f"{cfg.model.options}, {card.num_classes} classes): {_first_line(err)}") from None
+    return network.eval()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3])[:300] if text else type(err).__name__
+
+
+def with_image_size(card: ModelCard, cfg: Config) -> ModelCard:
+    """The card with its image size: stored in every file since it was recorded; for older checkpoints,
+    `data.options.image_size`, else the built-in source's size, else (an image folder trained at its
+    default size) the same default read again from the folder's file headers. Left None where none of
+    these can tell (a folder that moved): a use that needs the size says so."""
+    if card.image_size:
+        return card
+    data_cfg, size = cfg.data, None
+    if "image_size" in data_cfg.options:
+        size = int(data_cfg.options["image_size"])
+    elif data_cfg.dataset not in ("folder", "arrays", "hf"):
+        from cifarlab.data.sources import dataset_shape
+
+        size = dataset_shape(data_cfg.dataset, **data_cfg.options)[1]
+    elif data_cfg.dataset == "folder" and data_cfg.dir and Path(data_cfg.dir).expanduser().is_dir():
+        from cifarlab.data.folder import resolved_shape
+
+        size = resolved_shape(data_cfg.dir, **data_cfg.options)[0]
+    return replace(card, image_size=size)
