@@ -69,9 +69,10 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     a dict of those, or a Dataset (see `cifarlab.data.arrays`); the run then records `data.dataset: arrays`.
     `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py)."""
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir)
+    created = runtime.dist.is_main and (run_dir is None or not Path(run_dir).exists())
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
-    created = run_dir is None and runtime.dist.is_main
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
     run_dir = shared_run_dir(run_dir, runtime)

@@ -13,6 +13,7 @@ from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
+from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import check_payload, load_checkpoint_with_path, versions
 from cifarlab.run.records import Summary, read_summary
@@ -73,6 +74,7 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     dataset = load_data(cfg.data, cfg.seed, source_dataset(data))
     check_same_data(point.payload["classes"], point.payload.get("data_fingerprint"), dataset,
                     ("train", "val", "test"), "resumed")
+    check_ranks_agree(cfg, dataset, runtime)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, point.payload, used)
     state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
