@@ -55,6 +55,8 @@ def check_ranks_agree(cfg: Config, dataset: Dataset, runtime: Runtime) -> None:
     for rank, theirs in enumerate(everyone):
         differing = [what for what in mine if theirs[what] != everyone[0][what]]
         if differing:
+            # Every rank leaves the group before it refuses: a process that exits inside one aborts (gloo).
+            torch.distributed.destroy_process_group()
             raise UserError(f"rank {rank} of {runtime.dist.world_size} has another {' and '.join(differing)} than "
                             f"rank 0 (hash {theirs[differing[0]][:12]} vs {everyone[0][differing[0]][:12]}); start "
                             f"every node with the same command, data and cifarlab checkout")
