@@ -53,7 +53,8 @@ def cifarlab(*args: str) -> list[str]:
 
 
 def start(command: list[str], cwd: Path, **extra_env: str) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> str:

@@ -4,6 +4,7 @@ continues the same run directory, and the run ends as one never interrupted, bit
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ class Slurm:
     """munged, slurmctld and slurmd for this test only: a generated slurm.conf and all state in `folder`."""
 
     def __init__(self, folder: Path):
-        self.folder, self.host = folder, subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+        self.folder, self.host = folder, socket.gethostname().split(".")[0]
         self.env = dict(env(), SLURM_CONF=str(folder / "slurm.conf"))
 
     def start(self) -> None:
