@@ -245,7 +245,13 @@ def main(argv=None) -> int:
     # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `train RECIPE --run-dir PATH key=value`: argparse leaves key=value words after an option unparsed;
+    # they are overrides all the same, in the order written.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in arg for arg in extra):
+        args.overrides += extra
+    elif extra:
+        parser.parse_args(argv)  # the usual one-line error for what is really unknown
     try:
         if getattr(args, "import_modules", None):  # --import: the user's model code registers itself
             from cifarlab.models.registry import import_user_modules
