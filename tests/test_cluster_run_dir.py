@@ -79,3 +79,14 @@ def test_a_file_or_a_run_with_another_config_is_refused_in_one_line(tmp_path, ca
     assert main(["train", *RUN, "--run-dir", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "seed=0 here but 3 there" in error, error
+
+
+@pytest.mark.parametrize(("shared", "restarts", "warned"), [("True", "1", True), ("False", "1", False),
+                                                            ("True", "0", False)])
+def test_torchrun_restarts_with_a_shared_store_are_warned_about(monkeypatch, capsys, shared, restarts, warned):
+    from cifarlab.runtime import _warn_restarts_with_shared_store
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", shared)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", restarts)
+    _warn_restarts_with_shared_store()
+    assert ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err) == warned
