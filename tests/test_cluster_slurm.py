@@ -16,8 +16,10 @@ from _cluster import SMALL, assert_same_run, env, finish, free_port, start
 ROOT = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 MISSING = [name for name in DAEMONS if not shutil.which(name) and not Path("/usr/sbin", name).exists()]
-# 128 steps of 16x16 images, a checkpoint every 4: the warning lands mid-run, the job's second start continues.
-RUN = [*SMALL, "data.options={num_train: 2048, num_test: 256, image_size: 16}", "checkpoint.every_steps=4"]
+# 192 steps of 24x24 images (~2 s on an idle 2-core CPU), a checkpoint every 2: the warning, sent once the first
+# checkpoint is there, lands mid-run with time to spare, and the job's second start continues the run.
+RUN = [*SMALL, "data.options={num_train: 2048, num_test: 256, image_size: 24}", "train.epochs=3",
+       "checkpoint.every_steps=2"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(MISSING), reason=f"SLURM is not installed ({', '.join(MISSING)} missing): "
@@ -111,7 +113,7 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         deadline = time.monotonic() + seconds
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     def logs(self) -> str:
         return "\n".join(path.read_text(errors="replace")[-2000:] for path in sorted((self.folder / "log").glob("*")))
