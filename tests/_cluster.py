@@ -16,10 +16,10 @@ from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-# Two epochs of 32 steps (global batch 32) on 1,024 8x8 synthetic images: a second or two of training, so a
-# launch costs mostly its start. fp32 and one thread per process in every run, so that runs with the same
+# Two epochs of 64 steps (global batch 32) on 2,048 8x8 synthetic images: a second or two of training, so a
+# launch costs mostly its start, and a kill after the first checkpoint still lands mid-run on a fast machine. fp32 and one thread per process in every run, so that runs with the same
 # world size compute the same sums in the same order and can be compared bit for bit.
-SMALL = ["data.options={num_train: 1024, num_test: 256, image_size: 8}", "train.epochs=2", "train.batch_size=32",
+SMALL = ["data.options={num_train: 2048, num_test: 256, image_size: 8}", "train.epochs=2", "train.batch_size=32",
          "train.precision=fp32", "train.threads=1", "output.tensorboard=false", "output.progress=none",
          "output.report=false"]
 

@@ -64,16 +64,16 @@ def test_nodes_with_another_config_refuse_in_one_line_before_training(tmp_path):
 def test_elastic_restart_after_kill_9_resumes_the_run_and_equals_an_uninterrupted_one(one_node, tmp_path):
     run = tmp_path / "run"
     launcher = start(torchrun("--standalone", "--nproc-per-node=2", "--max-restarts=1")
-                     + cifarlab("train", "smoke", *SMALL, "checkpoint.every_steps=4", "--run-dir", str(run)), tmp_path)
+                     + cifarlab("train", "smoke", *SMALL, "checkpoint.every_steps=2", "--run-dir", str(run)), tmp_path)
     last = run / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 90
     while not last.exists() and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert last.exists(), "the run never wrote a checkpoint"
-    os.kill(_worker(launcher.pid, rank=1), signal.SIGKILL)  # mid-epoch 1: the first checkpoint is at step 4 of 32
+    os.kill(_worker(launcher.pid, rank=1), signal.SIGKILL)  # mid-epoch 1: the first checkpoint is at step 2 of 64
     output = finish(launcher)
     assert "resuming" in output, f"the restarted group did not resume the run:\n{output[-3000:]}"
-    assert load_checkpoint(last)["step"] == 64
+    assert load_checkpoint(last)["step"] == 128
     assert_same_run(run, one_node, ddp_interrupted_epoch=1)
 
 
