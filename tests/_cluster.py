@@ -17,8 +17,9 @@ from cifarlab.run.records import read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Two epochs of 64 steps (global batch 32) on 2,048 8x8 synthetic images: a second or two of training, so a
-# launch costs mostly its start, and a kill after the first checkpoint still lands mid-run on a fast machine. fp32 and one thread per process in every run, so that runs with the same
-# world size compute the same sums in the same order and can be compared bit for bit.
+# launch costs mostly its start, and a kill after the first checkpoint still lands mid-run on a fast machine.
+# fp32 and one thread per process in every run, so that runs with the same world size compute the same sums
+# in the same order and can be compared bit for bit.
 SMALL = ["data.options={num_train: 2048, num_test: 256, image_size: 8}", "train.epochs=2", "train.batch_size=32",
          "train.precision=fp32", "train.threads=1", "output.tensorboard=false", "output.progress=none",
          "output.report=false"]
@@ -33,7 +34,7 @@ def env(**extra: str) -> dict:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         variables.pop(name, None)
     # torchrun's restarts need it (docs/cluster.md): with the store shared between rounds, a restarted gloo
-    # group can read a dead worker's address and fail to connect (pytorch/pytorch#135712; 1 in 5 here).
+    # group can read a dead worker's address and fail to connect (pytorch/pytorch#135712; 2 restarts in 6 here).
     variables["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     return {**variables, **extra}
 

@@ -189,7 +189,7 @@ def init_distributed(device: torch.device) -> Distributed:
 def _warn_restarts_with_shared_store() -> None:
     """torchrun that may restart its workers, with its rendezvous store shared with them (torch's default
     since 2.5): a restarted gloo or NCCL group can then read a dead worker's address and fail to connect
-    (pytorch/pytorch#135712; 1 restart in 5 here, none of 6 with the store not shared; docs/cluster.md)."""
+    (pytorch/pytorch#135712; 2 restarts in 6 here, none of 6 with the store not shared; docs/cluster.md)."""
     restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0").strip()
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts.isdigit() and int(restarts) > 0:
         print("warning: torchrun --max-restarts with a shared rendezvous store: a restart may fail to connect "
