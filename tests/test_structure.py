@@ -26,7 +26,7 @@ LAYERS = (  # lowest first: a module may import from its own layer and the ones 
     ("training", ("cifarlab.training",)),
     ("range test and use", ("cifarlab.lr_range", "cifarlab.use", "cifarlab.export")),
     ("analysis", ("cifarlab.analysis",)),
-    ("lifecycle", ("cifarlab.experiment",)),
+    ("lifecycle", ("cifarlab.experiment", "cifarlab.cluster")),
     ("sweeps", ("cifarlab.sweep",)),
     ("interface", ("cifarlab.cli", "cifarlab.commands", "cifarlab.__main__", "cifarlab")),
 )

@@ -23,8 +23,8 @@ EXAMPLES = """examples:
   cifarlab COMMAND --help                           # each command's arguments and examples
 
 exit codes of train/resume/demo: 0 done, 2 bad input (one line on stderr), 3 diverged (NaN/inf loss;
-the last good checkpoint is kept), 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint
-(continue with `cifarlab resume RUN_DIR`)
+the last good checkpoint is kept), 130/143/138 stopped by SIGINT/SIGTERM/SIGUSR1 after saving a
+checkpoint (continue with `cifarlab resume RUN_DIR`, or the same `train ... --run-dir` command)
 """
 
 
@@ -57,6 +57,8 @@ def build_parser() -> Parser:
                               f"  cifarlab train smoke model.init_from={example_checkpoint('smoke')}")
     p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
     _overrides(p)
+    p.add_argument("--run-dir", type=Path, help="the run's own folder: trained the first time, continued when the "
+                   "same command runs again (a requeued or restarted job), see docs/cluster.md")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --epochs",
@@ -138,7 +140,8 @@ def _version() -> str:
 
 
 # Exit codes of train/resume/demo: 0 completed, 2 user error, 3 diverged (NaN/inf loss),
-# 128 + signal number when stopped by a signal after saving a checkpoint (130 SIGINT, 143 SIGTERM).
+# 128 + signal number when stopped by a signal after saving a checkpoint (130 SIGINT, 143 SIGTERM,
+# 138 SIGUSR1: a scheduler's warning before preemption; the job script requeues on it, docs/cluster.md).
 EXIT_DIVERGED = 3
 
 
@@ -152,6 +155,10 @@ def run_exit_code(run) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.run_dir is not None:  # a named run: continued when it exists (docs/cluster.md)
+        from cifarlab.cluster import train_or_continue
+
+        return run_exit_code(train_or_continue(args.recipe, args.overrides, run_dir=args.run_dir))
     from cifarlab.experiment import train
 
     return run_exit_code(train(args.recipe, args.overrides))
@@ -241,7 +248,13 @@ def main(argv=None) -> int:
     # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `train RECIPE --run-dir PATH key=value`: argparse leaves key=value words after an option unparsed;
+    # they are overrides all the same, in the order written.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in arg for arg in extra):
+        args.overrides += extra
+    elif extra:
+        parser.parse_args(argv)  # the usual one-line error for what is really unknown
     try:
         if getattr(args, "import_modules", None):  # --import: the user's model code registers itself
             from cifarlab.models.registry import import_user_modules

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -180,7 +181,20 @@ def init_distributed(device: torch.device) -> Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+    if dist.get_rank() == 0:
+        _warn_restarts_with_shared_store()
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=_local_rank())
+
+
+def _warn_restarts_with_shared_store() -> None:
+    """torchrun that may restart its workers, with its rendezvous store shared with them (torch's default
+    since 2.5): a restarted gloo or NCCL group can then read a dead worker's address and fail to connect
+    (pytorch/pytorch#135712; 2 restarts in 6 here, none of 6 with the store not shared; docs/cluster.md)."""
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0").strip()
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts.isdigit() and int(restarts) > 0:
+        print("warning: torchrun --max-restarts with a shared rendezvous store: a restart may fail to connect "
+              "(pytorch/pytorch#135712); start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+              file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -71,9 +71,10 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     `model`: a Module instance, class or factory instead of `model.name` (built inside `rebuild_with(model)`,
     see models/python_objects.py)."""
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir, model)
+    created = runtime.dist.is_main and (run_dir is None or not Path(run_dir).exists())
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
-    created = run_dir is None and runtime.dist.is_main
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir) if run_dir else (layout.new_run_dir(cfg.output.dir, cfg.name)
                                              if runtime.dist.is_main else None)
     run_dir = shared_run_dir(run_dir, runtime)

@@ -13,6 +13,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, check_model_input
@@ -49,6 +50,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     check_model_output(cfg.model.name, check_model_input(cfg.model, dataset), dataset.num_classes)
+    check_ranks_agree(cfg, dataset, runtime)  # before anything trains or is written: every node the same run
     check_integrations(cfg.output)
     if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
         from cifarlab.models.registry import build_model

@@ -13,6 +13,7 @@ from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
+from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
@@ -86,6 +87,7 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     dataset = load_data(cfg.data, cfg.seed, source_dataset(data))
     check_same_data(point.checkpoint.classes, point.checkpoint.data_fingerprint, dataset,
                     ("train", "val", "test"), "resumed")
+    check_ranks_agree(cfg, dataset, runtime)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, point.checkpoint, used)
     state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}

@@ -55,12 +55,12 @@ def _quiet_optuna() -> None:
 
 def _run_workers(sweep: Sweep, workers: int) -> list[int]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or DB state
-    gpus = _gpu_count()
+    devices = worker_gpus(workers, os.environ.get("CUDA_VISIBLE_DEVICES"), _gpu_count)
     processes = []
     for index in range(workers):
         env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices[index]
         process = context.Process(target=_worker_main, args=(sweep, env), name=f"sweep-worker-{index}")
         process.start()
         processes.append(process)
@@ -106,6 +106,21 @@ def _worker_main(sweep: Sweep, env: dict) -> None:
     except UserError as err:
         print(f"cifarlab sweep: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+def worker_gpus(workers: int, visible: str | None, gpu_count) -> list[str] | None:
+    """The CUDA_VISIBLE_DEVICES of each of `workers` local workers: one GPU each, in turn, from the devices
+    this process may use; None (leave it alone) with fewer than two. `visible` is our own
+    CUDA_VISIBLE_DEVICES: its entries (indices, or UUIDs such as `GPU-5f3a...`, as a scheduler sets them)
+    are handed out as written, since a worker's index 0 would otherwise be the machine's first GPU rather
+    than the first one allotted to us. Unset, the `gpu_count()` devices CUDA reports are numbered 0..n-1."""
+    if visible is not None:
+        devices = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    else:
+        devices = [str(index) for index in range(gpu_count())]
+    if len(devices) < 2:
+        return None
+    return [devices[index % len(devices)] for index in range(workers)]
 
 
 def _gpu_count() -> int:

@@ -1,4 +1,4 @@
-"""The callbacks that end a run early: StopOnSignal (SIGINT/SIGTERM) and EarlyStop (no improvement)."""
+"""The callbacks that end a run early: StopOnSignal (SIGINT/SIGTERM/SIGUSR1) and EarlyStop (no improvement)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,15 @@ import sys
 from cifarlab.training.callbacks import Callback
 from cifarlab.training.outcome import INTERRUPTED
 
+# SIGUSR1 exists on POSIX only; a run on Windows stops on the other two.
+STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if sig)
+
 
 class StopOnSignal(Callback):
     """SIGINT/SIGTERM finish the current step; the loop then stops and the checkpointer saves.
+
+    SIGUSR1 does the same: it is the warning a cluster scheduler sends before it preempts or ends a job
+    (`sbatch --signal=B:USR1@120`), and the job's script requeues it on exit code 138 (docs/cluster.md).
 
     A second signal acts as if there were no handler (KeyboardInterrupt, or termination): the atomic
     writes keep the checkpoint files whole even then."""
@@ -28,7 +34,7 @@ class StopOnSignal(Callback):
                 return
             state.interrupt(signal.Signals(signum).name, int(signum))
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             try:
                 self.previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm

@@ -1,0 +1,151 @@
+"""Preemption on a real scheduler: docs/cluster.md's job script on a throwaway one-node SLURM cluster. The
+warning signal makes the run checkpoint and exit, the script requeues the job, the job runs again and
+continues the same run directory, and the run ends as one never interrupted, bit for bit."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _cluster import SMALL, assert_same_run, env, finish, free_port, start
+
+ROOT = Path(__file__).resolve().parents[1]
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
+MISSING = [name for name in DAEMONS if not shutil.which(name) and not Path("/usr/sbin", name).exists()]
+# 192 steps of 24x24 images (~2 s on an idle 2-core CPU), a checkpoint every 2: the warning, sent once the first
+# checkpoint is there, lands mid-run with time to spare, and the job's second start continues the run.
+RUN = [*SMALL, "data.options={num_train: 2048, num_test: 256, image_size: 24}", "train.epochs=3",
+       "checkpoint.every_steps=2"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(MISSING), reason=f"SLURM is not installed ({', '.join(MISSING)} missing): "
+                                                       f"`apt-get install slurm-wlm munge` (.ci/run does)"),
+              pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as root here; the test needs root")]
+
+
+def job_script() -> str:
+    """The sbatch script docs/cluster.md shows: its one `sh` block."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "cluster.md").read_text(), re.S)
+    assert len(blocks) == 1 and blocks[0].startswith("#!/bin/bash\n#SBATCH"), "docs/cluster.md: one sbatch script"
+    return blocks[0]
+
+
+def _program(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+class Slurm:
+    """munged, slurmctld and slurmd for this test only: a generated slurm.conf and all state in `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.host = folder, socket.gethostname().split(".")[0]
+        self.env = dict(env(), SLURM_CONF=str(folder / "slurm.conf"))
+
+    def start(self) -> None:
+        f = self.folder
+        for sub in ("munge", "state", "spool", "log"):
+            (f / sub).mkdir(mode=0o700)
+        (f / "munge" / "munge.key").write_bytes(os.urandom(1024))
+        (f / "munge" / "munge.key").chmod(0o400)
+        socket = f / "munge" / "socket"
+        subprocess.run([_program("munged"), "--force", f"--socket={socket}", f"--key-file={f / 'munge' / 'munge.key'}",
+                        f"--log-file={f / 'log' / 'munged.log'}", f"--pid-file={f / 'munge' / 'munged.pid'}",
+                        f"--seed-file={f / 'munge' / 'seed'}"], check=True)
+        (f / "slurm.conf").write_text(f"""ClusterName=cifarlab-test
+SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+AuthInfo=socket={socket}
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={f / 'state'}
+SlurmdSpoolDir={f / 'spool'}
+SlurmctldPidFile={f / 'slurmctld.pid'}
+SlurmdPidFile={f / 'slurmd.pid'}
+SlurmctldLogFile={f / 'log' / 'slurmctld.log'}
+SlurmdLogFile={f / 'log' / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/linear
+SchedulerType=sched/builtin
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+JobRequeue=1
+MinJobAge=600
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+""")
+        subprocess.run([_program("slurmctld"), "-c", "-i"], env=self.env, check=True)
+        subprocess.run([_program("slurmd")], env=self.env, check=True)
+        self.wait_for(lambda: self.run("sinfo", "-h", "-o", "%t").strip() == "idle", "the node to be idle")
+
+    def stop(self) -> None:
+        subprocess.run([_program("scontrol"), "shutdown"], env=self.env, capture_output=True)
+        subprocess.run([_program("munged"), "--stop", f"--socket={self.folder / 'munge' / 'socket'}"],
+                       capture_output=True)
+        for pid_file in ("slurmd.pid", "slurmctld.pid"):  # what `scontrol shutdown` left running
+            path = self.folder / pid_file
+            if path.exists():
+                try:
+                    os.kill(int(path.read_text()), 15)
+                except (ValueError, ProcessLookupError):
+                    pass
+
+    def run(self, *command: str) -> str:
+        done = subprocess.run([_program(command[0]), *command[1:]], env=self.env, capture_output=True, text=True,
+                              cwd=self.folder)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}\n{self.logs()}"
+        return done.stdout
+
+    def job(self, job_id: str) -> dict[str, str]:
+        text = self.run("scontrol", "show", "job", "-o", job_id)
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def wait_for(self, condition, what: str, seconds: float = 90) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
+            time.sleep(0.01)
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-2000:] for path in sorted((self.folder / "log").glob("*")))
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = Slurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_preempted_job_requeues_itself_and_its_run_ends_as_an_uninterrupted_one(slurm, tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "train.sbatch").write_text(job_script())
+    reference = start([sys.executable, "-m", "cifarlab", "train", "smoke", *RUN, "--run-dir",
+                       str(tmp_path / "uninterrupted")], tmp_path)
+    job_id = slurm.run("sbatch", "--parsable", f"--chdir={jobs}", str(jobs / "train.sbatch"), "smoke", *RUN).strip()
+    last = jobs / f"runs/job-{job_id}" / "checkpoints" / "last.pt"
+    slurm.wait_for(last.exists, "the job's first checkpoint")
+    # What SLURM does for `--signal=B:USR1@120` when the time is near: USR1 to the batch shell.
+    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
+    slurm.wait_for(lambda: slurm.job(job_id)["Restarts"] == "1" and slurm.job(job_id)["JobState"] == "PENDING",
+                   "the job to requeue itself")
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # not SLURM's two minutes' hold
+    slurm.wait_for(lambda: slurm.job(job_id)["JobState"] == "COMPLETED", "the requeued job to finish", 120)
+    log = (jobs / f"slurm-{job_id}.out").read_text()
+    assert "SIGUSR1 received" in log and "resuming" in log, log
+    assert log.count("run directory:") == 1, "the second start continued the run, it did not start one"
+    finish(reference)
+    assert_same_run(jobs / f"runs/job-{job_id}", tmp_path / "uninterrupted")
