@@ -1,10 +1,12 @@
 """fp32 vs bf16 autocast: training images/s of every registered model on this machine, side by side.
 
-Why it exists: `precision: auto` picks bf16 on a CPU only where it is faster (`runtime.cpu_bf16_is_fast`:
-AMX tiles). This is the measurement behind that rule. Both precisions train the same model on the same
-on-device batches (synthetic 3x32x32, the reference augmentation, SGD, channels_last) in a bare loop;
-runs alternate (fp32, bf16, fp32, ...) so a change in machine load hits both, and the ratio is the
-median of the paired ratios. Run it on the CPU or GPU you train on:
+Why it exists: `precision: auto` is chosen by a short probe of the run's own step (training/autotune.py,
+about 3 s), because CPU flags cannot tell (docs/precision.md). This is the longer measurement the probe is
+checked against: both precisions train the same model on the same on-device batches (synthetic 3x32x32,
+the reference augmentation, SGD, channels_last) in a bare loop; runs alternate (fp32, bf16, fp32, ...) so
+a change in machine load hits both, and the ratio is the median of the paired ratios. The last column is
+what the probe picks for the same model and batch (measured afresh, not from the cache), with its own
+ratio and time. Run it on the CPU or GPU you train on:
 
     python bench/precision.py                      # every model, batch 128
     python bench/precision.py --models convnet fastnet --steps 2 --repeats 3
@@ -21,7 +23,8 @@ import torch
 from common import bare_epoch, bench_config, load, median_ratio, paired, timed
 
 from cifarlab.models.registry import list_models
-from cifarlab.runtime import make_runtime, resolve_precision
+from cifarlab.runtime import make_runtime
+from cifarlab.training.autotune import CACHE_ENV, choose_precision
 from cifarlab.training.build import build_state, load_data
 
 PRECISIONS = ("fp32", "bf16")
@@ -44,7 +47,7 @@ def describe_machine() -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu} ({os.cpu_count()} cores)"
     flag_text = ", ".join(f"{name} {'yes' if flags.get(name) else 'no'}" for name in CPU_FLAGS)
     return (f"{where}; CPU flags: {flag_text}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"load average {load()}; precision auto -> {resolve_precision('auto', device).name}")
+            f"load average {load()}")
 
 
 def model_states(model: str, args, run_dir: Path) -> dict:
@@ -84,14 +87,31 @@ def main(argv=None) -> dict:
     print(describe_machine(), flush=True)
     print(f"bare training steps, batch {args.batch_size}, {args.steps} steps per timing, {args.repeats} pairs, "
           f"channels_last; images/s as median (min-max)\n")
-    print("| model | fp32 img/s | bf16 img/s | bf16 / fp32 |\n|---|---|---|---|", flush=True)
+    print("| model | fp32 img/s | bf16 img/s | bf16 / fp32 | auto's probe |\n|---|---|---|---|---|", flush=True)
     results = {}
     for model in args.models or list_models():
         fp32, bf16 = measure(model, args)
         ratio = median_ratio(bf16, fp32)
-        results[model] = {"fp32": fp32, "bf16": bf16, "bf16_over_fp32": ratio}
-        print(f"| {model} | {_spread(fp32)} | {_spread(bf16)} | {ratio:.2f}x |", flush=True)
+        probe = probe_choice(model, args)
+        results[model] = {"fp32": fp32, "bf16": bf16, "bf16_over_fp32": ratio, "probe": probe.line()}
+        print(f"| {model} | {_spread(fp32)} | {_spread(bf16)} | {ratio:.2f}x | {probe.name}: {probe.reason} |",
+              flush=True)
     return results
+
+
+def probe_choice(model: str, args):
+    """What `precision: auto` picks for this model and batch, measured afresh (an empty cache folder)."""
+    cfg = bench_config(model, args.width, args.batch_size, args.steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with TemporaryDirectory() as cache:
+        previous, os.environ[CACHE_ENV] = os.environ.get(CACHE_ENV), cache
+        try:
+            return choose_precision(cfg.model, cfg.optim, (args.batch_size, 3, 32, 32), 10, device, True)
+        finally:
+            if previous is None:
+                del os.environ[CACHE_ENV]
+            else:
+                os.environ[CACHE_ENV] = previous
 
 
 def _spread(values: list[float]) -> str:
