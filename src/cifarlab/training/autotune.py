@@ -119,7 +119,8 @@ class Timings:
 
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
-    """Whether more rounds could still change the answer: a factor of 2 either way is clear after one
+    """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
+    baseline: a factor of 2 either way is clear after one
     round; after MIN_ROUNDS, anything outside [1, margin x 1.1] (a ratio near the margin needs more)."""
     known = [r for r in ratios.values() if r is not None]
     if all(r <= 0.5 or r >= 2.0 for r in known):
@@ -155,7 +156,8 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
             if not finite:
                 out.add(name)
         timed = [seconds for seconds in best().values() if seconds is not None]
-        if len(timed) < 2 or _clear(speedups(best(), names[0]), rounds):
+        others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
+        if len(timed) < 2 or _clear(others, rounds):
             break
         if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
             repeat = max(1, min(16, math.ceil(SAMPLE_SECONDS / max(min(timed), 1e-6))))
