@@ -173,7 +173,7 @@ def test_a_forced_answer_is_taken_without_measuring(cache, measured, monkeypatch
 
 def test_unmeasured_auto_on_a_cpu_is_fp32_and_fp16_falls_back_with_a_warning(cache):
     assert resolve_precision("auto", CPU).name == "fp32"  # no model to time: a checkpoint's fallback
-    with pytest.warns(UserWarning, match="fp16 needs a CUDA device; using fp32"):
+    with pytest.warns(UserWarning, match="fp16 needs a CUDA device; this CPU takes precision auto instead"):
         precision = resolve_precision("fp16", CPU)
     assert precision.name == "fp32" and precision.make_scaler() is None
 

@@ -85,7 +85,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if device.type == "cpu" and name == "fp16":
         # Recipes written for GPUs ask for fp16; a CPU has no fast fp16 path (a run measures its best instead).
         name = unmeasured_precision(device)
-        warnings.warn(f"train.precision=fp16 needs a CUDA device; using {name} on this CPU", stacklevel=2)
+        warnings.warn("train.precision=fp16 needs a CUDA device; this CPU takes precision auto instead", stacklevel=2)
     return Precision(name, device.type)
 
 

@@ -120,8 +120,8 @@ class Timings:
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
     """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
-    baseline: a factor of 2 either way is clear after one
-    round; after MIN_ROUNDS, anything outside [1, margin x 1.1] (a ratio near the margin needs more)."""
+    baseline: a factor of 2 either way is clear after one round; after MIN_ROUNDS, anything outside
+    [1, margin x 1.1] (a ratio near the margin needs more)."""
     known = [r for r in ratios.values() if r is not None]
     if all(r <= 0.5 or r >= 2.0 for r in known):
         return True
@@ -137,7 +137,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
     started = clock()
     names, out = list(steps), set()
     for name in names:  # warm-up: kernels are chosen (and oneDNN's primitives cached) on the first step
-        if not _finite(steps[name]):
+        if not _finite(_step(steps[name])):
             out.add(name)
     samples: dict[str, list[float]] = {name: [] for name in names}
 
@@ -151,9 +151,9 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
         round_started = clock()
         for name in [name for name in (names if rounds % 2 else names[::-1]) if name not in out]:
             begin = clock()
-            finite = all([_finite(steps[name]) for _ in range(repeat)])
+            losses = [_step(steps[name]) for _ in range(repeat)]
             samples[name].append((clock() - begin) / repeat)
-            if not finite:
+            if not all(_finite(loss) for loss in losses):  # read after the clock stopped
                 out.add(name)
         timed = [seconds for seconds in best().values() if seconds is not None]
         others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
@@ -167,12 +167,17 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
     return best()
 
 
-def _finite(step: Callable[[], torch.Tensor]) -> bool:
-    """One step; False where its loss is not finite or it raised (the candidate is out, not the run)."""
+def _step(step: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
+    """One step's loss, or None where it raised (the candidate is out, not the run)."""
     try:
-        return bool(torch.isfinite(step().detach()).all())  # note: a CPU-GPU sync point (the probe's only)
+        return step().detach()
     except Exception:  # e.g. an op with no bf16 kernel in a user's model: that candidate cannot train it
-        return False
+        return None
+
+
+def _finite(loss: Optional[torch.Tensor]) -> bool:
+    # note: a CPU-GPU sync point, once per timing, after its clock has stopped
+    return loss is not None and bool(torch.isfinite(loss).all())
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, inputs: torch.Tensor,
