@@ -120,10 +120,10 @@ class Timings:
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
     """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
-    baseline: a factor of 2 either way is clear after one round; after MIN_ROUNDS, anything outside
-    [1, margin x 1.1] (a ratio near the margin needs more)."""
+    baseline: a factor of 2 either way is clear after two rounds (one can be a neighbour's burst); after
+    MIN_ROUNDS, anything outside [1, margin x 1.1] (a ratio near the margin needs more)."""
     known = [r for r in ratios.values() if r is not None]
-    if all(r <= 0.5 or r >= 2.0 for r in known):
+    if rounds >= 2 and all(r <= 0.5 or r >= 2.0 for r in known):
         return True
     return rounds >= MIN_ROUNDS and all(r < 1.0 or r > margin * 1.1 for r in known)
 
