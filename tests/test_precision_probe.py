@@ -124,6 +124,12 @@ def test_time_steps_stops_early_when_the_gap_is_clear():
     assert fake.now < 0.5
 
 
+def test_a_fourfold_gap_needs_one_round_only():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.05), "bf16": fake.step("bf16", 1.0)}, fake.clock)
+    assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 2, "bf16": 2}  # 0.05x: emulated bf16
+
+
 def test_time_steps_keeps_measuring_a_close_call_within_its_budget():
     fake = FakeDevice()
     seconds = time_steps({"fp32": fake.step("fp32", 0.010), "bf16": fake.step("bf16", 0.0091)}, fake.clock,

@@ -17,8 +17,9 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
    (`CANDIDATES`) takes one untimed warm-up step (oneDNN and cuDNN pick their kernels there), then rounds
    of steps alternate between the candidates, timed in CPU seconds of the process on a CPU (as the MFU
    probe in throughput.py: a neighbour's load does not flip the answer) and in synchronised wall time on
-   CUDA. It stops once the answer is clear (`_clear`) or BUDGET_SECONDS are spent (at least one round is
-   timed, so a model whose step takes seconds at its batch spends more: its warm-up and one round).
+   CUDA. It stops once the answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of
+   wall time on a very busy machine (at least one round is timed, so a model whose step takes seconds at
+   its batch spends more: its warm-up and one round).
 4. `decide`: the safest candidate unless a less safe one is at least MARGIN faster; a candidate whose
    loss is not finite, or whose step fails, is out. fp16 always trains with a GradScaler.
 
@@ -47,7 +48,8 @@ from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
 from cifarlab.training.optim import GradStep, build_optimizer
 
 MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so far (no flapping on noise)
-BUDGET_SECONDS = 3.0  # wall time of the whole measurement, warm-up included
+BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)
+WALL_CAP_SECONDS = 6.0  # and never more wall time than this after a round (a very busy machine)
 SAMPLE_SECONDS = 0.02  # steps in one timing: enough to last this long (tiny models take ~1 ms a step)
 MIN_ROUNDS, MAX_ROUNDS = 3, 12
 CACHE_ENV = "CIFARLAB_CACHE"
@@ -120,21 +122,23 @@ class Timings:
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
     """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
-    baseline: a factor of 2 either way is clear after two rounds (one can be a neighbour's burst); after
-    MIN_ROUNDS, anything outside [1, margin x 1.1] (a ratio near the margin needs more)."""
+    baseline: a factor of 4 either way is clear at once, a factor of 2 after two rounds (one can be a
+    neighbour's burst); after MIN_ROUNDS, anything outside [1, margin x 1.1] (near the margin needs more)."""
     known = [r for r in ratios.values() if r is not None]
+    if all(r <= 0.25 or r >= 4.0 for r in known):
+        return True
     if rounds >= 2 and all(r <= 0.5 or r >= 2.0 for r in known):
         return True
     return rounds >= MIN_ROUNDS and all(r < 1.0 or r > margin * 1.1 for r in known)
 
 
 def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
-               budget: float = BUDGET_SECONDS) -> dict[str, Optional[float]]:
+               budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS) -> dict[str, Optional[float]]:
     """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
     safest first: one untimed warm-up each, then alternating rounds until the answer is clear or `budget`
-    (in `clock`'s seconds, warm-up included) is spent; at least one round is timed. `clock()` must include
-    waiting for the device."""
-    started = clock()
+    (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are spent; at least one round is
+    timed. `clock()` must include waiting for the device."""
+    started, wall_started = clock(), time.perf_counter()
     names, out = list(steps), set()
     for name in names:  # warm-up: kernels are chosen (and oneDNN's primitives cached) on the first step
         if not _finite(_step(steps[name])):
@@ -162,7 +166,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
         if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
             repeat = max(1, min(16, math.ceil(SAMPLE_SECONDS / max(min(timed), 1e-6))))
         next_round = (clock() - round_started) * (repeat if rounds == 1 else 1)
-        if clock() - started + next_round > budget:
+        if clock() - started + next_round > budget or time.perf_counter() - wall_started > wall_budget:
             break
     return best()
 
