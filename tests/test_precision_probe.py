@@ -130,6 +130,15 @@ def test_a_fourfold_gap_needs_one_round_only():
     assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 2, "bf16": 2}  # 0.05x: emulated bf16
 
 
+def test_a_candidate_far_slower_in_its_warm_up_is_not_stepped_again_past_the_budget():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.5), "bf16": fake.step("bf16", 5.0)}, fake.clock, budget=3.0)
+    assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 1, "bf16": 1}
+    fake = FakeDevice()  # a close call over budget still gets its one timed round
+    seconds = time_steps({"fp32": fake.step("fp32", 2.0), "bf16": fake.step("bf16", 1.5)}, fake.clock, budget=3.0)
+    assert decide(seconds, CPU_ORDER) == "bf16" and fake.steps == {"fp32": 2, "bf16": 2}
+
+
 def test_time_steps_keeps_measuring_a_close_call_within_its_budget():
     fake = FakeDevice()
     seconds = time_steps({"fp32": fake.step("fp32", 0.010), "bf16": fake.step("bf16", 0.0091)}, fake.clock,
