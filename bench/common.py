@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # run by hand from a checkout
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from cifarlab.config import load_config
-from cifarlab.runtime import cpu_bf16_is_fast
+from cifarlab.training.autotune import device_identity
 
 
 def machine() -> str:
@@ -29,7 +29,13 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, CPU bf16 faster than fp32 (AMX): {cpu_bf16_is_fast()}, load average {load()}")
+            f"{gpu}, CPU flags: {_bf16_flags()}, load average {load()}")
+
+
+def _bf16_flags() -> str:
+    """The flags that bear on bf16 speed (which does not follow from them: docs/precision.md)."""
+    flags = set(device_identity(torch.device("cpu"))["flags"])
+    return ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in ("avx512_bf16", "amx_bf16"))
 
 
 def load() -> str:

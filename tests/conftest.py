@@ -1,6 +1,22 @@
 """Shared test settings."""
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_probe_cache(tmp_path_factory):
+    """`precision: auto` is measured once per model and batch shape and cached (training/autotune.py): one
+    cache folder for the whole session, so the suite's hundreds of tiny runs measure each shape once, and
+    never read or fill the user's own cache."""
+    previous = os.environ.get("CIFARLAB_CACHE")
+    os.environ["CIFARLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CIFARLAB_CACHE", None)
+    else:
+        os.environ["CIFARLAB_CACHE"] = previous
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -148,41 +148,10 @@ def test_onecycle_with_final_div_factor_annihilates():
     assert used[-1] == pytest.approx(0.4 / 10 / 100, rel=1e-2)
 
 
-# What torch.cpu.get_capabilities() reports on three CPUs (only the flags that matter here).
-XEON_AVX512_BF16 = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_tile": False,
-                    "amx_bf16": False}  # the issue-18 Xeon: bf16 measured 0.60-0.78x fp32
-XEON_AMX = {**XEON_AVX512_BF16, "amx_tile": True, "amx_bf16": True}  # Sapphire Rapids and later
-EPYC_AVX2 = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_tile": False, "amx_bf16": False}
-
-
-@pytest.mark.parametrize("flags, expected", [(XEON_AVX512_BF16, "fp32"), (XEON_AMX, "bf16"), (EPYC_AVX2, "fp32")],
-                         ids=["avx512_bf16-without-amx", "amx", "avx2-only"])
-def test_auto_precision_on_cpu_is_bf16_only_with_amx(monkeypatch, flags, expected):
-    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)  # the suite may run with it forced
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
-    assert resolve_precision("auto", CPU).name == expected
-    assert resolve_precision("fp32", CPU).name == "fp32" and resolve_precision("bf16", CPU).name == "bf16"
-    with pytest.warns(UserWarning, match="fp16 needs a CUDA device"):
-        precision = resolve_precision("fp16", CPU)
-    assert precision.name == expected and precision.make_scaler() is None  # fp16 on a CPU: auto's choice
-
-
-def test_auto_precision_on_this_cpu_follows_its_proc_cpuinfo_flags(monkeypatch):
-    """The expectation is read from the kernel's own flags, not from the function under test."""
-    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
-    try:
-        flags = next(set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pytest.skip("no x86 /proc/cpuinfo flags on this machine")
-    expected = "bf16" if {"amx_bf16", "amx_tile"} <= flags else "fp32"
-    assert resolve_precision("auto", CPU).name == expected
-
-
 @pytest.mark.parametrize("forced", ["bf16", "fp32"])
 def test_the_cpu_auto_precision_can_be_forced_for_trying_the_other_machine(monkeypatch, forced, tmp_path, capsys):
+    """`precision: auto` on a CPU is measured (tests/test_precision_probe.py); the variable forces it."""
     monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", forced)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: XEON_AMX if forced == "fp32" else EPYC_AVX2)
     assert resolve_precision("auto", CPU).name == forced
     monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", "fp16")
     assert main(["train", "smoke", f"output.dir={tmp_path}", *FAST]) == 2

@@ -153,6 +153,7 @@ def cmd_lr_find(args) -> int:
     from cifarlab.models.registry import import_user_modules
     from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
+    from cifarlab.training.autotune import settle_precision
     from cifarlab.training.sizing import size_to_data
 
     if args.out is not None:
@@ -163,6 +164,9 @@ def cmd_lr_find(args) -> int:
         check_run_name(cfg.name)
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     cfg, dataset = size_to_data(cfg)
+    cfg, runtime, precision = settle_precision(cfg, runtime, dataset)  # `auto`: what a run would train in
+    if precision is not None:
+        print(precision.line(), file=sys.stderr, flush=True)
     out = args.out or Path(cfg.output.dir) / cfg.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     result = run_range_test(cfg, runtime, dataset)

@@ -1,7 +1,10 @@
 """Device, precision and distributed rank, resolved once into small objects.
 
 Code below this layer writes `with runtime.precision.autocast():` and `runtime.precision.scaler`, and
-never asks "am I on CUDA?" again.
+never asks "am I on CUDA?" again. `precision: auto` is measured, not read from flags: a run times its own
+model's step in each candidate before it trains (training/autotune.py, called where the run is prepared)
+and replaces `runtime.precision`; what `make_runtime` resolves for `auto` is only the unmeasured answer
+(`unmeasured_precision`) that callers without a model (a checkpoint's fallback, the benchmarks) use.
 """
 from __future__ import annotations
 
@@ -18,37 +21,15 @@ import torch
 
 from cifarlab.errors import UserError
 
-
-def cpu_bf16_is_fast() -> bool:
-    """True where bf16 autocast trains faster than fp32 on this CPU: x86 with AMX tiles (`amx_bf16`).
-
-    Only AMX's bf16 tile multiply (Sapphire Rapids and later) beats fp32 on a CPU. AVX512-BF16 alone is
-    slower: on an Intel Xeon with avx512_bf16 but no AMX (2 cores, torch 2.13, issue 18) bf16 autocast
-    trained at 0.60-0.78x the fp32 rate for every built-in model (`bench/precision.py` measures it), and
-    on a CPU without either (AMD EPYC here) oneDNN emulates bf16 and is slower still. So this asks for AMX
-    rather than `torch.ops.mkldnn._is_mkldnn_bf16_supported()`, which says True on AVX512-BF16 alone.
-
-    The flags come from `torch.cpu.get_capabilities()`, torch's public read of cpuinfo (torch 2.13 has
-    it; `torch.backends.cpu.get_cpu_capability()` only names the widest vector ISA, "AVX512" with or
-    without AMX). `amx_tile` too because `amx_bf16` runs on the tile unit. A torch without the call: fp32."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:
-        return False
-    flags = capabilities()
-    return bool(flags.get("amx_bf16") and flags.get("amx_tile"))
-
-
 CPU_AUTO_ENV = "CIFARLAB_CPU_AUTO_PRECISION"
 
 
-def cpu_auto_precision() -> str:
-    """What `precision: auto` takes on this CPU: bf16 where it is fast (`cpu_bf16_is_fast`), else fp32.
-
-    The environment variable CIFARLAB_CPU_AUTO_PRECISION=bf16|fp32 overrides the probe, so the other
-    machine's answer can be tried here (the test suite is run with each, see docs/precision.md)."""
+def forced_cpu_precision() -> Optional[str]:
+    """bf16 or fp32 where the environment variable CIFARLAB_CPU_AUTO_PRECISION forces `precision: auto`'s
+    answer on a CPU (the test suite and the docs try the other machine's answer with it), else None."""
     forced = os.environ.get(CPU_AUTO_ENV, "").strip()
     if not forced:
-        return "bf16" if cpu_bf16_is_fast() else "fp32"
+        return None
     if forced not in ("bf16", "fp32"):
         raise UserError(f"environment variable {CPU_AUTO_ENV} must be bf16 or fp32 (or unset), got {forced!r}")
     return forced
@@ -87,17 +68,25 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def resolve_precision(requested: str, device: torch.device) -> Precision:
+def unmeasured_precision(device: torch.device) -> str:
+    """`auto` where nothing was measured: a checkpoint or a caller with no model to time. A run's own `auto`
+    is measured on its model before it trains (training/autotune.py), because CPU flags cannot tell: with
+    AVX512-BF16 and no AMX, bf16 trained at 0.60-0.78x fp32 on an Intel Xeon and at 1.67-2.09x on an AMD
+    EPYC Zen 4 (issue 25). So: on a CPU fp32 (or what CIFARLAB_CPU_AUTO_PRECISION forces), on CUDA bf16
+    where the GPU has bf16 tensor cores (sm80+), else fp16 with a GradScaler."""
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
-        auto = "bf16" if bf16_ok else "fp16"
-    else:
-        auto = cpu_auto_precision()
-    name = auto if requested == "auto" else requested
+        return "bf16" if bf16_ok else "fp16"
+    return forced_cpu_precision() or "fp32"
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """`requested` (auto | bf16 | fp16 | fp32) on `device`, `auto` unmeasured (`unmeasured_precision`)."""
+    name = unmeasured_precision(device) if requested == "auto" else requested
     if device.type == "cpu" and name == "fp16":
-        # Recipes written for GPUs ask for fp16; a CPU has no fast fp16 path, so take its best instead.
-        warnings.warn(f"train.precision=fp16 needs a CUDA device; using {auto} on this CPU", stacklevel=2)
-        name = auto
+        # Recipes written for GPUs ask for fp16; a CPU has no fast fp16 path (a run measures its best instead).
+        name = unmeasured_precision(device)
+        warnings.warn("train.precision=fp16 needs a CUDA device; this CPU takes precision auto instead", stacklevel=2)
     return Precision(name, device.type)
 
 
@@ -163,6 +152,9 @@ class Runtime:
     precision: Precision
     dist: Distributed = field(default_factory=Distributed)
     channels_last: bool = True
+    # How the precision was chosen, for summary.json: "train.precision=bf16", or `auto`'s reason
+    # ("measured 1.31x fp32 on this CPU, 2.1 s", cached, forced) once training/autotune.py has chosen.
+    precision_source: Optional[str] = None
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
@@ -221,4 +213,7 @@ def make_runtime(train_cfg, seed: int = 0, deterministic: bool = False) -> Runti
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, resolve_precision(train_cfg.precision, device), dist, train_cfg.channels_last)
+    precision = resolve_precision(train_cfg.precision, device)
+    source = (f"train.precision={precision.name}" if precision.name == train_cfg.precision
+              else f"train.precision={train_cfg.precision}, unmeasured")
+    return Runtime(device, precision, dist, train_cfg.channels_last, precision_source=source)

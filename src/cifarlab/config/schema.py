@@ -26,8 +26,9 @@ class TrainConfig(ConfigSection):
                      "two giving >= 25 steps an epoch, 8..256."))
     eval_batch_size: int = Field(default=1000, ge=1, description="Batch size for evaluation.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto",
-        description=("auto: bf16 on CUDA sm80+, fp16 with a grad scaler on older GPUs, on a CPU bf16 only with "
-                     "AMX, else fp32; or bf16, fp16, fp32."))
+        description=("auto: measured, the fastest of fp32 and bf16 on a CPU (TF32, bf16 on sm80+, fp16 with a "
+                     "grad scaler on CUDA) for the run's model and batch, cached (docs/precision.md); or bf16, "
+                     "fp16, fp32."))
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
     channels_last: bool = Field(True, description="Train in the channels_last memory format.")
     # torch.compile the training model: a mode (default, reduce-overhead = CUDA graphs,

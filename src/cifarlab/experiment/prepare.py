@@ -16,6 +16,7 @@ from cifarlab.errors import UserError
 from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
+from cifarlab.training.autotune import settle_precision
 from cifarlab.training.build import ARRAYS, build_state, check_model_input
 from cifarlab.training.preflight import check_integrations
 from cifarlab.training.sizing import few_steps_warning, size_to_data
@@ -105,8 +106,10 @@ def source_dataset(data) -> Optional[Dataset]:
 
 
 def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
-    """Range test if asked, then the state; the run is announced only once nothing can be rejected."""
+    """`auto` precision measured (training/autotune.py), range test if asked, then the state; the run is
+    announced only once nothing can be rejected."""
     source = _lr_peak_source(cfg)
+    cfg, runtime, precision = settle_precision(cfg, runtime, dataset)
     if cfg.output.mlflow:
         from cifarlab.training.mlflow_logger import require_mlflow
 
@@ -126,6 +129,8 @@ def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path
     if runtime.dist.is_main:
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
     announce(f"run directory: {run_dir}\n{data_line(dataset)}\ndevice: {runtime.describe()}", runtime)
+    if precision is not None:
+        announce(precision.line(), runtime)
     optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
     warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
     if warning:

@@ -81,8 +81,9 @@ def import_run_model_module(model_cfg) -> None:
 def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tuple[TrainState, Dataset]:
     """The state as `point` saved it, on the run's data (`data`: its arrays, for a run trained on arrays).
     A finished run's state is stopped where it ended and its best.pt marked completed, for the bookkeeping."""
-    cfg, used = point.cfg, point.checkpoint_used
+    cfg, used = recorded_precision(point.cfg, point.payload), point.checkpoint_used
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
+    runtime.precision_source = point.previous.precision_source or runtime.precision_source  # never measured again
     default_threads(cfg, runtime)
     dataset = load_data(cfg.data, cfg.seed, source_dataset(data))
     check_same_data(point.checkpoint.classes, point.checkpoint.data_fingerprint, dataset,
@@ -106,6 +107,15 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
              runtime)
     return state, dataset
+
+
+def recorded_precision(cfg: Config, payload: dict) -> Config:
+    """The run's config with the precision its checkpoint trained in, where the config still says `auto`
+    (runs from before `auto` was resolved into config.yaml): a resume never measures again."""
+    trained = payload.get("precision")
+    if cfg.train.precision != "auto" or trained not in ("bf16", "fp16", "fp32"):
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": trained})})
 
 
 def extend_config(cfg: Config, epochs_done: int, epochs: int) -> Config:

@@ -32,6 +32,7 @@ def write_summary(state: TrainState) -> dict:
         train_images_per_second=round(images / train_seconds, 1) if train_seconds else None,
         **(state.speed.summary(images / train_seconds if train_seconds else None) if state.speed else {}),
         lr_peak=progress.lr_peak, lr_peak_source=progress.lr_peak_source, precision=state.runtime.precision.name,
+        precision_source=state.runtime.precision_source,
         tta=state.cfg.train.tta, device=state.runtime.describe(), versions=versions(), status=outcome.status,
         early_stop=state.early_stop, diverged_at=state.diverged_at,
         # Where to go on from: the newest last.pt holding finite weights (never one saved after the blow-up).

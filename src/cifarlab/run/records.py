@@ -109,6 +109,8 @@ class Summary:
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
+    # How it was chosen: train.precision=..., or `auto`'s measurement (training/autotune.py), cached or forced.
+    precision_source: Optional[str] = _item(optional=True)
     tta: Optional[str] = _item()
     device: Optional[str] = _item()
     versions: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,358 @@
+"""`auto` settings chosen by measuring the run's own training step on this machine, not by reading flags.
+
+Why measure: CPU flags gave opposite answers for the same question. With AVX512-BF16 and no AMX, bf16
+autocast trained every built-in model at 0.60-0.78x the fp32 rate on an Intel Xeon and at 1.67-2.09x on an
+AMD EPYC Zen 4 (issue 25); which kernels oneDNN (or cuDNN) has for a model's layer shapes, and how much of a
+small model's step is not arithmetic at all, decide it, and neither is written in a flag.
+
+How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU, which has no fp16 path):
+1. `CIFARLAB_CPU_AUTO_PRECISION=bf16|fp32` on a CPU forces the answer (tests and docs try the other
+   machine's answer with it); no measurement.
+2. The cache (`cache_dir()`): one small JSON file per key (device name and flags, torch version, model and
+   options, batch shape, memory format, optimizer, threads). A file that cannot be read or does not match
+   its key is ignored and measured again, never an error.
+3. Otherwise `measure`: a throwaway copy of the run's model and optimizer (lr 0, so the weights cannot blow
+   up on random images and no candidate is dropped for a divergence that is not its fault), at the run's
+   batch shape and memory format, on random images, with every RNG put back afterwards. Each candidate
+   (`CANDIDATES`) takes one untimed warm-up step (oneDNN and cuDNN pick their kernels there), then rounds
+   of steps alternate between the candidates, timed in CPU seconds of the process on a CPU (as the MFU
+   probe in throughput.py: a neighbour's load does not flip the answer) and in synchronised wall time on
+   CUDA. It stops once the answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of
+   wall time on a very busy machine (at least one round is timed, so a model whose step takes seconds at
+   its batch spends more: its warm-up and one round, or its warm-up alone where that shows a fourfold gap).
+4. `decide`: the safest candidate unless a less safe one is at least MARGIN faster; a candidate whose
+   loss is not finite, or whose step fails, is out. fp16 always trains with a GradScaler.
+
+More knobs (channels_last, torch.compile) fit the same shape: a list of candidates, a way to build the
+step under each, `measure` and `decide`. torch.compile is not measured here: its compile alone (10-60 s on
+a CPU) is longer than the whole budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from cifarlab.atomic import atomic_write_text
+from cifarlab.errors import UserError
+from cifarlab.models.registry import build_model
+from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
+from cifarlab.training.optim import GradStep, build_optimizer
+
+MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so far (no flapping on noise)
+BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)
+WALL_CAP_SECONDS = 6.0  # and never more wall time than this after a round (a very busy machine)
+SAMPLE_SECONDS = 0.02  # steps in one timing: enough to last this long (tiny models take ~1 ms a step)
+MIN_ROUNDS, MAX_ROUNDS = 3, 12
+CACHE_ENV = "CIFARLAB_CACHE"
+CACHE_VERSION = 1
+AUTO = "auto"
+
+
+def candidates(device: torch.device) -> tuple[str, ...]:
+    """What `auto` may pick on `device`, safest first (fp32 on CUDA runs its matmuls and convolutions in
+    TF32, which `runtime.make_runtime` enables). bf16 on CUDA only where the GPU has bf16 tensor cores."""
+    if device.type != "cuda":
+        return ("fp32", "bf16")
+    bf16 = torch.cuda.get_device_capability(device)[0] >= 8 and torch.cuda.is_bf16_supported()
+    return ("fp32", "bf16", "fp16") if bf16 else ("fp32", "fp16")
+
+
+# ------------------------------------------------------------------------------------------ the decision
+
+def decide(seconds_per_step: Mapping[str, Optional[float]], order: Sequence[str], margin: float = MARGIN) -> str:
+    """The candidate to train with, from measured seconds per step (None: out, its loss was not finite or its
+    step failed). `order` is safest first: a later candidate replaces the pick only when it is at least
+    `margin` times faster, so a near tie keeps the safer one. With none measured, the safest."""
+    measured = [name for name in order if seconds_per_step.get(name) is not None]
+    if not measured:
+        return order[0]
+    pick = measured[0]
+    for name in measured[1:]:
+        if seconds_per_step[pick] >= margin * seconds_per_step[name]:
+            pick = name
+    return pick
+
+
+def speedups(seconds_per_step: Mapping[str, Optional[float]], baseline: str) -> dict[str, Optional[float]]:
+    """Each candidate's step rate as a multiple of `baseline`'s (None where either is out)."""
+    base = seconds_per_step.get(baseline)
+    return {name: (base / seconds if base and seconds else None) for name, seconds in seconds_per_step.items()}
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What `auto` took and why: `reason` goes into summary.json (`precision_source`), `line()` on stderr."""
+    name: str
+    reason: str
+
+    def line(self) -> str:
+        return f"precision: {self.name} ({self.reason})"
+
+
+def measured_reason(seconds_per_step: Mapping[str, Optional[float]], chosen: str, order: Sequence[str],
+                    where: str, detail: str) -> str:
+    """`measured 1.31x fp32 on this CPU, 2.1 s` (the pick against the baseline first, then the others)."""
+    baseline, ratios = order[0], speedups(seconds_per_step, order[0])
+
+    def ratio(name: str) -> str:
+        return f"{ratios[name]:.2f}x" if ratios[name] is not None else "out (non-finite loss or a failed step)"
+
+    others = [f"{name} {ratio(name)}" for name in order[1:] if name != chosen]
+    head = f"{ratio(chosen)} {baseline}" if chosen != baseline else f"{others.pop(0)} {baseline}"
+    return f"measured {', '.join([head, *others])} on {where}, {detail}"
+
+
+# ------------------------------------------------------------------------------------------ the measurement
+
+@dataclass
+class Timings:
+    """Seconds per training step of each candidate (None: out) and the wall time the measurement took."""
+    seconds_per_step: dict[str, Optional[float]]
+    wall_seconds: float
+
+
+def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
+    """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
+    baseline: a factor of 4 either way is clear at once, a factor of 2 after two rounds (one can be a
+    neighbour's burst); after MIN_ROUNDS, anything outside [1, margin x 1.1] (near the margin needs more)."""
+    known = [r for r in ratios.values() if r is not None]
+    if all(r <= 0.25 or r >= 4.0 for r in known):
+        return True
+    if rounds >= 2 and all(r <= 0.5 or r >= 2.0 for r in known):
+        return True
+    return rounds >= MIN_ROUNDS and all(r < 1.0 or r > margin * 1.1 for r in known)
+
+
+def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
+               budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS) -> dict[str, Optional[float]]:
+    """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
+    safest first: one untimed warm-up each, then alternating rounds until the answer is clear or `budget`
+    (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are spent; at least one round is
+    timed. `clock()` must include waiting for the device."""
+    started, wall_started = clock(), time.perf_counter()
+    names, out, warm_up = list(steps), set(), {}
+    for name in names:  # warm-up: kernels are chosen (and oneDNN's primitives cached) on the first step
+        begin = clock()
+        if not _finite(_step(steps[name])):
+            out.add(name)
+        warm_up[name] = None if name in out else clock() - begin
+    if clock() - started > budget or time.perf_counter() - wall_started > wall_budget:
+        # Already over budget (steps of seconds): a fourfold gap between the warm-ups decides without a
+        # round, which would cost the slow candidate's step again (bf16 at 0.04x fp32 took 15 s here).
+        others = {name: r for name, r in speedups(warm_up, names[0]).items() if name != names[0]}
+        if all(r is None or r <= 0.25 or r >= 4.0 for r in others.values()):
+            return warm_up
+    samples: dict[str, list[float]] = {name: [] for name in names}
+
+    def best() -> dict[str, Optional[float]]:
+        # The fastest timing of each: a neighbour's load and OpenMP threads spinning while they wait for a
+        # descheduled sibling only ever add time (as the matmul peak probe in throughput.py keeps its best).
+        return {name: (min(samples[name]) if name not in out and samples[name] else None) for name in names}
+
+    repeat = 1
+    for rounds in range(1, MAX_ROUNDS + 1):
+        round_started = clock()
+        for name in [name for name in (names if rounds % 2 else names[::-1]) if name not in out]:
+            begin = clock()
+            losses = [_step(steps[name]) for _ in range(repeat)]
+            samples[name].append((clock() - begin) / repeat)
+            if not all(_finite(loss) for loss in losses):  # read after the clock stopped
+                out.add(name)
+        timed = [seconds for seconds in best().values() if seconds is not None]
+        others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
+        if len(timed) < 2 or _clear(others, rounds):
+            break
+        if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
+            repeat = max(1, min(16, math.ceil(SAMPLE_SECONDS / max(min(timed), 1e-6))))
+        next_round = (clock() - round_started) * (repeat if rounds == 1 else 1)
+        if clock() - started + next_round > budget or time.perf_counter() - wall_started > wall_budget:
+            break
+    return best()
+
+
+def _step(step: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
+    """One step's loss, or None where it raised (the candidate is out, not the run)."""
+    try:
+        return step().detach()
+    except Exception:  # e.g. an op with no bf16 kernel in a user's model: that candidate cannot train it
+        return None
+
+
+def _finite(loss: Optional[torch.Tensor]) -> bool:
+    # note: a CPU-GPU sync point, once per timing, after its clock has stopped
+    return loss is not None and bool(torch.isfinite(loss).all())
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, inputs: torch.Tensor,
+              labels: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One training step as the loop takes it: forward and loss under the autocast, backward (scaled under
+    fp16), optimizer step."""
+    loss_fn, grad_step = nn.CrossEntropyLoss(), GradStep(optimizer, precision.make_scaler(), None)
+
+    def step() -> torch.Tensor:
+        with precision.autocast():
+            loss = loss_fn(model(inputs), labels)
+        grad_step(loss)
+        return loss
+
+    return step
+
+
+def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], num_classes: int,
+                       device: torch.device, channels_last: bool, order: Sequence[str],
+                       budget_seconds: float = BUDGET_SECONDS) -> Timings:
+    """`time_steps` of a throwaway copy of the run's model and optimizer under each of `order`, at the run's
+    batch shape `shape` (N, C, H, W). Every RNG is put back. On a CPU the budget is in CPU seconds per
+    thread (about wall seconds on an idle machine), so a busy machine stretches the wall time, not the work."""
+    started = time.perf_counter()
+    N, C, H, W = shape
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        model = build_model(model_cfg, num_classes, C).to(device).train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, optim_cfg)
+        for group in optimizer.param_groups:  # the step's cost with weights that cannot blow up
+            group["lr"] = 0.0
+        inputs = torch.randn(N, C, H, W, device=device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+        labels = torch.randint(0, num_classes, (N,), device=device)
+        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs, labels) for name in order}
+        budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
+        seconds = time_steps(steps, _clock(device), budget)
+    return Timings(seconds, time.perf_counter() - started)
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    if device.type == "cuda":
+        def cuda_seconds() -> float:
+            torch.cuda.synchronize(device)  # note: a CPU-GPU sync point, so the time is the device's
+            return time.perf_counter()
+        return cuda_seconds
+    # CPU seconds of the whole process (every thread): what the step costs, not what the neighbours leave us.
+    return time.process_time
+
+
+# ------------------------------------------------------------------------------------------ the cache
+
+def cache_dir() -> Path:
+    """$CIFARLAB_CACHE, else $XDG_CACHE_HOME/cifarlab, else ~/.cache/cifarlab; then autotune/."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "cifarlab")
+    return Path(root).expanduser() / "autotune"
+
+
+def device_identity(device: torch.device) -> dict:
+    """What the answer depends on about the hardware: the GPU's name and capability, or the CPU's model
+    name and its flags (torch's read of cpuinfo), and the threads a CPU step runs on."""
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device), "capability": list(torch.cuda.get_device_capability(device))}
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    flags = capabilities() if capabilities is not None else {}
+    return {"cpu": cpu_name(), "flags": sorted(name for name, value in flags.items() if value is True),
+            "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what torch reads, else "unknown CPU"."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration, IndexError):
+        capabilities = getattr(torch.cpu, "get_capabilities", None)
+        return (capabilities() if capabilities else {}).get("cpu_name") or "unknown CPU"
+
+
+def cache_key(model_cfg, optim_name: str, shape: tuple[int, ...], num_classes: int, device: torch.device,
+              channels_last: bool, order: Sequence[str]) -> dict:
+    return {"version": CACHE_VERSION, "setting": "precision", "device": device_identity(device),
+            "torch": torch.__version__, "model": model_cfg.name, "options": dict(model_cfg.options),
+            "optimizer": optim_name, "batch_shape": list(shape), "num_classes": num_classes,
+            "channels_last": channels_last, "candidates": list(order)}
+
+
+def _cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / f"precision-{digest}.json"
+
+
+def read_cached(key: dict) -> Optional[PrecisionChoice]:
+    """The cached answer for `key`, or None where there is none, or the file is unreadable, not JSON, for
+    another key (an edit, a hash collision) or names a candidate not allowed: measure again."""
+    try:
+        entry = json.loads(_cache_path(key).read_text())
+        same_key = json.dumps(entry["key"], sort_keys=True, default=str) == json.dumps(key, sort_keys=True, default=str)
+        if same_key and entry["name"] in key["candidates"] and isinstance(entry["reason"], str):
+            return PrecisionChoice(entry["name"], f"{entry['reason']}; cached in {cache_dir()}")
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def write_cached(key: dict, choice: PrecisionChoice) -> None:
+    """Atomically (a reader sees the old file or the new one); a cache folder that cannot be written only
+    costs the next run a measurement."""
+    try:
+        path = _cache_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "name": choice.name, "reason": choice.reason}, default=str))
+    except (OSError, UserError):
+        pass
+
+
+# ------------------------------------------------------------------------------------------ the run's answer
+
+def wants_measurement(requested: str, device: torch.device) -> bool:
+    """`auto`, or fp16 on a CPU (recipes written for GPUs ask for it; a CPU takes its fastest instead)."""
+    return requested == AUTO or (requested == "fp16" and device.type != "cuda")
+
+
+def choose_precision(model_cfg, optim_cfg, shape: tuple[int, int, int, int], num_classes: int,
+                     device: torch.device, channels_last: bool) -> PrecisionChoice:
+    """The precision `auto` trains the run's model with on `device`: forced, cached or measured (module doc)."""
+    forced = forced_cpu_precision() if device.type != "cuda" else None
+    if forced is not None:
+        return PrecisionChoice(forced, f"{CPU_AUTO_ENV}={forced}")
+    order = candidates(device)
+    key = cache_key(model_cfg, optim_cfg.name, shape, num_classes, device, channels_last, order)
+    cached = read_cached(key)
+    if cached is not None:
+        return cached
+    timings = measure_precisions(model_cfg, optim_cfg, shape, num_classes, device, channels_last, order)
+    chosen = decide(timings.seconds_per_step, order)
+    where = "this CPU" if device.type != "cuda" else torch.cuda.get_device_name(device)
+    detail = f"{timings.wall_seconds:.1f} s"
+    choice = PrecisionChoice(chosen, measured_reason(timings.seconds_per_step, chosen, order, where, detail))
+    if any(seconds is not None for seconds in timings.seconds_per_step.values()):
+        write_cached(key, choice)
+    return choice
+
+
+def settle_precision(cfg, runtime, dataset):
+    """(cfg, runtime, choice) with `auto` replaced by the precision chosen for this run (choice None where
+    train.precision was given): the config then records it, so a resume or a re-run of config.yaml trains
+    in it again without measuring. In a multi-process run, rank 0 chooses and every rank takes its answer."""
+    if not wants_measurement(cfg.train.precision, runtime.device):
+        return cfg, runtime, None
+    choice = None
+    if runtime.dist.is_main:
+        micro_batch = cfg.train.batch_size // runtime.dist.world_size
+        shape = (micro_batch, dataset.in_channels, dataset.image_size, dataset.image_size)
+        choice = choose_precision(cfg.model, cfg.optim, shape, dataset.num_classes, runtime.device,
+                                  runtime.channels_last)
+    if runtime.dist.enabled:
+        box = [choice]
+        torch.distributed.broadcast_object_list(box, src=0)
+        choice = box[0]
+    if cfg.train.precision != AUTO:  # fp16 on a CPU
+        choice = replace(choice, reason=f"train.precision={cfg.train.precision} needs CUDA; {choice.reason}")
+    train = cfg.train.model_copy(update={"precision": choice.name})
+    runtime = replace(runtime, precision=Precision(choice.name, runtime.device.type), precision_source=choice.reason)
+    return cfg.model_copy(update={"train": train}), runtime, choice

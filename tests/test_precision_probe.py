@@ -1,0 +1,306 @@
+"""`precision: auto` by measurement (training/autotune.py): the decision from injected timings (CPU and
+CUDA candidates, no hardware needed), the timing loop with a fake clock, the cache, the forced answer, and
+a run that records its choice in config.yaml and summary.json and keeps it on resume."""
+import json
+
+import pytest
+import torch
+import yaml
+
+import cifarlab
+from _runs import FAST
+from cifarlab.cli import main
+from cifarlab.config import load_config
+from cifarlab.errors import UserError
+from cifarlab.experiment.resumable import recorded_precision
+from cifarlab.runtime import resolve_precision
+from cifarlab.training import autotune
+from cifarlab.training.autotune import (
+    PrecisionChoice,
+    Timings,
+    choose_precision,
+    decide,
+    measured_reason,
+    time_steps,
+)
+
+CPU = torch.device("cpu")
+CPU_ORDER = ("fp32", "bf16")
+CUDA_ORDER = ("fp32", "bf16", "fp16")
+SMOKE = ["output.report=false", *FAST]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder of its own, and no forced answer (the suite may run with one)."""
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
+    return tmp_path / "cache" / "autotune"
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Replaces the measurement by injected seconds per step; counts the calls."""
+    calls = []
+
+    def inject(seconds: dict):
+        def fake(model_cfg, optim_cfg, shape, num_classes, device, channels_last, order):
+            calls.append(shape)
+            return Timings({name: seconds.get(name) for name in order}, wall_seconds=0.4)
+        monkeypatch.setattr(autotune, "measure_precisions", fake)
+        return calls
+    return inject
+
+
+# ------------------------------------------------------------------------------------------ the decision
+
+@pytest.mark.parametrize("seconds, expected", [
+    ({"fp32": 1.0, "bf16": 0.5}, "bf16"),  # the Zen 4 case: bf16 2x faster
+    ({"fp32": 1.0, "bf16": 0.76}, "bf16"),  # 1.31x
+    ({"fp32": 1.0, "bf16": 0.95}, "fp32"),  # 1.05x: within the margin, the safer one stays
+    ({"fp32": 1.0, "bf16": 1.4}, "fp32"),  # the Xeon-without-AMX case: bf16 0.7x
+    ({"fp32": 1.0, "bf16": None}, "fp32"),  # bf16's loss was not finite, or its step failed
+    ({"fp32": None, "bf16": 0.5}, "bf16"),
+    ({"fp32": None, "bf16": None}, "fp32"),
+])
+def test_cpu_decision_takes_bf16_only_when_it_is_measurably_faster(seconds, expected):
+    assert decide(seconds, CPU_ORDER) == expected
+
+
+@pytest.mark.parametrize("seconds, expected", [
+    ({"fp32": 1.0, "bf16": 0.4, "fp16": 0.38}, "bf16"),  # fp16 1.05x bf16: not worth the loss scaling
+    ({"fp32": 1.0, "bf16": 0.4, "fp16": 0.3}, "fp16"),  # fp16 1.33x bf16
+    ({"fp32": 1.0, "bf16": 0.97, "fp16": 0.85}, "fp16"),  # bf16 within the margin of TF32, fp16 beyond it
+    ({"fp32": 1.0, "bf16": 0.5, "fp16": None}, "bf16"),  # fp16 overflowed even with a scaler
+    ({"fp32": 1.0, "bf16": 1.0, "fp16": 1.0}, "fp32"),  # a tie keeps TF32
+])
+def test_cuda_decision_prefers_the_safer_precision_unless_another_is_10_percent_faster(seconds, expected):
+    assert decide(seconds, CUDA_ORDER) == expected
+
+
+@pytest.mark.parametrize("capability, bf16, expected", [((7, 0), False, ("fp32", "fp16")),
+                                                        ((8, 0), True, CUDA_ORDER), ((9, 0), True, CUDA_ORDER)])
+def test_cuda_candidates_include_bf16_from_ampere_on(monkeypatch, capability, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert autotune.candidates(torch.device("cuda", 0)) == expected
+    assert autotune.candidates(CPU) == CPU_ORDER
+
+
+def test_the_line_says_what_was_measured():
+    assert PrecisionChoice("bf16", measured_reason({"fp32": 1.31, "bf16": 1.0}, "bf16", CPU_ORDER, "this CPU",
+                                                   "2.1 s")).line() == \
+        "precision: bf16 (measured 1.31x fp32 on this CPU, 2.1 s)"
+    assert measured_reason({"fp32": 1.0, "bf16": 1.25}, "fp32", CPU_ORDER, "this CPU", "0.4 s") == \
+        "measured bf16 0.80x fp32 on this CPU, 0.4 s"
+    cuda = measured_reason({"fp32": 1.0, "bf16": 0.5, "fp16": None}, "bf16", CUDA_ORDER, "NVIDIA H100", "1.0 s")
+    assert cuda.startswith("measured 2.00x fp32, fp16 out") and cuda.endswith("on NVIDIA H100, 1.0 s")
+
+
+# ------------------------------------------------------------------------------------------ the timing loop
+
+class FakeDevice:
+    """Steps that advance a fake clock by a fixed cost each (seconds), with a loss that may be NaN."""
+
+    def __init__(self):
+        self.now, self.steps = 0.0, {}
+
+    def clock(self) -> float:
+        return self.now
+
+    def step(self, name: str, seconds: float, loss: float = 1.0):
+        def run() -> torch.Tensor:
+            self.now += seconds
+            self.steps[name] = self.steps.get(name, 0) + 1
+            return torch.tensor(loss)
+        return run
+
+
+def test_time_steps_stops_early_when_the_gap_is_clear():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.1), "bf16": fake.step("bf16", 0.03)}, fake.clock, budget=3.0)
+    assert seconds == pytest.approx({"fp32": 0.1, "bf16": 0.03})
+    assert fake.steps == {"fp32": 3, "bf16": 3}  # warm-up and two rounds: 3.3x is clear
+    assert fake.now < 0.5
+
+
+def test_a_fourfold_gap_needs_one_round_only():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.05), "bf16": fake.step("bf16", 1.0)}, fake.clock)
+    assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 2, "bf16": 2}  # 0.05x: emulated bf16
+
+
+def test_a_candidate_far_slower_in_its_warm_up_is_not_stepped_again_past_the_budget():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.5), "bf16": fake.step("bf16", 5.0)}, fake.clock, budget=3.0)
+    assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 1, "bf16": 1}
+    fake = FakeDevice()  # a close call over budget still gets its one timed round
+    seconds = time_steps({"fp32": fake.step("fp32", 2.0), "bf16": fake.step("bf16", 1.5)}, fake.clock, budget=3.0)
+    assert decide(seconds, CPU_ORDER) == "bf16" and fake.steps == {"fp32": 2, "bf16": 2}
+
+
+def test_time_steps_keeps_measuring_a_close_call_within_its_budget():
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.010), "bf16": fake.step("bf16", 0.0091)}, fake.clock,
+                         budget=0.5)
+    assert seconds == pytest.approx({"fp32": 0.010, "bf16": 0.0091})
+    assert fake.steps["fp32"] > 3  # 1.10x sits on the margin: more than the minimum of rounds...
+    assert fake.now <= 0.5 + 0.02  # ...but never past the budget by more than one round
+
+
+def test_a_candidate_with_a_non_finite_loss_or_a_failing_step_is_out():
+    fake = FakeDevice()
+
+    def broken() -> torch.Tensor:
+        raise RuntimeError("no bf16 kernel for this op")
+
+    seconds = time_steps({"fp32": fake.step("fp32", 0.1), "bf16": fake.step("bf16", 0.01, loss=float("nan")),
+                          "fp16": broken}, fake.clock)
+    assert seconds == {"fp32": pytest.approx(0.1), "bf16": None, "fp16": None}
+    assert decide(seconds, CUDA_ORDER) == "fp32"
+
+
+def test_the_real_measurement_leaves_every_rng_as_it_was(cache):
+    cfg = load_config("smoke", [])
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    timings = autotune.measure_precisions(cfg.model, cfg.optim, (8, 1, 8, 8), 10, CPU, True, CPU_ORDER,
+                                          budget_seconds=0.3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert timings.seconds_per_step["fp32"] > 0 and set(timings.seconds_per_step) == set(CPU_ORDER)
+
+
+# ------------------------------------------------------------------------------------------ forced and cached
+
+def test_a_forced_answer_is_taken_without_measuring(cache, measured, monkeypatch):
+    calls = measured({"fp32": 1.0, "bf16": 0.5})
+    cfg = load_config("smoke", [])
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", forced)
+        choice = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+        assert choice == PrecisionChoice(forced, f"CIFARLAB_CPU_AUTO_PRECISION={forced}")
+        assert resolve_precision("auto", CPU).name == forced
+    assert calls == []
+    monkeypatch.setenv("CIFARLAB_CPU_AUTO_PRECISION", "fp16")
+    with pytest.raises(UserError, match="CIFARLAB_CPU_AUTO_PRECISION must be bf16 or fp32"):
+        choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+
+
+def test_unmeasured_auto_on_a_cpu_is_fp32_and_fp16_falls_back_with_a_warning(cache):
+    assert resolve_precision("auto", CPU).name == "fp32"  # no model to time: a checkpoint's fallback
+    with pytest.warns(UserWarning, match="fp16 needs a CUDA device; this CPU takes precision auto instead"):
+        precision = resolve_precision("fp16", CPU)
+    assert precision.name == "fp32" and precision.make_scaler() is None
+
+
+def test_a_second_choice_for_the_same_key_is_read_from_the_cache(cache, measured):
+    calls = measured({"fp32": 1.0, "bf16": 0.6})
+    cfg = load_config("smoke", [])
+    first = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    again = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    other_batch = choose_precision(cfg.model, cfg.optim, (32, 1, 16, 16), 10, CPU, True)
+    assert first.name == again.name == other_batch.name == "bf16" and first.reason.startswith("measured 1.67x fp32")
+    assert again.reason == f"{first.reason}; cached in {cache}"
+    assert calls == [(64, 1, 16, 16), (32, 1, 16, 16)]  # another batch shape is another key
+    assert len(list(cache.glob("precision-*.json"))) == 2 and not list(cache.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other key", "bad name", "unreadable"])
+def test_a_damaged_cache_file_is_measured_again_never_an_error(cache, measured, damage):
+    calls = measured({"fp32": 1.0, "bf16": 2.0})
+    cfg = load_config("smoke", [])
+    choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    (path,) = cache.glob("precision-*.json")
+    entry = json.loads(path.read_text())
+    if damage == "garbage":
+        path.write_bytes(b"\xff\x00{not json")
+    elif damage == "other key":
+        path.write_text(json.dumps({**entry, "key": {**entry["key"], "torch": "0.1"}, "name": "bf16"}))
+    elif damage == "bad name":
+        path.write_text(json.dumps({**entry, "name": "int8"}))
+    else:
+        path.unlink()
+        path.mkdir()
+    choice = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    assert choice.name == "fp32" and choice.reason.startswith("measured bf16 0.50x fp32") and len(calls) == 2
+
+
+def test_an_unwritable_cache_folder_only_costs_a_measurement(tmp_path, monkeypatch, measured):
+    monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "file"))  # its autotune/ cannot be made
+    calls = measured({"fp32": 1.0, "bf16": 0.5})
+    cfg = load_config("smoke", [])
+    for _ in range(2):
+        assert choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True).name == "bf16"
+    assert len(calls) == 2
+
+
+def test_the_cache_follows_xdg_cache_home_unless_cifarlab_cache_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert autotune.cache_dir() == tmp_path / "xdg" / "cifarlab" / "autotune"
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "mine"))
+    assert autotune.cache_dir() == tmp_path / "mine" / "autotune"
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def test_a_run_records_its_choice_and_a_resume_keeps_it(cache, measured, tmp_path, capsys, monkeypatch):
+    measured({"fp32": 1.0, "bf16": 0.7})
+    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", *SMOKE])
+    assert "precision: bf16 (measured 1.43x fp32 on this CPU, 0.4 s)" in capsys.readouterr().err.splitlines()
+    config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert config["train"]["precision"] == "bf16"  # a re-run of config.yaml trains in it again
+    assert run.summary["precision"] == "bf16"
+    assert run.summary["precision_source"] == "measured 1.43x fp32 on this CPU, 0.4 s"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume measured again")
+
+    monkeypatch.setattr(autotune, "measure_precisions", refuse)
+    monkeypatch.setattr(autotune, "read_cached", refuse)
+    resumed = cifarlab.resume(run.run_dir, epochs=2)
+    assert resumed.summary["precision"] == "bf16" and resumed.summary["epochs_completed"] == 2
+    assert resumed.summary["precision_source"] == run.summary["precision_source"]
+    assert "precision: " not in capsys.readouterr().err
+
+
+def test_an_explicit_precision_is_never_measured_or_overridden(cache, measured, tmp_path, capsys):
+    calls = measured({"fp32": 1.0, "bf16": 0.1})
+    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", "train.precision=fp32", *SMOKE])
+    assert run.summary["precision"] == "fp32" and run.summary["precision_source"] == "train.precision=fp32"
+    assert calls == [] and "precision: " not in capsys.readouterr().err
+
+
+def test_fp16_on_a_cpu_takes_the_measured_answer(cache, measured, tmp_path, capsys):
+    measured({"fp32": 1.0, "bf16": 0.5})
+    with pytest.warns(UserWarning, match="fp16 needs a CUDA device"):
+        run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", "train.precision=fp16", *SMOKE])
+    assert run.summary["precision"] == "bf16"
+    assert run.summary["precision_source"].startswith("train.precision=fp16 needs CUDA; measured 2.00x fp32")
+
+
+def test_lr_find_takes_the_answer_a_run_would(cache, measured, tmp_path, capsys):
+    calls = measured({"fp32": 1.0, "bf16": 2.0})
+    assert main(["lr-find", "smoke", "lr_find.num_iter=5", "train.threads=1", f"output.dir={tmp_path}",
+                 "--out", str(tmp_path / "lr")]) == 0
+    assert "precision: fp32 (measured bf16 0.50x fp32 on this CPU, 0.4 s)" in capsys.readouterr().err
+    assert calls == [(64, 3, 16, 16)]  # smoke's batch and images: the shape the run trains at
+
+
+def test_a_run_from_before_measurement_resumes_in_the_precision_its_checkpoint_records():
+    cfg = load_config("smoke", [])
+    assert cfg.train.precision == "auto"
+    assert recorded_precision(cfg, {"precision": "bf16"}).train.precision == "bf16"
+    assert recorded_precision(cfg, {}).train.precision == "auto"
+    explicit = load_config("smoke", ["train.precision=fp32"])
+    assert recorded_precision(explicit, {"precision": "bf16"}).train.precision == "fp32"
+
+
+def test_summary_json_carries_how_the_precision_was_chosen_only_when_known():
+    from cifarlab.run.records import Summary
+
+    assert Summary(precision="bf16", precision_source="train.precision=bf16").to_json()["precision_source"] == \
+        "train.precision=bf16"
+    assert "precision_source" not in Summary().to_json()  # optional: runs from before it have none
