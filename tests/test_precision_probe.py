@@ -292,10 +292,10 @@ def test_lr_find_takes_the_answer_a_run_would(cache, measured, tmp_path, capsys)
 def test_a_run_from_before_measurement_resumes_in_the_precision_its_checkpoint_records():
     cfg = load_config("smoke", [])
     assert cfg.train.precision == "auto"
-    assert recorded_precision(cfg, {"precision": "bf16"}).train.precision == "bf16"
-    assert recorded_precision(cfg, {}).train.precision == "auto"
+    assert recorded_precision(cfg, "bf16").train.precision == "bf16"
+    assert recorded_precision(cfg, None).train.precision == "auto"
     explicit = load_config("smoke", ["train.precision=fp32"])
-    assert recorded_precision(explicit, {"precision": "bf16"}).train.precision == "fp32"
+    assert recorded_precision(explicit, "bf16").train.precision == "fp32"
 
 
 def test_summary_json_carries_how_the_precision_was_chosen_only_when_known():

@@ -28,7 +28,7 @@ from cifarlab.training.state import TrainState
 
 @dataclass
 class ResumePoint:
-    """A checked checkpoint to go on from: its payload, the file read (last.pt or its previous copy), the
+    """A checked checkpoint to go on from: the record, the file read (last.pt or its previous copy), the
     run's config (extended when asked), whether training had finished, and the summary.json found."""
     checkpoint: Checkpoint
     checkpoint_used: Path
@@ -81,7 +81,7 @@ def import_run_model_module(model_cfg) -> None:
 def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tuple[TrainState, Dataset]:
     """The state as `point` saved it, on the run's data (`data`: its arrays, for a run trained on arrays).
     A finished run's state is stopped where it ended and its best.pt marked completed, for the bookkeeping."""
-    cfg, used = recorded_precision(point.cfg, point.payload), point.checkpoint_used
+    cfg, used = recorded_precision(point.cfg, point.checkpoint.precision), point.checkpoint_used
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     runtime.precision_source = point.previous.precision_source or runtime.precision_source  # never measured again
     default_threads(cfg, runtime)
@@ -109,10 +109,9 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     return state, dataset
 
 
-def recorded_precision(cfg: Config, payload: dict) -> Config:
+def recorded_precision(cfg: Config, trained: Optional[str]) -> Config:
     """The run's config with the precision its checkpoint trained in, where the config still says `auto`
     (runs from before `auto` was resolved into config.yaml): a resume never measures again."""
-    trained = payload.get("precision")
     if cfg.train.precision != "auto" or trained not in ("bf16", "fp16", "fp32"):
         return cfg
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": trained})})
