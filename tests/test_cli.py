@@ -95,6 +95,36 @@ def test_predict_gives_top3_for_image_files_of_any_size(smoke_run, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_predict_takes_a_folder_recursively_and_writes_a_csv(smoke_run, tmp_path, capsys):
+    test = load_dataset("synthetic", num_train=512, num_test=256, image_size=16).test
+    photos = tmp_path / "photos"
+    (photos / "day2" / "more").mkdir(parents=True)
+    (photos / ".hidden").mkdir()
+    names = ["a.png", "day2/b.jpg", "day2/more/c.PNG", ".hidden/d.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(photos / name, format="PNG")
+    (photos / "notes.txt").write_text("not an image")
+    checkpoint = str(smoke_run / "checkpoints" / "best.pt")
+    assert main(["predict", checkpoint, str(photos), "--csv", str(tmp_path / "p.csv"), "--top", "2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    expected = [str(photos / name) for name in names[:3]]  # sorted, hidden folder and the text file left out
+    assert [line.split(": ")[0] for line in printed] == expected
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == expected
+    assert list(rows[0]) == ["image", "class_1", "probability_1", "class_2", "probability_2"]
+    for row, line in zip(rows, printed):  # the file says what the screen said
+        assert line.endswith(f"{row['class_1']} {100 * float(row['probability_1']):.1f}%, "
+                             f"{row['class_2']} {100 * float(row['probability_2']):.1f}%")
+    before = (tmp_path / "p.csv").read_bytes()
+    assert main(["predict", checkpoint, str(photos), "--csv", str(tmp_path / "p.csv")]) == 2  # never overwritten
+    assert (tmp_path / "p.csv").read_bytes() == before
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", checkpoint, str(tmp_path / "empty")]) == 2
+    assert "holds no image file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_gradcam_command_on_chosen_test_images(smoke_run, tmp_path):
     out = tmp_path / "cam.png"
     assert main(["gradcam", str(smoke_run / "checkpoints" / "best.pt"), "--images", "0,1,2", "--out", str(out),

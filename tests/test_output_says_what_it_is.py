@@ -39,11 +39,13 @@ def reported(run):
     return run[0], err.getvalue()
 
 
-def test_gradcam_plus_plus_gets_a_clean_file_name(run, capsys):
+def test_gradcam_gets_a_clean_file_name_printed_relative_to_the_working_folder(run, capsys, monkeypatch):
     run_dir, _ = run
-    assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0,1", "--method", "gradcam++"]) == 0
-    written = capsys.readouterr().out.strip()
-    assert written == str(run_dir / "plots" / "gradcam_gradcampp.png") and os.path.isfile(written)
+    monkeypatch.chdir(run_dir.parent)
+    for method, name in (("gradcam", "gradcam-best.png"), ("gradcam++", "gradcampp-best.png")):
+        assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0,1", "--method", method]) == 0
+        written = capsys.readouterr().out.strip()
+        assert written == os.path.join(run_dir.name, "plots", name) and os.path.isfile(written)
 
 
 def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cifarlab.analysis import image_grids, plots
-from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
+from cifarlab.analysis.compare import compare_runs, expand_run_dirs, read_metrics, to_csv, to_markdown, write_comparison
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
@@ -150,6 +150,17 @@ def test_compare_table_values_come_from_the_run_files(tmp_path):
     assert float(back[1]["best_test_acc"]) == 0.8853 and back[1]["lr_peak"] == ""
     files = write_comparison([first, second], tmp_path / "cmp")
     assert "88.53%" in files.markdown.read_text() and _is_png(files.plot) and files.csv.is_file()
+
+
+def test_compare_skips_mlflows_copy_of_a_runs_files(tmp_path):
+    """An MLflow-enabled run keeps copies of summary.json and metrics.csv under its mlruns/: one run, one row."""
+    run_dir = _make_run(tmp_path, "smoke", _summary(), _metrics_rows())
+    copy = run_dir / "mlruns" / "0" / "3f2a" / "artifacts"
+    copy.mkdir(parents=True)
+    for name in ("summary.json", "metrics.csv"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    for given in (tmp_path / "runs", str(tmp_path / "runs" / "**")):
+        assert expand_run_dirs([given]) == [run_dir]
 
 
 def test_compare_names_a_directory_without_summary(tmp_path):

@@ -246,7 +246,7 @@ def main(argv=None) -> int:
             import_user_modules(args.import_modules)
         return args.run(args)
     except UserError as err:
-        from cifarlab.runtime import is_rank_zero
+        from cifarlab.launch import is_rank_zero
 
         if is_rank_zero():  # under torchrun every rank fails alike: say it once
             print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
 MAX_SUMMARY_BATCH = 1024
-GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/gradcam_<name>.png
+GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/<name>-<checkpoint>.png
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
@@ -85,8 +85,8 @@ def add_analysis_commands(sub) -> None:
                    help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
     p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
-    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
-                                            "of the run the checkpoint belongs to)")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-best.png, "
+                                            "gradcampp-best.png with gradcam++, of the run best.pt belongs to)")
     _data_dir_flag(p)
     import_flag(p)
     p.set_defaults(run=cmd_gradcam)
@@ -119,12 +119,16 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
                        epilog="example:\n"
-                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png")
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png\n"
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photos/ --csv photos.csv")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
-    p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files (PNG, JPEG, WebP, ...), any size, or folders of them (searched recursively)")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
     p.add_argument("--json", action="store_true",
                    help='one JSON line per image, {"image": path, "top": [[class, probability], ...]}, unrounded')
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write the predictions to this new CSV file: image,class_1,probability_1,...")
     import_flag(p)
     p.set_defaults(run=cmd_predict)
 
@@ -264,10 +268,17 @@ def cmd_predict(args) -> int:
 
     import cifarlab
 
+    from cifarlab.use.predict import image_files, write_predictions_csv
+
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    results = cifarlab.predict(cifarlab.load_model(args.checkpoint), args.images, top=args.top)
-    for path, ranked in zip(args.images, results):
+    csv_out = output_target(args.csv, "--csv") if args.csv is not None else None
+    files = image_files(args.images)
+    results = cifarlab.predict(cifarlab.load_model(args.checkpoint), files, top=args.top)
+    if csv_out is not None:
+        print(f"predictions of {len(files)} images: {write_predictions_csv(files, results, csv_out)}",
+              file=sys.stderr)
+    for path, ranked in zip(files, results):
         if args.json:
             print(json.dumps({"image": str(path), "top": ranked}))
         else:
@@ -303,8 +314,9 @@ def cmd_gradcam(args) -> int:
     else:  # own images have no true class: the second map is the runner-up's
         titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%, runner-up {classes[o]} {100 * probs[i, o]:.0f}%"
                   for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
-    print(plot_gradcam(images, cam_pred, cam_other, titles, out,
-                       other="true class" if labels is not None else "runner-up class"))
+    written = plot_gradcam(images, cam_pred, cam_other, titles, out,
+                           other="true class" if labels is not None else "runner-up class")
+    print(shown_path(written))
     return 0
 
 
@@ -350,8 +362,8 @@ def _image_choice(text: str):
 
 
 def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
-    """plots/gradcam_<method>.png of the run the checkpoint really lies in (symlinks and `..` resolved),
-    so the same checkpoint always writes to the same place however its path was spelled."""
+    """plots/<method>-<checkpoint>.png (gradcam-best.png) of the run the checkpoint really lies in (symlinks
+    and `..` resolved), so the same checkpoint always writes to the same place however its path was spelled."""
     from cifarlab.run.layout import CHECKPOINTS, CONFIG, PLOTS, run_dir_of_checkpoint
 
     run_dir = run_dir_of_checkpoint(checkpoint)
@@ -359,7 +371,16 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no {PLOTS}/ folder for it; give --out FILE.png")
     plots = output_target(run_dir / PLOTS, "the run's plots folder", folder=True)
-    out = plots / f"gradcam_{GRADCAM_FILE_NAMES[method]}.png"
+    out = plots / f"{GRADCAM_FILE_NAMES[method]}-{Path(checkpoint).resolve().stem}.png"  # gradcam-best.png
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call
+
+
+def shown_path(path: Path) -> str:
+    """`path` as a user would type it: relative to the working folder when it lies below it, else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

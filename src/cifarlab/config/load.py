@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from cifarlab.config.schema import Config, TrainConfig
 from cifarlab.errors import UserError
-from cifarlab.runtime import is_rank_zero
+from cifarlab.launch import is_rank_zero
 from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
 
 # ---------------------------------------------------------------- recipes and overrides
@@ -162,9 +162,29 @@ def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[
     raw = read_recipe(recipe) if recipe else {}
     recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
     parsed = [parse_override(text) for text in overrides]
+    overridden = {".".join(keys) for keys, _ in parsed}
+    _reset_switched_options(raw, parsed, overridden)
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    return raw, _keep_peak_fraction(raw, recipe_epochs, {".".join(keys) for keys, _ in parsed})
+    return raw, _keep_peak_fraction(raw, recipe_epochs, overridden)
+
+
+# The key that picks what a section's `options` belong to: options are the chosen dataset's or model's own
+# keyword arguments, so a recipe's options for another one (smoke's synthetic {num_train: 512}) would be refused.
+SWITCHES = {"data": "dataset", "model": "name"}
+
+
+def _reset_switched_options(raw: dict, parsed: list[tuple[list[str], Any]], overridden: set[str]) -> None:
+    """An override that switches `data.dataset` or `model.name` to another value drops the recipe's
+    `options` of that section, unless the same overrides give options (or the whole section) too."""
+    for section, switch in SWITCHES.items():
+        given = raw.get(section)
+        if not isinstance(given, dict) or f"{section}.{switch}" not in overridden:
+            continue
+        new = next(value for keys, value in reversed(parsed) if keys == [section, switch])
+        if new == given.get(switch) or any(key.startswith(f"{section}.options") for key in overridden):
+            continue
+        given.pop("options", None)
 
 
 def _keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:

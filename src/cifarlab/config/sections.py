@@ -111,14 +111,8 @@ class AugmentConfig(ConfigSection):
     mixup: Optional[MixupConfig] = Field(default=None, description=(
         "MixUp; the loss is taken on the mixed targets, train accuracy against each image's dominant label"))
     cutmix: Optional[CutmixConfig] = Field(default=None, description=(
-        "CutMix; with mixup on too, each batch gets at most one of them (mixup.p + cutmix.p <= 1)"))
-
-    @model_validator(mode="after")
-    def _one_mix_per_batch(self):
-        if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1:
-            raise ValueError(f"augment.mixup.p + augment.cutmix.p must be at most 1 (each batch is mixed by one "
-                             f"of them at most, e.g. 0.5 each), got {self.mixup.p:g} + {self.cutmix.p:g}")
-        return self
+        "CutMix; with mixup on too, each batch gets at most one of them: cutmix.p and mixup.p are shares of all "
+        "batches, scaled to add up to 1 when they add up to more (both at p=1: half and half, timm's switch_prob)"))
 
 
 class ModelConfig(ConfigSection):
