@@ -104,13 +104,15 @@ def test_mixup_and_cutmix_share_the_batches_by_their_p():
 
 
 def test_mixup_and_cutmix_both_at_default_p_alternate_half_and_half_as_timms_switch_prob():
-    cfg = load_config(None, ["augment.mixup={alpha: 0.2}", "augment.cutmix={alpha: 1.0}"])  # p=1 each
+    cfg = load_config(None, ["augment.mixup={alpha: 1.0}", "augment.cutmix={alpha: 1.0}"])  # p=1 each
     kinds = mix_kinds(build_mix(cfg.augment.mixup, cfg.augment.cutmix, CLASSES))
     # Every batch mixed, expected 200 / 200 (timm's mix_prob=1, switch_prob=0.5); bounds over 4 sd wide.
-    assert kinds["none"] == 0 and 155 < kinds["mixup"] < 245 and 155 < kinds["cutmix"] < 245, kinds
+    # "none" here is a cut whose box rounds to nothing on these 12x12 images (lam > 35/36, ~3% of cuts), so
+    # cuts are counted with it; a batch left alone would be ~80 of 400 at shares 0.3 + 0.5 (test above).
+    assert kinds["none"] <= 20 and 155 < kinds["mixup"] < 245 and 155 < kinds["cutmix"] + kinds["none"] < 245, kinds
     # Shares over 1 in all are scaled to add up to 1: 0.9 and 0.3 -> 3/4 mixup, 1/4 cutmix.
-    kinds = mix_kinds(build_mix(MixupConfig(p=0.9), CutmixConfig(p=0.3), CLASSES))
-    assert kinds["none"] == 0 and 255 < kinds["mixup"] < 345 and 55 < kinds["cutmix"] < 145, kinds
+    kinds = mix_kinds(build_mix(MixupConfig(p=0.9, alpha=1.0), CutmixConfig(p=0.3), CLASSES))
+    assert kinds["none"] <= 20 and 255 < kinds["mixup"] < 345 and 55 < kinds["cutmix"] + kinds["none"] < 145, kinds
 
 
 def test_a_batch_is_mixed_the_same_from_the_same_seed_and_differently_from_another():

@@ -67,7 +67,7 @@ def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, mo
                  "--out", str(tmp_path / "own.png")]) == 0
     (args, kwargs), = calls
     assert kwargs["other"] == "runner-up class"
-    assert all(re.fullmatch(r"own\d\.png: \w+ \d+%, runner-up \w+ \d+%", title) for title in args[3]), args[3]
+    assert all(re.fullmatch(r"own\d\.png: \w+ \d+%\nrunner-up \w+ \d+%", title) for title in args[3]), args[3]
     assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0",
                  "--out", str(tmp_path / "test.png")]) == 0
     assert calls[-1][1]["other"] == "true class"  # test images do have a true class

@@ -109,6 +109,23 @@ def test_gallery_and_gradcam_take_grayscale_images_and_coarse_maps(tmp_path):
     assert _is_png(image_grids.plot_gradcam(images, coarse, coarse, ["x"] * 3, tmp_path / "c.png"))
 
 
+def test_gradcam_captions_are_legible_at_the_reports_page_width(tmp_path):
+    """The report's 10-image Grad-CAM figure, shrunk to the HTML report's column: captions of 12 px or more."""
+    from PIL import Image as PILImage
+
+    from cifarlab.analysis.plots import DPI
+    from cifarlab.analysis.report import _CSS
+    from cifarlab.analysis.run_report import gradcam_caption
+
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    titles = [gradcam_caption("automobile", "airplane", 0.87)] * 10  # CIFAR-10's longest class names
+    path = image_grids.plot_gradcam(images, torch.rand(10, 4, 4), torch.rand(10, 4, 4), titles, tmp_path / "c.png")
+    page_px = int(re.search(r"max-width: (\d+)px", _CSS).group(1))
+    shrink = min(1.0, page_px / PILImage.open(path).size[0])
+    caption_px = image_grids.GRADCAM_TITLE_POINTS / 72 * DPI * shrink
+    assert caption_px >= 12, f"captions {caption_px:.1f} px at the report's {page_px} px width"
+
+
 def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):
     run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
     with (run_dir / "metrics.csv").open() as f:

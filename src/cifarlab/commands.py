@@ -312,7 +312,7 @@ def cmd_gradcam(args) -> int:
         titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
                   for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
     else:  # own images have no true class: the second map is the runner-up's
-        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%, runner-up {classes[o]} {100 * probs[i, o]:.0f}%"
+        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%\nrunner-up {classes[o]} {100 * probs[i, o]:.0f}%"
                   for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
     written = plot_gradcam(images, cam_pred, cam_other, titles, out,
                            other="true class" if labels is not None else "runner-up class")

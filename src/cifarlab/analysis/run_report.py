@@ -305,6 +305,11 @@ def _gallery_section(run_dir: Path, images, predictions, classes, limit: int) ->
     return Section("Misclassified images", [text, Image(layout.plot("misclassified.png"), "misclassified test images")])
 
 
+def gradcam_caption(true_class: str, predicted_class: str, probability: float) -> str:
+    """An image's caption in the report's Grad-CAM figure: two lines, so it fits over its panel."""
+    return f"true {true_class}\npred {predicted_class} (p={probability:.2f})"
+
+
 def _gradcam_section(run_dir: Path, model, images, predictions, classes, options: dict) -> Section:
     from cifarlab.analysis.gradcam import default_target_layer, gradcam
     from cifarlab.data.normalize import normalize, to_float
@@ -321,7 +326,7 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
     run = dict(layer=layer, method=options["method"])
     cam_pred = _cpu(gradcam(model, inputs, pred.to(device), **run))
     cam_true = _cpu(gradcam(model, inputs, true.to(device), **run))
-    titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
+    titles = [gradcam_caption(classes[t], classes[p], float(probs[i, p]))
               for i, t, p in zip(indices, true.tolist(), pred.tolist())]
     image_grids.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / layout.plot("gradcam.png"))
     text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images "
