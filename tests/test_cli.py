@@ -79,9 +79,20 @@ def test_lr_find_writes_plot_and_suggestions(smoke_run, tmp_path, capsys):
 
 
 def test_summary_reports_parameters_and_mult_adds(capsys):
-    assert main(["summary", "custom_resnet", "dataset=cifar10", "batch_size=512"]) == 0
+    assert main(["summary", "custom_resnet", "data.dataset=cifar10", "train.batch_size=512"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 6,573,130" in out and "Total mult-adds (G): 194.18" in out
+
+
+def test_summary_takes_the_config_keys_of_every_command_and_its_first_spellings(capsys):
+    dotted = ["data.dataset=fashion_mnist", "train.batch_size=8", "model.options.width=4", "model.norm=group"]
+    assert main(["summary", "convnet", *dotted]) == 0
+    out = capsys.readouterr().out
+    assert "Total params:" in out and "[8, 4, 28, 28]" in out and "GroupNorm" in out  # batch 8, width 4, 28 px
+    assert main(["summary", "convnet", "dataset=fashion_mnist", "batch_size=8", "width=4", "model.norm=group"]) == 0
+    assert capsys.readouterr().out == out
+    assert main(["summary", "convnet", "optim.lr=0.1"]) == 2
+    assert "summary takes data.dataset, train.batch_size" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -61,9 +61,12 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_lr_find)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model",
-                       epilog="example:\n  cifarlab summary custom_resnet dataset=cifar10 batch_size=512")
+                       epilog="examples:\n  cifarlab summary custom_resnet data.dataset=cifar10 train.batch_size=512\n"
+                              "  cifarlab summary convnet data.dataset=fashion_mnist model.options.width=16")
     p.add_argument("model", help="a registered model name (see `cifarlab models`)")
-    p.add_argument("settings", nargs="*", metavar="key=value", help="dataset=cifar10 batch_size=1, or model options")
+    p.add_argument("settings", nargs="*", metavar="key=value",
+                   help="config keys: data.dataset (default cifar10), train.batch_size (default 1), model.norm, "
+                        "model.dropout, model.options.NAME")
     import_flag(p)
     p.set_defaults(run=cmd_summary)
 
@@ -185,10 +188,31 @@ def output_target(path: Path, flag: str, folder: bool = False) -> Path:
     return path
 
 
-def _settings(pairs: list[str]) -> dict:
+# `cifarlab summary` reads the config keys `train` and `show` take; the first spellings still work.
+SUMMARY_ALIASES = {"dataset": "data.dataset", "batch_size": "train.batch_size"}
+SUMMARY_MODEL_KEYS = ("model.norm", "model.dropout")  # model keyword arguments besides model.options
+
+
+def _summary_settings(pairs: list[str]) -> tuple[object, object, dict]:
+    """(data.dataset, train.batch_size, model keyword arguments) from `key=value` pairs: the config's dotted
+    keys, or the older `dataset=`, `batch_size=` and bare model options (`width=16` = model.options.width)."""
     from cifarlab.config import parse_override
 
-    return {".".join(keys): value for keys, value in map(parse_override, pairs)}
+    dataset, batch_size, model = "cifar10", 1, {}
+    for keys, value in map(parse_override, pairs):
+        key = SUMMARY_ALIASES.get(".".join(keys), ".".join(keys) if len(keys) > 1 else f"model.options.{keys[0]}")
+        if key == "data.dataset":
+            dataset = value
+        elif key == "train.batch_size":
+            batch_size = value
+        elif key in SUMMARY_MODEL_KEYS or (key.startswith("model.options.") and key.count(".") == 2):
+            model[key.rsplit(".", 1)[1]] = value
+        elif key == "model.options" and isinstance(value, dict):
+            model.update(value)
+        else:
+            raise UserError(f"summary takes data.dataset, train.batch_size, {', '.join(SUMMARY_MODEL_KEYS)} and "
+                            f"model.options.NAME (the model's own options), got {key}")
+    return dataset, batch_size, model
 
 
 def cmd_summary(args) -> int:
@@ -197,16 +221,15 @@ def cmd_summary(args) -> int:
     from cifarlab.models.registry import MODELS, create_model
 
     MODELS.get(args.model)  # an unknown model name first, with the list of known ones
-    settings = _settings(args.settings)
-    dataset = settings.pop("dataset", "cifar10")
-    batch_size = settings.pop("batch_size", 1)
+    dataset, batch_size, settings = _summary_settings(args.settings)
     if not isinstance(dataset, str):
-        raise UserError(f"dataset={dataset!r} must be a dataset name, e.g. dataset=cifar10")
+        raise UserError(f"data.dataset={dataset!r} must be a dataset name, e.g. data.dataset=cifar10")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SUMMARY_BATCH:
-        raise UserError(f"batch_size={batch_size!r} must be a whole number in 1..{MAX_SUMMARY_BATCH}")
+        raise UserError(f"train.batch_size={batch_size!r} must be a whole number in 1..{MAX_SUMMARY_BATCH}")
     for key in ("num_classes", "in_channels"):
         if key in settings:
-            raise UserError(f"{key} comes from the dataset; set dataset=<name> instead of {key}={settings[key]!r}")
+            raise UserError(f"{key} comes from the dataset; set data.dataset=<name> instead of "
+                            f"model.options.{key}={settings[key]!r}")
     channels, size, classes = dataset_shape(dataset)
     try:
         model = create_model(args.model, num_classes=classes, in_channels=channels, **settings)
