@@ -211,11 +211,20 @@ def test_the_server_probe_answers_for_a_listening_port_and_not_for_a_closed_one(
     assert not server_answers("https://host.invalid/cifar-10.tar.gz", seconds=5)  # no such name
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["trian"]])
-def test_version_help_and_a_mistyped_command_answer_without_importing_torch(argv):
-    """They answer at once (torch's import alone takes seconds on a small CPU)."""
-    code = ("import sys\nfrom cifarlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+OLD_RUN = SRC.parent / "tests" / "fixtures" / "run_138c3be" / "uninterrupted"
+
+
+@pytest.mark.parametrize("argv, exit_code", [
+    (["--version"], 0), (["--help"], 0), (["trian"], 2), (["recipes"], 0), (["show", "smoke"], 0),
+    (["show", "fmnist-quick", "--diff"], 0), (["show", "smoke", "optim.lr=-1"], 2),
+    (["compare", str(OLD_RUN), "--out", "{tmp}"], 0),
+])
+def test_commands_that_need_no_tensor_answer_without_importing_torch(argv, exit_code, tmp_path):
+    """They answer at once (torch's import alone takes seconds on a small CPU): help, listing and showing
+    recipes, comparing runs from their files, and a bad config refused before anything is built."""
+    code = ("import sys\nfrom cifarlab.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as stop:\n    code = stop.code\nprint('exit', code, 'torch' in sys.modules)")
+    argv = [arg.replace("{tmp}", str(tmp_path / "cmp")) for arg in argv]
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
-    assert done.stdout.strip().splitlines()[-1] == "no torch", done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"exit {exit_code} False", done.stdout + done.stderr

@@ -188,7 +188,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from cifarlab.config import list_recipes
+    from cifarlab.recipe_files import list_recipes
 
     recipes = list_recipes()
     width = max(map(len, recipes))

@@ -88,8 +88,8 @@ def add_analysis_commands(sub) -> None:
                    help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
     p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
-    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-best.png, "
-                                            "gradcampp-best.png with gradcam++, of the run best.pt belongs to)")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-<checkpoint>.png, gradcampp-... "
+                                            "with gradcam++, in the run the checkpoint belongs to)")
     _data_dir_flag(p)
     import_flag(p)
     p.set_defaults(run=cmd_gradcam)
@@ -259,8 +259,8 @@ def cmd_compare(args) -> int:
     output_target(args.out, "--out", folder=True)
     run_dirs = expand_run_dirs(args.run_dirs)
     rows = compare_runs(run_dirs)
+    print(to_markdown(rows), flush=True)  # the answer first; the plot below takes matplotlib's import (~1 s)
     files = write_comparison(run_dirs, args.out, rows)
-    print(to_markdown(rows))
     print("\n".join(f"{name}: {path}" for name, path in files._asdict().items()), file=sys.stderr)
     return 0
 
@@ -290,7 +290,6 @@ def cmd_predict(args) -> int:
     import json
 
     import cifarlab
-
     from cifarlab.use.predict import image_files, write_predictions_csv
 
     if args.top < 1:
@@ -385,7 +384,7 @@ def _image_choice(text: str):
 
 
 def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
-    """plots/<method>-<checkpoint>.png (gradcam-best.png) of the run the checkpoint really lies in (symlinks
+    """plots/<method>-<checkpoint name>.png of the run the checkpoint really lies in (symlinks
     and `..` resolved), so the same checkpoint always writes to the same place however its path was spelled."""
     from cifarlab.run.layout import CHECKPOINTS, CONFIG, PLOTS, run_dir_of_checkpoint
 
@@ -394,7 +393,7 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no {PLOTS}/ folder for it; give --out FILE.png")
     plots = output_target(run_dir / PLOTS, "the run's plots folder", folder=True)
-    out = plots / f"{GRADCAM_FILE_NAMES[method]}-{Path(checkpoint).resolve().stem}.png"  # gradcam-best.png
+    out = plots / f"{GRADCAM_FILE_NAMES[method]}-{Path(checkpoint).resolve().stem}.png"  # gradcam-<best|last>.png
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,22 +11,12 @@ from pydantic import BaseModel, ValidationError
 from cifarlab.config.schema import Config, TrainConfig
 from cifarlab.errors import UserError
 from cifarlab.launch import is_rank_zero
+from cifarlab.recipe_files import list_recipes, recipes_dir
 from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
 
 # ---------------------------------------------------------------- recipes and overrides
 
 MAX_RECIPE_BYTES = 1 << 20  # recipes are a few hundred bytes; a config.yaml of a run about 2 KB
-def recipes_dir() -> Path:
-    return Path(str(resources.files("cifarlab") / "recipes"))
-
-
-def list_recipes() -> dict[str, str]:
-    """Recipe name -> one-line description, for `cifarlab recipes`."""
-    found = {}
-    for path in sorted(recipes_dir().glob("*.yaml")):
-        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
-        found[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
-    return found
 
 
 def _read_text(path: Path) -> str:
