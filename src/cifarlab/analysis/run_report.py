@@ -153,8 +153,14 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
         monitor = summary.get("selected_by") or "test_acc"
         split = "a validation split taken from the training images" if monitor.startswith("val_") else "the test split"
-        blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on {split}."
-                           + (" The test split only reports." if monitor.startswith("val_") else "")))
+        final = summary.get("final_test_acc")
+        last = f" The last epoch's test accuracy is {100 * final:.2f}%." if final is not None else ""
+        if monitor.startswith("test_"):
+            blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on the test split: selected on the test split "
+                               f"(optimistic), its test accuracy overstates what new images would score.{last}"))
+        else:
+            blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on {split}."
+                               + (" The test split only reports." if monitor.startswith("val_") else "") + last))
     count = len(_cpu(predictions.labels))
     tta = f"with {cfg.train.tta} TTA" if cfg.train.tta else "without TTA"
     blocks.append(Text(f"The model analysed below scores {100 * float(predictions.accuracy):.2f}% "

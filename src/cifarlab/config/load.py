@@ -137,6 +137,20 @@ def validate(raw: dict) -> Config:
         raise UserError(_describe(err.errors()[0])) from None
 
 
+# Defaults that changed after runs were recorded: a recorded config (a checkpoint's) written before its
+# key existed had the old default, so loading, evaluating or resuming it does what the run did.
+RECORDED_DEFAULTS = {("data", "val_split"): None}  # "auto" since issue 28: a validation split by default
+
+
+def validate_recorded(raw: dict) -> Config:
+    """`validate` for a config a run recorded: keys it lacks take RECORDED_DEFAULTS, then today's defaults."""
+    raw = {**raw}
+    for (section, key), old_default in RECORDED_DEFAULTS.items():
+        if isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section] = {**raw[section], key: old_default}
+    return validate(raw)
+
+
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
     raw, note = read_with_overrides(recipe, overrides)

@@ -38,7 +38,7 @@ import torch
 
 from cifarlab._version import __version__
 from cifarlab.atomic import atomic_write_bytes
-from cifarlab.config import Config, validate
+from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
 
@@ -95,7 +95,7 @@ def check_payload(payload: dict[str, Any], source: Path | str, resume: bool = Fa
     raw = payload.get("config")
     need(isinstance(raw, dict), "config", "a mapping", raw)
     try:
-        cfg = validate(raw)
+        cfg = validate_recorded(raw)
     except UserError as err:
         raise UserError(f"checkpoint {source} has an invalid config: {err}") from None
     _check_data_meta(payload, need)

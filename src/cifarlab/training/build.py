@@ -56,6 +56,8 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
         raise UserError(f"data.std values must be positive, got {data_cfg.std}")
     train, test, val = (_first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset),
                         dataset.val)
+    if data_cfg.val_split == "auto":  # a bug, not a user's error: training/sizing.py decides it first
+        raise ValueError("data.val_split=auto must be decided by size_to_data before load_data")
     if data_cfg.val_split is not None:
         if val is not None:
             raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "
