@@ -137,7 +137,7 @@ def test_init_from_says_what_it_loaded(run, tmp_path, capsys):
     run_dir, _ = run
     checkpoint = run_dir / "checkpoints" / "best.pt"
     assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                 f"model.init_from={checkpoint}", *FAST]) == 0
+                 f"model.init_from={checkpoint}", *FAST, "output.progress=lines"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.init_from")]
     assert len(lines) == 1, lines
     count = len(torch.load(checkpoint, weights_only=False)["model"])
@@ -149,7 +149,7 @@ def test_init_from_with_a_fresh_head_says_so(run, tmp_path, capsys):
     run_dir, _ = run
     checkpoint = run_dir / "checkpoints" / "best.pt"
     assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                 f"model.init_from={checkpoint}", "model.init_head=false", *FAST]) == 0
+                 f"model.init_from={checkpoint}", "model.init_head=false", *FAST, "output.progress=lines"]) == 0
     line, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.init_from")]
     loaded, total = map(int, re.search(r"loaded (\d+) of (\d+) tensors", line).groups())
     assert loaded == total - 2 and re.search(r"classifier head '[\w.]+' started fresh for 10 classes$", line)

@@ -88,8 +88,8 @@ def add_analysis_commands(sub) -> None:
                    help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
     p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
-    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-<checkpoint>.png, gradcampp-... "
-                                            "with gradcam++, in the run the checkpoint belongs to)")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-<checkpoint>.png, "
+                                            "gradcampp-... with gradcam++, in the run the checkpoint belongs to)")
     _data_dir_flag(p)
     import_flag(p)
     p.set_defaults(run=cmd_gradcam)

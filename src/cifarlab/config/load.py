@@ -1,7 +1,6 @@
 """Recipes and overrides: defaults < recipe YAML < `key=value`, validated into a `Config` (errors in one line)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from cifarlab.config.schema import Config, TrainConfig
 from cifarlab.errors import UserError
 from cifarlab.launch import is_rank_zero
+from cifarlab.messages import say
 from cifarlab.recipe_files import list_recipes, recipes_dir
 from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
 
@@ -156,7 +156,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     raw, note = read_with_overrides(recipe, overrides)
     cfg = validate(raw)
     if note and is_rank_zero():  # said once under torchrun, and only for a valid config
-        print(note, file=sys.stderr, flush=True)
+        say(note)
     return cfg
 
 

@@ -28,6 +28,7 @@ from cifarlab.experiment.prepare import (
 )
 from cifarlab.experiment.resumable import extend_config, restore_state, resume_point
 from cifarlab.experiment.summary import closing_message, write_summary
+from cifarlab.messages import quiet
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
 from cifarlab.runtime import is_rank_zero
@@ -69,6 +70,12 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     a dict of those, or a Dataset (see `cifarlab.data.arrays`); the run then records `data.dataset: arrays`.
     `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py)."""
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir)
+    with quiet(cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
+        return _train_checked(cfg, runtime, dataset, run_dir, callbacks)
+
+
+def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Path],
+                   callbacks: Sequence[Callback]) -> Run:
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
     created = run_dir is None and runtime.dist.is_main
@@ -125,10 +132,11 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
 def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback],
                    epochs: Optional[int]) -> Run:
     point = resume_point(run_dir, checkpoint, epochs)  # refuses before anything is written
-    state, dataset = restore_state(point, run_dir, data, extended=epochs is not None)
-    if point.finished:  # summary.json, best.pt's status and the report, rebuilt without training
-        return _finish(state, dataset)
-    return _fit_and_finish(state, dataset, callbacks)
+    with quiet(point.cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
+        state, dataset = restore_state(point, run_dir, data, extended=epochs is not None)
+        if point.finished:  # summary.json, best.pt's status and the report, rebuilt without training
+            return _finish(state, dataset)
+        return _fit_and_finish(state, dataset, callbacks)
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:

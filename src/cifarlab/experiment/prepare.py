@@ -3,7 +3,6 @@ announced. Everything here may still refuse the run; nothing is written but conf
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -13,6 +12,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.messages import say, warn
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.build import ARRAYS, build_state, check_model_input
@@ -99,7 +99,7 @@ def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path
     optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
     warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
     if warning:
-        announce(warning, runtime)
+        announce(warning, runtime, warning=True)
     return state
 
 
@@ -119,10 +119,11 @@ def _lr_peak_source(cfg: Config) -> str:
     return "schedule.lr_peak"
 
 
-def announce(text: str, runtime: Runtime) -> None:
-    """`text` on stderr, from one process of a multi-process run."""
+def announce(text: str, runtime: Runtime, warning: bool = False) -> None:
+    """`text` as a message (messages.py: the `cifarlab` logger, stderr by default), from one process of a
+    multi-process run; a `warning` is printed even by a quiet run (`output.progress: none`)."""
     if runtime.dist.is_main:
-        print(text, file=sys.stderr, flush=True)
+        (warn if warning else say)(text)
 
 
 def default_threads(cfg: Config, runtime: Runtime) -> None:

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import stat
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +39,7 @@ from cifarlab._version import __version__
 from cifarlab.atomic import atomic_write_bytes
 from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
+from cifarlab.messages import warn
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
 
 FORMAT_VERSION = 1
@@ -336,7 +336,7 @@ def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
             payload = _read(previous)
         except UserError:
             raise err from None
-        print(f"warning: {err}; using the previous checkpoint {previous} instead", file=sys.stderr, flush=True)
+        warn(f"warning: {err}; using the previous checkpoint {previous} instead")
         return payload, previous
 
 
