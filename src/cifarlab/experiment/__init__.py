@@ -161,7 +161,8 @@ def _finish(state: TrainState, dataset: Dataset) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     summary = write_summary(state)
     if runtime.dist.is_main:
-        announce(closing_message(state), runtime)
+        # A stopped or diverged run's line says how to go on: printed by a quiet run too.
+        announce(closing_message(state), runtime, warning=state.status in ("diverged", "interrupted"))
         if cfg.output.report and state.history and state.status == "completed":
             from cifarlab.analysis.run_report import report_from_run_dir
 
