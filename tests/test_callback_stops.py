@@ -45,7 +45,8 @@ def _agree(run, epochs: int) -> dict:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["request_stop", "stop_reason"])
 def test_an_early_stop_asked_mid_epoch_ends_after_that_epoch(tmp_path, capsys, legacy):
-    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[StopAt(step=10, legacy=legacy)])
+    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "output.progress=lines"],  # the closing line
+                         callbacks=[StopAt(step=10, legacy=legacy)])
     last = _agree(run, epochs=2)
     assert last["outcome"]["early_stop"]["epoch"] == 2 and len(run.history) == 2
     assert "stopped early after epoch 2" in capsys.readouterr().err

@@ -79,9 +79,20 @@ def test_lr_find_writes_plot_and_suggestions(smoke_run, tmp_path, capsys):
 
 
 def test_summary_reports_parameters_and_mult_adds(capsys):
-    assert main(["summary", "custom_resnet", "dataset=cifar10", "batch_size=512"]) == 0
+    assert main(["summary", "custom_resnet", "data.dataset=cifar10", "train.batch_size=512"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 6,573,130" in out and "Total mult-adds (G): 194.18" in out
+
+
+def test_summary_takes_the_config_keys_of_every_command_and_its_first_spellings(capsys):
+    dotted = ["data.dataset=fashion_mnist", "train.batch_size=8", "model.options.width=4", "model.norm=group"]
+    assert main(["summary", "convnet", *dotted]) == 0
+    out = capsys.readouterr().out
+    assert "Total params:" in out and "[8, 4, 28, 28]" in out and "GroupNorm" in out  # batch 8, width 4, 28 px
+    assert main(["summary", "convnet", "dataset=fashion_mnist", "batch_size=8", "width=4", "model.norm=group"]) == 0
+    assert capsys.readouterr().out == out
+    assert main(["summary", "convnet", "optim.lr=0.1"]) == 2
+    assert "summary takes data.dataset, train.batch_size" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -92,6 +103,36 @@ def test_predict_gives_top3_for_image_files_of_any_size(smoke_run, tmp_path, cap
     assert main(["predict", str(smoke_run / "checkpoints" / "best.pt"), str(path)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(path)) and line.count("%") == 3
+
+
+@pytest.mark.slow
+def test_predict_takes_a_folder_recursively_and_writes_a_csv(smoke_run, tmp_path, capsys):
+    test = load_dataset("synthetic", num_train=512, num_test=256, image_size=16).test
+    photos = tmp_path / "photos"
+    (photos / "day2" / "more").mkdir(parents=True)
+    (photos / ".hidden").mkdir()
+    names = ["a.png", "day2/b.jpg", "day2/more/c.PNG", ".hidden/d.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(photos / name, format="PNG")
+    (photos / "notes.txt").write_text("not an image")
+    checkpoint = str(smoke_run / "checkpoints" / "best.pt")
+    assert main(["predict", checkpoint, str(photos), "--csv", str(tmp_path / "p.csv"), "--top", "2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    expected = [str(photos / name) for name in names[:3]]  # sorted, hidden folder and the text file left out
+    assert [line.split(": ")[0] for line in printed] == expected
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == expected
+    assert list(rows[0]) == ["image", "class_1", "probability_1", "class_2", "probability_2"]
+    for row, line in zip(rows, printed):  # the file says what the screen said
+        assert line.endswith(f"{row['class_1']} {100 * float(row['probability_1']):.1f}%, "
+                             f"{row['class_2']} {100 * float(row['probability_2']):.1f}%")
+    before = (tmp_path / "p.csv").read_bytes()
+    assert main(["predict", checkpoint, str(photos), "--csv", str(tmp_path / "p.csv")]) == 2  # never overwritten
+    assert (tmp_path / "p.csv").read_bytes() == before
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", checkpoint, str(tmp_path / "empty")]) == 2
+    assert "holds no image file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -181,11 +222,32 @@ def test_the_server_probe_answers_for_a_listening_port_and_not_for_a_closed_one(
     assert not server_answers("https://host.invalid/cifar-10.tar.gz", seconds=5)  # no such name
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["trian"]])
-def test_version_help_and_a_mistyped_command_answer_without_importing_torch(argv):
-    """They answer at once (torch's import alone takes seconds on a small CPU)."""
-    code = ("import sys\nfrom cifarlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+OLD_RUN = SRC.parent / "tests" / "fixtures" / "run_138c3be" / "uninterrupted"
+
+
+@pytest.mark.parametrize("argv, exit_code", [
+    (["--version"], 0), (["--help"], 0), (["trian"], 2), (["recipes"], 0), (["show", "smoke"], 0),
+    (["show", "fmnist-quick", "--diff"], 0), (["show", "smoke", "optim.lr=-1"], 2),
+    (["compare", str(OLD_RUN), "--out", "{tmp}"], 0),
+])
+def test_commands_that_need_no_tensor_answer_without_importing_torch(argv, exit_code, tmp_path):
+    """They answer at once (torch's import alone takes seconds on a small CPU): help, listing and showing
+    recipes, comparing runs from their files, and a bad config refused before anything is built."""
+    code = ("import sys\nfrom cifarlab.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as stop:\n    code = stop.code\nprint('exit', code, 'torch' in sys.modules)")
+    argv = [arg.replace("{tmp}", str(tmp_path / "cmp")) for arg in argv]
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
-    assert done.stdout.strip().splitlines()[-1] == "no torch", done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"exit {exit_code} False", done.stdout + done.stderr
+
+
+def test_resume_more_is_checked_before_anything_runs(tmp_path, capsys):
+    """`resume RUN --more N` (N epochs beyond the run's train.epochs; the README's flow runs it for real)."""
+    assert main(["resume", str(tmp_path), "--more", "2"]) == 2
+    assert "is not a run directory (no config.yaml)" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("train: {epochs: 6}\n")
+    assert main(["resume", str(tmp_path), "--more", "0"]) == 2
+    assert "--more must be at least 1 (epochs to add), got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["resume", str(tmp_path), "--more", "2", "--epochs", "8"])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -81,3 +81,21 @@ def test_reference_recipes_match_the_design_table():
 def test_unknown_recipe_lists_the_known_ones():
     with pytest.raises(UserError, match="unknown recipe 'nope'; choose from: .*smoke"):
         read_recipe("nope")
+
+
+def test_switching_dataset_or_model_in_an_override_drops_the_recipes_options_for_the_old_one():
+    from cifarlab.models.registry import create_model
+
+    smoke = load_config("smoke")
+    assert smoke.data.options and smoke.model.options  # synthetic {num_train: ...}, convnet {width: 8}
+    switched = load_config("smoke", ["data.dataset=cifar10"])
+    assert switched.data.dataset == "cifar10" and switched.data.options == {}
+    assert switched.model.options == smoke.model.options  # the model was not switched
+    fast = load_config("fast", ["model.name=convnet"])
+    assert fast.model.options == {}
+    create_model(fast.model.name, **fast.model.options)  # fastnet's widths= would be refused by convnet
+    # options given in the same overrides are the new dataset's own; naming the same dataset keeps them
+    given = load_config("smoke", ["data.dataset=synthetic", "model.name=convnet"])
+    assert given.data.options == smoke.data.options and given.model.options == smoke.model.options
+    mine = load_config("smoke", ["data.options={num_train: 64}", "data.dataset=folder"])
+    assert mine.data.options == {"num_train": 64}

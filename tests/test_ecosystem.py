@@ -265,7 +265,8 @@ def test_subcommand_help_prints_its_example(capsys):
         main(["resume", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--epochs EPOCHS" in out and "\n  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8" in out
+    assert "--more N" in out and "--epochs TOTAL" in out
+    assert "\n  cifarlab resume runs/fmnist-quick/20261121-120000 --more 2" in out
 
 
 def test_differences_keep_a_section_switched_off_against_a_filled_default():

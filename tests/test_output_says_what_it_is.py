@@ -39,11 +39,13 @@ def reported(run):
     return run[0], err.getvalue()
 
 
-def test_gradcam_plus_plus_gets_a_clean_file_name(run, capsys):
+def test_gradcam_gets_a_clean_file_name_printed_relative_to_the_working_folder(run, capsys, monkeypatch):
     run_dir, _ = run
-    assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0,1", "--method", "gradcam++"]) == 0
-    written = capsys.readouterr().out.strip()
-    assert written == str(run_dir / "plots" / "gradcam_gradcampp.png") and os.path.isfile(written)
+    monkeypatch.chdir(run_dir.parent)
+    for method, name in (("gradcam", "gradcam-best.png"), ("gradcam++", "gradcampp-best.png")):
+        assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0,1", "--method", method]) == 0
+        written = capsys.readouterr().out.strip()
+        assert written == os.path.join(run_dir.name, "plots", name) and os.path.isfile(written)
 
 
 def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, monkeypatch, capsys):
@@ -65,7 +67,7 @@ def test_gradcam_on_own_images_labels_the_second_map_runner_up(run, tmp_path, mo
                  "--out", str(tmp_path / "own.png")]) == 0
     (args, kwargs), = calls
     assert kwargs["other"] == "runner-up class"
-    assert all(re.fullmatch(r"own\d\.png: \w+ \d+%, runner-up \w+ \d+%", title) for title in args[3]), args[3]
+    assert all(re.fullmatch(r"own\d\.png: \w+ \d+%\nrunner-up \w+ \d+%", title) for title in args[3]), args[3]
     assert main(["gradcam", str(run_dir / "checkpoints" / "best.pt"), "--images", "0",
                  "--out", str(tmp_path / "test.png")]) == 0
     assert calls[-1][1]["other"] == "true class"  # test images do have a true class
@@ -135,7 +137,7 @@ def test_init_from_says_what_it_loaded(run, tmp_path, capsys):
     run_dir, _ = run
     checkpoint = run_dir / "checkpoints" / "best.pt"
     assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                 f"model.init_from={checkpoint}", *FAST]) == 0
+                 f"model.init_from={checkpoint}", *FAST, "output.progress=lines"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.init_from")]
     assert len(lines) == 1, lines
     count = len(torch.load(checkpoint, weights_only=False)["model"])
@@ -147,7 +149,7 @@ def test_init_from_with_a_fresh_head_says_so(run, tmp_path, capsys):
     run_dir, _ = run
     checkpoint = run_dir / "checkpoints" / "best.pt"
     assert main(["train", "smoke", f"output.dir={tmp_path}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                 f"model.init_from={checkpoint}", "model.init_head=false", *FAST]) == 0
+                 f"model.init_from={checkpoint}", "model.init_head=false", *FAST, "output.progress=lines"]) == 0
     line, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.init_from")]
     loaded, total = map(int, re.search(r"loaded (\d+) of (\d+) tensors", line).groups())
     assert loaded == total - 2 and re.search(r"classifier head '[\w.]+' started fresh for 10 classes$", line)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cifarlab.analysis import image_grids, plots
-from cifarlab.analysis.compare import compare_runs, read_metrics, to_csv, to_markdown, write_comparison
+from cifarlab.analysis.compare import compare_runs, expand_run_dirs, read_metrics, to_csv, to_markdown, write_comparison
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
@@ -109,6 +109,23 @@ def test_gallery_and_gradcam_take_grayscale_images_and_coarse_maps(tmp_path):
     assert _is_png(image_grids.plot_gradcam(images, coarse, coarse, ["x"] * 3, tmp_path / "c.png"))
 
 
+def test_gradcam_captions_are_legible_at_the_reports_page_width(tmp_path):
+    """The report's 10-image Grad-CAM figure, shrunk to the HTML report's column: captions of 12 px or more."""
+    from PIL import Image as PILImage
+
+    from cifarlab.analysis.plots import DPI
+    from cifarlab.analysis.report import _CSS
+    from cifarlab.analysis.run_report import gradcam_caption
+
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    titles = [gradcam_caption("automobile", "airplane", 0.87)] * 10  # CIFAR-10's longest class names
+    path = image_grids.plot_gradcam(images, torch.rand(10, 4, 4), torch.rand(10, 4, 4), titles, tmp_path / "c.png")
+    page_px = int(re.search(r"max-width: (\d+)px", _CSS).group(1))
+    shrink = min(1.0, page_px / PILImage.open(path).size[0])
+    caption_px = image_grids.GRADCAM_TITLE_POINTS / 72 * DPI * shrink
+    assert caption_px >= 12, f"captions {caption_px:.1f} px at the report's {page_px} px width"
+
+
 def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):
     run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
     with (run_dir / "metrics.csv").open() as f:
@@ -150,6 +167,17 @@ def test_compare_table_values_come_from_the_run_files(tmp_path):
     assert float(back[1]["best_test_acc"]) == 0.8853 and back[1]["lr_peak"] == ""
     files = write_comparison([first, second], tmp_path / "cmp")
     assert "88.53%" in files.markdown.read_text() and _is_png(files.plot) and files.csv.is_file()
+
+
+def test_compare_skips_mlflows_copy_of_a_runs_files(tmp_path):
+    """An MLflow-enabled run keeps copies of summary.json and metrics.csv under its mlruns/: one run, one row."""
+    run_dir = _make_run(tmp_path, "smoke", _summary(), _metrics_rows())
+    copy = run_dir / "mlruns" / "0" / "3f2a" / "artifacts"
+    copy.mkdir(parents=True)
+    for name in ("summary.json", "metrics.csv"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    for given in (tmp_path / "runs", str(tmp_path / "runs" / "**")):
+        assert expand_run_dirs([given]) == [run_dir]
 
 
 def test_compare_names_a_directory_without_summary(tmp_path):

@@ -18,8 +18,9 @@ from cifarlab.run import layout
 
 PACKAGE = Path(cifarlab.__file__).parent
 LAYERS = (  # lowest first: a module may import from its own layer and the ones before it
-    ("foundation", ("cifarlab.errors", "cifarlab._version")),
-    ("base", ("cifarlab.runtime", "cifarlab.atomic", "cifarlab.strict_yaml", "cifarlab.config", "cifarlab.progress",
+    ("foundation", ("cifarlab.errors", "cifarlab._version", "cifarlab.messages")),
+    ("base", ("cifarlab.launch", "cifarlab.runtime", "cifarlab.atomic", "cifarlab.strict_yaml",
+              "cifarlab.recipe_files", "cifarlab.config", "cifarlab.progress",
               "cifarlab.config_diff", "cifarlab.config_docs")),
     ("data and models", ("cifarlab.data", "cifarlab.models")),
     ("run directory", ("cifarlab.run",)),

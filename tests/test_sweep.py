@@ -267,7 +267,7 @@ def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path, env
     done = subprocess.run(command, env=env or _env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     first = sweep_dir / "trials" / "0000"
-    assert f"resuming {first}" in done.stderr
+    assert f"-> {first}\n" in done.stderr  # the retry names trial 0's run (whose own lines are quiet: progress=none)
     trials = _trials(sweep_dir, "smoke-space")
     assert _states(trials)["COMPLETE"] == 2 and "RUNNING" not in _states(trials)
     assert len(_run_dirs(sweep_dir)) == 2  # the retry trained trial 0's run on, no third run

@@ -146,9 +146,10 @@ def test_options_a_user_factory_does_not_take_are_named_as_such_before_any_run_d
                                                                                          capsys):
     from cifarlab.cli import main
 
-    # The smoke recipe's options are convnet's: tiny_mlp takes `hidden`, not `width`.
+    # convnet's options given to tiny_mlp, which takes `hidden`, not `width` (switching model.name alone
+    # drops the recipe's convnet options: tests/test_config.py).
     assert main(["train", "smoke", f"output.dir={tmp_path}", "model.name=tiny_mlp", f"model.module={MODULE}",
-                 "output.progress=none"]) == 2
+                 "model.options={width: 8}", "output.progress=none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model 'tiny_mlp' could not be built with model.options={'width': 8}" in err[0], err
     assert "width" in err[0] and "too small" not in err[0]

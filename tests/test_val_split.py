@@ -123,3 +123,58 @@ def test_a_run_says_which_classes_its_validation_split_leaves_out(val_split, cou
         lines = [line for line in err.splitlines() if "validation image" in line]
         assert len(lines) == 1 and warning in lines[0] and "picked on the other classes' val_acc" in lines[0]
         assert len(measured) == len(counts) - 1
+
+
+# ---------------------------------------------------------------- honest model selection (issue 28)
+
+TINY = ["data.options={num_train: 400, num_test: 100, image_size: 12}", "model.name=convnet",
+        "model.options={width: 4}", "train.epochs=2", "train.batch_size=50", "output.report=false",
+        "output.tensorboard=false", "output.progress=lines", "train.threads=1"]
+
+
+def test_by_default_best_pt_is_selected_on_a_held_out_stratified_validation_split(tmp_path, capsys):
+    import cifarlab
+
+    run = cifarlab.train(None, [f"output.dir={tmp_path}", *TINY])  # the defaults: no val_split given
+    assert run.config.data.val_split == 0.1  # config.yaml records what `auto` decided
+    assert run.summary["selected_by"] == "val_acc" and run.summary["selected_on"] == "validation split"
+    assert run.summary["val_images"] == 40 and run.summary["final_test_acc"] == run.history[-1]["test_acc"]
+    closing = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "chosen by val_acc" in closing and f"last epoch (2) {100 * run.history[-1]['test_acc']:.2f}%" in closing
+
+
+@pytest.mark.parametrize("recipe", ["resnet18-steplr", "resnet18-cutout", "custom-resnet-onecycle",
+                                    "resnet18-layernorm-plateau", "custom-resnet-fp16", "smoke"])
+def test_course_recipes_keep_the_courses_test_selection(recipe):
+    from cifarlab.config import load_config
+
+    assert load_config(recipe).data.val_split is None
+    assert load_config("fmnist-quick").data.val_split == "auto"
+
+
+def test_a_run_selected_on_the_test_split_says_it_is_optimistic_everywhere(tmp_path, capsys):
+    import cifarlab
+    from cifarlab.analysis.run_report import _summary_section
+    from cifarlab.use.predict import Predictions
+
+    run = cifarlab.train(None, [f"output.dir={tmp_path}", "data.val_split=null", *TINY])
+    last = run.history[-1]["test_acc"]
+    assert run.summary["selected_by"] == "test_acc" and run.summary["selected_on"] == "test split (optimistic)"
+    closing = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "selected on the test split (optimistic)" in closing and f"last epoch (2) {100 * last:.2f}%" in closing
+    assert json.loads((run.run_dir / "summary.json").read_text())["selected_on"] == "test split (optimistic)"
+    predictions = Predictions(torch.full((4, 10), 0.1), torch.zeros(4, dtype=torch.long), torch.zeros(4))
+    text = " ".join(block.text for block in _summary_section(run.summary, predictions, run.config).blocks
+                    if hasattr(block, "text"))
+    assert "selected on the test split (optimistic)" in text
+    assert f"last epoch's test accuracy is {100 * last:.2f}%" in text
+
+
+def test_a_recorded_config_without_val_split_keeps_the_old_default_none():
+    from cifarlab.config import Config, validate_recorded
+
+    recorded = Config().to_dict()
+    del recorded["data"]["val_split"]  # a run recorded before the key existed trained without a split
+    assert validate_recorded(recorded).data.val_split is None
+    recorded["data"]["val_split"] = 0.2
+    assert validate_recorded(recorded).data.val_split == 0.2

@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   cifarlab train fmnist-quick                       # real Fashion-MNIST, about 5 minutes on 2 cores
   cifarlab train custom-resnet-onecycle train.epochs=5 optim.weight_decay=1e-4
   cifarlab resume runs/fmnist-quick/20261121-120000
-  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8   # extend a finished run
+  cifarlab resume runs/fmnist-quick/20261121-120000 --more 2     # extend a finished run by 2 epochs
   cifarlab show fmnist-quick --diff                 # what a recipe changes from the defaults
   cifarlab compare runs/fmnist-quick                # every run under a folder, differing settings as columns
   cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200
@@ -61,11 +61,16 @@ def build_parser() -> Parser:
                    "same command runs again (a requeued or restarted job), see docs/cluster.md")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --epochs",
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --more/--epochs",
                        epilog="examples:\n  cifarlab resume runs/fmnist-quick/20261121-120000\n"
-                              "  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8")
+                              "  cifarlab resume runs/fmnist-quick/20261121-120000 --more 2     # 6 epochs -> 8\n"
+                              "  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8   # the same")
     p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
-    p.add_argument("--epochs", type=int, help="extend the run (finished or not) to this many epochs in all")
+    extend = p.add_mutually_exclusive_group()
+    extend.add_argument("--more", type=int, metavar="N",
+                        help="extend the run (finished or not) by N epochs beyond its train.epochs")
+    extend.add_argument("--epochs", type=int, metavar="TOTAL",
+                        help="extend the run (finished or not) to this many epochs in all (the new total)")
     commands.import_flag(p)
     p.set_defaults(run=cmd_resume)
 
@@ -194,11 +199,28 @@ def cmd_demo(args) -> int:
 def cmd_resume(args) -> int:
     from cifarlab.experiment import resume
 
-    return run_exit_code(resume(args.run_dir, epochs=args.epochs))
+    epochs = args.epochs if args.more is None else _run_epochs(args.run_dir) + _positive(args.more, "--more")
+    return run_exit_code(resume(args.run_dir, epochs=epochs))
+
+
+def _run_epochs(run_dir: Path) -> int:
+    """The epochs a run directory plans in all (its config.yaml's train.epochs), for `resume --more`."""
+    from cifarlab.config import load_config
+    from cifarlab.run.layout import CONFIG
+
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {CONFIG}); give a folder like runs/<recipe>/<time>")
+    return load_config(str(run_dir / CONFIG)).train.epochs
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise UserError(f"{flag} must be at least 1 (epochs to add), got {value}")
+    return value
 
 
 def cmd_recipes(args) -> int:
-    from cifarlab.config import list_recipes
+    from cifarlab.recipe_files import list_recipes
 
     recipes = list_recipes()
     width = max(map(len, recipes))
@@ -262,7 +284,7 @@ def main(argv=None) -> int:
             import_user_modules(args.import_modules)
         return args.run(args)
     except UserError as err:
-        from cifarlab.runtime import is_rank_zero
+        from cifarlab.launch import is_rank_zero
 
         if is_rank_zero():  # under torchrun every rank fails alike: say it once
             print(f"cifarlab {args.command}: error: {err}", file=sys.stderr)

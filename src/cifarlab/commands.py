@@ -14,7 +14,7 @@ from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 MAX_GRADCAM_IMAGES = 100  # one figure; more is unreadable (and a typo like --count 10000 renders thousands)
 MAX_SUMMARY_BATCH = 1024
-GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/gradcam_<name>.png
+GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # --method -> plots/<name>-<checkpoint>.png
 
 def _tta_flags(p) -> None:
     group = p.add_mutually_exclusive_group()
@@ -61,9 +61,12 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(run=cmd_lr_find)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model",
-                       epilog="example:\n  cifarlab summary custom_resnet dataset=cifar10 batch_size=512")
+                       epilog="examples:\n  cifarlab summary custom_resnet data.dataset=cifar10 train.batch_size=512\n"
+                              "  cifarlab summary convnet data.dataset=fashion_mnist model.options.width=16")
     p.add_argument("model", help="a registered model name (see `cifarlab models`)")
-    p.add_argument("settings", nargs="*", metavar="key=value", help="dataset=cifar10 batch_size=1, or model options")
+    p.add_argument("settings", nargs="*", metavar="key=value",
+                   help="config keys: data.dataset (default cifar10), train.batch_size (default 1), model.norm, "
+                        "model.dropout, model.options.NAME")
     import_flag(p)
     p.set_defaults(run=cmd_summary)
 
@@ -85,8 +88,8 @@ def add_analysis_commands(sub) -> None:
                    help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
     p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
     p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
-    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam_<method>.png "
-                                            "of the run the checkpoint belongs to)")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-<checkpoint>.png, "
+                                            "gradcampp-... with gradcam++, in the run the checkpoint belongs to)")
     _data_dir_flag(p)
     import_flag(p)
     p.set_defaults(run=cmd_gradcam)
@@ -119,12 +122,16 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
                        epilog="example:\n"
-                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png")
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png\n"
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photos/ --csv photos.csv")
     p.add_argument("checkpoint", type=Path, help=CHECKPOINT_HELP)
-    p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, ...), any size")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files (PNG, JPEG, WebP, ...), any size, or folders of them (searched recursively)")
     p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
     p.add_argument("--json", action="store_true",
                    help='one JSON line per image, {"image": path, "top": [[class, probability], ...]}, unrounded')
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write the predictions to this new CSV file: image,class_1,probability_1,...")
     import_flag(p)
     p.set_defaults(run=cmd_predict)
 
@@ -190,10 +197,31 @@ def output_target(path: Path, flag: str, folder: bool = False) -> Path:
     return path
 
 
-def _settings(pairs: list[str]) -> dict:
+# `cifarlab summary` reads the config keys `train` and `show` take; the first spellings still work.
+SUMMARY_ALIASES = {"dataset": "data.dataset", "batch_size": "train.batch_size"}
+SUMMARY_MODEL_KEYS = ("model.norm", "model.dropout")  # model keyword arguments besides model.options
+
+
+def _summary_settings(pairs: list[str]) -> tuple[object, object, dict]:
+    """(data.dataset, train.batch_size, model keyword arguments) from `key=value` pairs: the config's dotted
+    keys, or the older `dataset=`, `batch_size=` and bare model options (`width=16` = model.options.width)."""
     from cifarlab.config import parse_override
 
-    return {".".join(keys): value for keys, value in map(parse_override, pairs)}
+    dataset, batch_size, model = "cifar10", 1, {}
+    for keys, value in map(parse_override, pairs):
+        key = SUMMARY_ALIASES.get(".".join(keys), ".".join(keys) if len(keys) > 1 else f"model.options.{keys[0]}")
+        if key == "data.dataset":
+            dataset = value
+        elif key == "train.batch_size":
+            batch_size = value
+        elif key in SUMMARY_MODEL_KEYS or (key.startswith("model.options.") and key.count(".") == 2):
+            model[key.rsplit(".", 1)[1]] = value
+        elif key == "model.options" and isinstance(value, dict):
+            model.update(value)
+        else:
+            raise UserError(f"summary takes data.dataset, train.batch_size, {', '.join(SUMMARY_MODEL_KEYS)} and "
+                            f"model.options.NAME (the model's own options), got {key}")
+    return dataset, batch_size, model
 
 
 def cmd_summary(args) -> int:
@@ -202,16 +230,15 @@ def cmd_summary(args) -> int:
     from cifarlab.models.registry import MODELS, create_model
 
     MODELS.get(args.model)  # an unknown model name first, with the list of known ones
-    settings = _settings(args.settings)
-    dataset = settings.pop("dataset", "cifar10")
-    batch_size = settings.pop("batch_size", 1)
+    dataset, batch_size, settings = _summary_settings(args.settings)
     if not isinstance(dataset, str):
-        raise UserError(f"dataset={dataset!r} must be a dataset name, e.g. dataset=cifar10")
+        raise UserError(f"data.dataset={dataset!r} must be a dataset name, e.g. data.dataset=cifar10")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SUMMARY_BATCH:
-        raise UserError(f"batch_size={batch_size!r} must be a whole number in 1..{MAX_SUMMARY_BATCH}")
+        raise UserError(f"train.batch_size={batch_size!r} must be a whole number in 1..{MAX_SUMMARY_BATCH}")
     for key in ("num_classes", "in_channels"):
         if key in settings:
-            raise UserError(f"{key} comes from the dataset; set dataset=<name> instead of {key}={settings[key]!r}")
+            raise UserError(f"{key} comes from the dataset; set data.dataset=<name> instead of "
+                            f"model.options.{key}={settings[key]!r}")
     channels, size, classes = dataset_shape(dataset)
     try:
         model = create_model(args.model, num_classes=classes, in_channels=channels, **settings)
@@ -241,8 +268,8 @@ def cmd_compare(args) -> int:
     output_target(args.out, "--out", folder=True)
     run_dirs = expand_run_dirs(args.run_dirs)
     rows = compare_runs(run_dirs)
+    print(to_markdown(rows), flush=True)  # the answer first; the plot below takes matplotlib's import (~1 s)
     files = write_comparison(run_dirs, args.out, rows)
-    print(to_markdown(rows))
     print("\n".join(f"{name}: {path}" for name, path in files._asdict().items()), file=sys.stderr)
     return 0
 
@@ -272,11 +299,17 @@ def cmd_predict(args) -> int:
     import json
 
     import cifarlab
+    from cifarlab.use.predict import image_files, write_predictions_csv
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    results = cifarlab.predict(cifarlab.load_model(args.checkpoint), args.images, top=args.top)
-    for path, ranked in zip(args.images, results):
+    csv_out = output_target(args.csv, "--csv") if args.csv is not None else None
+    files = image_files(args.images)
+    results = cifarlab.predict(cifarlab.load_model(args.checkpoint), files, top=args.top)
+    if csv_out is not None:
+        print(f"predictions of {len(files)} images: {write_predictions_csv(files, results, csv_out)}",
+              file=sys.stderr)
+    for path, ranked in zip(files, results):
         if args.json:
             print(json.dumps({"image": str(path), "top": ranked}))
         else:
@@ -310,10 +343,11 @@ def cmd_gradcam(args) -> int:
         titles = [f"{name}: {classes[o]} → {classes[p]} ({100 * probs[i, p]:.0f}%)"
                   for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
     else:  # own images have no true class: the second map is the runner-up's
-        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%, runner-up {classes[o]} {100 * probs[i, o]:.0f}%"
+        titles = [f"{name}: {classes[p]} {100 * probs[i, p]:.0f}%\nrunner-up {classes[o]} {100 * probs[i, o]:.0f}%"
                   for i, (name, p, o) in enumerate(zip(names, preds.tolist(), second.tolist()))]
-    print(plot_gradcam(images, cam_pred, cam_other, titles, out,
-                       other="true class" if labels is not None else "runner-up class"))
+    written = plot_gradcam(images, cam_pred, cam_other, titles, out,
+                           other="true class" if labels is not None else "runner-up class")
+    print(shown_path(written))
     return 0
 
 
@@ -359,8 +393,8 @@ def _image_choice(text: str):
 
 
 def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
-    """plots/gradcam_<method>.png of the run the checkpoint really lies in (symlinks and `..` resolved),
-    so the same checkpoint always writes to the same place however its path was spelled."""
+    """plots/<method>-<checkpoint name>.png of the run the checkpoint really lies in (symlinks
+    and `..` resolved), so the same checkpoint always writes to the same place however its path was spelled."""
     from cifarlab.run.layout import CHECKPOINTS, CONFIG, PLOTS, run_dir_of_checkpoint
 
     run_dir = run_dir_of_checkpoint(checkpoint)
@@ -368,7 +402,16 @@ def _default_gradcam_out(checkpoint: Path, method: str) -> Path:
         raise UserError(f"{checkpoint} is not inside a run directory (<run>/{CHECKPOINTS}/<file>.pt next to "
                         f"{CONFIG}), so there is no {PLOTS}/ folder for it; give --out FILE.png")
     plots = output_target(run_dir / PLOTS, "the run's plots folder", folder=True)
-    out = plots / f"gradcam_{GRADCAM_FILE_NAMES[method]}.png"
+    out = plots / f"{GRADCAM_FILE_NAMES[method]}-{Path(checkpoint).resolve().stem}.png"  # gradcam-<best|last>.png
     if out.is_dir():
         raise UserError(f"{out} is a folder; remove it or give --out FILE.png")
     return out  # the run's own plot: made again on each call
+
+
+def shown_path(path: Path) -> str:
+    """`path` as a user would type it: relative to the working folder when it lies below it, else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

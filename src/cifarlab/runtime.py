@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cifarlab.errors import UserError
+from cifarlab.launch import is_rank_zero, launch_ranks, whole_env  # noqa: F401 (is_rank_zero: used from here)
 
 CPU_AUTO_ENV = "CIFARLAB_CPU_AUTO_PRECISION"
 
@@ -91,42 +92,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
 
 
 def _local_rank() -> int:
-    return _whole_env("LOCAL_RANK", "0")
-
-
-def _whole_env(name: str, default: str) -> int:
-    text = os.environ.get(name, "").strip() or default
-    if not (text.isascii() and text.isdigit()):
-        raise UserError(f"environment variable {name} must be a whole number >= 0 (torchrun sets it), got {text!r}; "
-                        f"unset it to train in one process")
-    return int(text)
-
-
-def launch_ranks() -> tuple[int, int]:
-    """(rank, world_size) of this process from torchrun's variables, checked: whole numbers, RANK below
-    WORLD_SIZE, and a rendezvous (MASTER_ADDR/MASTER_PORT) when WORLD_SIZE > 1, since without a launcher
-    the process would wait for peers that never come. With WORLD_SIZE unset or 1 a stray RANK means
-    nothing and is ignored: every process that is not part of a launch is rank 0 (it takes the run lock
-    and prints its errors)."""
-    world_size = _whole_env("WORLD_SIZE", "1")
-    if world_size <= 1:
-        return 0, 1
-    rank = _whole_env("RANK", "0")
-    if rank >= world_size:
-        raise UserError(f"environment variable RANK={rank} must be below WORLD_SIZE={world_size}")
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
-    if missing:
-        raise UserError(f"WORLD_SIZE={world_size} is set but {' and '.join(missing)} are not: start distributed "
-                        f"runs with torchrun, or unset WORLD_SIZE to train in one process")
-    return rank, world_size
-
-
-def is_rank_zero() -> bool:
-    """False only on a rank other than 0 of a real distributed launch (for messages and the run lock)."""
-    try:
-        return launch_ranks()[0] == 0
-    except UserError:  # the error itself is reported by make_runtime, by rank 0 as every process thinks
-        return True
+    return whole_env("LOCAL_RANK", "0")
 
 
 @dataclass

@@ -42,7 +42,8 @@ def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
     seen: set[Path] = set()  # real paths of `found`
     for pattern in map(str, patterns):
         if glob.has_magic(pattern):
-            matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if Path(match).is_dir()]
+            matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True))
+                       if Path(match).is_dir() and not _inside_a_run(Path(match))]
             runs = [run for match in matches for run in _runs_in(match)]
             if not runs:
                 raise UserError(f"{pattern!r} matches no run directory (a folder with {SUMMARY})")
@@ -65,7 +66,13 @@ def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
 def _runs_in(folder: Path) -> list[Path]:
     if (folder / SUMMARY).is_file():
         return [folder]
-    return sorted(summary.parent for summary in folder.rglob(SUMMARY))
+    return sorted(summary.parent for summary in folder.rglob(SUMMARY) if not _inside_a_run(summary.parent))
+
+
+def _inside_a_run(folder: Path) -> bool:
+    """Whether `folder` lies inside a run directory: a copy of a run's files, not a run (MLflow keeps its
+    artifacts, summary.json among them, under the run's mlruns/; runs never nest)."""
+    return any((parent / SUMMARY).is_file() for parent in folder.resolve().parents)
 
 
 # ---------------------------------------------------------------- the table

@@ -159,8 +159,14 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
             blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
         monitor = summary.get("selected_by") or "test_acc"
         split = "a validation split taken from the training images" if monitor.startswith("val_") else "the test split"
-        blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on {split}."
-                           + (" The test split only reports." if monitor.startswith("val_") else "")))
+        final = summary.get("final_test_acc")
+        last = f" The last epoch's test accuracy is {100 * final:.2f}%." if final is not None else ""
+        if monitor.startswith("test_"):
+            blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on the test split: selected on the test split "
+                               f"(optimistic), its test accuracy overstates what new images would score.{last}"))
+        else:
+            blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on {split}."
+                               + (" The test split only reports." if monitor.startswith("val_") else "") + last))
     count = len(_cpu(predictions.labels))
     tta = f"with {cfg.train.tta} TTA" if cfg.train.tta else "without TTA"
     top5 = (f" top-1, {100 * topk_accuracy(_cpu(predictions.probs), _cpu(predictions.labels), 5):.2f}% top-5"
@@ -352,6 +358,11 @@ def _gallery_section(run_dir: Path, images, predictions, classes, limit: int) ->
     return Section("Misclassified images", [text, Image(layout.plot("misclassified.png"), "misclassified test images")])
 
 
+def gradcam_caption(true_class: str, predicted_class: str, probability: float) -> str:
+    """An image's caption in the report's Grad-CAM figure: two lines, so it fits over its panel."""
+    return f"true {true_class}\npred {predicted_class} (p={probability:.2f})"
+
+
 def _gradcam_section(run_dir: Path, model, images, predictions, classes, options: dict) -> Section:
     from cifarlab.analysis.gradcam import default_target_layer, gradcam
     from cifarlab.data.normalize import normalize, to_float
@@ -368,7 +379,7 @@ def _gradcam_section(run_dir: Path, model, images, predictions, classes, options
     run = dict(layer=layer, method=options["method"])
     cam_pred = _cpu(gradcam(model, inputs, pred.to(device), **run))
     cam_true = _cpu(gradcam(model, inputs, true.to(device), **run))
-    titles = [f"true {classes[t]}, pred {classes[p]} (p={float(probs[i, p]):.2f})"
+    titles = [gradcam_caption(classes[t], classes[p], float(probs[i, p]))
               for i, t, p in zip(indices, true.tolist(), pred.tolist())]
     image_grids.plot_gradcam(chosen, cam_pred, cam_true, titles, run_dir / layout.plot("gradcam.png"))
     text = Text(f"{options['method']} at layer {layer!r} on the {len(indices)} misclassified images "

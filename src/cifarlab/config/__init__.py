@@ -17,6 +17,7 @@ from cifarlab.config.load import (
     read_with_overrides,
     recipes_dir,
     validate,
+    validate_recorded,
 )
 from cifarlab.config.schema import CheckpointConfig, Config, OutputConfig, TrainConfig
 from cifarlab.config.sections import (
@@ -40,4 +41,4 @@ __all__ = ["Config", "AugmentConfig", "CheckpointConfig", "ColorConfig", "CropCo
            "CutoutConfig", "DataConfig", "FlipConfig", "LRFindConfig", "LookaheadConfig", "MixupConfig",
            "ModelConfig", "OptimConfig", "OutputConfig", "RotateConfig", "ScheduleConfig", "TrainConfig",
            "apply_override", "keep_peak_fraction", "list_recipes", "load_config", "parse_override", "read_recipe",
-           "read_with_overrides", "recipes_dir", "validate"]
+           "read_with_overrides", "recipes_dir", "validate", "validate_recorded"]

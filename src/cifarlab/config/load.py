@@ -1,8 +1,6 @@
 """Recipes and overrides: defaults < recipe YAML < `key=value`, validated into a `Config` (errors in one line)."""
 from __future__ import annotations
 
-import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,23 +9,14 @@ from pydantic import BaseModel, ValidationError
 
 from cifarlab.config.schema import Config, TrainConfig
 from cifarlab.errors import UserError
-from cifarlab.runtime import is_rank_zero
+from cifarlab.launch import is_rank_zero
+from cifarlab.messages import say
+from cifarlab.recipe_files import list_recipes, recipes_dir
 from cifarlab.strict_yaml import YAMLRefused, load_yaml, yaml_error
 
 # ---------------------------------------------------------------- recipes and overrides
 
 MAX_RECIPE_BYTES = 1 << 20  # recipes are a few hundred bytes; a config.yaml of a run about 2 KB
-def recipes_dir() -> Path:
-    return Path(str(resources.files("cifarlab") / "recipes"))
-
-
-def list_recipes() -> dict[str, str]:
-    """Recipe name -> one-line description, for `cifarlab recipes`."""
-    found = {}
-    for path in sorted(recipes_dir().glob("*.yaml")):
-        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
-        found[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
-    return found
 
 
 def _read_text(path: Path) -> str:
@@ -148,12 +137,26 @@ def validate(raw: dict) -> Config:
         raise UserError(_describe(err.errors()[0])) from None
 
 
+# Defaults that changed after runs were recorded: a recorded config (a checkpoint's) written before its
+# key existed had the old default, so loading, evaluating or resuming it does what the run did.
+RECORDED_DEFAULTS = {("data", "val_split"): None}  # "auto" since issue 28: a validation split by default
+
+
+def validate_recorded(raw: dict) -> Config:
+    """`validate` for a config a run recorded: keys it lacks take RECORDED_DEFAULTS, then today's defaults."""
+    raw = {**raw}
+    for (section, key), old_default in RECORDED_DEFAULTS.items():
+        if isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section] = {**raw[section], key: old_default}
+    return validate(raw)
+
+
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < recipe < overrides, validated. `recipe=None` starts from the defaults."""
     raw, note = read_with_overrides(recipe, overrides)
     cfg = validate(raw)
     if note and is_rank_zero():  # said once under torchrun, and only for a valid config
-        print(note, file=sys.stderr, flush=True)
+        say(note)
     return cfg
 
 
@@ -162,11 +165,31 @@ def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[
     raw = read_recipe(recipe) if recipe else {}
     recipe_epochs = (raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
     parsed = [parse_override(text) for text in overrides]
+    overridden = {".".join(keys) for keys, _ in parsed}
+    _reset_switched_options(raw, parsed, overridden)
     for keys, value in parsed:
         apply_override(raw, keys, value)
-    overridden = {".".join(keys) for keys, _ in parsed}
     notes = [keep_peak_fraction(raw, recipe_epochs, overridden), _keep_epoch_settings(raw, recipe_epochs, overridden)]
     return raw, "\n".join(note for note in notes if note) or None
+
+
+
+# The key that picks what a section's `options` belong to: options are the chosen dataset's or model's own
+# keyword arguments, so a recipe's options for another one (smoke's synthetic {num_train: 512}) would be refused.
+SWITCHES = {"data": "dataset", "model": "name"}
+
+
+def _reset_switched_options(raw: dict, parsed: list[tuple[list[str], Any]], overridden: set[str]) -> None:
+    """An override that switches `data.dataset` or `model.name` to another value drops the recipe's
+    `options` of that section, unless the same overrides give options (or the whole section) too."""
+    for section, switch in SWITCHES.items():
+        given = raw.get(section)
+        if not isinstance(given, dict) or f"{section}.{switch}" not in overridden:
+            continue
+        new = next(value for keys, value in reversed(parsed) if keys == [section, switch])
+        if new == given.get(switch) or any(key.startswith(f"{section}.options") for key in overridden):
+            continue
+        given.pop("options", None)
 
 
 def keep_peak_fraction(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:

@@ -24,11 +24,14 @@ class DataConfig(ConfigSection):
         description=("Train on the first N training images only (quick runs and tests); null: all."))
     test_subset: Optional[int] = Field(default=None, ge=1,
         description=("Evaluate on the first N test images only; null: all."))
-    val_split: Union[int, float, Literal["auto"], None] = Field(None,
+    # "auto" by default: selecting best.pt on the test split makes its test accuracy an optimistic estimate
+    # (issue 28). The course recipes keep their protocol (null) to reproduce its figures, and say so.
+    val_split: Union[int, float, Literal["auto"], None] = Field("auto",
         description=("Validation images taken from train (after train_subset), stratified by class with the run's "
                      "seed: a fraction in (0, 1) or a count; auto: 10% when the data has no val split of its own "
-                     "and enough images. With one, the best checkpoint, early stopping and plateau schedules select on "
-                     "validation."))
+                     "and enough images (20 a class); null: none. With one, the best checkpoint, early stopping and "
+                     "plateau schedules select on validation; without, on the test split, and the run says its "
+                     "test accuracy is optimistic."))
     mean: Optional[list[float]] = Field(None,
         description=("Per-channel mean to normalise with (one value per channel); null: the train split's own "
                      "statistics."))
@@ -159,20 +162,14 @@ class AugmentConfig(ConfigSection):
     mixup: Optional[MixupConfig] = Field(default=None, description=(
         "MixUp; the loss is taken on the mixed targets, train accuracy against each image's dominant label"))
     cutmix: Optional[CutmixConfig] = Field(default=None, description=(
-        "CutMix; with mixup on too, each batch gets at most one of them (mixup.p + cutmix.p <= 1)"))
+        "CutMix; with mixup on too, each batch gets at most one of them: cutmix.p and mixup.p are shares of all "
+        "batches, scaled to add up to 1 when they add up to more (both at p=1: half and half, timm's switch_prob)"))
 
     @model_validator(mode="after")
     def _one_policy(self):
         if self.randaugment is not None and self.trivialaugment is not None:
             raise ValueError("augment.randaugment and augment.trivialaugment are two policies for the same place: "
                              "set one of them (the other null)")
-        return self
-
-    @model_validator(mode="after")
-    def _one_mix_per_batch(self):
-        if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1:
-            raise ValueError(f"augment.mixup.p + augment.cutmix.p must be at most 1 (each batch is mixed by one "
-                             f"of them at most, e.g. 0.5 each), got {self.mixup.p:g} + {self.cutmix.p:g}")
         return self
 
 

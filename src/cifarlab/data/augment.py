@@ -307,11 +307,13 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int, seed: int 
 
 
 def _color_line(color, channels: int) -> str:
-    strengths = {"brightness": color.brightness, "contrast": color.contrast, "saturation": color.saturation}
-    if color.saturation and channels != 3:
-        raise UserError(f"augment.color.saturation needs RGB images, these have {channels} channel"
-                        f"{'s' if channels > 1 else ''}; set it to 0")
+    # A grey image has no saturation to jitter: on 1-channel data the default 0.4 does nothing (color.py).
+    saturation = color.saturation if channels == 3 else 0.0
+    strengths = {"brightness": color.brightness, "contrast": color.contrast, "saturation": saturation}
+    if color.saturation and channels not in (1, 3):
+        raise UserError(f"augment.color.saturation needs RGB images, these have {channels} channels; set it to 0")
     if not any(strengths.values()):
-        raise UserError("augment.color needs brightness, contrast or saturation above 0, got all 0")
+        grey = " (saturation does nothing on grey images)" if color.saturation else ""
+        raise UserError(f"augment.color needs brightness, contrast or saturation above 0, got all 0{grey}")
     jitter = ", ".join(f"{name} ×[{1 - x:g}, {1 + x:g}]" for name, x in strengths.items() if x)
     return f"colour jitter: {jitter}, p={color.p:g}"

@@ -14,7 +14,6 @@ A check that fails is one UserError line naming the split, the class or the chan
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from typing import Optional
 
@@ -22,6 +21,7 @@ import torch
 
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.messages import warn
 
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a label of 10**9 must not allocate a billion names
 CHANNELS = (1, 3)
@@ -83,7 +83,7 @@ def _check_every_class_trains(dataset: Dataset, val_split, where: str) -> None:
         raise UserError(f"{where}: only class {only!r} has training images; a classifier needs images of at least "
                         f"2 classes")
     # Not made by us (a subset, or arrays whose labels skip a class): the user may mean it, but must know.
-    print(f"warning: {text}; the model cannot learn them", file=sys.stderr, flush=True)
+    warn(f"warning: {text}; the model cannot learn them")
 
 
 def warn_unmeasured_classes(dataset: Dataset, val_split) -> None:
@@ -104,8 +104,8 @@ def warn_unmeasured_classes(dataset: Dataset, val_split) -> None:
     else:
         why = (f"data.val_split={val_split} made {len(dataset.val.labels)} validation images for {eligible} classes "
                f"with 2 or more images; use a count of at least {eligible} to measure each")
-    print(f"warning: {len(unmeasured)} class(es) have no validation image ({names}): {why}; the best checkpoint is "
-          f"picked on the other classes' val_acc", file=sys.stderr, flush=True)
+    warn(f"warning: {len(unmeasured)} class(es) have no validation image ({names}): {why}; the best checkpoint is "
+         f"picked on the other classes' val_acc")
 
 
 def _check_statistics(dataset: Dataset, std_given: bool, where: str) -> None:
@@ -152,4 +152,4 @@ def check_same_data(classes, fingerprint: Optional[dict], dataset: Dataset, spli
     if doing == "resumed":
         raise UserError(f"{text}; a run can only be resumed on its own data: start a new run "
                         f"(model.init_from=<this checkpoint> to start from its weights)")
-    print(f"warning: {text}; the accuracy is for the data given now", file=sys.stderr, flush=True)
+    warn(f"warning: {text}; the accuracy is for the data given now")

@@ -53,12 +53,14 @@ def color_jitter(images: Tensor, generator: torch.Generator, brightness: float =
     """Jitter brightness, contrast and saturation of each chosen image of (N, C, H, W) in [0, 1].
 
     Each factor is uniform in [1 - x, 1 + x] for its strength x; a strength of 0 skips that step.
-    Saturation needs C = 3 (RGB); contrast blends with the mean of the grey image (of the image itself
-    for C = 1). Draws three factors per image (and a choice when p < 1) whatever is skipped.
+    Saturation needs C = 3 (RGB) and is skipped for C = 1: a grey image is its own grey, so blending
+    with it changes nothing. Contrast blends with the mean of the grey image (of the image itself for
+    C = 1). Draws three factors per image (and a choice when p < 1) whatever is skipped.
     """
     N, C, H, W = images.shape
-    if saturation and C != 3:
-        raise ValueError(f"saturation jitter needs RGB images (C = 3), got C = {C}")
+    if saturation and C not in (1, 3):
+        raise ValueError(f"saturation jitter needs RGB (C = 3) or grey (C = 1) images, got C = {C}")
+    saturation = saturation if C == 3 else 0.0
     device, dtype = images.device, images.dtype
     factors = _factors(N, generator, device, dtype, (brightness, contrast, saturation), p)[:, :, None, None, None]
     if brightness:

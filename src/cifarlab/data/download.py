@@ -91,7 +91,7 @@ def fetch(url: str, dest: str | Path, md5: str, timeout: float = 30.0) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the data folder {dest.parent}: {err.strerror or err}") from None
-    log.info("downloading %s -> %s", url, dest)
+    log.debug("downloading %s -> %s", url, dest)  # the PhaseProgress below says it (logging: messages.py)
 
     def download(out) -> None:
         digest = hashlib.md5()

@@ -10,7 +10,9 @@ host from `rng`, a `random.Random` the loader seeds from (seed, epoch, batch), s
 from the device and the draw costs no kernel; the device sees a Python scalar (MixUp) or a box given by
 Python slices (CutMix). CutMix's lam is the area actually kept after the box is clipped at the border
 (timm's `correct_lam`). With both on, each batch gets CutMix with probability cutmix.p, else MixUp with
-probability mixup.p (timm's `switch_prob`, as shares of all batches).
+probability mixup.p (shares of all batches); shares adding up to more than 1 are scaled to add up to 1, so
+every batch is mixed and CutMix takes cutmix.p / (mixup.p + cutmix.p) of them: both at their default p=1
+alternate half and half, timm's `Mixup(mix_prob=1, switch_prob=0.5)`.
 
 The loss on the targets is `nn.CrossEntropyLoss(label_smoothing=s)` with probability targets: torch smooths
 them as target * (1 - s) + s / C, which is timm's `mixup_target` (smoothed one-hots, then mixed) fed to
@@ -66,15 +68,17 @@ class BatchMix:
 
     def __init__(self, mixup_cfg: Optional[MixupConfig], cutmix_cfg: Optional[CutmixConfig], num_classes: int):
         self.mixup_cfg, self.cutmix_cfg, self.num_classes = mixup_cfg, cutmix_cfg, num_classes
+        mix_p, cut_p = (mixup_cfg.p if mixup_cfg else 0.0), (cutmix_cfg.p if cutmix_cfg else 0.0)
+        scale = max(1.0, mix_p + cut_p)  # shares over 1 in all are scaled to add up to 1 (see the module)
+        self.cut_share, self.mix_share = cut_p / scale, mix_p / scale
 
     def __call__(self, images: Tensor, labels: Tensor, rng: random.Random) -> tuple[Tensor, Tensor]:
         targets = one_hot(labels, self.num_classes, images.dtype)
         chance = rng.random()  # which of the two (or neither) mixes this batch
-        cut_p = self.cutmix_cfg.p if self.cutmix_cfg is not None else 0.0
-        if chance < cut_p:
+        if chance < self.cut_share:
             lam = rng.betavariate(self.cutmix_cfg.alpha, self.cutmix_cfg.alpha)
             return cutmix(images, targets, cutmix_box(lam, images.shape[2], images.shape[3], rng))
-        if self.mixup_cfg is not None and chance < cut_p + self.mixup_cfg.p:
+        if chance < self.cut_share + self.mix_share:
             return mixup(images, targets, rng.betavariate(self.mixup_cfg.alpha, self.mixup_cfg.alpha))
         return images, targets
 
@@ -82,10 +86,10 @@ class BatchMix:
         lines = []
         if self.mixup_cfg is not None:
             lines.append(f"mixup with the reversed batch, lambda ~ Beta({self.mixup_cfg.alpha:g}, "
-                         f"{self.mixup_cfg.alpha:g}) per batch, p={self.mixup_cfg.p:g}")
+                         f"{self.mixup_cfg.alpha:g}) per batch, p={self.mix_share:g}")
         if self.cutmix_cfg is not None:
             lines.append(f"cutmix with the reversed batch, box area 1 - lambda, lambda ~ Beta("
-                         f"{self.cutmix_cfg.alpha:g}, {self.cutmix_cfg.alpha:g}) per batch, p={self.cutmix_cfg.p:g}")
+                         f"{self.cutmix_cfg.alpha:g}, {self.cutmix_cfg.alpha:g}) per batch, p={self.cut_share:g}")
         return lines
 
 

@@ -28,6 +28,7 @@ from cifarlab.experiment.prepare import (
 )
 from cifarlab.experiment.resumable import extend_config, restore_state, resume_point
 from cifarlab.experiment.summary import closing_message, write_summary
+from cifarlab.messages import quiet
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
 from cifarlab.runtime import is_rank_zero
@@ -71,6 +72,12 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     `model`: a Module instance, class or factory instead of `model.name` (built inside `rebuild_with(model)`,
     see models/python_objects.py)."""
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir, model)
+    with quiet(cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
+        return _train_checked(cfg, runtime, dataset, run_dir, callbacks)
+
+
+def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Path],
+                   callbacks: Sequence[Callback]) -> Run:
     created = runtime.dist.is_main and (run_dir is None or not Path(run_dir).exists())
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
@@ -128,10 +135,11 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
 def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback],
                    epochs: Optional[int]) -> Run:
     point = resume_point(run_dir, checkpoint, epochs)  # refuses before anything is written
-    state, dataset = restore_state(point, run_dir, data, extended=epochs is not None)
-    if point.finished:  # summary.json, best.pt's status and the report, rebuilt without training
-        return _finish(state, dataset)
-    return _fit_and_finish(state, dataset, callbacks)
+    with quiet(point.cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
+        state, dataset = restore_state(point, run_dir, data, extended=epochs is not None)
+        if point.finished:  # summary.json, best.pt's status and the report, rebuilt without training
+            return _finish(state, dataset)
+        return _fit_and_finish(state, dataset, callbacks)
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
@@ -156,7 +164,8 @@ def _finish(state: TrainState, dataset: Dataset) -> Run:
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     summary = write_summary(state)
     if runtime.dist.is_main:
-        announce(closing_message(state), runtime)
+        # A stopped or diverged run's line says how to go on: printed by a quiet run too.
+        announce(closing_message(state), runtime, warning=state.status in ("diverged", "interrupted"))
         if cfg.output.report and state.history and state.status == "completed":
             from cifarlab.analysis.run_report import report_from_run_dir
 

@@ -3,7 +3,6 @@ announced. Everything here may still refuse the run; nothing is written but conf
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -14,6 +13,7 @@ from cifarlab.config import Config, load_config
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.experiment.ranks import check_ranks_agree
+from cifarlab.messages import say, warn
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.training.autotune import settle_precision
@@ -134,7 +134,7 @@ def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path
     optimizer_steps = -(-state.steps_per_epoch // cfg.train.accumulate)  # micro-batches -> optimizer steps
     warning = few_steps_warning(optimizer_steps, cfg.train.epochs)
     if warning:
-        announce(warning, runtime)
+        announce(warning, runtime, warning=True)
     return state
 
 
@@ -154,10 +154,11 @@ def _lr_peak_source(cfg: Config) -> str:
     return "schedule.lr_peak"
 
 
-def announce(text: str, runtime: Runtime) -> None:
-    """`text` on stderr, from one process of a multi-process run."""
+def announce(text: str, runtime: Runtime, warning: bool = False) -> None:
+    """`text` as a message (messages.py: the `cifarlab` logger, stderr by default), from one process of a
+    multi-process run; a `warning` is printed even by a quiet run (`output.progress: none`)."""
     if runtime.dist.is_main:
-        print(text, file=sys.stderr, flush=True)
+        (warn if warning else say)(text)
 
 
 def default_threads(cfg: Config, runtime: Runtime) -> None:

@@ -2,7 +2,6 @@
 diverged run is refused), the config of a run extended to more epochs, and the state restored to go on."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,6 +13,7 @@ from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
 from cifarlab.experiment.ranks import check_ranks_agree
+from cifarlab.messages import warn
 from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
@@ -61,9 +61,8 @@ def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> Resu
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
     written_with = stored.versions.get("torch")
     if written_with != versions()["torch"]:
-        print(f"warning: {used} was written with torch {written_with}, this is "
-              f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit",
-              file=sys.stderr, flush=True)
+        warn(f"warning: {used} was written with torch {written_with}, this is "
+             f"{versions()['torch']}; the resumed run may not match an uninterrupted one bit for bit")
     return ResumePoint(stored, used, cfg, finished, previous)
 
 
@@ -99,7 +98,7 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
             state.request_stop("stopped early (the checkpoint says the run finished)")
         missing = "missing" if point.previous.status is None else "out of date"
         announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
-                 f"is {missing}: rebuilding it from {used}", runtime)
+                 f"is {missing}: rebuilding it from {used}", runtime, warning=True)
         mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
         return state, dataset
     if extended and runtime.dist.is_main:  # the run's config now records the new total

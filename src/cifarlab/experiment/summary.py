@@ -23,7 +23,8 @@ def write_summary(state: TrainState) -> dict:
         num_params=sum(p.numel() for p in state.model.parameters()),
         epochs_completed=progress.epoch, epochs=state.cfg.train.epochs,
         # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
-        selected_by=state.monitor, best_test_acc=best.get("test_acc"), best_epoch=best.get("epoch"),
+        selected_by=state.monitor, selected_on=selected_on(state.monitor),
+        best_test_acc=best.get("test_acc"), best_epoch=best.get("epoch"),
         final_test_acc=last.get("test_acc"), final_test_loss=last.get("test_loss"),
         final_train_acc=last.get("train_acc"),
         best_train_acc=max((row["train_acc"] for row in progress.history), default=None),
@@ -66,7 +67,18 @@ def closing_message(state: TrainState) -> str:
         return f"done: stopped before any epoch finished ({state.outcome.reason}) in {run_dir}"
     if state.early_stop is not None:
         run_dir = f"{run_dir} (stopped early after epoch {state.epoch}: {state.outcome.reason})"
-    if state.monitor == "test_acc":
-        return f"done: best test accuracy {100 * best['test_acc']:.2f}% at epoch {best['epoch']} in {run_dir}"
+    last = state.progress.history[-1]
+    last_epoch = f"last epoch ({last['epoch']}) {100 * last['test_acc']:.2f}%"
+    if state.monitor.startswith("test_"):
+        return (f"done: {layout.BEST} is epoch {best['epoch']}, {SELECTED_ON_TEST} by {state.monitor}: test accuracy "
+                f"{100 * best['test_acc']:.2f}%; {last_epoch}; in {run_dir}")
     return (f"done: {layout.BEST} is epoch {best['epoch']} (chosen by {state.monitor} {best[state.monitor]:.4g}), "
-            f"test accuracy {100 * best['test_acc']:.2f}%, in {run_dir}")
+            f"test accuracy {100 * best['test_acc']:.2f}%; {last_epoch}; in {run_dir}")
+
+
+SELECTED_ON_TEST = "selected on the test split (optimistic)"
+
+
+def selected_on(monitor: str) -> str:
+    """summary.json's `selected_on`: where best.pt was chosen, and when that makes its test accuracy optimistic."""
+    return "validation split" if monitor.startswith("val_") else "test split (optimistic)"

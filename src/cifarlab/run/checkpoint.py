@@ -16,7 +16,6 @@ import io
 import os
 import platform
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from cifarlab._version import __version__
 from cifarlab.atomic import atomic_write_bytes
 from cifarlab.errors import UserError
+from cifarlab.messages import warn
 from cifarlab.run.checkpoint_record import FORMAT_VERSION, Checkpoint
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
 
@@ -149,7 +149,7 @@ def load_checkpoint_with_path(path: Path) -> tuple[dict[str, Any], Path]:
             payload = _read(previous)
         except UserError:
             raise err from None
-        print(f"warning: {err}; using the previous checkpoint {previous} instead", file=sys.stderr, flush=True)
+        warn(f"warning: {err}; using the previous checkpoint {previous} instead")
         return payload, previous
 
 

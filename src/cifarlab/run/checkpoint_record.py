@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from cifarlab.config import Config, validate
+from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.run.records import FieldProblem, ModelCard, finite, need, whole
 
@@ -124,7 +124,7 @@ class Checkpoint(BaseModel):
     def cfg(self) -> Config:
         """The validated config (a checked checkpoint's; validated now for one built by a save)."""
         if self._cfg is None:
-            self._cfg = validate(self.config)
+            self._cfg = validate_recorded(self.config)
         return self._cfg
 
     @property
@@ -237,7 +237,7 @@ class Checkpoint(BaseModel):
             need(isinstance(self.optimizer, dict) and {"state", "param_groups"} <= set(self.optimizer),
                  "optimizer", "an optimizer state_dict (state, param_groups)", type(self.optimizer).__name__)
         try:
-            self._cfg = validate(self.config)
+            self._cfg = validate_recorded(self.config)
         except UserError as err:
             raise InvalidConfig(str(err)) from None
         ModelCard.from_config(self._cfg, self.to_payload())  # the card's fields, checked as every format's are

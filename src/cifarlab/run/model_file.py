@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from cifarlab.config import Config, validate
+from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint
@@ -92,7 +92,7 @@ def _read_folder(path: Path) -> ModelFile:
 
 def _validated(raw: dict[str, Any], source: str) -> Config:
     try:
-        return validate(raw)
+        return validate_recorded(raw)
     except UserError as err:
         raise UserError(f"{source} has an invalid config: {err}") from None
 

@@ -91,6 +91,8 @@ class Summary:
     epochs_completed: Optional[int] = _item("epochs completed")
     epochs: Optional[int] = _item("epochs planned")
     selected_by: Optional[str] = _item(f"{BEST} chosen by")
+    # "validation split", or "test split (optimistic)": best_test_acc is then a selected, biased estimate.
+    selected_on: Optional[str] = _item(f"{BEST} selected on", optional=True)
     best_test_acc: Optional[float] = _item(f"test accuracy of {BEST}", "Best test acc.")
     best_epoch: Optional[int] = _item("best epoch")
     final_test_acc: Optional[float] = _item("final test accuracy")

@@ -40,6 +40,17 @@ from cifarlab.training.tensorboard_logger import TensorBoard
 ARRAYS = "arrays"  # data.dataset of a run whose images came from Python (`cifarlab.train(cfg, data=...)`)
 
 
+VAL_FRACTION = 0.1  # data.val_split=auto: taken from train when the data has no validation split of its own...
+VAL_MIN_TRAIN_PER_CLASS = 20  # ...and every class has this many training images on average
+
+
+def auto_val_split(dataset: Dataset) -> Optional[float]:
+    """VAL_FRACTION of train, or None when the data brings its own validation split or has too few images."""
+    if dataset.val is not None or len(dataset.train.labels) < VAL_MIN_TRAIN_PER_CLASS * dataset.num_classes:
+        return None
+    return VAL_FRACTION
+
+
 def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Dataset:
     """The dataset a `data` section describes: its source (or `source`, images passed from Python), the
     subsets, the validation split (drawn with `seed`), and the normalisation to train with."""
@@ -56,14 +67,17 @@ def load_data(data_cfg, seed: int = 0, source: Optional[Dataset] = None) -> Data
         raise UserError(f"data.std values must be positive, got {data_cfg.std}")
     train, test, val = (_first(dataset.train, data_cfg.train_subset), _first(dataset.test, data_cfg.test_subset),
                         dataset.val)
-    if data_cfg.val_split is not None:
+    val_split = data_cfg.val_split
+    if val_split == "auto":  # a run decides it in size_to_data and records the number; benchmarks come here
+        val_split = auto_val_split(replace(dataset, train=train))
+    if val_split is not None:
         if val is not None:
             raise UserError(f"data.val_split is set but {data_cfg.dataset} has its own validation split; "
                             f"set data.val_split=null to use it")
-        train, val = stratified_split(train, data_cfg.val_split, seed)
+        train, val = stratified_split(train, val_split, seed)
     dataset = replace(dataset, train=train, test=test, val=val,
                       mean=tuple(data_cfg.mean or dataset.mean), std=tuple(data_cfg.std or dataset.std))
-    check_dataset(dataset, std_given=data_cfg.std is not None, val_split=data_cfg.val_split)
+    check_dataset(dataset, std_given=data_cfg.std is not None, val_split=val_split)
     return dataset
 
 

@@ -16,15 +16,13 @@ from cifarlab.config import Config
 from cifarlab.data.checks import warn_unmeasured_classes
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.split import stratified_split
-from cifarlab.training.build import load_data
+from cifarlab.training.build import auto_val_split, load_data
 
 AUTO = "auto"
 STEPS_PER_EPOCH = 25  # the batch is the largest power of two that gives at least this many steps an epoch
 BATCH_RANGE = (8, 256)
 TARGET_STEPS = 600  # epochs: enough for this many optimizer steps in all...
 EPOCH_RANGE = (8, 100)  # ...but at least 8 epochs and at most 100
-VAL_FRACTION = 0.1  # taken from train when the data has no validation split of its own...
-VAL_MIN_TRAIN_PER_CLASS = 20  # ...and every class has this many training images on average
 FEW_STEPS = 50  # fewer optimizer steps than this in a whole run rarely learn anything: warn
 
 
@@ -53,13 +51,6 @@ def size_to_data(cfg: Config, source: Optional[Dataset] = None) -> tuple[Config,
         epochs = auto_epochs(math.ceil(num_train / batch_size))
     train_cfg = cfg.train.model_copy(update={"batch_size": batch_size, "epochs": epochs})
     return cfg.model_copy(update={"data": data_cfg, "train": train_cfg}), dataset
-
-
-def auto_val_split(dataset: Dataset) -> Optional[float]:
-    """VAL_FRACTION of train, or None when the data brings its own validation split or has too few images."""
-    if dataset.val is not None or len(dataset.train.labels) < VAL_MIN_TRAIN_PER_CLASS * dataset.num_classes:
-        return None
-    return VAL_FRACTION
 
 
 def auto_batch_size(num_train: int) -> int:

@@ -12,6 +12,8 @@ and `cifarlab predict`). `cifarlab gradcam` and `eval`'s report choose their ima
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -19,6 +21,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from cifarlab.atomic import atomic_write_text
+from cifarlab.data.folder import IMAGE_EXTENSIONS
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
 from cifarlab.training.evaluate import eval_mode, log_probs, model_device
@@ -125,3 +129,35 @@ def predict(model: Union[LoadedModel, str, Path], images, top: int = 3, tta: Uni
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
     return [[(model.classes[k], float(p)) for p, k in zip(row_p.tolist(), row_k.tolist())]
             for row_p, row_k in zip(values, indices)]
+
+
+def image_files(paths: Sequence[Union[str, Path]]) -> list[Path]:
+    """The image files `paths` name: a file as given, a folder as the image files under it (recursively,
+    by extension, hidden entries skipped, sorted). A path that does not exist, or a folder without an
+    image, is a UserError."""
+    found = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            if not path.exists():
+                raise UserError(f"{path} does not exist; give image files or folders of images")
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not inside:
+            raise UserError(f"folder {path} holds no image file ({', '.join(IMAGE_EXTENSIONS)}), also in its "
+                            f"subfolders")
+        found.extend(inside)
+    return found
+
+
+def write_predictions_csv(files: Sequence[Path], ranked: Sequence[list[tuple[str, float]]], out: Path) -> Path:
+    """`out`: one row per image, `image,class_1,probability_1,...,class_k,probability_k` (k = top)."""
+    top = max((len(row) for row in ranked), default=0)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image"] + [f"{what}_{k}" for k in range(1, top + 1) for what in ("class", "probability")])
+    for path, row in zip(files, ranked):
+        writer.writerow([str(path)] + [value for name, p in row for value in (name, f"{p:.6g}")])
+    atomic_write_text(out, text.getvalue())
+    return out
