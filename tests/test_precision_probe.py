@@ -248,7 +248,8 @@ def test_the_cache_follows_xdg_cache_home_unless_cifarlab_cache_is_set(monkeypat
 
 def test_a_run_records_its_choice_and_a_resume_keeps_it(cache, measured, tmp_path, capsys, monkeypatch):
     measured({"fp32": 1.0, "bf16": 0.7})
-    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", *SMOKE])
+    # progress=lines: the choice is an informational line, which a quiet run (progress=none) leaves out
+    run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", *SMOKE, "output.progress=lines"])
     assert "precision: bf16 (measured 1.43x fp32 on this CPU, 0.4 s)" in capsys.readouterr().err.splitlines()
     config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert config["train"]["precision"] == "bf16"  # a re-run of config.yaml trains in it again
