@@ -120,9 +120,11 @@ def run_reference(recipe: str, seed: int, budget_seconds: float, extra: list[str
     return {"final_test_acc": accuracy, "train_seconds": seconds, "train_images_per_second": images / seconds}
 
 
-def train_reference(model, optimizer, loader, cfg, budget_seconds: float, probe_steps: int = 8) -> tuple[int, float]:
-    """A plain loop: the first `probe_steps` at the recipe's lr fix the rate, which plans a one-cycle
-    schedule over the steps that fit in the rest of the budget. Returns (images trained, wall seconds)."""
+def train_reference(model, optimizer, loader, cfg, budget_seconds: float, probe_steps: int = 20,
+                    warmup_steps: int = 2) -> tuple[int, float]:
+    """A plain loop: the rate of steps `warmup_steps`..`probe_steps` (the first ones wait for the DataLoader's
+    worker to start, which would plan too few steps) at the one-cycle's starting lr plans the schedule over
+    the steps that fit in the rest of the budget. Returns (images trained, wall seconds)."""
     sched = cfg.schedule
     peaks = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:  # the probe steps run at the one-cycle's starting lr
@@ -138,9 +140,12 @@ def train_reference(model, optimizer, loader, cfg, budget_seconds: float, probe_
             images, steps = images + len(labels), steps + 1
             if scheduler is not None:
                 scheduler.step()
+            if steps == warmup_steps:
+                rate_from = time.perf_counter()
             if steps == probe_steps:
-                rate = steps / (time.perf_counter() - started)
-                total = max(steps + 1, int(budget_seconds * rate))
+                now = time.perf_counter()
+                rate = (steps - warmup_steps) / (now - rate_from)
+                total = max(steps + 1, steps + int((budget_seconds - (now - started)) * rate))
                 scheduler = torch.optim.lr_scheduler.OneCycleLR(
                     optimizer, max_lr=peaks, total_steps=total - steps, pct_start=sched.pct_start,
                     div_factor=sched.div_factor, final_div_factor=sched.final_div_factor or 1e4,
@@ -169,7 +174,7 @@ def describe(recipe: str, runs: list[dict], cpu: str) -> str:
 
 
 def describe_reference(recipe: str, runs: list[dict], recipe_runs: list[dict], cpu: str) -> str:
-    flops = recipe_runs[0].get("train_flops_per_image")
+    flops = recipe_runs[0].get("train_flops_per_image") if recipe_runs else None
     peak, _ = peak_flops(torch.device("cpu"), "fp32")
     rate = statistics.mean(r["train_images_per_second"] for r in runs)
     mfu = f"; MFU {100 * flops * rate / peak:.0f}% of the fp32 probed peak" if flops else ""
@@ -186,17 +191,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference", action="store_true",
                         help="also train each recipe's model the reference way for the same budget")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the reference way")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="train only the reference way, for this many seconds (no recipe runs)")
     args = parser.parse_args(argv)
     cpu = cpu_name()
     print(f"machine: {common.machine()}", flush=True)
     results, lines = {}, []
     with tempfile.TemporaryDirectory() as out_dir:
         for recipe in args.recipes:
-            runs = [report_run(recipe, seed, run_recipe(recipe, seed, out_dir, args.set)) for seed in args.seeds]
+            runs = [] if args.budget else [report_run(recipe, seed, run_recipe(recipe, seed, out_dir, args.set))
+                                           for seed in args.seeds]
             results[recipe] = {"runs": runs}
-            lines.append(describe(recipe, runs, cpu))
-            if args.reference:
-                budget = statistics.mean(r["train_seconds"] for r in runs)
+            if runs:
+                lines.append(describe(recipe, runs, cpu))
+            if args.reference or args.budget:
+                budget = args.budget or statistics.mean(r["train_seconds"] for r in runs)
                 reference = [report_run(f"{recipe} (reference way)", seed,
                                         run_reference(recipe, seed, budget, args.set, args.workers))
                              for seed in args.seeds]
