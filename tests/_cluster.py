@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # fp32 and one thread per process in every run, so that runs with the same world size compute the same sums
 # in the same order and can be compared bit for bit.
 SMALL = ["data.options={num_train: 2048, num_test: 256, image_size: 8}", "train.epochs=2", "train.batch_size=32",
-         "train.precision=fp32", "train.threads=1", "output.tensorboard=false", "output.progress=none",
+         "train.precision=fp32", "train.threads=1", "output.tensorboard=false", "output.progress=lines",
          "output.report=false"]
 
 

@@ -42,7 +42,7 @@ def one_node(tmp_path_factory) -> Path:
 def test_two_nodes_train_one_run_that_equals_a_one_node_run(one_node, tmp_path):
     launchers = two_nodes(tmp_path, tmp_path / "run", SMALL, SMALL)
     outputs = [finish(process) for process in launchers]
-    assert sum(output.count("done: best test accuracy") for output in outputs) == 1, "global rank 0 reports once"
+    assert sum(output.count("done: ") for output in outputs) == 1, "global rank 0 reports once"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "one run directory, nothing else written"
     assert "2 processes" in (tmp_path / "run" / "summary.json").read_text()
     assert_same_run(tmp_path / "run", one_node)

@@ -11,7 +11,7 @@ from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
 
-RUN = ["smoke", *FAST, "train.precision=fp32", "checkpoint.every_steps=3"]  # 2 epochs of 8 steps
+RUN = ["smoke", *FAST, "train.precision=fp32", "checkpoint.every_steps=3", "output.progress=lines"]  # 2 epochs of 8 steps
 
 
 def _signal_at_step(monkeypatch, step: int, signum: int) -> None:

@@ -109,7 +109,7 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         text = self.run("scontrol", "show", "job", "-o", job_id)
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
-    def wait_for(self, condition, what: str, seconds: float = 90) -> None:
+    def wait_for(self, condition, what: str, seconds: float = 300) -> None:  # generous: under a whole-suite run on 2 cores a job waits its turn
         deadline = time.monotonic() + seconds
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
@@ -143,7 +143,7 @@ def test_a_preempted_job_requeues_itself_and_its_run_ends_as_an_uninterrupted_on
     slurm.wait_for(lambda: slurm.job(job_id)["Restarts"] == "1" and slurm.job(job_id)["JobState"] == "PENDING",
                    "the job to requeue itself")
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # not SLURM's two minutes' hold
-    slurm.wait_for(lambda: slurm.job(job_id)["JobState"] == "COMPLETED", "the requeued job to finish", 120)
+    slurm.wait_for(lambda: slurm.job(job_id)["JobState"] == "COMPLETED", "the requeued job to finish")
     log = (jobs / f"slurm-{job_id}.out").read_text()
     assert "SIGUSR1 received" in log and "resuming" in log, log
     assert log.count("run directory:") == 1, "the second start continued the run, it did not start one"

@@ -99,8 +99,8 @@ def test_per_class_csv_holds_numbers_and_the_markdown_percentages(reported):
 @pytest.mark.slow
 def test_report_prints_progress_when_not_a_terminal(reported):
     _, err = reported
-    assert re.search(r"^report: 12 steps, 256 test images$", err, flags=re.M), err
-    assert re.search(r"^  report: 12/12 steps \(augmentation\), \d+ s so far$", err, flags=re.M), err
+    assert re.search(r"^report: 14 steps, 256 test images$", err, flags=re.M), err
+    assert re.search(r"^  report: 14/14 steps \(augmentation\), \d+ s so far$", err, flags=re.M), err
 
 
 def test_data_line_reads_plainly(run):
