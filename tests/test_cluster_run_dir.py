@@ -11,7 +11,8 @@ from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
 
-RUN = ["smoke", *FAST, "train.precision=fp32", "checkpoint.every_steps=3", "output.progress=lines"]  # 2 epochs of 8 steps
+# 2 epochs of 8 steps; progress=lines: the "resuming" line asserted below is an info line
+RUN = ["smoke", *FAST, "train.precision=fp32", "checkpoint.every_steps=3", "output.progress=lines"]
 
 
 def _signal_at_step(monkeypatch, step: int, signum: int) -> None:

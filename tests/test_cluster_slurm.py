@@ -109,7 +109,8 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         text = self.run("scontrol", "show", "job", "-o", job_id)
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
-    def wait_for(self, condition, what: str, seconds: float = 300) -> None:  # generous: under a whole-suite run on 2 cores a job waits its turn
+    # 300 s: generous, since under a whole-suite run on 2 cores a job waits its turn for the CPU
+    def wait_for(self, condition, what: str, seconds: float = 300) -> None:
         deadline = time.monotonic() + seconds
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
