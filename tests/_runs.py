@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,17 @@ def assert_refused(argv: list[str], words: list[str], watched: dict[str, Path], 
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert {name: tree_hashes(path) for name, path in watched.items()} == before  # nothing written or changed
+
+
+def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
+    """A real signal to this process while the loop runs step `step` (1-based), as Ctrl-C or a scheduler sends it."""
+    from cifarlab.training import loop
+
+    real_step = loop.train_step
+
+    def train_step(state, inputs, labels):
+        if state.step + 1 == step:
+            signal.raise_signal(signum)
+        real_step(state, inputs, labels)
+
+    monkeypatch.setattr(loop, "train_step", train_step)

@@ -6,25 +6,13 @@ import signal
 import pytest
 import torch
 
-from _runs import FAST, tree_hashes
+from _runs import FAST, signal_at_step, tree_hashes
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import loop
 
 # 2 epochs of 8 steps; progress=lines: the "resuming" line asserted below is an info line
 RUN = ["smoke", *FAST, "train.precision=fp32", "checkpoint.every_steps=3", "output.progress=lines"]
 
-
-def _signal_at_step(monkeypatch, step: int, signum: int) -> None:
-    """A real signal to this process while the loop runs step `step` (1-based), as a scheduler sends it."""
-    real_step = loop.train_step
-
-    def train_step(state, inputs, labels):
-        if state.step + 1 == step:
-            signal.raise_signal(signum)
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", train_step)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp
                                                                             uninterrupted):
     run_dir = tmp_path / "job-42"
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, 11, signal.SIGUSR1)
+        signal_at_step(patch, 11, signal.SIGUSR1)
         assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 128 + signal.SIGUSR1 == 138
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (stopped["status"], stopped["step"]) == ("interrupted", 11)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from test_user_models import user_module  # noqa: F401  (a fixture)
 
+from _runs import signal_at_step
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
@@ -106,25 +107,13 @@ def reference(tmp_path_factory):
             "lookahead": run("train.lookahead={every: 3, start_epoch: 1, power: 1}")}
 
 
-def _signal_at_step(monkeypatch, step: int, signum=signal.SIGINT) -> None:
-    """Deliver a real signal to this process while the loop runs step `step` (1-based)."""
-    real_step = loop.train_step
-
-    def train_step(state, inputs, labels):
-        if state.step + 1 == step:
-            signal.raise_signal(signum)
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", train_step)
-
-
 @pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema"), (14, "lookahead")],
                          ids=["between-epochs", "mid-epoch", "mid-epoch-ema", "mid-epoch-lookahead"])
 def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, reference, stop_step, variant):
     extra = {"plain": (), "ema": ("train.ema=0.9",),
              "lookahead": ("train.lookahead={every: 3, start_epoch: 1, power: 1}",)}[variant]
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, stop_step)
+        signal_at_step(patch, stop_step)
         assert main(["train", *_args(tmp_path, "train.epochs=3", *extra)]) == 130
     run_dir = _only_run(tmp_path)
     err = capsys.readouterr().err
@@ -200,7 +189,7 @@ def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path,
     """Stop at step 20, corrupt last.pt: resume warns, takes last.prev.pt (step 18), drops the metrics.csv
     row and TensorBoard events of step 20, and still ends identical to the uninterrupted run."""
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, 20)
+        signal_at_step(patch, 20)
         assert main(["train", *_args(tmp_path, "train.epochs=3", "output.tensorboard=true")]) == 130
     run_dir = _only_run(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
@@ -345,7 +334,7 @@ def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monk
 
     user_folder = request.getfixturevalue("user_module")  # the module's folder, on sys.path
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, 5)
+        signal_at_step(patch, 5)
         assert main(["train", *_args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}",
                                      "model.options={hidden: 8}", "train.epochs=2")]) == 130
     run_dir = _only_run(tmp_path)
