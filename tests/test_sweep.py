@@ -162,7 +162,8 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, s
 @pytest.mark.slow
 def test_selecting_on_the_test_split_is_refused_unless_asked_for(tmp_path, capsys):
     path = _space(tmp_path)
-    args = ["sweep", "smoke", str(path), "train.threads=1", "output.tensorboard=false", "output.progress=none",
+    # progress=lines: the trial's "run directory:" line checked below is an info line (left out by a quiet run)
+    args = ["sweep", "smoke", str(path), "train.threads=1", "output.tensorboard=false", "output.progress=lines",
             *ONE_EPOCH, "--trials", "1", "--dir", str(tmp_path / "s")]
     assert main(args) == 2
     assert "select on the test split" in capsys.readouterr().err

@@ -43,12 +43,19 @@ class StopOnSignal(Callback):
     def on_step_end(self, state):
         # Printed here, not in the handler: writing to stderr from a signal handler can hit a reentrant write.
         if not self._told and state.stop is not None and state.stop.kind == INTERRUPTED:  # no allocation per step
-            self._told = True
-            name = state.stop.details.get("signal") or "signal"
-            print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
-                  f"stop at once)", file=self.stream, flush=True)
+            self._tell(state)
+
+    def _tell(self, state) -> None:
+        self._told = True
+        name = state.stop.details.get("signal") or "signal"
+        print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
+              f"stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
+        # A signal that arrived after this callback's on_step_end (in a later callback's) stops the loop
+        # before the next step: say so here, so the log always shows which signal stopped the run.
+        if not self._told and state.stop is not None and state.stop.kind == INTERRUPTED:
+            self._tell(state)
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
         self.previous.clear()
