@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,6 +20,7 @@ import torch
 
 from cifarlab.errors import UserError
 from cifarlab.launch import is_rank_zero, launch_ranks, whole_env  # noqa: F401 (is_rank_zero: used from here)
+from cifarlab.messages import warn
 
 CPU_AUTO_ENV = "CIFARLAB_CPU_AUTO_PRECISION"
 
@@ -150,9 +150,8 @@ def _warn_restarts_with_shared_store() -> None:
     (pytorch/pytorch#135712; 2 restarts in 6 here, none of 6 with the store not shared; docs/cluster.md)."""
     restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0").strip()
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts.isdigit() and int(restarts) > 0:
-        print("warning: torchrun --max-restarts with a shared rendezvous store: a restart may fail to connect "
-              "(pytorch/pytorch#135712); start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
-              file=sys.stderr, flush=True)
+        warn("warning: torchrun --max-restarts with a shared rendezvous store: a restart may fail to connect "
+             "(pytorch/pytorch#135712); start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -15,7 +15,6 @@ noticed (item 0 read twice differs) and named in a warning; use `augment.*` for 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from cifarlab.data.arrays import dataset_from_arrays
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import UserError
+from cifarlab.messages import warn
 
 CHANNELS = (1, 3)
 
@@ -153,6 +153,5 @@ def _label(label, split: str, index: int) -> int:
 def _warn_if_random(dataset, first: torch.Tensor, split: str) -> None:
     again = _image(_item(dataset, 0, split)[0], split, 0)
     if not torch.equal(again, first):
-        print(f"warning: the {split} dataset gave two different images for item 0: its transform is random, and "
-              f"reading it once freezes one draw; move augmentation to augment.* (it runs per epoch, on the device)",
-              file=sys.stderr, flush=True)
+        warn(f"warning: the {split} dataset gave two different images for item 0: its transform is random, and "
+             f"reading it once freezes one draw; move augmentation to augment.* (it runs per epoch, on the device)")

@@ -14,10 +14,10 @@
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
+from cifarlab.messages import warn
 from cifarlab.run.layout import CONFIG, METRICS, MODEL_SUMMARY, PLOTS, REPORT_HTML, REPORT_MD, SUMMARY, TABLES
 
 RUN_FILES = (CONFIG, SUMMARY, METRICS, REPORT_MD, REPORT_HTML, MODEL_SUMMARY)
@@ -58,8 +58,8 @@ def log_best_model(client, run_id: str, checkpoint: Path) -> None:
                                       serialization_format="pt2", **options)
             saved = f"{tmp}/pt2"
         except Exception as err:  # torch.export refuses some networks; the pickle format takes any
-            print(f"note: MLflow model saved as a pickle (needs cifarlab to load): torch.export failed: "
-                  f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}", file=sys.stderr)
+            warn(f"note: MLflow model saved as a pickle (needs cifarlab to load): torch.export failed: "
+                 f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
             mlflow.pytorch.save_model(model, f"{tmp}/pickle", serialization_format="pickle", **options)
             saved = f"{tmp}/pickle"
         client.log_artifacts(run_id, saved, MODEL_PATH)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
+from cifarlab.messages import warn
 from cifarlab.run.records import TRACKED, tracked_values
 from cifarlab.training.callbacks import Callback
 
@@ -91,9 +91,8 @@ def wait_for_a_later_event_file_name(log_dir: Path) -> None:
     if newest is None or newest < int(time.time()):
         return
     if newest + 1 - time.time() > MAX_WAIT_SECONDS:
-        print(f"warning: {log_dir} holds an event file from {newest - int(time.time())} s in the future (a clock "
-              f"ahead of this one); TensorBoard may show this run's new events before the earlier ones",
-              file=sys.stderr, flush=True)
+        warn(f"warning: {log_dir} holds an event file from {newest - int(time.time())} s in the future (a clock "
+             f"ahead of this one); TensorBoard may show this run's new events before the earlier ones")
         return
     while int(time.time()) <= newest:
         time.sleep(newest + 1 - time.time() + 0.01)
