@@ -244,8 +244,7 @@ def test_commands_that_need_no_tensor_answer_without_importing_torch(argv, exit_
 def test_resume_more_is_checked_before_anything_runs(tmp_path, capsys):
     """`resume RUN --more N` (N epochs beyond the run's train.epochs; the README's flow runs it for real)."""
     assert main(["resume", str(tmp_path), "--more", "2"]) == 2
-    assert "is not a run directory (no config.yaml)" in capsys.readouterr().err
-    (tmp_path / "config.yaml").write_text("train: {epochs: 6}\n")
+    assert "has no checkpoints/last.pt to resume from" in capsys.readouterr().err
     assert main(["resume", str(tmp_path), "--more", "0"]) == 2
     assert "--more must be at least 1 (epochs to add), got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:

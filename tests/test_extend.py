@@ -13,6 +13,7 @@ import yaml
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.config import load_config
+from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.training import loop
 from cifarlab.training.optim import Schedule, build_optimizer
@@ -64,6 +65,15 @@ def test_extending_a_finished_onecycle_run_holds_the_final_lr_and_records_the_ne
     assert (last["epoch"], last["status"], last["config"]["train"]["epochs"]) == (4, "completed", 4)
     summary = yaml.safe_load((run_dir / "summary.json").read_text())
     assert (summary["epochs_completed"], summary["epochs"], summary["status"]) == (4, 4, "completed")
+
+
+def test_more_extends_a_finished_run_by_that_many_epochs_from_python_as_from_the_cli(tmp_path):
+    run_dir = _train(tmp_path, "train.epochs=1")
+    with pytest.raises(UserError, match="not both"):
+        cifarlab.resume(run_dir, epochs=3, more=1)
+    assert cifarlab.resume(run_dir, more=1).summary["epochs"] == 2
+    assert main(["resume", str(run_dir), "--more", "1"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["train"]["epochs"] == 3
 
 
 @pytest.mark.slow

@@ -33,16 +33,17 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=(), mode
         return _train(config, overrides, run_dir, data=data, callbacks=callbacks, model=model)
 
 
-def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), model=None):
+def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), model=None, more=None):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
-    epochs in all; `import_modules=["mypkg.nets"]` registers your own model first; `model=MyNet()` rebuilds
-    a model that was passed to `train` as an object. Returns the `Run`."""
+    epochs in all, `more=N` by N epochs beyond its planned ones; `import_modules=["mypkg.nets"]` registers
+    your own model first; `model=MyNet()` rebuilds a model that was passed to `train` as an object.
+    Returns the `Run`."""
     from cifarlab.experiment import resume as _resume
     from cifarlab.models.registry import import_user_modules
 
     import_user_modules(import_modules)
     with _supplied(model):
-        return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs)
+        return _resume(run_dir, data=data, callbacks=callbacks, epochs=epochs, more=more)
 
 
 def load_model(checkpoint, device=None, precision=None, import_modules=(), model=None):

@@ -199,24 +199,7 @@ def cmd_demo(args) -> int:
 def cmd_resume(args) -> int:
     from cifarlab.experiment import resume
 
-    epochs = args.epochs if args.more is None else _run_epochs(args.run_dir) + _positive(args.more, "--more")
-    return run_exit_code(resume(args.run_dir, epochs=epochs))
-
-
-def _run_epochs(run_dir: Path) -> int:
-    """The epochs a run directory plans in all (its config.yaml's train.epochs), for `resume --more`."""
-    from cifarlab.config import load_config
-    from cifarlab.run.layout import CONFIG
-
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {CONFIG}); give a folder like runs/<recipe>/<time>")
-    return load_config(str(run_dir / CONFIG)).train.epochs
-
-
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise UserError(f"{flag} must be at least 1 (epochs to add), got {value}")
-    return value
+    return run_exit_code(resume(args.run_dir, epochs=args.epochs, more=args.more))
 
 
 def cmd_recipes(args) -> int:

@@ -107,10 +107,11 @@ def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Pat
 
 
 def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = (),
-           epochs: Optional[int] = None) -> Run:
+           epochs: Optional[int] = None, more: Optional[int] = None) -> Run:
     """Continue a run from its last checkpoint, into the same run directory (`data` and `callbacks` as
     for `train`; a run trained on arrays needs its arrays again). `epochs=N` extends the run, finished or
-    not, to N epochs in all (see `extend_config` for the schedule of the added epochs).
+    not, to N epochs in all, `more=N` to N epochs beyond its planned `train.epochs` (see `extend_config`
+    for the schedule of the added epochs).
 
     Refuses (UserError, nothing written) a missing directory, one without a readable checkpoint, a run
     another process is training, a checkpoint whose contents do not hold up (`Checkpoint.check`), a run that
@@ -119,6 +120,10 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     its summary.json, best.pt status and report rebuilt from the checkpoint, without training."""
     run_dir = Path(run_dir)
     checkpoint = layout.checkpoint_path(run_dir, layout.LAST)
+    if more is not None and epochs is not None:
+        raise UserError("give the new total (epochs, --epochs) or the epochs to add (more, --more), not both")
+    if more is not None and (isinstance(more, bool) or not isinstance(more, int) or more < 1):
+        raise UserError(f"--more must be at least 1 (epochs to add), got {more}")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
     if not checkpoint.exists() and not layout.previous_path(checkpoint).exists():
@@ -129,14 +134,14 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     if is_rank_zero():
         lock.acquire()
     with lock:
-        return _resume_locked(run_dir, checkpoint, data, callbacks, epochs)
+        return _resume_locked(run_dir, checkpoint, data, callbacks, epochs, more)
 
 
 def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Callback],
-                   epochs: Optional[int]) -> Run:
-    point = resume_point(run_dir, checkpoint, epochs)  # refuses before anything is written
+                   epochs: Optional[int], more: Optional[int]) -> Run:
+    point = resume_point(run_dir, checkpoint, epochs, more)  # refuses before anything is written
     with quiet(point.cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
-        state, dataset = restore_state(point, run_dir, data, extended=epochs is not None)
+        state, dataset = restore_state(point, run_dir, data, extended=epochs is not None or more is not None)
         if point.finished:  # summary.json, best.pt's status and the report, rebuilt without training
             return _finish(state, dataset)
         return _fit_and_finish(state, dataset, callbacks)

@@ -37,12 +37,14 @@ class ResumePoint:
     previous: Summary
 
 
-def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int]) -> ResumePoint:
+def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int], more: Optional[int] = None) -> ResumePoint:
     """The run's checkpoint, checked before anything is written; refuses a run that already finished (unless
-    extended to `epochs`) and one that diverged."""
+    extended to `epochs` in all, or by `more` beyond its planned train.epochs) and one that diverged."""
     stored, used = read_checkpoint(checkpoint, resume=True)  # all read below is checked before anything is written
     cfg = stored.cfg
     import_run_model_module(cfg.model)
+    if more is not None:
+        epochs = cfg.train.epochs + more
     if epochs is not None:
         cfg = extend_config(cfg, stored.epoch, epochs)
     check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
