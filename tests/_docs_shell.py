@@ -221,17 +221,16 @@ def _globbed(args: list[str]) -> list[str]:
 
 def _check_cifarlab_arguments(args: list[str]) -> None:
     """The arguments parse and the config they make validates, as the command would check them first."""
-    from cifarlab.sweep import define_sweep
+    from cifarlab.sweep import define_sweep, split_arguments
 
     try:
         parsed = build_parser().parse_args(args)
     except SystemExit as stop:
         raise AssertionError(f"cifarlab {' '.join(args)}: arguments refused (exit {stop.code})") from None
     if parsed.command == "sweep":
-        spaces = [arg for arg in parsed.args if "=" not in arg]
-        define_sweep(parsed.recipe, [arg for arg in parsed.args if "=" in arg], spaces[0] if spaces else None,
-                     parsed.grid, parsed.trials, parsed.seeds, parsed.name, parsed.dir, parsed.storage,
-                     parsed.pruner, parsed.heartbeat, parsed.allow_test_selection)
+        overrides, space_file = split_arguments(parsed.args)
+        define_sweep(parsed.recipe, overrides, space_file, parsed.grid, parsed.trials, parsed.seeds, parsed.name,
+                     parsed.dir, parsed.storage, parsed.pruner, parsed.heartbeat, parsed.allow_test_selection)
     elif parsed.command in TRAINING or parsed.command == "show":
         load_config("fmnist-quick" if parsed.command == "demo" else parsed.recipe, parsed.overrides)
 

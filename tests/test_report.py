@@ -304,7 +304,7 @@ def analysis_modules(monkeypatch):
 @pytest.mark.slow
 def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     sources = pytest.importorskip("cifarlab.data.sources", reason="cifarlab.data.sources not written yet")
-    from cifarlab.analysis.run_report import analyze_run
+    from cifarlab.analysis.run_report import ReportOptions, analyze_run
     from cifarlab.config import Config
 
     g = torch.Generator().manual_seed(0)
@@ -323,8 +323,8 @@ def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     plots.plot_lr(_metrics_rows(), run_dir / "plots" / "lr_find.png")  # stands in for the range test's plot
 
     torch.manual_seed(0)
-    md_path = analyze_run(run_dir, TinyNet().eval(), dataset, cfg, gallery_size=6, gradcam_count=4,
-                          gradcam_layer="features.3")
+    options = ReportOptions(gallery_size=6, gradcam_count=4, gradcam_layer="features.3")
+    md_path = analyze_run(run_dir, TinyNet().eval(), dataset, cfg, options=options)
     markdown = md_path.read_text()
     for title in SECTION_TITLES:
         assert f"\n## {title}\n" in markdown, title

@@ -4,7 +4,8 @@
     run = cifarlab.train("fmnist-quick", ["train.epochs=2"])
     print(run.best_test_acc, run.run_dir)
 
-Nothing heavy happens at import time; the API functions import their modules when called.
+Nothing heavy happens at import time; the API functions import their modules when called. Every command
+of the `cifarlab` CLI is one call to a function here (`cifarlab/commands.py`), so the two cannot disagree.
 """
 from cifarlab._version import __version__
 
@@ -16,6 +17,10 @@ def __getattr__(name):
         from cifarlab.models.registry import register_model
 
         return register_model
+    if name == "ReportOptions":
+        from cifarlab.analysis.run_report import ReportOptions
+
+        return ReportOptions
     raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
 
 
@@ -91,5 +96,125 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
+def train_or_continue(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
+    """`train`, or with `run_dir` the run in that folder: trained the first time, continued from its
+    checkpoint when the same call comes again (a requeued or restarted job; `cifarlab.cluster`)."""
+    if run_dir is None:
+        return train(config, overrides, data=data, callbacks=callbacks)
+    from cifarlab.cluster import train_or_continue as _train_or_continue
+
+    return _train_or_continue(config, overrides, run_dir=run_dir, data=data, callbacks=callbacks)
+
+
+def demo(overrides=()):
+    """A real short run: `cifar10-quick` when CIFAR-10 is cached or can be downloaded, else `fmnist-quick`."""
+    from cifarlab.experiment.demo import demo as _demo
+
+    return _demo(overrides)
+
+
+def sweep_recipe(recipe, arguments=(), **options):
+    """An Optuna study of `recipe`'s runs; `arguments` are `key=value` overrides and at most one space file,
+    `options` the flags of `cifarlab sweep` (grid, trials, seeds, workers, storage, ...: see
+    `cifarlab.sweep.sweep_recipe`). Returns the exit code: 0 done, 130 stopped (call again to continue)."""
+    from cifarlab.sweep import sweep_recipe as _sweep_recipe
+
+    return _sweep_recipe(recipe, arguments, **options)
+
+
+def list_recipes():
+    """Recipe name -> its one-line description."""
+    from cifarlab.recipe_files import list_recipes as _list_recipes
+
+    return _list_recipes()
+
+
+def list_datasets(data_dir=None):
+    """Dataset name -> where its images come from (cached under `data_dir`, downloaded, or your own)."""
+    from cifarlab.data.sources import dataset_notes
+
+    return dataset_notes(data_dir)
+
+
+def parameter_counts():
+    """Registered model name -> its parameters, built for 10 classes and 3 channels."""
+    from cifarlab.models.registry import parameter_counts as _parameter_counts
+
+    return _parameter_counts()
+
+
+def config_yaml(recipe=None, overrides=(), diff=False):
+    """The resolved config as YAML; `diff=True`: only what differs from the defaults (itself a recipe)."""
+    from cifarlab.config_diff import config_yaml as _config_yaml
+
+    return _config_yaml(recipe, overrides, diff)
+
+
+def model_summary(model_name, settings=()):
+    """Layers, output shapes, parameters and mult-adds of a registered model, as text; `settings` are
+    `key=value` pairs: data.dataset, train.batch_size, model.norm, model.dropout, model.options.NAME."""
+    from cifarlab.analysis.model_summary import summarize_model
+
+    return summarize_model(model_name, settings)
+
+
+def lr_find(recipe, overrides=(), out=None):
+    """The LR range test of a recipe; returns its result, description, plot and data file (`out`: folder)."""
+    from cifarlab.lr_range.search import lr_find as _lr_find
+
+    return _lr_find(recipe, overrides, out)
+
+
+def evaluate(checkpoint, precision=None, tta=None, data_dir=None):
+    """Test loss, accuracy, top-5 accuracy, macro F1 and calibration error of a checkpoint (or exported model
+    folder) on its run's test split, with the run's precision and TTA unless given (`tta=False`: none)."""
+    from cifarlab.analysis.evaluation import evaluate_model_file
+
+    return evaluate_model_file(checkpoint, precision, tta, data_dir)
+
+
+def report(run_dir, data_dir=None, options=None):
+    """Make a run directory's plots, tables and report.md/.html again; returns report.md. `options`: a
+    `cifarlab.ReportOptions` (gallery size, Grad-CAM count, layer and method)."""
+    from cifarlab.analysis.run_report import ReportOptions
+    from cifarlab.analysis.run_report import report as _report
+
+    return _report(run_dir, data_dir, options or ReportOptions())
+
+
+def gradcam(checkpoint, images="misclassified", count=10, layer=None, method="gradcam", out=None, data_dir=None):
+    """Write a Grad-CAM figure of a checkpoint and return its path: `images` "misclassified" (the `count`
+    with the highest loss), test indices "3,17,42" or image files "a.png,b.jpg"; `method` "gradcam++" too."""
+    from cifarlab.analysis.gradcam_figure import gradcam_figure
+
+    return gradcam_figure(checkpoint, images, count, layer, method, out, data_dir)
+
+
+def compare(run_dirs, out=None):
+    """Runs side by side (run directories, folders of runs, globs): `.table` (markdown) and `.rows`; with
+    `out` also comparison.md, .csv and .png (overlaid test curves) in that folder (`.files`)."""
+    from cifarlab.analysis.compare import compare as _compare
+
+    return _compare(run_dirs, out)
+
+
+def export_checkpoint(checkpoint, export_format, out=None, tta=None):
+    """Write a checkpoint's network as "safetensors", "torchscript", "onnx" (plus a JSON sidecar) or "hf"
+    (a model folder); returns `.path`, `.metadata` (the sidecar) and `.note` (what the export leaves out)."""
+    from cifarlab.export import export_checkpoint as _export_checkpoint
+
+    return _export_checkpoint(checkpoint, export_format, out, tta)
+
+
+def predict_files(model_or_checkpoint, paths, top=3, csv_out=None):
+    """(image file, top-`top` (class, probability)) for every image file that `paths` name, folders searched
+    recursively; `csv_out`: also a new CSV file of the same."""
+    from cifarlab.use.predict import predict_files as _predict_files
+
+    return _predict_files(model_or_checkpoint, paths, top, csv_out)
+
+
 __all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "rebuild_with",
-           "__version__"]
+           "train_or_continue", "demo", "sweep_recipe", "list_recipes", "list_datasets", "parameter_counts",
+           "config_yaml", "model_summary", "lr_find", "evaluate", "report", "ReportOptions", "gradcam", "compare",
+           "export_checkpoint", "predict_files", "__version__"]

@@ -229,3 +229,19 @@ def append_line(path: Path, line: str, *, durable: bool = True) -> None:
             os.close(fd)
     except OSError as err:
         raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def output_target(path: Path, flag: str, folder: bool = False) -> Path:
+    """`path` as a place to write, checked before any work is done: a file must not exist yet (nothing is
+    overwritten), a folder may exist as a folder; either way the nearest existing parent must be a folder.
+    `flag` names the argument in the message (`--out`, `--csv`)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder (new or existing)")
+    if not folder and (path.exists() or path.is_symlink()):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise UserError(f"{flag} {path} already exists ({kind}); give a new file name (nothing is overwritten)")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path} cannot be written: {parent} is a file, not a folder")
+    return path

@@ -1,4 +1,6 @@
-"""`cifarlab` command line. User errors print one line and exit 2; bugs keep their traceback."""
+"""`cifarlab` command line: the one parser of every command and `main`. Each command's handler (in
+`commands.py`) makes one call to the Python facade (`cifarlab/__init__.py`) and prints its answer.
+User errors print one line and exit 2; bugs keep their traceback."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from cifarlab import commands
+from cifarlab.analysis.gradcam_figure import MAX_GRADCAM_IMAGES
 from cifarlab.errors import UserError
-from cifarlab.run.layout import example_checkpoint
+from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 EXAMPLES = """examples:
   cifarlab recipes                                  # the reference experiments and quick recipes
@@ -38,66 +42,199 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _overrides(parser):
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.epochs=5 optim.lr=0.05 augment.cutout=null")
+def _overrides(parser, help="config overrides, e.g. train.epochs=5 optim.lr=0.05 augment.cutout=null"):
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=help)
+
+
+def _recipe(parser, help="recipe name (see `cifarlab recipes`) or path to a YAML file"):
+    parser.add_argument("recipe", help=help)
+
+
+def _checkpoint(parser):
+    parser.add_argument("checkpoint", type=Path, help=f"a checkpoint file, e.g. {example_checkpoint()}, or a model "
+                                                      "folder from `cifarlab export --format hf`")
+
+
+def _run_dir(parser):
+    parser.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
+
+
+def _import(parser):
+    """--import MODULE (repeatable): the user's module that registers their model, imported before loading."""
+    parser.add_argument("--import", dest="import_modules", action="append", metavar="MODULE", default=[],
+                        help="a Python module to import first, whose @register_model registers your own model "
+                             "(e.g. mypkg.nets; repeat for several); a checkpoint's own config is never imported")
+
+
+def _data_dir(parser):
+    parser.add_argument("--data-dir", type=Path, help="where datasets are cached (default: $CIFARLAB_DATA, else "
+                        "~/.cache/cifarlab); the checkpoint's own data.dir is never written to")
+
+
+def _tta(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tta", dest="tta", nargs="?", const="flip", default=None, choices=["flip", "flip_translate"],
+                       help="test-time augmentation: flip (default when given alone) or flip_translate; "
+                            "without --tta/--no-tta, as the run trained (train.tta)")
+    group.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
 
 
 def build_parser() -> Parser:
+    """The one parser of every command; each sets `run`, its handler in `cifarlab.commands`."""
     parser = Parser(prog="cifarlab", description="Train and analyse image classifiers on CIFAR-10-class datasets.",
                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cifarlab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    from cifarlab import commands
+    for add in (_add_training, _add_listing, _add_analysis, _add_model_files, _add_sweep):
+        add(sub)
+    return parser
 
+
+def _add_training(sub) -> None:
     p = sub.add_parser("train", help="train a recipe into a new run directory",
                        epilog="examples:\n  cifarlab train fmnist-quick\n  cifarlab train smoke train.epochs=5 "
                               "optim.lr=0.05\n"
                               f"  cifarlab train smoke model.init_from={example_checkpoint('smoke')}")
-    p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
+    _recipe(p)
     _overrides(p)
     p.add_argument("--run-dir", type=Path, help="the run's own folder: trained the first time, continued when the "
                    "same command runs again (a requeued or restarted job), see docs/cluster.md")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=commands.cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint, or extend it with --more/--epochs",
                        epilog="examples:\n  cifarlab resume runs/fmnist-quick/20261121-120000\n"
                               "  cifarlab resume runs/fmnist-quick/20261121-120000 --more 2     # 6 epochs -> 8\n"
                               "  cifarlab resume runs/fmnist-quick/20261121-120000 --epochs 8   # the same")
-    p.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/fmnist-quick/20261121-120000")
+    _run_dir(p)
     extend = p.add_mutually_exclusive_group()
     extend.add_argument("--more", type=int, metavar="N",
                         help="extend the run (finished or not) by N epochs beyond its train.epochs")
     extend.add_argument("--epochs", type=int, metavar="TOTAL",
                         help="extend the run (finished or not) to this many epochs in all (the new total)")
-    commands.import_flag(p)
-    p.set_defaults(run=cmd_resume)
+    _import(p)
+    p.set_defaults(run=commands.cmd_resume)
 
     p = sub.add_parser("demo", help="a real short training run: CIFAR-10 if it can be had, else Fashion-MNIST",
                        epilog="examples:\n  cifarlab demo\n  cifarlab demo train.epochs=1")
     _overrides(p)
-    p.set_defaults(run=cmd_demo)
+    p.set_defaults(run=commands.cmd_demo)
 
+
+def _add_listing(sub) -> None:
     p = sub.add_parser("recipes", help="list the recipes", epilog="example:\n  cifarlab recipes")
-    p.set_defaults(run=cmd_recipes)
+    p.set_defaults(run=commands.cmd_recipes)
     p = sub.add_parser("models", help="list the models", epilog="example:\n  cifarlab models")
-    p.set_defaults(run=cmd_models)
+    p.set_defaults(run=commands.cmd_models)
     p = sub.add_parser("datasets", help="list the datasets and whether each is available offline",
                        epilog="example:\n  cifarlab datasets")
-    p.set_defaults(run=cmd_datasets)
+    p.set_defaults(run=commands.cmd_datasets)
     p = sub.add_parser("show", help="print the resolved config of a recipe with overrides",
                        epilog="examples:\n  cifarlab show custom-resnet-onecycle train.epochs=5\n"
                               "  cifarlab show fmnist-quick --diff")
-    p.add_argument("recipe", help="recipe name (see `cifarlab recipes`) or path to a YAML file")
+    _recipe(p)
     _overrides(p)
     p.add_argument("--diff", action="store_true",
                    help="only the values that differ from the defaults (itself a recipe giving the same config)")
-    p.set_defaults(run=cmd_show)
+    p.set_defaults(run=commands.cmd_show)
 
-    commands.add_analysis_commands(sub)
-    _add_sweep(sub)
-    return parser
+
+def _add_analysis(sub) -> None:
+    example = example_checkpoint("fmnist-quick", "20261121-120000")
+    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint, evaluated as its run did",
+                       epilog=f"examples:\n  cifarlab eval {example}\n  cifarlab eval {example} --no-tta")
+    _checkpoint(p)
+    _tta(p)
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: the precision the run trained with")
+    _data_dir(p)
+    _import(p)
+    p.set_defaults(run=commands.cmd_eval)
+
+    p = sub.add_parser("lr-find", help="LR range test on a recipe: plot and suggestions",
+                       epilog="example:\n  cifarlab lr-find custom-resnet-onecycle lr_find.num_iter=200")
+    _recipe(p)
+    _overrides(p, help="e.g. lr_find.end_lr=1 lr_find.num_iter=200")
+    p.add_argument("--out", type=Path,
+                   help=f"folder for {LR_FIND_PLOT} and {LR_FIND} (default runs/<recipe>/lr-find-<time>)")
+    p.set_defaults(run=commands.cmd_lr_find)
+
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and mult-adds of a model",
+                       epilog="examples:\n  cifarlab summary custom_resnet data.dataset=cifar10 train.batch_size=512\n"
+                              "  cifarlab summary convnet data.dataset=fashion_mnist model.options.width=16")
+    p.add_argument("model", help="a registered model name (see `cifarlab models`)")
+    p.add_argument("settings", nargs="*", metavar="key=value",
+                   help="config keys: data.dataset (default cifar10), train.batch_size (default 1), model.norm, "
+                        "model.dropout, model.options.NAME")
+    _import(p)
+    p.set_defaults(run=commands.cmd_summary)
+
+    p = sub.add_parser("report", help="(re)make the plots, tables and report of a run directory",
+                       epilog="example:\n  cifarlab report runs/fmnist-quick/20261121-120000")
+    _run_dir(p)
+    _data_dir(p)
+    _import(p)
+    p.set_defaults(run=commands.cmd_report)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM heat maps of a checkpoint on test or own images",
+                       epilog="examples:\n"
+                              f"  cifarlab gradcam {example_checkpoint('fmnist-quick')} --method gradcam++\n"
+                              f"  cifarlab gradcam {example_checkpoint('fmnist-quick')} --images 3,17,42")
+    _checkpoint(p)
+    p.add_argument("--images", default="misclassified",
+                   help="'misclassified' (by loss), comma-separated test indices, or image files (comma-separated)")
+    p.add_argument("--count", type=int, default=10,
+                   help=f"how many misclassified images, 1..{MAX_GRADCAM_IMAGES} (default 10)")
+    p.add_argument("--layer", help="target layer name (default: deepest layer with output >= 4x4)")
+    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default gradcam")
+    p.add_argument("--out", type=Path, help="output PNG, never overwritten (default: plots/gradcam-<checkpoint>.png, "
+                                            "gradcampp-... with gradcam++, in the run the checkpoint belongs to)")
+    _data_dir(p)
+    _import(p)
+    p.set_defaults(run=commands.cmd_gradcam)
+
+    p = sub.add_parser("compare", help="table and overlaid curves of several runs",
+                       epilog="examples:\n"
+                              "  cifarlab compare runs/fmnist-quick/20261121-120000 runs/fmnist-quick/20261122-090000\n"
+                              "  cifarlab compare runs/fmnist-quick\n  cifarlab compare 'runs/*/2026112*'")
+    p.add_argument("run_dirs", nargs="+", type=Path,
+                   help="run directories, folders of runs or quoted globs like 'runs/smoke/*'")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    p.set_defaults(run=commands.cmd_compare)
+
+
+def _add_model_files(sub) -> None:
+    example = example_checkpoint("fmnist-quick", "20261121-120000")
+    p = sub.add_parser(
+        "export", help="write a checkpoint's network as safetensors, TorchScript or ONNX, plus a metadata JSON",
+        description=f"examples:\n  cifarlab export {example} --format onnx\n"
+                    f"  cifarlab export {example} --format onnx --tta")
+    _checkpoint(p)
+    p.add_argument("--format", dest="export_format", choices=["hf", "onnx", "safetensors", "torchscript"],
+                   required=True, help="safetensors: weights only; torchscript: traced module; onnx: needs "
+                                       "cifarlab[onnx]; hf: a Hugging Face-style model folder (model.safetensors, "
+                                       "config.json, README.md model card)")
+    p.add_argument("--out", type=Path, help="output file, for hf a new folder (default: beside the checkpoint, e.g. "
+                                            "best.onnx, best-hf/); never overwritten")
+    _import(p)
+    p.add_argument("--tta", nargs="?", const=True, choices=["flip", "flip_translate"],
+                   help="put test-time augmentation in the onnx/torchscript graph, so it scores as the run did: "
+                        "the run's own (train.tta; flip if none) when given alone")
+    p.set_defaults(run=commands.cmd_export)
+
+    p = sub.add_parser("predict", help="top-3 classes of image files under a checkpoint or exported model folder",
+                       epilog="example:\n"
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photo1.jpg photo2.png\n"
+                              f"  cifarlab predict {example_checkpoint('fmnist-quick')} photos/ --csv photos.csv")
+    _checkpoint(p)
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files (PNG, JPEG, WebP, ...), any size, or folders of them (searched recursively)")
+    p.add_argument("--top", type=int, default=3, help="how many classes per image, at least 1 (default 3)")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON line per image, {"image": path, "top": [[class, probability], ...]}, unrounded')
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write the predictions to this new CSV file: image,class_1,probability_1,...")
+    _import(p)
+    p.set_defaults(run=commands.cmd_predict)
 
 
 def _add_sweep(sub) -> None:
@@ -107,7 +244,7 @@ def _add_sweep(sub) -> None:
                               "  cifarlab sweep fmnist-quick space.yaml data.val_split=0.1 --trials 50 "
                               "--storage postgresql://user@host/db   # the same command on every machine\n"
                               "see docs/sweeps.md")
-    p.add_argument("recipe", help="recipe name or YAML path")
+    _recipe(p, help="recipe name or YAML path")
     p.add_argument("args", nargs="*", metavar="SPACE.yaml | key=value",
                    help="the space file (config key -> {low, high[, log, step]} or {choices}) and overrides")
     p.add_argument("--grid", nargs="+", metavar="key=v1,v2", help="try every combination of these values")
@@ -123,129 +260,13 @@ def _add_sweep(sub) -> None:
     p.add_argument("--allow-test-selection", action="store_true",
                    help="let trials select on the test split (no validation split); the test score is then tuned on")
     p.add_argument("--no-report", action="store_true", help="skip the sweep report at the end")
-    p.set_defaults(run=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    from cifarlab.sweep import define_sweep, run_sweep
-
-    spaces = [arg for arg in args.args if "=" not in arg]
-    if len(spaces) > 1:
-        raise UserError(f"one space file expected, got {', '.join(spaces)} (overrides look like key=value)")
-    sweep = define_sweep(args.recipe, [arg for arg in args.args if "=" in arg], spaces[0] if spaces else None,
-                         args.grid, args.trials, args.seeds, args.name, args.dir, args.storage, args.pruner,
-                         args.heartbeat, args.allow_test_selection)
-    return run_sweep(sweep, workers=args.workers, report=not args.no_report)
+    p.set_defaults(run=commands.cmd_sweep)
 
 
 def _version() -> str:
     from cifarlab._version import __version__
 
     return __version__
-
-
-# Exit codes of train/resume/demo: 0 completed, 2 user error, 3 diverged (NaN/inf loss),
-# 128 + signal number when stopped by a signal after saving a checkpoint (130 SIGINT, 143 SIGTERM,
-# 138 SIGUSR1: a scheduler's warning before preemption; the job script requeues on it, docs/cluster.md).
-EXIT_DIVERGED = 3
-
-
-def run_exit_code(run) -> int:
-    status = run.summary.get("status")
-    if status == "diverged":
-        return EXIT_DIVERGED
-    if status == "interrupted":
-        return 128 + int(run.summary.get("signal_number") or 2)
-    return 0
-
-
-def cmd_train(args) -> int:
-    if args.run_dir is not None:  # a named run: continued when it exists (docs/cluster.md)
-        from cifarlab.cluster import train_or_continue
-
-        return run_exit_code(train_or_continue(args.recipe, args.overrides, run_dir=args.run_dir))
-    from cifarlab.experiment import train
-
-    return run_exit_code(train(args.recipe, args.overrides))
-
-
-DEMO_PROBE_SECONDS = 5.0
-
-
-def cmd_demo(args) -> int:
-    from cifarlab.config import read_with_overrides, validate
-    from cifarlab.data.sources import dataset_available, download_server_answers, load_dataset
-    from cifarlab.experiment import train
-
-    for recipe in ("cifar10-quick", "fmnist-quick"):  # a bad override is refused before any probe or announcement
-        validate(read_with_overrides(recipe, args.overrides)[0])
-    if dataset_available("cifar10"):
-        recipe, why = "cifar10-quick", "CIFAR-10 is in the data cache"
-    elif not download_server_answers("cifar10", DEMO_PROBE_SECONDS):  # offline: don't wait on a download
-        recipe, why = "fmnist-quick", (f"CIFAR-10 is not cached and its server did not answer within "
-                                       f"{DEMO_PROBE_SECONDS:g} s")
-    else:
-        try:
-            load_dataset("cifar10")
-            recipe, why = "cifar10-quick", "CIFAR-10 was downloaded"
-        except UserError as err:
-            recipe, why = "fmnist-quick", f"CIFAR-10 is not cached and could not be downloaded ({err})"
-    print(f"demo: training {recipe} because {why}", file=sys.stderr, flush=True)
-    run = train(recipe, args.overrides)
-    print(run.run_dir)
-    return run_exit_code(run)
-
-
-def cmd_resume(args) -> int:
-    from cifarlab.experiment import resume
-
-    return run_exit_code(resume(args.run_dir, epochs=args.epochs, more=args.more))
-
-
-def cmd_recipes(args) -> int:
-    from cifarlab.recipe_files import list_recipes
-
-    recipes = list_recipes()
-    width = max(map(len, recipes))
-    for name, description in recipes.items():
-        print(f"{name:<{width}}  {description}")
-    return 0
-
-
-def cmd_models(args) -> int:
-    from cifarlab.models.registry import create_model, list_models
-
-    for name in list_models():
-        params = sum(p.numel() for p in create_model(name).parameters())
-        print(f"{name:<16} {params:>12,} parameters (10 classes, 3 channels)")
-    return 0
-
-
-def cmd_datasets(args) -> int:
-    from cifarlab.data.sources import dataset_available, list_datasets
-
-    for name in list_datasets():
-        if name == "folder":
-            where = "your own images: cifarlab train folder data.dir=PATH (train/<class>/*, test/<class>/*)"
-        elif name == "hf":
-            where = "a Hugging Face dataset: data.dataset=hf data.dir=SAVED_FOLDER|PARQUET_FOLDER|HUB_NAME"
-        else:
-            where = "available offline" if dataset_available(name) else "not cached: downloads on first use"
-        print(f"{name:<14} {where}")
-    return 0
-
-
-def cmd_show(args) -> int:
-    from cifarlab.config import load_config
-
-    cfg = load_config(args.recipe, args.overrides)
-    if args.diff:
-        from cifarlab.config_diff import diff_yaml
-
-        print(diff_yaml(cfg) or "# the defaults: nothing differs\n", end="")
-        return 0
-    print(cfg.to_yaml(), end="")
-    return 0
 
 
 def main(argv=None) -> int:

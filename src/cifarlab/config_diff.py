@@ -1,6 +1,6 @@
 """Flat views of a config: dotted keys and their values, what differs from the defaults, and what
-differs between runs. For `show --diff`, the report's configuration section, `compare`'s columns and
-TensorBoard's hparams."""
+differs between runs. For `show` and `show --diff` (`config_yaml`), the report's configuration section,
+`compare`'s columns and TensorBoard's hparams."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -55,6 +55,17 @@ def diff_yaml(cfg: Config) -> str:
             node = node.setdefault(part, {})
         node[leaf] = value
     return yaml.safe_dump(nested, sort_keys=False, allow_unicode=True) if nested else ""
+
+
+def config_yaml(recipe: Config | str | None = None, overrides: Sequence[str] = (), diff: bool = False) -> str:
+    """`cifarlab show`: the resolved config of a recipe (+ `key=value` overrides) as YAML; with `diff`, only
+    what differs from the defaults (itself a recipe giving the same config)."""
+    from cifarlab.config import load_config
+
+    cfg = recipe if isinstance(recipe, Config) else load_config(recipe, list(overrides))
+    if diff:
+        return diff_yaml(cfg) or "# the defaults: nothing differs\n"
+    return cfg.to_yaml()
 
 
 def varying_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:

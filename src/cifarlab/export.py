@@ -30,7 +30,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -174,6 +174,29 @@ def export(checkpoint: Union[str, Path], export_format: str, out: Union[str, Pat
     _refuse_existing(out)
     loaded = load_model(checkpoint, device="cpu", precision="fp32")
     return export_model(loaded, export_format, out, source=str(checkpoint), tta=tta)
+
+
+class Exported(NamedTuple):
+    """What `export_checkpoint` wrote: the file (the folder, for hf), its JSON sidecar (None for hf, whose
+    folder holds its config.json) and the sidecar's note (what the export leaves out, e.g. the run's TTA)."""
+    path: Path
+    metadata: Optional[Path]
+    note: Optional[str]
+
+
+def export_checkpoint(checkpoint: Union[str, Path], export_format: str, out: Union[str, Path, None] = None,
+                      tta: Union[str, bool, None] = None) -> Exported:
+    """`cifarlab export`: `export` for safetensors, torchscript and onnx, `export_hf` for "hf" (a Hugging
+    Face-style model folder, which holds weights and no graph, so no `tta`)."""
+    if export_format == "hf":
+        if tta:
+            raise UserError("--tta needs --format onnx or torchscript: an hf folder holds weights, not a graph")
+        from cifarlab.use.export_hf import export_hf
+
+        return Exported(export_hf(checkpoint, out), None, None)
+    path = export(checkpoint, export_format, out, tta=tta)
+    sidecar = path.with_name(path.name + ".json")
+    return Exported(path, sidecar, json.loads(sidecar.read_text()).get("note"))
 
 
 def _checked_tta(tta: Union[str, bool, None], export_format: str) -> None:

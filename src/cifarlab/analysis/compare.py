@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import yaml
 
 from cifarlab.analysis.report import markdown_table
-from cifarlab.atomic import atomic_write, atomic_write_text
+from cifarlab.atomic import atomic_write, atomic_write_text, output_target
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
 from cifarlab.run.layout import CONFIG, SUMMARY
@@ -230,3 +230,22 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path,
     curves = {row["run"]: read_metrics(run_dir) for row, run_dir in zip(rows, run_dirs)}
     plot = plot_compare(curves, out_dir / "comparison.png")
     return ComparisonFiles(markdown, csv_path, plot)
+
+
+class Comparison(NamedTuple):
+    """What `compare` found: the table as markdown, the rows it shows (raw values), the files it wrote."""
+    table: str
+    rows: list[dict]
+    files: Optional[ComparisonFiles]
+
+
+def compare(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Comparison:
+    """`cifarlab compare`: the runs that `run_dirs` name (run directories, folders of runs, globs; see
+    `expand_run_dirs`) side by side; with `out` (a folder, new or existing, checked first) also written
+    there as comparison.md, .csv and .png (overlaid test curves)."""
+    if out is not None:
+        output_target(Path(out), "--out", folder=True)
+    found = expand_run_dirs(run_dirs)
+    rows = compare_runs(found)
+    files = write_comparison(found, out, rows) if out is not None else None
+    return Comparison(to_markdown(rows), rows, files)

@@ -1,8 +1,8 @@
 """Analyse a finished run: predictions on the test split -> plots, tables, model summary, report.
 
-`analyze_run` is what `train` calls at the end (output.report) and `report_from_run_dir` backs
-`cifarlab report RUN_DIR`. Everything lands in the run directory: `plots/*.png`, `tables/*.csv|md`,
-`model_summary.txt`, `report.md`, `report.html`.
+`analyze_run` is what `train` calls at the end (output.report), through `report_from_run_dir`, and
+`report` backs `cifarlab report RUN_DIR`; `ReportOptions` says how much the report shows. Everything
+lands in the run directory: `plots/*.png`, `tables/*.csv|md`, `model_summary.txt`, `report.md`, `report.html`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import csv
 import json
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,8 +36,19 @@ CALIBRATION_BINS = 15  # torchmetrics' and Guo et al.'s default
 SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
 
 
-def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, device="cpu", gallery_size: int = 20,
-                gradcam_count: int = 10, gradcam_layer: Optional[str] = None, gradcam_method: str = "gradcam") -> Path:
+@dataclass(frozen=True)
+class ReportOptions:
+    """How much the report shows: the misclassified gallery's size and the Grad-CAM figure's images
+    (`gradcam_count` misclassified images, highest loss first), layer (None: the deepest with a 4x4 or
+    larger output) and method ("gradcam" or "gradcam++")."""
+    gallery_size: int = 20
+    gradcam_count: int = 10
+    gradcam_layer: Optional[str] = None
+    gradcam_method: str = "gradcam"
+
+
+def analyze_run(run_dir, model, dataset, cfg, *, autocast: Callable = nullcontext, device="cpu",
+                options: ReportOptions = ReportOptions()) -> Path:
     """Write every plot, table and the report for `model` (trained by `cfg`) on `dataset`, evaluated as in
     training (`autocast` of the run's precision, the recipe's TTA); returns report.md."""
     from cifarlab.use.predict import predict_batch
@@ -47,7 +59,8 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     metrics = read_metrics(run_dir)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
-    gradcam_options = dict(count=gradcam_count, layer=gradcam_layer, method=gradcam_method, mean=mean, std=std)
+    gradcam_options = dict(count=options.gradcam_count, layer=options.gradcam_layer, method=options.gradcam_method,
+                           mean=mean, std=std)
     predictions = None  # the first step's; the sections below read it when they run
     steps = [  # (what, make): progress names each as it finishes (minutes in all on a busy CPU)
         ("summary", lambda: _summary_section(summary, predictions, cfg)),
@@ -60,7 +73,8 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
         ("classes", lambda: _class_sections(run_dir, predictions, dataset.classes)),
         ("precision and recall", lambda: _precision_recall_section(run_dir, predictions, dataset.classes)),
         ("calibration", lambda: _calibration_section(run_dir, predictions)),
-        ("misclassified", lambda: _gallery_section(run_dir, test.images, predictions, dataset.classes, gallery_size)),
+        ("misclassified", lambda: _gallery_section(run_dir, test.images, predictions, dataset.classes,
+                                                   options.gallery_size)),
         ("Grad-CAM", lambda: _gradcam_section(run_dir, model, test.images, predictions, dataset.classes,
                                               gradcam_options)),
         ("augmentation", lambda: _augment_section(run_dir, dataset, cfg)),
@@ -80,8 +94,16 @@ def analyze_run(run_dir, model, dataset, cfg, autocast: Callable = nullcontext, 
     return md_path
 
 
-def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=None) -> Path:
-    """`cifarlab report RUN_DIR`: best.pt (else last.pt) on the run's own test split (`dataset`, when the
+def report(run_dir, data_dir=None, options: ReportOptions = ReportOptions()) -> Path:
+    """`cifarlab report RUN_DIR`: the report of a run directory made again (`report_from_run_dir`)."""
+    if not (Path(run_dir) / layout.CONFIG).exists():
+        raise UserError(f"{run_dir} is not a run directory (no {layout.CONFIG})")
+    return report_from_run_dir(run_dir, data_dir=data_dir, options=options)
+
+
+def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=None,
+                        options: ReportOptions = ReportOptions()) -> Path:
+    """The report of a run: best.pt (else last.pt) on the run's own test split (`dataset`, when the
     caller has it loaded already; else looked up under `data_dir`, see `run_test_data`), evaluated
     with the run's precision and TTA, then `analyze_run`."""
     from cifarlab.use.evaluate import run_test_data
@@ -98,7 +120,7 @@ def report_from_run_dir(run_dir, dataset=None, device: str = "auto", data_dir=No
     loaded = load_model(checkpoint, device=device)
     try:
         return analyze_run(run_dir, loaded.module, dataset or run_test_data(loaded, data_dir), loaded.config,
-                           autocast=loaded.precision.autocast, device=loaded.device)
+                           autocast=loaded.precision.autocast, device=loaded.device, options=options)
     except OSError as err:  # read-only or full disk half-way: one line, not a traceback
         where = f" ({err.filename})" if err.filename else ""
         raise UserError(f"cannot write the report into {run_dir}: {err.strerror or err}{where}") from None

@@ -107,6 +107,15 @@ def list_datasets() -> list[str]:
     return sorted([*SOURCES, "folder", "hf", "synthetic"])
 
 
+def dataset_notes(data_dir: str | Path | None = None) -> dict[str, str]:
+    """Dataset name -> where its images come from, for `cifarlab datasets`: cached (available offline) or
+    downloaded on first use, or how to point at your own."""
+    own = {"folder": "your own images: cifarlab train folder data.dir=PATH (train/<class>/*, test/<class>/*)",
+           "hf": "a Hugging Face dataset: data.dataset=hf data.dir=SAVED_FOLDER|PARQUET_FOLDER|HUB_NAME"}
+    return {name: own.get(name) or ("available offline" if dataset_available(name, data_dir)
+                                    else "not cached: downloads on first use") for name in list_datasets()}
+
+
 def dataset_shape(name: str, **options) -> tuple[int, int, int]:
     """(channels, image size, classes) of a dataset, without reading its files."""
     if name == "synthetic":

@@ -1,17 +1,19 @@
-"""The range test run on a recipe: `cifarlab lr-find` and `schedule.lr_peak: auto` both come here."""
+"""The range test run on a recipe: `cifarlab lr-find` (`lr_find`) and `schedule.lr_peak: auto` both come here."""
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from cifarlab.atomic import atomic_write_text
+from cifarlab.atomic import atomic_write_text, output_target
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
+from cifarlab.messages import say
 from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
@@ -128,3 +130,41 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
     return cfg.model_copy(update={"schedule": schedule})
+
+
+class RangeTestFiles(NamedTuple):
+    """What `lr_find` made: the result, its description (`describe`), the plot and the JSON data."""
+    result: RangeTestResult
+    text: str
+    plot: Path
+    data: Path
+
+
+def lr_find(recipe: Union[Config, str, None], overrides: Sequence[str] = (),
+            out: Union[str, Path, None] = None) -> RangeTestFiles:
+    """The range test of a recipe (+ `key=value` overrides) on a fresh model, in the precision a run of it
+    would train in; its plot and data go to `out` (a folder, new or existing; default
+    runs/<recipe>/lr-find-<time>). Nothing is trained: use the suggestion as `schedule.lr_peak`."""
+    from cifarlab.config import load_config
+    from cifarlab.models.registry import import_user_modules
+    from cifarlab.run.layout import check_run_name
+    from cifarlab.runtime import make_runtime
+    from cifarlab.training.autotune import settle_precision
+    from cifarlab.training.sizing import size_to_data
+
+    if out is not None:
+        out = output_target(Path(out), "--out", folder=True)
+    cfg = recipe if isinstance(recipe, Config) else load_config(recipe, list(overrides))
+    import_user_modules(cfg.model.module)
+    if out is None:
+        check_run_name(cfg.name)
+    runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
+    cfg, dataset = size_to_data(cfg)
+    cfg, runtime, precision = settle_precision(cfg, runtime, dataset)  # `auto`: what a run would train in
+    if precision is not None:
+        say(precision.line())
+    out = out or Path(cfg.output.dir) / cfg.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_range_test(cfg, runtime, dataset)
+    plot = save_range_test(result, out, cfg.lr_find.suggestion)
+    return RangeTestFiles(result, describe(result), plot, out / LR_FIND)

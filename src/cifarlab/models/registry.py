@@ -118,6 +118,11 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def parameter_counts() -> dict[str, int]:
+    """Model name -> its parameters, built for 10 classes and 3 channels (`cifarlab models`)."""
+    return {name: sum(p.numel() for p in create_model(name).parameters()) for name in list_models()}
+
+
 def import_user_modules(names) -> None:
     """Import the modules a user named (`model.module` in their recipe, `--import` on the command line,
     `import_modules=` in Python), so that their `@register_model` decorators run.

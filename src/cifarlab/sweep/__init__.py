@@ -8,6 +8,9 @@ Modules: `space` (space files and grids), `definition` (the checked sweep), `sto
 PostgreSQL, heartbeats and retries), `pruning` (the callback), `trial` (a trial's runs), `study` (the
 worker loop), `workers` (K processes), `report`. Nothing heavy is imported here.
 """
+from __future__ import annotations
+
+from typing import Optional, Sequence
 
 
 def define_sweep(*args, **kwargs):
@@ -29,4 +32,29 @@ def run_sweep(sweep, workers: int = 1, report: bool = True) -> int:
     return _run(sweep, workers=workers, report=report)
 
 
-__all__ = ["define_sweep", "run_sweep"]
+def split_arguments(arguments: Sequence[str]) -> tuple[list[str], Optional[str]]:
+    """(overrides, space file) from the words after `cifarlab sweep RECIPE`: `key=value` words are overrides,
+    the one word without `=` the space file."""
+    from cifarlab.errors import UserError
+
+    spaces = [arg for arg in arguments if "=" not in arg]
+    if len(spaces) > 1:
+        raise UserError(f"one space file expected, got {', '.join(spaces)} (overrides look like key=value)")
+    return [arg for arg in arguments if "=" in arg], spaces[0] if spaces else None
+
+
+def sweep_recipe(recipe: str, arguments: Sequence[str] = (), *, grid: Optional[list[str]] = None,
+                 trials: Optional[int] = None, seeds: int = 1, name: Optional[str] = None,
+                 folder: Optional[str] = None, storage: Optional[str] = None, pruner: str = "median",
+                 heartbeat: int = 10, allow_test_selection: bool = False, workers: int = 1,
+                 report: bool = True) -> int:
+    """`cifarlab sweep`: define the sweep of `recipe` (`arguments`: `key=value` overrides and at most one
+    space file, as `split_arguments` reads them; or `grid`) and work on it with `workers` processes
+    until it has its trials; returns `run_sweep`'s exit code. The options are the command's flags."""
+    overrides, space_file = split_arguments(arguments)
+    sweep = define_sweep(recipe, overrides, space_file, grid, trials, seeds, name, folder, storage, pruner,
+                         heartbeat, allow_test_selection)
+    return run_sweep(sweep, workers=workers, report=report)
+
+
+__all__ = ["define_sweep", "run_sweep", "split_arguments", "sweep_recipe"]

@@ -21,10 +21,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from cifarlab.atomic import atomic_write_text
+from cifarlab.atomic import atomic_write_text, output_target
 from cifarlab.data.folder import IMAGE_EXTENSIONS
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
+from cifarlab.messages import say
 from cifarlab.training.evaluate import eval_mode, log_probs, model_device
 from cifarlab.use.images import as_batch
 from cifarlab.use.load import LoadedModel, load_model
@@ -161,3 +162,18 @@ def write_predictions_csv(files: Sequence[Path], ranked: Sequence[list[tuple[str
         writer.writerow([str(path)] + [value for name, p in row for value in (name, f"{p:.6g}")])
     atomic_write_text(out, text.getvalue())
     return out
+
+
+def predict_files(model: Union[LoadedModel, str, Path], paths: Sequence[Union[str, Path]], top: int = 3,
+                  csv_out: Union[str, Path, None] = None) -> list[tuple[Path, list[tuple[str, float]]]]:
+    """`cifarlab predict`: (image file, its top-`top` (class, probability)) for each image file that
+    `paths` name (folders searched recursively, see `image_files`); with `csv_out`, a new file (never
+    overwritten, checked before any work) gets the same as `write_predictions_csv` rows."""
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    csv_out = output_target(Path(csv_out), "--csv") if csv_out is not None else None
+    files = image_files(paths)
+    results = predict(model, files, top=top)
+    if csv_out is not None:
+        say(f"predictions of {len(files)} images: {write_predictions_csv(files, results, csv_out)}")
+    return list(zip(files, results))
