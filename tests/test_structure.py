@@ -212,3 +212,54 @@ def test_analysis_never_builds_a_training_state():
                   for alias in node.names}
         assert not names & {"TrainState", "build_state", "range_test_state"}, module
         assert not graph[module] & {"cifarlab.training.state", "cifarlab.training.loop"}, module
+
+
+# ------------------------------------------------------------------ the CLI is a shell over the facade
+
+MAX_HANDLER_STATEMENTS = 8  # one facade call and its printing; cmd_eval, the longest, prints three lines
+
+
+def _handlers() -> dict[str, ast.FunctionDef]:
+    tree = ast.parse((PACKAGE / "commands.py").read_text())
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_")}
+
+
+def _facade_calls(node: ast.AST) -> list[str]:
+    return [call.func.attr for call in ast.walk(node) if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == FACADE]
+
+
+def test_each_command_is_one_call_to_the_facade_and_its_printing():
+    """`cifarlab COMMAND` parses (cli.py), makes ONE call to the public API and prints: commands.py imports no
+    cifarlab module but the facade, and each handler calls it exactly once in a few statements. Checks,
+    defaults and messages therefore live in the library, where a Python user gets the same ones."""
+    assert import_graph()["cifarlab.commands"] == {FACADE}, "commands.py imports more than the facade"
+    handlers = _handlers()
+    for name, handler in handlers.items():
+        calls = _facade_calls(handler)
+        assert len(calls) == 1, f"commands.{name} calls the facade {len(calls)} times: {calls}"
+        assert hasattr(cifarlab, calls[0]), f"commands.{name} calls cifarlab.{calls[0]}, which does not exist"
+        statements = sum(isinstance(node, ast.stmt) for node in ast.walk(handler)) - 1  # the def itself
+        assert statements <= MAX_HANDLER_STATEMENTS, f"commands.{name} has {statements} statements: move logic " \
+                                                     f"into the library"
+    others = [node.name for node in ast.parse((PACKAGE / "commands.py").read_text()).body
+              if isinstance(node, ast.FunctionDef) and node.name not in handlers and _facade_calls(node)]
+    assert not others, f"only handlers call the facade, not {others}"
+
+
+def test_one_parser_and_every_command_has_its_handler():
+    """The command line's arguments are declared in cli.py alone (config_docs.py's own script aside), and
+    each subcommand runs a handler of commands.py."""
+    import argparse
+
+    from cifarlab.cli import build_parser
+
+    declaring = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                       if any(isinstance(node, ast.Attribute) and node.attr in ("add_parser", "add_argument")
+                              for node in ast.walk(ast.parse(path.read_text()))))
+    assert declaring == ["cli.py", "config_docs.py"], declaring
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    runs = {name: parser.get_default("run") for name, parser in sub.choices.items()}
+    assert {name: f"{run.__module__}.{run.__name__}" for name, run in runs.items()} == \
+        {name: f"cifarlab.commands.{run.__name__}" for name, run in runs.items() if run.__name__ in _handlers()}
