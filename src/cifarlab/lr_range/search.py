@@ -17,9 +17,9 @@ from cifarlab.messages import say
 from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
-from cifarlab.training.accumulate import forward_backward
-from cifarlab.training.build import build_state
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.accumulate import forward_backward
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.state import TrainState
 
 
 def _cycle(loader) -> Iterator:
@@ -149,8 +149,8 @@ def lr_find(recipe: Union[Config, str, None], overrides: Sequence[str] = (),
     from cifarlab.models.registry import import_user_modules
     from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.autotune import settle_precision
-    from cifarlab.training.sizing import size_to_data
+    from cifarlab.trainer.autotune import settle_precision
+    from cifarlab.trainer.sizing import size_to_data
 
     if out is not None:
         out = output_target(Path(out), "--out", folder=True)
