@@ -184,7 +184,8 @@ def report(run_dir, data_dir=None, options=None):
 
 def gradcam(checkpoint, images="misclassified", count=10, layer=None, method="gradcam", out=None, data_dir=None):
     """Write a Grad-CAM figure of a checkpoint and return its path: `images` "misclassified" (the `count`
-    with the highest loss), test indices "3,17,42" or image files "a.png,b.jpg"; `method` "gradcam++" too."""
+    with the highest loss), test indices "3,17,42" or [3, 17, 42], or image files "a.png,b.jpg"; `method`
+    "gradcam" or "gradcam++"."""
     from cifarlab.analysis.gradcam_figure import gradcam_figure
 
     return gradcam_figure(checkpoint, images, count, layer, method, out, data_dir)

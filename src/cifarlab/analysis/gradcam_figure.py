@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from cifarlab.atomic import output_target
 from cifarlab.errors import UserError
@@ -21,11 +21,11 @@ GRADCAM_FILE_NAMES = {"gradcam": "gradcam", "gradcam++": "gradcampp"}  # method 
 MISCLASSIFIED = "misclassified"
 
 
-def gradcam_figure(checkpoint: Union[str, Path], images: str = MISCLASSIFIED, count: int = 10,
+def gradcam_figure(checkpoint: Union[str, Path], images: Union[str, Sequence] = MISCLASSIFIED, count: int = 10,
                    layer: Optional[str] = None, method: str = "gradcam", out: Union[str, Path, None] = None,
                    data_dir: Union[str, Path, None] = None) -> Path:
     """Write the Grad-CAM figure of `checkpoint` and return its path. `images`: "misclassified" (the `count`
-    with the highest loss), comma-separated test indices ("3,17,42") or image files ("a.png,b.jpg"). `out`
+    with the highest loss), test indices ("3,17,42" or [3, 17, 42]) or image files ("a.png,b.jpg"). `out`
     defaults to the run's plots/gradcam-<checkpoint>.png (gradcampp-... with gradcam++), made again on each
     call; a given `out` is never overwritten. Every argument is checked before the model is loaded."""
     from cifarlab.analysis.gradcam import gradcam
@@ -38,6 +38,7 @@ def gradcam_figure(checkpoint: Union[str, Path], images: str = MISCLASSIFIED, co
         raise UserError(f"--method must be one of {', '.join(GRADCAM_FILE_NAMES)}, got {method!r}")
     if not 1 <= count <= MAX_GRADCAM_IMAGES:
         raise UserError(f"--count must be in 1..{MAX_GRADCAM_IMAGES}, got {count}")
+    images = images if isinstance(images, str) else ",".join(map(str, images))
     chosen = image_choice(images)
     out = output_target(Path(out), "--out") if out is not None else None
     loaded = load_model(checkpoint)
