@@ -5,7 +5,8 @@
     run_sweep(sweep)                     # report.md, report.html, best.yaml in sweep.sweep_dir
 
 Modules: `space` (space files and grids), `definition` (the checked sweep), `storage` (SQLite or
-PostgreSQL, heartbeats and retries), `pruning` (the callback), `trial` (a trial's runs), `study` (the
+PostgreSQL, heartbeats and retries), `claim` (which trial a worker takes; a stopped trial waits for its
+worker), `pruning` (the callback), `trial` (a trial's runs), `study` (the
 worker loop), `workers` (K processes), `report`. Nothing heavy is imported here.
 """
 
@@ -23,10 +24,10 @@ def define_sweep(*args, **kwargs):
     return _define(*args, **kwargs)
 
 
-def run_sweep(sweep, workers: int = 1, report: bool = True) -> int:
+def run_sweep(sweep, workers: int = 1, report: bool = True, worker_id=None) -> int:
     from cifarlab.sweep.workers import run_sweep as _run
 
-    return _run(sweep, workers=workers, report=report)
+    return _run(sweep, workers=workers, report=report, worker_id=worker_id)
 
 
 __all__ = ["define_sweep", "run_sweep"]

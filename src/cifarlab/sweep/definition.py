@@ -17,6 +17,7 @@ import optuna
 from cifarlab.config import Config, apply_override, parse_override, read_with_overrides, validate
 from cifarlab.errors import UserError
 from cifarlab.run.layout import check_run_name
+from cifarlab.sweep.claim import KEEP_SECONDS
 from cifarlab.sweep.pruning import make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, parse_grid, read_space_file
 from cifarlab.sweep.storage import check_url, default_url
@@ -41,6 +42,7 @@ class Sweep:
     pruner: Any = "median"  # a name (pruning.PRUNERS) or, from Python, an optuna pruner
     heartbeat_seconds: int = 10
     sampler_seed: Optional[int] = None
+    keep_seconds: float = KEEP_SECONDS  # how long a stopped trial waits for its own worker (sweep/claim.py)
     extras: dict = field(default_factory=dict)
 
     @property
