@@ -4,7 +4,8 @@ score, until the study holds `trials` trials that count, finished or under way.
 Counting: a trial counts when it is complete, pruned, running or waiting (a trial stopped by a signal,
 or Optuna's retry of a killed one); failed trials (killed then retried) do not. Before it trains, a new
 trial checks that fewer than `trials` counting trials are numbered below it: two workers asking at the
-same moment could otherwise make one more trial than asked for. Such a surplus trial ends at once as failed with `surplus` set.
+same moment could otherwise make one more trial than asked for.
+Such a surplus trial ends at once as failed with `surplus` set.
 """
 from __future__ import annotations
 
