@@ -33,6 +33,16 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=(), mode
         return _train(config, overrides, run_dir, data=data, callbacks=callbacks, model=model)
 
 
+def train_or_continue(config=None, overrides=(), *, run_dir, data=None, callbacks=()):
+    """Train into `run_dir` the first time, continue the run there every time after: what `cifarlab train
+    ... --run-dir PATH` does, for a job that a scheduler may start again (docs/cluster.md). A run with a
+    checkpoint continues as `resume` would; a finished one is returned as it is, not trained again; one
+    stopped before its first checkpoint starts again; a run of another config is refused (UserError)."""
+    from cifarlab.cluster import train_or_continue as _train_or_continue
+
+    return _train_or_continue(config, overrides, run_dir=run_dir, data=data, callbacks=callbacks)
+
+
 def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), model=None, more=None):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
     epochs in all, `more=N` by N epochs beyond its planned ones; `import_modules=["mypkg.nets"]` registers
@@ -91,5 +101,5 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
-__all__ = ["train", "resume", "load_model", "predict", "load_config", "register_model", "rebuild_with",
-           "__version__"]
+__all__ = ["train", "train_or_continue", "resume", "load_model", "predict", "load_config", "register_model",
+           "rebuild_with", "__version__"]
