@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -12,6 +11,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, range_test
+from cifarlab.messages import say
 from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
@@ -125,6 +125,6 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         lr_peak = box[0]
     if runtime.dist.is_main:
         save_range_test(result, run_dir, cfg.lr_find.suggestion)
-        print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
+        say(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}")
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
     return cfg.model_copy(update={"schedule": schedule})
