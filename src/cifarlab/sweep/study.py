@@ -60,7 +60,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
     make_sweep_folder(sweep.sweep_dir)
     storage = open_storage(sweep.storage_url, sweep.heartbeat_seconds)
     if sweep.grid is not None:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(sweep.grid, seed=0)
+        sampler: optuna.samplers.BaseSampler = _Grid(sweep.grid, seed=0)
     else:
         # TPE starts from random points: Optuna's default 10 would leave a short sweep all random, so a
         # third of the trials (3 to 10). constant_liar: parallel workers do not all propose one point.
@@ -80,6 +80,14 @@ def open_study(sweep: Sweep) -> optuna.Study:
                         f"from this command's); run it as it was "
                         f"started, or give this sweep another --name (or --dir)")
     return study
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid, without its `study.stop()` once every point was tried: that stops `study.optimize`, which
+    our workers do not run (they claim trials themselves, `sweep/claim.py`, and end when `trials` count)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sweep_folder(folder: Path) -> None:
