@@ -74,7 +74,7 @@ def test_elastic_restart_after_kill_9_resumes_the_run_and_equals_an_uninterrupte
     output = finish(launcher)
     assert "resuming" in output, f"the restarted group did not resume the run:\n{output[-3000:]}"
     assert load_checkpoint(last)["step"] == 128
-    assert_same_run(run, one_node, ddp_interrupted_epoch=1)
+    assert_same_run(run, one_node)
 
 
 def test_the_same_command_on_a_finished_run_trains_nothing_and_another_config_is_refused(one_node, capsys):

@@ -79,3 +79,23 @@ def test_torchrun_restarts_with_a_shared_store_are_warned_about(monkeypatch, cap
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", restarts)
     _warn_restarts_with_shared_store()
     assert ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err) == warned
+
+
+@pytest.mark.slow  # two short training runs in process
+def test_the_python_facade_continues_a_named_run_as_the_command_does(tmp_path, monkeypatch, uninterrupted):
+    """`cifarlab.train_or_continue(..., run_dir=)`: a run stopped by the scheduler's signal is continued by the
+    same call to the end of a run never stopped; once finished, the call trains nothing."""
+    import cifarlab
+
+    run_dir, (recipe, *overrides) = tmp_path / "job-9", RUN
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 5, signal.SIGUSR1)
+        assert cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir).status == "interrupted"
+    run = cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir)
+    assert run.status == "completed" and run.run_dir == run_dir
+    finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(finished["model"][name], tensor), name
+    before = tree_hashes(run_dir)
+    assert cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir).best_test_acc == run.best_test_acc
+    assert tree_hashes(run_dir) == before, "a finished run is not trained twice"

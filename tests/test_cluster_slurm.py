@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from _cluster import SMALL, assert_same_run, env, finish, free_port, start
+from _postgres import postgres_server, why_not
 
 ROOT = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
@@ -27,11 +29,12 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as root here; the test needs root")]
 
 
-def job_script() -> str:
-    """The sbatch script docs/cluster.md shows: its one `sh` block."""
+def job_script(array: bool = False) -> str:
+    """An sbatch script docs/cluster.md shows (its `sh` blocks): the training job's, or the sweep's job array."""
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "cluster.md").read_text(), re.S)
-    assert len(blocks) == 1 and blocks[0].startswith("#!/bin/bash\n#SBATCH"), "docs/cluster.md: one sbatch script"
-    return blocks[0]
+    found = [block for block in blocks if ("#SBATCH --array" in block) == array]
+    assert len(found) == 1 and found[0].startswith("#!/bin/bash\n#SBATCH"), "docs/cluster.md: one script of each"
+    return found[0]
 
 
 def _program(name: str) -> str:
@@ -72,7 +75,8 @@ SlurmctldLogFile={f / 'log' / 'slurmctld.log'}
 SlurmdLogFile={f / 'log' / 'slurmd.log'}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-SelectType=select/linear
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -164,3 +168,53 @@ def test_a_preempted_job_requeues_itself_and_its_run_ends_as_an_uninterrupted_on
     assert log.count("run directory:") == 1, "the second start continued the run, it did not start one"
     finish(reference)
     assert_same_run(jobs / f"runs/job-{job_id}", tmp_path / "uninterrupted")
+
+
+# A sweep of 3 trials, each like RUN on 8x8 images (a second or two): the warning lands in a trial's middle.
+SWEEP_RUN = [*SMALL, "data.options={num_train: 2048, num_test: 256, image_size: 8}", "data.val_split=64",
+             "train.epochs=3", "checkpoint.every_steps=2"]
+SPACE = "optim.lr: {low: 0.02, high: 0.1, log: true}\n"
+
+
+@pytest.mark.skipif(why_not() is not None, reason=str(why_not()))
+def test_a_sweep_as_a_job_array_ends_with_n_trials_and_a_requeued_task_resumes_its_own_trial(slurm, tmp_path):
+    """docs/cluster.md's job array: two tasks, each one sweep worker on one PostgreSQL study of 3 trials. One
+    task gets the warning mid-trial, requeues itself and, started again, finishes that same trial's run
+    (the other task leaves it alone), which ends as the same trial trained without interruption."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "sweep.sbatch").write_text(job_script(array=True))
+    (jobs / "space.yaml").write_text(SPACE)
+    with postgres_server() as url:
+        array = slurm.run("sbatch", "--parsable", "--array=0-1", f"--chdir={jobs}", str(jobs / "sweep.sbatch"),
+                          "smoke", "space.yaml", *SWEEP_RUN, "--trials", "3", "--storage", url, "--dir", "sweep",
+                          "--name", "array", "--pruner", "none", "--heartbeat", "1", "--no-report").strip()
+        logs = {task: jobs / f"slurm-{array}_{task}.out" for task in (0, 1)}
+
+        def mid_trial() -> list[Path]:
+            return [path.parents[1] for path in (jobs / "sweep" / "trials").glob("*/checkpoints/last.pt")
+                    if not (path.parents[1] / "summary.json").exists()]
+
+        slurm.wait_for(lambda: bool(mid_trial()), "a trial's first checkpoint")
+        run_dir = mid_trial()[0]
+        number = int(run_dir.name)
+        task = next(task for task, log in logs.items() if log.exists() and f"trial {number} -> " in log.read_text())
+        job = f"{array}_{task}"
+        slurm.run("scancel", "--signal=USR1", "--batch", job)  # what `--signal=B:USR1@120` does near the limit
+        reference = start([sys.executable, "-m", "cifarlab", "train", str(run_dir / "config.yaml"), "--run-dir",
+                           str(tmp_path / "uninterrupted")], tmp_path)
+        slurm.wait_for(lambda: slurm.job(job)["Restarts"] == "1" and slurm.job(job)["JobState"] == "PENDING",
+                       "the task to requeue itself")
+        time.sleep(3.0)  # a new second for slurmd's revoked credential of the first start (see the test above)
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        slurm.wait_for(lambda: all(slurm.finished(f"{array}_{other}") for other in logs), "both tasks to finish")
+        study = optuna.load_study(study_name="array", storage=url.replace("postgresql:", "postgresql+psycopg2:"))
+        trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # exactly N trials: none added, none failed
+    assert sorted(p.parent.name for p in (jobs / "sweep" / "trials").glob("*/config.yaml")) == ["0000", "0001", "0002"]
+    assert trials[number].user_attrs["worker"] == f"slurm-{job}"  # taken again by the requeued task itself
+    own, other = logs[task].read_text(), logs[1 - task].read_text()
+    assert "SIGUSR1 received" in own and own.count(f"trial {number} -> ") == 2 and "resuming" in own, own[-3000:]
+    assert f"trial {number} -> " not in other, other[-3000:]
+    finish(reference)
+    assert_same_run(run_dir, tmp_path / "uninterrupted")

@@ -38,6 +38,19 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=(), mode
         return _train(config, overrides, run_dir, data=data, callbacks=callbacks, model=model)
 
 
+def train_or_continue(config=None, overrides=(), *, run_dir=None, data=None, callbacks=()):
+    """Train into `run_dir` the first time, continue the run there every time after: what `cifarlab train
+    ... --run-dir PATH` does, for a job that a scheduler may start again (docs/cluster.md). A run with a
+    checkpoint continues as `resume` would; a finished one is returned as it is, not trained again; one
+    stopped before its first checkpoint starts again; a run of another config is refused (UserError).
+    Without `run_dir`, `train` into a new run folder."""
+    if run_dir is None:
+        return train(config, overrides, data=data, callbacks=callbacks)
+    from cifarlab.cluster import train_or_continue as _train_or_continue
+
+    return _train_or_continue(config, overrides, run_dir=run_dir, data=data, callbacks=callbacks)
+
+
 def resume(run_dir, data=None, callbacks=(), epochs=None, import_modules=(), model=None, more=None):
     """Continue a run directory from its last checkpoint; `epochs=N` extends it (finished or not) to N
     epochs in all, `more=N` by N epochs beyond its planned ones; `import_modules=["mypkg.nets"]` registers
@@ -96,16 +109,6 @@ def load_config(recipe=None, overrides=()):
     return _load(recipe, list(overrides))
 
 
-def train_or_continue(config=None, overrides=(), run_dir=None, data=None, callbacks=()):
-    """`train`, or with `run_dir` the run in that folder: trained the first time, continued from its
-    checkpoint when the same call comes again (a requeued or restarted job; `cifarlab.cluster`)."""
-    if run_dir is None:
-        return train(config, overrides, data=data, callbacks=callbacks)
-    from cifarlab.cluster import train_or_continue as _train_or_continue
-
-    return _train_or_continue(config, overrides, run_dir=run_dir, data=data, callbacks=callbacks)
-
-
 def demo(overrides=()):
     """A real short run: `cifar10-quick` when CIFAR-10 is cached or can be downloaded, else `fmnist-quick`."""
     from cifarlab.experiment.demo import demo as _demo
@@ -116,7 +119,7 @@ def demo(overrides=()):
 def sweep_recipe(recipe, arguments=(), **options):
     """An Optuna study of `recipe`'s runs; `arguments` are `key=value` overrides and at most one space file,
     `options` the flags of `cifarlab sweep` (grid, trials, seeds, workers, storage, ...: see
-    `cifarlab.sweep.sweep_recipe`). Returns the exit code: 0 done, 130 stopped (call again to continue)."""
+    `cifarlab.sweep.sweep_recipe`). Returns the exit code: 0 done, 128 + the signal when stopped (130 Ctrl-C, 138 SIGUSR1; call again to continue)."""
     from cifarlab.sweep import sweep_recipe as _sweep_recipe
 
     return _sweep_recipe(recipe, arguments, **options)

@@ -257,6 +257,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--dir", help="sweep folder (default: sweeps/NAME)")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between a running trial's heartbeats; a trial silent for twice that is retried")
+    p.add_argument("--worker-id", help="this worker's name, the same when its job is requeued: a trial it is "
+                                       "stopped in waits for it (default: $SLURM_ARRAY_JOB_ID_$SLURM_ARRAY_TASK_ID "
+                                       "or $SLURM_JOB_ID; docs/cluster.md)")
     p.add_argument("--allow-test-selection", action="store_true",
                    help="let trials select on the test split (no validation split); the test score is then tuned on")
     p.add_argument("--no-report", action="store_true", help="skip the sweep report at the end")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -25,6 +24,7 @@ from cifarlab.config_diff import BOOKKEEPING, MISSING, differences
 from cifarlab.data.prepare import ARRAYS
 from cifarlab.errors import UserError
 from cifarlab.experiment import Run, resume, train
+from cifarlab.messages import say
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
 from cifarlab.run.records import read_metrics, read_summary
@@ -54,8 +54,8 @@ def train_or_continue(config: Union[Config, str, None], overrides: Sequence[str]
     finished = finished_run(run_dir)
     if finished is not None:
         if is_rank_zero():
-            print(f"run {run_dir} already finished ({finished.summary['epochs_completed']} epochs, status "
-                  f"completed): nothing to train", file=sys.stderr, flush=True)
+            say(f"run {run_dir} already finished ({finished.summary['epochs_completed']} epochs, status "
+                f"completed): nothing to train")
         return finished
     return resume(run_dir, data=data, callbacks=callbacks)
 
@@ -95,7 +95,7 @@ def _clear_unstarted(run_dir: Path) -> None:
     """Empty a run folder whose run was stopped before its first checkpoint: nothing in it can be continued,
     and `train` starts only in an empty folder. Under the run lock: a run still at work is never touched."""
     with RunLock(run_dir).acquire():
-        print(f"run {run_dir} stopped before its first checkpoint: starting it again", file=sys.stderr, flush=True)
+        say(f"run {run_dir} stopped before its first checkpoint: starting it again")
         for path in run_dir.iterdir():
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

@@ -64,7 +64,8 @@ def cmd_sweep(args) -> int:
     return cifarlab.sweep_recipe(args.recipe, args.args, grid=args.grid, trials=args.trials, seeds=args.seeds,
                                  name=args.name, folder=args.dir, storage=args.storage, pruner=args.pruner,
                                  heartbeat=args.heartbeat, allow_test_selection=args.allow_test_selection,
-                                 workers=args.workers, report=not args.no_report)
+                                 workers=args.workers, report=not args.no_report,
+                                 worker_id=args.worker_id)
 
 
 # ------------------------------------------------------------------------------ listing

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
@@ -129,7 +128,7 @@ def find_peak_lr(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path)
         lr_peak = box[0]
     if runtime.dist.is_main:
         save_range_test(result, run_dir, cfg.lr_find.suggestion)
-        print(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}", file=sys.stderr)
+        say(describe(result, cfg.lr_find.suggestion) + f"\nusing lr_peak={lr_peak:.3g}")
     schedule = cfg.schedule.model_copy(update={"lr_peak": float(lr_peak)})
     return cfg.model_copy(update={"schedule": schedule})
 

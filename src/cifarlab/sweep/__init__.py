@@ -5,7 +5,8 @@
     run_sweep(sweep)                     # report.md, report.html, best.yaml in sweep.sweep_dir
 
 Modules: `space` (space files and grids), `definition` (the checked sweep), `storage` (SQLite or
-PostgreSQL, heartbeats and retries), `pruning` (the callback), `trial` (a trial's runs), `study` (the
+PostgreSQL, heartbeats and retries), `claim` (which trial a worker takes; a stopped trial waits for its
+worker), `pruning` (the callback), `trial` (a trial's runs), `study` (the
 worker loop), `workers` (K processes), `report`. Nothing heavy is imported here.
 """
 from __future__ import annotations
@@ -26,10 +27,10 @@ def define_sweep(*args, **kwargs):
     return _define(*args, **kwargs)
 
 
-def run_sweep(sweep, workers: int = 1, report: bool = True) -> int:
+def run_sweep(sweep, workers: int = 1, report: bool = True, worker_id=None) -> int:
     from cifarlab.sweep.workers import run_sweep as _run
 
-    return _run(sweep, workers=workers, report=report)
+    return _run(sweep, workers=workers, report=report, worker_id=worker_id)
 
 
 def split_arguments(arguments: Sequence[str]) -> tuple[list[str], Optional[str]]:
@@ -47,14 +48,14 @@ def sweep_recipe(recipe: str, arguments: Sequence[str] = (), *, grid: Optional[l
                  trials: Optional[int] = None, seeds: int = 1, name: Optional[str] = None,
                  folder: Optional[str] = None, storage: Optional[str] = None, pruner: str = "median",
                  heartbeat: int = 10, allow_test_selection: bool = False, workers: int = 1,
-                 report: bool = True) -> int:
+                 report: bool = True, worker_id: Optional[str] = None) -> int:
     """`cifarlab sweep`: define the sweep of `recipe` (`arguments`: `key=value` overrides and at most one
     space file, as `split_arguments` reads them; or `grid`) and work on it with `workers` processes
     until it has its trials; returns `run_sweep`'s exit code. The options are the command's flags."""
     overrides, space_file = split_arguments(arguments)
     sweep = define_sweep(recipe, overrides, space_file, grid, trials, seeds, name, folder, storage, pruner,
                          heartbeat, allow_test_selection)
-    return run_sweep(sweep, workers=workers, report=report)
+    return run_sweep(sweep, workers=workers, report=report, worker_id=worker_id)
 
 
 __all__ = ["define_sweep", "run_sweep", "split_arguments", "sweep_recipe"]

@@ -7,7 +7,6 @@ test accuracy it was tuned on; it needs `allow_test_selection`).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +15,9 @@ import optuna
 
 from cifarlab.config import Config, apply_override, parse_override, read_with_overrides, validate
 from cifarlab.errors import UserError
+from cifarlab.messages import say
 from cifarlab.run.layout import check_run_name
+from cifarlab.sweep.claim import KEEP_SECONDS
 from cifarlab.sweep.pruning import make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, parse_grid, read_space_file
 from cifarlab.sweep.storage import check_url, default_url
@@ -41,6 +42,7 @@ class Sweep:
     pruner: Any = "median"  # a name (pruning.PRUNERS) or, from Python, an optuna pruner
     heartbeat_seconds: int = 10
     sampler_seed: Optional[int] = None
+    keep_seconds: float = KEEP_SECONDS  # how long a stopped trial waits for its own worker (sweep/claim.py)
     extras: dict = field(default_factory=dict)
 
     @property
@@ -110,7 +112,7 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
     base_raw, note = read_with_overrides(recipe, overrides)  # a shortened onecycle run keeps its peak's fraction
     base = validate(base_raw)
     if note:
-        print(note, file=sys.stderr, flush=True)
+        say(note)
     from cifarlab.models.registry import import_user_modules
 
     import_user_modules(base.model.module)  # the recipe's own model, as `train` imports it (one line if it cannot)
@@ -176,7 +178,7 @@ def _decide_auto_values(base_raw: dict, base: Config) -> Config:
     for key in autos:
         apply_override(base_raw, key.split("."), _value(sized, key))
     decided = ", ".join(f"{key}={_value(sized, key)}" for key in autos)
-    print(f"sweep: auto values decided once for every trial from the data: {decided}", file=sys.stderr, flush=True)
+    say(f"sweep: auto values decided once for every trial from the data: {decided}")
     return validate(base_raw)
 
 

@@ -6,7 +6,7 @@ so `resume` does not train it on, and its summary.json's early_stop carries the 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import optuna
 
@@ -39,12 +39,14 @@ def pruner_name(pruner) -> str:
 class ReportToTrial(Callback):
     """Reports `state.progress.history[-1][monitor]` to `trial` at every epoch end (step = the epoch) and stops the
     run when the trial should be pruned. On resume, the epochs done before are reported first, so a
-    retried trial (a new Optuna trial continuing the same run) has the whole curve."""
+    retried trial (a new Optuna trial continuing the same run) has the whole curve; `reported`: the epochs
+    the trial holds already (a stopped trial taken again)."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = f"{PRUNED_BY} the sweep"):
+    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = f"{PRUNED_BY} the sweep",
+                 reported: Iterable[int] = ()):
         self.trial, self.monitor, self.prune, self.why = trial, monitor, prune, why
         self.pruned_at: Optional[int] = None
-        self.reported: set[int] = set()
+        self.reported: set[int] = set(reported)
 
     def _report(self, row: dict) -> None:
         if row["epoch"] not in self.reported:

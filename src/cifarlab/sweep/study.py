@@ -1,15 +1,16 @@
 """The study and its workers: each worker asks Optuna for a trial, trains it (`sweep/trial.py`), tells the
 score, until the study holds `trials` trials that count, finished or under way.
 
-Counting: a trial counts when it is complete, pruned, running or waiting (a retry of a killed one);
-failed trials (killed then retried, or stopped) do not. Before it trains, a trial checks that fewer than
-`trials` counting trials are numbered below it: two workers asking at the same moment could otherwise
-make one more trial than asked for. Such a surplus trial ends at once as failed with `surplus` set.
+Counting: a trial counts when it is complete, pruned, running or waiting (a trial stopped by a signal,
+or Optuna's retry of a killed one); failed trials (killed then retried) do not. Before it trains, a new
+trial checks that fewer than `trials` counting trials are numbered below it: two workers asking at the
+same moment could otherwise make one more trial than asked for.
+Such a surplus trial ends at once as failed with `surplus` set.
 """
 from __future__ import annotations
 
 import os
-import sys
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ import optuna
 from optuna.trial import TrialState
 
 from cifarlab.errors import UserError
+from cifarlab.messages import say
 from cifarlab.sweep import trial as runs
+from cifarlab.sweep.claim import claim, heartbeat, keep_for
 from cifarlab.sweep.definition import Sweep, identity_differences
 from cifarlab.sweep.pruning import PRUNED_BY, ReportToTrial, make_pruner, pruner_name
 from cifarlab.sweep.space import suggest
@@ -31,7 +34,6 @@ from cifarlab.sweep.storage import (
     check_url,
     open_storage,
     redacted,
-    retry_callback,
     run_number,
 )
 
@@ -46,6 +48,10 @@ class SurplusTrial(Exception):
 class SweepStopped(Exception):
     """The trial's run was stopped by a signal: the sweep stops; the same command continues it."""
 
+    def __init__(self, message: str, signal_number: Optional[int] = None):
+        super().__init__(message)
+        self.exit_code = 128 + (signal_number or signal.SIGINT)  # as `train` exits: 130, 143, 138 (SIGUSR1)
+
 
 def open_study(sweep: Sweep) -> optuna.Study:
     """Create the study, or join it when it exists and was started with the same definition."""
@@ -54,7 +60,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
     make_sweep_folder(sweep.sweep_dir)
     storage = open_storage(sweep.storage_url, sweep.heartbeat_seconds)
     if sweep.grid is not None:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(sweep.grid, seed=0)
+        sampler: optuna.samplers.BaseSampler = _Grid(sweep.grid, seed=0)
     else:
         # TPE starts from random points: Optuna's default 10 would leave a short sweep all random, so a
         # third of the trials (3 to 10). constant_liar: parallel workers do not all propose one point.
@@ -74,6 +80,14 @@ def open_study(sweep: Sweep) -> optuna.Study:
                         f"from this command's); run it as it was "
                         f"started, or give this sweep another --name (or --dir)")
     return study
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid, without its `study.stop()` once every point was tried: that stops `study.optimize`, which
+    our workers do not run (they claim trials themselves, `sweep/claim.py`, and end when `trials` count)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sweep_folder(folder: Path) -> None:
@@ -106,35 +120,56 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def work(sweep: Sweep, study: optuna.Study) -> None:
-    """Run trials until the study has `sweep.trials` that count and none is left running elsewhere (a
-    worker that waits for the others takes over any of theirs that goes stale)."""
-    holder = _Objective(sweep, study)
+def work(sweep: Sweep, study: optuna.Study, worker: Optional[str] = None) -> None:
+    """Run trials until the study has `sweep.trials` that count and none is left running or waiting
+    elsewhere (a worker that waits for the others takes over any of theirs that goes stale, and a stopped
+    trial kept for another worker once it has waited long enough: `sweep/claim.py`). `worker` names this
+    worker (`claim.worker_identity`): a trial it is stopped in waits for it."""
+    storage = study._storage  # the RDBStorage open_study made (Optuna has no public accessor)
+    objective = _Objective(sweep, study)
     while True:
         _fail_stale(study)
+        trial = claim(study, storage, sweep.trials, worker, sweep.keep_seconds)
+        if trial is not None:
+            _run_trial(study, storage, trial, objective, worker)
+            continue
         now = counts(study)
-        if now.waiting or now.counted < sweep.trials:
-            try:
-                study.optimize(holder, n_trials=1, catch=(SurplusTrial,))
-            except (SweepStopped, KeyboardInterrupt):
-                holder.requeue()
-                raise
-        elif now.running:
-            time.sleep(sweep.heartbeat_seconds)
-        else:
+        if not now.running and not now.waiting:
             return
+        time.sleep(sweep.heartbeat_seconds)
+
+
+def _run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: "_Objective",
+               worker: Optional[str]) -> None:
+    """Train `trial` with its heartbeat beating and tell Optuna how it ended, as `study.optimize` would; a
+    trial stopped by a signal goes back to WAITING, kept for this worker."""
+    try:
+        with heartbeat(storage, trial):
+            value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except SurplusTrial:
+        study.tell(trial, state=TrialState.FAIL)
+    except (SweepStopped, KeyboardInterrupt):
+        keep_for(storage, trial, worker)
+        raise
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 class _Objective:
-    """Optuna's objective: one trial's runs, scored by the mean over seeds of best.pt's monitor."""
+    """One trial's runs, scored by the mean over seeds of best.pt's monitor."""
 
     def __init__(self, sweep: Sweep, study: optuna.Study):
         self.sweep, self.study = sweep, study
-        self.current: Optional[int] = None  # the trial number being trained, for `requeue`
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.current = trial.number
-        self._admit(trial)
+        resumed = RUN_ATTR in trial.user_attrs  # a stopped trial taken again: admitted when it started
+        if not resumed:
+            self._admit(trial)
         number = run_number(trial)
         trial.set_user_attr(RUN_ATTR, number)
         params = suggest(trial, self.sweep.space)
@@ -149,25 +184,25 @@ class _Objective:
         self._record(trial, results)
         status = results[-1].status
         if status == "interrupted":
-            raise SweepStopped(f"trial {trial.number} stopped by a signal")
+            raise SweepStopped(f"trial {trial.number} stopped by a signal", results[-1].signal_number)
         if status in ("pruned", "diverged"):
             raise optuna.TrialPruned(f"{status} ({results[-1].run_dir})")
-        self.current = None
         return mean(result.score for result in results)
 
     def _admit(self, trial: optuna.Trial) -> None:
         below = [t for t in self.study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
         if len(below) >= self.sweep.trials:
             trial.set_user_attr("surplus", True)
-            self.current = None
             raise SurplusTrial(f"trial {trial.number}: the study already holds {self.sweep.trials} trials")
 
     def _run(self, trial: optuna.Trial, cfg, run_dir, first: bool) -> runs.RunOutcome:
         # With several seeds the first seed's run is the one the pruner judges.
         pruner = pruner_name(self.sweep.pruner)
         why = f"{PRUNED_BY} the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
-        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why)
-        print(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}", file=sys.stderr, flush=True)
+        held = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number]
+        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why,
+                                 reported=held[0].intermediate_values if held else ())
+        say(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}")
         with runs.lines_prefixed(f"[trial {trial.number}] "):  # K workers' lines interleave in one log
             summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
         return runs.outcome(run_dir, summary, self.sweep.monitor)
@@ -181,13 +216,3 @@ class _Objective:
         trial.set_user_attr("train_seconds", round(sum(r.seconds for r in results), 3))
         if results[-1].status == "pruned":
             trial.set_user_attr("score", results[-1].score)
-
-    def requeue(self) -> None:
-        """The trial being trained was stopped (Ctrl-C): Optuna has marked it failed; enqueue it again, as a
-        stale one would be, so that the same command resumes its run."""
-        if self.current is None:
-            return
-        failed = [t for t in self.study.get_trials(deepcopy=False) if t.number == self.current]
-        if failed and failed[0].state == TrialState.FAIL:
-            retry_callback()(self.study, failed[0])
-        self.current = None

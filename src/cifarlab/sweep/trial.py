@@ -36,6 +36,7 @@ class RunOutcome:
     score: Optional[float]  # the monitor of best.pt
     test_acc: Optional[float]  # test accuracy of best.pt
     seconds: float
+    signal_number: Optional[int] = None  # the signal that stopped an interrupted run
 
 
 def run_dir_for(sweep_dir: Path, run_number: int, seed_index: int, seeds: int) -> Path:
@@ -80,7 +81,7 @@ def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:
     if status == "completed" and str((summary.get("early_stop") or {}).get("reason", "")).startswith(PRUNED_BY):
         status = "pruned"  # stopped by the pruning callback (sweep/pruning.py), which gave this reason
     return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.get("best_test_acc"),
-                      float(summary.get("train_seconds") or 0.0))
+                      float(summary.get("train_seconds") or 0.0), summary.get("signal_number"))
 
 
 class PrefixedLines(io.TextIOBase):

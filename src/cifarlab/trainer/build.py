@@ -94,7 +94,9 @@ def build_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) 
     lookahead = None if ahead is None else Lookahead(ahead.every, ahead.decay, ahead.power, ahead.start_epoch,
                                                      schedule.planned_steps)
     # Room in the step metrics for the steps between two syncs (it grows if a caller takes more).
-    metrics = StepMetrics(runtime.device, capacity=min(cfg.train.log_every_steps, len(train_loader)) + 1)
+    metrics = StepMetrics(runtime.device, capacity=min(cfg.train.log_every_steps, len(train_loader)) + 1,
+                          reduce=torch.distributed.all_reduce if runtime.dist.enabled else None,
+                          main=runtime.dist.is_main)
     objects = TrainObjects(
         model=model, train_model=wrap_for_training(model, cfg, runtime), optimizer=optimizer, schedule=schedule,
         grad_step=GradStep(optimizer, runtime.precision.make_scaler(), cfg.optim.grad_clip),

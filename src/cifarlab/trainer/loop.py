@@ -56,6 +56,8 @@ def _sync_if_due(state: TrainState) -> bool:
     elif not saving:
         return False
     state.check_finite(weights=saving)
+    if saving:  # every rank's sums into the checkpoint's (DDP; trainer/metrics.py)
+        state.objects.metrics.share_epoch()
     return published
 
 

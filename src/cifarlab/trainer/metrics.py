@@ -8,7 +8,11 @@ a checkpoint, the epoch end) the rows come back in one transfer and are folded, 
 sums for the epoch and for the logging window; the first step whose loss was not finite is found there.
 
 Folding row by row in step order makes the sums the same wherever the flushes fall, so a run resumed
-from a mid-epoch checkpoint reports exactly the numbers of an uninterrupted one.
+from a mid-epoch checkpoint reports exactly the numbers of an uninterrupted one. Under DDP each process
+sums its own shard: at a checkpoint step every process adds its sums into the epoch's totals so far
+(`share_epoch`), which the checkpoint holds; a resumed rank 0 starts from them and the other ranks from
+zero, so the epoch end's all-reduce counts each image once, as an uninterrupted run's does (the sums are
+of float32 values times batch sizes in float64, exact, so the order they are added in does not matter).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ SUMS = 3  # loss * images, correct predictions, images
 
 
 class StepMetrics:
-    def __init__(self, device: torch.device, capacity: int = 64):
+    def __init__(self, device: torch.device, capacity: int = 64, reduce=None, main: bool = True):
+        self.reduce, self.main = reduce, main  # DDP: all_reduce, and whether this is rank 0 (module docstring)
+        self.shared: Optional[list[float]] = None  # every rank's epoch sums added, at this checkpoint step
         self.rows = torch.zeros(max(1, capacity), 2, dtype=torch.float32, device=device)  # loss, correct
         self.pending: list[tuple[int, float, int]] = []  # (images, lr, step) of the rows not yet read
         self.epoch = [0.0] * SUMS
@@ -53,6 +59,16 @@ class StepMetrics:
                 sums[1] += correct
                 sums[2] += images
         self.pending.clear()
+        self.shared = None  # steps since: the totals shared at the checkpoint are not the epoch's any more
+
+    def share_epoch(self) -> None:
+        """Every rank's epoch sums so far, added up, for the checkpoint of this step (a collective: called by
+        every rank at the same step); nothing to do in a single process."""
+        self.flush()
+        if self.reduce is not None:
+            totals = torch.tensor(self.epoch, dtype=torch.float64, device=self.rows.device)
+            self.reduce(totals)
+            self.shared = totals.tolist()
 
     def read_window(self) -> tuple[float, float]:
         """(mean loss, accuracy) of the steps since the last window, which then starts anew."""
@@ -66,6 +82,7 @@ class StepMetrics:
         tensor of the sums across processes in place (distributed training)."""
         self.flush()
         sums = self.epoch
+        self.shared = None
         if reduce is not None:
             totals = torch.tensor(sums, dtype=torch.float64, device=self.rows.device)
             reduce(totals)
@@ -74,15 +91,20 @@ class StepMetrics:
         return _means(sums)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The sums a mid-epoch checkpoint carries (recorded rows folded in first)."""
+        """The sums a mid-epoch checkpoint carries (recorded rows folded in first): the epoch's of every rank
+        when shared at this step, else this process's (a DDP run interrupted between checkpoint steps)."""
         self.flush()
-        return {"epoch_meter": torch.tensor(self.epoch, dtype=torch.float64),
+        epoch = self.shared if self.shared is not None else self.epoch
+        return {"epoch_meter": torch.tensor(epoch, dtype=torch.float64),
                 "window_meter": torch.tensor(self.window, dtype=torch.float64)}
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         self.pending.clear()
+        self.shared = None
         self.epoch, self.window = ([0.0] * SUMS if payload.get(key) is None else payload[key].tolist()
                                    for key in ("epoch_meter", "window_meter"))
+        if not self.main:  # rank 0 carries the epoch's totals so far; the all-reduce at its end adds ours
+            self.epoch = [0.0] * SUMS
 
 
 def _means(sums: list[float]) -> tuple[float, float]:
