@@ -119,7 +119,8 @@ def demo(overrides=()):
 def sweep_recipe(recipe, arguments=(), **options):
     """An Optuna study of `recipe`'s runs; `arguments` are `key=value` overrides and at most one space file,
     `options` the flags of `cifarlab sweep` (grid, trials, seeds, workers, storage, ...: see
-    `cifarlab.sweep.sweep_recipe`). Returns the exit code: 0 done, 128 + the signal when stopped (130 Ctrl-C, 138 SIGUSR1; call again to continue)."""
+    `cifarlab.sweep.sweep_recipe`). Returns the exit code: 0 done,
+    128 + the signal when stopped (130 Ctrl-C, 138 SIGUSR1; call again to continue)."""
     from cifarlab.sweep import sweep_recipe as _sweep_recipe
 
     return _sweep_recipe(recipe, arguments, **options)
