@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import yaml
 
-from cifarlab.config import TrainConfig, apply_override, keep_peak_fraction, validate
+from cifarlab.config import TrainConfig, apply_override, keep_epoch_fractions, validate
 from cifarlab.errors import UserError
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
@@ -128,13 +128,14 @@ def check_against_config(space: dict[str, optuna.distributions.BaseDistribution]
 
 def apply_params(base_raw: dict, params: dict[str, Any], user_keys=frozenset()) -> dict:
     """The base config (raw) with a trial's parameters set at their dotted keys. A trial's `train.epochs`
-    moves a onecycle recipe's `schedule.peak_epoch` to the same fraction of the run, as `cifarlab train
-    RECIPE train.epochs=N` does; a peak the user set (an override in `user_keys`, or swept) stays as given."""
+    moves a onecycle recipe's `schedule.peak_epoch` (and `fast`'s lookahead start and whitening-bias epochs) to the
+    same fraction of the run, as `cifarlab train RECIPE train.epochs=N` does; a setting the user set (an override in
+    `user_keys`, or swept) stays as given."""
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
         apply_override(raw, key.split("."), value)
     base_epochs = (base_raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
-    keep_peak_fraction(raw, base_epochs, set(params) | set(user_keys))
+    keep_epoch_fractions(raw, base_epochs, set(params) | set(user_keys))
     return raw
 
 

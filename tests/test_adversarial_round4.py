@@ -1,0 +1,58 @@
+"""Issue 27's fresh adversarial round: the cases it found failing, each a table row that failed before its fix.
+
+Settings counted in epochs must fall inside the run they belong to: a lookahead that starts after the last
+epoch never runs, silently. A recipe's own such settings move with `train.epochs` (train and every sweep
+trial alike); the user's own are refused in one line. A run recorded before the check still loads."""
+from __future__ import annotations
+
+import pytest
+
+from cifarlab.config import load_config, read_with_overrides, validate, validate_recorded
+from cifarlab.errors import UserError
+from cifarlab.sweep.space import apply_params
+
+# (overrides on smoke (2 epochs), words of the one line; None: accepted)
+EPOCH_TIED = [
+    (["train.lookahead={start_epoch: 2}"], ["train.lookahead.start_epoch must be in 0..1", "got 2"]),
+    (["train.lookahead={start_epoch: 9}", "train.epochs=4", "schedule.peak_epoch=1"],
+     ["train.lookahead.start_epoch must be in 0..3", "train.epochs=4", "train.lookahead=null"]),
+    (["train.lookahead={start_epoch: 1}"], None),
+    (["train.lookahead={start_epoch: 5}", "train.epochs=auto"], None),  # decided with the data, checked then
+]
+
+
+@pytest.mark.parametrize("overrides, words", EPOCH_TIED, ids=[" ".join(o) for o, _ in EPOCH_TIED])
+def test_a_lookahead_start_outside_the_run_is_refused_in_one_line(overrides, words):
+    if words is None:
+        assert load_config("smoke", overrides).train.lookahead is not None
+        return
+    with pytest.raises(UserError) as refused:
+        load_config("smoke", overrides)
+    assert len(str(refused.value).splitlines()) == 1
+    for word in words:
+        assert word in str(refused.value)
+
+
+def test_a_run_recorded_with_a_late_lookahead_still_loads():
+    raw = load_config("smoke", ["train.lookahead={start_epoch: 1}"]).to_dict()
+    raw["train"]["lookahead"]["start_epoch"] = 3  # what `fast train.epochs=2` recorded before the scaling fix
+    assert validate_recorded(raw).train.lookahead.start_epoch == 3
+    with pytest.raises(UserError, match="start_epoch must be in 0..1"):
+        validate(raw)
+
+
+@pytest.mark.parametrize("epochs, start, whiten", [(2, 1, 1), (4, 1, 1), (20, 6, 6)])
+def test_a_sweep_trial_moves_fast_s_epoch_settings_as_train_does(epochs, start, whiten):
+    """`sweep fast --grid train.epochs=2,...` trained trials whose lookahead (epoch 3) never started."""
+    raw, _ = read_with_overrides("fast", [])
+    trial = validate(apply_params(raw, {"train.epochs": epochs}))
+    by_train = load_config("fast", [f"train.epochs={epochs}"])
+    assert (trial.train.lookahead.start_epoch, trial.model.options["whiten_bias_epochs"]) == (start, whiten)
+    assert trial.train.lookahead == by_train.train.lookahead
+    assert trial.model.options == by_train.model.options
+
+
+def test_a_swept_lookahead_start_is_the_users_own_and_stays():
+    raw, _ = read_with_overrides("fast", [])
+    trial = validate(apply_params(raw, {"train.epochs": 4, "train.lookahead.start_epoch": 2}))
+    assert trial.train.lookahead.start_epoch == 2
