@@ -117,7 +117,10 @@ def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tupl
                         part = datasets.Dataset.from_parquet(str(file), cache_dir=arrow_cache)
                     parts.setdefault(name, []).append((f"the {name!r} split (file {file})", part))
             return parts
-    if path.exists() or where.startswith((".", "/", "~")):
+    if not path.exists() and where.startswith((".", "/", "~")):
+        raise UserError(f"data.dir {where} does not exist; give a save_to_disk folder, a folder of parquet files or "
+                        f"a Hub dataset name")
+    if path.exists():
         raise UserError(f"data.dir {where} is neither a save_to_disk folder (dataset_dict.json) nor a folder of "
                         f"parquet files")
     if not download:
@@ -196,9 +199,17 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
 def _splits(parts: dict, settings: dict) -> dict:
     """{role: (split name, its parts)} for train, test and (if any) val."""
     names = {"train": settings["train_split"] or "train", "test": settings["test_split"] or "test"}
-    val = settings["val_split_name"] or ("validation" if "validation" in parts else None)
+    val = settings["val_split_name"] or ("validation" if "validation" in parts and "validation" not in names.values()
+                                         else None)
     if val is not None:
         names["val"] = val
+    roles = {}
+    for role, name in names.items():  # the same split in two roles: tested or selected on the training data
+        if name in roles:
+            raise UserError(f"the split {name!r} is named for both {roles[name]} and {role}; train, test and "
+                            f"validation must be three different splits (set data.options.train_split, test_split, "
+                            f"val_split_name)")
+        roles[name] = role
     for role, name in names.items():
         if name not in parts:
             raise UserError(f"the dataset has no split {name!r} for {role}; its splits are "
@@ -232,11 +243,14 @@ def _open_image(encoded: dict, where: str):
     """A PIL image from `datasets`' undecoded Image value ({"bytes", "path"}); one line if unreadable."""
     from PIL import Image
 
+    if not isinstance(encoded, dict) or not (encoded.get("bytes") or encoded.get("path")):
+        raise UserError(f"{where} has no image (its image value is {encoded!r:.60}); every row needs one")
     try:
         image = Image.open(io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"])
     except Exception as err:  # PIL raises many types for a bad image; each means "unreadable"
-        raise UserError(f"cannot read the image of {where}: {str(err).splitlines()[0][:200] if str(err) else err}"
-                        ) from None
+        reason = ("its bytes are not an image file PIL can read" if isinstance(err, Image.UnidentifiedImageError)
+                  else (str(err).splitlines() or [type(err).__name__])[0][:200])
+        raise UserError(f"cannot read the image of {where}: {reason}") from None
     if image.size[0] * image.size[1] > MAX_PIXELS:
         raise UserError(f"the image of {where} is {image.size[0]}x{image.size[1]} pixels, more than cifarlab decodes")
     return image
