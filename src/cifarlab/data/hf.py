@@ -115,7 +115,7 @@ def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tupl
                 for file in split_files:
                     with _reading(f"the parquet file {file}"):
                         part = datasets.Dataset.from_parquet(str(file), cache_dir=arrow_cache)
-                    parts.setdefault(name, []).append((f"the {name!r} split (file {file})", part))
+                    parts.setdefault(str(name), []).append((f"the {str(name)!r} split (file {file})", part))
             return parts
     if not path.exists() and where.startswith((".", "/", "~")):
         raise UserError(f"data.dir {where} does not exist; give a save_to_disk folder, a folder of parquet files or "
