@@ -142,6 +142,28 @@ def test_a_folder_without_run_config_is_one_line(made, tmp_path, capsys):
                    {"model": folder}, capsys, tmp_path)
 
 
+def _weights_a_folder(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+
+
+HALF_FOLDERS = [  # (id, change to a copy of the folder, words); round 4: each said "give a .pt file"
+    ("no-weights", lambda f: (f / "model.safetensors").unlink(),
+     ["has no model.safetensors file beside its config.json"]),
+    ("no-config", lambda f: (f / "config.json").unlink(), ["has no config.json file beside its model.safetensors"]),
+    ("weights-a-folder", _weights_a_folder, ["has no model.safetensors file", "cifarlab export --format hf"]),
+]
+
+
+@pytest.mark.parametrize("case", HALF_FOLDERS, ids=[case[0] for case in HALF_FOLDERS])
+def test_half_a_model_folder_says_what_it_lacks(made, case, tmp_path, capsys):
+    _, change, words = case
+    folder = tmp_path / "folder"
+    shutil.copytree(made["folder"], folder)
+    change(folder)
+    assert_refused(["predict", str(folder), str(made["image"])], words, {"model": folder}, capsys, tmp_path)
+
+
 # ---------------------------------------------------------------- load_model gives an nn.Module
 
 @pytest.mark.parametrize("kind", ["checkpoint", "folder"])

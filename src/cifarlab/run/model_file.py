@@ -55,6 +55,11 @@ def read_model(path: Union[str, Path]) -> ModelFile:
     path = Path(path)
     if is_model_folder(path):
         return _read_folder(path)
+    held = [name for name in (FOLDER_CONFIG, FOLDER_WEIGHTS) if path.is_dir() and (path / name).exists()]
+    if held:  # half a model folder: say what it lacks, not "give a .pt file"
+        lacking = next(name for name in (FOLDER_CONFIG, FOLDER_WEIGHTS) if not (path / name).is_file())
+        raise UserError(f"model folder {path} has no {lacking} file beside its {held[0]}; a model folder holds both "
+                        f"{FOLDER_CONFIG} and {FOLDER_WEIGHTS} (cifarlab export --format hf)")
     checkpoint, used = read_checkpoint(path)
     cfg = checkpoint.cfg
     card = with_image_size(checkpoint.card, cfg)
