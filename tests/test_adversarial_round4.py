@@ -56,3 +56,19 @@ def test_a_swept_lookahead_start_is_the_users_own_and_stays():
     raw, _ = read_with_overrides("fast", [])
     trial = validate(apply_params(raw, {"train.epochs": 4, "train.lookahead.start_epoch": 2}))
     assert trial.train.lookahead.start_epoch == 2
+
+
+@pytest.mark.parametrize("grid, words", [
+    (["optim.lr=0.1,0.10"], ["space key 'optim.lr' lists 0.1 twice"]),
+    (["seed=1,2,1"], ["space key 'seed' lists 1 twice"]),
+    ([" optim.lr=0.1", "optim.lr=0.2"], ["--grid names 'optim.lr' twice"]),
+    (["train.lookahead.start_epoch=0,4"], ["train.lookahead.start_epoch must be in 0..1"]),  # a start never run
+])
+def test_a_grid_that_repeats_a_point_or_leaves_the_run_is_refused(grid, words, tmp_path, capsys):
+    """`--grid optim.lr=0.1,0.10` trained the same configuration twice, as two trials."""
+    from _runs import assert_refused
+
+    argv = ["sweep", "smoke", "data.val_split=64", "train.threads=1", "train.lookahead={start_epoch: 0}", "--grid",
+            *grid, "--dir", str(tmp_path / "s")]
+    assert_refused(argv, words, {}, capsys, tmp_path)
+    assert not (tmp_path / "s").exists()

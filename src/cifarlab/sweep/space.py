@@ -54,7 +54,8 @@ def parse_grid(items: list[str], base_raw: dict, user_keys=frozenset()) -> dict[
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        if not sep or not key or not values.strip():
             raise UserError(f"--grid item {item!r} must look like key=value1,value2, e.g. optim.lr=0.05,0.1")
         try:
             parsed = [load_yaml(value) if value.strip() else None for value in values.split(",")]
@@ -62,12 +63,22 @@ def parse_grid(items: list[str], base_raw: dict, user_keys=frozenset()) -> dict[
             raise UserError(f"--grid item {item!r}: {str(err).splitlines()[0]}") from None
         if key in grid:
             raise UserError(f"--grid names {key!r} twice; give its values once, comma-separated")
-        grid[key.strip()] = [_choice(key, value) for value in parsed]
+        grid[key] = _distinct(key, [_choice(key, value) for value in parsed])
     if not grid:
         raise UserError("--grid needs at least one key=value1,value2 item")
     check_against_config({key: optuna.distributions.CategoricalDistribution(values) for key, values in grid.items()},
                          base_raw, user_keys)
     return grid
+
+
+def _distinct(key: str, values: list) -> list:
+    """`values` of one key, each once: a value given twice (`0.1,0.10`) trains the same configuration twice."""
+    seen = []
+    for value in values:
+        if any(type(value) is type(other) and value == other for other in seen):
+            raise UserError(f"space key {key!r} lists {value!r} twice; give each value once")
+        seen.append(value)
+    return values
 
 
 def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
@@ -77,7 +88,7 @@ def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
             raise UserError(f"space key {key!r}: choices must be a non-empty list and come alone, got {spec!r}")
-        return optuna.distributions.CategoricalDistribution([_choice(key, value) for value in choices])
+        return optuna.distributions.CategoricalDistribution(_distinct(key, [_choice(key, value) for value in choices]))
     unknown = set(spec) - RANGE_KEYS
     if unknown or not {"low", "high"} <= set(spec):
         raise UserError(f"space key {key!r} needs low and high (allowed: low, high, log, step; or choices), got "
