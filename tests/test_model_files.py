@@ -44,11 +44,18 @@ def _nan_first_weight(weights: dict) -> None:
     weights[name] = torch.full_like(weights[name], math.nan)
 
 
+def _integer_weights(weights: dict) -> None:
+    """Every float weight as int64: loaded as they were, they would be copied in, rounded, silently."""
+    weights.update({key: value.round().long() for key, value in weights.items() if value.is_floating_point()})
+
+
 def _checkpoint_fault(fault: str):
     def change(payload: dict) -> None:
         payload["ema"] = None  # the weights evaluated are then `model`'s
         if fault == "nan-weights":
             _nan_first_weight(payload["model"])
+        elif fault == "integer-weights":
+            _integer_weights(payload["model"])
         elif fault == "std-zero":
             payload["std"] = [0.0] + list(payload["std"][1:])
         elif fault == "no-classes":
@@ -63,9 +70,9 @@ def _checkpoint_fault(fault: str):
 def _folder_fault(folder: Path, fault: str) -> None:
     from safetensors.torch import load_file, save_file
 
-    if fault == "nan-weights":
+    if fault in ("nan-weights", "integer-weights"):
         weights = load_file(str(folder / "model.safetensors"))
-        _nan_first_weight(weights)
+        (_nan_first_weight if fault == "nan-weights" else _integer_weights)(weights)
         save_file(weights, str(folder / "model.safetensors"))
         return
     config = json.loads((folder / "config.json").read_text())
@@ -82,6 +89,7 @@ def _folder_fault(folder: Path, fault: str) -> None:
 
 FAULTS = {  # fault -> words the one line must hold, for a checkpoint and for a model folder
     "nan-weights": (["is not usable", "non-finite (NaN or inf) values"],) * 2,
+    "integer-weights": (["is not usable", "not a floating-point tensor"],) * 2,  # round 4: predicted silently
     "std-zero": (["is not usable", "std must be positive"],) * 2,
     "no-classes": (["is not usable", "no classes"],
                    ["is not usable", "classes must be a list of distinct class names"]),

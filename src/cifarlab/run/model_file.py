@@ -117,6 +117,11 @@ def _build(card: ModelCard, cfg: Config, weights: dict[str, torch.Tensor], sourc
     # them, and the caller's RNG must not notice.
     with torch.random.fork_rng(devices=[]):
         network = build_model(cfg.model, num_classes=card.num_classes, in_channels=card.in_channels)
+    expected = network.state_dict()
+    for name, tensor in weights.items():  # load_state_dict would copy integers into float weights, silently
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise UserError(f"{source} is not usable: its weight {name} is {tensor.dtype}, not a floating-point "
+                            f"tensor like the network's ({expected[name].dtype}); export the model again")
     try:
         network.load_state_dict(weights)
     except (RuntimeError, AttributeError, TypeError) as err:
