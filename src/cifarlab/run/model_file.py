@@ -110,7 +110,7 @@ def _build(card: ModelCard, cfg: Config, weights: dict[str, torch.Tensor], sourc
                             f"a diverged model predicts garbage and cannot be exported; use a checkpoint from "
                             f"before the divergence")
     head = weights.get(f"{card.classifier}.weight") if card.classifier else None
-    if head is not None and head.dim() >= 1 and head.shape[0] != card.num_classes:
+    if head is not None and head.dim() == 2 and head.shape[0] != card.num_classes:  # else load_state_dict says
         raise UserError(f"{source} does not match its own config: classes must be {head.shape[0]} names (one per "
                         f"output of its classifier {card.classifier!r}), got {card.num_classes} classes")
     # Building the network draws its initial weights from torch's global RNG; the file's weights replace
