@@ -276,3 +276,18 @@ def test_a_model_that_declares_no_classifier_is_told_how_when_its_head_must_star
             classifier_head(factory(), name)
     monkeypatch.setitem(MODELS._facts, "misnamed_head", {"classifier": "1"})
     assert classifier_head(factory(), "misnamed_head") == "1"
+
+
+def test_an_exported_file_is_named_as_one_not_as_a_broken_checkpoint(made, tmp_path, capsys):
+    """Round 4: `predict best.safetensors` said "truncated or not a cifarlab checkpoint (no checksum trailer)"."""
+    from cifarlab.export import FORMATS
+    from cifarlab.run.model_file import EXPORTED
+
+    assert set(EXPORTED) == set(FORMATS.values())  # every format export writes is recognised
+    exported = tmp_path / "net.safetensors"
+    assert main(["export", str(made["run"] / "checkpoints" / "best.pt"), "--format", "safetensors",
+                 "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert_refused(["predict", str(exported), str(made["image"])],
+                   ["is an exported model (safetensors", "checkpoints/best.pt", "--format hf"], {"out": tmp_path},
+                   capsys, tmp_path)

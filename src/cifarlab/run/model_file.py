@@ -30,6 +30,7 @@ from cifarlab.run.records import FieldProblem, ModelCard, need, whole
 
 FOLDER_WEIGHTS = "model.safetensors"
 FOLDER_CONFIG = "config.json"
+EXPORTED = (".safetensors", ".onnx", ".torchscript.pt")  # export.FORMATS' suffixes (export sits above run/)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ def read_model(path: Union[str, Path]) -> ModelFile:
         lacking = next(name for name in (FOLDER_CONFIG, FOLDER_WEIGHTS) if not (path / name).is_file())
         raise UserError(f"model folder {path} has no {lacking} file beside its {held[0]}; a model folder holds both "
                         f"{FOLDER_CONFIG} and {FOLDER_WEIGHTS} (cifarlab export --format hf)")
+    exported = next((suffix for suffix in EXPORTED if path.name.endswith(suffix)), None)
+    if exported and path.is_file():  # `cifarlab export`'s files are for other tools; they lack the run's config
+        raise UserError(f"{path} is an exported model ({exported[1:]}, for other tools), which cifarlab does not load "
+                        f"back; give the run's checkpoint (checkpoints/best.pt) or a model folder (cifarlab export "
+                        f"--format hf)")
     checkpoint, used = read_checkpoint(path)
     cfg = checkpoint.cfg
     card = with_image_size(checkpoint.card, cfg)
