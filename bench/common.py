@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # run by hand from a checkout
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from cifarlab.config import load_config
-from cifarlab.training.autotune import device_identity
+from cifarlab.trainer.autotune import device_identity
 
 
 def machine() -> str:
@@ -57,7 +57,8 @@ def timed(work: Callable[[], int]) -> float:
 def bare_epoch(state, batches) -> int:
     """The minimum, as anyone would write it: forward, loss, backward, step over `batches` (no schedule,
     metrics, EMA, callbacks or syncs); returns the images it trained on."""
-    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
+    objects, precision = state.objects, state.runtime.precision
+    model, optimizer, loss_fn = objects.train_model, objects.optimizer, objects.loss_fn
     model.train()
     images = 0
     for inputs, labels in batches:

@@ -9,7 +9,7 @@ Runs alternate (bare, fit, ...); images/s are medians and the ratio is the media
 Per step (training steps only, from one profiled epoch of each): host ms (CPU: wall time; GPU: wall time
 less the time blocked in synchronising calls), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level
 aten ops that compute, views excluded), syncs (cudaStream/Device/EventSynchronize; on a CPU: the calls
-`cifarlab.training.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
+`cifarlab.trainer.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
 
 On a CUDA device: fast (batch 1024), custom_resnet (512), resnet18 (128), the sizes of issue 10. Without
 one: small models on the CPU. `--smoke` runs a few steps of each (CI). `--compile MODE` compiles the model
@@ -36,8 +36,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from cifarlab.config import load_config  # noqa: E402
 from cifarlab.experiment import build_state, default_callbacks, load_data  # noqa: E402
 from cifarlab.runtime import make_runtime  # noqa: E402
-from cifarlab.training.loop import fit, train_epoch  # noqa: E402
-from cifarlab.training.syncs import SyncCounter  # noqa: E402
+from cifarlab.trainer.loop import fit, train_epoch  # noqa: E402
+from cifarlab.trainer.syncs import SyncCounter  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -77,22 +77,22 @@ def make_state(case: Case, steps: int, run_dir: Path):
         *case.overrides])
     runtime = make_runtime(cfg.train, cfg.seed)
     state = build_state(cfg, runtime, load_data(cfg.data), run_dir)
-    SCHEDULE_AT_START[id(state)] = state.schedule.state_dict()
+    SCHEDULE_AT_START[id(state)] = state.objects.schedule.state_dict()
     return state, default_callbacks(cfg, run_dir, is_main=True)
 
 
 def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
-    state.epoch, state.step, state.batch_in_epoch, state.stop = 0, 0, 0, None
-    state.history.clear()
-    state.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
+    state.progress.epoch, state.progress.step, state.progress.batch_in_epoch, state.stop = 0, 0, 0, None
+    state.progress.history.clear()
+    state.objects.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
 
 
 def fit_epoch(state, callbacks) -> int:
     """One epoch of `fit`, evaluation and checkpoint included."""
     restart(state)
     fit(state, callbacks)
-    return state.steps_per_epoch * state.train_loader.batch_size
+    return state.steps_per_epoch * state.objects.train_loader.batch_size
 
 
 def steps_of_fit(state, callbacks) -> None:
@@ -139,8 +139,8 @@ def per_step(work, steps: int, cuda: bool) -> dict[str, float]:
 def run_case(case: Case, steps: int, repeats: int, cuda: bool) -> dict:
     with TemporaryDirectory() as tmp:
         state, callbacks = make_state(case, steps, Path(tmp))
-        batches = list(state.train_loader.batches(0))  # the bare loop's data: made once, on the device
-        loader = state.train_loader
+        batches = list(state.objects.train_loader.batches(0))  # the bare loop's data: made once, on the device
+        loader = state.objects.train_loader
         indices = loader.permutation(1)[:loader.batch_size]
         fit_epoch(state, callbacks)  # warm-up: lazy optimizer state, cuDNN autotuning, allocator
         bare_epoch(state, batches)

@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.config import load_config
+from cifarlab.data.prepare import load_data
 from cifarlab.experiment import train
+from cifarlab.models.inference import evaluate
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.evaluate import evaluate
-from cifarlab.training.optim import build_optimizer
-from cifarlab.training.throughput import peak_flops
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.optim import build_optimizer
+from cifarlab.trainer.throughput import peak_flops
 
 TARGETS = {"fmnist-quick": (0.92, 300), "fmnist-fast": (0.94, 240), "fmnist-95": (0.95, 900)}
 FLAGS = ("avx512_bf16", "amx_bf16")
@@ -113,10 +114,10 @@ def run_reference(recipe: str, seed: int, budget_seconds: float, extra: list[str
     dataset = load_data(cfg.data, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         state = build_state(cfg, runtime, dataset, Path(tmp))  # the model as the recipe builds it (whitening)
-    model = state.model.to(memory_format=torch.contiguous_format)  # plain NCHW, as the references
+    model = state.objects.model.to(memory_format=torch.contiguous_format)  # plain NCHW, as the references
     optimizer = build_optimizer(model, cfg.optim)  # the recipe's parameter groups, lr, momentum, weight decay
     images, seconds = train_reference(model, optimizer, reference_loader(cfg, dataset, workers), cfg, budget_seconds)
-    _, accuracy = evaluate(model, state.test_loader, runtime.precision)
+    _, accuracy = evaluate(model, state.objects.test_loader, runtime.precision)
     return {"final_test_acc": accuracy, "train_seconds": seconds, "train_images_per_second": images / seconds}
 
 

@@ -1,6 +1,6 @@
 """The Python API mirrors the CLI and works from a notebook."""
 import cifarlab
-import cifarlab.training.loop  # noqa: F401  (importing the subpackage must not shadow cifarlab.train)
+import cifarlab.trainer.loop  # noqa: F401  (importing the subpackage must not shadow cifarlab.train)
 
 
 def test_train_and_resume_are_functions_after_submodule_imports():
@@ -45,7 +45,7 @@ def test_train_on_arrays_from_python_and_evaluating_on_them_needs_them_again(tmp
 
 
 def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
-    from cifarlab.training.callbacks import Callback
+    from cifarlab.trainer.callbacks import Callback
 
     class Recorder(Callback):
         def __init__(self):
@@ -53,7 +53,7 @@ def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
 
         def on_epoch_end(self, state):
             # cifarlab's Checkpointer ran first: this epoch's last.pt is already on disk.
-            self.seen.append((state.epoch, state.history[-1]["test_acc"],
+            self.seen.append((state.progress.epoch, state.progress.history[-1]["test_acc"],
                               (state.run_dir / "checkpoints" / "last.pt").is_file()))
 
         def on_fit_end(self, state):

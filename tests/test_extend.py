@@ -15,8 +15,8 @@ from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import loop
-from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.trainer import loop
+from cifarlab.trainer.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=none"]
@@ -100,7 +100,7 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
     real_step = loop.train_step
 
     def stop_at_step_28(state, inputs, labels):
-        if state.step + 1 == 28:
+        if state.progress.step + 1 == 28:
             state.interrupt("SIGINT", 2)
         real_step(state, inputs, labels)
 
@@ -153,14 +153,15 @@ def test_onecycle_schedule_past_its_plan_holds_min_lr_per_group():
 
 def _start_of(run_args: list[str]) -> dict:
     """What a new run starts from: its weights, optimizer state and step, seen by a user callback."""
-    from cifarlab.training.callbacks import Callback
+    from cifarlab.trainer.callbacks import Callback
 
     seen = {}
 
     class Capture(Callback):
         def on_fit_start(self, state):
-            seen.update(model={k: v.clone() for k, v in state.model.state_dict().items()},
-                        optimizer_state=dict(state.optimizer.state), step=state.step, lr=state.schedule.lr)
+            seen.update(model={k: v.clone() for k, v in state.objects.model.state_dict().items()},
+                        optimizer_state=dict(state.objects.optimizer.state), step=state.progress.step,
+                        lr=state.objects.schedule.lr)
 
     cifarlab.train("smoke", run_args, callbacks=[Capture()])
     return seen
@@ -223,7 +224,7 @@ def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
 
 def test_every_registered_model_has_a_classifier_head_giving_the_logits():
     from cifarlab.models.registry import create_model, list_models
-    from cifarlab.training.warmstart import classifier_head
+    from cifarlab.trainer.warmstart import classifier_head
 
     for name in list_models():
         model = create_model(name, num_classes=7)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from cifarlab.cli import main
 from cifarlab.config import load_config
+from cifarlab.models.inference import log_probs
 from cifarlab.models.registry import create_model
-from cifarlab.training.evaluate import log_probs
-from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.trainer.optim import Schedule, build_optimizer
 
 SMALL = ["train.device=cpu", "train.threads=1", "train.precision=fp32", "output.tensorboard=false",
          "output.progress=none", "output.report=false"]
@@ -95,16 +95,17 @@ def test_compile_warmup_is_reported_apart_from_training_time(tmp_path, monkeypat
 
 
 def test_a_compiled_run_drops_the_ragged_last_batch_so_every_step_has_one_shape(monkeypatch):
+    from cifarlab.data.prepare import load_data
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.build import build_state, load_data
+    from cifarlab.trainer.build import build_state
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
     for compiled, steps in ((False, 5), (True, 4)):  # 300 images in batches of 64: 4 full + 44
         cfg = load_config("smoke", ["data.options={num_train: 300, num_test: 64, image_size: 16}",
                                     f"train.compile={str(compiled).lower()}", "train.device=cpu"])
         state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
-        shapes = {inputs.shape[0] for inputs, _ in state.train_loader.batches(0)}
-        assert len(state.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})
+        shapes = {inputs.shape[0] for inputs, _ in state.objects.train_loader.batches(0)}
+        assert len(state.objects.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})
 
 
 @pytest.mark.slow  # torch.compile for real: ~30 s idle
@@ -131,10 +132,11 @@ def test_a_really_compiled_run_trains_like_an_eager_one_and_its_checkpoint_loads
 def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_training(monkeypatch):
     """A parameter that stops training changes a compiled graph: torch.compile traces again at that epoch,
     and those steps must land in compile_seconds, not in the epoch's images/s."""
+    from cifarlab.data.prepare import load_data
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.build import build_state, load_data
-    from cifarlab.training.model_epochs import ModelEpochs
-    from cifarlab.training.state import COMPILE_WARMUP_STEPS
+    from cifarlab.trainer.build import build_state
+    from cifarlab.trainer.callbacks.model_epochs import ModelEpochs
+    from cifarlab.trainer.state import COMPILE_WARMUP_STEPS
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
     for compiled in (True, False):
@@ -144,8 +146,8 @@ def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_traini
         state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
         armed = []
         for epoch in range(4):
-            state.epoch, state.compile_warmup_steps = epoch, 0
+            state.progress.epoch, state.process.compile_warmup_steps = epoch, 0
             ModelEpochs().on_epoch_start(state)
-            armed.append(state.compile_warmup_steps)
+            armed.append(state.process.compile_warmup_steps)
         # epoch 0: the bias trains as built; epoch 2: it stops training -> a new graph; no change after
         assert armed == ([0, 0, COMPILE_WARMUP_STEPS, 0] if compiled else [0, 0, 0, 0])

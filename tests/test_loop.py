@@ -12,12 +12,13 @@ from cifarlab.config import load_config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.normalize import normalize, to_float
+from cifarlab.data.prepare import load_data
 from cifarlab.data.sources import dataset_available
 from cifarlab.experiment import train
 from cifarlab.runtime import make_runtime, resolve_precision
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.loop import train_step
-from cifarlab.training.optim import Schedule
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.loop import train_step
+from cifarlab.trainer.optim import Schedule
 
 CPU = torch.device("cpu")
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
@@ -33,12 +34,12 @@ def test_one_batch_can_be_overfit(tmp_path):
     state = tiny_state(tmp_path, ["data.options={num_train: 32, num_test: 32, image_size: 16}", "augment={}",
                                   "train.batch_size=32", "optim.name=adam", "optim.lr=0.01", "optim.momentum=0",
                                   "schedule.name=constant", "optim.weight_decay=0", "train.precision=fp32"])
-    inputs, labels = next(iter(state.train_loader))
-    state.train_model.train()
+    inputs, labels = next(iter(state.objects.train_loader))
+    state.objects.train_model.train()
     for _ in range(60):
         train_step(state, inputs, labels)
     with torch.no_grad():
-        loss = state.loss_fn(state.train_model(inputs), labels).item()
+        loss = state.objects.loss_fn(state.objects.train_model(inputs), labels).item()
     assert loss < 0.05, f"a 32-image batch should be memorised in 60 steps, loss is still {loss:.3f}"
 
 
@@ -194,7 +195,7 @@ def test_flip_tta_loss_stays_finite_for_confident_wrong_predictions():
     """Averaging softmaxes then taking log underflowed to log(0) = -inf; log-space averaging does not."""
     from cifarlab.data.loader import DeviceLoader
     from cifarlab.runtime import Precision
-    from cifarlab.training.loop import evaluate
+    from cifarlab.trainer.loop import evaluate
 
     class LeftOrRight(torch.nn.Module):  # class 0 if the left half is brighter, else 1; class 2 never
         def forward(self, x):

@@ -24,7 +24,7 @@ from test_user_models import user_module  # noqa: F401  (a fixture)
 from _runs import signal_at_step
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import loop
+from cifarlab.trainer import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
@@ -216,9 +216,9 @@ def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monke
     real_step = loop.train_step
 
     def train_step(state, inputs, labels):
-        if state.step + 1 == 11:
+        if state.progress.step + 1 == 11:
             with torch.no_grad():
-                next(state.model.parameters()).fill_(float("inf"))
+                next(state.objects.model.parameters()).fill_(float("inf"))
         real_step(state, inputs, labels)
 
     monkeypatch.setattr(loop, "train_step", train_step)
@@ -255,7 +255,7 @@ def test_huge_learning_rate_really_diverges_and_names_step_and_lr(tmp_path, caps
 def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, extra):
     from cifarlab.config import ScheduleConfig
     from cifarlab.run.checkpoint import save_checkpoint
-    from cifarlab.training.optim import Schedule
+    from cifarlab.trainer.optim import Schedule
 
     def fresh():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
@@ -294,13 +294,13 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
     from tensorboard.summary.writer import event_file_writer
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  imported now, not inside the second
 
-    from cifarlab.training.tensorboard_logger import TensorBoard
+    from cifarlab.trainer.writers.tensorboard_logger import TensorBoard
 
     def log(steps, start):
         writer = TensorBoard(tmp_path / "tb")
-        writer.on_fit_start(SimpleNamespace(step=start))
+        writer.on_fit_start(SimpleNamespace(progress=SimpleNamespace(step=start)))
         for step in steps:
-            writer.on_window(SimpleNamespace(window={"step": step, "train_loss": 1.0 / step}))
+            writer.on_window(SimpleNamespace(process=SimpleNamespace(window={"step": step, "train_loss": 1.0 / step})))
         writer.writer.close()
 
     while event_file_writer._global_uid._value % 10 != 9:  # the next writer is the 9th, 19th, ...: n gains a digit

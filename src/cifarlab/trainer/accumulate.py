@@ -1,13 +1,13 @@
 """Gradient accumulation (`train.accumulate: K`): one optimizer step's batch as K micro-batches.
 
-The loader hands the loop one optimizer step's images (train.batch_size x K, training/build.py), and
+The loader hands the loop one optimizer step's images (train.batch_size x K, trainer/build.py), and
 `forward_backward` runs them through the model train.batch_size at a time, summing gradients. Each
 micro-batch's mean loss is weighted by its share of the step's images, so the summed gradient is that
 of the whole batch's mean loss: 1/K each for full batches, and still exact for a ragged last batch.
 Under DDP the gradients are all-reduced only on the last micro-batch (`no_sync` on the others).
 
 Checkpoints fall only between optimizer steps: the loop's unit stays one loader batch = one optimizer
-step, so `state.step`, `batch_in_epoch`, the schedule and every checkpoint count optimizer steps, and a
+step, so `state.progress.step`, `batch_in_epoch`, the schedule and every checkpoint count optimizer steps, and a
 half-accumulated gradient never has to be saved (a signal mid-step is acted on when the step ends).
 BatchNorm is the one thing that differs from a single batch of K x batch_size: it normalises each
 micro-batch with that micro-batch's statistics, as it would in any run with that batch size.
@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-from cifarlab.training.optim import GradStep
+from cifarlab.trainer.optim import GradStep
 
 
 def micro_batches(inputs: torch.Tensor, labels: torch.Tensor, micro_size: int) -> list[tuple[torch.Tensor, ...]]:
