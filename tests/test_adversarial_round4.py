@@ -72,3 +72,13 @@ def test_a_grid_that_repeats_a_point_or_leaves_the_run_is_refused(grid, words, t
             *grid, "--dir", str(tmp_path / "s")]
     assert_refused(argv, words, {}, capsys, tmp_path)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("more", [0, -2, 1.5, "2", True])
+def test_resume_more_from_python_names_the_value_as_given(more, tmp_path):
+    """`cifarlab.resume(run, more="2")` said `--more must be at least 1, got 2`: the value looked right."""
+    import cifarlab
+
+    with pytest.raises(UserError) as refused:
+        cifarlab.resume(tmp_path / "no-run", more=more)
+    assert f"more (--more) must be a whole number of epochs to add, at least 1, got {more!r}" == str(refused.value)
