@@ -243,11 +243,22 @@ BAD_HF = [
     ("parquet-files-not-named-by-split",
      lambda d: d.mkdir() or _dataset_dict()["train"].to_parquet(str(d / "shapes.parquet")) and d,
      ["the dataset has no split 'test' for test; its splits are train"]),
+    ("parquet-without-its-features",  # written by pyarrow or pandas: images are {bytes, path} structs
+     lambda d: _without_metadata(_parquet(_dataset_dict(), d)),
+     ["no Image column", "cast_column('img', datasets.Image())"]),
     ("an-image-missing", lambda d: _saved(_with_test_image(_dataset_dict(), None), d),
      ["test row 3 has no image", "every row needs one"]),
     ("an-image-not-an-image", lambda d: _saved(_with_test_image(_dataset_dict(), {"bytes": b"GIF", "path": None}), d),
      ["cannot read the image of test row 3", "not an image file"]),
 ]
+
+
+def _without_metadata(folder):
+    import pyarrow.parquet as pq
+
+    for path in (folder / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+    return folder
 
 
 def _with_test_image(dataset_dict, value):

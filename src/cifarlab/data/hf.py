@@ -180,7 +180,9 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
         if not found:  # e.g. labels as plain integers: no class names to read, so naming the column cannot help
             plain = [name for name, feature in features.items()
                      if str(getattr(feature, "dtype", "")).startswith(("int", "uint", "string", "large_string"))]
-            example = (plain if kind == "ClassLabel" and plain else ["<column>"])[0]
+            encoded = [name for name, feature in features.items()  # images as plain {bytes, path} structs
+                       if isinstance(feature, dict) and {"bytes", "path"} <= set(feature)]
+            example = ((plain if kind == "ClassLabel" else encoded) or ["<column>"])[0]
             raise UserError(f"the dataset has no {kind} column (its columns: {', '.join(features)}); cast one and "
                             f"save the dataset again, e.g. dataset = dataset.cast_column({example!r}, "
                             f"{CAST_TO[kind]})")
