@@ -26,6 +26,7 @@ from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint
+from cifarlab.run.layout import BEST, CHECKPOINTS
 from cifarlab.run.records import FieldProblem, ModelCard, need, whole
 
 FOLDER_WEIGHTS = "model.safetensors"
@@ -64,7 +65,7 @@ def read_model(path: Union[str, Path]) -> ModelFile:
     exported = next((suffix for suffix in EXPORTED if path.name.endswith(suffix)), None)
     if exported and path.is_file():  # `cifarlab export`'s files are for other tools; they lack the run's config
         raise UserError(f"{path} is an exported model ({exported[1:]}, for other tools), which cifarlab does not load "
-                        f"back; give the run's checkpoint (checkpoints/best.pt) or a model folder (cifarlab export "
+                        f"back; give the run's checkpoint ({CHECKPOINTS}/{BEST}) or a model folder (cifarlab export "
                         f"--format hf)")
     checkpoint, used = read_checkpoint(path)
     cfg = checkpoint.cfg
