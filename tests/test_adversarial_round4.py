@@ -6,6 +6,8 @@ trial alike); the user's own are refused in one line. A run recorded before the 
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from cifarlab.config import load_config, read_with_overrides, validate, validate_recorded
 from cifarlab.errors import UserError
@@ -82,3 +84,52 @@ def test_resume_more_from_python_names_the_value_as_given(more, tmp_path):
     with pytest.raises(UserError) as refused:
         cifarlab.resume(tmp_path / "no-run", more=more)
     assert f"more (--more) must be a whole number of epochs to add, at least 1, got {more!r}" == str(refused.value)
+
+
+class SmallNet(nn.Module):
+    def __init__(self, num_classes=3, in_channels=3):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+class NoParameters(nn.Module):
+    def __init__(self, num_classes=3, in_channels=3):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return x.new_zeros(x.shape[0], self.num_classes)
+
+
+class RaisesInForward(SmallNet):
+    def forward(self, x):
+        raise RuntimeError("my forward has a bug")
+
+
+# (network, words of the one line); round 4: no parameters ended in a traceback after the run directory
+# existed; a channel mismatch and a bug in forward were both reported as "images too small"
+USER_NETWORKS = [
+    (NoParameters, ["has no trainable parameters"]),
+    (lambda num_classes=3: SmallNet(num_classes, in_channels=1), ["fails on one image of this data",
+                                                                  "shape (1, 3, 16, 16)", "3 channels"]),
+    (RaisesInForward, ["fails on one image of this data", "my forward has a bug"]),
+]
+
+
+@pytest.mark.parametrize("network, words", USER_NETWORKS, ids=["no-parameters", "one-channel", "forward-raises"])
+def test_a_users_network_that_cannot_train_is_one_line_before_anything_is_written(network, words, tmp_path):
+    import cifarlab
+
+    images, labels = torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8), torch.arange(64) % 3
+    with pytest.raises(UserError) as refused:
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "output.progress=none"],
+                       model=network, data=(images, labels, images, labels))
+    assert len(str(refused.value).splitlines()) == 1
+    for word in words:
+        assert word in str(refused.value), (word, str(refused.value))
+    assert "too small" not in str(refused.value)
+    assert not (tmp_path / "runs").exists()
