@@ -133,3 +133,15 @@ def test_a_users_network_that_cannot_train_is_one_line_before_anything_is_writte
         assert word in str(refused.value), (word, str(refused.value))
     assert "too small" not in str(refused.value)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["a b:c", "mypkg.nets:Net", "", "../x", 7])
+def test_a_model_name_that_cannot_be_looked_up_again_is_refused_when_registered(name):
+    """Round 4: `register_model("a b:c")` was accepted; a name with ':' reads as a Python object's elsewhere."""
+    import cifarlab
+    from cifarlab.models.registry import MODELS
+
+    before = MODELS.names()
+    with pytest.raises(UserError, match="name is letters, digits and _ . -"):
+        cifarlab.register_model(name)(lambda **options: None)
+    assert MODELS.names() == before
