@@ -246,7 +246,7 @@ def test_resume_more_is_checked_before_anything_runs(tmp_path, capsys):
     assert main(["resume", str(tmp_path), "--more", "2"]) == 2
     assert "has no checkpoints/last.pt to resume from" in capsys.readouterr().err
     assert main(["resume", str(tmp_path), "--more", "0"]) == 2
-    assert "--more must be at least 1 (epochs to add), got 0" in capsys.readouterr().err
+    assert "more (--more) must be a whole number of epochs to add, at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         main(["resume", str(tmp_path), "--more", "2", "--epochs", "8"])
     assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -235,18 +235,117 @@ BAD_HF = [
     ("string-labels",
      lambda d: _saved(_plain_labels(_dataset_dict(), "string"), d),
      ["no ClassLabel column", "cast_column('animal', datasets.ClassLabel(names=[...]))"]),
+    # round 4: one split in two roles trained or selected on the test data, silently
+    ("validation-is-the-test-split", lambda d: _saved(_dataset_dict(), d), ["named for both test and val"],
+     {"val_split_name": "test"}),
+    ("test-is-the-train-split", lambda d: _saved(_dataset_dict(), d), ["named for both train and test"],
+     {"test_split": "train"}),
+    ("parquet-files-not-named-by-split",
+     lambda d: d.mkdir() or _dataset_dict()["train"].to_parquet(str(d / "shapes.parquet")) and d,
+     ["the dataset has no split 'test' for test; its splits are train"]),
+    ("parquet-without-its-features",  # written by pyarrow or pandas: images are {bytes, path} structs
+     lambda d: _without_metadata(_parquet(_dataset_dict(), d)),
+     ["no Image column", "cast_column('img', datasets.Image())"]),
+    ("an-image-missing", lambda d: _saved(_with_test_image(_dataset_dict(), None), d),
+     ["test row 3 has no image", "every row needs one"]),
+    ("an-image-not-an-image", lambda d: _saved(_with_test_image(_dataset_dict(), {"bytes": b"GIF", "path": None}), d),
+     ["cannot read the image of test row 3", "not an image file"]),
 ]
+
+
+def _without_metadata(folder):
+    import pyarrow.parquet as pq
+
+    for path in (folder / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+    return folder
+
+
+def _with_test_image(dataset_dict, value):
+    """Test row 3's image replaced by `value` (None, or {"bytes", "path"} that are no image)."""
+    undecoded = dataset_dict["test"].cast_column("img", datasets.Image(decode=False))
+    rows = undecoded.to_dict()
+    rows["img"][3] = value
+    dataset_dict["test"] = datasets.Dataset.from_dict(rows, features=undecoded.features)
+    return dataset_dict
 
 
 @pytest.mark.parametrize("case", BAD_HF, ids=[case[0] for case in BAD_HF])
 def test_a_bad_hf_dataset_gives_one_line_exit_2_and_changes_nothing(case, tmp_path, monkeypatch, capsys):
     from _runs import FAST, assert_refused
 
-    name, build, words = case
+    name, build, words, *options = case
     monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder = build(tmp_path / "data")
     capsys.readouterr()  # the progress bars of writing it
+    options = ", ".join(f"{key}: {value}" for key, value in (options[0] if options else {}).items())
     assert_refused(["train", "smoke", f"output.dir={tmp_path / 'runs'}", "data.dataset=hf", f"data.dir={folder}",
-                    "data.options={}", *FAST], words, {"data": folder}, capsys, tmp_path)
+                    f"data.options={{{options}}}", *FAST], words, {"data": folder}, capsys, tmp_path)
     assert not (tmp_path / "runs").exists()
+
+
+def _fake_hub(monkeypatch, tmp_path, revisions: dict):
+    """huggingface_hub.snapshot_download answering from local folders: {revision: build(folder) or an exception}.
+    Returns the calls it got, as (name, repo_type, revision)."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, *, repo_type=None, revision=None, cache_dir=None, allow_patterns=None, **_):
+        calls.append((repo_id, repo_type, revision))
+        answer = revisions[revision]
+        if isinstance(answer, Exception):
+            raise answer
+        folder = tmp_path / "hub" / str(revision).replace("/", "_")
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            answer(folder)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    return calls
+
+
+def _converted(dataset_dict):
+    """The Hub's parquet conversion layout: <config>/<split>/0000.parquet."""
+    def build(folder):
+        for split, part in dataset_dict.items():
+            (folder / "plain_text" / split).mkdir(parents=True)
+            part.to_parquet(str(folder / "plain_text" / split / "0000.parquet"))
+    return build
+
+
+def test_a_hub_dataset_is_read_file_by_file_as_a_local_one_not_by_its_published_features(tmp_path, monkeypatch):
+    """A Hub name's files are checked as a local folder's: the test file's own ClassLabel (names in another
+    order) maps its numbers by name; `datasets.load_dataset` would have read them under the published names.
+    A repository without parquet files on its main branch is read from the Hub's parquet conversion."""
+    reordered = _dataset_dict(test_names=["striped", "dark", "bright"])
+    calls = _fake_hub(monkeypatch, tmp_path, {None: lambda folder: (folder / "README.md").write_text("images"),
+                                              "refs/convert/parquet": _converted(reordered)})
+    loaded = load_dataset("hf", "someone/shapes")
+    assert loaded.classes == tuple(CLASSES)
+    assert loaded.test.labels.tolist() == _images(48, 1)["animal"]
+    assert calls == [("someone/shapes", "dataset", None), ("someone/shapes", "dataset", "refs/convert/parquet")]
+
+
+HUB_REFUSALS = [
+    ("unreachable", {None: OSError("offline mode is enabled")},
+     ["cannot read the Hugging Face dataset 'someone/shapes'", "offline mode is enabled", "HF_HUB_OFFLINE"]),
+    ("no-parquet-anywhere", {None: lambda f: None, "refs/convert/parquet": lambda f: None},
+     ["'someone/shapes' has no parquet files", "save_to_disk"]),
+    ("test-names-not-the-train-names", {None: _converted(_dataset_dict(test_names=["dark", "bright", "wavy"]))},
+     ["'wavy' is not a train class", "0000.parquet"]),
+]
+
+
+@pytest.mark.parametrize("case", HUB_REFUSALS, ids=[case[0] for case in HUB_REFUSALS])
+def test_a_bad_hub_dataset_is_one_line(case, tmp_path, monkeypatch):
+    _, revisions, words = case
+    _fake_hub(monkeypatch, tmp_path, revisions)
+    with pytest.raises(UserError) as refused:
+        load_dataset("hf", "someone/shapes")
+    assert len(str(refused.value).splitlines()) == 1
+    for word in words:
+        assert word in str(refused.value), (word, str(refused.value))

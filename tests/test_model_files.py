@@ -44,11 +44,18 @@ def _nan_first_weight(weights: dict) -> None:
     weights[name] = torch.full_like(weights[name], math.nan)
 
 
+def _integer_weights(weights: dict) -> None:
+    """Every float weight as int64: loaded as they were, they would be copied in, rounded, silently."""
+    weights.update({key: value.round().long() for key, value in weights.items() if value.is_floating_point()})
+
+
 def _checkpoint_fault(fault: str):
     def change(payload: dict) -> None:
         payload["ema"] = None  # the weights evaluated are then `model`'s
         if fault == "nan-weights":
             _nan_first_weight(payload["model"])
+        elif fault == "integer-weights":
+            _integer_weights(payload["model"])
         elif fault == "std-zero":
             payload["std"] = [0.0] + list(payload["std"][1:])
         elif fault == "no-classes":
@@ -63,9 +70,9 @@ def _checkpoint_fault(fault: str):
 def _folder_fault(folder: Path, fault: str) -> None:
     from safetensors.torch import load_file, save_file
 
-    if fault == "nan-weights":
+    if fault in ("nan-weights", "integer-weights"):
         weights = load_file(str(folder / "model.safetensors"))
-        _nan_first_weight(weights)
+        (_nan_first_weight if fault == "nan-weights" else _integer_weights)(weights)
         save_file(weights, str(folder / "model.safetensors"))
         return
     config = json.loads((folder / "config.json").read_text())
@@ -82,6 +89,7 @@ def _folder_fault(folder: Path, fault: str) -> None:
 
 FAULTS = {  # fault -> words the one line must hold, for a checkpoint and for a model folder
     "nan-weights": (["is not usable", "non-finite (NaN or inf) values"],) * 2,
+    "integer-weights": (["is not usable", "not a floating-point tensor"],) * 2,  # round 4: predicted silently
     "std-zero": (["is not usable", "std must be positive"],) * 2,
     "no-classes": (["is not usable", "no classes"],
                    ["is not usable", "classes must be a list of distinct class names"]),
@@ -140,6 +148,38 @@ def test_a_folder_without_run_config_is_one_line(made, tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps(config))
     assert_refused(["predict", str(folder), str(made["image"])], ["run_config must be the run's config"],
                    {"model": folder}, capsys, tmp_path)
+
+
+def _weights_a_folder(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+
+
+def _head_not_a_matrix(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["classifier.weight"] = torch.zeros(1)
+    save_file(weights, str(folder / "model.safetensors"))
+
+
+HALF_FOLDERS = [  # (id, change to a copy of the folder, words); round 4: each said "give a .pt file"
+    ("no-weights", lambda f: (f / "model.safetensors").unlink(),
+     ["has no model.safetensors file beside its config.json"]),
+    ("no-config", lambda f: (f / "config.json").unlink(), ["has no config.json file beside its model.safetensors"]),
+    ("weights-a-folder", _weights_a_folder, ["has no model.safetensors file", "cifarlab export --format hf"]),
+    # round 4: said "classes must be 1 names", blaming the classes for a damaged weight
+    ("head-not-a-matrix", _head_not_a_matrix, ["does not match its own config", "size mismatch for classifier.weight"]),
+]
+
+
+@pytest.mark.parametrize("case", HALF_FOLDERS, ids=[case[0] for case in HALF_FOLDERS])
+def test_half_a_model_folder_says_what_it_lacks(made, case, tmp_path, capsys):
+    _, change, words = case
+    folder = tmp_path / "folder"
+    shutil.copytree(made["folder"], folder)
+    change(folder)
+    assert_refused(["predict", str(folder), str(made["image"])], words, {"model": folder}, capsys, tmp_path)
 
 
 # ---------------------------------------------------------------- load_model gives an nn.Module
@@ -236,3 +276,18 @@ def test_a_model_that_declares_no_classifier_is_told_how_when_its_head_must_star
             classifier_head(factory(), name)
     monkeypatch.setitem(MODELS._facts, "misnamed_head", {"classifier": "1"})
     assert classifier_head(factory(), "misnamed_head") == "1"
+
+
+def test_an_exported_file_is_named_as_one_not_as_a_broken_checkpoint(made, tmp_path, capsys):
+    """Round 4: `predict best.safetensors` said "truncated or not a cifarlab checkpoint (no checksum trailer)"."""
+    from cifarlab.export import FORMATS
+    from cifarlab.run.model_file import EXPORTED
+
+    assert set(EXPORTED) == set(FORMATS.values())  # every format export writes is recognised
+    exported = tmp_path / "net.safetensors"
+    assert main(["export", str(made["run"] / "checkpoints" / "best.pt"), "--format", "safetensors",
+                 "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert_refused(["predict", str(exported), str(made["image"])],
+                   ["is an exported model (safetensors", "checkpoints/best.pt", "--format hf"], {"out": tmp_path},
+                   capsys, tmp_path)

@@ -2,6 +2,7 @@
 CUDA candidates, no hardware needed), the timing loop with a fake clock, the cache, the forced answer, and
 a run that records its choice in config.yaml and summary.json and keeps it on resume."""
 import json
+import os
 
 import pytest
 import torch
@@ -205,7 +206,7 @@ def test_a_second_choice_for_the_same_key_is_read_from_the_cache(cache, measured
     assert len(list(cache.glob("precision-*.json"))) == 2 and not list(cache.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "other key", "bad name", "unreadable"])
+@pytest.mark.parametrize("damage", ["garbage", "other key", "bad name", "unreadable", "a fifo"])
 def test_a_damaged_cache_file_is_measured_again_never_an_error(cache, measured, damage):
     calls = measured({"fp32": 1.0, "bf16": 2.0})
     cfg = load_config("smoke", [])
@@ -218,11 +219,29 @@ def test_a_damaged_cache_file_is_measured_again_never_an_error(cache, measured, 
         path.write_text(json.dumps({**entry, "key": {**entry["key"], "torch": "0.1"}, "name": "bf16"}))
     elif damage == "bad name":
         path.write_text(json.dumps({**entry, "name": "int8"}))
-    else:
+    elif damage == "unreadable":
         path.unlink()
         path.mkdir()
-    choice = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    else:  # round 4: reading it blocked the run forever, waiting for a writer
+        path.unlink()
+        os.mkfifo(path)
+    choice = _within(30, lambda: choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True), path)
     assert choice.name == "fp32" and choice.reason.startswith("measured bf16 0.50x fp32") and len(calls) == 2
+
+
+def _within(seconds: float, call, fifo):
+    """call()'s result, or a failure if it is still waiting after `seconds` (then the FIFO is released)."""
+    import threading
+
+    box = []
+    worker = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        with open(fifo, "w"):  # lets a reader blocked on it go on
+            pass
+        pytest.fail(f"still waiting on {fifo} after {seconds} s")
+    return box[0]
 
 
 def test_an_unwritable_cache_folder_only_costs_a_measurement(tmp_path, monkeypatch, measured):

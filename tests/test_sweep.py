@@ -150,6 +150,10 @@ def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path
     ("optim.name: {choices: [sgd, rmsprop2]}\n", [], "optim.name"),
     ("optim.lr: {low: 0.01, high: 0.1, scale: log}\n", [], "allowed: low, high, log, step"),
     (SPACE, ["--pruner", "percentile"], "--pruner must be one of median, hyperband, none"),
+    # round 4: each ran (twice the same trial; a study lost at exit whose heartbeats failed)
+    ("optim.name: {choices: [sgd, adam, sgd]}\n", [], "space key 'optim.name' lists 'sgd' twice"),
+    (SPACE, ["--storage", "sqlite:///"], "in-memory SQLite database"),
+    (SPACE, ["--storage", "sqlite:///:memory:"], "in-memory SQLite database"),
 ])
 def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, space, extra, named):
     path = _space(tmp_path, space)

@@ -193,6 +193,15 @@ class _Broken(Pictures):
         return self.item if index == self.index else super().__getitem__(index)
 
 
+class _Raising(_Broken):
+    """Item `index` raises `error` (a bug in the user's __getitem__; IndexError: a len() larger than the data)."""
+
+    def __getitem__(self, index):
+        if index == self.index:
+            raise self.item
+        return super().__getitem__(index)
+
+
 class _Stream(IterableDataset):
     def __iter__(self):
         yield torch.zeros(3, 8, 8), 0
@@ -210,11 +219,22 @@ class _Stream(IterableDataset):
     (TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0)), r"the train dataset holds no items"),
     (_Stream(), r"the train dataset is an IterableDataset"),
     (np.zeros((4, 3, 8, 8)), r"the train data must be a torch Dataset or DataLoader, got ndarray"),
+    # round 4: the user's own exception escaped bare
+    (_Raising(5, KeyError("no such file")), r"train item 5: the dataset raised KeyError \('no such file'\) reading it"),
+    (_Raising(11, IndexError("11")),
+     r"train item 11: the dataset raised IndexError .* its len\(\) is 12, so items 0..11"),
 ])
 def test_each_bad_dataset_is_one_line_naming_the_item(train, message):
     with pytest.raises(UserError, match=message) as refused:
         dataset_from_torch(train, _pictures(12, seed=1))
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("classes", ["abc", 3])
+def test_classes_that_are_not_a_list_of_names_are_refused(classes):
+    """Round 4: classes="abc" trained three classes named a, b and c."""
+    with pytest.raises(UserError, match="classes must be a list of class names"):
+        dataset_from_torch(_pictures(12), _pictures(12, seed=1), classes)
 
 
 def test_a_dataset_too_large_to_decode_is_refused_before_it_is_read(monkeypatch):

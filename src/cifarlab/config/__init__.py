@@ -9,6 +9,7 @@ validation into one-line errors). Import from `cifarlab.config`.
 """
 from cifarlab.config.load import (
     apply_override,
+    keep_epoch_fractions,
     keep_peak_fraction,
     list_recipes,
     load_config,
@@ -40,5 +41,5 @@ from cifarlab.config.sections import (
 __all__ = ["Config", "AugmentConfig", "CheckpointConfig", "ColorConfig", "CropConfig", "CutmixConfig",
            "CutoutConfig", "DataConfig", "FlipConfig", "LRFindConfig", "LookaheadConfig", "MixupConfig",
            "ModelConfig", "OptimConfig", "OutputConfig", "RotateConfig", "ScheduleConfig", "TrainConfig",
-           "apply_override", "keep_peak_fraction", "list_recipes", "load_config", "parse_override", "read_recipe",
-           "read_with_overrides", "recipes_dir", "validate", "validate_recorded"]
+           "apply_override", "keep_epoch_fractions", "keep_peak_fraction", "list_recipes", "load_config",
+           "parse_override", "read_recipe", "read_with_overrides", "recipes_dir", "validate", "validate_recorded"]

@@ -130,9 +130,11 @@ def _section_for(loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
-def validate(raw: dict) -> Config:
+def validate(raw: dict, recorded: bool = False) -> Config:
+    """`raw` as a Config (UserError naming the first bad key). `recorded`: a run's own config, read back, which
+    keeps what it trained with even where a check added since would refuse it for a new run."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"recorded": recorded})
     except ValidationError as err:
         raise UserError(_describe(err.errors()[0])) from None
 
@@ -148,7 +150,7 @@ def validate_recorded(raw: dict) -> Config:
     for (section, key), old_default in RECORDED_DEFAULTS.items():
         if isinstance(raw.get(section), dict) and key not in raw[section]:
             raw[section] = {**raw[section], key: old_default}
-    return validate(raw)
+    return validate(raw, recorded=True)
 
 
 def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
@@ -169,8 +171,15 @@ def read_with_overrides(recipe: str | None, overrides: list[str] = ()) -> tuple[
     _reset_switched_options(raw, parsed, overridden)
     for keys, value in parsed:
         apply_override(raw, keys, value)
+    return raw, keep_epoch_fractions(raw, recipe_epochs, overridden)
+
+
+def keep_epoch_fractions(raw: dict, recipe_epochs: Any, overridden: set[str]) -> Optional[str]:
+    """When `overridden` changes `train.epochs`, the recipe's settings counted in epochs (the onecycle peak,
+    EPOCH_SETTINGS) keep their fraction of the run, as `cifarlab train` and every sweep trial do. Returns the
+    lines that say what moved, or None."""
     notes = [keep_peak_fraction(raw, recipe_epochs, overridden), _keep_epoch_settings(raw, recipe_epochs, overridden)]
-    return raw, "\n".join(note for note in notes if note) or None
+    return "\n".join(note for note in notes if note) or None
 
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from cifarlab.config.base import ConfigSection
 from cifarlab.config.sections import (
@@ -122,11 +122,18 @@ class Config(ConfigSection):
     output: OutputConfig = Field(OutputConfig(), description="Where and how a run reports.")
 
     @model_validator(mode="after")
-    def _schedule_fits_training(self):
+    def _schedule_fits_training(self, info: ValidationInfo):
         schedule, epochs = self.schedule, self.train.epochs
         if (schedule.name == "onecycle" and schedule.peak_epoch is not None and epochs != "auto"
                 and not 0 < schedule.peak_epoch < epochs):
             raise ValueError(f"schedule.peak_epoch must be in (0, train.epochs={epochs}), got {schedule.peak_epoch}")
+        lookahead, recorded = self.train.lookahead, bool((info.context or {}).get("recorded"))
+        # A lookahead that starts after the last epoch never runs. A run recorded before this check (`fast
+        # train.epochs=2` kept epoch 3 then) still loads: it trained without lookahead, as its config says.
+        if lookahead is not None and epochs != "auto" and lookahead.start_epoch >= epochs and not recorded:
+            raise ValueError(f"train.lookahead.start_epoch must be in 0..{epochs - 1} (epochs count from 0; "
+                             f"train.epochs={epochs}), got {lookahead.start_epoch}: a later start never averages; "
+                             f"set train.lookahead=null for no lookahead")
         if schedule.name == "multistep" and not schedule.milestones:
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
         split = self.data.val_split

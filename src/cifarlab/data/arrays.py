@@ -10,6 +10,7 @@ Labels: 1-D integers (arrays, tensors or lists) in 0..K-1, K = len(classes), or 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Optional, Sequence
 
 import numpy as np
@@ -85,6 +86,8 @@ def _class_names(classes: Optional[Sequence[str]], labels: list[torch.Tensor]) -
             raise UserError(f"labels must be class indices 0..K-1 with K at most {MAX_CLASSES:,}, got a label {top:,}; "
                             f"pass classes=[...] or renumber the labels")
         return tuple(str(k) for k in range(max(top + 1, 2)))
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):  # "abc" would be classes a, b, c
+        raise UserError(f"classes must be a list of class names, got {type(classes).__name__} {classes!r:.60}")
     names = tuple(str(name) for name in classes)
     if len(set(names)) != len(names) or len(names) < 2:
         raise UserError(f"classes must be at least 2 distinct names, got {list(names)}")

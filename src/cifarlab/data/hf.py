@@ -4,7 +4,9 @@
 - a folder written by `DatasetDict.save_to_disk` (it holds `dataset_dict.json`),
 - a folder of parquet files named by split (`train-*.parquet`, `data/test-00000-of-00001.parquet`, ...:
   the split names `datasets` infers from file names),
-- a dataset name on the Hugging Face Hub, e.g. `uoft-cs/cifar10` (downloads unless `data.download=false`).
+- a dataset name on the Hugging Face Hub, e.g. `uoft-cs/cifar10` (downloads unless `data.download=false`): its
+  parquet files (or the Hub's parquet conversion of it), read as a local parquet folder is: each file with its own
+  features, not the ones the repository publishes, and with every check below.
 
 Options (`data.options`): `image_column` (default: the split's one `Image` feature) and `label_column`
 (default: its one `ClassLabel` feature); class names are the train split's ClassLabel names, label k the k-th
@@ -57,7 +59,7 @@ def _datasets():
 
 
 @contextmanager
-def _reading(what: str):
+def _reading(what: str, hint: str = "write it again (save_to_disk or to_parquet) from a dataset that loads"):
     """Whatever `datasets` or pyarrow raise while reading `what` as one line: a truncated arrow file, a broken
     parquet file or JSON metadata file, a missing shard. They raise OSError, ValueError, KeyError, TypeError,
     pyarrow's and datasets' own types (with the real reason in the cause): too many to list, and each means
@@ -72,8 +74,7 @@ def _reading(what: str):
         while root.__cause__ is not None and root.__cause__ is not root:  # DatasetGenerationError wraps the reason
             root = root.__cause__
         reason = (str(root).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"cannot read {what}: {type(root).__name__}{': ' * bool(reason)}{reason}; "
-                        f"write it again (save_to_disk or to_parquet) from a dataset that loads") from None
+        raise UserError(f"cannot read {what}: {type(root).__name__}{': ' * bool(reason)}{reason}; {hint}") from None
 
 
 @contextmanager
@@ -114,19 +115,46 @@ def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tupl
                 for file in split_files:
                     with _reading(f"the parquet file {file}"):
                         part = datasets.Dataset.from_parquet(str(file), cache_dir=arrow_cache)
-                    parts.setdefault(name, []).append((f"the {name!r} split (file {file})", part))
+                    parts.setdefault(str(name), []).append((f"the {str(name)!r} split (file {file})", part))
             return parts
-    if path.exists() or where.startswith((".", "/", "~")):
+    if not path.exists() and where.startswith((".", "/", "~")):
+        raise UserError(f"data.dir {where} does not exist; give a save_to_disk folder, a folder of parquet files or "
+                        f"a Hub dataset name")
+    if path.exists():
         raise UserError(f"data.dir {where} is neither a save_to_disk folder (dataset_dict.json) nor a folder of "
                         f"parquet files")
     if not download:
         raise UserError(f"data.dir {where!r} is not a local folder, and data.download=false forbids fetching it "
                         f"from the Hugging Face Hub")
+    files = hub_files(where, cache_root / "hf" / "hub")
+    if not any(files.rglob("*.parquet")) and not (files / "dataset_dict.json").is_file():
+        raise UserError(f"the Hugging Face dataset {where!r} has no parquet files (on its main branch nor in the "
+                        f"Hub's parquet conversion); download it, save it with save_to_disk and give that folder")
+    return open_hf(str(files), cache_root, download=False)
+
+
+HUB_FILES = ["*.parquet", "dataset_dict.json", "*/dataset_info.json", "*/state.json", "*.arrow"]
+HUB_PARQUET_REVISION = "refs/convert/parquet"  # the Hub's own parquet copy of a dataset stored in other formats
+
+
+def hub_files(name: str, hub_cache: Path) -> Path:
+    """The Hub dataset `name`'s files, downloaded into `hub_cache`: its parquet (or save_to_disk) files, else
+    those of the Hub's parquet conversion. They are then read as a local folder is, file by file with each
+    file's own features (`datasets.load_dataset` would read every file under the features the repository
+    publishes, so a test file whose ClassLabel lists the names in another order would keep its numbers under
+    the published names), and with the same checks."""
     try:
-        hub = datasets.load_dataset(where, cache_dir=arrow_cache)
-    except (FileNotFoundError, ConnectionError, ValueError) as err:  # unknown name, no network
-        raise UserError(f"cannot load Hugging Face dataset {where!r}: {str(err).splitlines()[0][:200]}") from None
-    return {name: [(f"the {name!r} split", split)] for name, split in hub.items()}
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError("data.dataset=hf needs Hugging Face datasets: pip install 'cifarlab[hf]'") from None
+    folder = None
+    for revision in (None, HUB_PARQUET_REVISION):
+        with _reading(f"the Hugging Face dataset {name!r}", hint="check the name and the network (HF_HUB_OFFLINE)"):
+            folder = Path(snapshot_download(name, repo_type="dataset", revision=revision, cache_dir=str(hub_cache),
+                                            allow_patterns=HUB_FILES))
+        if any(folder.rglob("*.parquet")) or (folder / "dataset_dict.json").is_file():
+            break
+    return folder
 
 
 def _settings(options: dict) -> dict:
@@ -152,7 +180,9 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
         if not found:  # e.g. labels as plain integers: no class names to read, so naming the column cannot help
             plain = [name for name, feature in features.items()
                      if str(getattr(feature, "dtype", "")).startswith(("int", "uint", "string", "large_string"))]
-            example = (plain if kind == "ClassLabel" and plain else ["<column>"])[0]
+            encoded = [name for name, feature in features.items()  # images as plain {bytes, path} structs
+                       if isinstance(feature, dict) and {"bytes", "path"} <= set(feature)]
+            example = ((plain if kind == "ClassLabel" else encoded) or ["<column>"])[0]
             raise UserError(f"the dataset has no {kind} column (its columns: {', '.join(features)}); cast one and "
                             f"save the dataset again, e.g. dataset = dataset.cast_column({example!r}, "
                             f"{CAST_TO[kind]})")
@@ -171,9 +201,17 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
 def _splits(parts: dict, settings: dict) -> dict:
     """{role: (split name, its parts)} for train, test and (if any) val."""
     names = {"train": settings["train_split"] or "train", "test": settings["test_split"] or "test"}
-    val = settings["val_split_name"] or ("validation" if "validation" in parts else None)
+    val = settings["val_split_name"] or ("validation" if "validation" in parts and "validation" not in names.values()
+                                         else None)
     if val is not None:
         names["val"] = val
+    roles = {}
+    for role, name in names.items():  # the same split in two roles: tested or selected on the training data
+        if name in roles:
+            raise UserError(f"the split {name!r} is named for both {roles[name]} and {role}; train, test and "
+                            f"validation must be three different splits (set data.options.train_split, test_split, "
+                            f"val_split_name)")
+        roles[name] = role
     for role, name in names.items():
         if name not in parts:
             raise UserError(f"the dataset has no split {name!r} for {role}; its splits are "
@@ -207,11 +245,14 @@ def _open_image(encoded: dict, where: str):
     """A PIL image from `datasets`' undecoded Image value ({"bytes", "path"}); one line if unreadable."""
     from PIL import Image
 
+    if not isinstance(encoded, dict) or not (encoded.get("bytes") or encoded.get("path")):
+        raise UserError(f"{where} has no image (its image value is {encoded!r:.60}); every row needs one")
     try:
         image = Image.open(io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"])
     except Exception as err:  # PIL raises many types for a bad image; each means "unreadable"
-        raise UserError(f"cannot read the image of {where}: {str(err).splitlines()[0][:200] if str(err) else err}"
-                        ) from None
+        reason = ("its bytes are not an image file PIL can read" if isinstance(err, Image.UnidentifiedImageError)
+                  else (str(err).splitlines() or [type(err).__name__])[0][:200])
+        raise UserError(f"cannot read the image of {where}: {reason}") from None
     if image.size[0] * image.size[1] > MAX_PIXELS:
         raise UserError(f"the image of {where} is {image.size[0]}x{image.size[1]} pixels, more than cifarlab decodes")
     return image

@@ -101,7 +101,13 @@ def decode(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _item(dataset, index: int, split: str):
-    item = dataset[index]
+    try:
+        item = dataset[index]
+    except Exception as err:  # the user's own __getitem__ (kept as the cause, for its traceback)
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise UserError(f"{split} item {index}: the dataset raised {type(err).__name__} ({reason}) reading it; "
+                        f"its len() is {len(dataset)}, so items 0..{len(dataset) - 1} must each give (image, label)"
+                        ) from err
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise UserError(f"{split} item {index} must be (image, label), got {type(item).__name__}"
                         f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}")

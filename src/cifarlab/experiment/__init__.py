@@ -124,7 +124,7 @@ def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] =
     if more is not None and epochs is not None:
         raise UserError("give the new total (epochs, --epochs) or the epochs to add (more, --more), not both")
     if more is not None and (isinstance(more, bool) or not isinstance(more, int) or more < 1):
-        raise UserError(f"--more must be at least 1 (epochs to add), got {more}")
+        raise UserError(f"more (--more) must be a whole number of epochs to add, at least 1, got {more!r}")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a folder like runs/<recipe>/<time>")
     if not checkpoint.exists() and not layout.previous_path(checkpoint).exists():

@@ -25,6 +25,12 @@ class Registry(Generic[T]):
         self._facts: dict[str, dict] = {}
 
     def register(self, name: str, **facts) -> Callable[[T], T]:
+        # A name is written on command lines and in config files; one with ':' would read as a Python object's
+        # (`module:qualname`, models/python_objects.py), so it could never be looked up here.
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+            raise UserError(f"a {self.kind} name is letters, digits and _ . - (starting with a letter or digit), "
+                            f"got {name!r}")
+
         def add(entry: T) -> T:
             if name in self._entries:  # e.g. a user's model named like a built-in one
                 owner = getattr(self._entries[name], "__module__", None) or "?"

@@ -26,10 +26,12 @@ from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint
+from cifarlab.run.layout import BEST, CHECKPOINTS
 from cifarlab.run.records import FieldProblem, ModelCard, need, whole
 
 FOLDER_WEIGHTS = "model.safetensors"
 FOLDER_CONFIG = "config.json"
+EXPORTED = (".safetensors", ".onnx", ".torchscript.pt")  # export.FORMATS' suffixes (export sits above run/)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ def read_model(path: Union[str, Path]) -> ModelFile:
     path = Path(path)
     if is_model_folder(path):
         return _read_folder(path)
+    held = [name for name in (FOLDER_CONFIG, FOLDER_WEIGHTS) if path.is_dir() and (path / name).exists()]
+    if held:  # half a model folder: say what it lacks, not "give a .pt file"
+        lacking = next(name for name in (FOLDER_CONFIG, FOLDER_WEIGHTS) if not (path / name).is_file())
+        raise UserError(f"model folder {path} has no {lacking} file beside its {held[0]}; a model folder holds both "
+                        f"{FOLDER_CONFIG} and {FOLDER_WEIGHTS} (cifarlab export --format hf)")
+    exported = next((suffix for suffix in EXPORTED if path.name.endswith(suffix)), None)
+    if exported and path.is_file():  # `cifarlab export`'s files are for other tools; they lack the run's config
+        raise UserError(f"{path} is an exported model ({exported[1:]}, for other tools), which cifarlab does not load "
+                        f"back; give the run's checkpoint ({CHECKPOINTS}/{BEST}) or a model folder (cifarlab export "
+                        f"--format hf)")
     checkpoint, used = read_checkpoint(path)
     cfg = checkpoint.cfg
     card = with_image_size(checkpoint.card, cfg)
@@ -105,13 +117,18 @@ def _build(card: ModelCard, cfg: Config, weights: dict[str, torch.Tensor], sourc
                             f"a diverged model predicts garbage and cannot be exported; use a checkpoint from "
                             f"before the divergence")
     head = weights.get(f"{card.classifier}.weight") if card.classifier else None
-    if head is not None and head.dim() >= 1 and head.shape[0] != card.num_classes:
+    if head is not None and head.dim() == 2 and head.shape[0] != card.num_classes:  # else load_state_dict says
         raise UserError(f"{source} does not match its own config: classes must be {head.shape[0]} names (one per "
                         f"output of its classifier {card.classifier!r}), got {card.num_classes} classes")
     # Building the network draws its initial weights from torch's global RNG; the file's weights replace
     # them, and the caller's RNG must not notice.
     with torch.random.fork_rng(devices=[]):
         network = build_model(cfg.model, num_classes=card.num_classes, in_channels=card.in_channels)
+    expected = network.state_dict()
+    for name, tensor in weights.items():  # load_state_dict would copy integers into float weights, silently
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise UserError(f"{source} is not usable: its weight {name} is {tensor.dtype}, not a floating-point "
+                            f"tensor like the network's ({expected[name].dtype}); export the model again")
     try:
         network.load_state_dict(weights)
     except (RuntimeError, AttributeError, TypeError) as err:

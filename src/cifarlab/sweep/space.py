@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import yaml
 
-from cifarlab.config import TrainConfig, apply_override, keep_peak_fraction, validate
+from cifarlab.config import TrainConfig, apply_override, keep_epoch_fractions, validate
 from cifarlab.errors import UserError
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
@@ -54,7 +54,8 @@ def parse_grid(items: list[str], base_raw: dict, user_keys=frozenset()) -> dict[
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        if not sep or not key or not values.strip():
             raise UserError(f"--grid item {item!r} must look like key=value1,value2, e.g. optim.lr=0.05,0.1")
         try:
             parsed = [load_yaml(value) if value.strip() else None for value in values.split(",")]
@@ -62,12 +63,22 @@ def parse_grid(items: list[str], base_raw: dict, user_keys=frozenset()) -> dict[
             raise UserError(f"--grid item {item!r}: {str(err).splitlines()[0]}") from None
         if key in grid:
             raise UserError(f"--grid names {key!r} twice; give its values once, comma-separated")
-        grid[key.strip()] = [_choice(key, value) for value in parsed]
+        grid[key] = _distinct(key, [_choice(key, value) for value in parsed])
     if not grid:
         raise UserError("--grid needs at least one key=value1,value2 item")
     check_against_config({key: optuna.distributions.CategoricalDistribution(values) for key, values in grid.items()},
                          base_raw, user_keys)
     return grid
+
+
+def _distinct(key: str, values: list) -> list:
+    """`values` of one key, each once: a value given twice (`0.1,0.10`) trains the same configuration twice."""
+    seen = []
+    for value in values:
+        if any(type(value) is type(other) and value == other for other in seen):
+            raise UserError(f"space key {key!r} lists {value!r} twice; give each value once")
+        seen.append(value)
+    return values
 
 
 def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
@@ -77,7 +88,7 @@ def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
             raise UserError(f"space key {key!r}: choices must be a non-empty list and come alone, got {spec!r}")
-        return optuna.distributions.CategoricalDistribution([_choice(key, value) for value in choices])
+        return optuna.distributions.CategoricalDistribution(_distinct(key, [_choice(key, value) for value in choices]))
     unknown = set(spec) - RANGE_KEYS
     if unknown or not {"low", "high"} <= set(spec):
         raise UserError(f"space key {key!r} needs low and high (allowed: low, high, log, step; or choices), got "
@@ -128,13 +139,14 @@ def check_against_config(space: dict[str, optuna.distributions.BaseDistribution]
 
 def apply_params(base_raw: dict, params: dict[str, Any], user_keys=frozenset()) -> dict:
     """The base config (raw) with a trial's parameters set at their dotted keys. A trial's `train.epochs`
-    moves a onecycle recipe's `schedule.peak_epoch` to the same fraction of the run, as `cifarlab train
-    RECIPE train.epochs=N` does; a peak the user set (an override in `user_keys`, or swept) stays as given."""
+    moves a onecycle recipe's `schedule.peak_epoch` (and `fast`'s lookahead start and whitening-bias epochs) to the
+    same fraction of the run, as `cifarlab train RECIPE train.epochs=N` does; a setting the user set (an override in
+    `user_keys`, or swept) stays as given."""
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
         apply_override(raw, key.split("."), value)
     base_epochs = (base_raw.get("train") or {}).get("epochs", TrainConfig.model_fields["epochs"].default)
-    keep_peak_fraction(raw, base_epochs, set(params) | set(user_keys))
+    keep_epoch_fractions(raw, base_epochs, set(params) | set(user_keys))
     return raw
 
 

@@ -63,7 +63,12 @@ def check_sqlite_file(url: str) -> None:
     if not urlsplit(url).scheme.startswith("sqlite"):
         return
     database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if not database or database == ":memory:" or "mode=memory" in url:
+        # Optuna's heartbeat thread opens its own connection, which sees an empty database; and the study
+        # would vanish with the process, so a rerun could not resume it
+        raise UserError(f"--storage {url!r} is an in-memory SQLite database, which the workers' heartbeats and a "
+                        f"rerun of the sweep cannot see; give a file, e.g. sqlite:///sweeps/study.db")
+    if database.startswith("file:"):
         return
     path = Path(database)
     if path.is_dir():

@@ -286,8 +286,11 @@ def _cache_path(key: dict) -> Path:
 def read_cached(key: dict) -> Optional[PrecisionChoice]:
     """The cached answer for `key`, or None where there is none, or the file is unreadable, not JSON, for
     another key (an edit, a hash collision) or names a candidate not allowed: measure again."""
+    path = _cache_path(key)
+    if not path.is_file():  # a FIFO there would block the run forever on open; a folder or device is no entry
+        return None
     try:
-        entry = json.loads(_cache_path(key).read_text())
+        entry = json.loads(path.read_text())
         same_key = json.dumps(entry["key"], sort_keys=True, default=str) == json.dumps(key, sort_keys=True, default=str)
         if same_key and entry["name"] in key["candidates"] and isinstance(entry["reason"], str):
             return PrecisionChoice(entry["name"], f"{entry['reason']}; cached in {cache_dir()}")

@@ -39,7 +39,12 @@ def check_model_input(model_cfg, dataset: Dataset):
     C, size = dataset.in_channels, dataset.image_size
     try:
         with torch.device("meta"):
-            return build_model(model_cfg, dataset.num_classes, C).eval()(torch.empty(2, C, size, size))
+            model = build_model(model_cfg, dataset.num_classes, C).eval()
+            output = model(torch.empty(2, C, size, size))
+        _check_trainable(model_cfg.name, model)
+        return output
+    except UserError:
+        raise
     except Exception:  # confirmed or dismissed below
         pass
     try:
@@ -49,14 +54,30 @@ def check_model_input(model_cfg, dataset: Dataset):
     except Exception as err:  # e.g. a user's factory given options it does not take
         raise UserError(f"model {model_cfg.name!r} could not be built with model.options={dict(model_cfg.options)} "
                         f"({_reason(err)}); give the options its factory takes") from None
+    _check_trainable(model_cfg.name, model)
     try:
         with torch.no_grad():
             return model(torch.zeros(1, C, size, size))
     except Exception as err:
         reason = _reason(err)
-        raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
-                        f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
-                        f"or a model for small images") from None
+        if any(word in reason.lower() for word in SIZE_WORDS):
+            raise UserError(f"{dataset.name} images are {size}x{size}, too small for model {model_cfg.name!r} "
+                            f"({reason}); use larger images (e.g. data.options={{image_size: 32}} for a folder) "
+                            f"or a model for small images") from None
+        raise UserError(f"model {model_cfg.name!r} fails on one image of this data, shape (1, {C}, {size}, {size}) "
+                        f"({C} channels, {size}x{size}): {reason}") from None
+
+
+# What torch says when an image is too small for a network's poolings and kernels; any other failure of a
+# forward pass (a channel count, the user's own code) is reported as itself, not as a size
+SIZE_WORDS = ("too small", "kernel size", "output size", "smaller than", "non-positive", "more than 1 value")
+
+
+def _check_trainable(name: str, model) -> None:
+    """A model without a trainable parameter fails in the first backward pass, after the run directory exists."""
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise UserError(f"model {name!r} has no trainable parameters (none with requires_grad); a network to "
+                        f"train needs some")
 
 
 def _reason(err: Exception) -> str:
