@@ -39,3 +39,23 @@ def test_the_facade_refuses_bad_arguments_with_the_commands_own_line(tmp_path, c
         assert main(argv) == 2, argv
         assert capsys.readouterr().err == f"cifarlab {argv[0]}: error: {raised.value}\n", argv
     assert not any(tmp_path.iterdir())  # nothing was written by a refused call
+
+
+@pytest.mark.parametrize("argv, attribute, expected", [
+    (["sweep", "smoke", "--trials", "2", "space.yaml", "optim.lr=0.1"], "args", ["space.yaml", "optim.lr=0.1"]),
+    (["sweep", "smoke", "space.yaml", "--trials", "2", "seed=1"], "args", ["space.yaml", "seed=1"]),
+    (["train", "smoke", "--run-dir", "runs/job-7", "train.epochs=1"], "overrides", ["train.epochs=1"]),
+])
+def test_words_after_an_option_still_belong_to_the_command(argv, attribute, expected):
+    """A space file or an override written after an option is taken, in the order written."""
+    from cifarlab.cli import parse
+
+    assert getattr(parse(argv), attribute) == expected
+
+
+def test_a_word_after_an_option_that_is_not_the_commands_is_the_usual_error(capsys):
+    from cifarlab.cli import parse
+
+    with pytest.raises(SystemExit) as stopped:
+        parse(["train", "smoke", "--run-dir", "runs/job-7", "space.yaml"])  # train takes no files
+    assert stopped.value.code == 2 and "unrecognized arguments: space.yaml" in capsys.readouterr().err

@@ -272,18 +272,28 @@ def _version() -> str:
     return __version__
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """The command line as the handlers read it. argparse leaves the words after an option unparsed
+    (`train RECIPE --run-dir PATH key=value`, `sweep RECIPE --trials 20 space.yaml`); they belong to the
+    command's own list all the same (overrides; a sweep's space file and overrides), in the order written."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    words = getattr(args, "overrides", None)
+    takes_files = words is None and getattr(args, "command", None) == "sweep"
+    words = args.args if takes_files else words
+    if extra and isinstance(words, list) and all(not arg.startswith("-") and (takes_files or "=" in arg)
+                                                 for arg in extra):
+        words += extra
+    elif extra:
+        parser.parse_args(argv)  # the usual one-line error for what is really unknown
+    return args
+
+
 def main(argv=None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made training
     # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # `train RECIPE --run-dir PATH key=value`: argparse leaves key=value words after an option unparsed;
-    # they are overrides all the same, in the order written.
-    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in arg for arg in extra):
-        args.overrides += extra
-    elif extra:
-        parser.parse_args(argv)  # the usual one-line error for what is really unknown
+    args = parse(argv)
     try:
         if getattr(args, "import_modules", None):  # --import: the user's model code registers itself
             from cifarlab.models.registry import import_user_modules
