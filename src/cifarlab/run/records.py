@@ -70,7 +70,7 @@ class EpochRow:
     finished epoch (`kind` "epoch": everything measured). Accuracies are fractions; a metric a run does
     not measure (val_* without a validation split) is None and absent from the row's dict.
 
-    Adding a metric is one field here plus the line that measures it (training/loop.py): metrics.csv,
+    Adding a metric is one field here plus the line that measures it (trainer/loop.py): metrics.csv,
     the checkpoints' history, TensorBoard, MLflow, W&B and the report's formatting all follow the fields."""
     epoch: Optional[int] = _metric("epoch", whole=True)
     step: Optional[int] = _metric("step", whole=True, tracked=False)
@@ -83,7 +83,7 @@ class EpochRow:
     test_acc: Optional[float] = _metric("test accuracy", better=HIGHER, show=percent)
     elapsed_seconds: Optional[float] = _metric("training seconds so far", tracked=False)
     images_per_second: Optional[float] = _metric("training images/s", show=per_second)
-    # MFU: a fraction of the device's peak FLOP/s (training/throughput.py)
+    # MFU: a fraction of the device's peak FLOP/s (trainer/throughput.py)
     mfu: Optional[float] = _metric("model FLOPs utilisation", show=percent_1)
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
     # "step" (a logging window) or "epoch": not a metric but metrics.csv's first column; not in a checkpoint
@@ -240,7 +240,7 @@ class Summary:
     train_seconds: Optional[float] = _item()
     compile_seconds: Optional[float] = _item()
     train_images_per_second: Optional[float] = _item("training images/s", "Images/s", show=per_second)
-    # MFU: training FLOPs per second as a fraction of the device's peak (training/throughput.py says how).
+    # MFU: training FLOPs per second as a fraction of the device's peak (trainer/throughput.py says how).
     mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True, show=percent_1)
     train_flops_per_image: Optional[int] = _item(optional=True)
     peak_flops: Optional[float] = _item(optional=True)
@@ -248,7 +248,7 @@ class Summary:
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR", show=learning_rate)
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
-    # How it was chosen: train.precision=..., or `auto`'s measurement (training/autotune.py), cached or forced.
+    # How it was chosen: train.precision=..., or `auto`'s measurement (trainer/autotune.py), cached or forced.
     precision_source: Optional[str] = _item(optional=True)
     tta: Optional[str] = _item()
     device: Optional[str] = _item()

@@ -52,7 +52,7 @@ class Schedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
-        # training/build.py names it for the run's data (null: val_loss with a validation split)
+        # trainer/build.py names it for the run's data (null: val_loss with a validation split)
         self.monitor = cfg.watched_metric(has_validation=False)
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
@@ -160,7 +160,7 @@ class GradStep:
     """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler.
 
     `grad_step(loss)` is `backward(loss)` then `step()`; gradient accumulation calls `backward` once per
-    micro-batch (zeroing only on the first) and `step` once (training/accumulate.py)."""
+    micro-batch (zeroing only on the first) and `step` once (trainer/accumulate.py)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
                  grad_clip: Optional[float]):
