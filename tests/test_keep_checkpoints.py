@@ -13,7 +13,7 @@ def test_the_k_best_epochs_by_the_monitor_are_kept_and_the_others_removed(tmp_pa
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "output.keep=2", "train.epochs=5",
                                    "checkpoint.monitor=test_loss", "train.precision=fp32", "train.device=cpu",
                                    "output.tensorboard=false", "output.progress=none"])
-    losses = {row["epoch"]: row["test_loss"] for row in run.history}
+    losses = {row.epoch: row.test_loss for row in run.history}
     best_two = sorted(losses, key=lambda epoch: (losses[epoch], epoch))[:2]
     kept = epoch_checkpoints(run.run_dir)
     assert sorted(kept) == sorted(best_two) and len(losses) == 5

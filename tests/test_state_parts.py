@@ -91,8 +91,8 @@ def test_a_callback_reads_and_writes_the_flat_names_it_always_has(tmp_path):
 
         def on_epoch_end(self, state):
             self.seen.append((state.epoch, state.step, state.batch_in_epoch, len(state.history),
-                              state.history[-1]["epoch"], state.model is state.objects.model,
-                              state.optimizer is state.objects.optimizer, state.window["step"]))
+                              state.history[-1].epoch, state.model is state.objects.model,
+                              state.optimizer is state.objects.optimizer, state.window.step))
 
     flat = Flat()
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "train.epochs=2"], callbacks=[flat])

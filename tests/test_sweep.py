@@ -77,7 +77,7 @@ def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
         assert config["optim"]["momentum"] == trial.params["optim.momentum"]
         summary = read_summary(run_dir)
         assert summary.status == "completed" and summary.selected_by == "val_acc"
-        assert trial.value == max(row["val_acc"] for row in read_metrics(run_dir) if row["kind"] == "epoch")
+        assert trial.value == max(row.val_acc for row in read_metrics(run_dir) if row.kind == "epoch")
     with open(sweep_dir / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["state"] for row in rows] == ["complete", "complete"]
@@ -139,7 +139,7 @@ def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path
     runs = _run_dirs(sweep_dir)
     assert [run.name for run in runs] == ["seed-0", "seed-1"]
     assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
-    scores = [max(row["val_acc"] for row in read_metrics(run) if row["kind"] == "epoch") for run in runs]
+    scores = [max(row.val_acc for row in read_metrics(run) if row.kind == "epoch") for run in runs]
     assert trial.value == pytest.approx(sum(scores) / 2)
 
 
@@ -281,7 +281,7 @@ def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path, env
 
 def _epochs(run_dir: Path) -> list[tuple]:
     keys = ("epoch", "step", "train_loss", "train_acc", "val_acc", "test_acc", "test_loss")
-    return [tuple(row[k] for k in keys) for row in read_metrics(run_dir) if row["kind"] == "epoch"]
+    return [tuple(row.value(k) for k in keys) for row in read_metrics(run_dir) if row.kind == "epoch"]
 
 
 @pytest.mark.slow

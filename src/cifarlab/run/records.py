@@ -165,7 +165,7 @@ def _item(label: Optional[str] = None, short: Optional[str] = None, optional: bo
     return field(default=None, metadata={"label": label, "short": short, "optional": optional, "show": show})
 
 
-PRUNED_BY = "pruned by"  # how a pruned run's stop reason begins (sweep/pruning.py); older files say it only there
+PRUNED_BY = "pruned by"  # how a pruned run's stop reason begins (sweep/pruning.py): for people, never parsed
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,7 @@ class EarlyStopped:
         if not isinstance(data, Mapping) or not data:
             return None
         reason = data.get("reason") or f"no improvement since epoch {data.get('best_epoch')}"
-        pruned_by = data.get("pruned_by")
-        if pruned_by is None and reason.startswith(PRUNED_BY):  # written before pruned_by was its own key
-            pruned_by = reason[len(PRUNED_BY):].strip()
-        return cls(data.get("epoch"), data.get("best_epoch"), reason, pruned_by)
+        return cls(data.get("epoch"), data.get("best_epoch"), reason, data.get("pruned_by"))
 
 
 @dataclass(frozen=True)
