@@ -187,7 +187,8 @@ def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
     run_dir = _run_dirs(tmp_path / "s")[0]
     summary = read_summary(run_dir)
     assert (summary.epochs_completed, summary.epochs) == (1, 2)
-    assert summary.early_stop["reason"].startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
+    assert summary.early_stop.reason.startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
+    assert summary.early_stop.pruned_by.startswith("the ThresholdPruner pruner of sweep smoke-space, trial ")
     assert main(["resume", str(run_dir)]) == 2  # finished as far as resume is concerned
     with open(tmp_path / "s" / "trials.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
