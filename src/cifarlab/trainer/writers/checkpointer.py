@@ -42,23 +42,24 @@ class Checkpointer(Callback):
             running = checkpoint.status != "completed"
             self.best = Checkpoint.model_construct(**_on_cpu(checkpoint.to_payload())) if running else None
         if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
-            state.process.last_checkpoint = SavedCheckpoint(str(self.directory / LAST), state.epoch, state.step,
+            progress = state.progress
+            state.process.last_checkpoint = SavedCheckpoint(str(self.directory / LAST), progress.epoch, progress.step,
                                                             checkpoint.status)
 
     def on_step_end(self, state):
-        if self.every_steps and state.step % self.every_steps == 0 \
-                and state.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
+        if self.every_steps and state.progress.step % self.every_steps == 0 \
+                and state.progress.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
             self.save(state, LAST)
 
     def on_epoch_end(self, state):
         if state.status == "diverged":
             return
-        names = [BEST] if state.best() is state.history[-1] else []
-        if state.epoch % self.every_epochs == 0 or state.status == "completed":
+        names = [BEST] if state.best() is state.progress.history[-1] else []
+        if state.progress.epoch % self.every_epochs == 0 or state.status == "completed":
             names.append(LAST)
         top = self.top_epochs(state)
-        if state.epoch in top:
-            names.append(epoch_checkpoint(self.directory.parent, state.epoch).name)
+        if state.progress.epoch in top:
+            names.append(epoch_checkpoint(self.directory.parent, state.progress.epoch).name)
         if names:  # one serialisation for every file of the newest epoch
             self.save(state, *names)
         # Only once the new file is complete (written to a temporary name, then renamed): at every moment the
@@ -71,14 +72,14 @@ class Checkpointer(Callback):
         """The `keep` best epochs of the history by the monitor (the earlier epoch first on ties, as best.pt)."""
         if not self.keep:
             return set()
-        return {row.epoch for row in ranked(state.history, state.monitor)[:self.keep]}
+        return {row.epoch for row in ranked(state.progress.history, state.monitor)[:self.keep]}
 
     def on_fit_end(self, state):
         # Interrupted: save where we are. Stopped early: save as finished, so resume knows it is done (not
         # when last.pt holds this very step with this status already: an early stop decided before
         # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
         saved = state.process.last_checkpoint
-        here = saved is not None and saved.step == state.step and saved.path == str(self.directory / LAST) \
+        here = saved is not None and saved.step == state.progress.step and saved.path == str(self.directory / LAST) \
             and saved.status == state.status
         if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:
             self.save(state, LAST)
