@@ -55,7 +55,7 @@ def main(n_train: int = 6000, n_test: int = 1000) -> None:
         for _ in range(2):
             for name, extra in sources.items():
                 run = cifarlab.train("fmnist-quick", [*common_overrides, *extra])
-                rates[name].append(run.summary["train_images_per_second"])
+                rates[name].append(run.summary.train_images_per_second)
         for name, values in rates.items():
             print(f"{name}: train images/s {', '.join(f'{v:.0f}' for v in values)} (1 thread, fp32)")
 

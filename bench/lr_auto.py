@@ -75,8 +75,8 @@ def run(overrides: list[str], seeds: list[int]) -> dict:
     """Final test accuracy averaged over `seeds` (one run each), the lr_peak of each run, seconds taken."""
     started = time.perf_counter()
     summaries = [cifarlab.train(None, overrides + [f"seed={seed}"]).summary for seed in seeds]
-    return {"final_test_acc": statistics.mean(s["final_test_acc"] for s in summaries),
-            "lr_peaks": [s["lr_peak"] for s in summaries], "bench_seconds": time.perf_counter() - started}
+    return {"final_test_acc": statistics.mean(s.final_test_acc for s in summaries),
+            "lr_peaks": [s.lr_peak for s in summaries], "bench_seconds": time.perf_counter() - started}
 
 
 def lrs_text(lrs: list[float]) -> str:

@@ -65,7 +65,7 @@ def run_recipe(recipe: str, seed: int, out_dir: str, extra: list[str]) -> dict:
     overrides = [f"seed={seed}", f"output.dir={out_dir}", "output.report=false", "output.tensorboard=false",
                  "output.progress=none", *extra]
     started = cpu_seconds()
-    summary = dict(train(recipe, overrides).summary)
+    summary = train(recipe, overrides).summary.to_json()  # this benchmark's record: summary.json's keys
     summary["cpu_seconds"] = cpu_seconds() - started
     if summary["status"] != "completed":  # an interrupted (SIGTERM) or diverged run is no time-to-accuracy figure
         raise SystemExit(f"{recipe} seed {seed}: the run ended {summary['status']}; no figure reported")

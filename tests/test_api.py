@@ -10,9 +10,9 @@ def test_train_and_resume_are_functions_after_submodule_imports():
 def test_train_returns_the_run_with_its_metrics(tmp_path):
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "output.tensorboard=false"])
     assert run.run_dir.parent == tmp_path / "smoke" and (run.run_dir / "summary.json").is_file()
-    assert [row["epoch"] for row in run.history] == [1, 2]
-    assert run.best_test_acc == max(row["test_acc"] for row in run.history)
-    assert run.config.name == "smoke" and run.summary["status"] == "completed"
+    assert [row.epoch for row in run.history] == [1, 2]
+    assert run.best_test_acc == max(row.test_acc for row in run.history)
+    assert run.config.name == "smoke" and run.summary.status == "completed"
 
 
 def _arrays(n_train=256, n_test=128, seed=0):
@@ -53,7 +53,7 @@ def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
 
         def on_epoch_end(self, state):
             # cifarlab's Checkpointer ran first: this epoch's last.pt is already on disk.
-            self.seen.append((state.progress.epoch, state.progress.history[-1]["test_acc"],
+            self.seen.append((state.progress.epoch, state.progress.history[-1].test_acc,
                               (state.run_dir / "checkpoints" / "last.pt").is_file()))
 
         def on_fit_end(self, state):
@@ -63,4 +63,4 @@ def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *SMALL], callbacks=[recorder])
     assert [entry[0] for entry in recorder.seen] == [1, 2, 3, "end"]
     assert all(entry[2] for entry in recorder.seen[:3]) and recorder.seen[-1] == ("end", "completed")
-    assert [entry[1] for entry in recorder.seen[:3]] == [row["test_acc"] for row in run.history]
+    assert [entry[1] for entry in recorder.seen[:3]] == [row.test_acc for row in run.history]

@@ -35,7 +35,7 @@ class StopAt(Callback):
 def _agree(run, epochs: int) -> dict:
     last = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     assert (last["epoch"], last["batch_in_epoch"], last["status"]) == (epochs, 0, "completed")
-    assert run.summary["status"] == run.status == "completed" and run.summary["epochs_completed"] == epochs
+    assert run.summary.status == run.status == "completed" and run.summary.epochs_completed == epochs
     assert load_checkpoint(run.run_dir / "checkpoints" / "best.pt")["status"] == "completed"
     return last
 
@@ -54,7 +54,7 @@ def test_an_early_stop_asked_after_the_checkpoint_was_saved_is_saved_as_finished
     """User callbacks run after cifarlab's Checkpointer: last.pt of that epoch said 'running' until now."""
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[StopAt(epoch=1)])
     last = _agree(run, epochs=1)
-    assert run.summary["early_stop"] == last["outcome"]["early_stop"] == {
+    assert run.summary.early_stop.to_json() == last["outcome"]["early_stop"] == {
         "epoch": 1, "best_epoch": 1, "reason": "enough for today"}
 
 
@@ -69,7 +69,7 @@ class SeesWindows(Callback):
         self.windows = []
 
     def on_window(self, state):
-        self.windows.append((state.progress.step, state.process.window["step"]))
+        self.windows.append((state.progress.step, state.process.window.step))
 
 
 def test_a_raising_callback_leaves_the_signal_handlers_as_they_were(tmp_path):
@@ -97,9 +97,9 @@ def test_wall_seconds_of_a_resumed_run_count_every_process(tmp_path):
     stopped = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[InterruptAt()])
     assert stopped.status == "interrupted"
     before = load_checkpoint(stopped.run_dir / "checkpoints" / "last.pt")["wall_seconds"]
-    assert 0 < before <= stopped.summary["wall_seconds"]
+    assert 0 < before <= stopped.summary.wall_seconds
     started = time.perf_counter()
     resumed = cifarlab.resume(stopped.run_dir)
     this_process = time.perf_counter() - started
     assert resumed.status == "completed"
-    assert before < resumed.summary["wall_seconds"] < before + this_process
+    assert before < resumed.summary.wall_seconds < before + this_process

@@ -119,8 +119,8 @@ def test_tensorboard_hparams_hold_the_flat_config_and_the_final_metrics(runs):
     assert [p.name for p in (a.run_dir / "tb").iterdir() if p.is_dir()] == []  # one run in TensorBoard, not two
     events = EventAccumulator(str(a.run_dir / "tb"))
     events.Reload()
-    assert events.Scalars("hparam/best_test_acc")[0].value == pytest.approx(a.summary["best_test_acc"])
-    assert events.Scalars("hparam/final_test_loss")[0].value == pytest.approx(a.summary["final_test_loss"])
+    assert events.Scalars("hparam/best_test_acc")[0].value == pytest.approx(a.summary.best_test_acc)
+    assert events.Scalars("hparam/final_test_loss")[0].value == pytest.approx(a.summary.final_test_loss)
     content = events.PluginTagToContent("hparams")
     start = [plugin_data_pb2.HParamsPluginData.FromString(raw) for raw in content.values()]
     hparams = next(data.session_start_info.hparams for data in start if data.HasField("session_start_info"))
@@ -138,7 +138,7 @@ def test_an_extended_run_adds_its_newer_hparams_entry(tmp_path):
     events = EventAccumulator(str(run.run_dir / "tb"))
     events.Reload()
     *_, final = events.Scalars("hparam/final_test_acc")
-    assert final.step == 16 and final.value == pytest.approx(extended.history[-1]["test_acc"])
+    assert final.step == 16 and final.value == pytest.approx(extended.history[-1].test_acc)
     assert [e.step for e in events.Scalars("epoch/test_acc")] == [8, 16]
 
 
@@ -157,14 +157,14 @@ def test_mlflow_logger_writes_params_metrics_and_status_offline_and_resume_exten
     assert logged.info.status == "FINISHED"
     assert logged.data.params["optim.lr"] == "0.05" and logged.data.params["model.name"] == "convnet"
     (test_acc,) = client.get_metric_history(saved["run_id"], "epoch/test_acc")
-    assert test_acc.value == pytest.approx(run.summary["best_test_acc"]) and test_acc.step == 8
+    assert test_acc.value == pytest.approx(run.summary.best_test_acc) and test_acc.step == 8
     assert len(client.get_metric_history(saved["run_id"], "step/train_loss")) == 2  # windows at steps 4 and 8
 
     extended = cifarlab.resume(run.run_dir, epochs=2)
     assert json.loads((run.run_dir / "mlflow.json").read_text())["run_id"] == saved["run_id"]
     history = client.get_metric_history(saved["run_id"], "epoch/test_acc")
     assert [m.step for m in history] == [8, 16]
-    assert history[-1].value == pytest.approx(extended.history[-1]["test_acc"])
+    assert history[-1].value == pytest.approx(extended.history[-1].test_acc)
     logged = client.get_run(saved["run_id"])
     assert logged.info.status == "FINISHED" and logged.data.tags["train.epochs"] == "2"
 
@@ -236,7 +236,7 @@ def test_the_readme_callback_example_runs_as_written(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert re.search(r"epoch 1: test accuracy \d+\.\d\d%", out)
     assert re.search(r"step 4: loss \d+\.\d+", out)
-    assert namespace["recorder"].best_acc == pytest.approx(namespace["run"].history[-1]["test_acc"])
+    assert namespace["recorder"].best_acc == pytest.approx(namespace["run"].history[-1].test_acc)
 
 
 # ------------------------------------------------------------------------------ help

@@ -71,7 +71,7 @@ def test_more_extends_a_finished_run_by_that_many_epochs_from_python_as_from_the
     run_dir = _train(tmp_path, "train.epochs=1")
     with pytest.raises(UserError, match="not both"):
         cifarlab.resume(run_dir, epochs=3, more=1)
-    assert cifarlab.resume(run_dir, more=1).summary["epochs"] == 2
+    assert cifarlab.resume(run_dir, more=1).summary.epochs == 2
     assert main(["resume", str(run_dir), "--more", "1"]) == 0
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["train"]["epochs"] == 3
 
@@ -83,7 +83,7 @@ def test_a_step_schedule_extended_equals_a_run_planned_that_long(tmp_path):
     extended = _train(tmp_path / "a", *schedule)
     run = cifarlab.resume(extended, epochs=3)
     reference = _train(tmp_path / "b", *schedule, "train.epochs=3")
-    assert run.summary["epochs_completed"] == 3
+    assert run.summary.epochs_completed == 3
     assert _rows(extended) == _rows(reference)
     assert _rows(extended, "step") == _rows(reference, "step")
     assert [float(row["lr"]) for row in _rows(extended)] == pytest.approx([0.05, 0.025, 0.0125])
@@ -106,10 +106,10 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
 
     monkeypatch.setattr(loop, "train_step", stop_at_step_28)
     stopped = cifarlab.resume(run_dir, epochs=4)
-    assert stopped.summary["status"] == stopped.status == "interrupted"
+    assert stopped.summary.status == stopped.status == "interrupted"
     monkeypatch.setattr(loop, "train_step", real_step)
     run = cifarlab.resume(run_dir)
-    assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 4
+    assert run.summary.status == "completed" and run.summary.epochs_completed == 4
 
     added = [float(row["lr"]) for row in _all_rows(run_dir) if int(row["epoch"]) > 2]
     assert added and all(lr == pytest.approx(0.002, rel=1e-6) for lr in added)

@@ -62,7 +62,7 @@ def test_decoded_pixels_and_labels_equal_the_pngs(tmp_path):
 @needs_fashion
 def test_a_1000_image_folder_trains_end_to_end(tmp_path):
     run, _ = train_fashion_folder(tmp_path, 80, 20, 5)  # 800 + 200 real images as PNG files
-    assert run.summary["status"] == "completed" and run.summary["dataset"] == "folder"
+    assert run.summary.status == "completed" and run.summary.dataset == "folder"
     assert run.best_test_acc > 0.6, run.history  # chance is 0.1
 
 

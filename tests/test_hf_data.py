@@ -126,13 +126,13 @@ def test_a_run_trains_on_it_and_evaluates_it_again(saved, tmp_path):
     run = cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "data.dataset=hf", f"data.dir={saved}",
                                    "data.options={}", "train.epochs=3", "train.batch_size=32", "train.device=cpu",
                                    "output.tensorboard=false", "output.progress=none", "schedule.peak_epoch=1"])
-    assert run.summary["dataset"] == "hf" and run.best_test_acc > 0.6  # 3 easy classes; chance is 1/3
+    assert run.summary.dataset == "hf" and run.best_test_acc > 0.6  # 3 easy classes; chance is 1/3
     from cifarlab.use.evaluate import evaluate_checkpoint
 
     model = cifarlab.load_model(run.run_dir / "checkpoints" / "best.pt", device="cpu")
     assert model.classes == tuple(CLASSES) and model.image_size == 20
     result = evaluate_checkpoint(model)  # the run's own test split, read from data.dir again
-    assert result["test_acc"] == pytest.approx(run.summary["best_test_acc"])
+    assert result["test_acc"] == pytest.approx(run.summary.best_test_acc)
 
 
 def _two_train_files(dataset_dict, folder):

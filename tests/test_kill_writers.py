@@ -141,7 +141,7 @@ def test_metrics_csv_killed_half_way_through_a_row_keeps_whole_rows(runs, tmp_pa
     capsys.readouterr()
     text = (run / "metrics.csv").read_text()
     assert text.endswith("\n") and len({len(line.split(",")) for line in text.splitlines()}) == 1
-    assert [row["epoch"] for row in read_metrics(run) if row["kind"] == "epoch"] == [1, 2]
+    assert [row.epoch for row in read_metrics(run) if row.kind == "epoch"] == [1, 2]
 
 
 @pytest.mark.parametrize("export_format, suffix", [("safetensors", "safetensors"), ("torchscript", "pt"),

@@ -50,7 +50,7 @@ def test_short_real_fashion_mnist_run_learns(tmp_path):
         f"output.dir={tmp_path}", "data.train_subset=3000", "data.test_subset=1000", "train.epochs=2",
         "model.options={width: 8}", "train.batch_size=100", "train.tta=false", "train.ema=null",
         "checkpoint.every_epochs=100", "train.precision=fp32"])
-    assert run.summary["status"] == "completed"
+    assert run.summary.status == "completed"
     assert run.best_test_acc > 0.60, (f"2 epochs on 3000 real images should beat chance (10%) by far, "
                                       f"got {run.best_test_acc}")
 
@@ -187,7 +187,7 @@ def test_gpu_recipes_run_their_whole_path_on_a_cpu(recipe, model_options, precis
         f"output.dir={tmp_path}", "data.dataset=synthetic",
         "data.options={num_train: 1024, num_test: 256, image_size: 16}", "train.epochs=3", "train.batch_size=128",
         f"model.options={model_options}", "checkpoint.every_epochs=100", f"train.precision={precision}"])
-    assert run.summary["status"] == "completed" and run.summary["precision"] == precision
+    assert run.summary.status == "completed" and run.summary.precision == precision
     assert run.best_test_acc > ACCURACY_FLOOR[recipe], f"{recipe} should learn easy synthetic data: {run.best_test_acc}"
 
 
@@ -222,8 +222,8 @@ def test_early_stop_ends_a_stalled_run_as_finished(tmp_path):
     run = train("smoke", QUIET + [f"output.dir={tmp_path}", "train.epochs=8", "optim.lr=1e-9",
                                   "schedule.name=constant", "train.early_stop_patience=2",
                                   "train.early_stop_min_delta=0.01"])
-    assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 3
-    assert run.summary["early_stop"] == {"epoch": 3, "best_epoch": 1,
+    assert run.summary.status == "completed" and run.summary.epochs_completed == 3
+    assert run.summary.early_stop.to_json() == {"epoch": 3, "best_epoch": 1,
                                          "reason": "no improvement in test_acc by more than 0.01 since epoch 1"}
     with pytest.raises(UserError, match="already finished"):
         resume(run.run_dir)

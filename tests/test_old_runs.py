@@ -70,7 +70,7 @@ def test_an_old_interrupted_run_resumes_and_keeps_what_it_had_done(resumed):
     assert (new["epoch"], new["step"], new["status"]) == (2, 16, "completed")
     _same(new["history"][0], old["history"][0], "history[0]")
     assert read_summary(resumed).status == "completed"
-    assert [row["step"] for row in read_metrics(resumed)] == [4, 8, 8, 12, 16, 16]
+    assert [row.step for row in read_metrics(resumed)] == [4, 8, 8, 12, 16, 16]
 
 
 @pytest.mark.skipif(not SAME_ARITHMETIC, reason=f"the fixture's reference was computed with torch "
@@ -91,8 +91,8 @@ def test_an_old_best_pt_evaluates_to_its_summary_and_old_records_read(capsys):
     summary = read_summary(run_dir)
     assert (summary.status, summary.epochs_completed, summary.best_epoch) == ("completed", 2, 2)
     rows = read_metrics(run_dir)
-    epochs = [row for row in rows if row["kind"] == "epoch"]
-    assert [row["epoch"] for row in epochs] == [1, 2] and epochs[-1]["test_acc"] == pytest.approx(
+    epochs = [row for row in rows if row.kind == "epoch"]
+    assert [row.epoch for row in epochs] == [1, 2] and epochs[-1].test_acc == pytest.approx(
         summary.best_test_acc, abs=1e-6)
     assert main(["eval", str(run_dir / "checkpoints" / "best.pt")]) == 0
     printed = re.search(r"\((\d+\.\d\d)%\)", capsys.readouterr().out).group(1)

@@ -272,8 +272,8 @@ def test_a_run_records_its_choice_and_a_resume_keeps_it(cache, measured, tmp_pat
     assert "precision: bf16 (measured 1.43x fp32 on this CPU, 0.4 s)" in capsys.readouterr().err.splitlines()
     config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert config["train"]["precision"] == "bf16"  # a re-run of config.yaml trains in it again
-    assert run.summary["precision"] == "bf16"
-    assert run.summary["precision_source"] == "measured 1.43x fp32 on this CPU, 0.4 s"
+    assert run.summary.precision == "bf16"
+    assert run.summary.precision_source == "measured 1.43x fp32 on this CPU, 0.4 s"
 
     def refuse(*args, **kwargs):
         raise AssertionError("a resume measured again")
@@ -281,15 +281,15 @@ def test_a_run_records_its_choice_and_a_resume_keeps_it(cache, measured, tmp_pat
     monkeypatch.setattr(autotune, "measure_precisions", refuse)
     monkeypatch.setattr(autotune, "read_cached", refuse)
     resumed = cifarlab.resume(run.run_dir, epochs=2)
-    assert resumed.summary["precision"] == "bf16" and resumed.summary["epochs_completed"] == 2
-    assert resumed.summary["precision_source"] == run.summary["precision_source"]
+    assert resumed.summary.precision == "bf16" and resumed.summary.epochs_completed == 2
+    assert resumed.summary.precision_source == run.summary.precision_source
     assert "precision: " not in capsys.readouterr().err
 
 
 def test_an_explicit_precision_is_never_measured_or_overridden(cache, measured, tmp_path, capsys):
     calls = measured({"fp32": 1.0, "bf16": 0.1})
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", "train.precision=fp32", *SMOKE])
-    assert run.summary["precision"] == "fp32" and run.summary["precision_source"] == "train.precision=fp32"
+    assert run.summary.precision == "fp32" and run.summary.precision_source == "train.precision=fp32"
     assert calls == [] and "precision: " not in capsys.readouterr().err
 
 
@@ -297,8 +297,8 @@ def test_fp16_on_a_cpu_takes_the_measured_answer(cache, measured, tmp_path, caps
     measured({"fp32": 1.0, "bf16": 0.5})
     with pytest.warns(UserWarning, match="fp16 needs a CUDA device"):
         run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "train.epochs=1", "train.precision=fp16", *SMOKE])
-    assert run.summary["precision"] == "bf16"
-    assert run.summary["precision_source"].startswith("train.precision=fp16 needs CUDA; measured 2.00x fp32")
+    assert run.summary.precision == "bf16"
+    assert run.summary.precision_source.startswith("train.precision=fp16 needs CUDA; measured 2.00x fp32")
 
 
 def test_lr_find_takes_the_answer_a_run_would(cache, measured, tmp_path, capsys):

@@ -18,6 +18,7 @@ from cifarlab.analysis.compare import compare_runs, expand_run_dirs, read_metric
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
+from cifarlab.run.records import EpochRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("cat", "dog", "frog")
@@ -39,6 +40,10 @@ def _metrics_rows(epochs: int = 4, steps_per_epoch: int = 5, lr_peak: float = 0.
                      "train_loss": 1.5 / epoch, "train_acc": 0.5 + 0.02 * epoch, "test_loss": 1.6 / epoch,
                      "test_acc": 0.45 + 0.02 * epoch, "elapsed_seconds": 10.0 * epoch, "images_per_second": 1234.5})
     return rows
+
+
+def _typed(rows: list[dict]) -> list[EpochRow]:
+    return [EpochRow.from_dict(row, kind=row["kind"]) for row in rows]
 
 
 def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
@@ -81,12 +86,12 @@ def _linked(markdown: str) -> list[str]:
 @pytest.mark.slow
 def test_plots_write_png_files(tmp_path):
     torch.manual_seed(0)
-    rows = _metrics_rows()
+    rows = _typed(_metrics_rows())
     conf = torch.tensor([[8, 1, 1], [3, 6, 1], [0, 2, 8]])
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     cams = torch.rand(6, 16, 16)
     made = [
-        plots.plot_curves(rows, tmp_path / "curves.png"),
+        plots.plot_curves(rows, tmp_path / "curves.png", "test_acc"),
         plots.plot_lr(rows, tmp_path / "lr.png"),
         plots.plot_per_class(torch.tensor([0.8, 0.6, 0.8]), CLASSES, tmp_path / "per_class.png"),
         plots.plot_confusion(conf, CLASSES, tmp_path / "confusion.png", normalised=False),
@@ -96,7 +101,7 @@ def test_plots_write_png_files(tmp_path):
         image_grids.plot_gradcam(images, cams, cams.flip(-1), [f"true cat, pred dog {i}" for i in range(6)],
                                  tmp_path / "gradcam.png"),
         image_grids.plot_augment_preview(images, images.float() / 255, tmp_path / "augment.png"),
-        plots.plot_compare({"a": rows, "b": _metrics_rows(epochs=3)}, tmp_path / "compare.png"),
+        plots.plot_compare({"a": rows, "b": _typed(_metrics_rows(epochs=3))}, tmp_path / "compare.png"),
     ]
     for path in made:
         assert _is_png(path), path
@@ -126,14 +131,15 @@ def test_gradcam_captions_are_legible_at_the_reports_page_width(tmp_path):
     assert caption_px >= 12, f"captions {caption_px:.1f} px at the report's {page_px} px width"
 
 
-def test_plots_accept_rows_as_read_from_csv_strings(tmp_path):
+def test_metrics_csv_reads_back_as_typed_rows_that_plot(tmp_path):
     run_dir = _make_run(tmp_path, "r", _summary(), _metrics_rows())
     with (run_dir / "metrics.csv").open() as f:
         raw = list(csv.DictReader(f))
     assert raw[0]["test_acc"] == ""  # step rows leave test columns empty
-    assert _is_png(plots.plot_curves(raw, tmp_path / "curves.png"))
     parsed = read_metrics(run_dir)
-    assert parsed[0]["test_acc"] is None and parsed[5]["test_acc"] == pytest.approx(0.47)
+    assert parsed[0].kind == "step" and parsed[0].test_acc is None and parsed[5].test_acc == pytest.approx(0.47)
+    assert parsed[5].epoch == int(raw[5]["epoch"]) and read_metrics(run_dir, kind="epoch") == parsed[5::6]
+    assert _is_png(plots.plot_curves(parsed, tmp_path / "curves.png", "test_acc"))
 
 
 def test_a_torn_last_metrics_row_is_skipped_by_every_reader(tmp_path):
@@ -191,7 +197,7 @@ def test_compare_names_a_directory_without_summary(tmp_path):
 # ---------------------------------------------------------------- report writer
 
 def _all_sections(run_dir: Path) -> list[Section]:
-    plots.plot_curves(_metrics_rows(), run_dir / "plots" / "curves.png")
+    plots.plot_curves(_typed(_metrics_rows()), run_dir / "plots" / "curves.png", "test_acc")
     blocks = {
         "Summary": [Table(("field", "value"), [("best_test_acc", "91.80%"), ("note", "<b>a & b</b>")])],
         "Configuration": [Code("optim:\n  lr: 0.1\n", "yaml")],
@@ -320,7 +326,7 @@ def test_analyze_run_writes_every_linked_file(tmp_path, analysis_modules):
     (run_dir / "lr_find.json").write_text(json.dumps({"lrs": [1e-4, 1e-3, 1e-2], "losses": [2, 1, 3],
                                                       "smoothed": [2, 1.5, 2], "steepest_lr": 1e-3,
                                                       "valley_lr": 2e-3, "stopped_early": True}))
-    plots.plot_lr(_metrics_rows(), run_dir / "plots" / "lr_find.png")  # stands in for the range test's plot
+    plots.plot_lr(_typed(_metrics_rows()), run_dir / "plots" / "lr_find.png")  # stands in for the range test's plot
 
     torch.manual_seed(0)
     options = ReportOptions(gallery_size=6, gradcam_count=4, gradcam_layer="features.3")

@@ -24,6 +24,7 @@ from test_user_models import user_module  # noqa: F401  (a fixture)
 from _runs import signal_at_step
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
+from cifarlab.run.records import EpochRow
 from cifarlab.trainer import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -267,7 +268,7 @@ def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, ex
             schedule.optimizer.step()
             schedule.after_step()
             if (k + 1) % 5 == 0:
-                schedule.after_epoch({"test_loss": 1.0})  # a plateau: ReduceLROnPlateau must count it
+                schedule.after_epoch(EpochRow(test_loss=1.0))  # a plateau: ReduceLROnPlateau must count it
             lrs.append(schedule.lr)
         return lrs
 
@@ -300,7 +301,8 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
         writer = TensorBoard(tmp_path / "tb")
         writer.on_fit_start(SimpleNamespace(progress=SimpleNamespace(step=start)))
         for step in steps:
-            writer.on_window(SimpleNamespace(process=SimpleNamespace(window={"step": step, "train_loss": 1.0 / step})))
+            window = EpochRow(step=step, train_loss=1.0 / step, kind="step")
+            writer.on_window(SimpleNamespace(process=SimpleNamespace(window=window)))
         writer.writer.close()
 
     while event_file_writer._global_uid._value % 10 != 9:  # the next writer is the 9th, 19th, ...: n gains a digit

@@ -92,7 +92,7 @@ def test_a_callback_reads_the_parts_and_sets_the_peak_lr_through_them(tmp_path):
         def on_epoch_end(self, state):
             progress = state.progress
             self.seen.append((progress.epoch, progress.step, progress.batch_in_epoch, len(progress.history),
-                              progress.history[-1]["epoch"], state.process.window["step"]))
+                              progress.history[-1].epoch, state.process.window.step))
 
     flat = Flat()
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "train.epochs=2"], callbacks=[flat])

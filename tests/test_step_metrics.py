@@ -70,11 +70,11 @@ def test_the_first_nonfinite_loss_is_found_with_its_step_and_lr():
         metrics.record(*step)
     assert metrics.first_nonfinite is None  # nothing read yet: recording never looks at the values
     metrics.flush()
-    assert metrics.first_nonfinite == {"step": 4, "lr": pytest.approx(0.4)}
+    assert metrics.first_nonfinite.step == 4 and metrics.first_nonfinite.lr == pytest.approx(0.4)
     for step in make_steps(2, bad_at=(1,)):  # a later bad step does not replace the first
         metrics.record(*step)
     metrics.flush()
-    assert metrics.first_nonfinite["step"] == 4
+    assert metrics.first_nonfinite.step == 4
 
 
 def test_recording_makes_no_host_sync_even_when_the_buffer_grows():

@@ -77,7 +77,7 @@ def test_a_space_file_sweep_runs_n_ordinary_runs_and_reports_them(swept):
         assert config["optim"]["momentum"] == trial.params["optim.momentum"]
         summary = read_summary(run_dir)
         assert summary.status == "completed" and summary.selected_by == "val_acc"
-        assert trial.value == max(row["val_acc"] for row in read_metrics(run_dir) if row["kind"] == "epoch")
+        assert trial.value == max(row.val_acc for row in read_metrics(run_dir) if row.kind == "epoch")
     with open(sweep_dir / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["state"] for row in rows] == ["complete", "complete"]
@@ -139,7 +139,7 @@ def test_seeds_train_each_configuration_with_s_seeds_and_score_the_mean(tmp_path
     runs = _run_dirs(sweep_dir)
     assert [run.name for run in runs] == ["seed-0", "seed-1"]
     assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
-    scores = [max(row["val_acc"] for row in read_metrics(run) if row["kind"] == "epoch") for run in runs]
+    scores = [max(row.val_acc for row in read_metrics(run) if row.kind == "epoch") for run in runs]
     assert trial.value == pytest.approx(sum(scores) / 2)
 
 
@@ -191,7 +191,8 @@ def test_a_pruned_trial_says_so_in_its_run_and_in_the_sweep_table(tmp_path):
     run_dir = _run_dirs(tmp_path / "s")[0]
     summary = read_summary(run_dir)
     assert (summary.epochs_completed, summary.epochs) == (1, 2)
-    assert summary.early_stop["reason"].startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
+    assert summary.early_stop.reason.startswith("pruned by the ThresholdPruner pruner of sweep smoke-space")
+    assert summary.early_stop.pruned_by.startswith("the ThresholdPruner pruner of sweep smoke-space, trial ")
     assert main(["resume", str(run_dir)]) == 2  # finished as far as resume is concerned
     with open(tmp_path / "s" / "trials.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
@@ -289,7 +290,7 @@ def _continue_and_check(command: list[str], sweep_dir: Path, tmp_path: Path, env
 
 def _epochs(run_dir: Path) -> list[tuple]:
     keys = ("epoch", "step", "train_loss", "train_acc", "val_acc", "test_acc", "test_loss")
-    return [tuple(row[k] for k in keys) for row in read_metrics(run_dir) if row["kind"] == "epoch"]
+    return [tuple(row.value(k) for k in keys) for row in read_metrics(run_dir) if row.kind == "epoch"]
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ def test_a_module_class_from_an_importable_module_is_recorded_by_name_and_rebuil
     assert type(again.module).__name__ == "TinyNet" and again.module.head.in_features == 6
     assert torch.equal(_logits(again, test.images), _logits(in_process, test.images))
     resumed = cifarlab.resume(run.run_dir, data=(train, test), epochs=2, import_modules=[MODULE])
-    assert resumed.status == "completed" and [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.status == "completed" and [row.epoch for row in resumed.history] == [1, 2]
 
 
 @pytest.mark.slow  # two short runs and two reports: about 16 s on a loaded 2-core machine

@@ -137,10 +137,10 @@ def test_by_default_best_pt_is_selected_on_a_held_out_stratified_validation_spli
 
     run = cifarlab.train(None, [f"output.dir={tmp_path}", *TINY])  # the defaults: no val_split given
     assert run.config.data.val_split == 0.1  # config.yaml records what `auto` decided
-    assert run.summary["selected_by"] == "val_acc" and run.summary["selected_on"] == "validation split"
-    assert run.summary["val_images"] == 40 and run.summary["final_test_acc"] == run.history[-1]["test_acc"]
+    assert run.summary.selected_by == "val_acc" and run.summary.selected_on == "validation split"
+    assert run.summary.val_images == 40 and run.summary.final_test_acc == run.history[-1].test_acc
     closing = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "chosen by val_acc" in closing and f"last epoch (2) {100 * run.history[-1]['test_acc']:.2f}%" in closing
+    assert "chosen by val_acc" in closing and f"last epoch (2) {100 * run.history[-1].test_acc:.2f}%" in closing
 
 
 @pytest.mark.parametrize("recipe", ["resnet18-steplr", "resnet18-cutout", "custom-resnet-onecycle",
@@ -158,14 +158,14 @@ def test_a_run_selected_on_the_test_split_says_it_is_optimistic_everywhere(tmp_p
     from cifarlab.use.predict import Predictions
 
     run = cifarlab.train(None, [f"output.dir={tmp_path}", "data.val_split=null", *TINY])
-    last = run.history[-1]["test_acc"]
-    assert run.summary["selected_by"] == "test_acc" and run.summary["selected_on"] == "test split (optimistic)"
+    last = run.history[-1].test_acc
+    assert run.summary.selected_by == "test_acc" and run.summary.selected_on == "test split (optimistic)"
     closing = capsys.readouterr().err.strip().splitlines()[-1]
     assert "selected on the test split (optimistic)" in closing and f"last epoch (2) {100 * last:.2f}%" in closing
     assert json.loads((run.run_dir / "summary.json").read_text())["selected_on"] == "test split (optimistic)"
     predictions = Predictions(torch.full((4, 10), 0.1), torch.zeros(4, dtype=torch.long), torch.zeros(4))
-    text = " ".join(block.text for block in _summary_section(run.summary, predictions, run.config).blocks
-                    if hasattr(block, "text"))
+    section = _summary_section(run.summary, run.summary.selected_by, predictions, run.config)
+    text = " ".join(block.text for block in section.blocks if hasattr(block, "text"))
     assert "selected on the test split (optimistic)" in text
     assert f"last epoch's test accuracy is {100 * last:.2f}%" in text
 

@@ -41,7 +41,7 @@ def test_wandb_offline_run_holds_config_epochs_summary_plots_and_resume_continue
     assert logged["config"]["train"]["epochs"] == 2  # the extension, as resume ran it
     epochs = [row for row in logged["history"] if "epoch" in row]
     assert [(row["epoch"], row["_step"]) for row in epochs] == [(1, 8), (2, 16)]
-    assert [row["epoch/test_acc"] for row in epochs] == pytest.approx([row["test_acc"] for row in extended.history])
+    assert [row["epoch/test_acc"] for row in epochs] == pytest.approx([row.test_acc for row in extended.history])
     assert any("step/train_loss" in row for row in logged["history"])
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert logged["summary"]["best_test_acc"] == pytest.approx(summary["best_test_acc"])

@@ -54,7 +54,7 @@ def train_or_continue(config: Union[Config, str, None], overrides: Sequence[str]
     finished = finished_run(run_dir)
     if finished is not None:
         if is_rank_zero():
-            say(f"run {run_dir} already finished ({finished.summary['epochs_completed']} epochs, status "
+            say(f"run {run_dir} already finished ({finished.summary.epochs_completed} epochs, status "
                 f"completed): nothing to train")
         return finished
     return resume(run_dir, data=data, callbacks=callbacks)
@@ -87,8 +87,7 @@ def finished_run(run_dir: Path) -> Optional[Run]:
     cfg = load_config(str(run_dir / layout.CONFIG))
     if summary is None or summary.status != "completed" or (summary.epochs_completed or 0) < 1:
         return None
-    history = [row for row in read_metrics(run_dir) if row.get("kind", "epoch") == "epoch"]
-    return Run(run_dir, cfg, summary.to_json(), history)
+    return Run(run_dir, cfg, summary, read_metrics(run_dir, kind="epoch"))
 
 
 def _clear_unstarted(run_dir: Path) -> None:

@@ -20,11 +20,11 @@ EXIT_DIVERGED = 3
 
 
 def run_exit_code(run) -> int:
-    status = run.summary.get("status")
+    status = run.summary.status
     if status == "diverged":
         return EXIT_DIVERGED
     if status == "interrupted":
-        return 128 + int(run.summary.get("signal_number") or 2)
+        return 128 + int(run.summary.signal_number or 2)
     return 0
 
 

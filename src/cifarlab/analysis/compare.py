@@ -13,7 +13,7 @@ from cifarlab.atomic import atomic_write, atomic_write_text, output_target
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
 from cifarlab.run.layout import CONFIG, SUMMARY
-from cifarlab.run.records import Summary, read_metrics, read_summary
+from cifarlab.run.records import Summary, display, read_metrics, read_summary
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
 # (row key, markdown header) in table order: the summary.json fields with a short label (run/records.Summary),
@@ -122,8 +122,8 @@ def columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
 def _row(run_dir: Path, label: str) -> dict:
     summary = read_summary(run_dir)
     metrics = read_metrics(run_dir)
-    lrs = [row["lr"] for row in metrics if row["lr"] is not None]
-    train_accs = [row["train_acc"] for row in metrics if row["kind"] == "epoch" and row["train_acc"] is not None]
+    lrs = [row.lr for row in metrics if row.lr is not None]
+    train_accs = [row.train_acc for row in metrics if row.kind == "epoch" and row.train_acc is not None]
     best_train = summary.best_train_acc
     if best_train is None and train_accs:
         best_train = max(train_accs)
@@ -162,33 +162,16 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
             depths[i] += 1
 
 
+SHOWN_AS = {"lr_min": "lr"}  # the table's own columns, shown as the record field they are a value of
+
+
 def format_cell(key: str, value: Any) -> str:
-    """One table value as users write it: 91.80%, 1.87E-02, 1:02:03, 5,120."""
-    if value is None or value == "":
-        return "—"
-    if "." in key:  # a config key: as it reads in config.yaml
+    """One table value as users write it: 91.80%, 1.87E-02, 1:02:03, 5,120 (each record field's display,
+    run/records.display); a config key as it reads in config.yaml."""
+    if "." in key and value not in (None, ""):
         return str(value)
-    if key.endswith("_acc"):
-        return f"{100 * float(value):.2f}%"
-    if key == "mfu":  # a fraction of the device's peak FLOP/s
-        return f"{100 * float(value):.1f}%"
-    if key.startswith("lr"):
-        return f"{float(value):.2E}"
-    if key == "wall_seconds":
-        return format_duration(float(value))
-    if key.endswith("images_per_second"):
-        return f"{float(value):,.0f}"
-    if key.endswith("_loss"):
-        return f"{float(value):.4f}"
-    if key == "num_params":
-        return f"{int(value):,}"
-    return str(value)
+    return display(SHOWN_AS.get(key, key), value)
 
-
-def format_duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def to_markdown(rows: Sequence[dict]) -> str:

@@ -3,8 +3,7 @@ grids, gallery, Grad-CAM and augmentation preview, are in image_grids.py).
 
 Every function draws onto its own `matplotlib.figure.Figure` (Agg canvas, no pyplot state, so it is
 safe in threads and never opens a window), saves a PNG at README size and returns the path.
-Metric rows are `metrics.csv` rows as dicts; values may be strings (straight from `csv.DictReader`)
-or numbers, empty cells are `""` or `None`.
+Metric rows are run/records.EpochRow (`read_metrics`); a metric not measured is None.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cifarlab.atomic import WriteError, atomic_write
 from cifarlab.run.layout import BEST
+from cifarlab.run.records import EpochRow, best_row
 
 DPI = 120
 OVERLAY_ALPHA = 0.5
@@ -41,21 +41,14 @@ def _save(fig: Figure, path: str | Path, tight: bool = False) -> Path:
     return path
 
 
-def _num(value: Any) -> float | None:
-    """A metrics cell as float, or None when empty."""
-    if value is None or value == "":
-        return None
-    return float(value)
+def _rows(rows: Sequence[EpochRow], kind: str) -> list[EpochRow]:
+    return [row for row in rows if row.kind == kind]
 
 
-def _rows(rows: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
-    return [row for row in rows if row.get("kind") == kind]
-
-
-def _series(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, scale: float = 1.0):
-    """(xs, ys) of the rows where both cells are filled."""
-    points = [(_num(r.get(x_key)), _num(r.get(y_key))) for r in rows]
-    points = [(x, y * scale) for x, y in points if x is not None and y is not None]
+def _series(rows: Sequence[EpochRow], x_key: str, y_key: str, scale: float = 1.0):
+    """(xs, ys) of the rows where both metrics are measured."""
+    points = [(row.value(x_key), row.value(y_key)) for row in rows]
+    points = [(float(x), float(y) * scale) for x, y in points if x is not None and y is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -78,7 +71,7 @@ def _as_hwc(image: Any) -> tuple[np.ndarray, str | None]:
 
 # ---------------------------------------------------------------- training curves
 
-def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, monitor: str = "test_acc") -> Path:
+def plot_curves(metrics_rows: Sequence[EpochRow], path: str | Path, monitor: str) -> Path:
     """Two panels over epochs: train/(validation)/test loss, and the same accuracies in percent, with the
     epoch best.pt holds (the best `monitor`) marked by its test accuracy."""
     epochs = _rows(metrics_rows, "epoch")
@@ -86,7 +79,7 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, mon
     loss_ax, acc_ax = fig.subplots(1, 2)
     splits = (("train", "train", "-o"), ("val", "validation", "-^"), ("test", "test", "-s"))
     for key, label, style in splits:
-        if not any(row.get(f"{key}_loss") is not None for row in epochs):
+        if not any(row.value(f"{key}_loss") is not None for row in epochs):
             continue
         loss_ax.plot(*_series(epochs, "epoch", f"{key}_loss"), style, markersize=3, label=label)
         acc_ax.plot(*_series(epochs, "epoch", f"{key}_acc", scale=100.0), style, markersize=3, label=label)
@@ -107,17 +100,15 @@ def plot_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, mon
     return _save(fig, path)
 
 
-def _best(epoch_rows, monitor: str = "test_acc") -> tuple[float | None, float | None]:
+def _best(epoch_rows: Sequence[EpochRow], monitor: str) -> tuple[float | None, float | None]:
     """(epoch, test accuracy in %) of the epoch with the best `monitor` (the first on ties, like best.pt)."""
-    rows = [row for row in epoch_rows if row.get(monitor) not in (None, "") and row.get("test_acc") not in (None, "")]
-    if not rows:
+    best = best_row([row for row in epoch_rows if row.test_acc is not None], monitor)
+    if best is None:
         return None, None
-    scores = np.array([float(row[monitor]) for row in rows])  # rows may be metrics.csv's strings
-    i = int(np.argmin(scores) if monitor.endswith("loss") else np.argmax(scores))
-    return float(rows[i]["epoch"]), 100.0 * float(rows[i]["test_acc"])
+    return float(best.epoch), 100.0 * best.test_acc
 
 
-def plot_lr(metrics_rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_lr(metrics_rows: Sequence[EpochRow], path: str | Path) -> Path:
     """Learning rate over global steps (step rows as a line, epoch rows as markers)."""
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
@@ -193,7 +184,7 @@ def plot_confusion(conf: Any, classes: Sequence[str], path: str | Path, normalis
 
 # ---------------------------------------------------------------- several runs
 
-def plot_compare(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+def plot_compare(curves: Mapping[str, Sequence[EpochRow]], path: str | Path) -> Path:
     """Test accuracy (left) and test loss (right) per epoch, one line per run label."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)

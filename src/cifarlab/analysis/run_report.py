@@ -7,7 +7,6 @@ lands in the run directory: `plots/*.png`, `tables/*.csv|md`, `model_summary.txt
 from __future__ import annotations
 
 import csv
-import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from cifarlab.analysis import image_grids, plots
-from cifarlab.analysis.compare import format_cell
 from cifarlab.analysis.report import Bullets, Code, Collapsed, Image, Section, Table, Text, markdown_table, write_report
 from cifarlab.atomic import atomic_write, atomic_write_text
 from cifarlab.config_diff import from_defaults, scalar
@@ -25,7 +23,7 @@ from cifarlab.errors import UserError
 from cifarlab.progress import PhaseProgress
 from cifarlab.run import layout
 from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
-from cifarlab.run.records import Summary, read_metrics, read_summary
+from cifarlab.run.records import EpochRow, Summary, display, read_metrics, read_summary
 
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
@@ -54,19 +52,21 @@ def analyze_run(run_dir, model, dataset, cfg, *, autocast: Callable = nullcontex
     from cifarlab.use.predict import predict_batch
 
     run_dir = Path(run_dir)
-    record = read_summary(run_dir, required=False)
-    summary = record.to_json() if record is not None else {}
+    summary = read_summary(run_dir, required=False)
     metrics = read_metrics(run_dir)
+    # best.pt's metric as the run recorded it (summary.json's selected_by; older runs: what their config says)
+    monitor = (summary.selected_by if summary is not None else None) \
+        or cfg.checkpoint.selecting_metric(has_validation=cfg.data.val_split is not None)
     mean, std = dataset.mean, dataset.std
     test = dataset.test
     gradcam_options = dict(count=options.gradcam_count, layer=options.gradcam_layer, method=options.gradcam_method,
                            mean=mean, std=std)
     predictions = None  # the first step's; the sections below read it when they run
     steps = [  # (what, make): progress names each as it finishes (minutes in all on a busy CPU)
-        ("summary", lambda: _summary_section(summary, predictions, cfg)),
+        ("summary", lambda: _summary_section(summary, monitor, predictions, cfg)),
         ("configuration", lambda: _config_section(cfg)),
         ("environment", lambda: _environment_section(summary, dataset)),
-        ("curves", lambda: _curves_section(run_dir, metrics, summary.get("selected_by") or "test_acc")),
+        ("curves", lambda: _curves_section(run_dir, metrics, monitor)),
         ("learning rate", lambda: _lr_section(run_dir, metrics)),
         ("range test", lambda: _lr_find_section(run_dir)),
         ("model summary", lambda: _model_section(run_dir, model, tuple(test.images.shape[1:]), cfg.train.batch_size)),
@@ -144,10 +144,6 @@ def check_writable(run_dir: Path) -> None:
 
 # ---------------------------------------------------------------- helpers
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _cpu(tensor: Any) -> torch.Tensor:
     return torch.as_tensor(tensor).detach().cpu()
 
@@ -169,19 +165,19 @@ def _write_table(run_dir: Path, name: str, header: Sequence[str], rows: Sequence
 
 # ---------------------------------------------------------------- sections
 
-def _summary_section(summary: dict, predictions, cfg) -> Section:
+def _summary_section(summary: Optional[Summary], monitor: str, predictions, cfg) -> Section:
     from cifarlab.analysis.metrics import topk_accuracy
 
-    if not summary:
+    if summary is None:
         blocks = [Text(f"{layout.SUMMARY} was not found: the run has not finished an epoch.")]
     else:
-        rows = [(label, _summary_cell(key, summary)) for key, label in SUMMARY_FIELDS if key in summary]
+        stored = summary.to_json()  # the fields summary.json holds, in its order
+        rows = [(label, _summary_cell(key, summary)) for key, label in SUMMARY_FIELDS if key in stored]
         blocks = [Table(("field", "value"), rows)]
-        if summary.get("status") not in (None, "completed"):
-            blocks.insert(0, Text(f"Warning: this run is {summary['status']}; the numbers below are partial."))
-        monitor = summary.get("selected_by") or "test_acc"
+        if summary.status not in (None, "completed"):
+            blocks.insert(0, Text(f"Warning: this run is {summary.status}; the numbers below are partial."))
         split = "a validation split taken from the training images" if monitor.startswith("val_") else "the test split"
-        final = summary.get("final_test_acc")
+        final = summary.final_test_acc
         last = f" The last epoch's test accuracy is {100 * final:.2f}%." if final is not None else ""
         if monitor.startswith("test_"):
             blocks.append(Text(f"{layout.BEST} was chosen by {monitor} on the test split: selected on the test split "
@@ -198,16 +194,17 @@ def _summary_section(summary: dict, predictions, cfg) -> Section:
     return Section("Summary", blocks)
 
 
-def _summary_cell(key: str, summary: dict) -> str:
+def _summary_cell(key: str, summary: Summary) -> str:
     """A summary value as the report shows it; the peak LR says where it came from (`lr_peak_source`)."""
-    if key == "mfu" and summary[key] is not None:
-        peak = summary.get("peak_flops")
-        of_peak = f" of {peak / 1e12:.3g} TFLOP/s ({summary.get('peak_flops_source')})" if peak else ""
-        return f"{100 * summary[key]:.1f}%{of_peak}"
-    text = format_cell(key, summary[key])
+    value = getattr(summary, key)
+    if key == "mfu" and value is not None:
+        peak = summary.peak_flops
+        of_peak = f" of {peak / 1e12:.3g} TFLOP/s ({summary.peak_flops_source})" if peak else ""
+        return f"{display(key, value)}{of_peak}"
+    text = display(key, value)
     if key != "lr_peak":
         return text
-    source = summary.get("lr_peak_source")
+    source = summary.lr_peak_source
     if not source:
         return f"{text} (source not recorded)"
     if source.startswith("range test"):
@@ -226,44 +223,46 @@ def _config_section(cfg) -> Section:
                                                     [Code(cfg.to_yaml(), "yaml")])])
 
 
-def _environment_section(summary: dict, dataset) -> Section:
-    versions = summary.get("versions") or {}
-    rows = [(f"{name} version", value) for name, value in versions.items()]
-    rows += [("device", summary.get("device", "—")), ("precision", summary.get("precision", "—")),
+def _environment_section(summary: Optional[Summary], dataset) -> Section:
+    summary = summary or Summary()
+    rows = [(f"{name} version", value) for name, value in summary.versions.items()]
+    rows += [("device", summary.device or "—"), ("precision", summary.precision or "—"),
              ("dataset", f"{dataset.name}: {len(dataset.train.labels):,} train / {len(dataset.test.labels):,} test "
                          f"images, {len(dataset.classes)} classes"),
              ("data origin", dataset.origin)]
     return Section("Environment", [Table(("item", "value"), rows)])
 
 
-def _curves_section(run_dir: Path, metrics: list[dict], monitor: str) -> Section:
-    if not any(row["kind"] == "epoch" for row in metrics):
+def _curves_section(run_dir: Path, metrics: list[EpochRow], monitor: str) -> Section:
+    if not any(row.kind == "epoch" for row in metrics):
         return Section("Training curves", [Text(f"{layout.METRICS} has no epoch rows yet.")])
     plots.plot_curves(metrics, run_dir / layout.plot("curves.png"), monitor)
     return Section("Training curves", [Image(layout.plot("curves.png"), "train and test loss and accuracy per epoch")])
 
 
-def _lr_section(run_dir: Path, metrics: list[dict]) -> Section:
-    if not any(row["lr"] is not None for row in metrics):
+def _lr_section(run_dir: Path, metrics: list[EpochRow]) -> Section:
+    lrs = [row.lr for row in metrics if row.lr is not None]
+    if not lrs:
         return Section("Learning rate", [Text(f"{layout.METRICS} has no learning-rate values.")])
     plots.plot_lr(metrics, run_dir / layout.plot("lr.png"))
-    lrs = [row["lr"] for row in metrics if row["lr"] is not None]
-    text = Text(f"Learning rate from {format_cell('lr', lrs[0])} to {format_cell('lr', lrs[-1])}, "
-                f"peak {format_cell('lr', max(lrs))}, minimum {format_cell('lr', min(lrs))}.")
+    text = Text(f"Learning rate from {display('lr', lrs[0])} to {display('lr', lrs[-1])}, "
+                f"peak {display('lr', max(lrs))}, minimum {display('lr', min(lrs))}.")
     return Section("Learning rate", [text, Image(layout.plot("lr.png"), "learning rate over global steps")])
 
 
 def _lr_find_section(run_dir: Path) -> Optional[Section]:
-    result = _read_json(run_dir / layout.LR_FIND)
-    if not result:
+    from cifarlab.lr_range.finder import read_range_test
+
+    result = read_range_test(run_dir / layout.LR_FIND)
+    if result is None:
         return None
-    chosen = result.get("rule")
     names = {"minimum": "minimum of the lag-free smoothed loss", "steepest": "steepest descent", "valley": "valley"}
-    suggestions = [f"{label}: {format_cell('lr', result.get(f'{rule}_lr'))}" + (" (chosen)" if rule == chosen else "")
-                   for rule, label in names.items() if f"{rule}_lr" in result]
-    if result.get("stopped_early"):
+    lrs = result.suggestions()
+    suggestions = [f"{label}: {display('lr', lrs[rule])}" + (" (chosen)" if rule == result.rule else "")
+                   for rule, label in names.items()]
+    if result.stopped_early:
         suggestions.append("the test stopped early when the loss diverged")
-    blocks = [Text(f"Range test over {len(result.get('lrs', []))} learning rates; suggestions:"), Bullets(suggestions)]
+    blocks = [Text(f"Range test over {len(result.lrs)} learning rates; suggestions:"), Bullets(suggestions)]
     if (run_dir / layout.plot(layout.LR_FIND_PLOT)).is_file():
         blocks.append(Image(layout.plot(layout.LR_FIND_PLOT), "loss against learning rate in the range test"))
     return Section("LR range test", blocks)
@@ -293,7 +292,7 @@ def _class_sections(run_dir: Path, predictions, classes: Sequence[str]) -> list[
     header = ("class", "correct", "total", "accuracy")
     fractions = [None if acc[k].isnan() else round(float(acc[k]), 6) for k in range(K)]
     numbers = [(classes[k], int(correct[k]), int(totals[k]), fractions[k]) for k in range(K)]  # accuracy in [0, 1]
-    rows = [(*row[:3], format_cell("test_acc", row[3])) for row in numbers]
+    rows = [(*row[:3], display("test_acc", row[3])) for row in numbers]
     _write_table(run_dir, "per_class", header, numbers, rows)
     _write_table(run_dir, "confusion", ("true", "predicted", "count"),
                  [(classes[t], classes[p], n) for t, p, n in cells.tolist()])

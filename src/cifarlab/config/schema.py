@@ -78,6 +78,11 @@ class CheckpointConfig(ConfigSection):
         description=("What selects the best checkpoint and early stopping: val_acc, val_loss, test_acc or "
                      "test_loss; null: val_acc with a validation split, else test_acc."))
 
+    def selecting_metric(self, has_validation: bool) -> str:
+        """The metric that selects best.pt, early stopping, output.keep and a sweep's score: `monitor`, or for
+        null val_acc with a validation split, else test_acc (the one place that says what null means)."""
+        return self.monitor or ("val_acc" if has_validation else "test_acc")
+
 
 class OutputConfig(ConfigSection):
     dir: str = Field("runs", description="Folder of the run directories: <dir>/<recipe>/<YYYYmmdd-HHMMSS>/.")

@@ -284,6 +284,10 @@ class ScheduleConfig(ConfigSection):
         description=("onecycle, cosine: the epochs the plan spans; null: train.epochs. `resume --epochs` sets it "
                      "when extending a run, whose added epochs hold the final lr."))
 
+    def watched_metric(self, has_validation: bool) -> str:
+        """plateau: the metric watched, `monitor` or for null val_loss with a validation split, else test_loss."""
+        return self.monitor or ("val_loss" if has_validation else "test_loss")
+
 
 class LRFindConfig(ConfigSection):
     start_lr: float = Field(default=1e-7, gt=0, description="The range test's first lr.")

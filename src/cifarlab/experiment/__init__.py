@@ -32,6 +32,7 @@ from cifarlab.experiment.summary import closing_message, write_summary
 from cifarlab.messages import quiet
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
+from cifarlab.run.records import EpochRow, Summary
 from cifarlab.runtime import is_rank_zero
 from cifarlab.trainer.build import build_state, default_callbacks
 from cifarlab.trainer.callbacks import Callback
@@ -47,18 +48,18 @@ __all__ = ["Run", "train", "resume", "extend_config", "write_summary", "data_lin
 class Run:
     run_dir: Path
     config: Config
-    summary: dict
-    history: list[dict]
+    summary: Summary  # summary.json (run/records.Summary)
+    history: list[EpochRow]  # one row per finished epoch
 
     @property
     def best_test_acc(self) -> float:
-        return self.summary["best_test_acc"]
+        return self.summary.best_test_acc
 
     @property
     def status(self) -> str:
         """completed | interrupted | diverged. SIGINT/SIGTERM during `train` finish the step, save a
         checkpoint and return here with "interrupted" (no exception): check it when looping over runs."""
-        return self.summary["status"]
+        return self.summary.status
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -18,7 +18,7 @@ from cifarlab.messages import warn
 from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
-from cifarlab.run.records import Summary, read_summary
+from cifarlab.run.records import SavedCheckpoint, Summary, read_summary
 from cifarlab.runtime import make_runtime
 from cifarlab.trainer.build import build_state
 from cifarlab.trainer.checkpoint import restore
@@ -59,7 +59,7 @@ def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int], more: O
                         f"nothing to resume — extend it with `cifarlab resume {run_dir} --epochs N` "
                         f"or start a new run with `cifarlab train`")
     if not finished and "diverged" in (previous.status, stored.status):
-        step = previous.diverged_at.get("step") if isinstance(previous.diverged_at, dict) else None
+        step = previous.diverged_at.step if previous.diverged_at is not None else None
         raise UserError(f"run {run_dir} diverged at step {step}; resuming "
                         f"would diverge again — start a new run with a lower optim.lr (see `cifarlab lr-find`)")
     written_with = stored.versions.get("torch")
@@ -93,7 +93,7 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     check_ranks_agree(cfg, dataset, runtime)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, point.checkpoint, used)
-    state.process.last_checkpoint = {"path": str(used), "epoch": state.progress.epoch, "step": state.progress.step}
+    state.process.last_checkpoint = SavedCheckpoint(str(used), state.progress.epoch, state.progress.step)
     if point.finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
@@ -84,9 +85,23 @@ class RangeTestResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RangeTestResult":
-        """Also reads files written before a rule existed: the curves are kept, so its lr is recomputed."""
-        return summarize(data["lrs"], data["losses"], data["smoothed"], data["stopped_early"],
-                         data.get("rule", DEFAULT_RULE))
+        """The result as the file recorded it; files written before a rule existed keep their curves, so that
+        rule's lr is computed from them."""
+        computed = summarize(data["lrs"], data["losses"], data["smoothed"], data["stopped_early"],
+                             data.get("rule", DEFAULT_RULE))
+        return replace(computed, **{f"{rule}_lr": data[f"{rule}_lr"] for rule in RULES if f"{rule}_lr" in data})
+
+
+def read_range_test(path: Union[str, Path]) -> Optional[RangeTestResult]:
+    """A range test's lr_find.json (lr_range/search.save_range_test writes it), or None where there is none;
+    a UserError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return RangeTestResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise UserError(f"{str(path)!r} is not a range test's result ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------- the sweep

@@ -16,8 +16,9 @@ import io
 import os
 import platform
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -27,8 +28,9 @@ from cifarlab.errors import UserError
 from cifarlab.messages import warn
 from cifarlab.run.checkpoint_record import FORMAT_VERSION, Checkpoint
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
+from cifarlab.run.records import EarlyStopped
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "load_checkpoint", "load_checkpoint_with_path", "outcome",
+__all__ = ["FORMAT_VERSION", "Checkpoint", "StoredOutcome", "load_checkpoint", "load_checkpoint_with_path", "outcome",
            "read_checkpoint", "save_checkpoint", "versions"]
 
 TRAILER_TAG = b"\nCIFARLAB-SHA256 "
@@ -44,10 +46,23 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "cifarlab": __version__}
 
 
-def outcome(payload: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A checkpoint's "outcome": how the run chose its peak lr, and its early stop (None: none took effect)."""
+    lr_peak: Optional[float] = None
+    lr_peak_source: Optional[str] = None
+    early_stop: Optional[EarlyStopped] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lr_peak": self.lr_peak, "lr_peak_source": self.lr_peak_source,
+                "early_stop": self.early_stop.to_json() if self.early_stop is not None else None}
+
+
+def outcome(payload: dict[str, Any]) -> StoredOutcome:
     """The payload's OUTCOME_FIELDS (missing ones None), whichever format wrote it."""
     stored = payload.get("outcome") or payload.get("extra") or {}
-    return {name: stored.get(name) for name in OUTCOME_FIELDS}
+    return StoredOutcome(stored.get("lr_peak"), stored.get("lr_peak_source"),
+                         EarlyStopped.from_json(stored.get("early_stop")))
 
 
 def serialize(payload: dict[str, Any]) -> bytes:

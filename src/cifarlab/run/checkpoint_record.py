@@ -33,7 +33,7 @@ from pydantic import (
 
 from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
-from cifarlab.run.records import FieldProblem, ModelCard, finite, need, whole
+from cifarlab.run.records import EpochRow, FieldProblem, ModelCard, finite, need, whole
 
 FORMAT_VERSION = 1
 STATUSES = ("running", "completed", "interrupted", "diverged")
@@ -126,6 +126,10 @@ class Checkpoint(BaseModel):
         if self._cfg is None:
             self._cfg = validate_recorded(self.config)
         return self._cfg
+
+    def epoch_rows(self) -> list[EpochRow]:
+        """`history` as the records every reader uses (the file holds one mapping per finished epoch)."""
+        return [EpochRow.from_dict(row, kind="epoch") for row in self.history]
 
     @property
     def card(self) -> ModelCard:

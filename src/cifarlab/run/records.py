@@ -12,54 +12,136 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import BEST, METRICS, SUMMARY
 
 
-def _metric(label: str, *, csv: bool = True, tracked: bool = True, whole: bool = False):
-    """A metric field: `label` for people, `csv` a metrics.csv column, `tracked` sent to TensorBoard and
-    MLflow, `whole` an integer."""
-    return field(default=None, metadata={"label": label, "csv": csv, "tracked": tracked, "whole": whole})
+# How a value is shown to people (the report, `compare`, the closing line): one formatter per kind of value,
+# named on each field below, so "an accuracy is a percentage with 2 decimals" is said once.
+def percent(value: Any) -> str:
+    return f"{100 * float(value):.2f}%"
+
+
+def percent_1(value: Any) -> str:  # a fraction of a device's peak (MFU)
+    return f"{100 * float(value):.1f}%"
+
+
+def learning_rate(value: Any) -> str:
+    return f"{float(value):.2E}"
+
+
+def loss(value: Any) -> str:
+    return f"{float(value):.4f}"
+
+
+def duration(value: Any) -> str:
+    minutes, secs = divmod(int(round(float(value))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def per_second(value: Any) -> str:
+    return f"{float(value):,.0f}"
+
+
+def count(value: Any) -> str:
+    return f"{int(value):,}"
+
+
+LOWER, HIGHER = "lower", "higher"  # which way a metric is better (a field's `better`)
+
+
+def _metric(label: str, *, better: Optional[str] = None, show: Callable[[Any], str] = str, csv: bool = True,
+            tracked: bool = True, whole: bool = False):
+    """A metric field: `label` for people, `better` lower or higher (None: not a score), `show` its display,
+    `csv` a metrics.csv column, `tracked` sent to TensorBoard and MLflow, `whole` an integer."""
+    return field(default=None, metadata={"label": label, "better": better, "show": show, "csv": csv,
+                                         "tracked": tracked, "whole": whole})
 
 
 @dataclass(frozen=True)
 class EpochRow:
     """One metrics row: a logging window (`kind` "step": epoch, step, lr, train_loss, train_acc) or a
     finished epoch (`kind` "epoch": everything measured). Accuracies are fractions; a metric a run does
-    not measure (val_* without a validation split) is None and absent from the row's dict."""
+    not measure (val_* without a validation split) is None and absent from the row's dict.
+
+    Adding a metric is one field here plus the line that measures it (trainer/loop.py): metrics.csv,
+    the checkpoints' history, TensorBoard, MLflow, W&B and the report's formatting all follow the fields."""
     epoch: Optional[int] = _metric("epoch", whole=True)
     step: Optional[int] = _metric("step", whole=True, tracked=False)
-    lr: Optional[float] = _metric("learning rate")
-    train_loss: Optional[float] = _metric("train loss")
-    train_acc: Optional[float] = _metric("train accuracy")
-    val_loss: Optional[float] = _metric("validation loss")
-    val_acc: Optional[float] = _metric("validation accuracy")
-    test_loss: Optional[float] = _metric("test loss")
-    test_acc: Optional[float] = _metric("test accuracy")
+    lr: Optional[float] = _metric("learning rate", show=learning_rate)
+    train_loss: Optional[float] = _metric("train loss", better=LOWER, show=loss)
+    train_acc: Optional[float] = _metric("train accuracy", better=HIGHER, show=percent)
+    val_loss: Optional[float] = _metric("validation loss", better=LOWER, show=loss)
+    val_acc: Optional[float] = _metric("validation accuracy", better=HIGHER, show=percent)
+    test_loss: Optional[float] = _metric("test loss", better=LOWER, show=loss)
+    test_acc: Optional[float] = _metric("test accuracy", better=HIGHER, show=percent)
     elapsed_seconds: Optional[float] = _metric("training seconds so far", tracked=False)
-    images_per_second: Optional[float] = _metric("training images/s")
-    mfu: Optional[float] = _metric("model FLOPs utilisation")  # a fraction of the peak (trainer/throughput.py)
+    images_per_second: Optional[float] = _metric("training images/s", show=per_second)
+    # MFU: a fraction of the device's peak FLOP/s (trainer/throughput.py)
+    mfu: Optional[float] = _metric("model FLOPs utilisation", show=percent_1)
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
+    # "step" (a logging window) or "epoch": not a metric but metrics.csv's first column; not in a checkpoint
+    kind: Optional[str] = field(default=None, compare=False, metadata={"metric": False})
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as the history in checkpoints and `state.process.window` hold it: measured metrics only."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        """The row as the history in checkpoints holds it: measured metrics only."""
+        return {name: getattr(self, name) for name in METRIC_NAMES if getattr(self, name) is not None}
 
     @classmethod
-    def from_dict(cls, row: Mapping[str, Any]) -> "EpochRow":
-        return cls(**{name: row.get(name) for name in METRIC_NAMES})
+    def from_dict(cls, row: Mapping[str, Any], kind: Optional[str] = None) -> "EpochRow":
+        return cls(**{name: row.get(name) for name in METRIC_NAMES}, kind=kind)
+
+    def value(self, metric: str) -> Optional[float]:
+        """The value of the metric named `metric` (a config's `checkpoint.monitor`, a sweep's score)."""
+        if metric not in METRIC_NAMES:
+            raise KeyError(f"{metric!r} is not a metric of EpochRow ({', '.join(METRIC_NAMES)})")
+        return getattr(self, metric)
 
 
-METRIC_NAMES = tuple(f.name for f in fields(EpochRow))
+METRIC_FIELDS = tuple(f for f in fields(EpochRow) if f.metadata.get("metric", True))
+METRIC_NAMES = tuple(f.name for f in METRIC_FIELDS)
 # metrics.csv: a `step` row per logging window, an `epoch` row per epoch; empty cells where not measured.
-METRIC_COLUMNS = ("kind",) + tuple(f.name for f in fields(EpochRow) if f.metadata["csv"])
-TRACKED = tuple(f.name for f in fields(EpochRow) if f.metadata["tracked"])  # to TensorBoard and MLflow
-_WHOLE = tuple(f.name for f in fields(EpochRow) if f.metadata["whole"])
+METRIC_COLUMNS = ("kind",) + tuple(f.name for f in METRIC_FIELDS if f.metadata["csv"])
+TRACKED = tuple(f.name for f in METRIC_FIELDS if f.metadata["tracked"])  # to TensorBoard and MLflow
+SCORES = tuple(f.name for f in METRIC_FIELDS if f.metadata["better"])  # the metrics that can be better or worse
+_WHOLE = tuple(f.name for f in METRIC_FIELDS if f.metadata["whole"])
+_BETTER = {f.name: f.metadata["better"] for f in METRIC_FIELDS}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller `metric` is better (the losses) or a larger one (the accuracies): the one place that
+    says so, read by best.pt's choice, early stopping, output.keep, the sweep's direction and the plots."""
+    better = _BETTER.get(metric)
+    if better is None:
+        raise KeyError(f"{metric!r} is not a score ({', '.join(SCORES)})")
+    return better == LOWER
+
+
+def _oriented(metric: str) -> Callable[[EpochRow], float]:
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    return lambda row: sign * row.value(metric)
+
+
+def best_row(rows: Sequence[EpochRow], metric: str) -> Optional[EpochRow]:
+    """The row with the best `metric` (the first on ties: the epoch best.pt holds); rows without it skipped."""
+    scored = [row for row in rows if row.value(metric) is not None]
+    return min(scored, key=_oriented(metric)) if scored else None
+
+
+def ranked(rows: Sequence[EpochRow], metric: str) -> list[EpochRow]:
+    """`rows` from the best `metric` to the worst, the earlier row first on ties (as `best_row`)."""
+    return sorted((row for row in rows if row.value(metric) is not None), key=_oriented(metric))
+
+
+def improvement(metric: str, value: float, reference: float) -> float:
+    """How much better `value` is than `reference` (negative: worse)."""
+    return reference - value if lower_is_better(metric) else value - reference
 
 
 def tracker_key(kind: str, name: str) -> str:
@@ -67,17 +149,69 @@ def tracker_key(kind: str, name: str) -> str:
     return f"{kind}/{name}"
 
 
-def tracked_values(kind: str, row: Mapping[str, Any]) -> dict[str, float]:
-    """{tracker_key: value} of a history row or window (`kind` epoch or step), measured metrics only."""
-    return {tracker_key(kind, name): float(row[name]) for name in TRACKED if row.get(name) is not None}
+def tracked_values(row: EpochRow) -> dict[str, float]:
+    """{tracker_key: value} of a history row or window (its `kind` epoch or step), measured metrics only."""
+    return {tracker_key(row.kind, name): float(getattr(row, name)) for name in TRACKED
+            if getattr(row, name) is not None}
 
 
 # ------------------------------------------------------------------------------ summary.json
 
-def _item(label: Optional[str] = None, short: Optional[str] = None, optional: bool = False):
+def _item(label: Optional[str] = None, short: Optional[str] = None, optional: bool = False,
+          show: Callable[[Any], str] = str):
     """A summary field: `label` in the report, `short` as a `compare` column header, `optional` left out of
-    summary.json when None (val_* without a validation split, how a run stopped when it did not)."""
-    return field(default=None, metadata={"label": label, "short": short, "optional": optional})
+    summary.json when None (val_* without a validation split, how a run stopped when it did not), `show`
+    its display."""
+    return field(default=None, metadata={"label": label, "short": short, "optional": optional, "show": show})
+
+
+PRUNED_BY = "pruned by"  # how a pruned run's stop reason begins (sweep/pruning.py): for people, never parsed
+
+
+@dataclass(frozen=True)
+class EarlyStopped:
+    """How a run that stopped before its planned epochs ended (summary.json's and the checkpoints'
+    `early_stop`): at `epoch`, best.pt being `best_epoch`, and why. `pruned_by`: the sweep pruner that stopped
+    it (None for early stopping or a user's callback); written only when set, so other files keep their keys."""
+    epoch: int
+    best_epoch: Optional[int]
+    reason: str
+    pruned_by: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        stored = {"epoch": self.epoch, "best_epoch": self.best_epoch, "reason": self.reason}
+        return stored if self.pruned_by is None else {**stored, "pruned_by": self.pruned_by}
+
+    @classmethod
+    def from_json(cls, data: Optional[Mapping[str, Any]]) -> Optional["EarlyStopped"]:
+        if not isinstance(data, Mapping) or not data:
+            return None
+        reason = data.get("reason") or f"no improvement since epoch {data.get('best_epoch')}"
+        return cls(data.get("epoch"), data.get("best_epoch"), reason, data.get("pruned_by"))
+
+
+@dataclass(frozen=True)
+class DivergedAt:
+    """The first non-finite training step of a diverged run, and its learning rate."""
+    step: int
+    lr: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "lr": self.lr}
+
+    @classmethod
+    def from_json(cls, data: Optional[Mapping[str, Any]]) -> Optional["DivergedAt"]:
+        return cls(data.get("step"), data.get("lr")) if isinstance(data, Mapping) else None
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """The newest good last.pt of this process: where, at which epoch and step, and the status it holds
+    (None where a resume read it: the file is the one it went on from)."""
+    path: str
+    epoch: int
+    step: int
+    status: Optional[str] = None
 
 
 @dataclass
@@ -87,28 +221,28 @@ class Summary:
     recipe: Optional[str] = _item("recipe", "Recipe")
     model: Optional[str] = _item("model")
     dataset: Optional[str] = _item("dataset")
-    num_params: Optional[int] = _item("parameters")
+    num_params: Optional[int] = _item("parameters", show=count)
     epochs_completed: Optional[int] = _item("epochs completed")
     epochs: Optional[int] = _item("epochs planned")
     selected_by: Optional[str] = _item(f"{BEST} chosen by")
     # "validation split", or "test split (optimistic)": best_test_acc is then a selected, biased estimate.
     selected_on: Optional[str] = _item(f"{BEST} selected on", optional=True)
-    best_test_acc: Optional[float] = _item(f"test accuracy of {BEST}", "Best test acc.")
+    best_test_acc: Optional[float] = _item(f"test accuracy of {BEST}", "Best test acc.", show=percent)
     best_epoch: Optional[int] = _item("best epoch")
-    final_test_acc: Optional[float] = _item("final test accuracy")
-    final_test_loss: Optional[float] = _item("final test loss")
-    final_train_acc: Optional[float] = _item("final train accuracy")
-    best_train_acc: Optional[float] = _item("best train accuracy", "Best train acc.")
-    wall_seconds: Optional[float] = _item("wall time (every process of the run)", "Wall time")
+    final_test_acc: Optional[float] = _item("final test accuracy", show=percent)
+    final_test_loss: Optional[float] = _item("final test loss", show=loss)
+    final_train_acc: Optional[float] = _item("final train accuracy", show=percent)
+    best_train_acc: Optional[float] = _item("best train accuracy", "Best train acc.", show=percent)
+    wall_seconds: Optional[float] = _item("wall time (every process of the run)", "Wall time", show=duration)
     train_seconds: Optional[float] = _item()
     compile_seconds: Optional[float] = _item()
-    train_images_per_second: Optional[float] = _item("training images/s", "Images/s")
+    train_images_per_second: Optional[float] = _item("training images/s", "Images/s", show=per_second)
     # MFU: training FLOPs per second as a fraction of the device's peak (trainer/throughput.py says how).
-    mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True)
+    mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True, show=percent_1)
     train_flops_per_image: Optional[int] = _item(optional=True)
     peak_flops: Optional[float] = _item(optional=True)
     peak_flops_source: Optional[str] = _item(optional=True)
-    lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
+    lr_peak: Optional[float] = _item("peak learning rate", "Found max LR", show=learning_rate)
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
     # How it was chosen: train.precision=..., or `auto`'s measurement (trainer/autotune.py), cached or forced.
@@ -117,33 +251,49 @@ class Summary:
     device: Optional[str] = _item()
     versions: dict[str, str] = field(default_factory=dict)
     status: Optional[str] = _item("status", "Status")
-    best_val_acc: Optional[float] = _item(f"validation accuracy of {BEST}", optional=True)
-    best_val_loss: Optional[float] = _item(optional=True)
-    final_val_acc: Optional[float] = _item(optional=True)
+    best_val_acc: Optional[float] = _item(f"validation accuracy of {BEST}", optional=True, show=percent)
+    best_val_loss: Optional[float] = _item(optional=True, show=loss)
+    final_val_acc: Optional[float] = _item(optional=True, show=percent)
     val_images: Optional[int] = _item(optional=True)
-    early_stop: Optional[dict[str, Any]] = _item("stopped early", optional=True)  # {epoch, best_epoch, reason}
-    diverged_at: Optional[dict[str, Any]] = _item(optional=True)  # {step, lr}
+    early_stop: Optional[EarlyStopped] = _item("stopped early", optional=True, show=lambda stop: str(stop.to_json()))
+    diverged_at: Optional[DivergedAt] = _item(optional=True)
     # Where to go on from, for a run that stopped before its end (None: no checkpoint was written).
     last_good_checkpoint: Optional[str] = _item(optional=True)
     signal: Optional[str] = _item(optional=True)
     signal_number: Optional[int] = _item(optional=True)
 
+    _NESTED = {"early_stop": EarlyStopped, "diverged_at": DivergedAt}  # not a field: no annotation
+
     def to_json(self) -> dict[str, Any]:
         stopped = self.status in ("diverged", "interrupted")
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if not f.metadata.get("optional") or getattr(self, f.name) is not None
-                or (f.name == "last_good_checkpoint" and stopped)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if not f.metadata.get("optional") or getattr(self, f.name) is not None
+                  or (f.name == "last_good_checkpoint" and stopped)}
+        return {key: value.to_json() if key in self._NESTED and value is not None else value
+                for key, value in values.items()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Summary":
         """From a summary.json of any cifarlab version: unknown keys are ignored, missing ones are None."""
         names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**{key: cls._NESTED[key].from_json(value) if key in cls._NESTED else value
+                      for key, value in data.items() if key in names})
 
     @staticmethod
     def labels(kind: str = "label") -> tuple[tuple[str, str], ...]:
         """(field, label) of the fields with a `kind` ("label": the report, "short": compare) label."""
         return tuple((f.name, f.metadata[kind]) for f in fields(Summary) if f.metadata.get(kind))
+
+
+# How each field of EpochRow and Summary is shown (a name in both is shown alike).
+_SHOW = {f.name: f.metadata["show"] for record in (EpochRow, Summary) for f in fields(record) if "show" in f.metadata}
+
+
+def display(name: str, value: Any) -> str:
+    """A record field's value as people read it (`display("test_acc", 0.918)` is 91.80%); "—" when not measured."""
+    if value is None or value == "":
+        return "—"
+    return _SHOW.get(name, str)(value)
 
 
 def write_summary(run_dir: str | Path, summary: Summary) -> None:
@@ -170,27 +320,27 @@ def read_summary(run_dir: str | Path, required: bool = True) -> Optional[Summary
 
 # ------------------------------------------------------------------------------ metrics.csv
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.csv rows as {kind, every METRIC_COLUMNS cell}: numbers parsed (epoch/step int, the rest
-    float), empty cells None. A run without metrics.csv has no rows; a torn last row (a kill mid-write)
-    is skipped."""
+def read_metrics(run_dir: str | Path, kind: Optional[str] = None) -> list[EpochRow]:
+    """metrics.csv rows (every one, or those of `kind` "step" or "epoch"), numbers parsed (epoch/step int,
+    the rest float), empty cells None. A run without metrics.csv has no rows; a torn last row (a kill
+    mid-write) is skipped."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
     with path.open(newline="") as f:
         rows = [row for row in csv.DictReader(f) if is_whole_row(row)]
-    return [parsed for parsed in map(_parse_row, rows) if parsed is not None]
+    return [parsed for parsed in map(_parse_row, rows) if parsed is not None and kind in (None, parsed.kind)]
 
 
-def _parse_row(row: dict[str, str]) -> Optional[dict[str, Any]]:
-    parsed: dict[str, Any] = {"kind": row.get("kind", "")}
+def _parse_row(row: dict[str, str]) -> Optional[EpochRow]:
+    parsed: dict[str, Any] = {}
     try:
         for key in METRIC_COLUMNS[1:]:
             cell = (row.get(key) or "").strip()
             parsed[key] = None if cell == "" else int(float(cell)) if key in _WHOLE else float(cell)
     except ValueError:
         return None
-    return parsed
+    return EpochRow.from_dict(parsed, kind=row.get("kind", ""))
 
 
 def is_whole_row(row: dict) -> bool:
@@ -200,11 +350,11 @@ def is_whole_row(row: dict) -> bool:
         and (row.get("step") or "").isdigit()
 
 
-def csv_cells(kind: str, row: Mapping[str, Any]) -> dict[str, str]:
-    """One metrics.csv line's cells: floats in 6 significant digits, empty where not measured."""
-    cells = {"kind": kind}
+def csv_cells(row: EpochRow) -> dict[str, str]:
+    """One metrics.csv line's cells: the row's kind, floats in 6 significant digits, empty where not measured."""
+    cells = {"kind": row.kind}
     for name in METRIC_COLUMNS[1:]:
-        value = row.get(name)
+        value = getattr(row, name)
         cells[name] = "" if value is None else f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) \
             else str(value)
     return cells

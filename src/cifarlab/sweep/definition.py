@@ -17,6 +17,7 @@ from cifarlab.config import Config, apply_override, parse_override, read_with_ov
 from cifarlab.errors import UserError
 from cifarlab.messages import say
 from cifarlab.run.layout import check_run_name
+from cifarlab.run.records import lower_is_better
 from cifarlab.sweep.claim import KEEP_SECONDS
 from cifarlab.sweep.pruning import make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, parse_grid, read_space_file
@@ -47,7 +48,7 @@ class Sweep:
 
     @property
     def direction(self) -> str:
-        return "minimize" if self.monitor.endswith("loss") else "maximize"
+        return "minimize" if lower_is_better(self.monitor) else "maximize"
 
     @property
     def base_config(self) -> Config:
@@ -184,4 +185,4 @@ def _decide_auto_values(base_raw: dict, base: Config) -> Config:
 
 def monitor_of(cfg: Config) -> str:
     """What selects best.pt in a run of `cfg`, hence what scores a trial."""
-    return cfg.checkpoint.monitor or ("val_acc" if cfg.data.val_split is not None else "test_acc")
+    return cfg.checkpoint.selecting_metric(has_validation=cfg.data.val_split is not None)

@@ -2,7 +2,7 @@
 
 Pruners by name: `median` (the default), `hyperband`, `none`. A pruned run stops through the callback
 API after the epoch it was judged on (`state.request_stop(reason)`: its checkpoints say it finished,
-so `resume` does not train it on, and its summary.json's early_stop carries the reason, "pruned by ...").
+so `resume` does not train it on, and its summary.json's early_stop says `pruned_by` which pruner).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Iterable, Optional
 import optuna
 
 from cifarlab.errors import UserError
+from cifarlab.run.records import PRUNED_BY, EpochRow
 from cifarlab.trainer.callbacks import Callback
 
 PRUNERS = ("median", "hyperband", "none")
-PRUNED_BY = "pruned by"  # how the stop reason of a pruned run begins (summary.json early_stop.reason)
 
 
 def make_pruner(name, epochs: int) -> optuna.pruners.BasePruner:
@@ -37,21 +37,22 @@ def pruner_name(pruner) -> str:
 
 
 class ReportToTrial(Callback):
-    """Reports `state.progress.history[-1][monitor]` to `trial` at every epoch end (step = the epoch) and stops the
-    run when the trial should be pruned. On resume, the epochs done before are reported first, so a
+    """Reports the monitor of `state.progress.history[-1]` to `trial` at every epoch end (step = the epoch) and stops
+    the run when the trial should be pruned. On resume, the epochs done before are reported first, so a
     retried trial (a new Optuna trial continuing the same run) has the whole curve; `reported`: the epochs
-    the trial holds already (a stopped trial taken again)."""
+    the trial holds already (a stopped trial taken again). `pruner`: the pruner named in the stop
+    (`pruned_by` in summary.json's early_stop)."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, why: str = f"{PRUNED_BY} the sweep",
+    def __init__(self, trial: optuna.Trial, monitor: str, prune: bool = True, pruner: str = "the sweep",
                  reported: Iterable[int] = ()):
-        self.trial, self.monitor, self.prune, self.why = trial, monitor, prune, why
+        self.trial, self.monitor, self.prune, self.pruner = trial, monitor, prune, pruner
         self.pruned_at: Optional[int] = None
         self.reported: set[int] = set(reported)
 
-    def _report(self, row: dict) -> None:
-        if row["epoch"] not in self.reported:
-            self.trial.report(float(row[self.monitor]), step=row["epoch"])
-            self.reported.add(row["epoch"])
+    def _report(self, row: EpochRow) -> None:
+        if row.epoch not in self.reported:
+            self.trial.report(float(row.value(self.monitor)), step=row.epoch)
+            self.reported.add(row.epoch)
 
     def on_fit_start(self, state):
         for row in state.progress.history:
@@ -63,4 +64,5 @@ class ReportToTrial(Callback):
         self._report(state.progress.history[-1])
         if self.prune and state.progress.epoch < state.cfg.train.epochs and self.trial.should_prune():
             self.pruned_at = state.progress.epoch
-            state.request_stop(self.why)  # ends after this epoch, saved as finished, with this reason
+            # ends after this epoch, saved as finished, with this reason
+            state.request_stop(f"{PRUNED_BY} {self.pruner}", pruned_by=self.pruner)

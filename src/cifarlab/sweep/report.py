@@ -19,15 +19,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
-from cifarlab.analysis.compare import format_duration
 from cifarlab.analysis.report import Code, Image, Section, Table, Text, write_report
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config_diff import diff_yaml, scalar
 from cifarlab.run.layout import BEST, PLOTS  # the sweep folder keeps its plots as a run does
-from cifarlab.run.records import read_metrics
+from cifarlab.run.records import EpochRow, display, duration, read_metrics
 from cifarlab.sweep.definition import Sweep
 from cifarlab.sweep.pruning import pruner_name
 from cifarlab.sweep.storage import redacted
+from cifarlab.sweep.trial import TrialRecord
 
 BEST_YAML = "best.yaml"
 TRIALS_CSV = "trials.csv"
@@ -76,14 +76,13 @@ def trial_table(sweep: Sweep, trials: list, short_values: bool = True) -> tuple[
     header = ["trial", *keys, f"{sweep.monitor} (score)", f"test acc of {BEST}", "time", "state", "run"]
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
-        attrs = trial.user_attrs
-        score = trial.value if trial.state == TrialState.COMPLETE else attrs.get("score")
-        test = attrs.get("test_acc")
-        state = attrs.get("status") if trial.state == TrialState.PRUNED else trial.state.name.lower()
+        record = TrialRecord.of_trial(trial)
+        score = trial.value if trial.state == TrialState.COMPLETE else record.score
+        state = record.status if trial.state == TrialState.PRUNED else trial.state.name.lower()
         rows.append([trial.number, *(show(trial.params.get(key, "—")) for key in keys),
-                     "—" if score is None else f"{score:.4f}", "—" if test is None else f"{100 * test:.2f}%",
-                     format_duration(attrs["train_seconds"]) if attrs.get("train_seconds") else "—",
-                     state or "pruned", ", ".join(attrs.get("run_dirs", []))])
+                     "—" if score is None else f"{score:.4f}", display("test_acc", record.test_acc),
+                     duration(record.train_seconds) if record.train_seconds else "—",
+                     state or "pruned", ", ".join(record.run_dirs)])
     return header, rows
 
 
@@ -115,7 +114,7 @@ def _summary_section(sweep: Sweep, study: optuna.Study, trials: list, best) -> S
              + f" ({sweep.direction}); pruner: {pruner_name(sweep.pruner)}. Storage: {redacted(sweep.storage_url)}, "
                f"study {sweep.name!r}."]
     if best is not None:
-        test = best.user_attrs.get("test_acc")
+        test = TrialRecord.of_trial(best).test_acc
         lines.append(f"Best: trial {best.number}, {sweep.monitor} {best.value:.4f}"
                      + (f", test accuracy of {BEST} {100 * test:.2f}%" if test is not None else "")
                      + f", with {', '.join(f'{k}={short(v)}' for k, v in best.params.items())}.")
@@ -162,25 +161,26 @@ def _save_axes(ax, path: Path) -> None:
     plt.close(figure)  # Optuna's plots go through pyplot; close each so none is kept
 
 
-def _curves_of_best(sweep: Sweep, trials: list) -> dict[str, list[dict]]:
+def _curves_of_best(sweep: Sweep, trials: list) -> dict[str, list[EpochRow]]:
     finished = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     finished.sort(key=lambda t: t.value, reverse=sweep.direction == "maximize")
     curves = {}
     for trial in finished[:BEST_CURVES]:
-        run_dirs = trial.user_attrs.get("run_dirs") or []
-        rows = read_metrics(sweep.sweep_dir / run_dirs[0]) if run_dirs else []
-        epochs = [row for row in rows if row["kind"] == "epoch" and row.get(sweep.monitor) is not None]
+        run_dirs = TrialRecord.of_trial(trial).run_dirs
+        rows = read_metrics(sweep.sweep_dir / run_dirs[0], kind="epoch") if run_dirs else []
+        epochs = [row for row in rows if row.value(sweep.monitor) is not None]
         if epochs:  # a run on another machine (PostgreSQL sweep) has no folder here
             curves[f"trial {trial.number} ({trial.value:.4f})"] = epochs
     return curves
 
 
-def _plot_curves(curves: dict[str, list[dict]], monitor: str, path: Path) -> None:
+def _plot_curves(curves: dict[str, list[EpochRow]], monitor: str, path: Path) -> None:
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
-    scale = 100.0 if monitor.endswith("acc") else 1.0
+    scale = 100.0 if display(monitor, 1.0).endswith("%") else 1.0  # accuracies are shown in percent
     for label, rows in curves.items():
-        ax.plot([row["epoch"] for row in rows], [scale * row[monitor] for row in rows], "-o", markersize=3, label=label)
+        ax.plot([row.epoch for row in rows], [scale * row.value(monitor) for row in rows], "-o", markersize=3,
+                label=label)
     ax.set(xlabel="epoch", ylabel=f"{monitor}{' (%)' if scale != 1.0 else ''}", title=f"{monitor} of the best trials")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -26,7 +26,7 @@ from cifarlab.messages import say
 from cifarlab.sweep import trial as runs
 from cifarlab.sweep.claim import claim, heartbeat, keep_for
 from cifarlab.sweep.definition import Sweep, identity_differences
-from cifarlab.sweep.pruning import PRUNED_BY, ReportToTrial, make_pruner, pruner_name
+from cifarlab.sweep.pruning import ReportToTrial, make_pruner, pruner_name
 from cifarlab.sweep.space import suggest
 from cifarlab.sweep.storage import (
     RUN_ATTR,
@@ -198,9 +198,9 @@ class _Objective:
     def _run(self, trial: optuna.Trial, cfg, run_dir, first: bool) -> runs.RunOutcome:
         # With several seeds the first seed's run is the one the pruner judges.
         pruner = pruner_name(self.sweep.pruner)
-        why = f"{PRUNED_BY} the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
+        by = f"the {pruner} pruner of sweep {self.sweep.name}, trial {trial.number}"
         held = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number]
-        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", why,
+        reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", by,
                                  reported=held[0].intermediate_values if held else ())
         say(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}")
         with runs.lines_prefixed(f"[trial {trial.number}] "):  # K workers' lines interleave in one log
@@ -209,10 +209,4 @@ class _Objective:
 
     def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:
         """What the report's table shows beside the score: the runs, their state, test accuracy and time."""
-        tests = [r.test_acc for r in results if r.test_acc is not None]
-        trial.set_user_attr("status", results[-1].status)
-        trial.set_user_attr("run_dirs", [str(r.run_dir.relative_to(self.sweep.sweep_dir)) for r in results])
-        trial.set_user_attr("test_acc", mean(tests) if tests else None)
-        trial.set_user_attr("train_seconds", round(sum(r.seconds for r in results), 3))
-        if results[-1].status == "pruned":
-            trial.set_user_attr("score", results[-1].score)
+        runs.TrialRecord.of(results, self.sweep.sweep_dir).save(trial)

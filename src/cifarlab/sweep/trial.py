@@ -16,14 +16,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Iterator, Optional, TextIO
 
 from cifarlab import experiment
 from cifarlab.config import Config
 from cifarlab.errors import UserError
 from cifarlab.run.layout import LAST, checkpoint_path, previous_path
-from cifarlab.run.records import read_metrics, read_summary
-from cifarlab.sweep.pruning import PRUNED_BY
+from cifarlab.run.records import Summary, best_row, read_metrics, read_summary
 from cifarlab.trainer.callbacks import Callback
 
 TRIALS = "trials"
@@ -39,16 +39,49 @@ class RunOutcome:
     signal_number: Optional[int] = None  # the signal that stopped an interrupted run
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial keeps in the study beside its score (Optuna user attributes, the study's file edge):
+    how its last run ended, its run folders, the mean test accuracy of their best.pt, the training time,
+    and a pruned trial's score (Optuna keeps no value for it)."""
+    status: Optional[str] = None  # completed | pruned | interrupted | diverged
+    run_dirs: tuple[str, ...] = ()  # relative to the sweep folder
+    test_acc: Optional[float] = None
+    train_seconds: Optional[float] = None
+    score: Optional[float] = None
+
+    @classmethod
+    def of(cls, results: list[RunOutcome], sweep_dir: Path) -> "TrialRecord":
+        tests = [r.test_acc for r in results if r.test_acc is not None]
+        status = results[-1].status
+        return cls(status, tuple(str(r.run_dir.relative_to(sweep_dir)) for r in results),
+                   mean(tests) if tests else None, round(sum(r.seconds for r in results), 3),
+                   results[-1].score if status == "pruned" else None)
+
+    def save(self, trial) -> None:
+        for name in ("status", "run_dirs", "test_acc", "train_seconds"):
+            trial.set_user_attr(name, list(self.run_dirs) if name == "run_dirs" else getattr(self, name))
+        if self.score is not None:
+            trial.set_user_attr("score", self.score)
+
+    @classmethod
+    def of_trial(cls, trial) -> "TrialRecord":
+        """The record a trial (a FrozenTrial) holds; a trial that has none yet (running) has every field empty."""
+        attrs = trial.user_attrs
+        return cls(attrs.get("status"), tuple(attrs.get("run_dirs") or ()), attrs.get("test_acc"),
+                   attrs.get("train_seconds"), attrs.get("score"))
+
+
 def run_dir_for(sweep_dir: Path, run_number: int, seed_index: int, seeds: int) -> Path:
     trial_dir = Path(sweep_dir) / TRIALS / f"{run_number:04d}"
     return trial_dir if seeds == 1 else trial_dir / f"seed-{seed_index}"
 
 
-def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> dict:
+def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> Summary:
     """Bring the run at `run_dir` to its end and return its summary: a finished run as it is, a run with
     a checkpoint resumed from it (exact resume), anything else trained from the start."""
     summary = _summary(run_dir)
-    if summary.get("status") in ("completed", "diverged"):  # summary.json is written when a run has ended
+    if summary.status in ("completed", "diverged"):  # summary.json is written when a run has ended
         return summary
     last = checkpoint_path(run_dir, LAST)
     if last.exists() or previous_path(last).exists():
@@ -59,29 +92,26 @@ def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> di
     return experiment.train(cfg, run_dir=run_dir, callbacks=callbacks).summary
 
 
-def _summary(run_dir: Path) -> dict:
+def _summary(run_dir: Path) -> Summary:
     try:
         summary = read_summary(run_dir, required=False)
     except UserError:  # torn by a kill: the checkpoint is the truth, resume rebuilds it
-        return {}
-    return summary.to_json() if summary is not None else {}
+        return Summary()
+    return summary if summary is not None else Summary()
 
 
 def best_score(run_dir: Path, monitor: str) -> Optional[float]:
     """The monitor's value in the epoch best.pt holds (the best one; the first on ties), from metrics.csv."""
-    rows = [row for row in read_metrics(run_dir) if row["kind"] == "epoch" and row.get(monitor) is not None]
-    if not rows:
-        return None
-    pick = min if monitor.endswith("loss") else max
-    return pick(rows, key=lambda row: row[monitor])[monitor]
+    best = best_row(read_metrics(run_dir, kind="epoch"), monitor)
+    return best.value(monitor) if best is not None else None
 
 
-def outcome(run_dir: Path, summary: dict, monitor: str) -> RunOutcome:
-    status = summary.get("status", "interrupted")
-    if status == "completed" and str((summary.get("early_stop") or {}).get("reason", "")).startswith(PRUNED_BY):
-        status = "pruned"  # stopped by the pruning callback (sweep/pruning.py), which gave this reason
-    return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.get("best_test_acc"),
-                      float(summary.get("train_seconds") or 0.0), summary.get("signal_number"))
+def outcome(run_dir: Path, summary: Summary, monitor: str) -> RunOutcome:
+    status = summary.status or "interrupted"
+    if status == "completed" and summary.early_stop is not None and summary.early_stop.pruned_by is not None:
+        status = "pruned"  # stopped by the pruning callback (sweep/pruning.py)
+    return RunOutcome(run_dir, status, best_score(run_dir, monitor), summary.best_test_acc,
+                      float(summary.train_seconds or 0.0), summary.signal_number)
 
 
 class PrefixedLines(io.TextIOBase):

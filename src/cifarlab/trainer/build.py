@@ -87,8 +87,7 @@ def _reason(err: Exception) -> str:
 def monitors(cfg: Config, has_val: bool) -> tuple[str, str]:
     """(what selects best.pt and early stopping, what a plateau schedule watches): validation metrics
     when there is a validation split, test metrics otherwise, unless the config names them."""
-    split = "val" if has_val else "test"
-    chosen = (cfg.checkpoint.monitor or f"{split}_acc", cfg.schedule.monitor or f"{split}_loss")
+    chosen = (cfg.checkpoint.selecting_metric(has_val), cfg.schedule.watched_metric(has_val))
     for key, value in zip(("checkpoint.monitor", "schedule.monitor"), chosen):
         if value.startswith("val_") and not has_val:
             raise UserError(f"{key}={value} needs a validation split; set data.val_split (e.g. 0.1) "

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from cifarlab.errors import UserError
-from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, outcome, versions
+from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, StoredOutcome, outcome, versions
 from cifarlab.run.records import ModelCard
-from cifarlab.trainer.outcome import EARLY_STOPPED, Stop
+from cifarlab.trainer.outcome import EARLY_STOPPED, Stop, Why
 from cifarlab.trainer.state import Progress
 
 
@@ -48,11 +48,10 @@ def _load_if(target, value, *extra) -> None:
 
 def _set_early_stop(state, stored: dict[str, Any]) -> None:
     """A run that stopped early stays stopped: its early stop takes effect at once."""
-    stop = outcome(stored)["early_stop"]
-    if stop:
-        reason = stop.get("reason") or f"no improvement since epoch {stop.get('best_epoch')}"
-        state.stop = Stop(EARLY_STOPPED, state.progress.epoch, state.progress.step, reason,
-                          {"best_epoch": stop.get("best_epoch")})
+    stop = outcome(stored).early_stop
+    if stop is not None:
+        state.stop = Stop(EARLY_STOPPED, state.progress.epoch, state.progress.step, stop.reason,
+                          Why(best_epoch=stop.best_epoch, pruned_by=stop.pruned_by))
 
 
 _READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read from the Checkpoint
@@ -86,8 +85,8 @@ FIELDS = {
     "status": (lambda s: s.status, _READ_ONLY),
     # Dataset.fingerprint of the data trained on: eval warns and resume refuses on other data (data/checks.py)
     "data_fingerprint": (lambda s: s.data_fingerprint, _READ_ONLY),
-    "outcome": (lambda s: {"lr_peak": s.progress.lr_peak, "lr_peak_source": s.progress.lr_peak_source,
-                           "early_stop": s.early_stop}, lambda s, v, p: _set_early_stop(s, p)),
+    "outcome": (lambda s: StoredOutcome(s.progress.lr_peak, s.progress.lr_peak_source, s.early_stop).to_json(),
+                lambda s, v, p: _set_early_stop(s, p)),
     "versions": (lambda s: versions(), _READ_ONLY),
 }
 SAVED_KEYS = tuple(key for row in FIELDS for key in (row if isinstance(row, tuple) else (row,)))  # in file order

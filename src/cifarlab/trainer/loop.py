@@ -13,7 +13,7 @@ import time
 import torch
 
 from cifarlab.models.inference import evaluate
-from cifarlab.run.records import EpochRow
+from cifarlab.run.records import DivergedAt, EpochRow
 from cifarlab.trainer.accumulate import forward_backward
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.outcome import DIVERGED, RUNNING
@@ -52,7 +52,7 @@ def _sync_if_due(state: TrainState) -> bool:
     if published:
         loss, acc = state.objects.metrics.read_window()  # note: a CPU-GPU sync point, once per window
         state.process.window = EpochRow(epoch=progress.epoch + 1, step=step, lr=state.lr, train_loss=loss,
-                                        train_acc=acc).as_dict()
+                                        train_acc=acc, kind="step")
     elif not saving:
         return False
     state.check_finite(weights=saving)
@@ -114,13 +114,13 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
         epoch=progress.epoch, step=progress.step, lr=state.lr, train_loss=train_loss, train_acc=train_acc, **scores,
         elapsed_seconds=progress.elapsed_seconds, images_per_second=images_per_second,
         mfu=state.speed.mfu(images_per_second) if state.speed is not None else None,
-        compile_seconds=compile_seconds or None,
-    ).as_dict())
+        compile_seconds=compile_seconds or None, kind="epoch",
+    ))
     # A huge test loss is overconfidence, not divergence: only the training loss and the weights count.
     if math.isfinite(train_loss):
         state.check_finite(weights=True)
     elif state.check_finite(weights=False):
-        state.diverge({"step": state.progress.step, "lr": state.lr})
+        state.diverge(DivergedAt(state.progress.step, state.lr))
     state.objects.schedule.after_epoch(progress.history[-1])
 
 

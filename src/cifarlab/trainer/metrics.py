@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from cifarlab.data.mix import dominant_labels
+from cifarlab.run.records import DivergedAt
 
 SUMS = 3  # loss * images, correct predictions, images
 
@@ -34,7 +35,7 @@ class StepMetrics:
         self.pending: list[tuple[int, float, int]] = []  # (images, lr, step) of the rows not yet read
         self.epoch = [0.0] * SUMS
         self.window = [0.0] * SUMS
-        self.first_nonfinite: Optional[dict[str, Any]] = None  # {step, lr}, kept for the whole process
+        self.first_nonfinite: Optional[DivergedAt] = None  # kept for the whole process
 
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lr: float, step: int) -> None:
         """One training step's loss and correct predictions, written on the device; no sync. `labels` may be
@@ -53,7 +54,7 @@ class StepMetrics:
         rows = self.rows[:len(self.pending)].tolist()
         for (images, lr, step), (loss, correct) in zip(self.pending, rows):
             if self.first_nonfinite is None and not math.isfinite(loss):
-                self.first_nonfinite = {"step": step, "lr": lr}
+                self.first_nonfinite = DivergedAt(step, lr)
             for sums in (self.epoch, self.window):
                 sums[0] += loss * images
                 sums[1] += correct

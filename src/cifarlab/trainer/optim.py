@@ -52,8 +52,8 @@ class Schedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
-        # trainer/build.py resolves null to val_loss when there is a val split
-        self.monitor = cfg.monitor or "test_loss"
+        # trainer/build.py names it for the run's data (null: val_loss with a validation split)
+        self.monitor = cfg.watched_metric(has_validation=False)
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
         self.scheduler = _build(optimizer, cfg, base_lr, epochs, steps_per_epoch)
@@ -75,9 +75,10 @@ class Schedule:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["min_lr"]
 
-    def after_epoch(self, metrics: dict[str, float]) -> None:
+    def after_epoch(self, row) -> None:
+        """At an epoch's end: `row` is its run/records.EpochRow (plateau watches one of its metrics)."""
         if self.name == "plateau":
-            self.scheduler.step(metrics[self.monitor])
+            self.scheduler.step(row.value(self.monitor))
         elif not self.per_step and self.scheduler is not None:
             self.scheduler.step()
 

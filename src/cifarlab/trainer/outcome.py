@@ -6,8 +6,10 @@ a finished run ("completed").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Optional
+
+from cifarlab.run.records import DivergedAt
 
 RUNNING, COMPLETED, EARLY_STOPPED, INTERRUPTED, DIVERGED = (
     "running", "completed", "early_stopped", "interrupted", "diverged")
@@ -16,14 +18,25 @@ STATUS = {RUNNING: "running", COMPLETED: "completed", EARLY_STOPPED: "completed"
 
 
 @dataclass(frozen=True)
+class Why:
+    """What a stop says beyond its kind: the best epoch of an early stop (and the pruner that asked, for a
+    sweep's trial), the signal of an interrupt, the first non-finite step of a divergence."""
+    best_epoch: Optional[int] = None
+    pruned_by: Optional[str] = None
+    signal: Optional[str] = None
+    signal_number: Optional[int] = None
+    diverged_at: Optional[DivergedAt] = None
+
+
+@dataclass(frozen=True)
 class Stop:
     """A reason to stop, recorded when it arises: early_stopped (after the epoch in progress), interrupted
-    or diverged (after this step). `details`: best_epoch, signal and signal_number, or step and lr."""
+    or diverged (after this step)."""
     kind: str
     epoch: int  # epochs completed when it arose (an early stop: when it takes effect)
     step: int
     reason: str
-    details: dict[str, Any] = field(default_factory=dict)
+    why: Why = Why()
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class Outcome:
     epoch: int  # epochs completed
     step: int
     reason: str  # e.g. "no improvement in test_acc since epoch 3", "stopped by SIGINT"
-    details: dict[str, Any] = field(default_factory=dict)
+    why: Why = Why()
 
     @property
     def status(self) -> str:

@@ -29,13 +29,13 @@ from torch import nn
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.run.checkpoint import outcome as stored_outcome
-from cifarlab.run.records import ModelCard
+from cifarlab.run.records import DivergedAt, EarlyStopped, EpochRow, ModelCard, SavedCheckpoint, best_row
 from cifarlab.runtime import Runtime
 from cifarlab.trainer.ema import EMA
 from cifarlab.trainer.lookahead import Lookahead
 from cifarlab.trainer.metrics import StepMetrics
 from cifarlab.trainer.optim import GradStep, Schedule
-from cifarlab.trainer.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, INTERRUPTED, RUNNING, Outcome, Stop
+from cifarlab.trainer.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, INTERRUPTED, RUNNING, Outcome, Stop, Why
 
 # Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
 # and with reduce-overhead the next ones warm up and record the CUDA graphs. Re-armed when the model
@@ -69,7 +69,7 @@ class Progress:
     elapsed_seconds: float = 0.0  # training wall time, carried across resumes; compile warm-up excluded
     compile_seconds: float = 0.0  # time of the compiled model's warm-up steps, carried across resumes
     wall_seconds_before: float = 0.0  # wall time of the earlier processes of this run
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    history: list[EpochRow] = field(default_factory=list)  # one row per finished epoch
     lr_peak: Optional[float] = None  # how the run chose its peak learning rate (saved in "outcome")
     lr_peak_source: Optional[str] = None  # e.g. "range test (steepest)", "schedule.lr_peak", "optim.lr"
 
@@ -80,7 +80,8 @@ class Progress:
         """The checkpoint payload's progress keys; `process_seconds`: this process's wall time so far."""
         return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
                 "elapsed_seconds": self.elapsed_seconds, "compile_seconds": self.compile_seconds,
-                "wall_seconds": self.wall_seconds_before + process_seconds, "history": self.history}
+                "wall_seconds": self.wall_seconds_before + process_seconds,
+                "history": [row.as_dict() for row in self.history]}
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         """Back from a checkpoint payload (`Checkpoint.check` accepted it), whichever format wrote it."""
@@ -90,21 +91,21 @@ class Progress:
         # Files written before wall time was kept: their training time is the best lower bound.
         wall = payload.get("wall_seconds")
         self.wall_seconds_before = payload["elapsed_seconds"] if wall is None else wall
-        self.history = list(payload.get("history"))
+        self.history = [EpochRow.from_dict(row, kind="epoch") for row in payload.get("history")]
         stored = stored_outcome(payload)  # older files kept these in "extra"
-        self.lr_peak, self.lr_peak_source = stored["lr_peak"], stored["lr_peak_source"]
+        self.lr_peak, self.lr_peak_source = stored.lr_peak, stored.lr_peak_source
 
 
 @dataclass
 class ProcessValues:
     """This process's values: never saved, so a resumed run starts them afresh."""
-    window: Optional[dict[str, Any]] = None  # the newest logging window {epoch, step, lr, train_loss, train_acc}
+    window: Optional[EpochRow] = None  # the newest logging window (kind "step": epoch, step, lr, train_loss, train_acc)
     started: Optional[float] = None  # time.perf_counter() when this process's fit began
     epoch_open: bool = False  # between on_epoch_start and the epoch's evaluation (set by the loop)
     compile_warmup_steps: int = 0  # steps still to time as compiling (COMPILE_WARMUP_STEPS)
-    # {path, epoch, step, status} of the newest good last.pt: set by the save, or by the resume that read it
-    # (a checkpoint cannot name itself, so it is not in one).
-    last_checkpoint: Optional[dict[str, Any]] = None
+    # The newest good last.pt: set by the save, or by the resume that read it (a checkpoint cannot name
+    # itself, so it is not in one).
+    last_checkpoint: Optional[SavedCheckpoint] = None
 
     def seconds(self) -> float:
         """Wall time of this process's fit so far (0 before it began)."""
@@ -120,7 +121,7 @@ class TrainState:
     run_dir: Path
     progress: Progress = field(default_factory=Progress)
     process: ProcessValues = field(default_factory=ProcessValues)
-    monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
+    monitor: str = ""  # the EpochRow metric that selects best.pt and early stopping (config.selecting_metric)
     classes: tuple[str, ...] = ()
     data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
     speed: Optional[Any] = None  # trainer/throughput.Speed: FLOPs per image and peak, for MFU; this process
@@ -146,33 +147,33 @@ class TrainState:
         bad = self.objects.metrics.first_nonfinite
         if bad is None and finite:
             return True
-        self.diverge(bad or {"step": self.progress.step, "lr": self.lr})
+        self.diverge(bad or DivergedAt(self.progress.step, self.lr))
         return False
 
     # ------------------------------------------------------------------ stopping, and the outcome
-    def request_stop(self, reason: str, best_epoch: Optional[int] = None) -> None:
+    def request_stop(self, reason: str, best_epoch: Optional[int] = None, pruned_by: Optional[str] = None) -> None:
         """End the run after the current epoch, as finished (early stopping, or your own callback's
         reason): the epoch in progress is trained, evaluated and saved as usual. A stop already decided
-        (an interrupt, a divergence, an earlier request) is kept."""
+        (an interrupt, a divergence, an earlier request) is kept. `pruned_by`: the sweep pruner that asks."""
         if self.stop is None:
             best = self.best()
-            best_epoch = best_epoch if best_epoch is not None else best["epoch"] if best else None
+            best_epoch = best_epoch if best_epoch is not None else best.epoch if best else None
             in_progress = self.process.epoch_open or self.progress.batch_in_epoch > 0
             # Stop.epoch: the epoch count at which it takes effect (this one's end, or now between epochs).
             self.stop = Stop(EARLY_STOPPED, self.progress.epoch + in_progress, self.progress.step, reason,
-                             {"best_epoch": best_epoch})
+                             Why(best_epoch=best_epoch, pruned_by=pruned_by))
 
     def interrupt(self, signal_name: Optional[str] = None, signal_number: Optional[int] = None) -> None:
         """End the run after the current step and save where it is (SIGINT/SIGTERM): it can be resumed."""
         if self.stop is None or self.stop.kind == EARLY_STOPPED:
             self.stop = Stop(INTERRUPTED, self.progress.epoch, self.progress.step,
                              f"stopped by {signal_name or 'a signal'}",
-                             {"signal": signal_name, "signal_number": signal_number})
+                             Why(signal=signal_name, signal_number=signal_number))
 
-    def diverge(self, at: dict[str, Any]) -> None:
-        """End the run now: a loss or a weight is not finite (`at`: {step, lr} of the first bad step)."""
-        self.stop = Stop(DIVERGED, self.progress.epoch, at["step"], f"non-finite loss at step {at['step']} with lr "
-                         f"{at['lr']:.4g}", {"step": at["step"], "lr": at["lr"]})
+    def diverge(self, at: DivergedAt) -> None:
+        """End the run now: a loss or a weight is not finite (`at`: the first bad step and its lr)."""
+        self.stop = Stop(DIVERGED, self.progress.epoch, at.step,
+                         f"non-finite loss at step {at.step} with lr {at.lr:.4g}", Why(diverged_at=at))
 
     @property
     def stop_now(self) -> bool:
@@ -185,10 +186,10 @@ class TrainState:
         asked has ended), interrupted or diverged, with where and why."""
         stop = self.stop
         if stop is not None and stop.kind in (INTERRUPTED, DIVERGED):
-            return Outcome(stop.kind, self.progress.epoch, self.progress.step, stop.reason, stop.details)
+            return Outcome(stop.kind, self.progress.epoch, self.progress.step, stop.reason, stop.why)
         epoch, step, between_epochs = self.progress.epoch, self.progress.step, self.progress.batch_in_epoch == 0
         if stop is not None and between_epochs and not self.process.epoch_open and epoch >= stop.epoch:
-            return Outcome(EARLY_STOPPED, epoch, step, stop.reason, stop.details)
+            return Outcome(EARLY_STOPPED, epoch, step, stop.reason, stop.why)
         if epoch >= self.cfg.train.epochs:
             return Outcome(COMPLETED, epoch, step, f"trained all {self.cfg.train.epochs} epochs")
         return Outcome(RUNNING, epoch, step, "")
@@ -200,19 +201,19 @@ class TrainState:
 
 
     @property
-    def early_stop(self) -> Optional[dict[str, Any]]:
-        """{epoch, best_epoch, reason} of an early stop that took effect (summary.json, checkpoints)."""
+    def early_stop(self) -> Optional[EarlyStopped]:
+        """An early stop that took effect: when, best.pt's epoch, why (summary.json, checkpoints)."""
         outcome = self.outcome
         if outcome.kind != EARLY_STOPPED:
             return None
-        return {"epoch": outcome.epoch, "best_epoch": outcome.details.get("best_epoch"), "reason": outcome.reason}
+        return EarlyStopped(outcome.epoch, outcome.why.best_epoch, outcome.reason, outcome.why.pruned_by)
 
     @property
-    def diverged_at(self) -> Optional[dict[str, Any]]:
-        """{step, lr} of the first non-finite step of a diverged run."""
+    def diverged_at(self) -> Optional[DivergedAt]:
+        """The first non-finite step of a diverged run, and its lr."""
         if self.stop is None or self.stop.kind != DIVERGED:
             return None
-        return {"step": self.stop.details["step"], "lr": self.stop.details["lr"]}
+        return self.stop.why.diverged_at
 
     @property
     def wall_seconds(self) -> float:
@@ -242,10 +243,6 @@ class TrainState:
     def steps_per_epoch(self) -> int:
         return len(self.objects.train_loader)
 
-    def best(self, key: Optional[str] = None) -> Optional[dict[str, Any]]:
-        """The history row with the best `key` (default: the monitor that selects best.pt); the first on ties."""
-        if not self.progress.history:
-            return None
-        key = key or self.monitor
-        pick = min if key.endswith("loss") else max
-        return pick(self.progress.history, key=lambda row: row[key])
+    def best(self, metric: Optional[str] = None) -> Optional[EpochRow]:
+        """The history row with the best `metric` (default: the monitor that selects best.pt); the first on ties."""
+        return best_row(self.progress.history, metric or self.monitor)

@@ -20,13 +20,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from torch import nn
 
 from cifarlab.errors import UserError
 from cifarlab.run.model_file import FOLDER_CONFIG, FOLDER_WEIGHTS
-from cifarlab.run.records import ModelCard
+from cifarlab.run.records import EpochRow, ModelCard, Summary
 
 CARD = "README.md"
 FOLDER_FORMAT = 1
@@ -68,7 +68,7 @@ def export_hf(checkpoint: Union[str, Path], out: Union[str, Path, None] = None) 
 
 
 def write_folder(folder: Path, network: nn.Module, card: ModelCard, cfg, epoch: Optional[int],
-                 results: Optional[dict[str, Any]] = None) -> None:
+                 results: Optional[RunResults] = None) -> None:
     """The folder's three files into `folder` (which exists): weights, config.json, README.md."""
     from safetensors.torch import save
 
@@ -79,7 +79,7 @@ def write_folder(folder: Path, network: nn.Module, card: ModelCard, cfg, epoch: 
     (folder / FOLDER_WEIGHTS).write_bytes(save(weights, metadata={"format": "pt"}))
     config = folder_config(card, cfg, epoch)
     (folder / FOLDER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD).write_text(model_card(config, results or {"row": {}, "summary": {}}))
+    (folder / CARD).write_text(model_card(config, results or RunResults(EpochRow(), Summary())))
 
 
 def folder_config(card: ModelCard, cfg, epoch: Optional[int]) -> dict[str, Any]:
@@ -100,29 +100,33 @@ def folder_config(card: ModelCard, cfg, epoch: Optional[int]) -> dict[str, Any]:
     }
 
 
-def _run_results(checkpoint: Path, stored) -> dict[str, Any]:
+class RunResults(NamedTuple):
+    row: EpochRow  # the epoch these weights are from (every metric None where unknown)
+    summary: Summary  # the run's summary.json (every field None where there is none)
+
+
+def _run_results(checkpoint: Path, stored) -> RunResults:
     """The numbers the card reports: this checkpoint's epoch row, and the run's summary.json when beside it
     (`stored`: the Checkpoint, None for a model folder)."""
     from cifarlab.run.layout import CONFIG
     from cifarlab.run.records import read_summary
 
-    history = stored.history if stored is not None else []
+    history = stored.epoch_rows() if stored is not None else []
     epoch = stored.epoch if stored is not None else None
-    row = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
+    row = next((r for r in reversed(history) if r.epoch == epoch), EpochRow())
     run_dir = checkpoint.resolve().parent.parent
     try:
         summary = read_summary(run_dir, required=False) if (run_dir / CONFIG).is_file() else None
     except UserError:
         summary = None
-    summary = summary.to_json() if summary is not None else {}
-    return {"row": row, "summary": summary}
+    return RunResults(row, summary if summary is not None else Summary())
 
 
-def model_card(config: dict, results: dict) -> str:
+def model_card(config: dict, results: RunResults) -> str:
     """README.md with the Hub's YAML header (library, task, metric) and the run's results."""
-    row, summary = results["row"], results["summary"]
+    row, summary = results
     cfg = config["run_config"]
-    accuracy = row.get("test_acc")
+    accuracy = row.test_acc
     header = ["---", "library_name: cifarlab", "pipeline_tag: image-classification",
               "tags: [image-classification, cifarlab, pytorch]"]
     if accuracy is not None:
@@ -135,12 +139,12 @@ def model_card(config: dict, results: dict) -> str:
              f"{config['num_labels']} classes, input {config['num_channels']}x{config['image_size']}x"
              f"{config['image_size']}.", "", "## Results", "", "| metric | value |", "|---|---|"]
     results_rows = [("epoch of these weights", config.get("epoch")), ("test accuracy", _percent(accuracy)),
-                    ("test loss", row.get("test_loss")), ("validation accuracy", _percent(row.get("val_acc"))),
-                    ("best test accuracy of the run", _percent(summary.get("best_test_acc"))),
-                    ("epochs trained", summary.get("epochs_completed")),
-                    ("training wall time (s)", summary.get("wall_seconds")),
-                    ("training images/s", summary.get("train_images_per_second")),
-                    ("device", summary.get("device")), ("precision", config.get("precision")),
+                    ("test loss", row.test_loss), ("validation accuracy", _percent(row.val_acc)),
+                    ("best test accuracy of the run", _percent(summary.best_test_acc)),
+                    ("epochs trained", summary.epochs_completed),
+                    ("training wall time (s)", summary.wall_seconds),
+                    ("training images/s", summary.train_images_per_second),
+                    ("device", summary.device), ("precision", config.get("precision")),
                     ("test-time augmentation", config.get("tta") or "none")]
     lines += [f"| {name} | {value} |" for name, value in results_rows if value is not None]
     lines += ["", "## Classes", "", ", ".join(config["classes"]), "", "## Use", "", "```python", "import cifarlab",

@@ -5,6 +5,7 @@ import os
 import signal
 import sys
 
+from cifarlab.run.records import improvement
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.outcome import INTERRUPTED
 
@@ -47,7 +48,7 @@ class StopOnSignal(Callback):
 
     def _tell(self, state) -> None:
         self._told = True
-        name = state.stop.details.get("signal") or "signal"
+        name = state.stop.why.signal or "signal"
         print(f"\n{name} received: finishing step {state.progress.step} and saving a checkpoint (send it again to "
               f"stop at once)", file=self.stream, flush=True)
 
@@ -72,11 +73,10 @@ class EarlyStop(Callback):
 
     def on_epoch_end(self, state):
         monitor = state.monitor
-        sign = -1.0 if monitor.endswith("loss") else 1.0
         best_epoch, best = 0, None
         for row in state.progress.history:  # from the history, so a resumed run decides as an uninterrupted one
-            if best is None or sign * (row[monitor] - best) > self.min_delta:
-                best_epoch, best = row["epoch"], row[monitor]
+            if best is None or improvement(monitor, row.value(monitor), best) > self.min_delta:
+                best_epoch, best = row.epoch, row.value(monitor)
         if state.progress.epoch - best_epoch >= self.patience:
             state.request_stop(f"no improvement in {monitor} by more than {self.min_delta:g} since epoch "
                                f"{best_epoch}", best_epoch=best_epoch)

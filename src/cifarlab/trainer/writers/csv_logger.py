@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
-from cifarlab.run.records import METRIC_COLUMNS, csv_cells, is_whole_row
+from cifarlab.run.records import METRIC_COLUMNS, EpochRow, csv_cells, is_whole_row
 from cifarlab.trainer.callbacks import Callback
 
 
@@ -31,14 +31,14 @@ class CSVLogger(Callback):
             rows = list(csv.DictReader(handle))
         return [row for row in rows if is_whole_row(row) and int(row["step"]) <= step]
 
-    def _append(self, kind: str, row: dict) -> None:
+    def _append(self, row: EpochRow) -> None:
         # One write, then fsync: after a kill the file holds whole rows (the reader drops a torn last one).
         line = io.StringIO()
-        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(csv_cells(kind, row))
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(csv_cells(row))
         append_line(self.path, line.getvalue())
 
     def on_window(self, state):
-        self._append("step", state.process.window)
+        self._append(state.process.window)
 
     def on_epoch_end(self, state):
-        self._append("epoch", state.progress.history[-1])
+        self._append(state.progress.history[-1])

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cifarlab.messages import warn
-from cifarlab.run.records import TRACKED, tracked_values
+from cifarlab.run.records import SCORES, TRACKED, lower_is_better, tracked_values
 from cifarlab.trainer.callbacks import Callback
 
 
@@ -28,15 +28,15 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step else None)
 
     def on_window(self, state):
-        for tag, value in tracked_values("step", state.process.window).items():
-            self.writer.add_scalar(tag, value, state.process.window["step"])
+        for tag, value in tracked_values(state.process.window).items():
+            self.writer.add_scalar(tag, value, state.process.window.step)
 
     def on_epoch_end(self, state):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
         # the events logged after the checkpoint.
         row = state.progress.history[-1]
-        for tag, value in tracked_values("epoch", row).items():
-            self.writer.add_scalar(tag, value, row["step"])
+        for tag, value in tracked_values(row).items():
+            self.writer.add_scalar(tag, value, row.step)
         self.writer.flush()
 
     def on_fit_end(self, state):
@@ -61,10 +61,10 @@ class TensorBoard(Callback):
 
         config = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
         last, best = state.progress.history[-1], state.best()
-        scores = [name for name in TRACKED if name.split("_")[0] in ("train", "val", "test")]
-        metrics = {f"hparam/final_{name}": last[name] for name in scores if name in last}
-        metrics.update({f"hparam/best_{name}": best[name] for name in scores
-                        if name.endswith("_acc") and not name.startswith("train") and name in best})
+        scores = [name for name in SCORES if name in TRACKED]
+        metrics = {f"hparam/final_{name}": last.value(name) for name in scores if last.value(name) is not None}
+        metrics.update({f"hparam/best_{name}": best.value(name) for name in scores
+                        if not lower_is_better(name) and not name.startswith("train") and best.value(name) is not None})
         file_writer = self.writer._get_file_writer()  # add_hparams would make a second run (tb/<name>)
         for summary in hparams_summaries(config, metrics):
             file_writer.add_summary(summary, state.progress.step)

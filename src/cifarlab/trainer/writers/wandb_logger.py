@@ -66,11 +66,11 @@ class WandbLogger(Callback):
         self.run.config.update(state.cfg.to_dict(), allow_val_change=True)
 
     def on_window(self, state):
-        self.run.log(tracked_values("step", state.process.window), step=state.process.window["step"])
+        self.run.log(tracked_values(state.process.window), step=state.process.window.step)
 
     def on_epoch_end(self, state):
         row = state.progress.history[-1]
-        self.run.log({**tracked_values("epoch", row), "epoch": row["epoch"]}, step=row["step"])
+        self.run.log({**tracked_values(row), "epoch": row.epoch}, step=row.step)
 
     def on_run_end(self, state):
         if self.run is None:
