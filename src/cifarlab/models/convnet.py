@@ -12,7 +12,6 @@ from cifarlab.errors import UserError
 from cifarlab.models.norm import check_factory_args, norm_layer
 from cifarlab.models.registry import register_model
 
-
 STEMS = ("full", "stride2")
 
 
