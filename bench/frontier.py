@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import common
 
@@ -69,11 +69,14 @@ def main(argv=None) -> None:
         variants[name] = [item for item in rest.split(";") if item]
     jobs = [(name, seed) for seed in args.seeds for name in variants]
     print(f"machine: {common.machine()}; {args.recipe} {' '.join(args.set)}", flush=True)
+    results = {}
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = dict(zip(jobs, pool.map(lambda job: run_one(args.recipe, job[1], [*args.set, *variants[job[0]]]),
-                                          jobs)))
-    for (name, seed), result in results.items():
-        print(f"  {name} seed {seed}: {json.dumps(result)}", flush=True)
+        futures = {pool.submit(run_one, args.recipe, seed, [*args.set, *variants[name]]): (name, seed)
+                   for name, seed in jobs}
+        for future in as_completed(futures):  # each as it ends, so a stopped screen keeps what it measured
+            name, seed = futures[future]
+            results[(name, seed)] = future.result()
+            print(f"  {name} seed {seed}: {json.dumps(results[(name, seed)])}", flush=True)
     print(f"\n| variant | overrides | val acc % | test acc % | CPU s | n | (load at the end: {common.load()})")
     for name, overrides in variants.items():
         runs = [results[(name, seed)] for seed in args.seeds if "error" not in results[(name, seed)]]

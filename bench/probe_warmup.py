@@ -3,9 +3,11 @@
 1. Warm-up: the CPU seconds of each of the first `--steps` training steps of a fresh model, per precision
    (oneDNN creates and caches its primitives on the first steps of a shape; bf16's AMX kernels were seen to
    need more than one). The probe warms a candidate until two consecutive steps agree (WARMUP_AGREE).
-2. Slices: steady seconds per image at the run's batch and at smaller slices of it, per precision, and the
+2. Slices (`--slices`): steady seconds per image at the run's batch and at smaller slices of it, per precision, and the
    bf16/fp32 ratio at each. The probe times a slice of the batch when a full step would not fit its budget;
    that is sound only where the ratio at the slice is the ratio at the batch.
+3. `--recipes`: the probe itself (measured afresh, no cache) at each built-in recipe's model and batch shape:
+   its pick, ratio, the images it timed a step, and the CPU and wall seconds it spent (budget: 3 s).
 
     OMP_NUM_THREADS=1 python bench/probe_warmup.py --models convnet:8:256:1:28 fastnet::512:1:28
 """
@@ -47,6 +49,23 @@ def curve(step, steps: int) -> list[float]:
     return times
 
 
+def probe_recipes(names: list[str]) -> None:
+    from cifarlab.recipe_files import list_recipes
+    from cifarlab.training.autotune import candidates, decide, measure_precisions, speedups
+
+    cpu = torch.device("cpu")
+    for recipe in names or [name for name in list_recipes() if name not in ("folder", "smoke")]:
+        cfg = load_config(recipe, [])
+        C, size = (1, 28) if cfg.data.dataset in ("fashion_mnist", "mnist") else (3, 32)
+        shape, order = (cfg.train.batch_size, C, size, size), candidates(cpu)
+        begin = time.process_time()
+        timings = measure_precisions(cfg.model, cfg.optim, shape, 10, cpu, True, order)
+        ratio = speedups(timings.seconds_per_step, "fp32")["bf16"]
+        print(f"{recipe} ({cfg.model.name}, batch {shape[0]}): {decide(timings.seconds_per_step, order)}, bf16 "
+              f"{ratio:.2f}x fp32, timing {timings.batch} images a step, {time.process_time() - begin:.1f} CPU s, "
+              f"{timings.wall_seconds:.1f} s wall", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["convnet:8:256:1:28"],
@@ -54,8 +73,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps of the warm-up curve")
     parser.add_argument("--slices", type=int, nargs="*", default=[], help="slice sizes to compare with the batch")
     parser.add_argument("--repeats", type=int, default=3, help="steady steps per slice (the fastest is kept)")
+    parser.add_argument("--recipes", nargs="*", help="run the probe for these recipes (none named: every one)")
     args = parser.parse_args()
     print(f"threads {torch.get_num_threads()}, load {load()}", flush=True)
+    if args.recipes is not None:
+        probe_recipes(args.recipes)
+        return
     for spec in args.models:
         name, width, batch, channels, size = spec.split(":")
         shape = (int(batch), int(channels), int(size), int(size))

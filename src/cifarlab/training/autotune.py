@@ -11,21 +11,23 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
 2. The cache (`cache_dir()`): one small JSON file per key (device name and flags, torch version, model and
    options, batch shape, memory format, optimizer, threads). A file that cannot be read or does not match
    its key is ignored and measured again, never an error.
-3. Otherwise `measure`: a throwaway copy of the run's model and optimizer (lr 0, so the weights cannot blow
-   up on random images and no candidate is dropped for a divergence that is not its fault), at the run's
-   batch shape and memory format, on random images, with every RNG put back afterwards. Each candidate
-   (`CANDIDATES`) takes one untimed warm-up step (oneDNN and cuDNN pick their kernels there), then rounds
-   of steps alternate between the candidates, timed in CPU seconds of the process on a CPU (as the MFU
-   probe in throughput.py: a neighbour's load does not flip the answer) and in synchronised wall time on
-   CUDA. It stops once the answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of
-   wall time on a very busy machine (at least one round is timed, so a model whose step takes seconds at
-   its batch spends more: its warm-up and one round, or its warm-up alone where that shows a fourfold gap).
+3. Otherwise `measure_precisions`: a throwaway copy of the run's model and optimizer (lr 0, so the weights
+   cannot blow up on random images and no candidate is dropped for a divergence that is not its fault), at
+   the run's batch shape and memory format, on random images, with every RNG put back afterwards. Where a
+   full step would not fit the budget (`probe_batch`), a slice of the batch is timed instead. Each candidate
+   (`candidates`) is warmed up until its step time settles (`warm_up`: oneDNN and cuDNN pick their kernels
+   on the first steps, and oneDNN's bf16 ones took up to 5 steps here), then rounds of steps alternate
+   between the candidates, timed in CPU seconds of the process on a CPU (as the MFU probe in throughput.py:
+   a neighbour's load does not flip the answer) and in synchronised wall time on CUDA. It stops once the
+   answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of wall time on a very busy
+   machine.
 4. `decide`: the safest candidate unless a less safe one is at least MARGIN faster; a candidate whose
    loss is not finite, or whose step fails, is out. fp16 always trains with a GradScaler.
 
-More knobs (channels_last, torch.compile) fit the same shape: a list of candidates, a way to build the
-step under each, `measure` and `decide`. torch.compile is not measured here: its compile alone (10-60 s on
-a CPU) is longer than the whole budget.
+More knobs fit the same shape: a list of candidates, a way to build the step under each, `time_steps` and
+`decide`. torch.compile is not measured, and stays off: its compile alone (10-600 s on a CPU) is a hundred
+times the budget, and where it was measured (convnet width 8, 1 thread) the compiled step ran at 0.84x eager
+(docs/precision.md).
 """
 from __future__ import annotations
 
