@@ -37,7 +37,7 @@ from cifarlab.data.loader import DeviceLoader  # noqa: E402
 from cifarlab.data.mix import build_mix  # noqa: E402
 from cifarlab.experiment import build_state, load_data  # noqa: E402
 from cifarlab.runtime import make_runtime  # noqa: E402
-from cifarlab.training.loop import train_step  # noqa: E402
+from cifarlab.trainer.loop import train_step  # noqa: E402
 
 CLASSES, SIZE = 10, 32
 # label -> the augment section (as YAML overrides of `augment`); each row is measured alone.

@@ -9,7 +9,7 @@ Runs alternate (bare, fit, ...); images/s are medians and the ratio is the media
 Per step (training steps only, from one profiled epoch of each): host ms (CPU: wall time; GPU: wall time
 less the time blocked in synchronising calls), GPU ms (kernel time), launches (cudaLaunchKernel; on a CPU: top-level
 aten ops that compute, views excluded), syncs (cudaStream/Device/EventSynchronize; on a CPU: the calls
-`cifarlab.training.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
+`cifarlab.trainer.syncs.SyncCounter` sees) and copies (cudaMemcpy*, GPU only).
 
 On a CUDA device: fast (batch 1024), custom_resnet (512), resnet18 (128), the sizes of issue 10. Without
 one: small models on the CPU. `--smoke` runs a few steps of each (CI). `--compile MODE` compiles the model
@@ -36,8 +36,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from cifarlab.config import load_config  # noqa: E402
 from cifarlab.experiment import build_state, default_callbacks, load_data  # noqa: E402
 from cifarlab.runtime import make_runtime  # noqa: E402
-from cifarlab.training.loop import fit, train_epoch  # noqa: E402
-from cifarlab.training.syncs import SyncCounter  # noqa: E402
+from cifarlab.trainer.loop import fit, train_epoch  # noqa: E402
+from cifarlab.trainer.syncs import SyncCounter  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from tempfile import TemporaryDirectory
 import torch
 from common import bare_epoch, bench_config, median_ratio, paired, spread, timed
 
+from cifarlab.data.prepare import load_data
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, default_callbacks, load_data
-from cifarlab.training.loop import fit, train_epoch
+from cifarlab.trainer.build import build_state, default_callbacks
+from cifarlab.trainer.loop import fit, train_epoch
 
 
 def cifarlab_fit(state, callbacks) -> int:

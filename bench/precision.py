@@ -1,6 +1,6 @@
 """fp32 vs bf16 autocast: training images/s of every registered model on this machine, side by side.
 
-Why it exists: `precision: auto` is chosen by a short probe of the run's own step (training/autotune.py,
+Why it exists: `precision: auto` is chosen by a short probe of the run's own step (trainer/autotune.py,
 about 3 s), because CPU flags cannot tell (docs/precision.md). This is the longer measurement the probe is
 checked against: both precisions train the same model on the same on-device batches (synthetic 3x32x32,
 the reference augmentation, SGD, channels_last) in a bare loop; runs alternate (fp32, bf16, fp32, ...) so
@@ -23,10 +23,11 @@ from tempfile import TemporaryDirectory
 import torch
 from common import bare_epoch, bench_config, load, median_ratio, paired, timed
 
+from cifarlab.data.prepare import load_data
 from cifarlab.models.registry import list_models
 from cifarlab.runtime import make_runtime
-from cifarlab.training.autotune import CACHE_ENV, choose_precision
-from cifarlab.training.build import build_state, load_data
+from cifarlab.trainer.autotune import CACHE_ENV, choose_precision
+from cifarlab.trainer.build import build_state
 
 PRECISIONS = ("fp32", "bf16")
 CPU_FLAGS = ("avx512_bf16", "amx_tile", "amx_bf16")

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from common import bench_config, median_ratio, paired, spread, timed
 
+from cifarlab.data.prepare import load_data
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, default_callbacks, load_data
-from cifarlab.training.loop import train_epoch
+from cifarlab.trainer.build import build_state, default_callbacks
+from cifarlab.trainer.loop import train_epoch
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.config import load_config
+from cifarlab.data.prepare import load_data
 from cifarlab.experiment import train
+from cifarlab.models.inference import evaluate
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.evaluate import evaluate
-from cifarlab.training.optim import build_optimizer
-from cifarlab.training.throughput import peak_flops
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.optim import build_optimizer
+from cifarlab.trainer.throughput import peak_flops
 
 TARGETS = {"fmnist-quick": (0.92, 300), "fmnist-fast": (0.94, 240), "fmnist-95": (0.95, 900)}
 FLAGS = ("avx512_bf16", "amx_bf16")

@@ -91,7 +91,7 @@ def assert_refused(argv: list[str], words: list[str], watched: dict[str, Path], 
 
 def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     """A real signal to this process while the loop runs step `step` (1-based), as Ctrl-C or a scheduler sends it."""
-    from cifarlab.training import loop
+    from cifarlab.trainer import loop
 
     real_step = loop.train_step
 

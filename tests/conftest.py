@@ -7,7 +7,7 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def one_probe_cache(tmp_path_factory):
-    """`precision: auto` is measured once per model and batch shape and cached (training/autotune.py): one
+    """`precision: auto` is measured once per model and batch shape and cached (trainer/autotune.py): one
     cache folder for the whole session, so the suite's hundreds of tiny runs measure each shape once, and
     never read or fill the user's own cache."""
     previous = os.environ.get("CIFARLAB_CACHE")

@@ -21,9 +21,9 @@ from cifarlab.errors import UserError
 from cifarlab.experiment import build_state, load_data
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.runtime import make_runtime
-from cifarlab.training import loop
-from cifarlab.training.accumulate import grad_sync, micro_batches
-from cifarlab.training.loop import train_step
+from cifarlab.trainer import loop
+from cifarlab.trainer.accumulate import grad_sync, micro_batches
+from cifarlab.trainer.loop import train_step
 
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none", "train.precision=fp32",
          "train.device=cpu", "model.norm=group", "schedule.name=constant", "optim.lr=0.05"]
@@ -86,7 +86,7 @@ def test_micro_batches_are_views_of_near_equal_size():
 def test_grad_step_sums_micro_batch_gradients_and_steps_once(scaled):
     """GradStep.backward per micro-batch (zeroing on the first only) then one step equals one backward and
     step of the whole loss; with a GradScaler too (scaled backward per micro-batch, one unscale and step)."""
-    from cifarlab.training.optim import GradStep
+    from cifarlab.trainer.optim import GradStep
 
     inputs, targets = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 3
     models = [torch.nn.Linear(5, 3) for _ in range(2)]

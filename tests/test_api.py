@@ -1,6 +1,6 @@
 """The Python API mirrors the CLI and works from a notebook."""
 import cifarlab
-import cifarlab.training.loop  # noqa: F401  (importing the subpackage must not shadow cifarlab.train)
+import cifarlab.trainer.loop  # noqa: F401  (importing the subpackage must not shadow cifarlab.train)
 
 
 def test_train_and_resume_are_functions_after_submodule_imports():
@@ -45,7 +45,7 @@ def test_train_on_arrays_from_python_and_evaluating_on_them_needs_them_again(tmp
 
 
 def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
-    from cifarlab.training.callbacks import Callback
+    from cifarlab.trainer.callbacks import Callback
 
     class Recorder(Callback):
         def __init__(self):

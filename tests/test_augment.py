@@ -7,7 +7,7 @@ import torch
 from cifarlab.config import AugmentConfig, CropConfig, CutoutConfig, FlipConfig, RotateConfig
 from cifarlab.data import augment as A
 from cifarlab.errors import UserError
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.syncs import SyncCounter
 
 N, C, S = 8, 3, 16
 

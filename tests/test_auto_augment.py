@@ -13,7 +13,7 @@ from cifarlab.data import auto_augment as AA
 from cifarlab.data.augment import build_augment
 from cifarlab.data.erasing import random_erasing
 from cifarlab.errors import UserError
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.syncs import SyncCounter
 
 
 def gen(seed=0):

@@ -30,7 +30,7 @@ from _runs import assert_refused, finished_and_open_runs, tampered_copy
 from cifarlab.cli import main
 from cifarlab.run import layout, lock
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import build
+from cifarlab.trainer import build
 from cifarlab.use.evaluate import evaluation_data_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"

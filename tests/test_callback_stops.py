@@ -8,7 +8,7 @@ import pytest
 
 import cifarlab
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 QUIET = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
          "train.epochs=3"]  # smoke: 8 steps per epoch, a window every 4 steps

@@ -186,7 +186,7 @@ def test_progress_uses_tqdm_auto_bars_in_a_jupyter_kernel(monkeypatch):
 
     import tqdm.auto
 
-    from cifarlab.training.progress_printer import ProgressPrinter
+    from cifarlab.trainer.writers.progress_printer import ProgressPrinter
 
     assert not ProgressPrinter("auto", io.StringIO()).bars  # not a terminal, not a notebook: plain lines
     shell = types.SimpleNamespace(config={"IPKernelApp": {}})

@@ -1,4 +1,4 @@
-"""training/ema.py: the same average as AveragedModel's EMA, every-k updates, checkpoints, no host sync."""
+"""trainer/ema.py: the same average as AveragedModel's EMA, every-k updates, checkpoints, no host sync."""
 from pathlib import Path
 
 import pytest
@@ -6,19 +6,20 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import load_config
+from cifarlab.data.prepare import load_data
 from cifarlab.models.registry import create_model
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.ema import EMA
-from cifarlab.training.loop import train_step
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.ema import EMA
+from cifarlab.trainer.loop import train_step
+from cifarlab.trainer.syncs import SyncCounter
 
 DECAY = 0.9
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
 
 
 class LoopAveragedModel(AveragedModel):
-    """torch's EMA (what cifarlab used before training/ema.py), callable the way the loop calls an EMA."""
+    """torch's EMA (what cifarlab used before trainer/ema.py), callable the way the loop calls an EMA."""
 
     def update(self, model, step=None):
         self.update_parameters(model)

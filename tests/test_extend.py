@@ -15,8 +15,8 @@ from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import loop
-from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.trainer import loop
+from cifarlab.trainer.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=none"]
@@ -153,7 +153,7 @@ def test_onecycle_schedule_past_its_plan_holds_min_lr_per_group():
 
 def _start_of(run_args: list[str]) -> dict:
     """What a new run starts from: its weights, optimizer state and step, seen by a user callback."""
-    from cifarlab.training.callbacks import Callback
+    from cifarlab.trainer.callbacks import Callback
 
     seen = {}
 
@@ -223,7 +223,7 @@ def test_init_from_a_missing_file_names_the_key(tmp_path, capsys):
 
 def test_every_registered_model_has_a_classifier_head_giving_the_logits():
     from cifarlab.models.registry import create_model, list_models
-    from cifarlab.training.warmstart import classifier_head
+    from cifarlab.trainer.warmstart import classifier_head
 
     for name in list_models():
         model = create_model(name, num_classes=7)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from cifarlab.cli import main
 from cifarlab.config import load_config
+from cifarlab.models.inference import log_probs
 from cifarlab.models.registry import create_model
-from cifarlab.training.evaluate import log_probs
-from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.trainer.optim import Schedule, build_optimizer
 
 SMALL = ["train.device=cpu", "train.threads=1", "train.precision=fp32", "output.tensorboard=false",
          "output.progress=none", "output.report=false"]
@@ -95,8 +95,9 @@ def test_compile_warmup_is_reported_apart_from_training_time(tmp_path, monkeypat
 
 
 def test_a_compiled_run_drops_the_ragged_last_batch_so_every_step_has_one_shape(monkeypatch):
+    from cifarlab.data.prepare import load_data
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.build import build_state, load_data
+    from cifarlab.trainer.build import build_state
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
     for compiled, steps in ((False, 5), (True, 4)):  # 300 images in batches of 64: 4 full + 44
@@ -131,10 +132,11 @@ def test_a_really_compiled_run_trains_like_an_eager_one_and_its_checkpoint_loads
 def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_training(monkeypatch):
     """A parameter that stops training changes a compiled graph: torch.compile traces again at that epoch,
     and those steps must land in compile_seconds, not in the epoch's images/s."""
+    from cifarlab.data.prepare import load_data
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.build import build_state, load_data
-    from cifarlab.training.model_epochs import ModelEpochs
-    from cifarlab.training.state import COMPILE_WARMUP_STEPS
+    from cifarlab.trainer.build import build_state
+    from cifarlab.trainer.callbacks.model_epochs import ModelEpochs
+    from cifarlab.trainer.state import COMPILE_WARMUP_STEPS
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
     for compiled in (True, False):

@@ -8,7 +8,7 @@ from _folders import needs_fashion, write_fashion_folder
 from _runs import FAST
 from cifarlab.cli import main
 from cifarlab.config import load_config
-from cifarlab.training.sizing import auto_batch_size, auto_epochs
+from cifarlab.trainer.sizing import auto_batch_size, auto_epochs
 
 # Best-checkpoint test accuracy of `cifarlab train folder` on 100 real Fashion-MNIST PNGs per class (30 per
 # class in test/), fp32, on a 2-core AMD EPYC without AVX512-BF16: seeds 0-3 gave 82.33, 86.67, 84.00 and

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.training.lookahead import Lookahead
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.lookahead import Lookahead
+from cifarlab.trainer.syncs import SyncCounter
 
 
 def small_model() -> nn.Module:

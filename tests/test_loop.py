@@ -12,12 +12,13 @@ from cifarlab.config import load_config
 from cifarlab.data.augment import build_augment
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.normalize import normalize, to_float
+from cifarlab.data.prepare import load_data
 from cifarlab.data.sources import dataset_available
 from cifarlab.experiment import train
 from cifarlab.runtime import make_runtime, resolve_precision
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.loop import train_step
-from cifarlab.training.optim import Schedule
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.loop import train_step
+from cifarlab.trainer.optim import Schedule
 
 CPU = torch.device("cpu")
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
@@ -194,7 +195,7 @@ def test_flip_tta_loss_stays_finite_for_confident_wrong_predictions():
     """Averaging softmaxes then taking log underflowed to log(0) = -inf; log-space averaging does not."""
     from cifarlab.data.loader import DeviceLoader
     from cifarlab.runtime import Precision
-    from cifarlab.training.loop import evaluate
+    from cifarlab.trainer.loop import evaluate
 
     class LeftOrRight(torch.nn.Module):  # class 0 if the left half is brighter, else 1; class 2 never
         def forward(self, x):

@@ -69,7 +69,7 @@ def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clippi
     # the loss, unscale before clipping (else the clipped step would be lr * clip / scale) and update the
     # scale every step, as training does.
     from cifarlab.lr_range.finder import range_test
-    from cifarlab.training.optim import GradStep
+    from cifarlab.trainer.optim import GradStep
 
     clip = 1e-3
     cfg, runtime, dataset = smoke(["optim.momentum=0", "optim.weight_decay=0", f"optim.grad_clip={clip}",

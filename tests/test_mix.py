@@ -12,8 +12,8 @@ from cifarlab.data.color import LUMA, color_jitter
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.mix import build_mix, dominant_labels, one_hot
 from cifarlab.errors import UserError
-from cifarlab.training.metrics import StepMetrics
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.metrics import StepMetrics
+from cifarlab.trainer.syncs import SyncCounter
 
 N, C, S, CLASSES = 16, 3, 12, 10
 

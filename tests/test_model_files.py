@@ -224,7 +224,7 @@ def test_the_folders_weights_are_readable_by_everyone_like_every_export(made, tm
 
 def test_a_model_that_declares_no_classifier_is_told_how_when_its_head_must_start_fresh(monkeypatch):
     from cifarlab.models.registry import MODELS
-    from cifarlab.training.warmstart import classifier_head
+    from cifarlab.trainer.warmstart import classifier_head
 
     def factory(num_classes=10, in_channels=3, norm="batch", dropout=0.0):
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, num_classes))

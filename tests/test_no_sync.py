@@ -12,9 +12,9 @@ import torch
 from cifarlab.config import load_config
 from cifarlab.experiment import build_state, load_data
 from cifarlab.runtime import make_runtime
-from cifarlab.training.ema import EMA
-from cifarlab.training.loop import train_step
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.ema import EMA
+from cifarlab.trainer.loop import train_step
+from cifarlab.trainer.syncs import SyncCounter
 
 QUIET = ["output.report=false", "output.tensorboard=false", "output.progress=none"]
 SMALL_DATA = ["data.dataset=synthetic", "data.options={num_train: 64, num_test: 16, image_size: 16}",

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cifarlab.data.normalize import Normalize, normalize, to_float
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.syncs import SyncCounter
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

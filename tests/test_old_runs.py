@@ -101,7 +101,7 @@ def test_an_old_best_pt_evaluates_to_its_summary_and_old_records_read(capsys):
 
 def test_a_checkpoint_saves_and_restores_exactly_the_keys_the_format_defines():
     from cifarlab.run.checkpoint import Checkpoint
-    from cifarlab.training.checkpoint import SAVED_KEYS
+    from cifarlab.trainer.checkpoint import SAVED_KEYS
 
     assert SAVED_KEYS == Checkpoint.saved_keys()  # the same keys, in the same (file) order
     for run in ("interrupted", "uninterrupted"):

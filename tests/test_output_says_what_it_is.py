@@ -188,7 +188,7 @@ def test_export_with_tta_scores_as_the_run_did(run, tmp_path, capsys):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     import cifarlab
-    from cifarlab.training.evaluate import log_probs
+    from cifarlab.models.inference import log_probs
 
     run_dir, _ = run
     best = run_dir / "checkpoints" / "best.pt"
@@ -212,7 +212,7 @@ def test_export_with_tta_in_torchscript_and_not_in_safetensors(run, tmp_path):
     import cifarlab
     from cifarlab.errors import UserError
     from cifarlab.export import export
-    from cifarlab.training.evaluate import log_probs
+    from cifarlab.models.inference import log_probs
 
     best = run[0] / "checkpoints" / "best.pt"
     out = export(best, "torchscript", tmp_path / "tta.pt", tta="flip_translate")

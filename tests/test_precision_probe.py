@@ -1,4 +1,4 @@
-"""`precision: auto` by measurement (training/autotune.py): the decision from injected timings (CPU and
+"""`precision: auto` by measurement (trainer/autotune.py): the decision from injected timings (CPU and
 CUDA candidates, no hardware needed), the timing loop with a fake clock, the cache, the forced answer, and
 a run that records its choice in config.yaml and summary.json and keeps it on resume."""
 import json
@@ -14,8 +14,8 @@ from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment.resumable import recorded_precision
 from cifarlab.runtime import resolve_precision
-from cifarlab.training import autotune
-from cifarlab.training.autotune import (
+from cifarlab.trainer import autotune
+from cifarlab.trainer.autotune import (
     PrecisionChoice,
     Timings,
     choose_precision,

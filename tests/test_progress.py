@@ -47,8 +47,8 @@ def _evaluate_tiny(progress: str):
     from torch import nn
 
     from cifarlab.data.loader import DeviceLoader
+    from cifarlab.models.inference import evaluate
     from cifarlab.runtime import Precision
-    from cifarlab.training.evaluate import evaluate
 
     images = torch.randint(0, 256, (100, 1, 8, 8), dtype=torch.uint8)
     loader = DeviceLoader(images, torch.arange(100) % 10, batch_size=10, device=torch.device("cpu"),

@@ -24,7 +24,7 @@ from test_user_models import user_module  # noqa: F401  (a fixture)
 from _runs import signal_at_step
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.training import loop
+from cifarlab.trainer import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
@@ -255,7 +255,7 @@ def test_huge_learning_rate_really_diverges_and_names_step_and_lr(tmp_path, caps
 def test_schedule_state_round_trips_through_a_checkpoint_file(tmp_path, name, extra):
     from cifarlab.config import ScheduleConfig
     from cifarlab.run.checkpoint import save_checkpoint
-    from cifarlab.training.optim import Schedule
+    from cifarlab.trainer.optim import Schedule
 
     def fresh():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
@@ -294,7 +294,7 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
     from tensorboard.summary.writer import event_file_writer
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  imported now, not inside the second
 
-    from cifarlab.training.tensorboard_logger import TensorBoard
+    from cifarlab.trainer.writers.tensorboard_logger import TensorBoard
 
     def log(steps, start):
         writer = TensorBoard(tmp_path / "tb")

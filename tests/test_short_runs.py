@@ -13,8 +13,8 @@ from _folders import needs_fashion, write_fashion_folder
 from _runs import FAST, SRC
 from cifarlab.cli import main
 from cifarlab.config import ScheduleConfig
-from cifarlab.training.optim import Schedule
-from cifarlab.training.sizing import FEW_STEPS, few_steps_warning
+from cifarlab.trainer.optim import Schedule
+from cifarlab.trainer.sizing import FEW_STEPS, few_steps_warning
 
 TINY_DATA = ["data.dataset=synthetic", "data.options={num_train: 64, num_test: 32, image_size: 16}"]
 

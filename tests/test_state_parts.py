@@ -11,12 +11,13 @@ import pytest
 
 import cifarlab
 from cifarlab.config import load_config
+from cifarlab.data.prepare import load_data
 from cifarlab.run.checkpoint import Checkpoint, load_checkpoint
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.checkpoint import make_checkpoint, restore
-from cifarlab.training.state import Part, ProcessValues, Progress, TrainObjects, TrainState
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.checkpoint import make_checkpoint, restore
+from cifarlab.trainer.state import Part, ProcessValues, Progress, TrainObjects, TrainState
 
 QUIET = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
          "train.epochs=3"]  # smoke: 8 steps per epoch, a window every 4 steps

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from cifarlab.training.metrics import StepMetrics
-from cifarlab.training.syncs import SyncCounter
+from cifarlab.trainer.metrics import StepMetrics
+from cifarlab.trainer.syncs import SyncCounter
 
 CPU = torch.device("cpu")
 

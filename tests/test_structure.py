@@ -24,7 +24,7 @@ LAYERS = (  # lowest first: a module may import from its own layer and the ones 
               "cifarlab.config_diff", "cifarlab.config_docs")),
     ("data and models", ("cifarlab.data", "cifarlab.models")),
     ("run directory", ("cifarlab.run",)),
-    ("training", ("cifarlab.training",)),
+    ("trainer", ("cifarlab.trainer",)),
     ("range test and use", ("cifarlab.lr_range", "cifarlab.use", "cifarlab.export")),
     ("analysis", ("cifarlab.analysis",)),
     ("lifecycle", ("cifarlab.experiment", "cifarlab.cluster")),
@@ -211,4 +211,24 @@ def test_analysis_never_builds_a_training_state():
         names |= {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
                   for alias in node.names}
         assert not names & {"TrainState", "build_state", "range_test_state"}, module
-        assert not graph[module] & {"cifarlab.training.state", "cifarlab.training.loop"}, module
+        assert not graph[module] & {"cifarlab.trainer.state", "cifarlab.trainer.loop"}, module
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+@pytest.mark.parametrize("package", ["cifarlab.use", "cifarlab.analysis"])
+def test_use_and_analysis_reach_nothing_of_the_trainer(package):
+    """Loading, evaluating, predicting and analysing a model never import the trainer, not even through
+    another module: what they share with it (inference kernels, data preparation) lives below both, in
+    models/inference.py and data/prepare.py."""
+    graph = import_graph()
+    for module in sorted(m for m in graph if m == package or m.startswith(package + ".")):
+        reached = sorted(m for m in _reachable(graph, module) if m.startswith("cifarlab.trainer"))
+        assert not reached, f"{module} imports {reached}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.training.throughput import datasheet_peak, peak_flops, training_flops_per_image
+from cifarlab.trainer.throughput import datasheet_peak, peak_flops, training_flops_per_image
 
 
 def test_training_flops_of_a_two_layer_net_are_counted_exactly():
@@ -70,7 +70,7 @@ def test_a_model_the_counter_cannot_run_trains_without_mfu():
     from types import SimpleNamespace
 
     from cifarlab.runtime import Distributed, Precision
-    from cifarlab.training.throughput import measure_speed
+    from cifarlab.trainer.throughput import measure_speed
 
     class Refuses(nn.Module):
         def __init__(self):

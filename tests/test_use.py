@@ -29,7 +29,7 @@ QUIET = ["output.tensorboard=false", "output.progress=none", "train.device=cpu",
 def run(request, tmp_path_factory):
     """(best.pt, PNG files of 6 of its test images, precision) of a smoke run trained in fp32 or bf16
     (bf16 autocast runs on any x86 CPU, emulated and slower without AVX512-BF16)."""
-    from cifarlab.training.build import load_data
+    from cifarlab.data.prepare import load_data
 
     tmp = tmp_path_factory.mktemp(f"use-{request.param}")
     trained = cifarlab.train("smoke", [f"output.dir={tmp}", *QUIET, f"train.precision={request.param}"])

@@ -110,7 +110,7 @@ def _unbalanced_arrays(counts):
 def test_a_run_says_which_classes_its_validation_split_leaves_out(val_split, counts, warning, capsys):
     from cifarlab.config import load_config
     from cifarlab.data.arrays import as_dataset
-    from cifarlab.training.sizing import size_to_data
+    from cifarlab.trainer.sizing import size_to_data
 
     cfg = load_config("folder", [f"data.val_split={val_split}"])
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": "arrays"})})

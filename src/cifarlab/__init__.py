@@ -26,7 +26,7 @@ def train(config=None, overrides=(), run_dir=None, data=None, callbacks=(), mode
     `data.dataset`, `data=(train_dataset, test_dataset[, classes])` on torch Datasets or DataLoaders
     (`cifarlab.data.torch_dataset`); `model=` an `nn.Module` instance, class or factory instead of
     `model.name` (`cifarlab.models.python_objects`); `callbacks=[...]` adds your own
-    `cifarlab.training.callbacks.Callback`s."""
+    `cifarlab.trainer.callbacks.Callback`s."""
     from cifarlab.experiment import train as _train
 
     with _supplied(model):

@@ -22,14 +22,14 @@ from typing import Optional, Sequence, Union
 
 from cifarlab.config import Config, load_config
 from cifarlab.config_diff import BOOKKEEPING, MISSING, differences
+from cifarlab.data.prepare import ARRAYS
 from cifarlab.errors import UserError
 from cifarlab.experiment import Run, resume, train
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
 from cifarlab.run.records import read_metrics, read_summary
 from cifarlab.runtime import is_rank_zero
-from cifarlab.training.build import ARRAYS
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 
 def train_or_continue(config: Union[Config, str, None], overrides: Sequence[str] = (), *,

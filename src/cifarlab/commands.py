@@ -160,8 +160,8 @@ def cmd_lr_find(args) -> int:
     from cifarlab.models.registry import import_user_modules
     from cifarlab.run.layout import check_run_name
     from cifarlab.runtime import make_runtime
-    from cifarlab.training.autotune import settle_precision
-    from cifarlab.training.sizing import size_to_data
+    from cifarlab.trainer.autotune import settle_precision
+    from cifarlab.trainer.sizing import size_to_data
 
     if args.out is not None:
         output_target(args.out, "--out", folder=True)

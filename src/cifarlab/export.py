@@ -46,7 +46,7 @@ TTA_CHOICES = ("flip", "flip_translate")
 
 class WithTTA(nn.Module):
     """`model` with test-time augmentation in its forward: the log of the weighted mean of the views'
-    softmaxes (training/evaluate.log_probs, the run's own evaluation), so an exported graph scores as the
+    softmaxes (models/inference.log_probs, the run's own evaluation), so an exported graph scores as the
     run reported."""
 
     def __init__(self, model: nn.Module, tta: str):
@@ -54,7 +54,7 @@ class WithTTA(nn.Module):
         self.model, self.tta = model, tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from cifarlab.training.evaluate import log_probs
+        from cifarlab.models.inference import log_probs
 
         return log_probs(self.model, images, tta=self.tta)
 

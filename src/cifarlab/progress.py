@@ -20,7 +20,7 @@ def wants_bar(mode: str, stream: TextIO) -> bool:
 
 def in_notebook() -> bool:
     """Running in a Jupyter kernel (where stderr is not a terminal but a bar still renders). Here, not in
-    training/, so that the data layer need not import the training one; training/progress_printer uses it too."""
+    trainer/, so that the data layer need not import the trainer; trainer/writers/progress_printer uses it too."""
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 

@@ -2,7 +2,7 @@
 
 Code below this layer writes `with runtime.precision.autocast():` and `runtime.precision.scaler`, and
 never asks "am I on CUDA?" again. `precision: auto` is measured, not read from flags: a run times its own
-model's step in each candidate before it trains (training/autotune.py, called where the run is prepared)
+model's step in each candidate before it trains (trainer/autotune.py, called where the run is prepared)
 and replaces `runtime.precision`; what `make_runtime` resolves for `auto` is only the unmeasured answer
 (`unmeasured_precision`) that callers without a model (a checkpoint's fallback, the benchmarks) use.
 """
@@ -71,7 +71,7 @@ def resolve_device(requested: str) -> torch.device:
 
 def unmeasured_precision(device: torch.device) -> str:
     """`auto` where nothing was measured: a checkpoint or a caller with no model to time. A run's own `auto`
-    is measured on its model before it trains (training/autotune.py), because CPU flags cannot tell: with
+    is measured on its model before it trains (trainer/autotune.py), because CPU flags cannot tell: with
     AVX512-BF16 and no AMX, bf16 trained at 0.60-0.78x fp32 on an Intel Xeon and at 1.67-2.09x on an AMD
     EPYC Zen 4 (issue 25). So: on a CPU fp32 (or what CIFARLAB_CPU_AUTO_PRECISION forces), on CUDA bf16
     where the GPU has bf16 tensor cores (sm80+), else fp16 with a GradScaler."""
@@ -119,7 +119,7 @@ class Runtime:
     dist: Distributed = field(default_factory=Distributed)
     channels_last: bool = True
     # How the precision was chosen, for summary.json: "train.precision=bf16", or `auto`'s reason
-    # ("measured 1.31x fp32 on this CPU, 2.1 s", cached, forced) once training/autotune.py has chosen.
+    # ("measured 1.31x fp32 on this CPU, 2.1 s", cached, forced) once trainer/autotune.py has chosen.
     precision_source: Optional[str] = None
 
     def describe(self) -> str:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import UserError
-from cifarlab.training.evaluate import eval_mode, model_device
+from cifarlab.models.inference import eval_mode, model_device
 
 Method = Literal["gradcam", "gradcam++"]
 

@@ -90,12 +90,12 @@ class OutputConfig(ConfigSection):
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto",
         description=("auto (a bar in a terminal or notebook, plain lines otherwise), bar, lines or none."))
     # MLflow logging (needs `pip install cifarlab[mlflow]`): params, metrics and the run's status, into
-    # mlflow_uri, default a local file store in <run_dir>/mlruns. See training/mlflow_logger.py.
+    # mlflow_uri, default a local file store in <run_dir>/mlruns. See trainer/writers/mlflow_logger.py.
     mlflow: bool = Field(False, description="Log params, metrics and status to MLflow (needs cifarlab[mlflow]).")
     mlflow_uri: Optional[str] = Field(None,
         description=("MLflow tracking URI; null: a local file store in <run_dir>/mlruns."))
     # Weights & Biases logging (needs `pip install cifarlab[wandb]`): config, epoch rows, summary and the
-    # report's plots into project wandb_project (default "cifarlab"). See training/wandb_logger.py.
+    # report's plots into project wandb_project (default "cifarlab"). See trainer/writers/wandb_logger.py.
     wandb: bool = Field(False, description="Log the config, epoch rows, summary and plots to Weights & Biases "
                                            "(needs cifarlab[wandb]; offline with WANDB_MODE=offline).")
     wandb_project: Optional[str] = Field(None, description="The W&B project; null: cifarlab.")

@@ -194,7 +194,7 @@ class ModelConfig(ConfigSection):
                 raise ValueError(f"must be an importable module name like mypkg.nets, got {name!r}")
         return value
     # Start a new run from a checkpoint's weights (model only; optimizer and schedule fresh), see
-    # training/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
+    # trainer/warmstart.py. init_head=false: all but the classifier head, for data with other classes.
     init_from: Optional[str] = Field(None,
         description=("A checkpoint whose model weights start this new run (optimizer and schedule start fresh); "
                      "null: random init."))
@@ -306,7 +306,7 @@ class LRFindConfig(ConfigSection):
 
 
 class LookaheadConfig(ConfigSection):
-    # airbench94's lookahead (training/lookahead.py): from epoch `start_epoch` (0-based), every `every` steps
+    # airbench94's lookahead (trainer/lookahead.py): from epoch `start_epoch` (0-based), every `every` steps
     # the slow weights move towards the model with rho = decay**every * (step / planned steps)**power and
     # the model is reset to them; at each epoch end the model takes the slow weights.
     every: int = Field(default=5, ge=1, description="Pull the weights to the slow average every this many steps.")

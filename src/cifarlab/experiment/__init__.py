@@ -1,5 +1,5 @@
 """The run lifecycle: a config in, a finished run directory out (state, fit, summary, report), or a
-run directory continued from its last checkpoint. The pieces are built in `training/build.py`.
+run directory continued from its last checkpoint. The pieces are built in `trainer/build.py`.
 
 This is the Python API behind the CLI: `cifarlab.train("fmnist-quick", ["train.epochs=2"])` returns a
 `Run` with its metrics, so it works the same from a notebook. This module is the lifecycle itself; beside
@@ -17,6 +17,7 @@ import torch
 
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
+from cifarlab.data.prepare import load_data
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import (
     announce,
@@ -32,10 +33,10 @@ from cifarlab.messages import quiet
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
 from cifarlab.runtime import is_rank_zero
-from cifarlab.training.build import build_state, default_callbacks, load_data
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.loop import fit
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.build import build_state, default_callbacks
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.loop import fit
+from cifarlab.trainer.state import TrainState
 
 # What `from cifarlab.experiment import ...` offers; the builders are re-exported for the benchmarks and tests.
 __all__ = ["Run", "train", "resume", "extend_config", "write_summary", "data_line",
@@ -68,7 +69,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 
     `data`: images from Python instead of `data.dataset` — `(x_train, y_train, x_test, y_test[, classes])`,
     a dict of those, or a Dataset (see `cifarlab.data.arrays`); the run then records `data.dataset: arrays`.
-    `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see training/callbacks.py).
+    `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see trainer/callbacks/__init__.py).
     `model`: a Module instance, class or factory instead of `model.name` (built inside `rebuild_with(model)`,
     see models/python_objects.py)."""
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir, model)
@@ -148,7 +149,7 @@ def _resume_locked(run_dir: Path, checkpoint: Path, data, callbacks: Sequence[Ca
 
 
 def _fit_and_finish(state: TrainState, dataset: Dataset, user_callbacks: Sequence[Callback] = ()) -> Run:
-    from cifarlab.training.throughput import measure_speed
+    from cifarlab.trainer.throughput import measure_speed
 
     cfg, run_dir, runtime = state.cfg, state.run_dir, state.runtime
     state.speed = measure_speed(state)  # before fit: not training time

@@ -11,16 +11,17 @@ import torch
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config
 from cifarlab.data.dataset import Dataset
+from cifarlab.data.prepare import ARRAYS
 from cifarlab.errors import UserError
 from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.messages import say, warn
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
-from cifarlab.training.autotune import settle_precision
-from cifarlab.training.build import ARRAYS, build_state, check_model_input
-from cifarlab.training.preflight import check_integrations
-from cifarlab.training.sizing import few_steps_warning, size_to_data
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.autotune import settle_precision
+from cifarlab.trainer.build import build_state, check_model_input
+from cifarlab.trainer.preflight import check_integrations
+from cifarlab.trainer.sizing import few_steps_warning, size_to_data
+from cifarlab.trainer.state import TrainState
 
 
 def checked_config(config: Union[Config, str, None], overrides: Sequence[str], data,
@@ -39,7 +40,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
 
     import_user_modules(cfg.model.module)  # the user's recipe names it: their model registers itself
     if cfg.output.wandb:
-        from cifarlab.training.wandb_logger import require_wandb
+        from cifarlab.trainer.writers.wandb_logger import require_wandb
 
         require_wandb()
     source = source_dataset(data)
@@ -55,7 +56,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     check_integrations(cfg.output)
     if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
         from cifarlab.models.registry import build_model
-        from cifarlab.training.warmstart import init_from_checkpoint
+        from cifarlab.trainer.warmstart import init_from_checkpoint
 
         init_from_checkpoint(build_model(cfg.model, dataset.num_classes, dataset.in_channels), cfg.model,
                              dataset.classes, dataset.in_channels)
@@ -106,12 +107,12 @@ def source_dataset(data) -> Optional[Dataset]:
 
 
 def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path) -> TrainState:
-    """`auto` precision measured (training/autotune.py), range test if asked, then the state; the run is
+    """`auto` precision measured (trainer/autotune.py), range test if asked, then the state; the run is
     announced only once nothing can be rejected."""
     source = _lr_peak_source(cfg)
     cfg, runtime, precision = settle_precision(cfg, runtime, dataset)
     if cfg.output.mlflow:
-        from cifarlab.training.mlflow_logger import require_mlflow
+        from cifarlab.trainer.writers.mlflow_logger import require_mlflow
 
         require_mlflow()
     if cfg.schedule.lr_peak == "auto":
@@ -120,7 +121,7 @@ def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path
         cfg = find_peak_lr(cfg, runtime, dataset, run_dir)
     state = build_state(cfg, runtime, dataset, run_dir)
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
-        from cifarlab.training.warmstart import init_from_checkpoint
+        from cifarlab.trainer.warmstart import init_from_checkpoint
 
         announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
     onecycle_peak = cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak

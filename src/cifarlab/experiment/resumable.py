@@ -10,6 +10,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, validate
 from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
+from cifarlab.data.prepare import load_data
 from cifarlab.errors import UserError
 from cifarlab.experiment.prepare import announce, default_threads, source_dataset
 from cifarlab.experiment.ranks import check_ranks_agree
@@ -19,11 +20,11 @@ from cifarlab.run import layout
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
 from cifarlab.run.records import Summary, read_summary
 from cifarlab.runtime import make_runtime
-from cifarlab.training.build import build_state, load_data
-from cifarlab.training.checkpoint import restore
-from cifarlab.training.checkpointer import mark_best_completed
-from cifarlab.training.preflight import check_integrations
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.checkpoint import restore
+from cifarlab.trainer.preflight import check_integrations
+from cifarlab.trainer.state import TrainState
+from cifarlab.trainer.writers.checkpointer import mark_best_completed
 
 
 @dataclass

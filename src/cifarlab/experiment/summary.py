@@ -5,7 +5,7 @@ from cifarlab.run import layout
 from cifarlab.run.checkpoint import versions
 from cifarlab.run.records import Summary
 from cifarlab.run.records import write_summary as write_summary_file
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.state import TrainState
 
 
 def write_summary(state: TrainState) -> dict:

@@ -15,9 +15,9 @@ from cifarlab.lr_range.finder import RangeTestResult, Step, plot_range_test, ran
 from cifarlab.progress import PhaseProgress
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, PLOTS
 from cifarlab.runtime import Runtime
-from cifarlab.training.accumulate import forward_backward
-from cifarlab.training.build import build_state
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.accumulate import forward_backward
+from cifarlab.trainer.build import build_state
+from cifarlab.trainer.state import TrainState
 
 
 def _cycle(loader) -> Iterator:

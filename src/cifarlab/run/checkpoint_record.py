@@ -5,7 +5,7 @@ load runs (the file itself, its writing and reading, are run/checkpoint.py).
 A checkpoint holds model, optimizer, LR schedule, grad scaler, EMA weights, epoch/step/batch position, the
 epoch and window metric sums, every RNG state (Python, NumPy, torch CPU and CUDA), the metric history,
 the resolved config, the model card's data fields (run/records.ModelCard) and the library versions.
-training/checkpoint.py says how each field is filled from a TrainState and put back; a file with a key
+trainer/checkpoint.py says how each field is filled from a TrainState and put back; a file with a key
 the record does not know, or without one a load needs, is refused (Lightning Fabric's save/load are the
 example). The data loader has no generator state to save: its randomness is counter-based (batch k of
 epoch e is a pure function of (seed, e, k)), so `(epoch, batch_in_epoch)` is its whole state.

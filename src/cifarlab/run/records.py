@@ -43,7 +43,7 @@ class EpochRow:
     test_acc: Optional[float] = _metric("test accuracy")
     elapsed_seconds: Optional[float] = _metric("training seconds so far", tracked=False)
     images_per_second: Optional[float] = _metric("training images/s")
-    mfu: Optional[float] = _metric("model FLOPs utilisation")  # a fraction of the peak (training/throughput.py)
+    mfu: Optional[float] = _metric("model FLOPs utilisation")  # a fraction of the peak (trainer/throughput.py)
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Summary:
     train_seconds: Optional[float] = _item()
     compile_seconds: Optional[float] = _item()
     train_images_per_second: Optional[float] = _item("training images/s", "Images/s")
-    # MFU: training FLOPs per second as a fraction of the device's peak (training/throughput.py says how).
+    # MFU: training FLOPs per second as a fraction of the device's peak (trainer/throughput.py says how).
     mfu: Optional[float] = _item("model FLOPs utilisation", "MFU", optional=True)
     train_flops_per_image: Optional[int] = _item(optional=True)
     peak_flops: Optional[float] = _item(optional=True)
@@ -111,7 +111,7 @@ class Summary:
     lr_peak: Optional[float] = _item("peak learning rate", "Found max LR")
     lr_peak_source: Optional[str] = _item()
     precision: Optional[str] = _item()
-    # How it was chosen: train.precision=..., or `auto`'s measurement (training/autotune.py), cached or forced.
+    # How it was chosen: train.precision=..., or `auto`'s measurement (trainer/autotune.py), cached or forced.
     precision_source: Optional[str] = _item(optional=True)
     tta: Optional[str] = _item()
     device: Optional[str] = _item()

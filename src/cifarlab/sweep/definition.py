@@ -20,7 +20,7 @@ from cifarlab.run.layout import check_run_name
 from cifarlab.sweep.pruning import make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, parse_grid, read_space_file
 from cifarlab.sweep.storage import check_url, default_url
-from cifarlab.training.sizing import AUTO, size_to_data
+from cifarlab.trainer.sizing import AUTO, size_to_data
 
 SWEEPS_DIR = "sweeps"
 

@@ -11,7 +11,7 @@ from typing import Optional
 import optuna
 
 from cifarlab.errors import UserError
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 PRUNERS = ("median", "hyperband", "none")
 PRUNED_BY = "pruned by"  # how the stop reason of a pruned run begins (summary.json early_stop.reason)

@@ -24,7 +24,7 @@ from cifarlab.errors import UserError
 from cifarlab.run.layout import LAST, checkpoint_path, previous_path
 from cifarlab.run.records import read_metrics, read_summary
 from cifarlab.sweep.pruning import PRUNED_BY
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 TRIALS = "trials"
 

@@ -8,9 +8,9 @@ from typing import Optional, Union
 
 from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
+from cifarlab.data.prepare import eval_loader, load_data
+from cifarlab.models.inference import evaluate
 from cifarlab.runtime import Runtime
-from cifarlab.training.build import eval_loader, load_data
-from cifarlab.training.evaluate import evaluate
 from cifarlab.use.load import LoadedModel
 
 

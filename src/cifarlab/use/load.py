@@ -46,7 +46,7 @@ class LoadedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        from cifarlab.training.evaluate import model_device
+        from cifarlab.models.inference import model_device
 
         return model_device(self.module)
 

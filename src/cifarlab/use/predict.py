@@ -25,7 +25,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.data.folder import IMAGE_EXTENSIONS
 from cifarlab.data.normalize import normalize, to_float
 from cifarlab.errors import UserError
-from cifarlab.training.evaluate import eval_mode, log_probs, model_device
+from cifarlab.models.inference import eval_mode, log_probs, model_device
 from cifarlab.use.images import as_batch
 from cifarlab.use.load import LoadedModel, load_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from cifarlab.progress import in_notebook
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 
 class ProgressPrinter(Callback):

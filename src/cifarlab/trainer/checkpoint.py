@@ -15,8 +15,8 @@ import torch
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, outcome, versions
 from cifarlab.run.records import ModelCard
-from cifarlab.training.outcome import EARLY_STOPPED, Stop
-from cifarlab.training.state import Progress
+from cifarlab.trainer.outcome import EARLY_STOPPED, Stop
+from cifarlab.trainer.state import Progress
 
 
 def rng_state(runtime) -> dict[str, Any]:
@@ -74,7 +74,7 @@ FIELDS = {
     # float64 sums of the epoch and of the logging window so far (two keys, one StepMetrics)
     "epoch_meter": (lambda s: s.metrics.state_dict()["epoch_meter"], lambda s, v, p: s.metrics.load_state_dict(p)),
     "window_meter": (lambda s: s.metrics.state_dict()["window_meter"], _READ_ONLY),
-    # The progress counters (training/state.Progress): these keys, and lr_peak and its source from "outcome"
+    # The progress counters (trainer/state.Progress): these keys, and lr_peak and its source from "outcome"
     Progress.KEYS: (lambda s: s.progress.state_dict(process_seconds=s.process.seconds()),
                     lambda s, v, p: s.progress.load_state_dict(p)),
     "rng": (lambda s: rng_state(s.runtime), lambda s, v, p: set_rng_state(v, s.runtime)),

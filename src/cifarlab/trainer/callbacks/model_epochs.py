@@ -1,7 +1,7 @@
 """ModelEpochs: tells a model with a `start_epoch(epoch)` method which epoch begins."""
 from __future__ import annotations
 
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 
 class ModelEpochs(Callback):

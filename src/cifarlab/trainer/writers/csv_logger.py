@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
 from cifarlab.run.records import METRIC_COLUMNS, csv_cells, is_whole_row
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 
 class CSVLogger(Callback):

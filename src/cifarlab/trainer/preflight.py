@@ -29,7 +29,7 @@ def check_integrations(output_cfg, run_dir: Optional[Path] = None) -> None:
     if output_cfg.mlflow:
         _check_mlflow(output_cfg.mlflow_uri, run_dir)
     if output_cfg.wandb:
-        from cifarlab.training.wandb_logger import require_wandb
+        from cifarlab.trainer.writers.wandb_logger import require_wandb
 
         require_wandb()
         if run_dir is not None:

@@ -4,7 +4,7 @@ One MLflow run per cifarlab run: the flat config as params when it starts, the l
 (`step/train_loss`, ...) and every epoch's metrics (`epoch/test_acc`, ...: the TensorBoard tags, from
 run/records.EpochRow) against the optimizer step, and at the end the status (FINISHED, KILLED when
 interrupted, FAILED when diverged), once the run's files (config, summary, report, plots) and its best
-model are logged as artifacts (training/mlflow_artifacts.py). The MLflow run id is kept in
+model are logged as artifacts (trainer/writers/mlflow_artifacts.py). The MLflow run id is kept in
 `<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking store is
 `output.mlflow_uri`, else a local file store in `<run_dir>/mlruns` (no server; `mlflow ui
 --backend-store-uri <run_dir>/mlruns` shows it). Params are the config the run started with: MLflow
@@ -25,7 +25,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import BEST, CHECKPOINTS, MLFLOW_RUN, MLFLOW_STORE
 from cifarlab.run.records import tracked_values
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 
@@ -105,7 +105,7 @@ class MLflowLogger(Callback):
     def on_run_end(self, state):
         if self.client is None or self.run_id is None:
             return
-        from cifarlab.training.mlflow_artifacts import log_best_model, log_run_files
+        from cifarlab.trainer.writers.mlflow_artifacts import log_best_model, log_run_files
 
         try:
             log_run_files(self.client, self.run_id, self.run_dir)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from cifarlab.run.checkpoint import read_checkpoint, save_checkpoint
 from cifarlab.run.layout import BEST, LAST, epoch_checkpoint, epoch_checkpoints
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.checkpoint import make_checkpoint
-from cifarlab.training.outcome import EARLY_STOPPED, INTERRUPTED
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.checkpoint import make_checkpoint
+from cifarlab.trainer.outcome import EARLY_STOPPED, INTERRUPTED
 
 
 class Checkpointer(Callback):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cifarlab.messages import warn
 from cifarlab.run.records import TRACKED, tracked_values
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 
 class TensorBoard(Callback):

@@ -22,7 +22,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import PLOTS, WANDB_RUN
 from cifarlab.run.records import read_summary, tracked_values
-from cifarlab.training.callbacks import Callback
+from cifarlab.trainer.callbacks import Callback
 
 DEFAULT_PROJECT = "cifarlab"
 

@@ -15,8 +15,8 @@ from typing import Optional
 from cifarlab.config import Config
 from cifarlab.data.checks import warn_unmeasured_classes
 from cifarlab.data.dataset import Dataset
+from cifarlab.data.prepare import auto_val_split, load_data
 from cifarlab.data.split import stratified_split
-from cifarlab.training.build import auto_val_split, load_data
 
 AUTO = "auto"
 STEPS_PER_EPOCH = 25  # the batch is the largest power of two that gives at least this many steps an epoch

@@ -1,14 +1,14 @@
 """`TrainState`: what the loop and its callbacks share, made of parts with one job each.
 
 - `state.objects` (`TrainObjects`): the training objects — model, optimizer, schedule, loaders, EMA,
-  Lookahead, step metrics. Built once by training/build.py; a checkpoint saves their own state_dicts.
+  Lookahead, step metrics. Built once by trainer/build.py; a checkpoint saves their own state_dicts.
 - `state.progress` (`Progress`): the counters a checkpoint saves and a resume restores, as one unit
   (`Progress.state_dict` / `load_state_dict`, same payload keys as ever): epoch, step, batch_in_epoch,
   timings, history, and how the peak learning rate was chosen.
 - `state.process` (`ProcessValues`): this process's values, never saved: the newest logging window, when
   this process's fit began, whether an epoch is open, compile warm-up steps left, the newest good last.pt.
 - The outcome: `state.stop` (what was asked) and `state.outcome` (where the run stands, decided here only;
-  kinds in training/outcome.py). Callbacks and the signal handler only ask (`request_stop`, `interrupt`),
+  kinds in trainer/outcome.py). Callbacks and the signal handler only ask (`request_stop`, `interrupt`),
   the loop judges divergence (`check_finite`).
 - Beside them: cfg, runtime, run_dir, classes, monitor, data_fingerprint and speed.
 
@@ -30,11 +30,11 @@ from cifarlab.data.loader import DeviceLoader
 from cifarlab.run.checkpoint import outcome as stored_outcome
 from cifarlab.run.records import ModelCard
 from cifarlab.runtime import Runtime
-from cifarlab.training.ema import EMA
-from cifarlab.training.lookahead import Lookahead
-from cifarlab.training.metrics import StepMetrics
-from cifarlab.training.optim import GradStep, Schedule
-from cifarlab.training.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, INTERRUPTED, RUNNING, Outcome, Stop
+from cifarlab.trainer.ema import EMA
+from cifarlab.trainer.lookahead import Lookahead
+from cifarlab.trainer.metrics import StepMetrics
+from cifarlab.trainer.optim import GradStep, Schedule
+from cifarlab.trainer.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, INTERRUPTED, RUNNING, Outcome, Stop
 
 # Steps of a compiled model whose time counts as compiling, not training: the first traces and compiles,
 # and with reduce-overhead the next ones warm up and record the CUDA graphs. Re-armed when the model
@@ -44,7 +44,7 @@ COMPILE_WARMUP_STEPS = 3
 
 @dataclass
 class TrainObjects:
-    """The objects that train: built once per process (training/build.py), their state in every checkpoint."""
+    """The objects that train: built once per process (trainer/build.py), their state in every checkpoint."""
     model: nn.Module  # the plain module: what checkpoints and analysis see
     train_model: nn.Module  # what the loop calls: the model itself, compiled, or wrapped in DDP
     optimizer: torch.optim.Optimizer
@@ -139,7 +139,7 @@ class TrainState:
     monitor: str = "test_acc"  # the history key that selects best.pt and early stopping
     classes: tuple[str, ...] = ()
     data_fingerprint: Optional[dict[str, Optional[str]]] = None  # Dataset.fingerprint of the data trained on
-    speed: Optional[Any] = None  # training/throughput.Speed: FLOPs per image and peak, for MFU; this process
+    speed: Optional[Any] = None  # trainer/throughput.Speed: FLOPs per image and peak, for MFU; this process
     stop: Optional[Stop] = None  # why training stops (now, or at the end of the epoch); see `outcome`
 
     # The flat names, each owned by one part (not dataclass fields: no annotation).

@@ -47,7 +47,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
-from cifarlab.training.optim import GradStep, build_optimizer
+from cifarlab.trainer.optim import GradStep, build_optimizer
 
 MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so far (no flapping on noise)
 BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)

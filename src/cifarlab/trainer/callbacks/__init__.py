@@ -9,7 +9,7 @@ To end a run early, call `state.request_stop(reason)`.
 This module holds the base class and the list the loop calls; cifarlab's own callbacks are in their own
 modules: model_epochs.ModelEpochs, progress_printer.ProgressPrinter, csv_logger.CSVLogger,
 tensorboard_logger.TensorBoard, checkpointer.Checkpointer, stopping.StopOnSignal and stopping.EarlyStop
-(and mlflow_logger, wandb_logger); training/build.default_callbacks puts them together.
+(and mlflow_logger, wandb_logger); trainer/build.default_callbacks puts them together.
 """
 from __future__ import annotations
 

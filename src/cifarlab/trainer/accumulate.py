@@ -1,6 +1,6 @@
 """Gradient accumulation (`train.accumulate: K`): one optimizer step's batch as K micro-batches.
 
-The loader hands the loop one optimizer step's images (train.batch_size x K, training/build.py), and
+The loader hands the loop one optimizer step's images (train.batch_size x K, trainer/build.py), and
 `forward_backward` runs them through the model train.batch_size at a time, summing gradients. Each
 micro-batch's mean loss is weighted by its share of the step's images, so the summed gradient is that
 of the whole batch's mean loss: 1/K each for full batches, and still exact for a ragged last batch.
@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-from cifarlab.training.optim import GradStep
+from cifarlab.trainer.optim import GradStep
 
 
 def micro_batches(inputs: torch.Tensor, labels: torch.Tensor, micro_size: int) -> list[tuple[torch.Tensor, ...]]:

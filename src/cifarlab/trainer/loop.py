@@ -12,30 +12,30 @@ import time
 
 import torch
 
+from cifarlab.models.inference import evaluate
 from cifarlab.run.records import EpochRow
-from cifarlab.training.accumulate import forward_backward
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.evaluate import evaluate
-from cifarlab.training.outcome import DIVERGED, RUNNING
-from cifarlab.training.state import TrainState
+from cifarlab.trainer.accumulate import forward_backward
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.outcome import DIVERGED, RUNNING
+from cifarlab.trainer.state import TrainState
 
 
 def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """One optimizer step on one batch, metrics accumulated on the device; returns the (device) loss.
-    With `train.accumulate: K` the batch is K micro-batches of train.batch_size (training/accumulate.py)."""
+    With `train.accumulate: K` the batch is K micro-batches of train.batch_size (trainer/accumulate.py)."""
     objects, progress = state.objects, state.progress  # every step: the parts, not the flat names (`Part`)
     micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size
     loss, logits = forward_backward(objects.train_model, objects.loss_fn, state.runtime.precision, objects.grad_step,
                                     inputs, labels, micro_size)
     objects.grad_step.step()
     objects.schedule.after_step()
-    if objects.lookahead is not None:  # may reset the weights to the slow ones (training/lookahead.py)
+    if objects.lookahead is not None:  # may reset the weights to the slow ones (trainer/lookahead.py)
         objects.lookahead.update(objects.model, progress.step + 1, progress.epoch,
                                  epoch_end=progress.batch_in_epoch + 1 == len(objects.train_loader))
-    if objects.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (training/ema.py)
+    if objects.ema is not None:  # foreach lerp every train.ema_every steps, no host sync (trainer/ema.py)
         objects.ema.update(objects.model, progress.step + 1)
     # Loss and correct predictions into this step's row on the device; lr, step and batch size stay on
-    # the host. Read back, and judged finite or not, only at the loop's sync points (training/metrics.py).
+    # the host. Read back, and judged finite or not, only at the loop's sync points (trainer/metrics.py).
     objects.metrics.record(loss, logits, labels, objects.schedule.lr_used, progress.step + 1)
     return loss
 

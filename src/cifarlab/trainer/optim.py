@@ -52,7 +52,7 @@ class Schedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int, steps_per_epoch: int):
         self.name = cfg.name
-        # training/build.py resolves null to val_loss when there is a val split
+        # trainer/build.py resolves null to val_loss when there is a val split
         self.monitor = cfg.monitor or "test_loss"
         self.optimizer = optimizer
         self.per_step = cfg.name in ("onecycle", "cosine")
@@ -159,7 +159,7 @@ class GradStep:
     """backward + optional unscale/clip + optimizer step, with or without an fp16 GradScaler.
 
     `grad_step(loss)` is `backward(loss)` then `step()`; gradient accumulation calls `backward` once per
-    micro-batch (zeroing only on the first) and `step` once (training/accumulate.py)."""
+    micro-batch (zeroing only on the first) and `step` once (trainer/accumulate.py)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
                  grad_clip: Optional[float]):

@@ -5,8 +5,8 @@ import os
 import signal
 import sys
 
-from cifarlab.training.callbacks import Callback
-from cifarlab.training.outcome import INTERRUPTED
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.outcome import INTERRUPTED
 
 # SIGUSR1 exists on POSIX only; a run on Windows stops on the other two.
 STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if sig)
