@@ -1,4 +1,4 @@
-"""What the precision probe (training/autotune.py) assumes, measured: warm-up length and slice ratios.
+"""What the precision probe (trainer/autotune.py) assumes, measured: warm-up length and slice ratios.
 
 1. Warm-up: the CPU seconds of each of the first `--steps` training steps of a fresh model, per precision
    (oneDNN creates and caches its primitives on the first steps of a shape; bf16's AMX kernels were seen to
@@ -22,8 +22,8 @@ from common import load
 from cifarlab.config import load_config
 from cifarlab.models.registry import build_model
 from cifarlab.runtime import Precision
-from cifarlab.training.autotune import make_step
-from cifarlab.training.optim import build_optimizer
+from cifarlab.trainer.autotune import make_step
+from cifarlab.trainer.optim import build_optimizer
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -51,7 +51,7 @@ def curve(step, steps: int) -> list[float]:
 
 def probe_recipes(names: list[str]) -> None:
     from cifarlab.recipe_files import list_recipes
-    from cifarlab.training.autotune import candidates, decide, measure_precisions, speedups
+    from cifarlab.trainer.autotune import candidates, decide, measure_precisions, speedups
 
     cpu = torch.device("cpu")
     for recipe in names or [name for name in list_recipes() if name not in ("folder", "smoke")]:
