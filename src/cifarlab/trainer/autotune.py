@@ -167,7 +167,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
     """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
     safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`), then alternating rounds until
     the answer is clear or `budget` (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are
-    spent; at least one round is timed. The settled warm-up steps count as timings. `clock()` must include
+    spent. The warm-up's last steps count as timings, and decide alone once the budget is spent. `clock()` must include
     waiting for the device."""
     started, wall_started = clock(), time.perf_counter()
     names, out, unsettled = list(steps), set(), set()
@@ -188,9 +188,10 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
 
     others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
     over_budget = clock() - started > budget or time.perf_counter() - wall_started > wall_budget
-    if (over_budget or not unsettled) and _clear(others, 1):
-        # A fourfold gap after the warm-ups decides without a round (bf16 at 0.04x fp32 took 15 s a step here),
-        # unless a warm-up was cut short within budget: its cold step is no measure yet.
+    if over_budget or (not unsettled and _clear(others, 1)):
+        # Past the budget the warm-ups decide (a model whose every slice is slow: resnet18 at 16 images),
+        # as does a fourfold gap after settled warm-ups (bf16 at 0.04x fp32 took 15 s a step here); a
+        # warm-up cut short within the budget is no measure yet, so rounds follow.
         return best()
     repeat = 1
     for rounds in range(1, MAX_ROUNDS + 1):
