@@ -124,19 +124,6 @@ def test_fastnet_widths_option():
         create_model("fastnet", widths=[100_000, 2, 2])
 
 
-def test_convnet_stride2_stem_runs_its_first_two_convolutions_at_half_resolution():
-    full = create_model("convnet", num_classes=10, in_channels=1, width=8)
-    strided = create_model("convnet", num_classes=10, in_channels=1, width=8, stem="stride2")
-    x = images(1, 28)
-    assert full.features[0](x).shape == (2, 8, 28, 28) and strided.features[0](x).shape == (2, 8, 14, 14)
-    # every later stage sees the same sizes, with the same weights' shapes
-    assert full.features[:3](x).shape == strided.features[:3](x).shape == (2, 16, 14, 14)
-    assert [p.shape for p in full.parameters()] == [p.shape for p in strided.parameters()]
-    assert strided(x).shape == (2, 10)
-    with pytest.raises(UserError, match="model.options.stem must be one of full, stride2, got 'pool'"):
-        create_model("convnet", stem="pool")
-
-
 @pytest.mark.parametrize("name", list_models())
 def test_unknown_option_names_it(name):
     with pytest.raises(UserError, match="depht"):

@@ -12,11 +12,9 @@ from cifarlab.errors import UserError
 from cifarlab.models.norm import check_factory_args, norm_layer
 from cifarlab.models.registry import register_model
 
-STEMS = ("full", "stride2")
 
-
-def _block(in_channels: int, out_channels: int, norm: str, pool: bool, stride: int = 1) -> nn.Sequential:
-    layers = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)]
+def _block(in_channels: int, out_channels: int, norm: str, pool: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers, norm_layer(norm, out_channels), nn.ReLU(inplace=True))
@@ -32,19 +30,14 @@ class Residual(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """prep(w) -> [2w pool + residual] -> [4w pool] -> [8w pool + residual] -> global max pool -> linear.
+    """prep(w) -> [2w pool + residual] -> [4w pool] -> [8w pool + residual] -> global max pool -> linear."""
 
-    `stem="stride2"`: the prep conv strides 2 and the first stage does not pool, so both first convolutions
-    run at half the resolution (a quarter of their FLOPs) and every later stage sees the same size as with
-    the full stem."""
-
-    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, width: int,
-                 stem: str = "full"):
+    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, width: int):
         super().__init__()
-        w, strided = width, stem == "stride2"
+        w = width
         self.features = nn.Sequential(
-            _block(in_channels, w, norm, False, stride=2 if strided else 1),
-            _block(w, 2 * w, norm, not strided), Residual(2 * w, norm),
+            _block(in_channels, w, norm, False),
+            _block(w, 2 * w, norm, True), Residual(2 * w, norm),
             _block(2 * w, 4 * w, norm, True),
             _block(4 * w, 8 * w, norm, True), Residual(8 * w, norm),
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),
@@ -58,12 +51,9 @@ class ConvNet(nn.Module):
 
 @register_model("convnet", classifier="classifier")
 def convnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
-            width: int = 16, stem: str = "full", **options) -> nn.Module:
-    """Options: `width` (channels of the first layer; the last has 8x that), default 16; `stem`: full
-    (default) or stride2 (the first two convolutions at half resolution)."""
+            width: int = 16, **options) -> nn.Module:
+    """Options: `width` (channels of the first layer; the last has 8x that), default 16."""
     check_factory_args("convnet", norm, dropout, options)
     if not 1 <= width <= 256:
         raise UserError(f"model.options.width must be in 1..256, got {width}")
-    if stem not in STEMS:
-        raise UserError(f"model.options.stem must be one of {', '.join(STEMS)}, got {stem!r}")
-    return ConvNet(num_classes, in_channels, norm, dropout, width, stem)
+    return ConvNet(num_classes, in_channels, norm, dropout, width)
