@@ -96,7 +96,7 @@ def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     real_step = loop.train_step
 
     def train_step(state, inputs, labels):
-        if state.step + 1 == step:
+        if state.progress.step + 1 == step:
             signal.raise_signal(signum)
         real_step(state, inputs, labels)
 

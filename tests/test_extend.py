@@ -100,7 +100,7 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
     real_step = loop.train_step
 
     def stop_at_step_28(state, inputs, labels):
-        if state.step + 1 == 28:
+        if state.progress.step + 1 == 28:
             state.interrupt("SIGINT", 2)
         real_step(state, inputs, labels)
 
@@ -159,8 +159,9 @@ def _start_of(run_args: list[str]) -> dict:
 
     class Capture(Callback):
         def on_fit_start(self, state):
-            seen.update(model={k: v.clone() for k, v in state.model.state_dict().items()},
-                        optimizer_state=dict(state.optimizer.state), step=state.step, lr=state.schedule.lr)
+            seen.update(model={k: v.clone() for k, v in state.objects.model.state_dict().items()},
+                        optimizer_state=dict(state.objects.optimizer.state), step=state.progress.step,
+                        lr=state.objects.schedule.lr)
 
     cifarlab.train("smoke", run_args, callbacks=[Capture()])
     return seen

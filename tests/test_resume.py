@@ -216,9 +216,9 @@ def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monke
     real_step = loop.train_step
 
     def train_step(state, inputs, labels):
-        if state.step + 1 == 11:
+        if state.progress.step + 1 == 11:
             with torch.no_grad():
-                next(state.model.parameters()).fill_(float("inf"))
+                next(state.objects.model.parameters()).fill_(float("inf"))
         real_step(state, inputs, labels)
 
     monkeypatch.setattr(loop, "train_step", train_step)
@@ -298,9 +298,9 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
 
     def log(steps, start):
         writer = TensorBoard(tmp_path / "tb")
-        writer.on_fit_start(SimpleNamespace(step=start))
+        writer.on_fit_start(SimpleNamespace(progress=SimpleNamespace(step=start)))
         for step in steps:
-            writer.on_window(SimpleNamespace(window={"step": step, "train_loss": 1.0 / step}))
+            writer.on_window(SimpleNamespace(process=SimpleNamespace(window={"step": step, "train_loss": 1.0 / step})))
         writer.writer.close()
 
     while event_file_writer._global_uid._value % 10 != 9:  # the next writer is the 9th, 19th, ...: n gains a digit
