@@ -11,21 +11,23 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
 2. The cache (`cache_dir()`): one small JSON file per key (device name and flags, torch version, model and
    options, batch shape, memory format, optimizer, threads). A file that cannot be read or does not match
    its key is ignored and measured again, never an error.
-3. Otherwise `measure`: a throwaway copy of the run's model and optimizer (lr 0, so the weights cannot blow
-   up on random images and no candidate is dropped for a divergence that is not its fault), at the run's
-   batch shape and memory format, on random images, with every RNG put back afterwards. Each candidate
-   (`CANDIDATES`) takes one untimed warm-up step (oneDNN and cuDNN pick their kernels there), then rounds
-   of steps alternate between the candidates, timed in CPU seconds of the process on a CPU (as the MFU
-   probe in throughput.py: a neighbour's load does not flip the answer) and in synchronised wall time on
-   CUDA. It stops once the answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of
-   wall time on a very busy machine (at least one round is timed, so a model whose step takes seconds at
-   its batch spends more: its warm-up and one round, or its warm-up alone where that shows a fourfold gap).
+3. Otherwise `measure_precisions`: a throwaway copy of the run's model and optimizer (lr 0, so the weights
+   cannot blow up on random images and no candidate is dropped for a divergence that is not its fault), at
+   the run's batch shape and memory format, on random images, with every RNG put back afterwards. Where a
+   full step would not fit the budget (`probe_batch`), a slice of the batch is timed instead. Each candidate
+   (`candidates`) is warmed up until its step time settles (`warm_up`: oneDNN and cuDNN pick their kernels
+   on the first steps, and oneDNN's bf16 ones took up to 5 steps here), then rounds of steps alternate
+   between the candidates, timed in CPU seconds of the process on a CPU (as the MFU probe in throughput.py:
+   a neighbour's load does not flip the answer) and in synchronised wall time on CUDA. It stops once the
+   answer is clear (`_clear`), BUDGET_SECONDS are spent, or WALL_CAP_SECONDS of wall time on a very busy
+   machine.
 4. `decide`: the safest candidate unless a less safe one is at least MARGIN faster; a candidate whose
    loss is not finite, or whose step fails, is out. fp16 always trains with a GradScaler.
 
-More knobs (channels_last, torch.compile) fit the same shape: a list of candidates, a way to build the
-step under each, `measure` and `decide`. torch.compile is not measured here: its compile alone (10-60 s on
-a CPU) is longer than the whole budget.
+More knobs fit the same shape: a list of candidates, a way to build the step under each, `time_steps` and
+`decide`. torch.compile is not measured, and stays off: its compile alone (10-600 s on a CPU) is a hundred
+times the budget, and where it was measured (convnet width 8, 1 thread) the compiled step ran at 0.84x eager
+(docs/precision.md).
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so
 BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)
 WALL_CAP_SECONDS = 6.0  # and never more wall time than this after a round (a very busy machine)
 SAMPLE_SECONDS = 0.02  # steps in one timing: enough to last this long (tiny models take ~1 ms a step)
+WARMUP_AGREE, WARMUP_MAX_STEPS = 0.15, 6  # warm until two consecutive steps agree within 15% (at most 6 steps)
+WARMUP_SHARE = 0.6  # of the budget the warm-ups may take, shared equally by the candidates
+STEPS_PER_CANDIDATE = 5  # what a candidate's warm-up and rounds usually take: sizes the probe's batch slice
+FIRST_SLICE = 16  # the smallest slice of the batch the probe times
 MIN_ROUNDS, MAX_ROUNDS = 3, 12
 CACHE_ENV = "CIFARLAB_CACHE"
 CACHE_VERSION = 1
@@ -115,9 +121,11 @@ def measured_reason(seconds_per_step: Mapping[str, Optional[float]], chosen: str
 
 @dataclass
 class Timings:
-    """Seconds per training step of each candidate (None: out) and the wall time the measurement took."""
+    """Seconds per training step of each candidate (None: out), the wall time the measurement took, and the
+    images per timed step (the run's batch, or a slice of it: `probe_batch`)."""
     seconds_per_step: dict[str, Optional[float]]
     wall_seconds: float
+    batch: Optional[int] = None
 
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
@@ -132,32 +140,59 @@ def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = M
     return rounds >= MIN_ROUNDS and all(r < 1.0 or r > margin * 1.1 for r in known)
 
 
+def warm_up(step: Callable[[], torch.Tensor], clock: Callable[[], float], deadline: float,
+            max_steps: int = WARMUP_MAX_STEPS, agree: float = WARMUP_AGREE) -> Optional[list[float]]:
+    """Steps until two consecutive ones agree within `agree` (the step time has settled), `max_steps` were
+    taken, or `clock()` passed `deadline`; returns their times, or None where the candidate is out (its loss
+    was not finite or its step failed). Why adaptive: oneDNN creates and caches its primitives on the first
+    steps of a shape, and its bf16 (AMX) kernels took 2-4 steps to settle here where fp32 took 2-3
+    (bench/probe_warmup.py); one fixed warm-up step once made bf16 look 0.54x fp32 on a machine where whole
+    runs were 1.63x faster."""
+    times: list[float] = []
+    while True:
+        begin = clock()
+        if not _finite(_step(step)):
+            return None
+        times.append(clock() - begin)
+        if _settled(times, agree) or len(times) >= max_steps or clock() > deadline:
+            return times
+
+
+def _settled(times: Sequence[float], agree: float = WARMUP_AGREE) -> bool:
+    return len(times) >= 2 and max(times[-2:]) <= (1 + agree) * min(times[-2:])
+
+
 def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
                budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS) -> dict[str, Optional[float]]:
     """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
-    safest first: one untimed warm-up each, then alternating rounds until the answer is clear or `budget`
-    (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are spent; at least one round is
-    timed. `clock()` must include waiting for the device."""
+    safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`), then alternating rounds until
+    the answer is clear or `budget` (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are
+    spent. The warm-up's last steps count as timings, and decide alone once the budget is spent. `clock()` must include
+    waiting for the device."""
     started, wall_started = clock(), time.perf_counter()
-    names, out, warm_up = list(steps), set(), {}
-    for name in names:  # warm-up: kernels are chosen (and oneDNN's primitives cached) on the first step
-        begin = clock()
-        if not _finite(_step(steps[name])):
-            out.add(name)
-        warm_up[name] = None if name in out else clock() - begin
-    if clock() - started > budget or time.perf_counter() - wall_started > wall_budget:
-        # Already over budget (steps of seconds): a fourfold gap between the warm-ups decides without a
-        # round, which would cost the slow candidate's step again (bf16 at 0.04x fp32 took 15 s here).
-        others = {name: r for name, r in speedups(warm_up, names[0]).items() if name != names[0]}
-        if all(r is None or r <= 0.25 or r >= 4.0 for r in others.values()):
-            return warm_up
+    names, out, unsettled = list(steps), set(), set()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    for index, name in enumerate(names):
+        deadline = started + budget * WARMUP_SHARE * (index + 1) / len(names)
+        times = warm_up(steps[name], clock, deadline)
+        if times is None:
+            out.add(name)
+        else:
+            samples[name].append(min(times[-2:]))
+            unsettled |= set() if _settled(times) else {name}
 
     def best() -> dict[str, Optional[float]]:
         # The fastest timing of each: a neighbour's load and OpenMP threads spinning while they wait for a
         # descheduled sibling only ever add time (as the matmul peak probe in throughput.py keeps its best).
         return {name: (min(samples[name]) if name not in out and samples[name] else None) for name in names}
 
+    others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
+    over_budget = clock() - started > budget or time.perf_counter() - wall_started > wall_budget
+    if over_budget or (not unsettled and _clear(others, 1)):
+        # Past the budget the warm-ups decide (a model whose every slice is slow: resnet18 at 16 images),
+        # as does a fourfold gap after settled warm-ups (bf16 at 0.04x fp32 took 15 s a step here); a
+        # warm-up cut short within the budget is no measure yet, so rounds follow.
+        return best()
     repeat = 1
     for rounds in range(1, MAX_ROUNDS + 1):
         round_started = clock()
@@ -169,7 +204,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
                 out.add(name)
         timed = [seconds for seconds in best().values() if seconds is not None]
         others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
-        if len(timed) < 2 or _clear(others, rounds):
+        if len(timed) < 2 or _clear(others, rounds + 1):  # the settled warm-up step counts as a round
             break
         if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
             repeat = max(1, min(16, math.ceil(SAMPLE_SECONDS / max(min(timed), 1e-6))))
@@ -177,6 +212,24 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
         if clock() - started + next_round > budget or time.perf_counter() - wall_started > wall_budget:
             break
     return best()
+
+
+def probe_batch(batch: int, step_seconds: Callable[[int], float], target_seconds: float,
+                first_slice: int = FIRST_SLICE) -> int:
+    """The images per probe step: the run's `batch` where a step of it should take at most `target_seconds`,
+    else the largest slice on the ladder first_slice, 4x, 16x, ... that should. `step_seconds(n)` times one step
+    of n images; the next rung is predicted per image from it (a first step at a shape, and a smaller one,
+    only overestimate: a slice can come out smaller than needed, never over budget).
+    Why a slice is sound: bf16/fp32 per image at slices of 16-64 images was within ~10% of the ratio at the
+    run's batch for the built-in models here (bench/probe_warmup.py, docs/precision.md), while a full step of
+    custom_resnet at batch 512 takes 10 s or more on one core."""
+    size = min(batch, first_slice)
+    while size < batch:
+        bigger = min(batch, 4 * size)
+        if step_seconds(size) * bigger / size > target_seconds:
+            return size
+        size = bigger
+    return batch
 
 
 def _step(step: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
@@ -211,8 +264,9 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
                        device: torch.device, channels_last: bool, order: Sequence[str],
                        budget_seconds: float = BUDGET_SECONDS) -> Timings:
     """`time_steps` of a throwaway copy of the run's model and optimizer under each of `order`, at the run's
-    batch shape `shape` (N, C, H, W). Every RNG is put back. On a CPU the budget is in CPU seconds per
-    thread (about wall seconds on an idle machine), so a busy machine stretches the wall time, not the work."""
+    batch shape `shape` (N, C, H, W), or at a slice of the batch (`probe_batch`) where a full step would not
+    fit the budget. Every RNG is put back. On a CPU the budget is in CPU seconds per thread (about wall
+    seconds on an idle machine), so a busy machine stretches the wall time, not the work."""
     started = time.perf_counter()
     N, C, H, W = shape
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
@@ -225,10 +279,20 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         inputs = torch.randn(N, C, H, W, device=device)
         inputs = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
         labels = torch.randint(0, num_classes, (N,), device=device)
-        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs, labels) for name in order}
+        clock = _clock(device)
         budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
-        seconds = time_steps(steps, _clock(device), budget)
-    return Timings(seconds, time.perf_counter() - started)
+        begin = clock()
+
+        def safest_step(n: int) -> float:
+            step_begin = clock()
+            _step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
+            return clock() - step_begin
+
+        n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
+        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
+                 for name in order}
+        seconds = time_steps(steps, clock, budget - (clock() - begin))
+    return Timings(seconds, time.perf_counter() - started, batch=n)
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -332,6 +396,8 @@ def choose_precision(model_cfg, optim_cfg, shape: tuple[int, int, int, int], num
     chosen = decide(timings.seconds_per_step, order)
     where = "this CPU" if device.type != "cuda" else torch.cuda.get_device_name(device)
     detail = f"{timings.wall_seconds:.1f} s"
+    if timings.batch is not None and timings.batch < shape[0]:
+        detail += f", timing {timings.batch} of the batch's {shape[0]} images a step"
     choice = PrecisionChoice(chosen, measured_reason(timings.seconds_per_step, chosen, order, where, detail))
     if any(seconds is not None for seconds in timings.seconds_per_step.values()):
         write_cached(key, choice)
