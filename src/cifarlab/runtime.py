@@ -73,7 +73,7 @@ def unmeasured_precision(device: torch.device) -> str:
     """`auto` where nothing was measured: a checkpoint or a caller with no model to time. A run's own `auto`
     is measured on its model before it trains (trainer/autotune.py), because CPU flags cannot tell: with
     AVX512-BF16 and no AMX, bf16 trained at 0.60-0.78x fp32 on an Intel Xeon and at 1.67-2.09x on an AMD
-    EPYC Zen 4 (issue 25). So: on a CPU fp32 (or what CIFARLAB_CPU_AUTO_PRECISION forces), on CUDA bf16
+    EPYC Zen 4 (docs/precision.md). So: on a CPU fp32 (or what CIFARLAB_CPU_AUTO_PRECISION forces), on CUDA bf16
     where the GPU has bf16 tensor cores (sm80+), else fp16 with a GradScaler."""
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8

@@ -126,7 +126,7 @@ def _upsample(cam: Any, size: tuple[int, int]) -> np.ndarray:
 
 # Captions stay legible where the report shows the figure: two images a row at 1.6 in a panel and 11 pt
 # make the 10-image figure 1333 px wide, shrunk to the report's 1100 px column with 15 px captions (11 px
-# in GitHub's ~830 px one). It was 1.9 in and 8 pt: 1681 px wide, 8.7 px captions (issue 28).
+# in GitHub's ~830 px one). It was 1.9 in and 8 pt: 1681 px wide, 8.7 px captions.
 GRADCAM_PANEL_INCHES = 1.6
 GRADCAM_TITLE_POINTS = 11
 

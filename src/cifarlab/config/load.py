@@ -141,7 +141,7 @@ def validate(raw: dict, recorded: bool = False) -> Config:
 
 # Defaults that changed after runs were recorded: a recorded config (a checkpoint's) written before its
 # key existed had the old default, so loading, evaluating or resuming it does what the run did.
-RECORDED_DEFAULTS = {("data", "val_split"): None}  # "auto" since issue 28: a validation split by default
+RECORDED_DEFAULTS = {("data", "val_split"): None}  # "auto" now: a validation split by default
 
 
 def validate_recorded(raw: dict) -> Config:

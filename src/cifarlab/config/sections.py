@@ -24,8 +24,9 @@ class DataConfig(ConfigSection):
         description=("Train on the first N training images only (quick runs and tests); null: all."))
     test_subset: Optional[int] = Field(default=None, ge=1,
         description=("Evaluate on the first N test images only; null: all."))
-    # "auto" by default: selecting best.pt on the test split makes its test accuracy an optimistic estimate
-    # (issue 28). The course recipes keep their protocol (null) to reproduce its figures, and say so.
+    # "auto" by default: selecting best.pt on the test split makes its test accuracy an optimistic
+    # estimate (docs/data.md, validation split). The course recipes keep their protocol (null) to reproduce
+    # its figures, and say so.
     val_split: Union[int, float, Literal["auto"], None] = Field("auto",
         description=("Validation images taken from train (after train_subset), stratified by class with the run's "
                      "seed: a fraction in (0, 1) or a count; auto: 10% when the data has no val split of its own "

@@ -1,7 +1,7 @@
 """uint8 images -> normalised float model input, the one conversion every path shares.
 
 `Normalize` holds the per-channel constants as tensors on the device, made once: building them from
-Python lists for every batch costs two host->device copies per step on a GPU (shared/gpu/FINDINGS.md).
+Python lists for every batch costs two host->device copies per step on a GPU (measured on an H100: bench/gpu_speed.py).
 The function `normalize` is the same arithmetic for one-off callers (evaluation, predict, reports).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ loss, and suggest a learning rate from the curve (the rules live in lr_suggest.p
 optimizer are put back exactly as they were, so the test can run right before training.
 
 Why our own rather than torch-lr-finder: its steepest-slope suggestion can land past the minimum on noisy
-curves and at the calibration drop of an over-confident model (issue 9), its sweep is not our training
+curves and at the calibration drop of an over-confident model (lr_range/suggest.py), its sweep is not our training
 step (no GradScaler, no clipping), and it pulls in extra dependencies.
 """
 from __future__ import annotations

@@ -8,14 +8,15 @@ for a cyclic schedule (arXiv:1506.01186, arXiv:1708.07120); in bench/lr_auto.py,
 Why not the slope rules. `steepest` (largest negative slope of the smoothed loss against log lr, before
 its minimum) is fooled by a model whose first drop is calibration: the custom ResNet starts at loss 4.95
 with over-confident logits, falls to ~ln(10) at tiny lrs without learning anything, and `steepest` lands
-there, two decades below the lr that trains well (issue 9: 1.57e-5 instead of ~2.5e-3, 91.2% instead of
-94.5%). fastai's `valley` follows the longest decreasing run, which starts in that same calibration drop.
+there, two decades below the lr that trains well (in the custom-ResNet course experiment: 1.57e-5 instead
+of ~2.5e-3, 91.2% instead of 94.5%). fastai's `valley` follows the longest decreasing run, which starts
+in that same calibration drop.
 Both also read the causal EMA the sweep keeps for its divergence check, and an EMA of weight `smooth`
 lags by ~(1 - smooth) / smooth points: 19 points at smooth = 0.05, 1.3 decades of a 100-step sweep over
 1e-6..10, so its minimum and slopes sit right of the loss they summarise. The minimum of the centred
 curve does not depend on where the descent started, nor on the slope's noise.
 
-Issue 9's figures fit this, if its loss minimum (~1e-2, custom ResNet, 200 steps over 1e-6..10, i.e. 28.6
+That experiment's figures fit this, if its loss minimum (~1e-2, custom ResNet, 200 steps over 1e-6..10, i.e. 28.6
 steps per decade and an EMA lag of ~0.66 decade) was read off the EMA curve: shifted back by the lag it
 is ~2.2e-3, next to the 2.54e-3 found by hand (94.52%). bench/lr_auto.py compares the rules against an
 lr grid on real data.

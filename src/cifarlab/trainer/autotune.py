@@ -2,7 +2,7 @@
 
 Why measure: CPU flags gave opposite answers for the same question. With AVX512-BF16 and no AMX, bf16
 autocast trained every built-in model at 0.60-0.78x the fp32 rate on an Intel Xeon and at 1.67-2.09x on an
-AMD EPYC Zen 4 (issue 25); which kernels oneDNN (or cuDNN) has for a model's layer shapes, and how much of a
+AMD EPYC Zen 4 (docs/precision.md); which kernels oneDNN (or cuDNN) has for a model's layer shapes, and how much of a
 small model's step is not arithmetic at all, decide it, and neither is written in a flag.
 
 How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU, which has no fp16 path):

@@ -2,7 +2,7 @@
 
 `torch.optim.swa_utils.AveragedModel` tests `bool(n_averaged == 0)` and `n_averaged > 0` on a device
 tensor every update: two host waits per step on a GPU, which doubled `fast`'s step time on an H100
-(shared/gpu/FINDINGS.md). This class computes the same average — the first update copies the weights,
+(bench/gpu_speed.py). This class computes the same average — the first update copies the weights,
 every later one is `torch._foreach_lerp_(ema, model, 1 - decay)`, float buffers (BatchNorm statistics)
 averaged like the parameters as with `use_buffers=True` — but decides "first update?" from a Python
 counter mirrored from `n_averaged`, so nothing is read back from the device.

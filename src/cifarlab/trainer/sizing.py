@@ -3,7 +3,7 @@
 The `folder` recipe leaves these three to the data because a recipe sized for 60,000 images does not
 learn from 1,000: at batch 256, 1,000 images make 4 optimizer steps an epoch, and fmnist-quick's 6 epochs
 (24 steps in all) ended at chance (10.33%) on 100 Fashion-MNIST images per class, where batch 32 for
-10 epochs reached 82.33% (issue 18). The rules aim at a few hundred optimizer steps however few images
+10 epochs reached 82.33%. The rules aim at a few hundred optimizer steps however few images
 there are, while a large folder keeps a large batch and a handful of epochs.
 """
 from __future__ import annotations
