@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.trainer.callbacks import Callback
+from cifarlab.trainer.state import TrainState
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MEMORY_LIMIT = 4 << 30  # for CLI runs that, were their fix lost, would read until memory runs out
@@ -89,15 +92,41 @@ def assert_refused(argv: list[str], words: list[str], watched: dict[str, Path], 
     assert {name: tree_hashes(path) for name, path in watched.items()} == before  # nothing written or changed
 
 
-def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
-    """A real signal to this process while the loop runs step `step` (1-based), as Ctrl-C or a scheduler sends it."""
-    from cifarlab.trainer import loop
+class AtStep(Callback):
+    """A test's fault at a chosen step, through the public callback surface
+    (`cifarlab.train(..., callbacks=[AtStep(11, action)])`, `cifarlab.resume`, `cluster.train_or_continue`):
+    `action(state)` runs once, in `on_step_end` of step `step` (1-based, counted over the whole run), after
+    cifarlab's own callbacks and before the loop looks at `state.stop_now`. No loop internals are patched."""
 
-    real_step = loop.train_step
+    def __init__(self, step: int, action: Callable[[TrainState], None]):
+        self.step, self.action, self.done = step, action, False
 
-    def train_step(state, inputs, labels):
-        if state.step + 1 == step:
-            signal.raise_signal(signum)
-        real_step(state, inputs, labels)
+    def on_step_end(self, state):
+        if state.step == self.step and not self.done:
+            self.done = True
+            self.action(state)
 
-    monkeypatch.setattr(loop, "train_step", train_step)
+
+def signal_at_step(step: int, signum: int = signal.SIGINT) -> AtStep:
+    """A real signal to this process as step `step` ends, as Ctrl-C or a scheduler sends it: cifarlab's handler
+    marks the run interrupted, the loop stops after that step and last.pt holds step `step`."""
+    return AtStep(step, lambda state: signal.raise_signal(signum))
+
+
+def train_cli_exit(recipe: str, overrides: list[str], callbacks=(), run_dir=None) -> int:
+    """`cifarlab train RECIPE OVERRIDES [--run-dir RUN_DIR]` with test `callbacks` added: the same library call
+    the command makes (`experiment.train`, or `cluster.train_or_continue` for a named run) and the command's exit
+    code for its outcome (`cli.run_exit_code`), as the CLI itself cannot take callbacks."""
+    from cifarlab.cli import run_exit_code
+
+    threads = torch.get_num_threads()
+    try:
+        if run_dir is None:
+            from cifarlab.experiment import train
+
+            return run_exit_code(train(recipe, overrides, callbacks=callbacks))
+        from cifarlab.cluster import train_or_continue
+
+        return run_exit_code(train_or_continue(recipe, overrides, run_dir=run_dir, callbacks=callbacks))
+    finally:
+        torch.set_num_threads(threads)

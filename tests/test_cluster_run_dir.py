@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from _runs import FAST, signal_at_step, tree_hashes
+from _runs import FAST, signal_at_step, train_cli_exit, tree_hashes
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 
@@ -23,12 +23,11 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow  # three short training runs in process
-def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp_path, monkeypatch, capsys,
-                                                                            uninterrupted):
+def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp_path, capsys, uninterrupted):
     run_dir = tmp_path / "job-42"
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 11, signal.SIGUSR1)
-        assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 128 + signal.SIGUSR1 == 138
+    recipe, *overrides = RUN
+    stop = signal_at_step(11, signal.SIGUSR1)
+    assert train_cli_exit(recipe, overrides, [stop], run_dir=run_dir) == 128 + signal.SIGUSR1 == 138
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (stopped["status"], stopped["step"]) == ("interrupted", 11)
     assert "SIGUSR1 received" in capsys.readouterr().err

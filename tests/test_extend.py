@@ -11,11 +11,11 @@ import torch
 import yaml
 
 import cifarlab
+from _runs import signal_at_step
 from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.trainer import loop
 from cifarlab.trainer.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
@@ -92,22 +92,13 @@ def test_a_step_schedule_extended_equals_a_run_planned_that_long(tmp_path):
         assert torch.equal(got["model"][key], value), key
 
 
-def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extension_resumes(tmp_path, monkeypatch):
+def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extension_resumes(tmp_path):
     run_dir = _train(tmp_path, "schedule.name=cosine", "schedule.min_lr=0.002")
     assert float(_rows(run_dir)[-1]["lr"]) < 0.05 / 2
 
     # Stop the extension in its second added epoch, then resume it without --epochs: the total is recorded.
-    real_step = loop.train_step
-
-    def stop_at_step_28(state, inputs, labels):
-        if state.step + 1 == 28:
-            state.interrupt("SIGINT", 2)
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", stop_at_step_28)
-    stopped = cifarlab.resume(run_dir, epochs=4)
+    stopped = cifarlab.resume(run_dir, epochs=4, callbacks=[signal_at_step(28)])
     assert stopped.summary["status"] == stopped.status == "interrupted"
-    monkeypatch.setattr(loop, "train_step", real_step)
     run = cifarlab.resume(run_dir)
     assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 4
 

@@ -21,10 +21,9 @@ import pytest
 import torch
 from test_user_models import user_module  # noqa: F401  (a fixture)
 
-from _runs import signal_at_step
+from _runs import AtStep, signal_at_step, train_cli_exit
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.trainer import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
@@ -109,12 +108,11 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema"), (14, "lookahead")],
                          ids=["between-epochs", "mid-epoch", "mid-epoch-ema", "mid-epoch-lookahead"])
-def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, reference, stop_step, variant):
+def test_signal_then_resume_equals_uninterrupted(tmp_path, capsys, reference, stop_step, variant):
     extra = {"plain": (), "ema": ("train.ema=0.9",),
              "lookahead": ("train.lookahead={every: 3, start_epoch: 1, power: 1}",)}[variant]
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, stop_step)
-        assert main(["train", *_args(tmp_path, "train.epochs=3", *extra)]) == 130
+    recipe, *overrides = _args(tmp_path, "train.epochs=3", *extra)
+    assert train_cli_exit(recipe, overrides, [signal_at_step(stop_step)]) == 130
     run_dir = _only_run(tmp_path)
     err = capsys.readouterr().err
     assert f"Resume with: cifarlab resume {run_dir}" in err and "SIGINT" in err
@@ -185,12 +183,11 @@ def test_sigterm_to_a_real_process_saves_hints_and_resumes_exactly(tmp_path, ref
     _assert_same_run(run_dir, reference["plain"])
 
 
-def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path, reference, monkeypatch, capsys):
+def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path, reference, capsys):
     """Stop at step 20, corrupt last.pt: resume warns, takes last.prev.pt (step 18), drops the metrics.csv
     row and TensorBoard events of step 20, and still ends identical to the uninterrupted run."""
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 20)
-        assert main(["train", *_args(tmp_path, "train.epochs=3", "output.tensorboard=true")]) == 130
+    recipe, *overrides = _args(tmp_path, "train.epochs=3", "output.tensorboard=true")
+    assert train_cli_exit(recipe, overrides, [signal_at_step(20)]) == 130
     run_dir = _only_run(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     data = bytearray(last.read_bytes())
@@ -211,18 +208,14 @@ def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path,
     assert steps["epoch/test_acc"] == steps["epoch/epoch"] == [8, 16, 24]
 
 
-def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monkeypatch, capsys):
+def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, capsys):
     """Weights blow up at step 11 (after the step-9 save): last.pt stays the step-9 state, marked in summary.json."""
-    real_step = loop.train_step
+    def blow_up(state):  # as step 10 ends: step 11 trains on infinite weights
+        with torch.no_grad():
+            next(state.objects.model.parameters()).fill_(float("inf"))
 
-    def train_step(state, inputs, labels):
-        if state.step + 1 == 11:
-            with torch.no_grad():
-                next(state.model.parameters()).fill_(float("inf"))
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", train_step)
-    assert main(["train", *_args(tmp_path, "train.epochs=3")]) == 3
+    recipe, *overrides = _args(tmp_path, "train.epochs=3")
+    assert train_cli_exit(recipe, overrides, [AtStep(10, blow_up)]) == 3
     run_dir = _only_run(tmp_path)
     err = capsys.readouterr().err
     assert "training diverged: non-finite loss at step 11 with lr" in err and "cifarlab lr-find smoke" in err
@@ -325,7 +318,7 @@ def _forget(module: str, model: str) -> None:
     sys.modules.pop(module, None)
 
 
-def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monkeypatch, capsys, request):
+def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, capsys, request):
     """`train` imported the recipe's model.module; training the run on imports it again (a killed sweep's
     trial is resumed so), with `train`'s checks: a module that is gone is one line and nothing changes."""
     from test_user_models import MODULE
@@ -333,10 +326,9 @@ def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monk
     from _runs import tree_hashes
 
     user_folder = request.getfixturevalue("user_module")  # the module's folder, on sys.path
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 5)
-        assert main(["train", *_args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}",
-                                     "model.options={hidden: 8}", "train.epochs=2")]) == 130
+    recipe, *overrides = _args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}", "model.options={hidden: 8}",
+                               "train.epochs=2")
+    assert train_cli_exit(recipe, overrides, [signal_at_step(5)]) == 130
     run_dir = _only_run(tmp_path)
     capsys.readouterr()
     _forget(MODULE, "tiny_mlp")
