@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from _compare import assert_same_checkpoint
 
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import read_metrics
@@ -73,8 +73,7 @@ def assert_same_run(run: Path, reference: Path, ddp_interrupted_epoch: int | Non
     (only) are within a tolerance; weights, schedule and the evaluation are exact."""
     ours, theirs = (load_checkpoint(path / "checkpoints" / "last.pt") for path in (run, reference))
     assert (ours["epoch"], ours["step"], ours["status"]) == (theirs["epoch"], theirs["step"], "completed")
-    for name, tensor in theirs["model"].items():
-        assert torch.equal(ours["model"][name], tensor), f"weight {name} differs from the uninterrupted run"
+    assert_same_checkpoint(ours, theirs, ["model"], where="last.pt of the uninterrupted run")
     rows = [[{key: value for key, value in row.items() if "second" not in key and key != "mfu"}
              for row in read_metrics(path) if row["kind"] == "epoch"] for path in (run, reference)]
     assert len(rows[0]) == len(rows[1]) == ours["epoch"]

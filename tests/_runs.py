@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,20 +23,63 @@ MEMORY_LIMIT = 4 << 30  # for CLI runs that, were their fix lost, would read unt
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
 
-def finished_and_open_runs(root: Path) -> dict[str, Path]:
-    """{"done": a finished 1-epoch smoke run, "open": a 2-epoch one put back to its step-15 checkpoint
-    (epoch 1, batch 7: resumable)} under `root`."""
-    threads = torch.get_num_threads()
+class SharedRuns:
+    """Runs the suite trains once per test session and tests only copy: the `shared_runs` fixture
+    (tests/conftest.py). Each is built by the first test that asks, under a file lock in the session's
+    temporary folder that every pytest-xdist worker sees (pytest-xdist's recipe for "session-scoped fixtures
+    that execute only once"), so two workers never train the same run. A test never gets the built folder
+    itself, only its own copy (`copy`), which it may change, resume or tamper with as it likes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def built(self, name: str, build: Callable[[Path], None]) -> Path:
+        """The folder `build(folder)` filled, built now unless a test (in any worker) built it before."""
+        from filelock import FileLock
+
+        folder = self.root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f"{name}.lock")):
+            if not (folder / ".built").exists():
+                if folder.exists():  # a build that failed half-way in another test
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+                try:
+                    build(folder)
+                finally:  # a run's train.threads and deterministic=true are process-wide
+                    torch.set_num_threads(threads)
+                    torch.use_deterministic_algorithms(deterministic)
+                (folder / ".built").touch()
+        return folder
+
+    def copy(self, name: str, build: Callable[[Path], None], dest: Path) -> Path:
+        """A copy of the built folder `name` at `dest` (a new or empty folder)."""
+        shutil.copytree(self.built(name, build), dest, ignore=shutil.ignore_patterns(".built"), dirs_exist_ok=True)
+        return dest
+
+
+def only_run(output_dir: Path, recipe: str = "smoke") -> Path:
+    """The one run directory a run with `output.dir=output_dir` made."""
+    (run_dir,) = [path for path in (output_dir / recipe).iterdir() if path.is_dir()]
+    return run_dir
+
+
+def _train_finished_and_open(root: Path) -> None:
     assert main(["train", "smoke", f"output.dir={root / 'done'}", "train.epochs=1", "schedule.peak_epoch=0.5",
                  *FAST]) == 0
     assert main(["train", "smoke", f"output.dir={root / 'open'}", "checkpoint.every_steps=3", *FAST]) == 0
-    done = next((root / "done" / "smoke").iterdir())
-    stopped = next((root / "open" / "smoke").iterdir())
+    stopped = only_run(root / "open")
     os.replace(stopped / "checkpoints" / "last.prev.pt", stopped / "checkpoints" / "last.pt")
     payload = load_checkpoint(stopped / "checkpoints" / "last.pt")
     assert (payload["step"], payload["epoch"], payload["batch_in_epoch"]) == (15, 1, 7)
-    torch.set_num_threads(threads)
-    return {"done": done, "open": stopped}
+
+
+def finished_and_open_runs(root: Path, shared: SharedRuns) -> dict[str, Path]:
+    """{"done": a finished 1-epoch smoke run, "open": a 2-epoch one put back to its step-15 checkpoint
+    (epoch 1, batch 7: resumable)}: this test's own copies, under `root`, of runs trained once per session."""
+    shared.copy("finished-and-open", _train_finished_and_open, root)
+    return {"done": only_run(root / "done"), "open": only_run(root / "open")}
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -46,8 +90,6 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 
 def tampered_copy(run_dir: Path, dest: Path, change) -> Path:
     """A copy of `run_dir` whose checkpoints were re-saved, with a valid trailer, after `change(payload)`."""
-    import shutil
-
     shutil.copytree(run_dir, dest)
     for name in ("last.pt", "best.pt"):
         path = dest / "checkpoints" / name

@@ -36,3 +36,15 @@ def restore_torch_globals():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory):
+    """Runs trained once per test session for every test that starts from them (tests/_runs.py SharedRuns):
+    under the folder above the xdist workers' own, so all workers share them; a test gets its own copy."""
+    from _runs import SharedRuns
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is <session folder>/popen-gwN
+        base = base.parent
+    return SharedRuns(base / "shared-runs")

@@ -4,7 +4,7 @@ killed before its first checkpoint starts again; a finished run is not trained t
 import signal
 
 import pytest
-import torch
+from _compare import assert_same_checkpoint
 
 from _runs import FAST, signal_at_step, train_cli_exit, tree_hashes
 from cifarlab.cli import main
@@ -35,8 +35,7 @@ def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp
     assert "resuming" in capsys.readouterr().err
     finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert finished["step"] == uninterrupted["step"] == 16
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(finished["model"][name], tensor), name
+    assert_same_checkpoint(finished, uninterrupted, ["model"])
 
     before = tree_hashes(run_dir)
     assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 0
@@ -53,9 +52,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     (run_dir / "metrics.csv").write_text("kind,epoch,step\n")
     assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 0
     assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().err
-    finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(finished["model"][name], tensor), name
+    assert_same_checkpoint(run_dir / "checkpoints" / "last.pt", uninterrupted, ["model"])
 
 
 def test_a_file_or_a_run_with_another_config_is_refused_in_one_line(tmp_path, capsys):

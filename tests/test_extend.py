@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _compare import assert_same_checkpoint
 
 import cifarlab
 from _runs import signal_at_step
@@ -87,9 +88,7 @@ def test_a_step_schedule_extended_equals_a_run_planned_that_long(tmp_path):
     assert _rows(extended) == _rows(reference)
     assert _rows(extended, "step") == _rows(reference, "step")
     assert [float(row["lr"]) for row in _rows(extended)] == pytest.approx([0.05, 0.025, 0.0125])
-    got, want = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (extended, reference))
-    for key, value in want["model"].items():
-        assert torch.equal(got["model"][key], value), key
+    assert_same_checkpoint(extended / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt", ["model"])
 
 
 def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extension_resumes(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _compare import TIMING, assert_same_checkpoint, assert_same_state
 from test_user_models import user_module  # noqa: F401  (a fixture)
 
 from _runs import AtStep, signal_at_step, train_cli_exit
@@ -26,8 +26,6 @@ from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
-          "mfu", "peak_flops"}  # MFU's peak on a CPU is a matmul probe: timed too
 # 8 steps per epoch (512 images, batch 64); a window row every 4 steps; last.pt every 3 steps and per epoch.
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=lines", "checkpoint.every_steps=3"]
@@ -57,37 +55,13 @@ def _summary(run_dir: Path) -> dict:
     return {k: v for k, v in summary.items() if k not in TIMING}
 
 
-def _assert_same_tree(a, b, where: str = "") -> None:
-    """Exact equality of nested checkpoint content; timing keys skipped."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), where
-    elif isinstance(a, dict):
-        keys = set(a) - TIMING
-        assert keys == set(b) - TIMING, where
-        for key in keys:
-            _assert_same_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
-        assert a == b or both_nan, f"{where}: {a!r} != {b!r}"
-
-
 def _assert_same_run(resumed: Path, reference: Path) -> None:
     assert _metrics(resumed) == _metrics(reference)
     assert _summary(resumed) == _summary(reference)
     for name in ("last.pt", "best.pt"):
         got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
-        for key in ("model", "optimizer", "schedule", "lr_used", "ema", "lookahead", "epoch", "step", "batch_in_epoch",
-                    "history", "rng", "epoch_meter", "window_meter", "status", "config"):
-            if key != "config":
-                _assert_same_tree(got[key], want[key], f"{name}:{key}")
-        assert {k: v for k, v in got["config"].items() if k != "output"} == \
-            {k: v for k, v in want["config"].items() if k != "output"}
+        assert_same_checkpoint(got, want, where=name)
+        assert_same_state(got["config"], want["config"], f"{name}:config", skip={"output"})
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +318,7 @@ def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, caps
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
-def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch, capsys):
+def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch, capsys, shared_runs):
     """A run whose model is built in but whose config names a module (an edited or foreign run) resumes
     without importing it: a run directory is never a reason to run code its model does not need."""
     from _runs import finished_and_open_runs, tampered_copy
@@ -353,7 +327,7 @@ def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch,
     planted.mkdir()
     (planted / "cifarlab_planted_module.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(planted))
-    done = finished_and_open_runs(tmp_path / "runs")["done"]
+    done = finished_and_open_runs(tmp_path / "runs", shared_runs)["done"]
     run = tampered_copy(done, tmp_path / "r", lambda p: p["config"]["model"].update(module="cifarlab_planted_module"))
     assert main(["resume", str(run), "--epochs", "2"]) == 0
     assert not (tmp_path / "ran").exists() and "cifarlab_planted_module" not in sys.modules
