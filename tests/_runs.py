@@ -82,6 +82,24 @@ def finished_and_open_runs(root: Path, shared: SharedRuns) -> dict[str, Path]:
     return {"done": only_run(root / "done"), "open": only_run(root / "open")}
 
 
+def _train_flip(root: Path) -> None:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["train", "smoke", f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5",
+                     "train.tta=flip", *FAST, "output.progress=lines"]) == 0
+    (root / "train.err").write_text(err.getvalue())
+
+
+def flip_run(root: Path, shared: SharedRuns) -> tuple[Path, str]:
+    """(run directory, what `train` printed on stderr) of a finished 1-epoch smoke run evaluated with flip TTA,
+    progress as lines: this test's own copy, under `root`, of the run trained once per session."""
+    shared.copy("flip", _train_flip, root)
+    return only_run(root), (root / "train.err").read_text()
+
+
 def tree_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every regular file under `folder` (symbolic links are not followed)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
