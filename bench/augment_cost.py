@@ -102,13 +102,13 @@ def step_cost(accumulate: int, images: int, steps: int, device: torch.device, ru
                                 f"train.device={device.type}", "output.report=false", "output.tensorboard=false",
                                 "output.progress=none", "augment.crop=null", "augment.flip=null"])
     state = build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), run_dir)
-    state.train_model.train()
-    batches = list(state.train_loader.batches(0))
+    state.objects.train_model.train()
+    batches = list(state.objects.train_loader.batches(0))
 
     def work():
         for inputs, labels in batches:
             train_step(state, inputs, labels)
-        state.metrics.flush()
+        state.objects.metrics.flush()
 
     work()  # lazy optimizer state
     return per_step(work, len(batches), device.type == "cuda")

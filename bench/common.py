@@ -57,7 +57,8 @@ def timed(work: Callable[[], int]) -> float:
 def bare_epoch(state, batches) -> int:
     """The minimum, as anyone would write it: forward, loss, backward, step over `batches` (no schedule,
     metrics, EMA, callbacks or syncs); returns the images it trained on."""
-    model, optimizer, loss_fn, precision = state.train_model, state.optimizer, state.loss_fn, state.runtime.precision
+    objects, precision = state.objects, state.runtime.precision
+    model, optimizer, loss_fn = objects.train_model, objects.optimizer, objects.loss_fn
     model.train()
     images = 0
     for inputs, labels in batches:

@@ -77,22 +77,22 @@ def make_state(case: Case, steps: int, run_dir: Path):
         *case.overrides])
     runtime = make_runtime(cfg.train, cfg.seed)
     state = build_state(cfg, runtime, load_data(cfg.data), run_dir)
-    SCHEDULE_AT_START[id(state)] = state.schedule.state_dict()
+    SCHEDULE_AT_START[id(state)] = state.objects.schedule.state_dict()
     return state, default_callbacks(cfg, run_dir, is_main=True)
 
 
 def restart(state) -> None:
     """Back to the start of the one-epoch run (OneCycleLR refuses to step past its last step)."""
-    state.epoch, state.step, state.batch_in_epoch, state.stop = 0, 0, 0, None
-    state.history.clear()
-    state.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
+    state.progress.epoch, state.progress.step, state.progress.batch_in_epoch, state.stop = 0, 0, 0, None
+    state.progress.history.clear()
+    state.objects.schedule.load_state_dict(SCHEDULE_AT_START[id(state)])
 
 
 def fit_epoch(state, callbacks) -> int:
     """One epoch of `fit`, evaluation and checkpoint included."""
     restart(state)
     fit(state, callbacks)
-    return state.steps_per_epoch * state.train_loader.batch_size
+    return state.steps_per_epoch * state.objects.train_loader.batch_size
 
 
 def steps_of_fit(state, callbacks) -> None:
@@ -139,8 +139,8 @@ def per_step(work, steps: int, cuda: bool) -> dict[str, float]:
 def run_case(case: Case, steps: int, repeats: int, cuda: bool) -> dict:
     with TemporaryDirectory() as tmp:
         state, callbacks = make_state(case, steps, Path(tmp))
-        batches = list(state.train_loader.batches(0))  # the bare loop's data: made once, on the device
-        loader = state.train_loader
+        batches = list(state.objects.train_loader.batches(0))  # the bare loop's data: made once, on the device
+        loader = state.objects.train_loader
         indices = loader.permutation(1)[:loader.batch_size]
         fit_epoch(state, callbacks)  # warm-up: lazy optimizer state, cuDNN autotuning, allocator
         bare_epoch(state, batches)

@@ -22,16 +22,16 @@ from cifarlab.trainer.loop import fit, train_epoch
 
 def cifarlab_fit(state, callbacks) -> int:
     """One epoch of `fit`, evaluation and checkpoint included."""
-    state.epoch, state.batch_in_epoch, state.stop = 0, 0, None
-    state.history.clear()
+    state.progress.epoch, state.progress.batch_in_epoch, state.stop = 0, 0, None
+    state.progress.history.clear()
     fit(state, callbacks)
-    return state.steps_per_epoch * state.train_loader.batch_size
+    return state.steps_per_epoch * state.objects.train_loader.batch_size
 
 
 def cifarlab_epoch(state, callbacks) -> int:
-    state.batch_in_epoch = 0
+    state.progress.batch_in_epoch = 0
     train_epoch(state, callbacks)
-    return state.steps_per_epoch * state.train_loader.batch_size
+    return state.steps_per_epoch * state.objects.train_loader.batch_size
 
 
 def main(argv=None) -> dict:
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
         state = build_state(cfg, runtime, dataset, Path(tmp))
         callbacks = default_callbacks(cfg, Path(tmp), is_main=True)
         def bare():
-            return timed(lambda: bare_epoch(state, state.train_loader.batches(0)))
+            return timed(lambda: bare_epoch(state, state.objects.train_loader.batches(0)))
 
         bare()  # warm-up
         for name, run in (("train_epoch", cifarlab_epoch), ("fit", cifarlab_fit)):

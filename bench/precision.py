@@ -71,7 +71,7 @@ def measure(model: str, args) -> tuple[list[float], list[float]]:
         def rate(precision: str):
             state = states[precision]
             clock = timed if torch.cuda.is_available() else cpu_timed
-            return lambda: clock(lambda: bare_epoch(state, state.train_loader.batches(0)))
+            return lambda: clock(lambda: bare_epoch(state, state.objects.train_loader.batches(0)))
 
         for precision in PRECISIONS:
             rate(precision)()  # warm-up: oneDNN picks and caches its kernels on the first steps

@@ -69,12 +69,12 @@ def reference_epoch(model, optimizer, loader, warmup_steps: int) -> float:
 
 def make_reference(state, workers: int, warmup_steps: int):
     """A fresh copy of the model (plain NCHW, as the references) and a persistent-worker DataLoader."""
-    split = state.train_loader
+    split = state.objects.train_loader
     images_hwc = split.images.cpu().permute(0, 2, 3, 1).numpy().copy()
     dataset = AlbumentationsDataset(images_hwc, split.labels.cpu().numpy())
     loader = torch.utils.data.DataLoader(dataset, batch_size=split.batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=workers > 0)
-    model = copy.deepcopy(state.model).to(memory_format=torch.contiguous_format)
+    model = copy.deepcopy(state.objects.model).to(memory_format=torch.contiguous_format)
     cfg = state.cfg.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay)
@@ -101,11 +101,11 @@ def main(argv=None) -> dict:
     with TemporaryDirectory() as tmp:
         state = build_state(cfg, runtime, dataset, Path(tmp))
         callbacks = default_callbacks(cfg, Path(tmp), is_main=False)
-        steps = len(state.train_loader)
+        steps = len(state.objects.train_loader)
 
         def cifarlab_run() -> float:
             # The whole pass is timed, its start included (the reference skips its warm-up steps).
-            state.batch_in_epoch = 0
+            state.progress.batch_in_epoch = 0
             return timed(lambda: train_epoch(state, callbacks) or steps * args.batch_size)
 
         if args.only == "reference":

@@ -114,10 +114,10 @@ def run_reference(recipe: str, seed: int, budget_seconds: float, extra: list[str
     dataset = load_data(cfg.data, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         state = build_state(cfg, runtime, dataset, Path(tmp))  # the model as the recipe builds it (whitening)
-    model = state.model.to(memory_format=torch.contiguous_format)  # plain NCHW, as the references
+    model = state.objects.model.to(memory_format=torch.contiguous_format)  # plain NCHW, as the references
     optimizer = build_optimizer(model, cfg.optim)  # the recipe's parameter groups, lr, momentum, weight decay
     images, seconds = train_reference(model, optimizer, reference_loader(cfg, dataset, workers), cfg, budget_seconds)
-    _, accuracy = evaluate(model, state.test_loader, runtime.precision)
+    _, accuracy = evaluate(model, state.objects.test_loader, runtime.precision)
     return {"final_test_acc": accuracy, "train_seconds": seconds, "train_images_per_second": images / seconds}
 
 

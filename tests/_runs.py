@@ -162,7 +162,7 @@ class AtStep(Callback):
         self.step, self.action, self.done = step, action, False
 
     def on_step_end(self, state):
-        if state.step == self.step and not self.done:
+        if state.progress.step == self.step and not self.done:
             self.done = True
             self.action(state)
 

@@ -38,12 +38,12 @@ def fresh_state(tmp_path: Path, batch_size: int, accumulate: int, extra: list[st
     cfg = load_config("smoke", QUIET + DATA + [f"train.batch_size={batch_size}", f"train.accumulate={accumulate}",
                                                *extra])
     state = build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
-    state.train_model.train()
+    state.objects.train_model.train()
     return state
 
 
 def weights(state) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in state.model.state_dict().items()}
+    return {name: tensor.detach().clone() for name, tensor in state.objects.model.state_dict().items()}
 
 
 MIXUP_SMOOTHING_CLIP = ["augment.mixup={alpha: 1.0}", "optim.label_smoothing=0.1", "optim.grad_clip=1"]
@@ -56,14 +56,14 @@ def test_k_micro_batches_update_the_weights_as_one_batch_of_k_times_b(tmp_path, 
     One step at a time: over several steps the two runs drift apart by more than rounding, because max
     pooling routes the gradient through whichever input is largest and a 1e-7 difference can flip a near tie."""
     one_batch, accumulated = fresh_state(tmp_path, 32, 1, extra), fresh_state(tmp_path, 8, 4, extra)
-    assert accumulated.steps_per_epoch == 3 and accumulated.schedule.planned_steps == 3 * 2  # optimizer steps
+    assert accumulated.steps_per_epoch == 3 and accumulated.objects.schedule.planned_steps == 3 * 2  # optimizer steps
     start = weights(one_batch)
-    for (inputs, labels), (micro_inputs, micro_labels) in zip(one_batch.train_loader.batches(0),
-                                                              accumulated.train_loader.batches(0)):
+    for (inputs, labels), (micro_inputs, micro_labels) in zip(one_batch.objects.train_loader.batches(0),
+                                                              accumulated.objects.train_loader.batches(0)):
         assert torch.equal(inputs, micro_inputs) and torch.equal(labels, micro_labels)  # one step's images
         for state in (one_batch, accumulated):
-            state.model.load_state_dict(start)
-            state.optimizer.state.clear()  # no momentum from the previous step
+            state.objects.model.load_state_dict(start)
+            state.objects.optimizer.state.clear()  # no momentum from the previous step
         loss = train_step(one_batch, inputs, labels)
         micro_loss = train_step(accumulated, inputs, labels)
         assert torch.allclose(micro_loss, loss, rtol=1e-5)

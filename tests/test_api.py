@@ -53,7 +53,7 @@ def test_user_callbacks_see_every_hook_after_cifarlabs_own(tmp_path):
 
         def on_epoch_end(self, state):
             # cifarlab's Checkpointer ran first: this epoch's last.pt is already on disk.
-            self.seen.append((state.epoch, state.history[-1]["test_acc"],
+            self.seen.append((state.progress.epoch, state.progress.history[-1]["test_acc"],
                               (state.run_dir / "checkpoints" / "last.pt").is_file()))
 
         def on_fit_end(self, state):

@@ -17,21 +17,18 @@ QUIET = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "out
 class StopAt(Callback):
     """Asks for an early stop at step `step` (in on_step_end) or after epoch `epoch` (in on_epoch_end)."""
 
-    def __init__(self, step=None, epoch=None, legacy=False):
-        self.step, self.epoch, self.legacy = step, epoch, legacy
+    def __init__(self, step=None, epoch=None):
+        self.step, self.epoch = step, epoch
 
     def _ask(self, state):
-        if self.legacy:
-            state.stop_reason = "early_stop"  # the spelling the 0.1 README documented
-        else:
-            state.request_stop("enough for today")
+        state.request_stop("enough for today")
 
     def on_step_end(self, state):
-        if state.step == self.step:
+        if state.progress.step == self.step:
             self._ask(state)
 
     def on_epoch_end(self, state):
-        if state.epoch == self.epoch:
+        if state.progress.epoch == self.epoch:
             self._ask(state)
 
 
@@ -43,10 +40,9 @@ def _agree(run, epochs: int) -> dict:
     return last
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["request_stop", "stop_reason"])
-def test_an_early_stop_asked_mid_epoch_ends_after_that_epoch(tmp_path, capsys, legacy):
+def test_an_early_stop_asked_mid_epoch_ends_after_that_epoch(tmp_path, capsys):
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "output.progress=lines"],  # the closing line
-                         callbacks=[StopAt(step=10, legacy=legacy)])
+                         callbacks=[StopAt(step=10)])
     last = _agree(run, epochs=2)
     assert last["outcome"]["early_stop"]["epoch"] == 2 and len(run.history) == 2
     assert "stopped early after epoch 2" in capsys.readouterr().err
@@ -64,7 +60,7 @@ def test_an_early_stop_asked_after_the_checkpoint_was_saved_is_saved_as_finished
 
 class Boom(Callback):
     def on_step_end(self, state):
-        if state.step == 3:
+        if state.progress.step == 3:
             raise RuntimeError("boom")
 
 
@@ -73,7 +69,7 @@ class SeesWindows(Callback):
         self.windows = []
 
     def on_window(self, state):
-        self.windows.append((state.step, state.window["step"]))
+        self.windows.append((state.progress.step, state.process.window["step"]))
 
 
 def test_a_raising_callback_leaves_the_signal_handlers_as_they_were(tmp_path):
@@ -91,7 +87,7 @@ def test_on_window_is_called_once_per_logging_window_with_the_new_window(tmp_pat
 
 class InterruptAt(Callback):
     def on_step_end(self, state):
-        if state.step == 10:
+        if state.progress.step == 10:
             state.interrupt("SIGINT", 2)  # what the signal handler does
 
 

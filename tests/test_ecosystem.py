@@ -196,7 +196,8 @@ def test_progress_uses_tqdm_auto_bars_in_a_jupyter_kernel(monkeypatch):
     made = []
     monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kwargs: made.append(kwargs) or types.SimpleNamespace())
     cfg = load_config("smoke")
-    progress.on_epoch_start(types.SimpleNamespace(cfg=cfg, epoch=0, steps_per_epoch=8, batch_in_epoch=0))
+    progress.on_epoch_start(types.SimpleNamespace(cfg=cfg, steps_per_epoch=8,
+                                                  progress=types.SimpleNamespace(epoch=0, batch_in_epoch=0)))
     assert made and made[0]["total"] == 8 and made[0]["desc"] == "Epoch 1/2"
 
 

@@ -37,8 +37,8 @@ def fast_state(tmp_path: Path, make_ema):
         "data.dataset=synthetic", "data.options={num_train: 96, num_test: 16, image_size: 16}",
         "data.mean=null", "data.std=null", "model.options={widths: [8, 16, 16]}", "train.batch_size=16"])
     state = build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
-    state.ema = make_ema(state.model)
-    state.train_model.train()
+    state.objects.ema = make_ema(state.objects.model)
+    state.objects.train_model.train()
     return state
 
 
@@ -50,18 +50,18 @@ def test_matches_averaged_model_over_real_training_steps(tmp_path):
     ours = fast_state(tmp_path / "a", lambda m: EMA(m, DECAY))
     theirs = fast_state(tmp_path / "b", averaged_model)
     for state in (ours, theirs):
-        for inputs, labels in state.train_loader.batches(0):  # 6 steps through the loop's own train_step
+        for inputs, labels in state.objects.train_loader.batches(0):  # 6 steps through the loop's own train_step
             train_step(state, inputs, labels)
-            state.step += 1
-    trained = theirs.model.state_dict()
-    assert_same_state(ours.model.state_dict(), trained, "same training")
-    expected, got = floats(theirs.ema.module), floats(ours.ema.module)
+            state.progress.step += 1
+    trained = theirs.objects.model.state_dict()
+    assert_same_state(ours.objects.model.state_dict(), trained, "same training")
+    expected, got = floats(theirs.objects.ema.module), floats(ours.objects.ema.module)
     assert expected.keys() == got.keys() and len(got) > 10
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-7, msg=key)
     # and the average really moved away from the model (decay 0.9 over 6 steps)
-    assert not torch.equal(got["fc.weight"], ours.model.fc.weight)
-    assert int(ours.ema.n_averaged) == int(theirs.ema.n_averaged) == 6
+    assert not torch.equal(got["fc.weight"], ours.objects.model.fc.weight)
+    assert int(ours.objects.ema.n_averaged) == int(theirs.objects.ema.n_averaged) == 6
 
 
 def test_state_dict_keys_match_averaged_model_and_resume_continues_the_average():

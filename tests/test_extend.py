@@ -155,8 +155,9 @@ def _start_of(run_args: list[str]) -> dict:
 
     class Capture(Callback):
         def on_fit_start(self, state):
-            seen.update(model={k: v.clone() for k, v in state.model.state_dict().items()},
-                        optimizer_state=dict(state.optimizer.state), step=state.step, lr=state.schedule.lr)
+            seen.update(model={k: v.clone() for k, v in state.objects.model.state_dict().items()},
+                        optimizer_state=dict(state.objects.optimizer.state), step=state.progress.step,
+                        lr=state.objects.schedule.lr)
 
     cifarlab.train("smoke", run_args, callbacks=[Capture()])
     return seen

@@ -104,8 +104,8 @@ def test_a_compiled_run_drops_the_ragged_last_batch_so_every_step_has_one_shape(
         cfg = load_config("smoke", ["data.options={num_train: 300, num_test: 64, image_size: 16}",
                                     f"train.compile={str(compiled).lower()}", "train.device=cpu"])
         state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
-        shapes = {inputs.shape[0] for inputs, _ in state.train_loader.batches(0)}
-        assert len(state.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})
+        shapes = {inputs.shape[0] for inputs, _ in state.objects.train_loader.batches(0)}
+        assert len(state.objects.train_loader) == steps and (shapes == {64} if compiled else shapes == {64, 44})
 
 
 @pytest.mark.slow  # torch.compile for real: ~30 s idle
@@ -146,8 +146,8 @@ def test_freezing_the_whitening_bias_times_the_recompile_as_compiling_not_traini
         state = build_state(cfg, make_runtime(cfg.train), load_data(cfg.data), Path("."))
         armed = []
         for epoch in range(4):
-            state.epoch, state.compile_warmup_steps = epoch, 0
+            state.progress.epoch, state.process.compile_warmup_steps = epoch, 0
             ModelEpochs().on_epoch_start(state)
-            armed.append(state.compile_warmup_steps)
+            armed.append(state.process.compile_warmup_steps)
         # epoch 0: the bias trains as built; epoch 2: it stops training -> a new graph; no change after
         assert armed == ([0, 0, COMPILE_WARMUP_STEPS, 0] if compiled else [0, 0, 0, 0])

@@ -34,12 +34,12 @@ def test_one_batch_can_be_overfit(tmp_path):
     state = tiny_state(tmp_path, ["data.options={num_train: 32, num_test: 32, image_size: 16}", "augment={}",
                                   "train.batch_size=32", "optim.name=adam", "optim.lr=0.01", "optim.momentum=0",
                                   "schedule.name=constant", "optim.weight_decay=0", "train.precision=fp32"])
-    inputs, labels = next(iter(state.train_loader))
-    state.train_model.train()
+    inputs, labels = next(iter(state.objects.train_loader))
+    state.objects.train_model.train()
     for _ in range(60):
         train_step(state, inputs, labels)
     with torch.no_grad():
-        loss = state.loss_fn(state.train_model(inputs), labels).item()
+        loss = state.objects.loss_fn(state.objects.train_model(inputs), labels).item()
     assert loss < 0.05, f"a 32-image batch should be memorised in 60 steps, loss is still {loss:.3f}"
 
 

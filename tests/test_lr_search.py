@@ -36,11 +36,11 @@ def test_range_test_clips_gradients_like_training(monkeypatch):
         seen["state"] = state
 
         def watched(inputs, labels):
-            before = flat_weights(state.model)
+            before = flat_weights(state.objects.model)
             loss = step(inputs, labels)
-            moved = float((flat_weights(state.model) - before).norm())
-            grad_norm = float(torch.cat([p.grad.flatten() for p in state.model.parameters()]).norm())
-            moves.append((state.optimizer.param_groups[0]["lr"], moved, grad_norm))
+            moved = float((flat_weights(state.objects.model) - before).norm())
+            grad_norm = float(torch.cat([p.grad.flatten() for p in state.objects.model.parameters()]).norm())
+            moves.append((state.objects.optimizer.param_groups[0]["lr"], moved, grad_norm))
             return loss
 
         return watched
@@ -51,16 +51,16 @@ def test_range_test_clips_gradients_like_training(monkeypatch):
     for lr, moved, grad_norm in moves:
         assert grad_norm <= clip * (1 + 1e-4)
         assert lr * clip * 0.99 <= moved <= lr * clip * 1.01  # so the clip was hit: raw gradients are larger
-    assert seen["state"].grad_step.grad_clip == clip
+    assert seen["state"].objects.grad_step.grad_clip == clip
 
 
 def test_range_test_state_is_the_training_state_without_ema():
     cfg, runtime, dataset = smoke(["train.ema=0.9", "train.channels_last=true"])
     state = lr_search.range_test_state(cfg, runtime, dataset)
-    assert state.ema is None
-    conv = next(m for m in state.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert state.objects.ema is None
+    conv = next(m for m in state.objects.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    inputs, _ = next(iter(state.train_loader.batches(0)))
+    inputs, _ = next(iter(state.objects.train_loader.batches(0)))
     assert inputs.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -77,16 +77,18 @@ def test_range_test_step_goes_through_the_grad_scaler_and_unscales_before_clippi
                                    "lr_find.start_lr=0.3", "lr_find.end_lr=10", "lr_find.num_iter=6"])
     state = lr_search.range_test_state(cfg, runtime, dataset)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)
-    state.grad_step = GradStep(state.optimizer, scaler, clip)
+    state.objects.grad_step = GradStep(state.objects.optimizer, scaler, clip)
     step, moves = lr_search.training_step(state), []
 
     def watched(inputs, labels):
-        before = flat_weights(state.model)
+        before = flat_weights(state.objects.model)
         loss = step(inputs, labels)
-        moves.append((state.optimizer.param_groups[0]["lr"], float((flat_weights(state.model) - before).norm())))
+        lr = state.objects.optimizer.param_groups[0]["lr"]
+        moves.append((lr, float((flat_weights(state.objects.model) - before).norm())))
         return loss
 
-    range_test(state.model, state.optimizer, watched, lr_search._cycle(state.train_loader), cfg.lr_find)
+    objects = state.objects
+    range_test(objects.model, objects.optimizer, watched, lr_search._cycle(objects.train_loader), cfg.lr_find)
     assert len(moves) == 6
     assert scaler.get_scale() == 2.0 ** 16  # doubled after each of the 6 finite steps
     for lr, moved in moves:
@@ -101,7 +103,7 @@ def test_range_test_under_onecycle_takes_the_momentum_of_the_cycle_peak(optim, k
     for schedule in ("onecycle", "constant"):
         cfg, runtime, dataset = smoke([f"optim.name={optim}", "optim.momentum=0.9", "optim.betas=[0.9, 0.99]",
                                        f"schedule.name={schedule}"])
-        group = lr_search.range_test_state(cfg, runtime, dataset).optimizer.param_groups[0]
+        group = lr_search.range_test_state(cfg, runtime, dataset).objects.optimizer.param_groups[0]
         peak[schedule] = group[key] if key == "momentum" else group[key][0]
         if key == "betas":
             assert group[key][1] == 0.99

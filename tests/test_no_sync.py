@@ -74,7 +74,7 @@ def test_counter_sees_every_kind_of_sync_and_nothing_else():
 def test_loader_batches_make_no_host_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
     with SyncCounter() as syncs:
-        for _ in state.train_loader.batches(epoch=1):
+        for _ in state.objects.train_loader.batches(epoch=1):
             pass
     assert syncs.total == 0, syncs.report()
 
@@ -82,14 +82,14 @@ def test_loader_batches_make_no_host_sync(tmp_path, case):
 @pytest.mark.parametrize("case", STEP_CASES)
 def test_training_steps_make_no_host_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
-    state.train_model.train()
-    batches = state.train_loader.batches(epoch=0)
+    state.objects.train_model.train()
+    batches = state.objects.train_loader.batches(epoch=0)
     train_step(state, *next(batches))  # the first step creates the optimizer's state lazily
-    state.step += 1
-    with SyncCounter(ignore=host_state(state.optimizer)) as syncs:
+    state.progress.step += 1
+    with SyncCounter(ignore=host_state(state.objects.optimizer)) as syncs:
         for _ in range(STEPS):
             train_step(state, *next(batches))
-            state.step += 1
+            state.progress.step += 1
     assert syncs.total == 0, syncs.report()
 
 
@@ -99,16 +99,16 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
                                   "custom-resnet-onecycle", "resnet18-steplr", "smoke-mix-color", "smoke-accumulate"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
-    state.train_model.train()
-    batches = state.train_loader.batches(epoch=0)
+    state.objects.train_model.train()
+    batches = state.objects.train_loader.batches(epoch=0)
     train_step(state, *next(batches))  # first step: lazy optimizer state and cuDNN autotuning may sync
-    state.step += 1
+    state.progress.step += 1
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(STEPS):
             train_step(state, *next(batches))
-            state.step += 1
+            state.progress.step += 1
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
@@ -119,15 +119,15 @@ def test_training_steps_make_no_cuda_sync(tmp_path, case):
 @pytest.mark.parametrize("case", ["fast", "custom-resnet-onecycle", "resnet18-cutout"])
 def test_loader_batches_and_ema_updates_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
-    ema = EMA(state.model, 0.9)
-    batches = state.train_loader.batches(epoch=1)
+    ema = EMA(state.objects.model, 0.9)
+    batches = state.objects.train_loader.batches(epoch=1)
     next(batches)  # the epoch's permutation comes from the host once per epoch, before the first batch
-    ema.update(state.model, 0)
+    ema.update(state.objects.model, 0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, _ in enumerate(batches, start=1):
-            ema.update(state.model, step)
+            ema.update(state.objects.model, step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

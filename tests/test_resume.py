@@ -265,9 +265,9 @@ def test_a_resume_in_the_same_second_and_process_writes_events_tensorboard_reads
 
     def log(steps, start):
         writer = TensorBoard(tmp_path / "tb")
-        writer.on_fit_start(SimpleNamespace(step=start))
+        writer.on_fit_start(SimpleNamespace(progress=SimpleNamespace(step=start)))
         for step in steps:
-            writer.on_window(SimpleNamespace(window={"step": step, "train_loss": 1.0 / step}))
+            writer.on_window(SimpleNamespace(process=SimpleNamespace(window={"step": step, "train_loss": 1.0 / step})))
         writer.writer.close()
 
     while event_file_writer._global_uid._value % 10 != 9:  # the next writer is the 9th, 19th, ...: n gains a digit

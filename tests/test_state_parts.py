@@ -1,6 +1,6 @@
 """TrainState's parts: the progress a checkpoint holds comes back exactly on resume, this process's values
-never reach a checkpoint, and a callback keeps reading and writing the flat names (`state.epoch`,
-`state.model`, `state.history`, ...) it always has."""
+never reach a checkpoint, and a callback keeps reading and writing the flat names (`state.progress.epoch`,
+`state.objects.model`, `state.progress.history`, ...) it always has."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from cifarlab.runtime import make_runtime
 from cifarlab.trainer.build import build_state
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.checkpoint import make_checkpoint, restore
-from cifarlab.trainer.state import Part, ProcessValues, Progress, TrainObjects, TrainState
+from cifarlab.trainer.state import ProcessValues, Progress, TrainObjects, TrainState
 
 QUIET = ["train.device=cpu", "train.threads=1", "output.tensorboard=false", "output.progress=none",
          "train.epochs=3"]  # smoke: 8 steps per epoch, a window every 4 steps
@@ -35,7 +35,7 @@ class InterruptAt(Callback):
         self.step, self.progress = step, None
 
     def on_step_end(self, state):
-        if state.step == self.step:
+        if state.progress.step == self.step:
             state.interrupt("SIGTERM", 15)
 
     def on_fit_end(self, state):  # after cifarlab's Checkpointer has saved last.pt
@@ -81,38 +81,43 @@ def test_this_process_values_are_not_saved_and_start_afresh_on_restore(tmp_path)
     assert restored.process == ProcessValues()
 
 
-def test_a_callback_reads_and_writes_the_flat_names_it_always_has(tmp_path):
+def test_a_callback_reads_the_parts_and_sets_the_peak_lr_through_them(tmp_path):
     class Flat(Callback):
         def __init__(self):
             self.seen = []
 
         def on_fit_start(self, state):  # a callback that chose the peak lr itself says so in the summary
-            state.lr_peak, state.lr_peak_source = 0.05, "my own finder"
+            state.progress.lr_peak, state.progress.lr_peak_source = 0.05, "my own finder"
 
         def on_epoch_end(self, state):
-            self.seen.append((state.epoch, state.step, state.batch_in_epoch, len(state.history),
-                              state.history[-1]["epoch"], state.model is state.objects.model,
-                              state.optimizer is state.objects.optimizer, state.window["step"]))
+            progress = state.progress
+            self.seen.append((progress.epoch, progress.step, progress.batch_in_epoch, len(progress.history),
+                              progress.history[-1]["epoch"], state.process.window["step"]))
 
     flat = Flat()
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET, "train.epochs=2"], callbacks=[flat])
-    assert flat.seen == [(1, 8, 0, 1, 1, True, True, 8), (2, 16, 0, 2, 2, True, True, 16)]
+    assert flat.seen == [(1, 8, 0, 1, 1, 8), (2, 16, 0, 2, 2, 16)]
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert (summary["lr_peak"], summary["lr_peak_source"]) == (0.05, "my own finder")
     last = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     assert last["outcome"]["lr_peak_source"] == "my own finder"
 
 
-@pytest.mark.parametrize("part, kind", [("objects", TrainObjects), ("progress", Progress),
-                                        ("process", ProcessValues)])
-def test_every_field_of_a_part_is_a_flat_name_of_the_state(tmp_path, part, kind):
-    """A callback written against the old flat TrainState finds every value where it was."""
+# The flat names of 0.x, retired (CHANGELOG.md): each value has one spelling, through its part.
+RETIRED = ("model", "train_model", "optimizer", "schedule", "grad_step", "loss_fn", "train_loader", "test_loader",
+           "val_loader", "ema", "lookahead", "metrics", "epoch", "step", "batch_in_epoch", "history",
+           "elapsed_seconds", "compile_seconds", "wall_seconds_before", "lr_peak", "lr_peak_source", "window",
+           "epoch_open", "last_checkpoint", "compile_warmup_steps", "process_started")
+
+
+def test_a_retired_flat_name_is_an_error_on_read_and_on_write(tmp_path):
+    """A callback written against the old flat names fails at once, naming the attribute, instead of
+    writing a value the loop never reads (`state.epoch = 3` would otherwise make a new attribute)."""
     state = _fresh_state(tmp_path)
-    owned = {name: attr for name, attr in vars(TrainState).items() if isinstance(attr, Part) and attr.part == part}
-    assert sorted(attr.attribute for attr in owned.values()) == sorted(f.name for f in dataclasses.fields(kind))
-    assert not set(owned) & {f.name for f in dataclasses.fields(TrainState)}
-    for name, attr in owned.items():
-        assert getattr(state, name) is getattr(getattr(state, part), attr.attribute), name
-        written = object()
-        setattr(state, name, written)
-        assert getattr(getattr(state, part), attr.attribute) is written, name
+    parts = {f.name for kind in (TrainObjects, Progress, ProcessValues) for f in dataclasses.fields(kind)}
+    assert set(RETIRED) - {"process_started"} | {"started"} == parts  # every field once had a flat name
+    for name in RETIRED:
+        with pytest.raises(AttributeError, match=name):
+            getattr(state, name)
+        with pytest.raises(AttributeError, match=name):
+            setattr(state, name, 3)

@@ -82,7 +82,7 @@ def test_a_model_the_counter_cannot_run_trains_without_mfu():
             raise RuntimeError("an op the counter cannot trace")
 
     runtime = SimpleNamespace(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), dist=Distributed())
-    state = SimpleNamespace(runtime=runtime, model=Refuses(),
-                            train_loader=SimpleNamespace(images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8)))
+    loader = SimpleNamespace(images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8))
+    state = SimpleNamespace(runtime=runtime, objects=SimpleNamespace(model=Refuses(), train_loader=loader))
     with pytest.warns(UserWarning, match="FLOPs could not be counted.*MFU is left out"):
         assert measure_speed(state) is None

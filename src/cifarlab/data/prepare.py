@@ -67,7 +67,7 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
     """(train, test) loaders; `make_val_loader` adds the validation one.
 
     A training batch is one optimizer step's images: train.batch_size x train.accumulate, which
-    `trainer.accumulate.micro_batches` splits again; so the schedule, `state.step` and the resume point
+    `trainer.accumulate.micro_batches` splits again; so the schedule, `state.progress.step` and the resume point
     count optimizer steps with no change, and the batches are those of one batch of that size."""
     step_images = cfg.train.batch_size * cfg.train.accumulate
     if step_images > len(dataset.train.labels):

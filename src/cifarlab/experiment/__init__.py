@@ -102,7 +102,7 @@ def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Pat
     except UserError:
         # Refused before its first step (e.g. Weights & Biases could not start): nothing trained, nothing
         # to resume, so it leaves nothing behind either, as a run refused while being prepared.
-        if created and state.step == 0:
+        if created and state.progress.step == 0:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -172,7 +172,7 @@ def _finish(state: TrainState, dataset: Dataset) -> Run:
     if runtime.dist.is_main:
         # A stopped or diverged run's line says how to go on: printed by a quiet run too.
         announce(closing_message(state), runtime, warning=state.status in ("diverged", "interrupted"))
-        if cfg.output.report and state.history and state.status == "completed":
+        if cfg.output.report and state.progress.history and state.status == "completed":
             from cifarlab.analysis.run_report import report_from_run_dir
 
             # The report analyses best.pt, as `cifarlab report` and `cifarlab eval` do: one accuracy per checkpoint.

@@ -123,7 +123,7 @@ def prepare_state(cfg: Config, runtime: Runtime, dataset: Dataset, run_dir: Path
     if cfg.model.init_from:  # a new run from trained weights; an EMA copies them at its first update
         from cifarlab.trainer.warmstart import init_from_checkpoint
 
-        announce(init_from_checkpoint(state.model, cfg.model, state.classes, dataset.in_channels), runtime)
+        announce(init_from_checkpoint(state.objects.model, cfg.model, state.classes, dataset.in_channels), runtime)
     onecycle_peak = cfg.schedule.name == "onecycle" and cfg.schedule.lr_peak
     state.progress.lr_peak = cfg.schedule.lr_peak if onecycle_peak else cfg.optim.lr
     state.progress.lr_peak_source = source

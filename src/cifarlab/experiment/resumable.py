@@ -93,21 +93,23 @@ def restore_state(point: ResumePoint, run_dir: Path, data, extended: bool) -> tu
     check_ranks_agree(cfg, dataset, runtime)
     state = build_state(cfg, runtime, dataset, run_dir)
     restore(state, point.checkpoint, used)
-    state.process.last_checkpoint = {"path": str(used), "epoch": state.epoch, "step": state.step}
+    state.process.last_checkpoint = {"path": str(used), "epoch": state.progress.epoch, "step": state.progress.step}
     if point.finished:
         # The final last.pt was written but the process died before summary.json (which needs the whole
         # run): last.pt is the truth, so finish the bookkeeping from it instead of refusing.
-        if state.epoch < cfg.train.epochs and state.stop is None:
+        if state.progress.epoch < cfg.train.epochs and state.stop is None:
             state.request_stop("stopped early (the checkpoint says the run finished)")
         missing = "missing" if point.previous.status is None else "out of date"
-        announce(f"run {run_dir} had finished ({state.epoch}/{cfg.train.epochs} epochs) but its {layout.SUMMARY} "
+        announce(f"run {run_dir} had finished ({state.progress.epoch}/{cfg.train.epochs} epochs) "
+                 f"but its {layout.SUMMARY} "
                  f"is {missing}: rebuilding it from {used}", runtime, warning=True)
         mark_best_completed(layout.checkpoint_path(run_dir, layout.BEST))
         return state, dataset
     if extended and runtime.dist.is_main:  # the run's config now records the new total
         atomic_write_text(run_dir / layout.CONFIG, cfg.to_yaml())
-    announce(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})",
-             runtime)
+    progress = state.progress
+    announce(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch_in_epoch} "
+             f"(step {progress.step})", runtime)
     return state, dataset
 
 

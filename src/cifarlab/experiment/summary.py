@@ -13,14 +13,14 @@ def write_summary(state: TrainState) -> dict:
     progress, saved = state.progress, state.process.last_checkpoint
     best = state.best() or {}  # the epoch saved as best.pt, chosen by state.monitor
     last = progress.history[-1] if progress.history else {}
-    loader = state.train_loader
+    loader = state.objects.train_loader
     per_epoch = min(len(loader) * loader.batch_size, loader.num_images)
     images = progress.epoch * per_epoch + min(progress.batch_in_epoch * loader.batch_size, loader.num_images)
     train_seconds, outcome = progress.elapsed_seconds, state.outcome
     stopped = outcome.status in ("diverged", "interrupted")
     summary = Summary(
         recipe=state.cfg.name, model=state.cfg.model.name, dataset=state.cfg.data.dataset,
-        num_params=sum(p.numel() for p in state.model.parameters()),
+        num_params=sum(p.numel() for p in state.objects.model.parameters()),
         epochs_completed=progress.epoch, epochs=state.cfg.train.epochs,
         # best_test_acc is the test accuracy of best.pt: the best one when the test split selects it.
         selected_by=state.monitor, selected_on=selected_on(state.monitor),
@@ -41,9 +41,9 @@ def write_summary(state: TrainState) -> dict:
         signal=outcome.details.get("signal") if outcome.status == "interrupted" else None,
         signal_number=outcome.details.get("signal_number") if outcome.status == "interrupted" else None,
     )
-    if state.val_loader is not None:
+    if state.objects.val_loader is not None:
         summary.best_val_acc, summary.best_val_loss = best.get("val_acc"), best.get("val_loss")
-        summary.final_val_acc, summary.val_images = last.get("val_acc"), state.val_loader.num_images
+        summary.final_val_acc, summary.val_images = last.get("val_acc"), state.objects.val_loader.num_images
     if state.runtime.dist.is_main:
         write_summary_file(state.run_dir, summary)
     return summary.to_json()
@@ -53,7 +53,7 @@ def closing_message(state: TrainState) -> str:
     """The line a finished, stopped, interrupted or diverged run ends with: what happened and what next."""
     run_dir = state.run_dir
     if state.status == "interrupted":
-        return (f"{state.outcome.reason} at epoch {state.epoch + 1}, step {state.step}; "
+        return (f"{state.outcome.reason} at epoch {state.progress.epoch + 1}, step {state.progress.step}; "
                 f"checkpoint saved. Resume with: cifarlab resume {run_dir}")
     if state.status == "diverged":
         where, saved = state.diverged_at, state.process.last_checkpoint
@@ -66,7 +66,7 @@ def closing_message(state: TrainState) -> str:
     if best is None:  # stopped before its first epoch ended
         return f"done: stopped before any epoch finished ({state.outcome.reason}) in {run_dir}"
     if state.early_stop is not None:
-        run_dir = f"{run_dir} (stopped early after epoch {state.epoch}: {state.outcome.reason})"
+        run_dir = f"{run_dir} (stopped early after epoch {state.progress.epoch}: {state.outcome.reason})"
     last = state.progress.history[-1]
     last_epoch = f"last epoch ({last['epoch']}) {100 * last['test_acc']:.2f}%"
     if state.monitor.startswith("test_"):

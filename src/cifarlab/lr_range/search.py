@@ -47,7 +47,7 @@ def range_test_state(cfg: Config, runtime: Runtime, dataset: Dataset) -> TrainSt
     train = cfg.train.model_copy(update={"ema": None})
     state = build_state(cfg.model_copy(update={"schedule": schedule, "train": train}), runtime, dataset, Path("."))
     if cfg.schedule.name == "onecycle" and cfg.schedule.cycle_momentum:
-        for group in state.optimizer.param_groups:
+        for group in state.objects.optimizer.param_groups:
             if "betas" in group:
                 group["betas"] = (ONECYCLE_PEAK_MOMENTUM, group["betas"][1])
             else:
@@ -64,9 +64,10 @@ def training_step(state: TrainState) -> Step:
     micro_size = state.cfg.train.batch_size // state.runtime.dist.world_size  # train.accumulate as in training
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss, _ = forward_backward(state.model, state.loss_fn, state.runtime.precision, state.grad_step,
+        objects = state.objects
+        loss, _ = forward_backward(objects.model, objects.loss_fn, state.runtime.precision, objects.grad_step,
                                    inputs, labels, micro_size)
-        state.grad_step.step()
+        state.objects.grad_step.step()
         return loss
 
     return step
@@ -82,7 +83,8 @@ def run_range_test(cfg: Config, runtime: Runtime, dataset: Dataset) -> RangeTest
         def on_step(lr: float, loss: float) -> None:
             progress.update(text=f"lr {lr:.2e}, loss {loss:.4f}")
 
-        return range_test(state.model, state.optimizer, training_step(state), _cycle(state.train_loader), sweep,
+        objects = state.objects
+        return range_test(objects.model, objects.optimizer, training_step(state), _cycle(objects.train_loader), sweep,
                           on_step)
 
 

@@ -47,7 +47,7 @@ class EpochRow:
     compile_seconds: Optional[float] = _metric("compile seconds", csv=False, tracked=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as the history in checkpoints and `state.window` hold it: measured metrics only."""
+        """The row as the history in checkpoints and `state.process.window` hold it: measured metrics only."""
         return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod

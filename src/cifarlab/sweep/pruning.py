@@ -37,7 +37,7 @@ def pruner_name(pruner) -> str:
 
 
 class ReportToTrial(Callback):
-    """Reports `state.history[-1][monitor]` to `trial` at every epoch end (step = the epoch) and stops the
+    """Reports `state.progress.history[-1][monitor]` to `trial` at every epoch end (step = the epoch) and stops the
     run when the trial should be pruned. On resume, the epochs done before are reported first, so a
     retried trial (a new Optuna trial continuing the same run) has the whole curve."""
 
@@ -52,13 +52,13 @@ class ReportToTrial(Callback):
             self.reported.add(row["epoch"])
 
     def on_fit_start(self, state):
-        for row in state.history:
+        for row in state.progress.history:
             self._report(row)
 
     def on_epoch_end(self, state):
-        if state.stop_reason:  # diverged or interrupted: nothing to judge
+        if state.stop is not None:  # stopping already (diverged, interrupted, early): nothing to judge
             return
-        self._report(state.history[-1])
-        if self.prune and state.epoch < state.cfg.train.epochs and self.trial.should_prune():
-            self.pruned_at = state.epoch
+        self._report(state.progress.history[-1])
+        if self.prune and state.progress.epoch < state.cfg.train.epochs and self.trial.should_prune():
+            self.pruned_at = state.progress.epoch
             state.request_stop(self.why)  # ends after this epoch, saved as finished, with this reason

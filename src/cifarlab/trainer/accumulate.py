@@ -7,7 +7,7 @@ of the whole batch's mean loss: 1/K each for full batches, and still exact for a
 Under DDP the gradients are all-reduced only on the last micro-batch (`no_sync` on the others).
 
 Checkpoints fall only between optimizer steps: the loop's unit stays one loader batch = one optimizer
-step, so `state.step`, `batch_in_epoch`, the schedule and every checkpoint count optimizer steps, and a
+step, so `state.progress.step`, `batch_in_epoch`, the schedule and every checkpoint count optimizer steps, and a
 half-accumulated gradient never has to be saved (a signal mid-step is acted on when the step ends).
 BatchNorm is the one thing that differs from a single batch of K x batch_size: it normalises each
 micro-batch with that micro-batch's statistics, as it would in any run with that batch size.

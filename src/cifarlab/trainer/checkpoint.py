@@ -51,7 +51,8 @@ def _set_early_stop(state, stored: dict[str, Any]) -> None:
     stop = outcome(stored)["early_stop"]
     if stop:
         reason = stop.get("reason") or f"no improvement since epoch {stop.get('best_epoch')}"
-        state.stop = Stop(EARLY_STOPPED, state.epoch, state.step, reason, {"best_epoch": stop.get("best_epoch")})
+        state.stop = Stop(EARLY_STOPPED, state.progress.epoch, state.progress.step, reason,
+                          {"best_epoch": stop.get("best_epoch")})
 
 
 _READ_ONLY = None  # a key a restore does not put back: the card, config and versions are read from the Checkpoint
@@ -61,19 +62,21 @@ _READ_ONLY = None  # a key a restore does not put back: the card, config and ver
 # exactly `Checkpoint.saved_keys()`, in the same order (tests/test_old_runs.py holds the two together).
 FIELDS = {
     "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
-    "model": (lambda s: s.model.state_dict(), lambda s, v, p: s.model.load_state_dict(v)),
-    "optimizer": (lambda s: s.optimizer.state_dict(), lambda s, v, p: s.optimizer.load_state_dict(v)),
-    "schedule": (lambda s: s.schedule.state_dict(), lambda s, v, p: s.schedule.load_state_dict(v)),
-    "lr_used": (lambda s: s.schedule.lr_used,
-                lambda s, v, p: setattr(s.schedule, "lr_used", s.schedule.lr if v is None else v)),
-    "scaler": (lambda s: s.grad_step.scaler.state_dict() if s.grad_step.scaler is not None else None,
-               lambda s, v, p: _load_if(s.grad_step.scaler, v)),
-    "ema": (lambda s: s.ema.state_dict() if s.ema is not None else None, lambda s, v, p: _load_if(s.ema, v)),
-    "lookahead": (lambda s: s.lookahead.state_dict() if s.lookahead is not None else None,
-                  lambda s, v, p: _load_if(s.lookahead, v, s.model)),
+    "model": (lambda s: s.objects.model.state_dict(), lambda s, v, p: s.objects.model.load_state_dict(v)),
+    "optimizer": (lambda s: s.objects.optimizer.state_dict(), lambda s, v, p: s.objects.optimizer.load_state_dict(v)),
+    "schedule": (lambda s: s.objects.schedule.state_dict(), lambda s, v, p: s.objects.schedule.load_state_dict(v)),
+    "lr_used": (lambda s: s.objects.schedule.lr_used,
+                lambda s, v, p: setattr(s.objects.schedule, "lr_used", s.objects.schedule.lr if v is None else v)),
+    "scaler": (lambda s: s.objects.grad_step.scaler.state_dict() if s.objects.grad_step.scaler is not None else None,
+               lambda s, v, p: _load_if(s.objects.grad_step.scaler, v)),
+    "ema": (lambda s: s.objects.ema.state_dict() if s.objects.ema is not None else None,
+            lambda s, v, p: _load_if(s.objects.ema, v)),
+    "lookahead": (lambda s: s.objects.lookahead.state_dict() if s.objects.lookahead is not None else None,
+                  lambda s, v, p: _load_if(s.objects.lookahead, v, s.objects.model)),
     # float64 sums of the epoch and of the logging window so far (two keys, one StepMetrics)
-    "epoch_meter": (lambda s: s.metrics.state_dict()["epoch_meter"], lambda s, v, p: s.metrics.load_state_dict(p)),
-    "window_meter": (lambda s: s.metrics.state_dict()["window_meter"], _READ_ONLY),
+    "epoch_meter": (lambda s: s.objects.metrics.state_dict()["epoch_meter"],
+                    lambda s, v, p: s.objects.metrics.load_state_dict(p)),
+    "window_meter": (lambda s: s.objects.metrics.state_dict()["window_meter"], _READ_ONLY),
     # The progress counters (trainer/state.Progress): these keys, and lr_peak and its source from "outcome"
     Progress.KEYS: (lambda s: s.progress.state_dict(process_seconds=s.process.seconds()),
                     lambda s, v, p: s.progress.load_state_dict(p)),

@@ -41,7 +41,7 @@ def train_step(state: TrainState, inputs: torch.Tensor, labels: torch.Tensor) ->
 
 
 def _sync_if_due(state: TrainState) -> bool:
-    """At the end of a logging window, publish it (`state.window`, one device sync; returns True) and judge
+    """At the end of a logging window, publish it (`state.process.window`, one device sync; returns True) and judge
     the losses so far; at a checkpoint step judge the weights too, so that no callback saves broken ones
     (the epoch end judges both in `end_epoch`). Weights are checked only where they may be saved: a
     non-finite weight shows up as a non-finite loss one step later anyway."""
@@ -50,7 +50,7 @@ def _sync_if_due(state: TrainState) -> bool:
     saving = bool(every_steps and step % every_steps == 0) and mid_epoch
     published = step % state.cfg.train.log_every_steps == 0 or not mid_epoch
     if published:
-        loss, acc = state.metrics.read_window()  # note: a CPU-GPU sync point, once per window
+        loss, acc = state.objects.metrics.read_window()  # note: a CPU-GPU sync point, once per window
         state.process.window = EpochRow(epoch=progress.epoch + 1, step=step, lr=state.lr, train_loss=loss,
                                         train_acc=acc).as_dict()
     elif not saving:
@@ -68,9 +68,9 @@ def _synced_clock(state: TrainState) -> float:
 def train_epoch(state: TrainState, callbacks: Callback) -> float:
     """Train the rest of the epoch; returns the seconds of it that were compile warm-up."""
     progress, process = state.progress, state.process
-    state.train_model.train()
+    state.objects.train_model.train()
     compiling = 0.0
-    for inputs, labels in state.train_loader.batches(progress.epoch, start=progress.batch_in_epoch):
+    for inputs, labels in state.objects.train_loader.batches(progress.epoch, start=progress.batch_in_epoch):
         if process.compile_warmup_steps:  # synchronised timing only during the warm-up steps
             started = _synced_clock(state)
             train_step(state, inputs, labels)
@@ -91,13 +91,13 @@ def train_epoch(state: TrainState, callbacks: Callback) -> float:
 
 def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seconds: float = 0.0) -> None:
     reduce = torch.distributed.all_reduce if state.runtime.dist.enabled else None
-    train_loss, train_acc = state.metrics.read_epoch(reduce)
+    train_loss, train_acc = state.objects.metrics.read_epoch(reduce)
     if state.runtime.dist.enabled:  # every rank evaluates with rank 0's BatchNorm statistics
         for buffer in state.eval_model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     scores = {}
     progress_mode = state.cfg.output.progress if state.runtime.dist.is_main else "none"
-    for split, loader in (("val", state.val_loader), ("test", state.test_loader)):
+    for split, loader in (("val", state.objects.val_loader), ("test", state.objects.test_loader)):
         if loader is not None:
             scores[f"{split}_loss"], scores[f"{split}_acc"] = evaluate(
                 state.eval_model, loader, state.runtime.precision, state.cfg.train.tta, state.runtime.dist,
@@ -118,8 +118,8 @@ def end_epoch(state: TrainState, train_seconds: float, images: int, compile_seco
     if math.isfinite(train_loss):
         state.check_finite(weights=True)
     elif state.check_finite(weights=False):
-        state.diverge({"step": state.step, "lr": state.lr})
-    state.schedule.after_epoch(progress.history[-1])
+        state.diverge({"step": state.progress.step, "lr": state.lr})
+    state.objects.schedule.after_epoch(progress.history[-1])
 
 
 def fit(state: TrainState, callbacks: Callback) -> TrainState:
@@ -132,14 +132,15 @@ def fit(state: TrainState, callbacks: Callback) -> TrainState:
         while state.outcome.kind == RUNNING:
             state.process.epoch_open = True
             callbacks.on_epoch_start(state)
-            first_batch, started = state.batch_in_epoch, time.perf_counter()
+            first_batch, started = state.progress.batch_in_epoch, time.perf_counter()
             compiling = train_epoch(state, callbacks)
             seconds = time.perf_counter() - started - compiling
-            if state.stop_now and (state.outcome.kind == DIVERGED or state.batch_in_epoch < state.steps_per_epoch):
+            epoch_unfinished = state.progress.batch_in_epoch < state.steps_per_epoch
+            if state.stop_now and (state.outcome.kind == DIVERGED or epoch_unfinished):
                 state.progress.elapsed_seconds += seconds
                 break  # diverged, or interrupted mid-epoch: no evaluation of a partial or broken epoch
-            batch, total = state.train_loader.batch_size, state.train_loader.num_images
-            images = min(state.batch_in_epoch * batch, total) - min(first_batch * batch, total)
+            batch, total = state.objects.train_loader.batch_size, state.objects.train_loader.num_images
+            images = min(state.progress.batch_in_epoch * batch, total) - min(first_batch * batch, total)
             end_epoch(state, seconds, images, compiling)
             callbacks.on_epoch_end(state)
         state.process.epoch_open = False

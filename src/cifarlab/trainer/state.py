@@ -12,8 +12,9 @@
   the loop judges divergence (`check_finite`).
 - Beside them: cfg, runtime, run_dir, classes, monitor, data_fingerprint and speed.
 
-Callbacks keep the flat names they have always used: `state.epoch` reads and writes `state.progress.epoch`,
-`state.model` is `state.objects.model`, and so on (`Part` below names the part that owns each one).
+Each value has one spelling, through the part that owns it: `state.progress.epoch`, `state.objects.model`,
+`state.process.window` (the flat aliases of 0.x are gone; CHANGELOG.md). What a callback may read and ask
+is listed in docs/python-api.md ("Callbacks").
 """
 from __future__ import annotations
 
@@ -110,24 +111,7 @@ class ProcessValues:
         return time.perf_counter() - self.started if self.started is not None else 0.0
 
 
-class Part:
-    """`state.<name>` reads and writes `state.<part>.<attribute>`: the flat names callbacks have always
-    used (`state.epoch`, `state.model`, `state.history`) kept working on the split state."""
-
-    def __init__(self, part: str, attribute: Optional[str] = None):
-        self.part, self.attribute = part, attribute
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.attribute = self.attribute or name
-
-    def __get__(self, state, owner=None):
-        return self if state is None else getattr(getattr(state, self.part), self.attribute)
-
-    def __set__(self, state, value) -> None:
-        setattr(getattr(state, self.part), self.attribute, value)
-
-
-@dataclass
+@dataclass(slots=True)  # slots: a misspelt or retired name is an AttributeError, never a new attribute
 class TrainState:
     """The parts (module doc), the stop asked for so far, and the run's fixed facts; one per process."""
     cfg: Config
@@ -142,16 +126,6 @@ class TrainState:
     speed: Optional[Any] = None  # trainer/throughput.Speed: FLOPs per image and peak, for MFU; this process
     stop: Optional[Stop] = None  # why training stops (now, or at the end of the epoch); see `outcome`
 
-    # The flat names, each owned by one part (not dataclass fields: no annotation).
-    model, train_model, optimizer = Part("objects"), Part("objects"), Part("objects")
-    schedule, grad_step, loss_fn = Part("objects"), Part("objects"), Part("objects")
-    train_loader, test_loader, val_loader = Part("objects"), Part("objects"), Part("objects")
-    ema, lookahead, metrics = Part("objects"), Part("objects"), Part("objects")
-    epoch, step, batch_in_epoch, history = Part("progress"), Part("progress"), Part("progress"), Part("progress")
-    elapsed_seconds, compile_seconds, wall_seconds_before = Part("progress"), Part("progress"), Part("progress")
-    lr_peak, lr_peak_source = Part("progress"), Part("progress")
-    window, epoch_open, last_checkpoint = Part("process"), Part("process"), Part("process")
-    compile_warmup_steps, process_started = Part("process"), Part("process", "started")
 
     def expect_recompile(self) -> None:
         """The compiled model will trace again (e.g. a parameter stopped training: its graph changes), so
@@ -166,13 +140,13 @@ class TrainState:
             return False
         finite = True
         if weights:
-            floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+            floats = [t for t in self.objects.model.state_dict().values() if t.is_floating_point()]
             finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
-        self.metrics.flush()
-        bad = self.metrics.first_nonfinite
+        self.objects.metrics.flush()
+        bad = self.objects.metrics.first_nonfinite
         if bad is None and finite:
             return True
-        self.diverge(bad or {"step": self.step, "lr": self.lr})
+        self.diverge(bad or {"step": self.progress.step, "lr": self.lr})
         return False
 
     # ------------------------------------------------------------------ stopping, and the outcome
@@ -183,19 +157,21 @@ class TrainState:
         if self.stop is None:
             best = self.best()
             best_epoch = best_epoch if best_epoch is not None else best["epoch"] if best else None
-            in_progress = self.epoch_open or self.batch_in_epoch > 0
+            in_progress = self.process.epoch_open or self.progress.batch_in_epoch > 0
             # Stop.epoch: the epoch count at which it takes effect (this one's end, or now between epochs).
-            self.stop = Stop(EARLY_STOPPED, self.epoch + in_progress, self.step, reason, {"best_epoch": best_epoch})
+            self.stop = Stop(EARLY_STOPPED, self.progress.epoch + in_progress, self.progress.step, reason,
+                             {"best_epoch": best_epoch})
 
     def interrupt(self, signal_name: Optional[str] = None, signal_number: Optional[int] = None) -> None:
         """End the run after the current step and save where it is (SIGINT/SIGTERM): it can be resumed."""
         if self.stop is None or self.stop.kind == EARLY_STOPPED:
-            self.stop = Stop(INTERRUPTED, self.epoch, self.step, f"stopped by {signal_name or 'a signal'}",
+            self.stop = Stop(INTERRUPTED, self.progress.epoch, self.progress.step,
+                             f"stopped by {signal_name or 'a signal'}",
                              {"signal": signal_name, "signal_number": signal_number})
 
     def diverge(self, at: dict[str, Any]) -> None:
         """End the run now: a loss or a weight is not finite (`at`: {step, lr} of the first bad step)."""
-        self.stop = Stop(DIVERGED, self.epoch, at["step"], f"non-finite loss at step {at['step']} with lr "
+        self.stop = Stop(DIVERGED, self.progress.epoch, at["step"], f"non-finite loss at step {at['step']} with lr "
                          f"{at['lr']:.4g}", {"step": at["step"], "lr": at["lr"]})
 
     @property
@@ -209,30 +185,19 @@ class TrainState:
         asked has ended), interrupted or diverged, with where and why."""
         stop = self.stop
         if stop is not None and stop.kind in (INTERRUPTED, DIVERGED):
-            return Outcome(stop.kind, self.epoch, self.step, stop.reason, stop.details)
-        if stop is not None and self.batch_in_epoch == 0 and not self.epoch_open and self.epoch >= stop.epoch:
-            return Outcome(EARLY_STOPPED, self.epoch, self.step, stop.reason, stop.details)
-        if self.epoch >= self.cfg.train.epochs:
-            return Outcome(COMPLETED, self.epoch, self.step, f"trained all {self.cfg.train.epochs} epochs")
-        return Outcome(RUNNING, self.epoch, self.step, "")
+            return Outcome(stop.kind, self.progress.epoch, self.progress.step, stop.reason, stop.details)
+        epoch, step, between_epochs = self.progress.epoch, self.progress.step, self.progress.batch_in_epoch == 0
+        if stop is not None and between_epochs and not self.process.epoch_open and epoch >= stop.epoch:
+            return Outcome(EARLY_STOPPED, epoch, step, stop.reason, stop.details)
+        if epoch >= self.cfg.train.epochs:
+            return Outcome(COMPLETED, epoch, step, f"trained all {self.cfg.train.epochs} epochs")
+        return Outcome(RUNNING, epoch, step, "")
 
     @property
     def status(self) -> str:
         """running | completed | interrupted | diverged: what summary.json and every checkpoint say."""
         return self.outcome.status
 
-    @property
-    def stop_reason(self) -> Optional[str]:
-        """interrupted | diverged | early_stop | None: the stop asked for so far (the older spelling)."""
-        return None if self.stop is None else {EARLY_STOPPED: "early_stop"}.get(self.stop.kind, self.stop.kind)
-
-    @stop_reason.setter
-    def stop_reason(self, value: str) -> None:
-        """`state.stop_reason = "early_stop"` is `state.request_stop(...)`, kept for callbacks written so."""
-        if value != "early_stop":
-            raise ValueError(f"a callback can set state.stop_reason only to 'early_stop', got {value!r} "
-                             f"(or call state.request_stop(reason))")
-        self.request_stop("asked by a callback (state.stop_reason = 'early_stop')")
 
     @property
     def early_stop(self) -> Optional[dict[str, Any]]:
@@ -258,29 +223,29 @@ class TrainState:
     @property
     def card(self) -> ModelCard:
         """What the weights need to be used, saved with them in every checkpoint."""
-        images = self.train_loader.images
+        images = self.objects.train_loader.images
         return ModelCard.from_config(self.cfg, {
             "classes": list(self.classes), "in_channels": int(images.shape[1]), "image_size": int(images.shape[-1]),
-            "mean": list(self.train_loader.mean), "std": list(self.train_loader.std),
+            "mean": list(self.objects.train_loader.mean), "std": list(self.objects.train_loader.std),
             "precision": self.runtime.precision.name, "data_fingerprint": self.data_fingerprint})
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        return self.objects.ema.module if self.objects.ema is not None else self.objects.model
 
     @property
     def lr(self) -> float:
         """The learning rate of the last optimizer step."""
-        return self.schedule.lr_used
+        return self.objects.schedule.lr_used
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train_loader)
+        return len(self.objects.train_loader)
 
     def best(self, key: Optional[str] = None) -> Optional[dict[str, Any]]:
         """The history row with the best `key` (default: the monitor that selects best.pt); the first on ties."""
-        if not self.history:
+        if not self.progress.history:
             return None
         key = key or self.monitor
         pick = min if key.endswith("loss") else max
-        return pick(self.history, key=lambda row: row[key])
+        return pick(self.progress.history, key=lambda row: row[key])

@@ -155,9 +155,9 @@ def measure_speed(state) -> Optional[Speed]:
     with a warning, for a model the FLOP counter cannot run (a user's model with unusual ops): MFU is
     something to see, never a reason for a run to fail."""
     runtime = state.runtime
-    image_shape = tuple(state.train_loader.images.shape[1:])
+    image_shape = tuple(state.objects.train_loader.images.shape[1:])
     try:
-        flops = training_flops_per_image(state.model, image_shape, runtime.precision.autocast, runtime.device)
+        flops = training_flops_per_image(state.objects.model, image_shape, runtime.precision.autocast, runtime.device)
     except Exception as err:  # any failure of the counting pass costs only the MFU figure
         warnings.warn(f"the model's FLOPs could not be counted ({type(err).__name__}: {err}); MFU is left out",
                       stacklevel=2)

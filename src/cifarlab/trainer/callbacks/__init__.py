@@ -3,7 +3,7 @@
 Hooks: on_fit_start, on_epoch_start, on_window, on_step_end, on_epoch_end, on_fit_end, on_exception
 when the fit raises, and on_run_end once summary.json and the report are written. Callbacks never
 synchronise with the device themselves: they read what the loop publishes at its sync points
-(`state.window` in `on_window`, every `train.log_every_steps` steps; `state.history` at the epoch end).
+(`state.process.window` in `on_window`, every `train.log_every_steps` steps; `state.progress.history` at the epoch end).
 To end a run early, call `state.request_stop(reason)`.
 
 This module holds the base class and the list the loop calls; cifarlab's own callbacks are in their own
@@ -17,7 +17,7 @@ from __future__ import annotations
 class Callback:
     def on_fit_start(self, state): ...
     def on_epoch_start(self, state): ...
-    def on_window(self, state): ...  # a new logging window in `state.window` (before that step's on_step_end)
+    def on_window(self, state): ...  # a new logging window in `state.process.window` (before that step's on_step_end)
     def on_step_end(self, state): ...
     def on_epoch_end(self, state): ...
     def on_fit_end(self, state): ...

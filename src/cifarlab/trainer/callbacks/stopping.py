@@ -48,7 +48,7 @@ class StopOnSignal(Callback):
     def _tell(self, state) -> None:
         self._told = True
         name = state.stop.details.get("signal") or "signal"
-        print(f"\n{name} received: finishing step {state.step} and saving a checkpoint (send it again to "
+        print(f"\n{name} received: finishing step {state.progress.step} and saving a checkpoint (send it again to "
               f"stop at once)", file=self.stream, flush=True)
 
     def on_fit_end(self, state):
@@ -74,9 +74,9 @@ class EarlyStop(Callback):
         monitor = state.monitor
         sign = -1.0 if monitor.endswith("loss") else 1.0
         best_epoch, best = 0, None
-        for row in state.history:  # from the history, so a resumed run decides as an uninterrupted one
+        for row in state.progress.history:  # from the history, so a resumed run decides as an uninterrupted one
             if best is None or sign * (row[monitor] - best) > self.min_delta:
                 best_epoch, best = row["epoch"], row[monitor]
-        if state.epoch - best_epoch >= self.patience:
+        if state.progress.epoch - best_epoch >= self.patience:
             state.request_stop(f"no improvement in {monitor} by more than {self.min_delta:g} since epoch "
                                f"{best_epoch}", best_epoch=best_epoch)

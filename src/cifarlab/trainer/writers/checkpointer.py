@@ -26,23 +26,23 @@ class Checkpointer(Callback):
         checkpoint = make_checkpoint(state)
         save_checkpoint(checkpoint, *(self.directory / name for name in names))
         if LAST in names:  # the status the file holds: a signal during the save changes state.status, not it
-            state.process.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.epoch,
-                                             "step": state.step, "status": checkpoint.status}
+            state.process.last_checkpoint = {"path": str(self.directory / LAST), "epoch": state.progress.epoch,
+                                             "step": state.progress.step, "status": checkpoint.status}
 
     def on_step_end(self, state):
-        if self.every_steps and state.step % self.every_steps == 0 \
-                and state.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
+        if self.every_steps and state.progress.step % self.every_steps == 0 \
+                and state.progress.batch_in_epoch < state.steps_per_epoch and state.status != "diverged":
             self.save(state, LAST)
 
     def on_epoch_end(self, state):
         if state.status == "diverged":
             return
-        names = [BEST] if state.best() is state.history[-1] else []
-        if state.epoch % self.every_epochs == 0 or state.status == "completed":
+        names = [BEST] if state.best() is state.progress.history[-1] else []
+        if state.progress.epoch % self.every_epochs == 0 or state.status == "completed":
             names.append(LAST)
         top = self.top_epochs(state)
-        if state.epoch in top:
-            names.append(epoch_checkpoint(self.directory.parent, state.epoch).name)
+        if state.progress.epoch in top:
+            names.append(epoch_checkpoint(self.directory.parent, state.progress.epoch).name)
         if names:  # one serialisation for every file of the newest epoch
             self.save(state, *names)
         # Only once the new file is complete (written to a temporary name, then renamed): at every moment the
@@ -56,7 +56,7 @@ class Checkpointer(Callback):
         if not self.keep:
             return set()
         sign = 1 if state.monitor.endswith("loss") else -1
-        ranked = sorted(state.history, key=lambda row: (sign * row[state.monitor], row["epoch"]))
+        ranked = sorted(state.progress.history, key=lambda row: (sign * row[state.monitor], row["epoch"]))
         return {row["epoch"] for row in ranked[:self.keep]}
 
     def on_fit_end(self, state):
@@ -64,7 +64,7 @@ class Checkpointer(Callback):
         # when last.pt holds this very step with this status already: an early stop decided before
         # on_epoch_end saved; one a later callback asked for in on_epoch_end is saved again here).
         saved = state.process.last_checkpoint or {}
-        here = saved.get("step") == state.step and saved.get("path") == str(self.directory / LAST) \
+        here = saved.get("step") == state.progress.step and saved.get("path") == str(self.directory / LAST) \
             and saved.get("status") == state.status
         if state.outcome.kind in (INTERRUPTED, EARLY_STOPPED) and not here:
             self.save(state, LAST)

@@ -19,7 +19,7 @@ class CSVLogger(Callback):
     def on_fit_start(self, state):
         # Rows logged after the checkpoint we resume from will be logged again, and a kill may have left
         # half a line: keep only whole rows up to the checkpoint's step, rewritten atomically.
-        kept = self._rows_up_to(state.step) if self.path.exists() else []
+        kept = self._rows_up_to(state.progress.step) if self.path.exists() else []
         out = io.StringIO()
         writer = csv.DictWriter(out, METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -38,7 +38,7 @@ class CSVLogger(Callback):
         append_line(self.path, line.getvalue())
 
     def on_window(self, state):
-        self._append("step", state.window)
+        self._append("step", state.process.window)
 
     def on_epoch_end(self, state):
-        self._append("epoch", state.history[-1])
+        self._append("epoch", state.progress.history[-1])

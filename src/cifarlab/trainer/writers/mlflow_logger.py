@@ -96,10 +96,10 @@ class MLflowLogger(Callback):
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_window(self, state):
-        self._log(tracked_values("step", state.window), state.window["step"])
+        self._log(tracked_values("step", state.process.window), state.process.window["step"])
 
     def on_epoch_end(self, state):
-        row = state.history[-1]
+        row = state.progress.history[-1]
         self._log(tracked_values("epoch", row), row["step"])
 
     def on_run_end(self, state):

@@ -23,18 +23,18 @@ class ProgressPrinter(Callback):
         if self.bars:
             from tqdm.auto import tqdm  # a widget bar in Jupyter, a text bar in a terminal
 
-            self.bar = tqdm(total=state.steps_per_epoch, initial=state.batch_in_epoch, file=self.stream,
-                            desc=f"Epoch {state.epoch + 1}/{total}", leave=True, dynamic_ncols=True)
+            self.bar = tqdm(total=state.steps_per_epoch, initial=state.progress.batch_in_epoch, file=self.stream,
+                            desc=f"Epoch {state.progress.epoch + 1}/{total}", leave=True, dynamic_ncols=True)
         else:
-            print(f"Epoch {state.epoch + 1}/{total}", file=self.stream, flush=True)
+            print(f"Epoch {state.progress.epoch + 1}/{total}", file=self.stream, flush=True)
 
     def on_window(self, state):
-        window = state.window
+        window = state.process.window
         text = f"loss={window['train_loss']:.4f} acc={100 * window['train_acc']:.2f}% lr={window['lr']:.3g}"
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
         elif not self.silent:
-            print(f"  step {window['step']} ({state.batch_in_epoch}/{state.steps_per_epoch}): {text}",
+            print(f"  step {window['step']} ({state.progress.batch_in_epoch}/{state.steps_per_epoch}): {text}",
                   file=self.stream, flush=True)
 
     def on_step_end(self, state):
@@ -47,14 +47,14 @@ class ProgressPrinter(Callback):
             self.bar = None
         if self.silent:
             return
-        row = state.history[-1]
-        n = state.test_loader.num_images
+        row = state.progress.history[-1]
+        n = state.objects.test_loader.num_images
         compiling = f" (plus {row['compile_seconds']:.1f} s compiling)" if row.get("compile_seconds") else ""
         mfu = f", MFU {100 * row['mfu']:.1f}%" if row.get("mfu") is not None else ""
         print(f"Train: Average loss: {row['train_loss']:.4f}, Accuracy: {100 * row['train_acc']:.2f}%, "
               f"{row['images_per_second']:.0f} images/s{mfu}{compiling}", file=self.stream)
-        if state.val_loader is not None:
-            v = state.val_loader.num_images
+        if state.objects.val_loader is not None:
+            v = state.objects.val_loader.num_images
             print(f"Validation set: Average loss: {row['val_loss']:.4f}, Accuracy: {round(row['val_acc'] * v)}/{v} "
                   f"({100 * row['val_acc']:.2f}%)", file=self.stream)
         print(f"Test set: Average loss: {row['test_loss']:.4f}, Accuracy: {round(row['test_acc'] * n)}/{n} "

@@ -23,17 +23,18 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         wait_for_a_later_event_file_name(self.log_dir)
-        # On resume, drop the events logged after the checkpoint (steps > state.step): they come again.
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
+        # On resume, drop the events logged after the checkpoint (steps > state.progress.step): they come again.
+        step = state.progress.step
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step else None)
 
     def on_window(self, state):
-        for tag, value in tracked_values("step", state.window).items():
-            self.writer.add_scalar(tag, value, state.window["step"])
+        for tag, value in tracked_values("step", state.process.window).items():
+            self.writer.add_scalar(tag, value, state.process.window["step"])
 
     def on_epoch_end(self, state):
         # Against the optimizer step, like the step scalars, so that purge_step on resume drops exactly
         # the events logged after the checkpoint.
-        row = state.history[-1]
+        row = state.progress.history[-1]
         for tag, value in tracked_values("epoch", row).items():
             self.writer.add_scalar(tag, value, row["step"])
         self.writer.flush()
@@ -41,7 +42,7 @@ class TensorBoard(Callback):
     def on_fit_end(self, state):
         if self.writer is None:
             return
-        if state.status == "completed" and state.history:
+        if state.status == "completed" and state.progress.history:
             self._hparams(state)
         self.writer.close()
         self.writer = None
@@ -59,16 +60,16 @@ class TensorBoard(Callback):
         from cifarlab.config_diff import flatten, scalar
 
         config = {key: scalar(value) for key, value in flatten(state.cfg.to_dict()).items() if key != "description"}
-        last, best = state.history[-1], state.best()
+        last, best = state.progress.history[-1], state.best()
         scores = [name for name in TRACKED if name.split("_")[0] in ("train", "val", "test")]
         metrics = {f"hparam/final_{name}": last[name] for name in scores if name in last}
         metrics.update({f"hparam/best_{name}": best[name] for name in scores
                         if name.endswith("_acc") and not name.startswith("train") and name in best})
         file_writer = self.writer._get_file_writer()  # add_hparams would make a second run (tb/<name>)
         for summary in hparams_summaries(config, metrics):
-            file_writer.add_summary(summary, state.step)
+            file_writer.add_summary(summary, state.progress.step)
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, state.step)
+            self.writer.add_scalar(tag, value, state.progress.step)
 
 
 EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d{10})\.")

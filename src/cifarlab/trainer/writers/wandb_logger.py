@@ -66,10 +66,10 @@ class WandbLogger(Callback):
         self.run.config.update(state.cfg.to_dict(), allow_val_change=True)
 
     def on_window(self, state):
-        self.run.log(tracked_values("step", state.window), step=state.window["step"])
+        self.run.log(tracked_values("step", state.process.window), step=state.process.window["step"])
 
     def on_epoch_end(self, state):
-        row = state.history[-1]
+        row = state.progress.history[-1]
         self.run.log({**tracked_values("epoch", row), "epoch": row["epoch"]}, step=row["step"])
 
     def on_run_end(self, state):
@@ -83,7 +83,8 @@ class WandbLogger(Callback):
             self.run.summary.update({key: value for key, value in values.items() if value is not None})
             plots = sorted((self.run_dir / PLOTS).glob("*.png"))
             if plots:
-                self.run.log({f"{PLOTS}/{path.stem}": wandb.Image(str(path)) for path in plots}, step=state.step)
+                self.run.log({f"{PLOTS}/{path.stem}": wandb.Image(str(path)) for path in plots},
+                             step=state.progress.step)
         finally:
             self.run.finish(exit_code=0 if state.status == "completed" else 1)
             self.run = None
