@@ -28,9 +28,9 @@ from PIL import Image
 
 from _runs import assert_refused, finished_and_open_runs, tampered_copy
 from cifarlab.cli import main
+from cifarlab.data import prepare
 from cifarlab.run import layout, lock
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.trainer import build
 from cifarlab.use.evaluate import evaluation_data_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -594,13 +594,13 @@ def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, mo
     elsewhere = tmp_path / "not-yours"
     run = tampered_copy(runs[DONE], tmp_path / "run", _config("data", "dir", str(elsewhere)))
     asked = []
-    real_load = build.load_dataset
+    real_load = prepare.load_dataset
 
     def load_dataset(name, data_dir=None, **kw):
         asked.append(data_dir)
         return real_load(name, data_dir, **kw)
 
-    monkeypatch.setattr(build, "load_dataset", load_dataset)
+    monkeypatch.setattr(prepare, "load_dataset", load_dataset)
     monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "mine"))
     assert main(["eval", _ckpt(run)]) == 0
     assert main(["eval", _ckpt(run), "--data-dir", str(tmp_path / "chosen")]) == 0
@@ -609,7 +609,7 @@ def test_eval_never_writes_where_the_checkpoint_config_points(runs, tmp_path, mo
     assert asked == [None, str(tmp_path / "chosen"), None] and not elsewhere.exists()
     assert (
         evaluation_data_config(
-            build.Config().data.model_copy(update={"dataset": "cifar10", "dir": str(elsewhere)})
+            prepare.Config().data.model_copy(update={"dataset": "cifar10", "dir": str(elsewhere)})
         ).dir
         is None
     )
