@@ -10,7 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+import torch  # noqa: F401
+from _compare import assert_same_checkpoint
 
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import read_metrics
@@ -70,8 +71,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
     (a DDP run resumed mid-epoch included: its training loss and accuracy of that epoch are exact too)."""
     ours, theirs = (load_checkpoint(path / "checkpoints" / "last.pt") for path in (run, reference))
     assert (ours["epoch"], ours["step"], ours["status"]) == (theirs["epoch"], theirs["step"], "completed")
-    for name, tensor in theirs["model"].items():
-        assert torch.equal(ours["model"][name], tensor), f"weight {name} differs from the uninterrupted run"
+    assert_same_checkpoint(ours, theirs, ["model"], where="last.pt of the uninterrupted run")
     timing = {"elapsed_seconds": None, "images_per_second": None, "mfu": None}
     rows = [[replace(row, **timing) for row in read_metrics(path, kind="epoch")] for path in (run, reference)]
     assert len(rows[0]) == len(rows[1]) == ours["epoch"]

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from _compare import assert_same_checkpoint
 
+from _runs import signal_at_step, train_cli_exit
 from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment import build_state, load_data
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.runtime import make_runtime
-from cifarlab.trainer import loop
 from cifarlab.trainer.accumulate import grad_sync, micro_batches
 from cifarlab.trainer.loop import train_step
 
@@ -180,22 +180,9 @@ def test_schedule_steps_and_logging_count_optimizer_steps(uninterrupted):
     assert peak > 5 * start_lr  # the cycle did go up: it ran over 16 steps, not 32 micro-batches
 
 
-def test_resume_mid_epoch_with_mixing_colour_and_accumulation_equals_uninterrupted(tmp_path, monkeypatch, capsys,
-                                                                                   uninterrupted):
-    real_step = loop.train_step
-
-    def interrupted_step(state, inputs, labels):
-        if state.progress.step + 1 == 11:  # epoch 2, third step: a signal during the step, acted on when it ends
-            signal.raise_signal(signal.SIGINT)
-        real_step(state, inputs, labels)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "train_step", interrupted_step)
-        threads = torch.get_num_threads()
-        try:
-            assert main(["train", "smoke", f"output.dir={tmp_path}", *RUN]) == 130
-        finally:
-            torch.set_num_threads(threads)
+def test_resume_mid_epoch_with_mixing_colour_and_accumulation_equals_uninterrupted(tmp_path, capsys, uninterrupted):
+    # epoch 2, third step: a signal as the step ends
+    assert train_cli_exit("smoke", [f"output.dir={tmp_path}", *RUN], [signal_at_step(11)]) == 130
     (run_dir,) = [p for p in (tmp_path / "smoke").iterdir() if p.is_dir()]
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (stopped["step"], stopped["epoch"], stopped["batch_in_epoch"]) == (11, 1, 3)
@@ -205,6 +192,4 @@ def test_resume_mid_epoch_with_mixing_colour_and_accumulation_equals_uninterrupt
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (run_dir, uninterrupted))
     assert {k: v for k, v in summary.items() if k not in TIMING} == \
         {k: v for k, v in reference.items() if k not in TIMING}
-    got, want = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, uninterrupted))
-    for name, tensor in want["model"].items():
-        assert torch.equal(got["model"][name], tensor), name
+    assert_same_checkpoint(run_dir / "checkpoints" / "last.pt", uninterrupted / "checkpoints" / "last.pt")

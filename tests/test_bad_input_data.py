@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _runs import FAST, SRC, assert_refused, tampered_copy, tree_hashes
+from _runs import FAST, SRC, SharedRuns, assert_refused, only_run, tampered_copy, tree_hashes
 from cifarlab.cli import main
 from cifarlab.data.dataset import Dataset, Split
 from cifarlab.errors import UserError
@@ -63,17 +63,23 @@ def _one_image_changed(original: Path, dest: Path, split: str = "train") -> Path
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    return train_folder_run(tmp_path_factory.mktemp("folder"))
+def folder_run(tmp_path_factory, shared_runs):
+    return folder_run_copy(tmp_path_factory.mktemp("folder"), shared_runs)
 
 
-def train_folder_run(root: Path) -> dict:
-    """A finished 1-epoch run on a two-class PNG folder, with its folder and the cache folder."""
+def _train_folder_run(root: Path) -> None:
     images = _png_folder(root / "images")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIFARLAB_DATA", str(root / "cache"))
         assert main(["train", "smoke", f"data.dir={images}", f"output.dir={root / 'runs'}", *FOLDER_RUN]) == 0
-    return {"run": next((root / "runs" / "smoke").iterdir()), "images": images, "cache": root / "cache"}
+
+
+def folder_run_copy(root: Path, shared: SharedRuns) -> dict:
+    """A finished 1-epoch run on a two-class PNG folder, with its folder and the cache folder: this module's
+    copy under `root` of the one trained per session (its config's data.dir names the session's folder, whose
+    images are the same)."""
+    shared.copy("folder-run", _train_folder_run, root)
+    return {"run": only_run(root / "runs"), "images": root / "images", "cache": root / "cache"}
 
 
 def _arrays(images: np.ndarray, labels, classes=None, test=None):

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from _formats import cifar_batch
-from _runs import assert_refused
+from _runs import assert_refused, finished_and_open_runs
 from cifarlab import atomic
 from cifarlab.cli import main
 from cifarlab.data import sources
@@ -39,13 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, shared_runs) -> Path:
     """A finished 1-epoch smoke run: its checkpoint feeds predict and gradcam, its config.yaml goes back in."""
-    threads = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("runs")
-    assert main(["train", "smoke", f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5", *FAST]) == 0
-    torch.set_num_threads(threads)
-    return next((root / "smoke").iterdir())
+    return finished_and_open_runs(tmp_path_factory.mktemp("runs"), shared_runs)["done"]
 
 
 # ------------------------------------------------------------------ 1. recipe files

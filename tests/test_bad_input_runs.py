@@ -38,9 +38,9 @@ FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, shared_runs):
     """A finished 1-epoch smoke run, and a 2-epoch one put back to its step-15 checkpoint (resumable)."""
-    return finished_and_open_runs(tmp_path_factory.mktemp("runs"))
+    return finished_and_open_runs(tmp_path_factory.mktemp("runs"), shared_runs)
 
 
 def _copy(run_dir: Path, dest: Path) -> Path:

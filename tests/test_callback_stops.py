@@ -7,6 +7,7 @@ import signal
 import pytest
 
 import cifarlab
+from _runs import signal_at_step
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.trainer.callbacks import Callback
 
@@ -85,16 +86,10 @@ def test_on_window_is_called_once_per_logging_window_with_the_new_window(tmp_pat
     assert seen.windows == [(4, 4), (8, 8), (12, 12), (16, 16)]
 
 
-class InterruptAt(Callback):
-    def on_step_end(self, state):
-        if state.progress.step == 10:
-            state.interrupt("SIGINT", 2)  # what the signal handler does
-
-
 def test_wall_seconds_of_a_resumed_run_count_every_process(tmp_path):
     import time
 
-    stopped = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[InterruptAt()])
+    stopped = cifarlab.train("smoke", [f"output.dir={tmp_path}", *QUIET], callbacks=[signal_at_step(10)])
     assert stopped.status == "interrupted"
     before = load_checkpoint(stopped.run_dir / "checkpoints" / "last.pt")["wall_seconds"]
     assert 0 < before <= stopped.summary.wall_seconds

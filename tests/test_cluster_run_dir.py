@@ -4,9 +4,9 @@ killed before its first checkpoint starts again; a finished run is not trained t
 import signal
 
 import pytest
-import torch
+from _compare import assert_same_checkpoint
 
-from _runs import FAST, signal_at_step, tree_hashes
+from _runs import FAST, signal_at_step, train_cli_exit, tree_hashes
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 
@@ -23,12 +23,11 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow  # three short training runs in process
-def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp_path, monkeypatch, capsys,
-                                                                            uninterrupted):
+def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp_path, capsys, uninterrupted):
     run_dir = tmp_path / "job-42"
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 11, signal.SIGUSR1)
-        assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 128 + signal.SIGUSR1 == 138
+    recipe, *overrides = RUN
+    stop = signal_at_step(11, signal.SIGUSR1)
+    assert train_cli_exit(recipe, overrides, [stop], run_dir=run_dir) == 128 + signal.SIGUSR1 == 138
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (stopped["status"], stopped["step"]) == ("interrupted", 11)
     assert "SIGUSR1 received" in capsys.readouterr().err
@@ -36,8 +35,7 @@ def test_sigusr1_saves_and_exits_138_then_the_same_command_continues_exactly(tmp
     assert "resuming" in capsys.readouterr().err
     finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert finished["step"] == uninterrupted["step"] == 16
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(finished["model"][name], tensor), name
+    assert_same_checkpoint(finished, uninterrupted, ["model"])
 
     before = tree_hashes(run_dir)
     assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 0
@@ -54,9 +52,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     (run_dir / "metrics.csv").write_text("kind,epoch,step\n")
     assert main(["train", *RUN, "--run-dir", str(run_dir)]) == 0
     assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().err
-    finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(finished["model"][name], tensor), name
+    assert_same_checkpoint(run_dir / "checkpoints" / "last.pt", uninterrupted, ["model"])
 
 
 def test_a_file_or_a_run_with_another_config_is_refused_in_one_line(tmp_path, capsys):
@@ -82,20 +78,19 @@ def test_torchrun_restarts_with_a_shared_store_are_warned_about(monkeypatch, cap
 
 
 @pytest.mark.slow  # two short training runs in process
-def test_the_python_facade_continues_a_named_run_as_the_command_does(tmp_path, monkeypatch, uninterrupted):
+def test_the_python_facade_continues_a_named_run_as_the_command_does(tmp_path, uninterrupted):
     """`cifarlab.train_or_continue(..., run_dir=)`: a run stopped by the scheduler's signal is continued by the
     same call to the end of a run never stopped; once finished, the call trains nothing."""
     import cifarlab
 
     run_dir, (recipe, *overrides) = tmp_path / "job-9", RUN
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 5, signal.SIGUSR1)
-        assert cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir).status == "interrupted"
+    usr1 = [signal_at_step(5, signal.SIGUSR1)]  # the scheduler's warning before preemption
+    stopped = cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir, callbacks=usr1)
+    assert stopped.status == "interrupted"
     run = cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir)
     assert run.status == "completed" and run.run_dir == run_dir
     finished = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(finished["model"][name], tensor), name
+    assert_same_checkpoint(finished, uninterrupted, ["model"], where="the uninterrupted run")
     before = tree_hashes(run_dir)
     assert cifarlab.train_or_continue(recipe, overrides, run_dir=run_dir).best_test_acc == run.best_test_acc
     assert tree_hashes(run_dir) == before, "a finished run is not trained twice"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_bad_input_data import _one_image_changed, _png_folder, train_folder_run
+from test_bad_input_data import _one_image_changed, _png_folder, folder_run_copy
 
 from _folders import needs_fashion
 from _runs import MEMORY_LIMIT, SRC, tampered_copy, tree_hashes
@@ -31,8 +31,8 @@ from cifarlab.data.sources import load_dataset
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    return train_folder_run(tmp_path_factory.mktemp("folder"))
+def folder_run(tmp_path_factory, shared_runs):
+    return folder_run_copy(tmp_path_factory.mktemp("folder"), shared_runs)
 
 
 def _best(run: Path) -> str:

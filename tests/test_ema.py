@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _compare import assert_same_state
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import load_config
@@ -53,7 +54,7 @@ def test_matches_averaged_model_over_real_training_steps(tmp_path):
             train_step(state, inputs, labels)
             state.progress.step += 1
     trained = theirs.objects.model.state_dict()
-    assert all(torch.equal(v, trained[k]) for k, v in ours.objects.model.state_dict().items()), "same training"
+    assert_same_state(ours.objects.model.state_dict(), trained, "same training")
     expected, got = floats(theirs.objects.ema.module), floats(ours.objects.ema.module)
     assert expected.keys() == got.keys() and len(got) > 10
     for key in expected:
@@ -123,7 +124,7 @@ def test_updates_make_no_host_sync_and_leave_the_model_alone():
         for step in range(6):
             ema.update(model, step)
     assert syncs.total == 0, syncs.report()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_same_state(model.state_dict(), before)
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 

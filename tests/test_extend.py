@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _compare import assert_same_checkpoint
 
 import cifarlab
+from _runs import only_run, signal_at_step
 from cifarlab.cli import main
 from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.trainer import loop
 from cifarlab.trainer.optim import Schedule, build_optimizer
 
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
@@ -27,6 +28,11 @@ def _train(root: Path, *extra: str) -> Path:
     assert main(["train", "smoke", f"output.dir={root}", *COMMON, *extra]) == 0
     (run_dir,) = [p for p in (root / "smoke").iterdir() if p.is_dir()]
     return run_dir
+
+
+def _finished(root: Path, shared_runs) -> Path:
+    """A finished 2-epoch smoke run (COMMON) under `root`: this test's copy of the one trained per session."""
+    return only_run(shared_runs.copy("extend-finished", _train, root))
 
 
 def _rows(run_dir: Path, kind: str = "epoch") -> list[dict]:
@@ -45,8 +51,9 @@ def _files(run_dir: Path) -> dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_extending_a_finished_onecycle_run_holds_the_final_lr_and_records_the_new_total(tmp_path):
-    run_dir = _train(tmp_path)  # onecycle over 2 epochs, peak at epoch 1, no annihilation: ends at 0.05 / 10
+def test_extending_a_finished_onecycle_run_holds_the_final_lr_and_records_the_new_total(tmp_path, shared_runs):
+    # onecycle over 2 epochs, peak at epoch 1, no annihilation: ends at 0.05 / 10
+    run_dir = _finished(tmp_path, shared_runs)
     before = _rows(run_dir)
     final_lr = float(before[-1]["lr"])
     assert final_lr == pytest.approx(0.005)
@@ -87,27 +94,16 @@ def test_a_step_schedule_extended_equals_a_run_planned_that_long(tmp_path):
     assert _rows(extended) == _rows(reference)
     assert _rows(extended, "step") == _rows(reference, "step")
     assert [float(row["lr"]) for row in _rows(extended)] == pytest.approx([0.05, 0.025, 0.0125])
-    got, want = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (extended, reference))
-    for key, value in want["model"].items():
-        assert torch.equal(got["model"][key], value), key
+    assert_same_checkpoint(extended / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt", ["model"])
 
 
-def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extension_resumes(tmp_path, monkeypatch):
+def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extension_resumes(tmp_path):
     run_dir = _train(tmp_path, "schedule.name=cosine", "schedule.min_lr=0.002")
     assert float(_rows(run_dir)[-1]["lr"]) < 0.05 / 2
 
     # Stop the extension in its second added epoch, then resume it without --epochs: the total is recorded.
-    real_step = loop.train_step
-
-    def stop_at_step_28(state, inputs, labels):
-        if state.progress.step + 1 == 28:
-            state.interrupt("SIGINT", 2)
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", stop_at_step_28)
-    stopped = cifarlab.resume(run_dir, epochs=4)
+    stopped = cifarlab.resume(run_dir, epochs=4, callbacks=[signal_at_step(28)])
     assert stopped.summary.status == stopped.status == "interrupted"
-    monkeypatch.setattr(loop, "train_step", real_step)
     run = cifarlab.resume(run_dir)
     assert run.summary.status == "completed" and run.summary.epochs_completed == 4
 
@@ -116,8 +112,8 @@ def test_cosine_extension_from_python_stays_at_min_lr_and_an_interrupted_extensi
 
 
 @pytest.mark.parametrize("epochs", ["2", "1", "0"])
-def test_extending_to_no_more_epochs_than_done_is_one_line_and_changes_nothing(tmp_path, capsys, epochs):
-    run_dir = _train(tmp_path)
+def test_extending_to_no_more_epochs_than_done_is_one_line_and_changes_nothing(tmp_path, capsys, epochs, shared_runs):
+    run_dir = _finished(tmp_path, shared_runs)
     before = _files(run_dir)
     capsys.readouterr()
     assert main(["resume", str(run_dir), "--epochs", epochs]) == 2
@@ -126,8 +122,8 @@ def test_extending_to_no_more_epochs_than_done_is_one_line_and_changes_nothing(t
     assert _files(run_dir) == before
 
 
-def test_resuming_a_finished_run_without_epochs_points_to_the_extension(tmp_path, capsys):
-    run_dir = _train(tmp_path)
+def test_resuming_a_finished_run_without_epochs_points_to_the_extension(tmp_path, capsys, shared_runs):
+    run_dir = _finished(tmp_path, shared_runs)
     capsys.readouterr()
     assert main(["resume", str(run_dir)]) == 2
     assert f"cifarlab resume {run_dir} --epochs N" in capsys.readouterr().err
@@ -167,8 +163,8 @@ def _start_of(run_args: list[str]) -> dict:
     return seen
 
 
-def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_path):
-    trained = _train(tmp_path / "a")
+def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_path, shared_runs):
+    trained = _finished(tmp_path / "a", shared_runs)
     checkpoint = trained / "checkpoints" / "best.pt"
     start = _start_of([f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1",
                        "schedule.peak_epoch=0.5"])
@@ -183,8 +179,8 @@ def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(tmp_
 
 
 @pytest.mark.slow
-def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_the_head(tmp_path, capsys):
-    checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
+def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_the_head(tmp_path, capsys, shared_runs):
+    checkpoint = _finished(tmp_path / "a", shared_runs) / "checkpoints" / "best.pt"
     five = [f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}", "train.epochs=1",
             "schedule.peak_epoch=0.5", "data.options.num_classes=5"]
     capsys.readouterr()
@@ -206,8 +202,8 @@ def test_init_from_other_classes_needs_init_head_false_and_then_keeps_all_but_th
     ("model.name=resnet18 model.options={}", "holds a 'convnet' model but model.name is 'resnet18'"),
     ("data.options.channels=1", "trained on 3-channel images, this data has 1 channels"),
 ])
-def test_init_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, override, expected):
-    checkpoint = _train(tmp_path / "a") / "checkpoints" / "best.pt"
+def test_init_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, override, expected, shared_runs):
+    checkpoint = _finished(tmp_path / "a", shared_runs) / "checkpoints" / "best.pt"
     capsys.readouterr()
     code = main(["train", "smoke", f"output.dir={tmp_path / 'b'}", *COMMON, f"model.init_from={checkpoint}",
                  *override.split()])

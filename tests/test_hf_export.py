@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import cifarlab
+from _runs import flip_run
 from cifarlab.cli import main
 
 
 @pytest.fixture(scope="module")
-def best(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    run = cifarlab.train("smoke", [f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5", "train.tta=flip",
-                                   "train.device=cpu", "output.tensorboard=false", "output.progress=none"])
-    return run.run_dir / "checkpoints" / "best.pt"
+def best(tmp_path_factory, shared_runs):
+    """best.pt of a finished 1-epoch smoke run evaluated with flip TTA."""
+    run_dir, _ = flip_run(tmp_path_factory.mktemp("runs"), shared_runs)
+    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture

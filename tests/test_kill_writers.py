@@ -82,9 +82,9 @@ def _age(paths: list[Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, shared_runs):
     root = tmp_path_factory.mktemp("runs")
-    made = finished_and_open_runs(root)
+    made = finished_and_open_runs(root, shared_runs)
     reported = root / "reported"
     shutil.copytree(made["done"], reported)
     # In a fresh interpreter, as the killed report runs: plots are compared byte for byte, and this

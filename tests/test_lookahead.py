@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from _compare import assert_same_state
 from torch import nn
 
 from cifarlab.trainer.lookahead import Lookahead
@@ -69,7 +70,7 @@ def test_model_takes_the_slow_weights_at_each_epoch_end_and_the_state_round_trip
 
     restored = Lookahead(every=2, decay=0.9, power=1.0, start_epoch=0, planned_steps=10)
     restored.load_state_dict(lookahead.state_dict(), model)
-    assert all(torch.equal(a, b) for a, b in zip(restored.slow, lookahead.slow))
+    assert_same_state(restored.slow, lookahead.slow)
     with pytest.raises(ValueError, match="lookahead weights do not match the model"):
         restored.load_state_dict({"slow": lookahead.state_dict()["slow"][:-1]}, model)
 

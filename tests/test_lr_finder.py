@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _compare import assert_same_state
 from torch import nn
 
 from _curves import calibration_then_descent, ema, hand_made_curve
@@ -51,14 +52,8 @@ def snapshot(model, optimizer):
 def assert_same(before, after):
     model_a, state_a, groups_a, grads_a, modes_a = before
     model_b, state_b, groups_b, grads_b, modes_b = after
-    assert model_a.keys() == model_b.keys()
-    for key in model_a:
-        assert torch.equal(model_a[key], model_b[key]), key
-    assert state_a.keys() == state_b.keys()
-    for index in state_a:
-        for key, value in state_a[index].items():
-            other = state_b[index][key]
-            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, (index, key)
+    assert_same_state(model_b, model_a, "model")
+    assert_same_state(state_b, state_a, "optimizer state")
     for group_a, group_b in zip(groups_a, groups_b):
         assert group_a["lr"] == group_b["lr"]
     for grad_a, grad_b in zip(grads_a, grads_b):

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 import cifarlab
-from _runs import assert_refused, tampered_copy
+from _runs import assert_refused, finished_and_open_runs, tampered_copy
 from cifarlab.cli import main
 from cifarlab.errors import UserError
 
@@ -24,17 +24,15 @@ QUIET = ["train.device=cpu", "output.tensorboard=false", "output.progress=none",
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, shared_runs):
     """A one-epoch smoke run (a 10-class convnet on 16x16 images), its model folder, and an image."""
     root = tmp_path_factory.mktemp("model-files")
-    run = cifarlab.train("smoke", [f"output.dir={root / 'runs'}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                                   *QUIET])
+    run_dir = finished_and_open_runs(root / "runs", shared_runs)["done"]
     folder = root / "folder"
-    assert main(["export", str(run.run_dir / "checkpoints" / "best.pt"), "--format", "hf",
-                              "--out", str(folder)]) == 0
+    assert main(["export", str(run_dir / "checkpoints" / "best.pt"), "--format", "hf", "--out", str(folder)]) == 0
     image = root / "image.png"
     Image.new("RGB", (20, 24), (200, 30, 90)).save(image)
-    return {"run": run.run_dir, "folder": folder, "image": image, "root": root}
+    return {"run": run_dir, "folder": folder, "image": image, "root": root}
 
 
 # ---------------------------------------------------------------- one set of checks, every format

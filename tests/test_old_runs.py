@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from _compare import TIMING, assert_same_checkpoint, assert_same_state
 
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
@@ -25,27 +25,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"
 MADE_WITH = json.loads((FIXTURE / "made_with.json").read_text())
 SAME_ARITHMETIC = (MADE_WITH["torch"] == str(torch.__version__)
                    and MADE_WITH["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
-TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
-          # MFU and what it rests on: measured by the process that trains, absent from runs made before MFU was recorded
-          "mfu", "train_flops_per_image", "peak_flops", "peak_flops_source"}
+# the state the old checkpoints hold (they predate lookahead)
 STATE_KEYS = ("model", "optimizer", "schedule", "lr_used", "ema", "epoch", "step", "batch_in_epoch", "history",
               "rng", "epoch_meter", "window_meter", "status")
-
-
-def _same(a, b, where: str) -> None:
-    """Exact equality of nested checkpoint content (timing keys skipped)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) - TIMING == set(b) - TIMING, where
-        for key in set(a) - TIMING:
-            _same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
 
 
 def _csv_rows(run_dir: Path) -> list[dict]:
@@ -68,7 +50,7 @@ def test_an_old_interrupted_run_resumes_and_keeps_what_it_had_done(resumed):
     old = load_checkpoint(FIXTURE / "interrupted" / "checkpoints" / "last.pt")
     new = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert (new["epoch"], new["step"], new["status"]) == (2, 16, "completed")
-    _same(new["history"][0], old["history"][0], "history[0]")
+    assert_same_state(new["history"][0], old["history"][0], "history[0]")
     assert read_summary(resumed).status == "completed"
     assert [row.step for row in read_metrics(resumed)] == [4, 8, 8, 12, 16, 16]
 
@@ -78,9 +60,7 @@ def test_an_old_interrupted_run_resumes_and_keeps_what_it_had_done(resumed):
 def test_an_old_interrupted_run_resumes_bit_identical_to_the_old_uninterrupted_one(resumed):
     reference = FIXTURE / "uninterrupted"
     for name in ("last.pt", "best.pt"):
-        got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
-        for key in STATE_KEYS:
-            _same(got[key], want[key], f"{name}:{key}")
+        assert_same_checkpoint(resumed / "checkpoints" / name, reference / "checkpoints" / name, STATE_KEYS)
     assert _csv_rows(resumed) == _csv_rows(reference)
     summaries = [{k: v for k, v in read_summary(d).to_json().items() if k not in TIMING} for d in (resumed, reference)]
     assert summaries[0] == summaries[1]

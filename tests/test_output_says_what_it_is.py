@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from _folders import needs_fashion, write_fashion_folder
+from _runs import flip_run
 from cifarlab import atomic
 from cifarlab.cli import main
 from cifarlab.progress import PhaseProgress
@@ -20,14 +21,9 @@ FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 1-epoch smoke run with flip TTA and its report; the data line it printed."""
-    root = tmp_path_factory.mktemp("says")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        assert main(["train", "smoke", f"output.dir={root}", "train.epochs=1", "schedule.peak_epoch=0.5",
-                     "train.tta=flip", "output.report=false", *FAST, "output.progress=lines"]) == 0
-    return next((root / "smoke").iterdir()), err.getvalue()
+def run(tmp_path_factory, shared_runs):
+    """A 1-epoch smoke run with flip TTA; the data line it printed."""
+    return flip_run(tmp_path_factory.mktemp("says"), shared_runs)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _compare import assert_same_state
 from torch import nn
 
 from cifarlab.analysis import image_grids, plots
@@ -253,7 +254,7 @@ def test_model_summary_is_torchinfo_table_and_leaves_model_alone():
                    "Total mult-adds (M)", "Estimated Total Size (MB)"):
         assert needle in text, needle
     assert "Units." not in text
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_same_state(model.state_dict(), before)
     assert next(model.parameters()).device.type == "cpu" and model.training
 
 

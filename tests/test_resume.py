@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -19,17 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _compare import TIMING, assert_same_checkpoint, assert_same_state
 from test_user_models import user_module  # noqa: F401  (a fixture)
 
-from _runs import signal_at_step
+from _runs import AtStep, signal_at_step, train_cli_exit
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
 from cifarlab.run.records import EpochRow
-from cifarlab.trainer import loop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TIMING = {"elapsed_seconds", "images_per_second", "wall_seconds", "train_seconds", "train_images_per_second",
-          "mfu", "peak_flops"}  # MFU's peak on a CPU is a matmul probe: timed too
+# Only a guard against a process that hangs before its first checkpoint (a dead process fails at once): on a
+# loaded 2-core machine importing torch and training 3 steps took over 60 s, and the test failed on wall time.
+STARTUP_GUARD_SECONDS = 600
 # 8 steps per epoch (512 images, batch 64); a window row every 4 steps; last.pt every 3 steps and per epoch.
 COMMON = ["deterministic=true", "train.device=cpu", "train.threads=1", "train.precision=fp32",
           "output.tensorboard=false", "output.progress=lines", "checkpoint.every_steps=3"]
@@ -59,37 +59,13 @@ def _summary(run_dir: Path) -> dict:
     return {k: v for k, v in summary.items() if k not in TIMING}
 
 
-def _assert_same_tree(a, b, where: str = "") -> None:
-    """Exact equality of nested checkpoint content; timing keys skipped."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), where
-    elif isinstance(a, dict):
-        keys = set(a) - TIMING
-        assert keys == set(b) - TIMING, where
-        for key in keys:
-            _assert_same_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
-        assert a == b or both_nan, f"{where}: {a!r} != {b!r}"
-
-
 def _assert_same_run(resumed: Path, reference: Path) -> None:
     assert _metrics(resumed) == _metrics(reference)
     assert _summary(resumed) == _summary(reference)
     for name in ("last.pt", "best.pt"):
         got, want = (load_checkpoint(d / "checkpoints" / name) for d in (resumed, reference))
-        for key in ("model", "optimizer", "schedule", "lr_used", "ema", "lookahead", "epoch", "step", "batch_in_epoch",
-                    "history", "rng", "epoch_meter", "window_meter", "status", "config"):
-            if key != "config":
-                _assert_same_tree(got[key], want[key], f"{name}:{key}")
-        assert {k: v for k, v in got["config"].items() if k != "output"} == \
-            {k: v for k, v in want["config"].items() if k != "output"}
+        assert_same_checkpoint(got, want, where=name)
+        assert_same_state(got["config"], want["config"], f"{name}:config", skip={"output"})
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +86,11 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("stop_step, variant", [(8, "plain"), (13, "plain"), (11, "ema"), (14, "lookahead")],
                          ids=["between-epochs", "mid-epoch", "mid-epoch-ema", "mid-epoch-lookahead"])
-def test_signal_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, reference, stop_step, variant):
+def test_signal_then_resume_equals_uninterrupted(tmp_path, capsys, reference, stop_step, variant):
     extra = {"plain": (), "ema": ("train.ema=0.9",),
              "lookahead": ("train.lookahead={every: 3, start_epoch: 1, power: 1}",)}[variant]
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, stop_step)
-        assert main(["train", *_args(tmp_path, "train.epochs=3", *extra)]) == 130
+    recipe, *overrides = _args(tmp_path, "train.epochs=3", *extra)
+    assert train_cli_exit(recipe, overrides, [signal_at_step(stop_step)]) == 130
     run_dir = _only_run(tmp_path)
     err = capsys.readouterr().err
     assert f"Resume with: cifarlab resume {run_dir}" in err and "SIGINT" in err
@@ -137,7 +112,7 @@ def test_resume_after_sigkill_and_torn_metrics_equals_uninterrupted(tmp_path, re
     cmd = [sys.executable, "-m", "cifarlab", "train", *_args(tmp_path, "train.epochs=3")]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_GUARD_SECONDS
         while not list(tmp_path.glob("smoke/*/checkpoints/last.pt")):
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline
@@ -166,7 +141,7 @@ def test_sigterm_to_a_real_process_saves_hints_and_resumes_exactly(tmp_path, ref
     cmd = [sys.executable, "-m", "cifarlab", "train", *_args(tmp_path, "train.epochs=3")]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_GUARD_SECONDS
         while not list(tmp_path.glob("smoke/*/checkpoints/last.pt")):
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
@@ -186,12 +161,11 @@ def test_sigterm_to_a_real_process_saves_hints_and_resumes_exactly(tmp_path, ref
     _assert_same_run(run_dir, reference["plain"])
 
 
-def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path, reference, monkeypatch, capsys):
+def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path, reference, capsys):
     """Stop at step 20, corrupt last.pt: resume warns, takes last.prev.pt (step 18), drops the metrics.csv
     row and TensorBoard events of step 20, and still ends identical to the uninterrupted run."""
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 20)
-        assert main(["train", *_args(tmp_path, "train.epochs=3", "output.tensorboard=true")]) == 130
+    recipe, *overrides = _args(tmp_path, "train.epochs=3", "output.tensorboard=true")
+    assert train_cli_exit(recipe, overrides, [signal_at_step(20)]) == 130
     run_dir = _only_run(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     data = bytearray(last.read_bytes())
@@ -212,18 +186,14 @@ def test_resume_falls_back_to_previous_checkpoint_when_last_is_corrupt(tmp_path,
     assert steps["epoch/test_acc"] == steps["epoch/epoch"] == [8, 16, 24]
 
 
-def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, monkeypatch, capsys):
+def test_divergence_stops_keeps_last_good_checkpoint_and_exits_3(tmp_path, capsys):
     """Weights blow up at step 11 (after the step-9 save): last.pt stays the step-9 state, marked in summary.json."""
-    real_step = loop.train_step
+    def blow_up(state):  # as step 10 ends: step 11 trains on infinite weights
+        with torch.no_grad():
+            next(state.objects.model.parameters()).fill_(float("inf"))
 
-    def train_step(state, inputs, labels):
-        if state.progress.step + 1 == 11:
-            with torch.no_grad():
-                next(state.objects.model.parameters()).fill_(float("inf"))
-        real_step(state, inputs, labels)
-
-    monkeypatch.setattr(loop, "train_step", train_step)
-    assert main(["train", *_args(tmp_path, "train.epochs=3")]) == 3
+    recipe, *overrides = _args(tmp_path, "train.epochs=3")
+    assert train_cli_exit(recipe, overrides, [AtStep(10, blow_up)]) == 3
     run_dir = _only_run(tmp_path)
     err = capsys.readouterr().err
     assert "training diverged: non-finite loss at step 11 with lr" in err and "cifarlab lr-find smoke" in err
@@ -327,7 +297,7 @@ def _forget(module: str, model: str) -> None:
     sys.modules.pop(module, None)
 
 
-def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monkeypatch, capsys, request):
+def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, capsys, request):
     """`train` imported the recipe's model.module; training the run on imports it again (a killed sweep's
     trial is resumed so), with `train`'s checks: a module that is gone is one line and nothing changes."""
     from test_user_models import MODULE
@@ -335,10 +305,9 @@ def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monk
     from _runs import tree_hashes
 
     user_folder = request.getfixturevalue("user_module")  # the module's folder, on sys.path
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 5)
-        assert main(["train", *_args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}",
-                                     "model.options={hidden: 8}", "train.epochs=2")]) == 130
+    recipe, *overrides = _args(tmp_path, "model.name=tiny_mlp", f"model.module={MODULE}", "model.options={hidden: 8}",
+                               "train.epochs=2")
+    assert train_cli_exit(recipe, overrides, [signal_at_step(5)]) == 130
     run_dir = _only_run(tmp_path)
     capsys.readouterr()
     _forget(MODULE, "tiny_mlp")
@@ -354,7 +323,7 @@ def test_resume_imports_the_model_module_the_run_was_trained_with(tmp_path, monk
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
-def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch, capsys):
+def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch, capsys, shared_runs):
     """A run whose model is built in but whose config names a module (an edited or foreign run) resumes
     without importing it: a run directory is never a reason to run code its model does not need."""
     from _runs import finished_and_open_runs, tampered_copy
@@ -363,7 +332,7 @@ def test_resume_imports_no_module_its_model_does_not_need(tmp_path, monkeypatch,
     planted.mkdir()
     (planted / "cifarlab_planted_module.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(planted))
-    done = finished_and_open_runs(tmp_path / "runs")["done"]
+    done = finished_and_open_runs(tmp_path / "runs", shared_runs)["done"]
     run = tampered_copy(done, tmp_path / "r", lambda p: p["config"]["model"].update(module="cifarlab_planted_module"))
     assert main(["resume", str(run), "--epochs", "2"]) == 0
     assert not (tmp_path / "ran").exists() and "cifarlab_planted_module" not in sys.modules

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from _compare import assert_same_state
 from torch import nn
 
 from cifarlab.trainer.throughput import datasheet_peak, peak_flops, training_flops_per_image
@@ -23,7 +24,7 @@ def test_counting_flops_leaves_the_model_and_the_random_stream_alone():
     before = {key: value.clone() for key, value in model.state_dict().items()}
     state = torch.random.get_rng_state()
     assert training_flops_per_image(model, (3, 8, 8)) > 0
-    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert_same_state(model.state_dict(), before)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _compare import assert_same_state
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
@@ -126,7 +127,7 @@ def test_an_instance_of_a_local_class_loads_only_into_a_module_passed_in(tmp_pat
     run = cifarlab.train("smoke", [f"output.dir={tmp_path}", "output.report=true", *RUN], model=start,
                          data=(train, test))
     assert run.config.model.name.startswith("state_dict:") and run.config.model.name.endswith("LocalNet")
-    assert all(torch.equal(v, start_weights[k]) for k, v in start.state_dict().items())  # a copy trained
+    assert_same_state(start.state_dict(), start_weights)  # a copy trained
     assert (run.run_dir / "report.md").is_file()  # the report, made inside train, rebuilt the model
     best = run.run_dir / "checkpoints" / "best.pt"
     with pytest.raises(UserError, match="only load_state_dict can rebuild it: pass one") as refused:

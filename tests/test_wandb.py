@@ -73,11 +73,11 @@ def test_wandb_that_cannot_start_is_one_line_and_leaves_no_run_directory(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, shared_runs):
     """A finished 1-epoch smoke run (trained without W&B: the cases below turn output.wandb on in a copy)."""
     from _runs import finished_and_open_runs
 
-    return finished_and_open_runs(tmp_path_factory.mktemp("runs"))["done"]
+    return finished_and_open_runs(tmp_path_factory.mktemp("runs"), shared_runs)["done"]
 
 
 def _no_wandb(monkeypatch):
