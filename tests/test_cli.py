@@ -13,6 +13,7 @@ from PIL import Image
 from _runs import SRC
 from cifarlab.cli import main
 from cifarlab.data.sources import load_dataset
+from cifarlab.run.records import Summary
 
 
 def _run_dir(out_root, recipe="smoke"):
@@ -184,7 +185,7 @@ def test_demo_says_why_it_falls_back_to_fashion_mnist(monkeypatch, capsys):
     monkeypatch.setattr(sources, "download_server_answers", lambda name, seconds: True)
     monkeypatch.setattr(sources, "load_dataset", offline)
     monkeypatch.setattr(experiment, "train", lambda recipe, overrides: trained.append(recipe) or
-                        type("Run", (), {"run_dir": "runs/x", "summary": {"status": "completed"}})())
+                        type("Run", (), {"run_dir": "runs/x", "summary": Summary(status="completed")})())
     assert main(["demo"]) == 0
     err = capsys.readouterr().err
     assert trained == ["fmnist-quick"] and "CIFAR-10 is not cached and could not be downloaded" in err

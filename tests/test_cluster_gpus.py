@@ -49,5 +49,5 @@ def test_the_worker_processes_are_started_with_their_gpu(monkeypatch):
     Context.Process = Process
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
     monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context())
-    assert sweep_workers._run_workers(sweep=None, workers=3) == [0, 0, 0]
+    assert sweep_workers._run_workers(sweep=None, workers=3, worker=None) == [0, 0, 0]
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["1", "3", "1"]

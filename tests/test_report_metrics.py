@@ -81,7 +81,7 @@ def test_the_report_summary_gives_top5_only_where_there_are_more_than_five_class
 
     probs, labels = _scores(K=K)
     made = Predictions(probs=probs.float(), labels=labels, losses=-probs.log().gather(1, labels[:, None])[:, 0].float())
-    text = " ".join(block.text for block in _summary_section({}, made, load_config("smoke")).blocks
+    text = " ".join(block.text for block in _summary_section(None, "test_acc", made, load_config("smoke")).blocks
                     if isinstance(block, Text))
     if K > 5:
         assert f"{100 * topk_accuracy(probs, labels, 5):.2f}% top-5" in text
