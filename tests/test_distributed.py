@@ -75,8 +75,8 @@ def test_metrics_count_every_test_image_once_and_only_rank_0_writes(ddp_runs):
     # test images must agree (up to rank 1 using its own BatchNorm running statistics for its shard).
     summary = json.loads((run / "summary.json").read_text())
     single = evaluate_checkpoint(load_model(run / "checkpoints" / "last.pt"))
-    assert single["images"] == 512
-    assert abs(single["test_acc"] - summary["final_test_acc"]) < 0.03, (single, summary["final_test_acc"])
+    assert single.images == 512
+    assert abs(single.test_acc - summary["final_test_acc"]) < 0.03, (single, summary["final_test_acc"])
 
 
 def test_resume_of_a_ddp_run_matches_the_uninterrupted_run(ddp_runs):

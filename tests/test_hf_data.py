@@ -132,7 +132,7 @@ def test_a_run_trains_on_it_and_evaluates_it_again(saved, tmp_path):
     model = cifarlab.load_model(run.run_dir / "checkpoints" / "best.pt", device="cpu")
     assert model.classes == tuple(CLASSES) and model.image_size == 20
     result = evaluate_checkpoint(model)  # the run's own test split, read from data.dir again
-    assert result["test_acc"] == pytest.approx(run.summary.best_test_acc)
+    assert result.test_acc == pytest.approx(run.summary.best_test_acc)
 
 
 def _two_train_files(dataset_dict, folder):

@@ -26,6 +26,7 @@ from cifarlab.run.records import (
     DivergedAt,
     EarlyStopped,
     EpochRow,
+    Evaluation,
     SavedCheckpoint,
     Summary,
     csv_cells,
@@ -38,10 +39,11 @@ from cifarlab.sweep.trial import TrialRecord
 SRC = Path(__file__).resolve().parents[1] / "src" / "cifarlab"
 # The records' owner and the file edge: json/csv/torch.save mappings are read and written here only.
 ALLOWED = ("run/", "trainer/writers/")
-RECORDS = (EpochRow, Summary, EarlyStopped, DivergedAt, SavedCheckpoint, StoredOutcome, TrialRecord)
+RECORDS = (EpochRow, Summary, EarlyStopped, DivergedAt, SavedCheckpoint, StoredOutcome, TrialRecord, Evaluation)
 FIELD_NAMES = frozenset(f.name for record in RECORDS for f in fields(record))
 RECORD_ATTRIBUTES = frozenset({"history", "window", "summary", "early_stop", "diverged_at", "last_checkpoint"})
-RECORD_FUNCTIONS = frozenset({"best", "best_row", "ranked", "read_summary", "read_metrics", "write_summary"})
+RECORD_FUNCTIONS = frozenset({"best", "best_row", "ranked", "read_summary", "read_metrics", "write_summary",
+                              "evaluate_checkpoint", "evaluate_model_file", "evaluate"})
 
 
 def _called(node: ast.AST) -> str | None:

@@ -107,11 +107,11 @@ def cmd_summary(args) -> int:
 
 def cmd_eval(args) -> int:
     result = cifarlab.evaluate(args.checkpoint, precision=args.precision, tta=args.tta, data_dir=args.data_dir)
-    n, acc = result["images"], result["test_acc"]
-    print(f"Test set: Average loss: {result['test_loss']:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
-    top5 = f"top-5 accuracy {100 * result['test_top5_acc']:.2f}%, " if "test_top5_acc" in result else ""
-    print(f"{top5}macro F1 {100 * result['test_macro_f1']:.2f}%, ECE {100 * result['test_ece']:.2f}%")
-    print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
+    n, acc = result.images, result.test_acc
+    print(f"Test set: Average loss: {result.test_loss:.4f}, Accuracy: {round(acc * n)}/{n} ({100 * acc:.2f}%)")
+    top5 = f"top-5 accuracy {100 * result.test_top5_acc:.2f}%, " if result.test_top5_acc is not None else ""
+    print(f"{top5}macro F1 {100 * result.test_macro_f1:.2f}%, ECE {100 * result.test_ece:.2f}%")
+    print(json.dumps({"checkpoint": str(args.checkpoint), **result.to_dict()}))
     return 0
 
 

@@ -3,13 +3,16 @@ checkpoint has one accuracy everywhere: loss and accuracy by the run's own `eval
 accuracy (more than 5 classes), macro F1 and calibration error from the same predictions."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
+from cifarlab.run.records import Evaluation
+
 
 def evaluate_model_file(checkpoint: Union[str, Path], precision: Optional[str] = None,
-                        tta: Union[str, bool, None] = None, data_dir: Union[str, Path, None] = None) -> dict:
-    """{epoch, test_loss, test_acc, images, tta, precision, [test_top5_acc], test_macro_f1, test_ece} of
+                        tta: Union[str, bool, None] = None, data_dir: Union[str, Path, None] = None) -> Evaluation:
+    """The `Evaluation` (test loss, accuracy, top-5 with more than 5 classes, macro F1, ECE) of
     `checkpoint` (a .pt file or an exported model folder) on its run's test split, looked up under
     `data_dir`. `precision` and `tta` default to the run's own; `tta=False` evaluates without TTA."""
     from cifarlab.analysis.metrics import beyond_accuracy
@@ -18,5 +21,4 @@ def evaluate_model_file(checkpoint: Union[str, Path], precision: Optional[str] =
 
     loaded, batches = load_model(checkpoint, precision=precision), []
     result = evaluate_checkpoint(loaded, data_dir, tta, collect=batches)
-    result.update(beyond_accuracy(batches, len(loaded.classes)))
-    return result
+    return replace(result, **beyond_accuracy(batches, len(loaded.classes)))

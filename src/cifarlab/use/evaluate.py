@@ -10,6 +10,7 @@ from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.prepare import eval_loader, load_data
 from cifarlab.models.inference import evaluate
+from cifarlab.run.records import Evaluation
 from cifarlab.runtime import Runtime
 from cifarlab.use.load import LoadedModel
 
@@ -34,7 +35,7 @@ def run_test_data(model: LoadedModel, data_dir: Optional[str] = None) -> Dataset
 
 
 def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta: Union[str, bool, None] = None,
-                        collect: Optional[list] = None) -> dict:
+                        collect: Optional[list] = None) -> Evaluation:
     """Test loss and accuracy on the run's test split; `tta` None means as the run trained, False none.
     `collect`: a list that gets each batch's (log-probabilities, labels), as `evaluate` gives them."""
     tta = model.tta if tta is None else (tta or None)
@@ -42,5 +43,5 @@ def evaluate_checkpoint(model: LoadedModel, data_dir: Optional[str] = None, tta:
     runtime = Runtime(model.device, model.precision, channels_last=model.channels_last)
     loader = eval_loader(model.config, dataset.test, dataset, runtime)
     loss, acc = evaluate(model.module, loader, model.precision, tta, progress="auto", collect=collect)
-    return {"epoch": model.epoch, "test_loss": loss, "test_acc": acc, "images": loader.num_images,
-            "tta": tta, "precision": model.precision.name}
+    return Evaluation(epoch=model.epoch, test_loss=loss, test_acc=acc, images=loader.num_images, tta=tta,
+                      precision=model.precision.name)
