@@ -211,6 +211,9 @@ BAD_HF = [
     ("test-images-not-an-image-column",
      lambda d: _saved(_test_images_as_strings(_dataset_dict()), d),
      ["column 'img' of the 'test' split is Value, not Image", "cast_column('img', datasets.Image())"]),
+    ("test-split-saved-empty",  # no arrow file at all: datasets fails with an IndexError naming nothing
+     lambda d: _saved(datasets.DatasetDict(train=_dataset_dict()["train"], test=_dataset_dict()["test"].select([])), d),
+     ["has an empty split ('test': no images)", "every split needs images"]),
     ("truncated-arrow-file",
      lambda d: _saved(_dataset_dict(), d, lambda f: _truncate(next((f / "test").glob("*.arrow")))),
      ["cannot read the save_to_disk folder", "write it again"]),

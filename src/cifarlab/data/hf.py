@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,21 @@ def _quiet():
             datasets.enable_progress_bars()
 
 
+def _refuse_empty_saved_splits(path: Path) -> None:
+    """A split saved with no rows has no data file, and `datasets.load_from_disk` then fails with an
+    IndexError that names nothing; say which split is empty. Anything else unreadable is left to the load,
+    whose errors are reported as they are (`_reading`)."""
+    try:
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        empty = [name for name in splits if isinstance(name, str)
+                 and json.loads((path / name / "state.json").read_text()).get("_data_files") == []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if empty:
+        raise UserError(f"the save_to_disk folder {path} has an empty split ({', '.join(map(repr, empty))}: no "
+                        f"images); every split needs images: save it again without that split or with its images")
+
+
 def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tuple[str, object]]]:
     """{split name: its parts}, the dataset `where` names (see the module doc). A part is (how messages name it,
     a `datasets.Dataset` with its own features): the whole split, or for a parquet folder one file, because
@@ -102,6 +118,7 @@ def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tupl
     path = Path(where).expanduser()
     arrow_cache = str(cache_root / "hf" / "arrow")
     if path.is_dir() and (path / "dataset_dict.json").is_file():
+        _refuse_empty_saved_splits(path)
         with _quiet(), _reading(f"the save_to_disk folder {path}"):
             return {name: [(f"the {name!r} split", split)]
                     for name, split in datasets.load_from_disk(str(path)).items()}
