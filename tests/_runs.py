@@ -177,7 +177,7 @@ def train_cli_exit(recipe: str, overrides: list[str], callbacks=(), run_dir=None
     """`cifarlab train RECIPE OVERRIDES [--run-dir RUN_DIR]` with test `callbacks` added: the same library call
     the command makes (`experiment.train`, or `cluster.train_or_continue` for a named run) and the command's exit
     code for its outcome (`cli.run_exit_code`), as the CLI itself cannot take callbacks."""
-    from cifarlab.cli import run_exit_code
+    from cifarlab.commands import run_exit_code
 
     threads = torch.get_num_threads()
     try:

@@ -188,7 +188,9 @@ def test_a_sweep_as_a_job_array_ends_with_n_trials_and_a_requeued_task_resumes_i
     with postgres_server() as url:
         array = slurm.run("sbatch", "--parsable", "--array=0-1", f"--chdir={jobs}", str(jobs / "sweep.sbatch"),
                           "smoke", "space.yaml", *SWEEP_RUN, "--trials", "3", "--storage", url, "--dir", "sweep",
-                          "--name", "array", "--pruner", "none", "--heartbeat", "1", "--no-report").strip()
+                          "--name", "array", "--pruner", "none", "--heartbeat", "5", "--no-report").strip()
+        # --heartbeat 5: Optuna fails a running trial whose heartbeat is 2 beats late; at 1 s, a loaded machine
+        # (a whole-suite run beside two training tasks) starved one once, and a 4th trial replaced it.
         logs = {task: jobs / f"slurm-{array}_{task}.out" for task in (0, 1)}
 
         def mid_trial() -> list[Path]:
