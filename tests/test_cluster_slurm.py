@@ -193,15 +193,22 @@ def test_a_sweep_as_a_job_array_ends_with_n_trials_and_a_requeued_task_resumes_i
         # (a whole-suite run beside two training tasks) starved one once, and a 4th trial replaced it.
         logs = {task: jobs / f"slurm-{array}_{task}.out" for task in (0, 1)}
 
-        def mid_trial() -> list[Path]:
-            return [path.parents[1] for path in (jobs / "sweep" / "trials").glob("*/checkpoints/last.pt")
-                    if not (path.parents[1] / "summary.json").exists()]
+        # The warning goes to the task whose job id is the array's own (SLURM gives it to one task): a script
+        # that requeued "$SLURM_JOB_ID" there requeued every task, and the other's trial failed.
+        slurm.wait_for(lambda: all(slurm.job(f"{array}_{t}")["JobState"] == "RUNNING" for t in logs),
+                       "both tasks to start (a pending array is one job record)")
+        task = next(task for task in logs if slurm.job(f"{array}_{task}")["JobId"] == array)
+        job, other = f"{array}_{task}", f"{array}_{1 - task}"
 
-        slurm.wait_for(lambda: bool(mid_trial()), "a trial's first checkpoint")
+        def mid_trial() -> list[Path]:
+            mine = logs[task].read_text() if logs[task].exists() else ""
+            return [path.parents[1] for path in (jobs / "sweep" / "trials").glob("*/checkpoints/last.pt")
+                    if not (path.parents[1] / "summary.json").exists()
+                    and f"trial {int(path.parents[1].name)} -> " in mine]
+
+        slurm.wait_for(lambda: bool(mid_trial()), "a trial's first checkpoint in that task")
         run_dir = mid_trial()[0]
         number = int(run_dir.name)
-        task = next(task for task, log in logs.items() if log.exists() and f"trial {number} -> " in log.read_text())
-        job = f"{array}_{task}"
         slurm.run("scancel", "--signal=USR1", "--batch", job)  # what `--signal=B:USR1@120` does near the limit
         reference = start([sys.executable, "-m", "cifarlab", "train", str(run_dir / "config.yaml"), "--run-dir",
                            str(tmp_path / "uninterrupted")], tmp_path)
@@ -210,6 +217,7 @@ def test_a_sweep_as_a_job_array_ends_with_n_trials_and_a_requeued_task_resumes_i
         time.sleep(3.0)  # a new second for slurmd's revoked credential of the first start (see the test above)
         slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         slurm.wait_for(lambda: all(slurm.finished(f"{array}_{other}") for other in logs), "both tasks to finish")
+        assert slurm.job(other)["Restarts"] == "0", "the other task was requeued too"
         study = optuna.load_study(study_name="array", storage=url.replace("postgresql:", "postgresql+psycopg2:"))
         trials = study.get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # exactly N trials: none added, none failed
