@@ -235,7 +235,8 @@ for name, overrides, words in [
     ("model-options-unknown", ["model.options={depth: 3}"], ["depth"]),
     ("dataset-unknown", ["data.dataset=imagenet"], ["imagenet"]),
 ]:
-    cli_case(name, "config", refuse(*words), *TRAIN, *overrides)
+    known_low = name.startswith(("milestone", "warmup", "mean-too-long"))  # issue 27's known low findings
+    cli_case(name, "config", refuse(*words, silent=LOW if known_low else HIGH), *TRAIN, *overrides)
 
 cli_case("output-dir-is-a-file", "config", refuse("output.dir"), *TRAIN, "output.dir=afile",
          setup=lambda ctx, folder: (folder / "afile").write_text("mine\n"))
@@ -250,8 +251,8 @@ cli_case("recipe-python-tag", "config", refuse("dup.yaml"), "train", "dup.yaml",
 cli_case("model-module-runs-on-show", "config", either(check=lambda r: "MARKER-imported ran on show" if
                                                           (r.folder / "MARKER-imported").exists() else None),
          "show", "smoke", "model.module=writesmarker")
-cli_case("train-epochs-moves-milestones", "config", accept(lambda r: None if "schedule.milestones" in r.out else
-                                                              "milestones not shown"),
+cli_case("show-milestone-inside", "config", accept(lambda r: None if "milestones:\n    - 1" in r.out else
+                                                      "milestones not shown", wrong=LOW),
          "show", "smoke", "schedule.name=multistep", "schedule.milestones=[1]")
 cli_case("train-keep-1", "config", accept(lambda r: None if sorted(p.name for p in r.folder.glob(
     "runs/*/*/checkpoints/epoch-*.pt")) == ["epoch-0001.pt"] else "output.keep=1 kept "
@@ -940,8 +941,6 @@ for name, argv, words in [
     ("sweep-grid-unknown-key", ["--grid", "optim.lrr=0.05,0.1"], ["optim.lrr"]),
     ("sweep-grid-bad-value", ["--grid", "optim.lr=abc,0.1"], ["optim.lr"]),
     ("sweep-grid-no-values", ["--grid", "optim.lr="], ["optim.lr"]),
-    ("sweep-grid-milestone-past", ["schedule.name=multistep", "--grid", "schedule.milestones=[1],[4]"],
-     ["schedule.milestones"]),
     ("sweep-no-space", [], ["space"]),
     ("sweep-grid-and-space", ["space.yaml", "--grid", "optim.lr=0.05"], ["space"]),
     ("sweep-test-selection", ["data.val_split=null", "--grid", "optim.lr=0.05"], ["--allow-test-selection"]),
@@ -962,6 +961,8 @@ for name, text, words in [
     ("space-step-too-big", "train.batch_size: {low: 16, high: 32, step: 64}\n", ["train.batch_size"]),
     ("space-int-float-mix", "train.batch_size: {low: 16, high: 32.5}\n", ["train.batch_size"]),
     ("space-empty", "", ["space.yaml"]),
+    ("space-milestone-past", "schedule.name: {choices: [multistep]}\nschedule.milestones: {choices: [[1], [4]]}\n",
+     ["schedule.milestones"]),
     ("space-epochs-lookahead", "train.epochs: {low: 1, high: 3}\ntrain.lookahead.start_epoch: {choices: [2]}\n",
      ["start_epoch"]),
 ]:
