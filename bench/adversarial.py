@@ -223,7 +223,8 @@ def main(argv=None) -> int:
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "CIFARLAB_DATA": str(root / "data"), "CIFARLAB_CACHE": str(root / "cache"),
            "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "PYTHONPATH": str(root / "modules"), "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "modules"), os.environ.get("PYTHONPATH")])),
+           "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
     ctx = Context(root, env)
     started = time.monotonic()
     print(f"building fixtures under {root} ...", flush=True)
