@@ -218,6 +218,7 @@ def main(argv=None) -> int:
             print(f"{case.surface:12} {case.name}")
         print(f"{len(cases)} cases")
         return 0
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # the fixtures are built with `datasets`
     root = Path(tempfile.mkdtemp(prefix="cifarlab-adversarial-"))
     home = root / "home"
     home.mkdir()

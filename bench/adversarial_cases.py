@@ -37,7 +37,8 @@ def cli_case(name: str, surface: str, expect, *argv, setup: Optional[Callable[[C
     def run(ctx: Context, folder: Path) -> Result:
         if setup is not None:
             setup(ctx, folder)
-        words = [str(arg).format(run=folder / "run", fx=ctx.root / "fx", folder=folder) for arg in argv]
+        words = [str(arg).replace("{run}", str(folder / "run")).replace("{fx}", str(ctx.root / "fx"))
+                 .replace("{folder}", str(folder)) for arg in argv]
         return snapshot(lambda: ctx.cli(folder, *words, env=env), folder)
     CASES.append(Case(name, surface, run, expect))
 
