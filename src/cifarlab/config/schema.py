@@ -141,6 +141,8 @@ class Config(ConfigSection):
                              f"set train.lookahead=null for no lookahead")
         if schedule.name == "multistep" and not schedule.milestones:
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
+        if epochs != "auto" and not recorded:  # a setting past the run's end never acts, silently
+            _check_inside_run(schedule, epochs)
         split = self.data.val_split
         if split not in (None, "auto") and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
             raise ValueError(f"data.val_split must be a fraction in (0, 1) or a count of at least 1, got {split}")
@@ -148,6 +150,19 @@ class Config(ConfigSection):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+def _check_inside_run(schedule: ScheduleConfig, epochs: int) -> None:
+    """A multistep milestone at or after the last epoch never lowers the lr, and a cosine warm-up as long as the
+    plan never decays: both trained as if the setting were not there. A recorded run keeps what it had."""
+    late = [m for m in schedule.milestones if m >= epochs] if schedule.name == "multistep" else []
+    if late:
+        raise ValueError(f"schedule.milestones must be epochs in 1..{epochs - 1} (the lr drops after each; "
+                         f"train.epochs={epochs}), got {schedule.milestones}: {late} never act")
+    planned = schedule.planned_epochs or epochs
+    if schedule.name == "cosine" and schedule.warmup_epochs >= planned:
+        raise ValueError(f"schedule.warmup_epochs must be less than the {planned} epochs the cosine plan spans, got "
+                         f"{schedule.warmup_epochs:g}: the lr would never decay")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

@@ -69,14 +69,8 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
     A training batch is one optimizer step's images: train.batch_size x train.accumulate, which
     `trainer.accumulate.micro_batches` splits again; so the schedule, `state.progress.step` and the resume point
     count optimizer steps with no change, and the batches are those of one batch of that size."""
+    check_batch_fits(cfg.train, len(dataset.train.labels), runtime.dist.world_size)
     step_images = cfg.train.batch_size * cfg.train.accumulate
-    if step_images > len(dataset.train.labels):
-        accumulate = f" x train.accumulate={cfg.train.accumulate}" if cfg.train.accumulate > 1 else ""
-        raise UserError(f"train.batch_size={cfg.train.batch_size}{accumulate} is larger than the "
-                        f"{len(dataset.train.labels)} training images; use at most that many")
-    if cfg.train.batch_size % runtime.dist.world_size:
-        raise UserError(f"train.batch_size={cfg.train.batch_size} must divide evenly over "
-                        f"{runtime.dist.world_size} processes")
     augment = build_augment(cfg.augment, dataset.image_size, dataset.in_channels, seed=cfg.seed)
     mix = build_mix(cfg.augment.mixup, cfg.augment.cutmix, dataset.num_classes)
     train = DeviceLoader(dataset.train.images, dataset.train.labels, batch_size=step_images, mix=mix,
@@ -88,6 +82,17 @@ def make_loaders(cfg: Config, dataset: Dataset, runtime: Runtime) -> tuple[Devic
                          drop_last=cfg.train.compile is not None)
     test = eval_loader(cfg, dataset.test, dataset, runtime)
     return train, test
+
+
+def check_batch_fits(train_cfg, num_train: int, world_size: int) -> None:
+    """One optimizer step's images (train.batch_size x train.accumulate) must fit in the training split and the
+    batch divide over the processes; `train` checks this before the run directory exists."""
+    if train_cfg.batch_size * train_cfg.accumulate > num_train:
+        accumulate = f" x train.accumulate={train_cfg.accumulate}" if train_cfg.accumulate > 1 else ""
+        raise UserError(f"train.batch_size={train_cfg.batch_size}{accumulate} is larger than the "
+                        f"{num_train} training images; use at most that many")
+    if train_cfg.batch_size % world_size:
+        raise UserError(f"train.batch_size={train_cfg.batch_size} must divide evenly over {world_size} processes")
 
 
 def eval_loader(cfg: Config, split: Split, dataset: Dataset, runtime: Runtime) -> DeviceLoader:

@@ -81,6 +81,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
 def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Path],
                    callbacks: Sequence[Callback]) -> Run:
     created = runtime.dist.is_main and (run_dir is None or not Path(run_dir).exists())
+    new_parents = _missing_folders(Path(run_dir).parent if run_dir else Path(cfg.output.dir) / cfg.name)
     if run_dir is not None and runtime.dist.is_main:
         refuse_used_run_dir(Path(run_dir))
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Pat
     except BaseException:
         lock.release()
         if created:  # a run that never started leaves nothing behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_new(run_dir, new_parents)
         raise
     try:
         with lock:
@@ -104,8 +105,29 @@ def _train_checked(cfg: Config, runtime, dataset: Dataset, run_dir: Optional[Pat
         # Refused before its first step (e.g. Weights & Biases could not start): nothing trained, nothing
         # to resume, so it leaves nothing behind either, as a run refused while being prepared.
         if created and state.progress.step == 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_new(run_dir, new_parents)
         raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first: what making the run directory creates."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_new(run_dir: Path, new_parents: list[Path]) -> None:
+    """A run refused before its first step removes its directory and the folders made for it (`runs/`,
+    `runs/<name>/`), each only while empty: another run may have started in one meanwhile."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in new_parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def resume(run_dir: Union[str, Path], data=None, callbacks: Sequence[Callback] = (),

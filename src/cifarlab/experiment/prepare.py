@@ -11,7 +11,7 @@ import torch
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config import Config, load_config
 from cifarlab.data.dataset import Dataset
-from cifarlab.data.prepare import ARRAYS
+from cifarlab.data.prepare import ARRAYS, check_batch_fits
 from cifarlab.errors import UserError
 from cifarlab.experiment.ranks import check_ranks_agree
 from cifarlab.messages import say, warn
@@ -33,8 +33,9 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     if isinstance(config, Config) and overrides:
         raise ValueError("pass overrides with a recipe name or path, not with a Config object")
     if model is not None:
-        from cifarlab.models.python_objects import model_section
+        from cifarlab.models.python_objects import model_section, refuse_model_overrides
 
+        refuse_model_overrides(overrides)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=model_section(model))})
     from cifarlab.models.registry import import_user_modules
 
@@ -51,6 +52,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     runtime = make_runtime(cfg.train, cfg.seed, cfg.deterministic)
     default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
+    check_batch_fits(cfg.train, len(dataset.train.labels), runtime.dist.world_size)
     check_model_output(cfg.model.name, check_model_input(cfg.model, dataset), dataset.num_classes)
     check_ranks_agree(cfg, dataset, runtime)  # before anything trains or is written: every node the same run
     check_integrations(cfg.output)

@@ -48,6 +48,22 @@ def model_section(obj) -> dict[str, Any]:
     return {"name": f"{func.__module__}:{func.__qualname__}", "module": func.__module__, "options": options}
 
 
+# The model keys an object passed as `model=` decides itself (`model_section`); an override of one would be
+# dropped without a word, so the two together are refused.
+OBJECT_DECIDES = ("model", "model.name", "model.module", "model.options")
+
+
+def refuse_model_overrides(overrides) -> None:
+    """One line for `model=` given with an override that sets what the object decides (`model.name=resnet18`)."""
+    from cifarlab.config import parse_override
+
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if any(key == decided or key.startswith(decided + ".") for decided in OBJECT_DECIDES[1:]) or key == "model":
+            raise UserError(f"model= passes the network, and the override {text!r} names another: give one of the "
+                            f"two (model.norm, model.dropout and the other model keys may still be set)")
+
+
 def check_model_object(obj) -> None:
     if isinstance(obj, nn.Module) or callable(obj):
         return

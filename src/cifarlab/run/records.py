@@ -500,11 +500,17 @@ def check_card_fields(data: Mapping[str, Any]) -> None:
     for key, values in (("mean", mean), ("std", std)):
         need(isinstance(values, (list, tuple)) and 1 <= len(values) <= 4 and all(finite(v) for v in values),
              key, "a list of 1 to 4 finite numbers (one per channel)", values)
-    need(len(std) == len(mean), "std", f"{len(mean)} values like mean", std)
+    channels = data.get("in_channels")
+    need(channels is None or whole(channels, 1, 4), "in_channels", "a whole number in 1..4", channels)
+    # Each list against the channels it normalises (mean's length only where the card has none): a mean
+    # longer than the channels is the mean's fault, not the std's.
+    for key, values in (("mean", mean), ("std", std)):
+        count = len(mean) if channels is None else channels
+        need(len(values) == count, key, f"{count} values, one per channel" if channels is not None else
+             f"{count} values like mean", values)
     need(min(std) > 0, "std", "positive", std)
-    for key, low, high in (("in_channels", len(mean), len(mean)), ("image_size", 1, 4096)):
-        value = data.get(key)
-        need(value is None or whole(value, low, high), key, f"a whole number in {low}..{high}", value)
+    image_size = data.get("image_size")
+    need(image_size is None or whole(image_size, 1, 4096), "image_size", "a whole number in 1..4096", image_size)
     need(data.get("precision") in (None, *PRECISION_NAMES), "precision", "bf16, fp16 or fp32", data.get("precision"))
     prints = data.get("data_fingerprint")
     need(prints is None or (isinstance(prints, dict) and set(prints) == {"train", "val", "test"} and all(

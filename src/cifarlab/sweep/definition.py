@@ -136,6 +136,9 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
     if monitor.startswith("test_") and not allow_test_selection:
         raise UserError(f"the trials would select on the test split ({monitor}); give a validation split, e.g. "
                         f"data.val_split=0.1, or pass --allow-test-selection to tune on the test split knowingly")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise UserError(f"--name must name the study (e.g. --name lr-search), got {name!r}; leave it out for the "
+                        f"default, RECIPE-SPACE or RECIPE-grid")  # "" fell back to the default without a word
     name = name or f"{Path(recipe).stem}-{Path(space_file).stem if space_file else 'grid'}"
     folder = Path(sweep_dir) if sweep_dir else Path(SWEEPS_DIR) / check_run_name(name)
     if storage is not None:

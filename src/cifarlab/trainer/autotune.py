@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -356,11 +357,25 @@ def read_cached(key: dict) -> Optional[PrecisionChoice]:
     try:
         entry = json.loads(path.read_text())
         same_key = json.dumps(entry["key"], sort_keys=True, default=str) == json.dumps(key, sort_keys=True, default=str)
-        if same_key and entry["name"] in key["candidates"] and isinstance(entry["reason"], str):
+        if same_key and entry["name"] in key["candidates"] and is_measured_reason(entry["reason"]):
             return PrecisionChoice(entry["name"], f"{entry['reason']}; cached in {cache_dir()}")
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         pass
     return None
+
+
+_RATIO = r"([0-9]+\.[0-9]{2}x|out \(non-finite loss or a failed step\))"
+MEASURED_REASON = re.compile(rf"measured ([a-z0-9]+ )?{_RATIO} [a-z0-9]+(, [a-z0-9]+ {_RATIO})* on [ -~]+")
+
+
+def is_measured_reason(reason) -> bool:
+    """Whether a cached `reason` reads as `measured_reason` writes it: the cache is a file anyone can edit, and
+    the reason is printed and kept in summary.json, so an escape sequence, a second line or a page of text in
+    it is an edit, not a measurement (the run then measures again)."""
+    return isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS and MEASURED_REASON.fullmatch(reason) is not None
+
+
+MAX_REASON_CHARS = 300
 
 
 def write_cached(key: dict, choice: PrecisionChoice) -> None:

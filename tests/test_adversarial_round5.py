@@ -1,0 +1,183 @@
+"""Issue 27's second adversarial round (`bench/adversarial.py`, run on the code after round 4's fixes): each
+case it found failing, and each low finding left from round 4, as a table row that failed before its fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlab.config import load_config, validate, validate_recorded
+from cifarlab.errors import UserError
+from cifarlab.run.records import FieldProblem, check_card_fields
+from cifarlab.trainer import autotune
+
+# ------------------------------------------------------------------------ settings past the run's end
+
+# (overrides on smoke (2 epochs), words of the one line; None: accepted). A milestone at or after the last epoch
+# never lowers the lr and a warm-up as long as the plan never decays: both trained silently without them.
+SCHEDULE_INSIDE_RUN = [
+    (["schedule.name=multistep", "schedule.milestones=[1,5]"], ["schedule.milestones must be epochs in 1..1",
+                                                               "[5] never act"]),
+    (["schedule.name=multistep", "schedule.milestones=[2]"], ["schedule.milestones", "train.epochs=2"]),
+    (["schedule.name=cosine", "schedule.warmup_epochs=2"], ["schedule.warmup_epochs must be less than the 2"]),
+    (["schedule.name=cosine", "schedule.warmup_epochs=4", "train.epochs=5"], None),
+    (["schedule.name=multistep", "schedule.milestones=[1]"], None),
+    (["schedule.name=cosine", "schedule.warmup_epochs=1.5"], None),
+    (["schedule.name=multistep", "schedule.milestones=[9]", "train.epochs=auto"], None),  # decided with the data
+]
+
+
+@pytest.mark.parametrize("overrides, words", SCHEDULE_INSIDE_RUN, ids=[" ".join(o) for o, _ in SCHEDULE_INSIDE_RUN])
+def test_a_schedule_setting_past_the_last_epoch_is_refused_in_one_line(overrides, words):
+    if words is None:
+        load_config("smoke", overrides)
+        return
+    with pytest.raises(UserError) as refused:
+        load_config("smoke", overrides)
+    assert len(str(refused.value).splitlines()) == 1
+    for word in words:
+        assert word in str(refused.value), (word, str(refused.value))
+
+
+def test_a_run_recorded_with_a_late_milestone_or_warm_up_still_loads():
+    for change in ({"name": "multistep", "milestones": [1, 5]}, {"name": "cosine", "warmup_epochs": 3}):
+        raw = load_config("smoke", []).to_dict()
+        raw["schedule"].update(change)
+        assert validate_recorded(raw).schedule.name == change["name"]  # what it trained with, as it was
+        with pytest.raises(UserError):
+            validate(raw)
+
+
+# ---------------------------------------------------------------------------------- a model card's lists
+
+CARD = {"classes": ["a", "b", "c"], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "in_channels": 3,
+        "image_size": 16, "precision": "fp32"}
+
+
+@pytest.mark.parametrize("change, blamed", [
+    ({"mean": [0.5] * 4}, "mean must be 3 values, one per channel"),  # round 4: "std must be 4 values like mean"
+    ({"mean": [0.5]}, "mean must be 3 values"),
+    ({"std": [0.2] * 4}, "std must be 3 values"),
+    ({"in_channels": 2, "mean": [0.5] * 2, "std": [0.2] * 2}, None),
+    ({"in_channels": 5}, "in_channels must be a whole number in 1..4"),
+    ({"in_channels": None, "mean": [0.5] * 2}, "std must be 2 values like mean"),
+])
+def test_a_card_blames_the_list_that_does_not_fit_its_channels(change, blamed):
+    card = {**CARD, **change}
+    if blamed is None:
+        check_card_fields(card)
+        return
+    with pytest.raises(FieldProblem) as refused:
+        check_card_fields(card)
+    assert str(refused.value).startswith(blamed), str(refused.value)
+
+
+# -------------------------------------------------------------------------------- the precision cache
+
+@pytest.mark.parametrize("reason", ["\x1b[31mHACKED\x1b[0m", "measured 1.20x fp32 on this CPU\nprecision: fp64",
+                                    "measured " + "1.20x fp32 " * 60, 5, None, "fastest, trust me"])
+def test_a_hand_edited_precision_reason_is_measured_again_not_printed(reason, tmp_path, monkeypatch):
+    """Round 4: the cache's reason was printed and kept in summary.json as it stood in the file."""
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    key = {"candidates": ["fp32", "bf16"], "model": "convnet"}
+    autotune.write_cached(key, autotune.PrecisionChoice("bf16", "measured 1.25x fp32 on this CPU, 3.3 s"))
+    assert autotune.read_cached(key).reason.startswith("measured 1.25x fp32 on this CPU, 3.3 s; cached in ")
+    (path,) = (tmp_path / "autotune").glob("precision-*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "reason": reason}))
+    assert autotune.read_cached(key) is None
+
+
+@pytest.mark.parametrize("seconds, chosen, where", [
+    ({"fp32": 1.0, "bf16": 0.8}, "bf16", "this CPU"),
+    ({"fp32": 1.0, "bf16": None}, "fp32", "NVIDIA H100 80GB HBM3"),
+    ({"fp32": 1.0, "bf16": 1.2, "fp16": 0.5}, "fp32", "NVIDIA A100-SXM4-40GB"),
+    ({"fp32": 1.0, "bf16": 0.5, "fp16": None}, "bf16", "Tesla T4"),
+])
+def test_every_reason_the_probe_writes_reads_back_as_a_measurement(seconds, chosen, where):
+    reason = autotune.measured_reason(seconds, chosen, list(seconds), where, "3.3 s, timing 64 of the batch's 512 "
+                                                                             "images a step")
+    assert autotune.is_measured_reason(reason), reason
+
+
+# -------------------------------------------------------------------------------------- the Python API
+
+class SmallNet(nn.Module):
+    def __init__(self, num_classes=3, in_channels=3):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def _arrays(count=48):
+    images, labels = torch.randint(0, 255, (count, 3, 8, 8), dtype=torch.uint8), torch.arange(count) % 3
+    return images, labels, images, labels
+
+
+@pytest.mark.parametrize("override", ["model.name=resnet18", "model.module=mypkg.nets", "model.options.width=16",
+                                      "model.options={width: 16}", "model={name: resnet18}"])
+def test_a_model_object_with_an_override_naming_another_model_is_refused(override, tmp_path):
+    """Round 4: `cifarlab.train(..., ["model.name=resnet18"], model=Net)` trained Net and dropped the override."""
+    import cifarlab
+
+    with pytest.raises(UserError) as refused:
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", override], model=SmallNet,
+                       data=_arrays())
+    assert str(refused.value) == (f"model= passes the network, and the override {override!r} names another: give one "
+                                  f"of the two (model.norm, model.dropout and the other model keys may still be set)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_any_folder_is_made(tmp_path):
+    """Round 5: the line came after the run directory (removed again) and left runs/smoke/ behind."""
+    import cifarlab
+
+    with pytest.raises(UserError, match="train.batch_size=64 is larger than the 48 training images"):
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "data.val_split=null"],
+                       model=SmallNet, data=_arrays(48))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_removes_the_folders_made_for_it_but_no_other(tmp_path, monkeypatch):
+    """A run refused once its directory exists (here: when its state is built) removes the directory and the
+    empty folders made for it, never a folder that was there before."""
+    import cifarlab
+    import cifarlab.experiment as experiment
+
+    def refuse(*args, **kwargs):
+        raise UserError("refused while preparing")
+
+    monkeypatch.setattr(experiment, "prepare_state", refuse)
+    (tmp_path / "mine").mkdir()
+    for output in (tmp_path / "runs" / "deep", tmp_path / "mine"):
+        with pytest.raises(UserError, match="refused while preparing"):
+            cifarlab.train("smoke", [f"output.dir={output}", "train.threads=1", "train.batch_size=16"],
+                           model=SmallNet, data=_arrays())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not list((tmp_path / "mine").iterdir())
+
+
+def test_python_predict_of_a_folder_names_predict_files(tmp_path):
+    """`cifarlab predict` reads folders; `cifarlab.predict` answers one row per item given, so a folder is one
+    line pointing to `cifarlab.predict_files`, which reads them as the CLI does (round 4: "is a directory")."""
+    from cifarlab.use.images import as_batch
+
+    with pytest.raises(UserError) as refused:
+        as_batch([tmp_path], 3, 16)
+    assert "is a folder; predict returns one row per image given" in str(refused.value)
+    assert "cifarlab.predict_files(model, [folder])" in str(refused.value)
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_study_name_is_refused_not_replaced_by_the_default(name, tmp_path):
+    pytest.importorskip("optuna")
+    from cifarlab.sweep import define_sweep
+
+    with pytest.raises(UserError, match="--name must name the study"):
+        define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=0.05"], name=name, sweep_dir=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
