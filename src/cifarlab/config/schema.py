@@ -151,6 +151,9 @@ class Config(ConfigSection):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
 
 def _check_inside_run(schedule: ScheduleConfig, epochs: int) -> None:
     """A multistep milestone at or after the last epoch never lowers the lr, and a cosine warm-up as long as the
@@ -163,6 +166,3 @@ def _check_inside_run(schedule: ScheduleConfig, epochs: int) -> None:
     if schedule.name == "cosine" and schedule.warmup_epochs >= planned:
         raise ValueError(f"schedule.warmup_epochs must be less than the {planned} epochs the cosine plan spans, got "
                          f"{schedule.warmup_epochs:g}: the lr would never decay")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
