@@ -181,3 +181,32 @@ def test_an_empty_study_name_is_refused_not_replaced_by_the_default(name, tmp_pa
     with pytest.raises(UserError, match="--name must name the study"):
         define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=0.05"], name=name, sweep_dir=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------------ the user's module
+
+@pytest.mark.parametrize("source, words", [
+    ("import os\nraise RuntimeError('my module has a bug')\n", ["RuntimeError: my module has a bug", ".py:2)"]),
+    ("def broken(:\n", ["SyntaxError: invalid syntax", ".py:1)"]),
+    ("import round5_no_such_dependency\n", ["ModuleNotFoundError: No module named 'round5_no_such_dependency'",
+                                            ".py:1)"]),
+], ids=["raises", "syntax", "missing-dependency"])
+def test_a_model_module_that_fails_on_import_is_one_line_naming_its_error_and_line(source, words, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """Round 5: `model.module=` naming a module that raised on import was a traceback (exit 1)."""
+    import sys
+
+    from cifarlab.cli import main
+
+    module = f"round5_module_{abs(hash(source)) % 10**8}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["train", "smoke", f"output.dir={tmp_path / 'runs'}", f"model.module={module}"]) == 2
+    finally:
+        sys.modules.pop(module, None)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"cifarlab train: error: model module {module!r} failed to import: ")
+    for word in words:
+        assert word in line, (word, line)
+    assert not (tmp_path / "runs").exists()

@@ -141,9 +141,26 @@ def import_user_modules(names) -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
-                raise  # the user's module itself failed to import one of its own dependencies
+                raise UserError(f"model module {name!r} failed to import: {_failure(err)}") from None
             raise UserError(f"cannot import model module {name!r}: no module named {err.name!r} "
                             f"(install it, or put its folder on PYTHONPATH)") from None
+        except UserError:
+            raise
+        except Exception as err:  # the user's code: its error and where, as one line, before anything is written
+            raise UserError(f"model module {name!r} failed to import: {_failure(err)}") from None
+
+
+def _failure(err: BaseException) -> str:
+    """`RuntimeError: message (at path/file.py:12)`: the error and the innermost line of the user's code that
+    raised it (a SyntaxError names its own file and line)."""
+    import traceback
+
+    message = (str(err).splitlines() or [""])[0][:200]
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} (at {err.filename}:{err.lineno})"
+    frames = [frame for frame in traceback.extract_tb(err.__traceback__) if "importlib" not in frame.filename]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(err).__name__}: {message}{where}"
 
 
 def check_registered(model_cfg) -> None:
