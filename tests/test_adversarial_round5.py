@@ -26,6 +26,9 @@ SCHEDULE_INSIDE_RUN = [
     (["schedule.name=multistep", "schedule.milestones=[1]"], None),
     (["schedule.name=cosine", "schedule.warmup_epochs=1.5"], None),
     (["schedule.name=multistep", "schedule.milestones=[9]", "train.epochs=auto"], None),  # decided with the data
+    (["model.name=fastnet", "model.options={whiten_bias_epochs: 3}"],
+     ["model.options.whiten_bias_epochs must be at most train.epochs=2", "got 3"]),
+    (["model.name=fastnet", "model.options={whiten_bias_epochs: 2}"], None),  # trained throughout
 ]
 
 
@@ -42,10 +45,12 @@ def test_a_schedule_setting_past_the_last_epoch_is_refused_in_one_line(overrides
 
 
 def test_a_run_recorded_with_a_late_milestone_or_warm_up_still_loads():
-    for change in ({"name": "multistep", "milestones": [1, 5]}, {"name": "cosine", "warmup_epochs": 3}):
+    for section, change in (("schedule", {"name": "multistep", "milestones": [1, 5]}),
+                            ("schedule", {"name": "cosine", "warmup_epochs": 3}),
+                            ("model", {"name": "fastnet", "options": {"whiten_bias_epochs": 3}})):
         raw = load_config("smoke", []).to_dict()
-        raw["schedule"].update(change)
-        assert validate_recorded(raw).schedule.name == change["name"]  # what it trained with, as it was
+        raw[section].update(change)
+        assert getattr(validate_recorded(raw), section).name == change["name"]  # what it trained with, as it was
         with pytest.raises(UserError):
             validate(raw)
 
@@ -139,6 +144,16 @@ def test_a_batch_larger_than_the_data_is_refused_before_any_folder_is_made(tmp_p
     with pytest.raises(UserError, match="train.batch_size=64 is larger than the 48 training images"):
         cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "data.val_split=null"],
                        model=SmallNet, data=_arrays(48))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_validation_metric_without_a_validation_split_is_refused_before_any_folder_is_made(tmp_path):
+    """Round 5: `checkpoint.monitor=val_acc` with no split was refused once the run directory existed."""
+    import cifarlab
+
+    with pytest.raises(UserError, match="checkpoint.monitor=val_acc needs a validation split"):
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "data.val_split=null",
+                                 "train.batch_size=16", "checkpoint.monitor=val_acc"], model=SmallNet, data=_arrays())
     assert not (tmp_path / "runs").exists()
 
 

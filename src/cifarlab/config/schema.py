@@ -143,6 +143,7 @@ class Config(ConfigSection):
             raise ValueError("schedule.milestones must list at least one epoch for multistep, got []")
         if epochs != "auto" and not recorded:  # a setting past the run's end never acts, silently
             _check_inside_run(schedule, epochs)
+            _check_model_epochs(self.model.options, epochs)
         split = self.data.val_split
         if split not in (None, "auto") and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
             raise ValueError(f"data.val_split must be a fraction in (0, 1) or a count of at least 1, got {split}")
@@ -166,3 +167,12 @@ def _check_inside_run(schedule: ScheduleConfig, epochs: int) -> None:
     if schedule.name == "cosine" and schedule.warmup_epochs >= planned:
         raise ValueError(f"schedule.warmup_epochs must be less than the {planned} epochs the cosine plan spans, got "
                          f"{schedule.warmup_epochs:g}: the lr would never decay")
+
+
+def _check_model_epochs(options: dict, epochs: int) -> None:
+    """fastnet's `whiten_bias_epochs` beyond the run says no more than `train.epochs` (trained throughout), and
+    is what a shortened run kept from a longer one: the round-5 analogue of a lookahead that never starts."""
+    value = options.get("whiten_bias_epochs")
+    if isinstance(value, int) and not isinstance(value, bool) and value > epochs:
+        raise ValueError(f"model.options.whiten_bias_epochs must be at most train.epochs={epochs} (the bias trains "
+                         f"for the first N epochs), got {value}")

@@ -18,7 +18,7 @@ from cifarlab.messages import say, warn
 from cifarlab.run import layout
 from cifarlab.runtime import Runtime, make_runtime
 from cifarlab.trainer.autotune import settle_precision
-from cifarlab.trainer.build import build_state, check_model_input
+from cifarlab.trainer.build import build_state, check_model_input, monitors
 from cifarlab.trainer.preflight import check_integrations
 from cifarlab.trainer.sizing import few_steps_warning, size_to_data
 from cifarlab.trainer.state import TrainState
@@ -53,6 +53,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     default_threads(cfg, runtime)
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     check_batch_fits(cfg.train, len(dataset.train.labels), runtime.dist.world_size)
+    monitors(cfg, dataset.val is not None)  # a val_ metric without a validation split
     check_model_output(cfg.model.name, check_model_input(cfg.model, dataset), dataset.num_classes)
     check_ranks_agree(cfg, dataset, runtime)  # before anything trains or is written: every node the same run
     check_integrations(cfg.output)
