@@ -252,13 +252,19 @@ cli_case("recipe-python-tag", "config", refuse("dup.yaml"), "train", "dup.yaml",
 cli_case("model-module-runs-on-show", "config", either(check=lambda r: "MARKER-imported ran on show" if
                                                           (r.folder / "MARKER-imported").exists() else None),
          "show", "smoke", "model.module=writesmarker")
-cli_case("show-milestone-inside", "config", accept(lambda r: None if "milestones:\n    - 1" in r.out else
+cli_case("show-milestone-inside", "config", accept(lambda r: None if "milestones:\n  - 1" in r.out else
                                                       "milestones not shown", wrong=LOW),
          "show", "smoke", "schedule.name=multistep", "schedule.milestones=[1]")
-cli_case("train-keep-1", "config", accept(lambda r: None if sorted(p.name for p in r.folder.glob(
-    "runs/*/*/checkpoints/epoch-*.pt")) == ["epoch-0001.pt"] else "output.keep=1 kept "
-    + str(sorted(p.name for p in r.folder.glob("runs/*/*/checkpoints/*")))),
-    "train", "smoke", *FAST, "output.keep=1", "output.dir=runs")
+
+
+def _kept_best_epoch(result: Result) -> Optional[str]:
+    kept = sorted(p.name for p in result.folder.glob("runs/*/*/checkpoints/epoch-*.pt"))
+    best = summary_of(result).get("best_epoch")
+    return None if kept == [f"epoch-{best:04d}.pt"] else f"output.keep=1 kept {kept}, best epoch {best}"
+
+
+cli_case("train-keep-1", "config", accept(_kept_best_epoch), "train", "smoke", *FAST, "output.keep=1",
+         "output.dir=runs")
 
 
 def _run_dir_other(ctx, folder):

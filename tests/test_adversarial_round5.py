@@ -225,3 +225,15 @@ def test_a_model_module_that_fails_on_import_is_one_line_naming_its_error_and_li
     for word in words:
         assert word in line, (word, line)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("run_dir", ["", "  "])
+def test_an_empty_run_dir_is_refused_not_read_as_the_current_folder(run_dir, tmp_path, monkeypatch, capsys):
+    """Round 5: `train smoke --run-dir ""` (an unset shell variable) trained into the current folder."""
+    from cifarlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "smoke", "train.threads=1", "--run-dir", run_dir]) == 2
+    assert capsys.readouterr().err.strip() == (f"cifarlab train: error: --run-dir must name a folder (new, empty, or "
+                                               f"a run to continue), got {run_dir!r}")
+    assert not list(tmp_path.iterdir())

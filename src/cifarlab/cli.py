@@ -98,7 +98,7 @@ def _add_training(sub) -> None:
                               f"  cifarlab train smoke model.init_from={example_checkpoint('smoke')}")
     _recipe(p)
     _overrides(p)
-    p.add_argument("--run-dir", type=Path, help="the run's own folder: trained the first time, continued when the "
+    p.add_argument("--run-dir", help="the run's own folder: trained the first time, continued when the "
                    "same command runs again (a requeued or restarted job), see docs/cluster.md")
     p.set_defaults(run=commands.cmd_train)
 

@@ -37,7 +37,7 @@ def train_or_continue(config: Union[Config, str, None], overrides: Sequence[str]
     """Train `config` (+ `overrides`) into `run_dir`, or continue the run already there (see the module's
     docstring for each case). Every rank of a torchrun job calls this with the same arguments and sees the
     same folder: the checks read files only, before the ranks meet, and rank 0 alone clears a folder."""
-    run_dir = Path(run_dir)
+    run_dir = layout.given_run_dir(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; give a folder (new, empty, or a run to continue)")
     if not (run_dir / layout.CONFIG).is_file():

@@ -73,6 +73,7 @@ def train(config: Union[Config, str, None] = None, overrides: Sequence[str] = ()
     `callbacks`: your own `Callback`s, called after cifarlab's at each hook (see trainer/callbacks/__init__.py).
     `model`: a Module instance, class or factory instead of `model.name` (built inside `rebuild_with(model)`,
     see models/python_objects.py)."""
+    run_dir = None if run_dir is None else layout.given_run_dir(run_dir)
     cfg, runtime, dataset = checked_config(config, overrides, data, run_dir, model)
     with quiet(cfg.output.progress == "none"):  # a quiet run prints its warnings only (messages.py)
         return _train_checked(cfg, runtime, dataset, run_dir, callbacks)

@@ -51,6 +51,14 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def given_run_dir(run_dir: str | Path) -> Path:
+    """`--run-dir` / `run_dir=` as a Path; an empty or blank string (an unset shell variable) is refused, not read
+    as the current folder, which `Path("")` is."""
+    if isinstance(run_dir, str) and not run_dir.strip():
+        raise UserError(f"--run-dir must name a folder (new, empty, or a run to continue), got {run_dir!r}")
+    return Path(run_dir)
+
+
 def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
     """A fresh `<output_dir>/<recipe>/<time>` folder (a suffix when two runs start in the same second)."""
     root = Path(output_dir) / check_run_name(recipe)
@@ -63,7 +71,8 @@ def new_run_dir(output_dir: str | Path, recipe: str) -> Path:
         except FileExistsError:
             continue
         except OSError as err:
-            raise UserError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+            raise UserError(f"cannot create run directory {run_dir} (output.dir={output_dir}): {err.strerror}") \
+                from None
     raise UserError(f"too many runs started this second under {root}")
 
 
