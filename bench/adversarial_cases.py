@@ -147,6 +147,12 @@ def build_fixtures(ctx: Context, surfaces: set[str]) -> None:
     for fmt, out in (("hf", "hf"), ("safetensors", "model.safetensors"), ("torchscript", "model.torchscript.pt")):
         made = ctx.cli(fx, "export", fx / "run" / "checkpoints" / "best.pt", "--format", fmt, "--out", fx / out)
         assert made.rc == 0, made.err[-500:]
+    if "resume" in surfaces:  # a run that logged to W&B (offline) and MLflow: its wandb.json and mlflow.json
+        tracked = ctx.cli(fx, "train", "smoke", "output.dir=tracked", "output.wandb=true", "output.mlflow=true",
+                          *FAST)
+        assert tracked.rc == 0, tracked.err[-500:]
+        (run_dir,) = (fx / "tracked" / "smoke").iterdir()
+        shutil.move(str(run_dir), fx / "run-tracked")
     if surfaces & {"hf-data"}:
         hf_dataset_dict().save_to_disk(str(fx / "hf_saved"))
         write_parquet(hf_dataset_dict(), fx / "hf_parquet")
@@ -158,6 +164,11 @@ def build_fixtures(ctx: Context, surfaces: set[str]) -> None:
 
 def copy_run(ctx: Context, folder: Path) -> Path:
     shutil.copytree(ctx.root / "fx" / "run", folder / "run")
+    return folder / "run"
+
+
+def copy_tracked(ctx: Context, folder: Path) -> Path:
+    shutil.copytree(ctx.root / "fx" / "run-tracked", folder / "run")
     return folder / "run"
 
 
@@ -312,18 +323,21 @@ for name, setup, argv, words in [
     ("resume-both", copy_run, ["--more", "1", "--epochs", "4"], ["--epochs"]),
     ("resume-missing", None, [], ["run"]),
     ("resume-a-file", _write("run", "x"), [], ["run"]),
-    ("resume-wandb-not-json", chain(copy_run, _write("run/wandb.json", "{not json")), ["--more", "1"], ["wandb.json"]),
-    ("resume-wandb-list", chain(copy_run, _write("run/wandb.json", "[1, 2]")), ["--more", "1"], ["wandb.json"]),
-    ("resume-wandb-no-id", chain(copy_run, _write("run/wandb.json", '{"project": "p"}')), ["--more", "1"],
+    ("resume-wandb-not-json", chain(copy_tracked, _write("run/wandb.json", "{not json")), ["--more", "1"],
      ["wandb.json"]),
-    ("resume-wandb-id-int", chain(copy_run, _write("run/wandb.json", '{"run_id": 5, "project": "p"}')),
+    ("resume-wandb-list", chain(copy_tracked, _write("run/wandb.json", "[1, 2]")), ["--more", "1"], ["wandb.json"]),
+    ("resume-wandb-no-id", chain(copy_tracked, _write("run/wandb.json", '{"project": "p"}')), ["--more", "1"],
+     ["wandb.json"]),
+    ("resume-wandb-id-int", chain(copy_tracked, _write("run/wandb.json", '{"run_id": 5, "project": "p"}')),
      ["--more", "1"], ["wandb.json"]),
-    ("resume-wandb-folder", chain(copy_run, lambda c, f: (f / "run" / "wandb.json").mkdir()), ["--more", "1"],
+    ("resume-wandb-folder", chain(copy_tracked, lambda c, f: (f / "run" / "wandb.json").unlink()
+                                  or (f / "run" / "wandb.json").mkdir()), ["--more", "1"],
      ["wandb.json"]),
-    ("resume-mlflow-not-json", chain(copy_run, _write("run/mlflow.json", "nope")), ["--more", "1"], ["mlflow.json"]),
-    ("resume-mlflow-no-id", chain(copy_run, _write("run/mlflow.json", '{"tracking_uri": "x"}')), ["--more", "1"],
+    ("resume-mlflow-not-json", chain(copy_tracked, _write("run/mlflow.json", "nope")), ["--more", "1"],
      ["mlflow.json"]),
-    ("resume-mlflow-null", chain(copy_run, _write("run/mlflow.json", "null")), ["--more", "1"], ["mlflow.json"]),
+    ("resume-mlflow-no-id", chain(copy_tracked, _write("run/mlflow.json", '{"tracking_uri": "x"}')), ["--more", "1"],
+     ["mlflow.json"]),
+    ("resume-mlflow-null", chain(copy_tracked, _write("run/mlflow.json", "null")), ["--more", "1"], ["mlflow.json"]),
     ("resume-config-yaml-garbage", chain(copy_run, _write("run/config.yaml", "train: [unclosed\n")), ["--more", "1"],
      ["config.yaml"]),
     ("resume-both-checkpoints-cut", chain(copy_run, _truncate("run/checkpoints/last.pt", 100),
@@ -348,6 +362,7 @@ def _more_grew(result: Result) -> Optional[str]:
 
 
 cli_case("resume-more-one", "resume", accept(_more_grew), *RESUME, "--more", "1", setup=copy_run)
+cli_case("resume-tracked-more-one", "resume", accept(_more_grew), *RESUME, "--more", "1", setup=copy_tracked)
 cli_case("resume-last-cut-falls-back", "resume", accept(_more_grew), *RESUME, "--more", "1",
          setup=chain(copy_run, _truncate("run/checkpoints/last.pt", 1000)))
 cli_case("resume-metrics-torn-line", "resume", accept(_more_grew), *RESUME, "--more", "1",
