@@ -147,7 +147,7 @@ def judge(expect: Expect, result: Result, before: dict[str, str], before_entries
     after = hashes(result.folder)
     changed = sorted(name for name, digest in before.items() if after.get(name) != digest)
     errors, noise = error_lines(result.err)
-    last = (errors or [""])[-1][:160]
+    last = (errors or [""])[-1]
     if "Traceback (most recent call last)" in result.err:
         tail = [line for line in result.err.splitlines() if line.strip()][-1][:160]
         return MEDIUM, f"traceback (exit {result.rc}): {tail}"
@@ -164,11 +164,11 @@ def judge(expect: Expect, result: Result, before: dict[str, str], before_entries
         if noise:
             return LOW, f"noise around the line: {noise[0][:100]!r}"
         if expect.kind == "accept":
-            return LOW, f"refused valid input: {last}"
+            return LOW, f"refused valid input: {last[:160]}"
         missing = [word for word in expect.words if word.lower() not in last.lower()]
         if missing:
-            return LOW, f"line lacks {missing}: {last}"
-        return PASS, last
+            return LOW, f"line lacks {missing}: {last[:200]}"
+        return PASS, last[:160]
     if result.rc not in (0, *expect.codes):
         return MEDIUM, f"exit {result.rc}: {result.err.strip()[-160:]!r}"
     if expect.kind == "refuse":

@@ -237,3 +237,68 @@ def test_an_empty_run_dir_is_refused_not_read_as_the_current_folder(run_dir, tmp
     assert capsys.readouterr().err.strip() == (f"cifarlab train: error: --run-dir must name a folder (new, empty, or "
                                                f"a run to continue), got {run_dir!r}")
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------- model folders
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory, shared_runs):
+    """A model folder exported from a one-epoch smoke run (10 classes, convnet width 8)."""
+    from _runs import finished_and_open_runs
+    from cifarlab.cli import main
+
+    root = tmp_path_factory.mktemp("round5-folder")
+    run_dir = finished_and_open_runs(root / "runs", shared_runs)["done"]
+    assert main(["export", str(run_dir / "checkpoints" / "best.pt"), "--format", "hf", "--out", str(root / "m")]) == 0
+    return root / "m"
+
+
+def _renamed_first(config):
+    config["id2label"]["0"] = "renamed"
+
+
+# (edit of config.json, words of the one line); round 5: each was ignored and the folder predicted with exit 0
+FOLDER_EDITS = [
+    (_renamed_first, ["config.json disagrees with itself: id2label must be"]),
+    (lambda c: c.update(architecture="resnet18"), ["architecture must be \"convnet\""]),
+    (lambda c: c["options"].update(width=16), ["options must be"]),
+    (lambda c: c["label2id"].update(extra=10), ["label2id must be"]),
+    (lambda c: c.update(num_channels=1), ["num_channels must be 3"]),
+    (lambda c: c.update(input_shape=[3, 32, 32]), ["input_shape must be [3, 16, 16]"]),
+    (lambda c: c["classes"].__setitem__(0, ""), ["classes must be a list of distinct class names (non-empty"]),
+    (lambda c: c.update(classes=["a", "b", "c"]), ["classes must be 10 names (one per output"]),  # not num_labels
+    (lambda c: None, None),
+]
+
+
+@pytest.mark.parametrize("edit, words", FOLDER_EDITS, ids=[str(i) for i in range(len(FOLDER_EDITS))])
+def test_a_model_folder_whose_config_disagrees_with_itself_is_one_line(edit, words, model_folder, tmp_path):
+    import shutil
+
+    from cifarlab.run.model_file import read_model
+
+    folder = shutil.copytree(model_folder, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    if words is None:
+        assert read_model(folder).card.num_classes == 10
+        return
+    with pytest.raises(UserError) as refused:
+        read_model(folder)
+    assert len(str(refused.value).splitlines()) == 1
+    for word in words:
+        assert word in str(refused.value), (word, str(refused.value))
+
+
+@pytest.mark.parametrize("name, damage", [("config.json", b"{oops"), ("model.safetensors", b"\x00" * 40)])
+def test_an_unreadable_model_folder_file_is_named(name, damage, model_folder, tmp_path):
+    """Round 5: "hf is not a readable cifarlab model folder: Expecting property name ..." named no file."""
+    import shutil
+
+    from cifarlab.run.model_file import read_model
+
+    folder = shutil.copytree(model_folder, tmp_path / "m")
+    (folder / name).write_bytes(damage)
+    with pytest.raises(UserError, match=f"is not a readable cifarlab model folder: its {name} cannot be read: "):
+        read_model(folder)

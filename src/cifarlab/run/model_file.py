@@ -82,24 +82,51 @@ def _read_folder(path: Path) -> ModelFile:
     from safetensors.torch import load_file
 
     source = f"model folder {path}"
-    try:
-        stored = json.loads((path / FOLDER_CONFIG).read_text())
-        weights = load_file(str(path / FOLDER_WEIGHTS))
-    except (OSError, ValueError, SafetensorError) as err:  # ValueError: JSON and UTF-8 decoding
-        raise UserError(f"{path} is not a readable cifarlab model folder: "
-                        f"{(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
+    stored, weights = None, None
+    for name in (FOLDER_CONFIG, FOLDER_WEIGHTS):
+        try:  # ValueError: JSON and UTF-8 decoding
+            if name == FOLDER_CONFIG:
+                stored = json.loads((path / name).read_text())
+            else:
+                weights = load_file(str(path / name))
+        except (OSError, ValueError, SafetensorError) as err:
+            raise UserError(f"{path} is not a readable cifarlab model folder: its {name} cannot be read: "
+                            f"{(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
     try:
         need(isinstance(stored, dict), FOLDER_CONFIG, "a JSON object", type(stored).__name__)
         need(isinstance(stored.get("run_config"), dict), "run_config", "the run's config (a mapping)",
              stored.get("run_config"))
         cfg = _validated(stored["run_config"], source)
         card = with_image_size(ModelCard.from_config(cfg, stored), cfg)
-        labels, epoch = stored.get("num_labels"), stored.get("epoch")
-        need(labels is None or labels == card.num_classes, "num_labels", f"{card.num_classes} (one per class)", labels)
+        epoch = stored.get("epoch")
         need(epoch is None or whole(epoch), "epoch", "a whole number", epoch)
     except FieldProblem as problem:
         raise UserError(f"{source} is not usable: {problem}") from None
-    return ModelFile(_build(card, cfg, weights, source), card, cfg, epoch, path)
+    network = _build(card, cfg, weights, source)  # the classes against the classifier first
+    try:
+        _check_agrees(stored, card, cfg)
+    except FieldProblem as problem:
+        raise UserError(f"{source} is not usable: {FOLDER_CONFIG} disagrees with itself: {problem}") from None
+    return ModelFile(network, card, cfg, epoch, path)
+
+
+def _check_agrees(stored: dict[str, Any], card: ModelCard, cfg: Config) -> None:
+    """config.json repeats the card and run_config for other tools (transformers' id2label, num_labels, the model's
+    keywords); cifarlab builds from the card and run_config. A copy that says otherwise was edited (a class renamed
+    in id2label, another architecture), and the edit would be ignored silently: each must say what they say."""
+    classes = list(card.classes)
+    derived = {"architecture": card.architecture, "options": card.options, "model": card.model_kwargs(),
+               "module": cfg.model.module, "num_labels": len(classes), "in_channels": card.in_channels,
+               "num_channels": card.in_channels, "id2label": {str(i): name for i, name in enumerate(classes)},
+               "label2id": {name: i for i, name in enumerate(classes)}}
+    if card.image_size:
+        derived["input_shape"] = [card.in_channels, card.image_size, card.image_size]
+    for key, value in derived.items():
+        expected = json.loads(json.dumps(value))  # as JSON has it: lists for tuples
+        if key in stored and stored[key] != expected:
+            shown = json.dumps(expected)
+            need(False, key, f"{shown if len(shown) <= 80 else shown[:77] + '...'} as its classes and run_config "
+                             f"say (edit them together, or export the checkpoint again)", stored[key])
 
 
 def _validated(raw: dict[str, Any], source: str) -> Config:

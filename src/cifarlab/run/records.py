@@ -494,8 +494,9 @@ def check_card_fields(data: Mapping[str, Any]) -> None:
     """The checks every format's card passes (a checkpoint, a model folder's config.json): distinct class
     names, 1 to 4 finite mean/std values with std > 0, a whole image size, a known precision."""
     classes = data.get("classes")
-    need(isinstance(classes, (list, tuple)) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
-         and len(set(classes)) == len(classes), "classes", "a list of distinct class names (strings)", classes)
+    need(isinstance(classes, (list, tuple)) and len(classes) >= 1 and all(isinstance(c, str) and c for c in classes)
+         and len(set(classes)) == len(classes), "classes", "a list of distinct class names (non-empty strings)",
+         classes)
     mean, std = data.get("mean"), data.get("std")
     for key, values in (("mean", mean), ("std", std)):
         need(isinstance(values, (list, tuple)) and 1 <= len(values) <= 4 and all(finite(v) for v in values),
