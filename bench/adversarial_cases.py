@@ -408,7 +408,7 @@ def _edit_weights(change: Callable[[dict], dict], source: str = "hf/model.safete
 def _poison(value):
     def change(weights):
         name = next(key for key in weights if key.endswith("weight") and weights[key].is_floating_point())
-        weights[name] = weights[name].clone()
+        weights[name] = weights[name].detach().clone().contiguous()
         weights[name].view(-1)[0] = value
         return weights
     return change
@@ -550,7 +550,7 @@ def _checkpoint_edit(change: Callable[[dict], None], name: str = "best.pt"):
 def _poison_state(payload):
     state = payload["model"]
     name = next(key for key in state if key.endswith("weight"))
-    state[name] = state[name].clone()
+    state[name] = state[name].detach().clone().contiguous()
     state[name].view(-1)[0] = float("nan")
 
 
