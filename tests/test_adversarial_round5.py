@@ -302,3 +302,21 @@ def test_an_unreadable_model_folder_file_is_named(name, damage, model_folder, tm
     (folder / name).write_bytes(damage)
     with pytest.raises(UserError, match=f"is not a readable cifarlab model folder: its {name} cannot be read: "):
         read_model(folder)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+@pytest.mark.parametrize("blocked", ["metrics.csv", "summary.json", "checkpoints/best.pt", "checkpoints/last.prev.pt"])
+def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(blocked, tmp_path, shared_runs,
+                                                                                capsys):
+    """Round 5: with a folder at checkpoints/last.pt or metrics.csv, `resume --more 1` trained an epoch, moved
+    best.pt, metrics.csv and config.yaml on, and then failed (a traceback for metrics.csv)."""
+    from _runs import assert_refused, finished_and_open_runs
+
+    run_dir = finished_and_open_runs(tmp_path / "runs", shared_runs)["done"]
+    path = run_dir / blocked
+    path.unlink(missing_ok=True)
+    path.mkdir()
+    capsys.readouterr()  # what training the shared run printed, if this test trained it
+    assert_refused(["resume", str(run_dir), "--more", "1"], [f"{blocked} is a directory, where the run writes a file"],
+                   {"run": run_dir}, capsys, tmp_path)

@@ -49,6 +49,7 @@ def resume_point(run_dir: Path, checkpoint: Path, epochs: Optional[int], more: O
     if epochs is not None:
         cfg = extend_config(cfg, stored.epoch, epochs)
     check_integrations(cfg.output, run_dir)  # before config.yaml is rewritten (--epochs) or training goes on
+    layout.check_run_files(run_dir)
     try:
         previous = read_summary(run_dir, required=False) or Summary()
     except UserError:

@@ -100,6 +100,20 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
 
 
+def check_run_files(run_dir: str | Path) -> None:
+    """Every file a continued run rewrites is a regular file or absent: a folder (or a FIFO) in the place of
+    last.pt or metrics.csv failed only when it was written, after an epoch had trained and other files had
+    moved on. Checked before anything is written."""
+    run_dir = Path(run_dir)
+    checkpoints = [checkpoint_path(run_dir, name) for name in (LAST, BEST)]
+    for path in (run_dir / CONFIG, run_dir / METRICS, run_dir / SUMMARY, *checkpoints,
+                 *map(previous_path, checkpoints)):
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise UserError(f"run {run_dir}: {path.relative_to(run_dir)} is {kind}, where the run writes a file; "
+                            f"move it away, then resume")
+
+
 def report_checkpoint(run_dir: str | Path) -> Optional[Path]:
     """best.pt, else last.pt, else None: the checkpoint a report or an evaluation of the run uses."""
     for name in (BEST, LAST):
