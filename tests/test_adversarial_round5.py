@@ -320,3 +320,13 @@ def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(b
     capsys.readouterr()  # what training the shared run printed, if this test trained it
     assert_refused(["resume", str(run_dir), "--more", "1"], [f"{blocked} is a directory, where the run writes a file"],
                    {"run": run_dir}, capsys, tmp_path)
+
+
+@pytest.mark.parametrize("top", ["3", 2.5, True, 0])
+def test_predict_files_from_python_refuses_a_top_that_is_not_a_whole_number(top, tmp_path):
+    """Round 5: `cifarlab.predict_files(model, paths, top="3")` was a TypeError traceback."""
+    import cifarlab
+
+    with pytest.raises(UserError) as refused:
+        cifarlab.predict_files(tmp_path / "no.pt", [tmp_path], top=top)
+    assert str(refused.value) == f"--top must be at least 1 (a whole number), got {top!r}"

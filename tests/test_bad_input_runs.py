@@ -190,12 +190,12 @@ CASES = [
     (
         "predict-top-zero",
         lambda t, r, m: ["predict", _ckpt(r[DONE]), str(_image(t)), "--top", "0"],
-        ["--top must be at least 1, got 0"],
+        ["--top must be at least 1 (a whole number), got 0"],
     ),
     (
         "predict-top-negative",
         lambda t, r, m: ["predict", _ckpt(r[DONE]), str(_image(t)), "--top", "-1"],
-        ["--top must be at least 1, got -1"],
+        ["--top must be at least 1 (a whole number), got -1"],
     ),
     (
         "summary-batch-size-text",

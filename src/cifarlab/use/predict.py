@@ -169,8 +169,8 @@ def predict_files(model: Union[LoadedModel, str, Path], paths: Sequence[Union[st
     """`cifarlab predict`: (image file, its top-`top` (class, probability)) for each image file that
     `paths` name (folders searched recursively, see `image_files`); with `csv_out`, a new file (never
     overwritten, checked before any work) gets the same as `write_predictions_csv` rows."""
-    if top < 1:
-        raise UserError(f"--top must be at least 1, got {top}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:  # from Python, "3" compared with 1 raised
+        raise UserError(f"--top must be at least 1 (a whole number), got {top!r}")
     csv_out = output_target(Path(csv_out), "--csv") if csv_out is not None else None
     files = image_files(paths)
     results = predict(model, files, top=top)
