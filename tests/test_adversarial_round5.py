@@ -330,3 +330,25 @@ def test_predict_files_from_python_refuses_a_top_that_is_not_a_whole_number(top,
     with pytest.raises(UserError) as refused:
         cifarlab.predict_files(tmp_path / "no.pt", [tmp_path], top=top)
     assert str(refused.value) == f"--top must be at least 1 (a whole number), got {top!r}"
+
+
+# ----------------------------------------------------------------------------------- Hugging Face data
+
+def test_an_image_column_option_naming_the_label_column_blames_the_option(tmp_path, monkeypatch):
+    """Round 5: `data.options={image_column: label}` said "cast it, e.g. dataset.cast_column('label',
+    datasets.Image())": it told the user to turn their labels into images."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from cifarlab.data.sources import load_dataset
+
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rows = {"img": [Image.new("RGB", (8, 8), (k * 40, 0, 0)) for k in range(6)], "label": [0, 1, 2, 0, 1, 2]}
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    part = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": part, "test": part}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(UserError) as refused:
+        load_dataset("hf", tmp_path / "saved", image_column="label")
+    assert str(refused.value) == ("data.options.image_column='label' names a ClassLabel column, not an Image one; "
+                                  "name img instead")

@@ -118,7 +118,8 @@ def test_a_plain_integer_label_column_is_refused_with_the_cast_to_make(tmp_path,
     with pytest.raises(UserError, match=r"no ClassLabel column \(its columns: img, animal\); cast one .*"
                                         r"cast_column\('animal', datasets.ClassLabel\(names="):
         load_dataset("hf", tmp_path / "plain")
-    with pytest.raises(UserError, match="column 'animal' is Value, not ClassLabel; cast it"):
+    with pytest.raises(UserError, match="data.options.label_column='animal' names a Value column, not a ClassLabel "
+                                        r"one; cast it, e.g. dataset.cast_column\('animal'"):
         load_dataset("hf", tmp_path / "plain", label_column="animal")
 
 

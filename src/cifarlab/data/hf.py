@@ -210,8 +210,12 @@ def _column(split, given: Optional[str], feature_type, option: str) -> str:
     if given not in features:
         raise UserError(f"data.options.{option}={given!r} is not a column; the columns are {', '.join(features)}")
     if not isinstance(features[given], feature_type):
-        raise UserError(f"column {given!r} is {type(features[given]).__name__}, not {kind}; "
-                        f"cast it, e.g. dataset.cast_column({given!r}, {CAST_TO[kind]})")
+        right = [name for name, feature in features.items() if isinstance(feature, feature_type)]
+        fix = (f"name {'one of ' if len(right) > 1 else ''}{', '.join(right)} instead" if right else
+               f"cast it, e.g. dataset.cast_column({given!r}, {CAST_TO[kind]})")
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise UserError(f"data.options.{option}={given!r} names a {type(features[given]).__name__} column, not "
+                        f"{article} {kind} one; {fix}")
     return given
 
 
