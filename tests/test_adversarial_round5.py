@@ -352,3 +352,23 @@ def test_an_image_column_option_naming_the_label_column_blames_the_option(tmp_pa
         load_dataset("hf", tmp_path / "saved", image_column="label")
     assert str(refused.value) == ("data.options.image_column='label' names a ClassLabel column, not an Image one; "
                                   "name img instead")
+
+
+@pytest.mark.parametrize("file, text", [("dataset_dict.json", "{"), ("test/dataset_info.json", "nope"),
+                                        ("train/state.json", "[]")])
+def test_a_broken_save_to_disk_json_file_is_named(file, text, tmp_path, monkeypatch):
+    """Round 5: "cannot read the save_to_disk folder hf: JSONDecodeError: Expecting value ..." named no file."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from cifarlab.data.sources import load_dataset
+
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rows = {"img": [Image.new("RGB", (8, 8), (k * 40, 0, 0)) for k in range(6)], "label": [0, 1, 2, 0, 1, 2]}
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    part = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": part, "test": part}).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "saved" / file).write_text(text)
+    with pytest.raises(UserError, match=f"cannot read the save_to_disk folder .*saved: its {file} is broken"):
+        load_dataset("hf", tmp_path / "saved")

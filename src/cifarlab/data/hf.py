@@ -94,6 +94,30 @@ def _quiet():
             datasets.enable_progress_bars()
 
 
+def _check_saved_metadata(path: Path) -> None:
+    """save_to_disk's JSON files (dataset_dict.json, each split's state.json and dataset_info.json) are JSON
+    objects: `datasets` reports a broken one as a bare JSONDecodeError or TypeError naming no file."""
+    files = [Path("dataset_dict.json")]
+    try:
+        splits = json.loads((path / files[0]).read_text()).get("splits")
+    except (OSError, ValueError, AttributeError):
+        splits = None
+    for name in splits if isinstance(splits, list) else []:
+        if isinstance(name, str) and (path / name).is_dir():
+            files += [Path(name) / "state.json", Path(name) / "dataset_info.json"]
+    for file in files:
+        try:
+            ok = isinstance(json.loads((path / file).read_text()), dict)
+            reason = "not a JSON object"
+        except FileNotFoundError:
+            continue  # the load names a missing file itself
+        except (OSError, ValueError) as err:
+            ok, reason = False, (str(err).splitlines() or [type(err).__name__])[0][:120]
+        if not ok:
+            raise UserError(f"cannot read the save_to_disk folder {path}: its {file} is broken ({reason}); write it "
+                            f"again (save_to_disk) from a dataset that loads")
+
+
 def _refuse_empty_saved_splits(path: Path) -> None:
     """A split saved with no rows has no data file, and `datasets.load_from_disk` then fails with an
     IndexError that names nothing; say which split is empty. Anything else unreadable is left to the load,
@@ -118,6 +142,7 @@ def open_hf(where: str, cache_root: Path, download: bool) -> dict[str, list[tupl
     path = Path(where).expanduser()
     arrow_cache = str(cache_root / "hf" / "arrow")
     if path.is_dir() and (path / "dataset_dict.json").is_file():
+        _check_saved_metadata(path)
         _refuse_empty_saved_splits(path)
         with _quiet(), _reading(f"the save_to_disk folder {path}"):
             return {name: [(f"the {name!r} split", split)]
