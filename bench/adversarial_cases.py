@@ -192,8 +192,8 @@ def summary_of(result: Result, pattern: str = "runs/*/*/summary.json") -> dict:
 
 
 def finished(result: Result) -> Optional[str]:
-    return None if summary_of(result).get("status", "finished") == "finished" and summary_of(result) else \
-        "no finished run's summary.json"
+    status = summary_of(result).get("status")
+    return None if status == "completed" else f"the run's summary.json says status {status!r}, not completed"
 
 
 # ------------------------------------------------------------------------------------ config and train
