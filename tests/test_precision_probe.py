@@ -15,7 +15,7 @@ from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment.resumable import recorded_precision
 from cifarlab.runtime import resolve_precision
-from cifarlab.trainer import autotune
+from cifarlab.trainer import autotune, machine_load
 from cifarlab.trainer.autotune import (
     PrecisionChoice,
     Timings,
@@ -44,11 +44,11 @@ def measured(monkeypatch):
     """Replaces the measurement by injected seconds per step; counts the calls."""
     calls = []
 
-    def inject(seconds: dict, batch=None):
+    def inject(seconds: dict, batch=None, others_share=None):
         def fake(model_cfg, optim_cfg, shape, num_classes, device, channels_last, order):
             calls.append(shape)
             return Timings({name: seconds.get(name) for name in order}, wall_seconds=0.4,
-                           batch=batch or shape[0])
+                           batch=batch or shape[0], others_share=others_share)
         monkeypatch.setattr(autotune, "measure_precisions", fake)
         return calls
     return inject
@@ -285,6 +285,54 @@ def test_a_damaged_cache_file_is_measured_again_never_an_error(cache, measured, 
         os.mkfifo(path)
     choice = _within(30, lambda: choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True), path)
     assert choice.name == "fp32" and choice.reason.startswith("measured bf16 0.50x fp32") and len(calls) == 2
+
+
+def test_an_answer_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(cache, measured, monkeypatch):
+    """A neighbour made bf16 look 0.03x fp32 on an AMX Xeon (trainer/machine_load.py): that run takes fp32,
+    but the machine's cached answer must not be the busy one."""
+    calls = measured({"fp32": 1.0, "bf16": 30.0}, others_share=0.48)
+    cfg = load_config("smoke", [])
+    busy = choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    assert busy.name == "fp32" and busy.reason == (
+        "measured bf16 0.03x fp32 on this CPU, 0.4 s, while other processes used 48% of the CPU: measured again "
+        "once the machine is quiet")
+    (path,) = cache.glob("precision-*.json")
+    assert json.loads(path.read_text())["busy"] is True
+    monkeypatch.setattr(machine_load, "others_share_now", lambda: 0.6)  # still busy: the busy answer stands
+    assert choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True).name == "fp32" and len(calls) == 1
+    monkeypatch.setattr(machine_load, "others_share_now", lambda: 0.02)  # quiet: measured again, and kept
+    measured({"fp32": 1.0, "bf16": 0.7}, others_share=0.01)
+    assert choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True).name == "bf16"
+    entry = json.loads(path.read_text())
+    assert entry["busy"] is False and entry["reason"] == "measured 1.43x fp32 on this CPU, 0.4 s"
+    monkeypatch.setattr(machine_load, "others_share_now", lambda: pytest.fail("a quiet answer needs no look"))
+    assert choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True).name == "bf16"
+
+
+def test_a_cache_entry_whose_busy_mark_is_not_a_boolean_is_measured_again(cache, measured):
+    calls = measured({"fp32": 1.0, "bf16": 0.5})
+    cfg = load_config("smoke", [])
+    choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    (path,) = cache.glob("precision-*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "busy": "no"}))
+    choose_precision(cfg.model, cfg.optim, (64, 1, 16, 16), 10, CPU, True)
+    assert len(calls) == 2
+
+
+def test_the_share_of_the_machine_other_processes_used_is_its_busy_time_less_ours(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1000 50 300 9000 20 5 5 40 0 0\ncpu0 500 25 150 4500 10 2 3 20 0 0\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = machine_load.mark(str(stat))
+    assert start.machine_busy == pytest.approx((1000 + 50 + 300 + 5 + 5 + 40) / ticks)  # idle, iowait, guest: not busy
+    end = machine_load.CpuMark(start.machine_busy + 1.5, start.ours + 0.5, start.wall + 1.0)
+    assert machine_load.others_share(start, end, cores=2) == pytest.approx(0.5)  # 1.0 of 2 CPU-seconds
+    assert machine_load.others_share(start, machine_load.CpuMark(start.machine_busy + 0.4, start.ours + 0.5,
+                                                                  start.wall + 1.0), cores=2) == 0.0
+    assert machine_load.others_share(None, end) is None and machine_load.mark(str(tmp_path / "none")) is None
+    stat.write_text("cpu  not numbers\n")
+    assert machine_load.mark(str(stat)) is None
+    assert machine_load.is_busy(0.25) and not machine_load.is_busy(0.2) and not machine_load.is_busy(None)
 
 
 def _within(seconds: float, call, fifo):

@@ -48,6 +48,7 @@ from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
+from cifarlab.trainer import machine_load
 from cifarlab.trainer.optim import GradStep, build_optimizer
 
 MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so far (no flapping on noise)
@@ -123,10 +124,12 @@ def measured_reason(seconds_per_step: Mapping[str, Optional[float]], chosen: str
 @dataclass
 class Timings:
     """Seconds per training step of each candidate (None: out), the wall time the measurement took, and the
-    images per timed step (the run's batch, or a slice of it: `probe_batch`)."""
+    images per timed step (the run's batch, or a slice of it: `probe_batch`), and the share of the machine's
+    CPU other processes used meanwhile (None: unknown; `machine_load`)."""
     seconds_per_step: dict[str, Optional[float]]
     wall_seconds: float
     batch: Optional[int] = None
+    others_share: Optional[float] = None
 
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
@@ -268,7 +271,7 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
     batch shape `shape` (N, C, H, W), or at a slice of the batch (`probe_batch`) where a full step would not
     fit the budget. Every RNG is put back. On a CPU the budget is in CPU seconds per thread (about wall
     seconds on an idle machine), so a busy machine stretches the wall time, not the work."""
-    started = time.perf_counter()
+    started, load_mark = time.perf_counter(), machine_load.mark()
     N, C, H, W = shape
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
         model = build_model(model_cfg, num_classes, C).to(device).train()
@@ -293,7 +296,8 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
                  for name in order}
         seconds = time_steps(steps, clock, budget - (clock() - begin))
-    return Timings(seconds, time.perf_counter() - started, batch=n)
+    return Timings(seconds, time.perf_counter() - started, batch=n,
+                   others_share=machine_load.others_share(load_mark, machine_load.mark()))
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -350,14 +354,18 @@ def _cache_path(key: dict) -> Path:
 
 def read_cached(key: dict) -> Optional[PrecisionChoice]:
     """The cached answer for `key`, or None where there is none, or the file is unreadable, not JSON, for
-    another key (an edit, a hash collision) or names a candidate not allowed: measure again."""
+    another key (an edit, a hash collision) or names a candidate not allowed: measure again. An answer
+    measured while other processes were busy is taken only while they still are (`machine_load`): on a
+    quiet machine it is measured again, and the quiet answer replaces it."""
     path = _cache_path(key)
     if not path.is_file():  # a FIFO there would block the run forever on open; a folder or device is no entry
         return None
     try:
         entry = json.loads(path.read_text())
         same_key = json.dumps(entry["key"], sort_keys=True, default=str) == json.dumps(key, sort_keys=True, default=str)
-        if same_key and entry["name"] in key["candidates"] and is_measured_reason(entry["reason"]):
+        valid = same_key and entry["name"] in key["candidates"] and is_measured_reason(entry["reason"])
+        busy = entry.get("busy", False)  # absent in files written before it was recorded
+        if valid and (busy is False or (busy is True and machine_load.is_busy(machine_load.others_share_now()))):
             return PrecisionChoice(entry["name"], f"{entry['reason']}; cached in {cache_dir()}")
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         pass
@@ -375,16 +383,17 @@ def is_measured_reason(reason) -> bool:
     return isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS and MEASURED_REASON.fullmatch(reason) is not None
 
 
-MAX_REASON_CHARS = 300
+MAX_REASON_CHARS = 400
 
 
-def write_cached(key: dict, choice: PrecisionChoice) -> None:
+def write_cached(key: dict, choice: PrecisionChoice, busy: bool = False) -> None:
     """Atomically (a reader sees the old file or the new one); a cache folder that cannot be written only
     costs the next run a measurement."""
     try:
         path = _cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"key": key, "name": choice.name, "reason": choice.reason}, default=str))
+        atomic_write_text(path, json.dumps({"key": key, "name": choice.name, "reason": choice.reason,
+                                             "busy": busy}, default=str))
     except (OSError, UserError):
         pass
 
@@ -413,9 +422,13 @@ def choose_precision(model_cfg, optim_cfg, shape: tuple[int, int, int, int], num
     detail = f"{timings.wall_seconds:.1f} s"
     if timings.batch is not None and timings.batch < shape[0]:
         detail += f", timing {timings.batch} of the batch's {shape[0]} images a step"
+    busy = machine_load.is_busy(timings.others_share)
+    if busy:
+        detail += (f", while other processes used {timings.others_share:.0%} of the CPU: measured again once the "
+                   "machine is quiet")
     choice = PrecisionChoice(chosen, measured_reason(timings.seconds_per_step, chosen, order, where, detail))
     if any(seconds is not None for seconds in timings.seconds_per_step.values()):
-        write_cached(key, choice)
+        write_cached(key, choice, busy)
     return choice
 
 
