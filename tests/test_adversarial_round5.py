@@ -373,3 +373,22 @@ def test_a_broken_save_to_disk_json_file_is_named(file, text, tmp_path, monkeypa
     (tmp_path / "saved" / file).write_text(text)
     with pytest.raises(UserError, match=f"cannot read the save_to_disk folder .*saved: its {file} is broken"):
         load_dataset("hf", tmp_path / "saved")
+
+
+
+class HalfBatch(SmallNet):
+    def forward(self, x):
+        return self.f(x)[: max(1, x.shape[0] // 2)]
+
+
+def test_a_network_that_returns_fewer_rows_than_images_is_one_line_before_anything_is_written(tmp_path):
+    """Round 5: a network returning (N // 2, num_classes) passed the output check and crashed in the loss
+    (ValueError: Expected input batch_size (32) to match target batch_size (64)) once the run directory existed."""
+    import cifarlab
+
+    with pytest.raises(UserError) as refused:
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "train.batch_size=16"],
+                       model=HalfBatch, data=_arrays())
+    assert "returns a torch.float32 tensor of shape (1, 3) for 2 images; it must return one floating-point tensor " \
+           "of logits of shape (2, 3)" in str(refused.value)
+    assert not (tmp_path / "runs").exists()

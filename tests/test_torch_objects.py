@@ -157,7 +157,7 @@ def test_an_instance_of_a_local_class_loads_only_into_a_module_passed_in(tmp_pat
 def test_a_model_that_does_not_return_one_row_of_logits_per_class_is_refused_before_a_run_directory(tmp_path):
     data = (_pictures(), _pictures(48, seed=1))
     wrong = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))  # 5 outputs for 3 classes
-    refused = r"shape \(\d, 5\); it must return one floating-point tensor of logits of shape \(\d, 3\)"
+    refused = r"shape \(\d, 5\) for \d images; it must return one floating-point tensor of logits of shape \(\d, 3\)"
     with pytest.raises(UserError, match=refused):
         cifarlab.train("smoke", [f"output.dir={tmp_path}", *RUN], model=wrong, data=data)
     with pytest.raises(UserError, match="returned a str, not a torch.nn.Module"):

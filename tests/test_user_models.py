@@ -202,7 +202,7 @@ BAD_USER_NETS = [
     ("returns-10+3-columns", BAD_NETS_MODULE, "returns_wide",
      ["model 'returns_wide' returns a torch.float32 tensor of shape (2, 13)", "shape (2, 10)", "10 classes"]),
     ("returns-a-tuple", BAD_NETS_MODULE, "returns_tuple", ["returns a tuple of 2 values", "one floating-point tensor"]),
-    ("returns-a-dict", BAD_NETS_MODULE, "returns_dict", ["returns a dict with keys 'logits'", "shape (N, 10)"]),
+    ("returns-a-dict", BAD_NETS_MODULE, "returns_dict", ["returns a dict with keys 'logits'", "shape (2, 10)"]),
     ("returns-a-flat-tensor", BAD_NETS_MODULE, "returns_flat", ["tensor of shape (20,)", "one row per image"]),
     ("returns-integers", BAD_NETS_MODULE, "returns_integers", ["a torch.int64 tensor of shape (2, 10)"]),
     ("not-on-meta-checked-on-one-image", BAD_NETS_MODULE, "returns_not-on-meta",

@@ -54,7 +54,7 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     cfg, dataset = size_to_data(cfg, source)  # `auto` batch size, epochs, val split -> numbers
     check_batch_fits(cfg.train, len(dataset.train.labels), runtime.dist.world_size)
     monitors(cfg, dataset.val is not None)  # a val_ metric without a validation split
-    check_model_output(cfg.model.name, check_model_input(cfg.model, dataset), dataset.num_classes)
+    check_model_output(cfg.model.name, *check_model_input(cfg.model, dataset), dataset.num_classes)
     check_ranks_agree(cfg, dataset, runtime)  # before anything trains or is written: every node the same run
     check_integrations(cfg.output)
     if cfg.model.init_from:  # its file and fit are checked on a CPU copy now, before the run directory exists
@@ -66,11 +66,11 @@ def checked_config(config: Union[Config, str, None], overrides: Sequence[str], d
     return cfg, runtime, dataset
 
 
-def check_model_output(name: str, output, num_classes: int) -> None:
+def check_model_output(name: str, output, images: int, num_classes: int) -> None:
     """A model (a user's above all) must return one tensor of logits, (N, num_classes), for N images: a
-    tuple, a dict or a flat tensor would crash in the loss once the run directory exists, and extra
-    columns would train and score silently against classes the data does not have."""
-    if isinstance(output, torch.Tensor) and output.ndim == 2 and output.shape[1] == num_classes \
+    tuple, a dict, a flat tensor or fewer rows than images would crash in the loss once the run directory
+    exists, and extra columns would train and score silently against classes the data does not have."""
+    if isinstance(output, torch.Tensor) and output.ndim == 2 and tuple(output.shape) == (images, num_classes) \
             and output.is_floating_point():
         return
     if isinstance(output, torch.Tensor):
@@ -81,9 +81,9 @@ def check_model_output(name: str, output, num_classes: int) -> None:
         got = f"a {type(output).__name__} of {len(output)} values"
     else:
         got = f"a {type(output).__name__}"
-    batch = output.shape[0] if isinstance(output, torch.Tensor) and output.ndim else "N"
-    raise UserError(f"model {name!r} returns {got}; it must return one floating-point tensor of logits of shape "
-                    f"({batch}, {num_classes}): one row per image, one column per class ({num_classes} classes)")
+    raise UserError(f"model {name!r} returns {got} for {images} images; it must return one floating-point tensor "
+                    f"of logits of shape ({images}, {num_classes}): one row per image, one column per class "
+                    f"({num_classes} classes)")
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:

@@ -35,14 +35,15 @@ def check_model_input(model_cfg, dataset: Dataset):
     """Refuse, before a run directory exists, images too small for the model (a 4x4 image through three
     poolings has no pixels left). Shapes are propagated on the meta device (no memory, no compute); a
     failure there is confirmed by a real forward of one image on the CPU, since a user's model may do
-    things meta tensors cannot (`.item()`). Returns what the model returned (for 2 meta images or 1 real one)."""
+    things meta tensors cannot (`.item()`). Returns (what the model returned, for how many images): 2 meta images
+    or 1 real one."""
     C, size = dataset.in_channels, dataset.image_size
     try:
         with torch.device("meta"):
             model = build_model(model_cfg, dataset.num_classes, C).eval()
             output = model(torch.empty(2, C, size, size))
         _check_trainable(model_cfg.name, model)
-        return output
+        return output, 2
     except UserError:
         raise
     except Exception:  # confirmed or dismissed below
@@ -57,7 +58,7 @@ def check_model_input(model_cfg, dataset: Dataset):
     _check_trainable(model_cfg.name, model)
     try:
         with torch.no_grad():
-            return model(torch.zeros(1, C, size, size))
+            return model(torch.zeros(1, C, size, size)), 1
     except Exception as err:
         reason = _reason(err)
         if any(word in reason.lower() for word in SIZE_WORDS):
