@@ -71,7 +71,7 @@ class Tiny(nn.Module):
         return self.net(x)
 
 @cifarlab.register_model("tinynet")
-def tinynet(num_classes=10, in_channels=3, **options):
+def tinynet(num_classes=10, in_channels=3):
     return Tiny(num_classes, in_channels)
 """,
     "badimport.py": "raise RuntimeError('this module fails on import')\n",
