@@ -392,3 +392,28 @@ def test_a_network_that_returns_fewer_rows_than_images_is_one_line_before_anythi
     assert "returns a torch.float32 tensor of shape (1, 3) for 2 images; it must return one floating-point tensor " \
            "of logits of shape (2, 3)" in str(refused.value)
     assert not (tmp_path / "runs").exists()
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, item, count=48):
+        self.item, self.count = item, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return self.item(index)
+
+
+@pytest.mark.parametrize("image, kind", [(lambda i: (torch.rand(3, 8, 8), i % 3), "tuple"),
+                                         (lambda i: [[0, 1], [2, 3]], "list"), (lambda i: "img.png", "str")])
+def test_a_dataset_item_whose_image_is_no_image_is_one_line(image, kind, tmp_path):
+    """Round 5: an item ((image, label), label) (a dataset wrapped twice) was a numpy ValueError traceback."""
+    import cifarlab
+
+    good = Items(lambda i: (torch.rand(3, 8, 8), i % 3))
+    with pytest.raises(UserError) as refused:
+        cifarlab.train("smoke", [f"output.dir={tmp_path / 'runs'}", "train.threads=1", "train.batch_size=16"],
+                       model=SmallNet, data=(Items(lambda i: (image(i), i % 3)), good, ["a", "b", "c"]))
+    assert str(refused.value) == f"train item 0: image must be a torch tensor, a numpy array or a PIL image, got {kind}"
+    assert not (tmp_path / "runs").exists()

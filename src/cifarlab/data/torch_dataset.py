@@ -125,6 +125,11 @@ def _image(image, split: str, index: int) -> torch.Tensor:
             raise UserError(f"{where}: a tensor image must be (C, H, W) with C in 1 or 3, or (H, W), "
                             f"got {tuple(tensor.shape)}")
     else:
+        from PIL import Image
+
+        if not isinstance(image, (np.ndarray, Image.Image)):  # np.asarray of a tuple or a list raised a ValueError
+            raise UserError(f"{where}: image must be a torch tensor, a numpy array or a PIL image, got "
+                            f"{type(image).__name__}")
         array = np.asarray(image)
         if array.dtype != np.uint8:
             raise UserError(f"{where}: a {type(image).__name__} image must hold uint8 (0..255) values, got "
