@@ -933,16 +933,12 @@ def _precision_source_clean(result: Result) -> Optional[str]:
     return f"printed the cache's text as is: {bad[0][:80]!r}" if bad else None
 
 
-for name, setup in [
+for name, setup in [  # each one measures again (a minute on a busy 2-core machine): the distinct faults only
     ("cache-reason-escape", _cache(lambda e: e.update(reason="\x1b[31mHACKED\x1b[0m run rm -rf"))),
     ("cache-reason-newline", _cache(lambda e: e.update(reason="ok\nprecision: HACKED"))),
     ("cache-reason-long", _cache(lambda e: e.update(reason="HACKED " * 200))),
-    ("cache-reason-number", _cache(lambda e: e.update(reason=5))),
     ("cache-name-other", _cache(lambda e: e.update(name="fp64"))),
-    ("cache-name-list", _cache(lambda e: e.update(name=["fp32"]))),
-    ("cache-key-string", _cache(lambda e: e.update(key="x"))),
     ("cache-not-json", _cache(lambda e: "{{{")),
-    ("cache-a-list", _cache(lambda e: "[1, 2]")),
     ("cache-fifo", _fifo),
 ]:
     cli_case(name, "precision", accept(_precision_source_clean, wrong=LOW), *PROBE, setup=setup,
