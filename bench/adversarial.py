@@ -207,6 +207,7 @@ def main(argv=None) -> int:
                         help="only the cases whose name or surface holds WORD (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
     parser.add_argument("--list", action="store_true", help="list the cases and stop")
+    parser.add_argument("--jobs", type=int, default=1, help="cases at once (default 1; each is a subprocess)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from adversarial_cases import CASES, build_fixtures
@@ -231,11 +232,17 @@ def main(argv=None) -> int:
     print(f"building fixtures under {root} ...", flush=True)
     build_fixtures(ctx, {case.surface for case in cases})
     rows, counts = [], {PASS: 0, HIGH: 0, MEDIUM: 0, LOW: 0, "HARNESS": 0}
-    for case in cases:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(case: Case):
         outcome, why, seconds = run_case(ctx, case)
-        counts[outcome] += 1
-        rows.append((case.surface, case.name, outcome, why))
         print(f"{outcome:11} {case.surface:10} {case.name:48} {seconds:5.1f}s  {why}", flush=True)
+        return outcome, why
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each case is its own folder and subprocess
+        for case, (outcome, why) in zip(cases, pool.map(one, cases)):
+            counts[outcome] += 1
+            rows.append((case.surface, case.name, outcome, why))
     print()
     print(f"{'surface':10} {'case':48} outcome")
     for surface, name, outcome, why in rows:
