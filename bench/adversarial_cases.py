@@ -71,7 +71,7 @@ class Tiny(nn.Module):
         return self.net(x)
 
 @cifarlab.register_model("tinynet")
-def tinynet(num_classes=10, in_channels=3):
+def tinynet(num_classes=10, in_channels=3, norm="batch", dropout=0.0):
     return Tiny(num_classes, in_channels)
 """,
     "badimport.py": "raise RuntimeError('this module fails on import')\n",
@@ -1082,8 +1082,6 @@ CASES.append(Case("sweep-killed-two-workers", "sweep", _kill_and_rerun("--heartb
 
 for name, argv, words, setup in [
     ("report-not-a-run", ["report", "."], ["."], None),
-    ("report-config-garbage", ["report", "run"], ["config.yaml"],
-     chain(copy_run, _write("run/config.yaml", "{{"))),
     ("gradcam-count-zero", ["gradcam", "{fx}/run/checkpoints/best.pt", "--count", "0"], ["--count"], None),
     ("gradcam-layer-unknown", ["gradcam", "{fx}/run/checkpoints/best.pt", "--layer", "nosuch"], ["nosuch"], None),
     ("gradcam-out-exists", ["gradcam", "{fx}/run/checkpoints/best.pt", "--out", "mine.png"], ["mine.png"],
@@ -1108,6 +1106,10 @@ def _eval_equals_summary(result: Result) -> Optional[str]:
     return None if abs(measured - recorded) < 1e-6 else f"eval says {measured}, the run's summary {recorded}"
 
 
+cli_case("report-config-garbage", "other", accept(lambda r: None if (r.folder / "run" / "report.md").exists() else
+                                                 "no report.md"), "report", "run",
+         setup=chain(copy_run, _write("run/config.yaml", "{{")))  # the checkpoint's config is the run's
+cli_case("sweep-grid-same-value-two-spellings", "sweep", refuse("twice"), *SWEEP, "--grid", "optim.lr=5e-2,0.05")
 cli_case("eval-run-equals-summary", "other", accept(_eval_equals_summary), "eval", "run/checkpoints/best.pt",
          setup=copy_run)
 

@@ -417,3 +417,21 @@ def test_a_dataset_item_whose_image_is_no_image_is_one_line(image, kind, tmp_pat
                        model=SmallNet, data=(Items(lambda i: (image(i), i % 3)), good, ["a", "b", "c"]))
     assert str(refused.value) == f"train item 0: image must be a torch tensor, a numpy array or a PIL image, got {kind}"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, value", [("5e-2", 0.05), ("1E3", 1000.0), ("-2.5e-3", -0.0025), ("10", 10),
+                                         ("5e", "5e"), ("e5", "e5")])
+def test_yaml_reads_an_exponent_without_a_dot_as_a_float(text, value):
+    """YAML 1.2's float: PyYAML gave the string "5e-2", so `--grid optim.lr=5e-2,0.05` trained the same lr twice."""
+    from cifarlab.strict_yaml import load_yaml
+
+    assert load_yaml(text) == value and type(load_yaml(text)) is type(value)
+
+
+def test_a_grid_listing_one_value_in_two_spellings_is_refused(tmp_path):
+    pytest.importorskip("optuna")
+    from cifarlab.sweep import define_sweep
+
+    with pytest.raises(UserError, match="space key 'optim.lr' lists 0.05 twice"):
+        define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=5e-2,0.05"], sweep_dir=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()

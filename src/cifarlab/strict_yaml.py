@@ -3,6 +3,7 @@ of duplicate keys (PyYAML silently keeps the last, dropping a whole section) and
 small bound (a few hundred bytes of aliases can otherwise expand until memory runs out)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -37,6 +38,15 @@ class _StrictLoader(yaml.SafeLoader):
                     raise YAMLRefused(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.2 reads `5e-2` as a float; PyYAML (YAML 1.1) wants a dot (`5.0e-2`) and gave the string "5e-2". The
+# config's float fields coerced it, but a grid, a space's choices and free-form options kept the string: `--grid
+# optim.lr=5e-2,0.05` trained the same lr twice, and a sweep run again with `5e-2` for `0.05` was another sweep.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _check_expansion(root: yaml.Node) -> None:

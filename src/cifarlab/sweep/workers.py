@@ -32,8 +32,8 @@ def run_sweep(sweep: Sweep, workers: int = 1, report: bool = True, worker_id: Op
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     worker = worker_identity(worker_id, os.environ)
+    _quiet_optuna()  # before the study opens: Optuna logs "Using an existing study" above a refusal's one line
     study = open_study(sweep)  # checks the storage and the definition once, before any worker starts
-    _quiet_optuna()
     if worker is not None:
         say(f"sweep {sweep.name}: worker {worker}" + (f" (processes {worker}.0 to {worker}.{workers - 1})"
                                                       if workers > 1 else ""))
