@@ -176,14 +176,19 @@ def test_a_refused_run_removes_the_folders_made_for_it_but_no_other(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not list((tmp_path / "mine").iterdir())
 
 
-def test_python_predict_of_a_folder_names_predict_files(tmp_path):
+class LoadedStub:
+    """Stands for a LoadedModel: predict refuses a folder before it uses the model."""
+
+
+def test_python_predict_of_a_folder_names_predict_files(tmp_path, monkeypatch):
     """`cifarlab predict` reads folders; `cifarlab.predict` answers one row per item given, so a folder is one
     line pointing to `cifarlab.predict_files`, which reads them as the CLI does (round 4: "is a directory")."""
-    from cifarlab.use.images import as_batch
+    import cifarlab.use.predict as predicting
 
+    monkeypatch.setattr(predicting, "LoadedModel", LoadedStub)  # no checkpoint needed to reach the refusal
     with pytest.raises(UserError) as refused:
-        as_batch([tmp_path], 3, 16)
-    assert "is a folder; predict returns one row per image given" in str(refused.value)
+        predicting.predict(LoadedStub(), [tmp_path])
+    assert str(refused.value).startswith(f"{tmp_path} is a folder; predict returns one row per image given")
     assert "cifarlab.predict_files(model, [folder])" in str(refused.value)
 
 

@@ -52,10 +52,6 @@ def _to_model_input(item, channels: int, size: int, what: str) -> torch.Tensor:
     from cifarlab.data.images import fit_square, read_image, to_chw
 
     if isinstance(item, (str, Path)):
-        if Path(item).is_dir():  # one row per item given: a folder of many images cannot be one row
-            raise UserError(f"{what} ({item}) is a folder; predict returns one row per image given, so give its "
-                            f"files, or call cifarlab.predict_files(model, [folder]), which reads folders as "
-                            f"`cifarlab predict` does and names each file")
         return read_image(item, channels, size)
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().numpy()

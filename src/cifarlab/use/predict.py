@@ -125,6 +125,12 @@ def predict(model: Union[LoadedModel, str, Path], images, top: int = 3, tta: Uni
                         f"{type(model).__name__}")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise UserError(f"top must be a positive integer, got {top!r}")
+    items = images if isinstance(images, (list, tuple)) else [images]
+    folder = next((item for item in items if isinstance(item, (str, Path)) and Path(item).is_dir()), None)
+    if folder is not None:  # one row per item given: a folder of many images cannot be one row
+        raise UserError(f"{folder} is a folder; predict returns one row per image given, so give its files, or call "
+                        f"cifarlab.predict_files(model, [folder]), which reads folders as `cifarlab predict` does "
+                        f"and names each file")
     batch = as_batch(images, model.in_channels, model.image_size)
     probs = predictions(model, batch, tta=tta, batch_size=batch_size).probs
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
