@@ -67,6 +67,7 @@ CARD = {"classes": ["a", "b", "c"], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0
     ({"std": [0.2] * 4}, "std must be 3 values"),
     ({"in_channels": 2, "mean": [0.5] * 2, "std": [0.2] * 2}, None),
     ({"in_channels": 5}, "in_channels must be a whole number in 1..4"),
+    ({"in_channels": 1}, "in_channels must be 3, as many as mean and std hold"),
     ({"in_channels": None, "mean": [0.5] * 2}, "std must be 2 values like mean"),
 ])
 def test_a_card_blames_the_list_that_does_not_fit_its_channels(change, blamed):

@@ -503,6 +503,8 @@ def check_card_fields(data: Mapping[str, Any]) -> None:
              key, "a list of 1 to 4 finite numbers (one per channel)", values)
     channels = data.get("in_channels")
     need(channels is None or whole(channels, 1, 4), "in_channels", "a whole number in 1..4", channels)
+    need(channels is None or len(mean) != len(std) or len(mean) == channels, "in_channels",
+         f"{len(mean)}, as many as mean and std hold", channels)  # both lists agree: the count is what is off
     # Each list against the channels it normalises (mean's length only where the card has none): a mean
     # longer than the channels is the mean's fault, not the std's.
     for key, values in (("mean", mean), ("std", std)):
