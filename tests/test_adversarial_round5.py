@@ -339,6 +339,7 @@ def test_predict_files_from_python_refuses_a_top_that_is_not_a_whole_number(top,
     assert str(refused.value) == f"--top must be at least 1 (a whole number), got {top!r}"
 
 
+@pytest.mark.slow  # imports `datasets` and writes a dataset with it
 # ----------------------------------------------------------------------------------- Hugging Face data
 
 def test_an_image_column_option_naming_the_label_column_blames_the_option(tmp_path, monkeypatch):
@@ -361,6 +362,7 @@ def test_an_image_column_option_naming_the_label_column_blames_the_option(tmp_pa
                                   "name img instead")
 
 
+@pytest.mark.slow  # imports `datasets` and writes a dataset with it
 @pytest.mark.parametrize("file, text", [("dataset_dict.json", "{"), ("test/dataset_info.json", "nope"),
                                         ("train/state.json", "[]")])
 def test_a_broken_save_to_disk_json_file_is_named(file, text, tmp_path, monkeypatch):
