@@ -339,9 +339,9 @@ def test_predict_files_from_python_refuses_a_top_that_is_not_a_whole_number(top,
     assert str(refused.value) == f"--top must be at least 1 (a whole number), got {top!r}"
 
 
-@pytest.mark.slow  # imports `datasets` and writes a dataset with it
 # ----------------------------------------------------------------------------------- Hugging Face data
 
+@pytest.mark.slow  # imports `datasets` and writes a dataset with it
 def test_an_image_column_option_naming_the_label_column_blames_the_option(tmp_path, monkeypatch):
     """Round 5: `data.options={image_column: label}` said "cast it, e.g. dataset.cast_column('label',
     datasets.Image())": it told the user to turn their labels into images."""
