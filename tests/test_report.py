@@ -19,7 +19,7 @@ from cifarlab.analysis.compare import compare_runs, expand_run_dirs, read_metric
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
-from cifarlab.run.records import EpochRow
+from cifarlab.run.metrics import EpochRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("cat", "dog", "frog")

@@ -23,7 +23,8 @@ from cifarlab.errors import UserError
 from cifarlab.progress import PhaseProgress
 from cifarlab.run import layout
 from cifarlab.run.layout import MODEL_SUMMARY, report_checkpoint
-from cifarlab.run.records import EpochRow, Summary, display, read_metrics, read_summary
+from cifarlab.run.metrics import EpochRow, read_metrics
+from cifarlab.run.summary import Summary, display, read_summary
 
 PREVIEW_COUNT = 8
 PREVIEW_SEED = 0
@@ -31,7 +32,7 @@ TOP_CONFUSED = 10
 PLOT_CLASSES = 30  # beyond this many classes, plots show the most-confused ones
 TOP_K = 5  # top-5 accuracy is reported where there are more classes than this
 CALIBRATION_BINS = 15  # torchmetrics' and Guo et al.'s default
-SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/records.Summary
+SUMMARY_FIELDS = Summary.labels()  # (summary.json key, label in the report), from run/summary.Summary
 
 
 @dataclass(frozen=True)
