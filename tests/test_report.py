@@ -120,8 +120,8 @@ def test_gradcam_captions_are_legible_at_the_reports_page_width(tmp_path):
     from PIL import Image as PILImage
 
     from cifarlab.analysis.plots import DPI
+    from cifarlab.analysis.prediction_sections import gradcam_caption
     from cifarlab.analysis.report import _CSS
-    from cifarlab.analysis.run_report import gradcam_caption
 
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     titles = [gradcam_caption("automobile", "airplane", 0.87)] * 10  # CIFAR-10's longest class names
