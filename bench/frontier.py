@@ -28,9 +28,9 @@ def child(recipe: str, seed: int, overrides: list[str]) -> dict:
     from cifarlab.experiment import train
 
     with tempfile.TemporaryDirectory() as out_dir:
-        summary = dict(train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
-                                      "output.tensorboard=false", "output.progress=none", "train.threads=1",
-                                      *overrides]).summary)
+        summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
+                                 "output.tensorboard=false", "output.progress=none", "train.threads=1",
+                                 *overrides]).summary.to_json()  # summary.json's keys
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {key: summary.get(key) for key in ("status", "final_val_acc", "final_test_acc", "best_val_acc",
                                               "best_test_acc", "train_seconds", "precision")} | \

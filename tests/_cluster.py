@@ -14,7 +14,7 @@ import torch  # noqa: F401
 from _compare import assert_same_checkpoint
 
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.run.records import read_metrics
+from cifarlab.run.metrics import read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Two epochs of 64 steps (global batch 32) on 2,048 8x8 synthetic images: a second or two of training, so a

@@ -10,7 +10,8 @@ from torch import nn
 
 from cifarlab.config import load_config, validate, validate_recorded
 from cifarlab.errors import UserError
-from cifarlab.run.records import FieldProblem, check_card_fields
+from cifarlab.run.field_checks import FieldProblem
+from cifarlab.run.model_card import check_card_fields
 from cifarlab.trainer import autotune
 
 # ------------------------------------------------------------------------ settings past the run's end

@@ -37,3 +37,17 @@ def test_augment_cost_smoke_counts_every_op_without_a_sync():
     # Budgets with a little headroom over what the ops launch today (CPU count: 6, 7 and 12).
     assert added["mixup"] <= 8 and added["cutmix"] <= 8 and added["color (b, c, s 0.4)"] <= 14, added
     assert "training step launches" in done.stdout
+
+
+@pytest.mark.slow  # two tiny runs in child processes
+def test_the_frontier_screen_prints_a_row_per_variant():
+    """bench/frontier.py reads each child's summary (a typed record since the records step: it broke once)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "frontier.py"), "smoke", "--seeds", "0",
+                           "--parallel", "1", "--set", "train.epochs=1", "data.val_split=64",
+                           "--variant", "base=", "--variant", "ls0=optim.label_smoothing=0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| base |") or line.startswith("| ls0 |")]
+    assert len(rows) == 2 and "error" not in done.stdout, done.stdout
+    assert all(row.split("|")[3].strip() != "-" and row.split("|")[6].strip() == "1" for row in rows), rows

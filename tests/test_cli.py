@@ -13,7 +13,7 @@ from PIL import Image
 from _runs import SRC
 from cifarlab.cli import main
 from cifarlab.data.sources import load_dataset
-from cifarlab.run.records import Summary
+from cifarlab.run.summary import Summary
 
 
 def _run_dir(out_root, recipe="smoke"):

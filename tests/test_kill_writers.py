@@ -27,7 +27,7 @@ from _runs import FAST, SRC, finished_and_open_runs, tree_hashes
 from cifarlab import atomic
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.run.records import read_metrics
+from cifarlab.run.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 

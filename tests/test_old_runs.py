@@ -19,7 +19,8 @@ from _compare import TIMING, assert_same_checkpoint, assert_same_state
 
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.run.metrics import read_metrics
+from cifarlab.run.summary import read_summary
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_138c3be"
 MADE_WITH = json.loads((FIXTURE / "made_with.json").read_text())

@@ -75,11 +75,11 @@ def test_report_says_where_the_peak_lr_came_from(reported):
     report = (run_dir / "report.md").read_text()
     assert "found max LR (range test)" not in report
     assert re.search(r"\| peak learning rate \| 5\.00E-02, as configured \(optim\.lr\) \|", report), report[:2000]
-    from cifarlab.analysis.run_report import _summary_cell
-    from cifarlab.run.records import Summary
+    from cifarlab.analysis.run_sections import summary_cell
+    from cifarlab.run.summary import Summary
 
     found = Summary(lr_peak=0.0123, lr_peak_source="range test (lr_find.suggestion=minimum)")
-    assert _summary_cell("lr_peak", found) == "1.23E-02, found by the range test (lr_find.suggestion=minimum)"
+    assert summary_cell("lr_peak", found) == "1.23E-02, found by the range test (lr_find.suggestion=minimum)"
 
 
 @pytest.mark.slow

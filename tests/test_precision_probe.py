@@ -425,7 +425,7 @@ def test_a_run_from_before_measurement_resumes_in_the_precision_its_checkpoint_r
 
 
 def test_summary_json_carries_how_the_precision_was_chosen_only_when_known():
-    from cifarlab.run.records import Summary
+    from cifarlab.run.summary import Summary
 
     assert Summary(precision="bf16", precision_source="train.precision=bf16").to_json()["precision_source"] == \
         "train.precision=bf16"

@@ -21,19 +21,10 @@ from pathlib import Path
 import pytest
 
 from cifarlab.run.checkpoint import StoredOutcome
-from cifarlab.run.records import (
-    METRIC_COLUMNS,
-    DivergedAt,
-    EarlyStopped,
-    EpochRow,
-    Evaluation,
-    SavedCheckpoint,
-    Summary,
-    csv_cells,
-    display,
-    lower_is_better,
-    read_metrics,
-)
+from cifarlab.run.evaluation import Evaluation
+from cifarlab.run.metrics import METRIC_COLUMNS, EpochRow, csv_cells, lower_is_better, read_metrics
+from cifarlab.run.outcomes import DivergedAt, EarlyStopped, SavedCheckpoint
+from cifarlab.run.summary import Summary, display
 from cifarlab.sweep.trial import TrialRecord
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cifarlab"

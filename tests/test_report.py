@@ -19,7 +19,7 @@ from cifarlab.analysis.compare import compare_runs, expand_run_dirs, read_metric
 from cifarlab.analysis.model_summary import model_summary
 from cifarlab.analysis.report import SECTION_TITLES, Bullets, Code, Image, Section, Table, Text, anchor, write_report
 from cifarlab.errors import UserError
-from cifarlab.run.records import EpochRow
+from cifarlab.run.metrics import EpochRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("cat", "dog", "frog")
@@ -120,8 +120,8 @@ def test_gradcam_captions_are_legible_at_the_reports_page_width(tmp_path):
     from PIL import Image as PILImage
 
     from cifarlab.analysis.plots import DPI
+    from cifarlab.analysis.prediction_sections import gradcam_caption
     from cifarlab.analysis.report import _CSS
-    from cifarlab.analysis.run_report import gradcam_caption
 
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     titles = [gradcam_caption("automobile", "airplane", 0.87)] * 10  # CIFAR-10's longest class names

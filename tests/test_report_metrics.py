@@ -75,13 +75,13 @@ def test_eval_prints_top5_f1_and_ece_of_the_predictions_every_other_path_makes(t
 @pytest.mark.parametrize("K", [5, 12])
 def test_the_report_summary_gives_top5_only_where_there_are_more_than_five_classes(K):
     from cifarlab.analysis.report import Text
-    from cifarlab.analysis.run_report import _summary_section
+    from cifarlab.analysis.run_sections import summary_section
     from cifarlab.config import load_config
     from cifarlab.use.predict import Predictions
 
     probs, labels = _scores(K=K)
     made = Predictions(probs=probs.float(), labels=labels, losses=-probs.log().gather(1, labels[:, None])[:, 0].float())
-    text = " ".join(block.text for block in _summary_section(None, "test_acc", made, load_config("smoke")).blocks
+    text = " ".join(block.text for block in summary_section(None, "test_acc", made, load_config("smoke")).blocks
                     if isinstance(block, Text))
     if K > 5:
         assert f"{100 * topk_accuracy(probs, labels, 5):.2f}% top-5" in text

@@ -24,7 +24,7 @@ from test_user_models import user_module  # noqa: F401  (a fixture)
 from _runs import AtStep, signal_at_step, train_cli_exit
 from cifarlab.cli import main
 from cifarlab.run.checkpoint import load_checkpoint
-from cifarlab.run.records import EpochRow
+from cifarlab.run.metrics import EpochRow
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Only a guard against a process that hangs before its first checkpoint (a dead process fails at once): on a

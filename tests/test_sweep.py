@@ -24,7 +24,8 @@ from test_user_models import user_module  # noqa: F401  (a fixture)
 from _folders import needs_fashion, write_fashion_folder
 from _runs import SRC
 from cifarlab.cli import main
-from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.run.metrics import read_metrics
+from cifarlab.run.summary import read_summary
 from cifarlab.sweep.definition import define_sweep
 
 FAST = ["train.threads=1", "output.tensorboard=false", "output.progress=none", "data.val_split=64"]

@@ -154,7 +154,7 @@ def test_course_recipes_keep_the_courses_test_selection(recipe):
 
 def test_a_run_selected_on_the_test_split_says_it_is_optimistic_everywhere(tmp_path, capsys):
     import cifarlab
-    from cifarlab.analysis.run_report import _summary_section
+    from cifarlab.analysis.run_sections import summary_section
     from cifarlab.use.predict import Predictions
 
     run = cifarlab.train(None, [f"output.dir={tmp_path}", "data.val_split=null", *TINY])
@@ -164,7 +164,7 @@ def test_a_run_selected_on_the_test_split_says_it_is_optimistic_everywhere(tmp_p
     assert "selected on the test split (optimistic)" in closing and f"last epoch (2) {100 * last:.2f}%" in closing
     assert json.loads((run.run_dir / "summary.json").read_text())["selected_on"] == "test split (optimistic)"
     predictions = Predictions(torch.full((4, 10), 0.1), torch.zeros(4, dtype=torch.long), torch.zeros(4))
-    section = _summary_section(run.summary, run.summary.selected_by, predictions, run.config)
+    section = summary_section(run.summary, run.summary.selected_by, predictions, run.config)
     text = " ".join(block.text for block in section.blocks if hasattr(block, "text"))
     assert "selected on the test split (optimistic)" in text
     assert f"last epoch's test accuracy is {100 * last:.2f}%" in text

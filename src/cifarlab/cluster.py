@@ -27,7 +27,8 @@ from cifarlab.experiment import Run, resume, train
 from cifarlab.messages import say
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
-from cifarlab.run.records import read_metrics, read_summary
+from cifarlab.run.metrics import read_metrics
+from cifarlab.run.summary import read_summary
 from cifarlab.runtime import is_rank_zero
 from cifarlab.trainer.callbacks import Callback
 

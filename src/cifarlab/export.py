@@ -60,7 +60,7 @@ class WithTTA(nn.Module):
 
 
 def metadata(model, source: str, export_format: str, tta: Optional[str] = None) -> dict:
-    """The sidecar JSON: the model card (run/records.ModelCard.to_dict) plus what this format adds: how to
+    """The sidecar JSON: the model card (run/model_card.ModelCard.to_dict) plus what this format adds: how to
     rebuild the network (`model`: create_model's keywords), its input and output, the TTA put in the
     graph (`tta_in_graph`), where it came from and the versions that wrote it."""
     from cifarlab._version import __version__

@@ -13,10 +13,11 @@ from cifarlab.atomic import atomic_write, atomic_write_text, output_target
 from cifarlab.config_diff import scalar, varying_keys
 from cifarlab.errors import UserError
 from cifarlab.run.layout import CONFIG, SUMMARY
-from cifarlab.run.records import Summary, display, read_metrics, read_summary
+from cifarlab.run.metrics import read_metrics
+from cifarlab.run.summary import Summary, display, read_summary
 from cifarlab.strict_yaml import YAMLRefused, load_yaml
 
-# (row key, markdown header) in table order: the summary.json fields with a short label (run/records.Summary),
+# (row key, markdown header) in table order: the summary.json fields with a short label (run/summary.Summary),
 # after the run and before the status, plus the lowest lr and the epochs done of planned.
 _SUMMARY = dict(Summary.labels("short"))
 COLUMNS = (
@@ -167,7 +168,7 @@ SHOWN_AS = {"lr_min": "lr"}  # the table's own columns, shown as the record fiel
 
 def format_cell(key: str, value: Any) -> str:
     """One table value as users write it: 91.80%, 1.87E-02, 1:02:03, 5,120 (each record field's display,
-    run/records.display); a config key as it reads in config.yaml."""
+    run/summary.display); a config key as it reads in config.yaml."""
     if "." in key and value not in (None, ""):
         return str(value)
     return display(SHOWN_AS.get(key, key), value)

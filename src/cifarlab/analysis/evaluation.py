@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
-from cifarlab.run.records import Evaluation
+from cifarlab.run.evaluation import Evaluation
 
 
 def evaluate_model_file(checkpoint: Union[str, Path], precision: Optional[str] = None,

@@ -3,7 +3,7 @@ grids, gallery, Grad-CAM and augmentation preview, are in image_grids.py).
 
 Every function draws onto its own `matplotlib.figure.Figure` (Agg canvas, no pyplot state, so it is
 safe in threads and never opens a window), saves a PNG at README size and returns the path.
-Metric rows are run/records.EpochRow (`read_metrics`); a metric not measured is None.
+Metric rows are run/metrics.EpochRow (`read_metrics`); a metric not measured is None.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cifarlab.atomic import WriteError, atomic_write
 from cifarlab.run.layout import BEST
-from cifarlab.run.records import EpochRow, best_row
+from cifarlab.run.metrics import EpochRow, best_row
 
 DPI = 120
 OVERLAY_ALPHA = 0.5

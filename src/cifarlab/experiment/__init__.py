@@ -32,7 +32,8 @@ from cifarlab.experiment.summary import closing_message, write_summary
 from cifarlab.messages import quiet
 from cifarlab.run import layout
 from cifarlab.run.lock import RunLock
-from cifarlab.run.records import EpochRow, Summary
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.summary import Summary
 from cifarlab.runtime import is_rank_zero
 from cifarlab.trainer.build import build_state, default_callbacks
 from cifarlab.trainer.callbacks import Callback
@@ -48,7 +49,7 @@ __all__ = ["Run", "train", "resume", "extend_config", "write_summary", "data_lin
 class Run:
     run_dir: Path
     config: Config
-    summary: Summary  # summary.json (run/records.Summary)
+    summary: Summary  # summary.json (run/summary.Summary)
     history: list[EpochRow]  # one row per finished epoch
 
     @property

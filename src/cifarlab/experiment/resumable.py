@@ -18,7 +18,8 @@ from cifarlab.messages import warn
 from cifarlab.models.registry import MODELS, import_user_modules
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, versions
-from cifarlab.run.records import SavedCheckpoint, Summary, read_summary
+from cifarlab.run.outcomes import SavedCheckpoint
+from cifarlab.run.summary import Summary, read_summary
 from cifarlab.runtime import make_runtime
 from cifarlab.trainer.build import build_state
 from cifarlab.trainer.checkpoint import restore

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from cifarlab.run import layout
 from cifarlab.run.checkpoint import versions
-from cifarlab.run.records import EpochRow, Summary
-from cifarlab.run.records import write_summary as write_summary_file
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.summary import Summary
+from cifarlab.run.summary import write_summary as write_summary_file
 from cifarlab.trainer.state import TrainState
 
 
 def write_summary(state: TrainState) -> Summary:
-    """summary.json of the run as it stands (run/records.Summary, also `Run.summary`)."""
+    """summary.json of the run as it stands (run/summary.Summary, also `Run.summary`)."""
     progress, saved = state.progress, state.process.last_checkpoint
     best = state.best() or EpochRow()  # the epoch saved as best.pt, chosen by state.monitor
     last = progress.history[-1] if progress.history else EpochRow()

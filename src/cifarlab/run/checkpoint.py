@@ -28,7 +28,7 @@ from cifarlab.errors import UserError
 from cifarlab.messages import warn
 from cifarlab.run.checkpoint_record import FORMAT_VERSION, Checkpoint
 from cifarlab.run.layout import BEST, CHECKPOINTS, previous_path
-from cifarlab.run.records import EarlyStopped
+from cifarlab.run.outcomes import EarlyStopped
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "StoredOutcome", "load_checkpoint", "load_checkpoint_with_path", "outcome",
            "read_checkpoint", "save_checkpoint", "versions"]

@@ -4,7 +4,7 @@ load runs (the file itself, its writing and reading, are run/checkpoint.py).
 
 A checkpoint holds model, optimizer, LR schedule, grad scaler, EMA weights, epoch/step/batch position, the
 epoch and window metric sums, every RNG state (Python, NumPy, torch CPU and CUDA), the metric history,
-the resolved config, the model card's data fields (run/records.ModelCard) and the library versions.
+the resolved config, the model card's data fields (run/model_card.ModelCard) and the library versions.
 trainer/checkpoint.py says how each field is filled from a TrainState and put back; a file with a key
 the record does not know, or without one a load needs, is refused (Lightning Fabric's save/load are the
 example). The data loader has no generator state to save: its randomness is counter-based (batch k of
@@ -33,7 +33,9 @@ from pydantic import (
 
 from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
-from cifarlab.run.records import EpochRow, FieldProblem, ModelCard, finite, need, whole
+from cifarlab.run.field_checks import FieldProblem, finite, need, whole
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.model_card import ModelCard
 
 FORMAT_VERSION = 1
 STATUSES = ("running", "completed", "interrupted", "diverged")
@@ -226,7 +228,7 @@ class Checkpoint(BaseModel):
                      "history", mode="plain")
     @classmethod
     def _checked_together(cls, value: Any) -> Any:
-        """Fields whose check needs others, in _check_whole: the card's (records.check_card_fields), the
+        """Fields whose check needs others, in _check_whole: the card's (model_card.check_card_fields), the
         position's (against train.epochs), the optimizer's (only a resume reads it)."""
         return value
 

@@ -9,8 +9,8 @@ runs/<recipe>/<YYYYmmdd-HHMMSS>/
   tb/  plots/  tables/  mlruns/  wandb/ (W&B's own files)
 ```
 Writers and readers take names from here, so the layout changes in one file (tests/test_structure.py
-checks that no other module of src/ spells a name out). What goes into the files is in `run/records.py`
-(metrics.csv, summary.json) and `run/checkpoint.py` (the checkpoints).
+checks that no other module of src/ spells a name out). What goes into the files is in `run/metrics.py`
+(metrics.csv), `run/summary.py` (summary.json) and `run/checkpoint.py` (the checkpoints).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Optional
 from cifarlab.errors import UserError
 
 CONFIG = "config.yaml"  # the resolved config
-METRICS = "metrics.csv"  # run/records.EpochRow rows
-SUMMARY = "summary.json"  # run/records.Summary
+METRICS = "metrics.csv"  # run/metrics.EpochRow rows
+SUMMARY = "summary.json"  # run/summary.Summary
 LR_FIND = "lr_find.json"  # the range test's losses and suggestion
 MLFLOW_RUN = "mlflow.json"  # {store (relative) or tracking_uri, run_id}: a resumed run logs into the same MLflow run
 MLFLOW_STORE = "mlruns"  # the local MLflow file store when no output.mlflow_uri is given

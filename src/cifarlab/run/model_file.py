@@ -3,7 +3,7 @@
 
 Every use of a stored model goes through here: `cifarlab.load_model` (and with it predict, eval, report,
 gradcam, export), the Hugging Face folder export, MLflow's copy of best.pt and `model.init_from`. What is
-checked, whatever the format: the card's fields (run/records.check_card_fields: distinct class names,
+checked, whatever the format: the card's fields (run/model_card.check_card_fields: distinct class names,
 finite mean/std with std > 0, whole numbers in range), as many classes as the classifier has outputs, the
 weights finite, and the weights fitting the network the card and config build. A file that fails is one
 line naming the file and the field; the network of a file that passes is built and filled in eval mode on
@@ -26,8 +26,9 @@ from cifarlab.config import Config, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.models.registry import build_model
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint
+from cifarlab.run.field_checks import FieldProblem, need, whole
 from cifarlab.run.layout import BEST, CHECKPOINTS
-from cifarlab.run.records import FieldProblem, ModelCard, need, whole
+from cifarlab.run.model_card import ModelCard
 
 FOLDER_WEIGHTS = "model.safetensors"
 FOLDER_CONFIG = "config.json"

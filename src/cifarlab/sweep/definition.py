@@ -17,7 +17,7 @@ from cifarlab.config import Config, apply_override, parse_override, read_with_ov
 from cifarlab.errors import UserError
 from cifarlab.messages import say
 from cifarlab.run.layout import check_run_name
-from cifarlab.run.records import lower_is_better
+from cifarlab.run.metrics import lower_is_better
 from cifarlab.sweep.claim import KEEP_SECONDS
 from cifarlab.sweep.pruning import make_pruner, pruner_name
 from cifarlab.sweep.space import apply_params, parse_grid, read_space_file

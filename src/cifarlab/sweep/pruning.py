@@ -11,7 +11,8 @@ from typing import Iterable, Optional
 import optuna
 
 from cifarlab.errors import UserError
-from cifarlab.run.records import PRUNED_BY, EpochRow
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.outcomes import PRUNED_BY
 from cifarlab.trainer.callbacks import Callback
 
 PRUNERS = ("median", "hyperband", "none")

@@ -22,8 +22,10 @@ from optuna.trial import TrialState
 from cifarlab.analysis.report import Code, Image, Section, Table, Text, write_report
 from cifarlab.atomic import atomic_write_text
 from cifarlab.config_diff import diff_yaml, scalar
+from cifarlab.run.formatting import duration
 from cifarlab.run.layout import BEST, PLOTS  # the sweep folder keeps its plots as a run does
-from cifarlab.run.records import EpochRow, display, duration, read_metrics
+from cifarlab.run.metrics import EpochRow, read_metrics
+from cifarlab.run.summary import display
 from cifarlab.sweep.definition import Sweep
 from cifarlab.sweep.pruning import pruner_name
 from cifarlab.sweep.storage import redacted

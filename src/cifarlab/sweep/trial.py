@@ -23,7 +23,8 @@ from cifarlab import experiment
 from cifarlab.config import Config
 from cifarlab.errors import UserError
 from cifarlab.run.layout import LAST, checkpoint_path, previous_path
-from cifarlab.run.records import Summary, best_row, read_metrics, read_summary
+from cifarlab.run.metrics import best_row, read_metrics
+from cifarlab.run.summary import Summary, read_summary
 from cifarlab.trainer.callbacks import Callback
 
 TRIALS = "trials"

@@ -14,7 +14,7 @@ import torch
 
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, StoredOutcome, outcome, versions
-from cifarlab.run.records import ModelCard
+from cifarlab.run.model_card import ModelCard
 from cifarlab.trainer.outcome import EARLY_STOPPED, Stop, Why
 from cifarlab.trainer.state import Progress
 

@@ -13,7 +13,8 @@ import time
 import torch
 
 from cifarlab.models.inference import evaluate
-from cifarlab.run.records import DivergedAt, EpochRow
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.outcomes import DivergedAt
 from cifarlab.trainer.accumulate import forward_backward
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.outcome import DIVERGED, RUNNING

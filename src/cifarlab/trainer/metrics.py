@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from cifarlab.data.mix import dominant_labels
-from cifarlab.run.records import DivergedAt
+from cifarlab.run.outcomes import DivergedAt
 
 SUMS = 3  # loss * images, correct predictions, images
 

@@ -76,7 +76,7 @@ class Schedule:
                 group["lr"] = group["min_lr"]
 
     def after_epoch(self, row) -> None:
-        """At an epoch's end: `row` is its run/records.EpochRow (plateau watches one of its metrics)."""
+        """At an epoch's end: `row` is its run/metrics.EpochRow (plateau watches one of its metrics)."""
         if self.name == "plateau":
             self.scheduler.step(row.value(self.monitor))
         elif not self.per_step and self.scheduler is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from cifarlab.run.records import DivergedAt
+from cifarlab.run.outcomes import DivergedAt
 
 RUNNING, COMPLETED, EARLY_STOPPED, INTERRUPTED, DIVERGED = (
     "running", "completed", "early_stopped", "interrupted", "diverged")

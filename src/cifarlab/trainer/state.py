@@ -29,7 +29,9 @@ from torch import nn
 from cifarlab.config import Config
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.run.checkpoint import outcome as stored_outcome
-from cifarlab.run.records import DivergedAt, EarlyStopped, EpochRow, ModelCard, SavedCheckpoint, best_row
+from cifarlab.run.metrics import EpochRow, best_row
+from cifarlab.run.model_card import ModelCard
+from cifarlab.run.outcomes import DivergedAt, EarlyStopped, SavedCheckpoint
 from cifarlab.runtime import Runtime
 from cifarlab.trainer.ema import EMA
 from cifarlab.trainer.lookahead import Lookahead

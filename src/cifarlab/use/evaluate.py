@@ -10,7 +10,7 @@ from cifarlab.data.checks import check_same_data
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.prepare import eval_loader, load_data
 from cifarlab.models.inference import evaluate
-from cifarlab.run.records import Evaluation
+from cifarlab.run.evaluation import Evaluation
 from cifarlab.runtime import Runtime
 from cifarlab.use.load import LoadedModel
 

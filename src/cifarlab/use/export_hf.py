@@ -1,7 +1,7 @@
 """`cifarlab export CHECKPOINT --format hf --out DIR`: a Hugging Face model folder.
 
     DIR/model.safetensors   the weights (EMA weights where the run kept them), float32, mode 0644 (the umask's)
-    DIR/config.json         the model card (run/records.ModelCard.to_dict) plus this format's extras: the Hub's
+    DIR/config.json         the model card (run/model_card.ModelCard.to_dict) plus this format's extras: the Hub's
                             `model_type` and `library_name`, classes as id2label/label2id, the input shape,
                             create_model's keywords (`model`), the run's config
     DIR/README.md           a model card for people: what it is, how to use it, the run's results
@@ -25,8 +25,10 @@ from typing import Any, NamedTuple, Optional, Union
 from torch import nn
 
 from cifarlab.errors import UserError
+from cifarlab.run.metrics import EpochRow
+from cifarlab.run.model_card import ModelCard
 from cifarlab.run.model_file import FOLDER_CONFIG, FOLDER_WEIGHTS
-from cifarlab.run.records import EpochRow, ModelCard, Summary
+from cifarlab.run.summary import Summary
 
 CARD = "README.md"
 FOLDER_FORMAT = 1
@@ -109,7 +111,7 @@ def _run_results(checkpoint: Path, stored) -> RunResults:
     """The numbers the card reports: this checkpoint's epoch row, and the run's summary.json when beside it
     (`stored`: the Checkpoint, None for a model folder)."""
     from cifarlab.run.layout import CONFIG
-    from cifarlab.run.records import read_summary
+    from cifarlab.run.summary import read_summary
 
     history = stored.epoch_rows() if stored is not None else []
     epoch = stored.epoch if stored is not None else None

@@ -17,8 +17,8 @@ from torch import nn
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+from cifarlab.run.model_card import ModelCard  # the card every model file keeps; re-exported for callers of use.load
 from cifarlab.run.model_file import read_model
-from cifarlab.run.records import ModelCard  # the card every model file keeps; re-exported for callers of use.load
 from cifarlab.runtime import Precision, resolve_device, resolve_precision
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from cifarlab.run.records import improvement
+from cifarlab.run.metrics import improvement
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.outcome import INTERRUPTED
 

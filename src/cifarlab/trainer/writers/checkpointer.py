@@ -15,7 +15,8 @@ import torch
 
 from cifarlab.run.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from cifarlab.run.layout import BEST, LAST, epoch_checkpoint, epoch_checkpoints
-from cifarlab.run.records import SavedCheckpoint, ranked
+from cifarlab.run.metrics import ranked
+from cifarlab.run.outcomes import SavedCheckpoint
 from cifarlab.trainer.callbacks import Callback
 from cifarlab.trainer.checkpoint import make_checkpoint
 from cifarlab.trainer.outcome import EARLY_STOPPED, INTERRUPTED

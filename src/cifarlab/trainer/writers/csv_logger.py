@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from cifarlab.atomic import append_line, atomic_write_text
-from cifarlab.run.records import METRIC_COLUMNS, EpochRow, csv_cells, is_whole_row
+from cifarlab.run.metrics import METRIC_COLUMNS, EpochRow, csv_cells, is_whole_row
 from cifarlab.trainer.callbacks import Callback
 
 

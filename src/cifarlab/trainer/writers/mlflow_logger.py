@@ -2,7 +2,7 @@
 
 One MLflow run per cifarlab run: the flat config as params when it starts, the logging windows
 (`step/train_loss`, ...) and every epoch's metrics (`epoch/test_acc`, ...: the TensorBoard tags, from
-run/records.EpochRow) against the optimizer step, and at the end the status (FINISHED, KILLED when
+run/metrics.EpochRow) against the optimizer step, and at the end the status (FINISHED, KILLED when
 interrupted, FAILED when diverged), once the run's files (config, summary, report, plots) and its best
 model are logged as artifacts (trainer/writers/mlflow_artifacts.py). The MLflow run id is kept in
 `<run_dir>/mlflow.json`, so `cifarlab resume` logs into the same MLflow run. The tracking store is
@@ -24,7 +24,7 @@ from typing import Optional
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import BEST, CHECKPOINTS, MLFLOW_RUN, MLFLOW_STORE
-from cifarlab.run.records import tracked_values
+from cifarlab.run.metrics import tracked_values
 from cifarlab.trainer.callbacks import Callback
 
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}

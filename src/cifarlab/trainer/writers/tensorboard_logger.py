@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 from cifarlab.messages import warn
-from cifarlab.run.records import SCORES, TRACKED, lower_is_better, tracked_values
+from cifarlab.run.metrics import SCORES, TRACKED, lower_is_better, tracked_values
 from cifarlab.trainer.callbacks import Callback
 
 
 class TensorBoard(Callback):
-    """Every tracked metric of run/records.EpochRow as `step/<name>` (logging windows) and `epoch/<name>`
+    """Every tracked metric of run/metrics.EpochRow as `step/<name>` (logging windows) and `epoch/<name>`
     (epochs), against the optimizer step; and, when the run finishes, its flat config and final metrics
     in the HPARAMS tab, in the same run (so TensorBoard lists each run once)."""
 

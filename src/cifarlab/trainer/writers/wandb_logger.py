@@ -21,7 +21,8 @@ from typing import Optional
 from cifarlab.atomic import atomic_write_text
 from cifarlab.errors import UserError
 from cifarlab.run.layout import PLOTS, WANDB_RUN
-from cifarlab.run.records import read_summary, tracked_values
+from cifarlab.run.metrics import tracked_values
+from cifarlab.run.summary import read_summary
 from cifarlab.trainer.callbacks import Callback
 
 DEFAULT_PROJECT = "cifarlab"
