@@ -1052,10 +1052,10 @@ def _kill_and_rerun(*extra, recipe_text: Optional[str] = None, workers: int = 1)
         time.sleep(5)  # twice the heartbeat: the killed trial is stale
         again = ctx.cli(folder, *argv)
         rows = sorted(folder.glob("s/trials/*/metrics.csv"))
-        if again.rc == 0 and rows:
-            epochs = [line.split(",")[0] for line in rows[0].read_text().splitlines()[1:]]
-            if len(epochs) != len(set(epochs)):
-                again.err += f"\nwarning: metrics.csv repeats epochs {epochs}"
+        if again.rc == 0 and rows:  # each (kind, epoch, step) row once: a resumed trial never trains a step twice
+            keys = [tuple(line.split(",")[:3]) for line in rows[0].read_text().splitlines()[1:]]
+            if len(keys) != len(set(keys)):
+                again.err += f"\nwarning: metrics.csv repeats epochs {keys}"
         return again
     return run
 

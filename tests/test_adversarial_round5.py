@@ -444,3 +444,27 @@ def test_a_grid_listing_one_value_in_two_spellings_is_refused(tmp_path):
     with pytest.raises(UserError, match="space key 'optim.lr' lists 0.05 twice"):
         define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=5e-2,0.05"], sweep_dir=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "x\\y"])
+def test_a_study_name_that_is_no_folder_name_blames_name(name, tmp_path, monkeypatch):
+    """Round 5: `--name a/b` was refused as `name='a/b' must be one folder name ...`, the config's key."""
+    pytest.importorskip("optuna")
+    from cifarlab.sweep import define_sweep
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--name .* names the sweep's folder \(sweeps/NAME\)"):
+        define_sweep("smoke", ["data.val_split=64"], grid=["optim.lr=0.05"], name=name)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_space_step_larger_than_its_range_is_refused(tmp_path):
+    """Round 5: `{low: 16, high: 32, step: 64}` swept 16 alone, silently (Optuna trims high to the last step)."""
+    pytest.importorskip("optuna")
+    from cifarlab.sweep import define_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: {low: 16, high: 32, step: 64}\n")
+    with pytest.raises(UserError, match="step 64 is larger than the range 16..32, so only 16 would be tried"):
+        define_sweep("smoke", ["data.val_split=64"], space_file=str(space), trials=2, sweep_dir=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()

@@ -139,6 +139,9 @@ def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, gr
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise UserError(f"--name must name the study (e.g. --name lr-search), got {name!r}; leave it out for the "
                         f"default, RECIPE-SPACE or RECIPE-grid")  # "" fell back to the default without a word
+    if name is not None and sweep_dir is None and (name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise UserError(f"--name {name!r} names the sweep's folder (sweeps/NAME) and must be one folder name, "
+                        f"without '/', '\\' or '..'; or give the folder with --dir")
     name = name or f"{Path(recipe).stem}-{Path(space_file).stem if space_file else 'grid'}"
     folder = Path(sweep_dir) if sweep_dir else Path(SWEEPS_DIR) / check_run_name(name)
     if storage is not None:

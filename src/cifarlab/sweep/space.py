@@ -106,6 +106,9 @@ def _distribution(key: str, spec: Any) -> optuna.distributions.BaseDistribution:
         raise UserError(f"space key {key!r}: a log range needs low > 0 and no step, got low {low}, step {step}")
     if step is not None and step <= 0:
         raise UserError(f"space key {key!r}: step must be above 0, got {step}")
+    if step is not None and high > low and step > high - low:  # Optuna then samples low alone, silently
+        raise UserError(f"space key {key!r}: step {step} is larger than the range {low}..{high}, so only {low} "
+                        f"would be tried; give a step of at most {high - low}")
     if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
         return optuna.distributions.IntDistribution(low, high, log=log, step=step or 1)
     return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
