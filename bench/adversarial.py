@@ -189,8 +189,11 @@ def run_case(ctx: Context, case: Case) -> tuple[str, str, float]:
         result = case.run(ctx, folder)
     except Exception as err:  # the harness's own setup failed: say so, never count it as the product's
         return "HARNESS", f"{type(err).__name__}: {err}"[:160], time.monotonic() - start
-    return (*judge(case.expect, result, getattr(result, "before", {}), getattr(result, "before_entries", set())),
-            time.monotonic() - start)
+    outcome, why = judge(case.expect, result, getattr(result, "before", {}), getattr(result, "before_entries", set()))
+    if outcome != PASS:  # the whole stderr, for the table's failures (a traceback's first lines included)
+        (ctx.root / "stderr").mkdir(exist_ok=True)
+        (ctx.root / "stderr" / f"{folder.name}.txt").write_text(result.err)
+    return outcome, why, time.monotonic() - start
 
 
 def snapshot(result_maker: Callable[[], Result], folder: Path) -> Result:
@@ -248,6 +251,10 @@ def main(argv=None) -> int:
     for surface, name, outcome, why in rows:
         if outcome != PASS:
             print(f"{surface:10} {name:48} {outcome}: {why}")
+    for surface, name, outcome, why in rows:
+        saved = root / "stderr" / f"{name.replace('/', '_').replace(' ', '_')}.txt"
+        if outcome != PASS and saved.exists():
+            print(f"\n--- {name}: stderr (last 25 lines)\n" + "\n".join(saved.read_text().splitlines()[-25:]))
     print(f"\n{len(cases)} cases: {counts[PASS]} pass, {counts[HIGH]} high, {counts[MEDIUM]} medium, {counts[LOW]} low"
           + (f", {counts['HARNESS']} harness errors" if counts["HARNESS"] else "")
           + f" ({time.monotonic() - started:.0f} s)")
