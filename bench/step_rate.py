@@ -1,0 +1,76 @@
+"""Bare training steps of convnet at several widths and precisions, alternating, at the run's own shape.
+
+What the frontier's width choice rests on: images/s (wall) and images per CPU second of forward, loss,
+backward and a Nesterov SGD step, on one fixed random batch (channels_last, as a run), after a warm-up.
+The variants take turns (w8 fp32, w8 bf16, w16 fp32, ..., then again), so a change in machine load hits
+them alike; each figure is the median (min-max) over `--repeats`.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 8 16 --precisions fp32 bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from common import machine
+
+from cifarlab.models.registry import create_model
+
+
+def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int]):
+    torch.manual_seed(0)
+    model = create_model("convnet", num_classes=10, in_channels=shape[0], width=width)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    inputs = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(inputs), labels, label_smoothing=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per turn")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps before a variant's first turn")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}; batch {args.batch_size}, shape {tuple(args.shape)}", flush=True)
+    variants = [(w, p) for w in args.widths for p in args.precisions]
+    steps = {v: make_step(*v, args.batch_size, tuple(args.shape)) for v in variants}
+    for v in variants:
+        for _ in range(args.warmup):
+            steps[v]()
+    wall, cpu = {v: [] for v in variants}, {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for v in variants:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                steps[v]()
+            images = args.steps * args.batch_size
+            wall[v].append(images / (time.perf_counter() - started))
+            cpu[v].append(images / (time.process_time() - cpu_started))
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+    print("| convnet width | precision | img/s (wall) | img per CPU s |\n|---|---|---|---|")
+    for width, precision in variants:
+        print(f"| {width} | {precision} | {spread(wall[width, precision])} | {spread(cpu[width, precision])} |")
+
+
+if __name__ == "__main__":
+    main()
