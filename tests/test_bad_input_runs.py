@@ -374,7 +374,7 @@ CASES = [
     (
         "predict-mean-fewer-channels",
         lambda t, r, m: ["predict", _ckpt(tampered_copy(r[DONE], t / "x", _set("mean", [0.5, 0.5]))), str(_image(t))],
-        ["std must be 2 values like mean"],
+        ["mean must be 3 values, one per channel, got [0.5, 0.5]"],  # the list that is wrong (was: blamed std)
     ),
     (
         "predict-classes-not-strings",
