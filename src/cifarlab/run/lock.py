@@ -11,6 +11,10 @@ from cifarlab.errors import UserError
 from cifarlab.run.layout import LOCK
 
 
+class RunBusy(UserError):
+    """Another live process holds the run's lock (it is training the run now)."""
+
+
 class RunLock:
     """An exclusive `flock` on the run directory itself, held while a process trains the run.
 
@@ -24,7 +28,7 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        """Take the lock, or a UserError when another process holds it (nothing is written either way)."""
+        """Take the lock, or RunBusy (a UserError) when another process holds it (nothing is written either way)."""
         try:
             self.fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -39,7 +43,7 @@ class RunLock:
         except OSError as err:
             self.release()
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise UserError(f"run {self.run_dir} is being trained by another process right now; wait for it "
+                raise RunBusy(f"run {self.run_dir} is being trained by another process right now; wait for it "
                                 f"to finish, or stop it (Ctrl-C, kill), before resuming it") from None
             raise UserError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
         return self

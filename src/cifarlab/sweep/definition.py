@@ -102,7 +102,42 @@ def identity_differences(known: str, sweep: "Sweep") -> list[str]:
             old["overrides"] = json.loads(json.dumps(sweep.overrides_set(old["overrides"]), default=str))
         except UserError:
             return ["overrides"]
-    return [key for key in new if (key in old or key != "pruner") and old.get(key) != new[key]]
+    return [_named(key, old.get(key), new[key]) for key in new
+            if (key in old or key != "pruner") and old.get(key) != new[key]]
+
+
+def _named(part: str, old, new) -> str:
+    """`part` of the identity, with the settings in it that differ where it holds any: `overrides (optim.momentum:
+    0.5 here, not set in the study)`, so the user sees which word of the command to change back."""
+    if part not in ("overrides", "space") or not isinstance(old, dict) or not isinstance(new, dict):
+        return part
+    before, after = _leaves(old), _leaves(new)
+    keys = sorted(key for key in before.keys() | after.keys() if before.get(key, _UNSET) != after.get(key, _UNSET))
+    if not keys:
+        return part
+
+    def shown(values: dict, key: str) -> str:
+        return "not set" if key not in values else json.dumps(values[key], default=str)
+
+    if part == "space":  # a distribution's JSON is long: the keys say enough
+        said = ", ".join(keys[:3])
+    else:
+        said = "; ".join(f"{key}: {shown(after, key)} here, {shown(before, key)} in the study" for key in keys[:3])
+    return f"{part} ({said}{'; ...' if len(keys) > 3 else ''})"
+
+
+_UNSET = object()
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as `{"optim.lr": 0.1, ...}` (a space's entries are leaves: each is one distribution)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and prefix.count(".") < 8:
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def define_sweep(recipe: str, overrides=(), space_file: Optional[str] = None, grid: Optional[list[str]] = None,

@@ -49,10 +49,17 @@ class ReportToTrial(Callback):
         self.trial, self.monitor, self.prune, self.pruner = trial, monitor, prune, pruner
         self.pruned_at: Optional[int] = None
         self.reported: set[int] = set(reported)
+        self.taken_over = False  # the trial was retried by another worker while this run trained
 
     def _report(self, row: EpochRow) -> None:
-        if row.epoch not in self.reported:
-            self.trial.report(float(row.value(self.monitor)), step=row.epoch)
+        if row.epoch not in self.reported and not self.taken_over:
+            try:
+                self.trial.report(float(row.value(self.monitor)), step=row.epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker found this trial's heartbeat late and retried it: the retry resumes this run
+                # once it ends (`study.py`), and records it. The run goes on; nothing more is told to Optuna.
+                self.taken_over = True
+                return
             self.reported.add(row.epoch)
 
     def on_fit_start(self, state):
@@ -63,7 +70,8 @@ class ReportToTrial(Callback):
         if state.stop is not None:  # stopping already (diverged, interrupted, early): nothing to judge
             return
         self._report(state.progress.history[-1])
-        if self.prune and state.progress.epoch < state.cfg.train.epochs and self.trial.should_prune():
+        judged = self.prune and not self.taken_over and state.progress.epoch < state.cfg.train.epochs
+        if judged and self.trial.should_prune():
             self.pruned_at = state.progress.epoch
             # ends after this epoch, saved as finished, with this reason
             state.request_stop(f"{PRUNED_BY} {self.pruner}", pruned_by=self.pruner)

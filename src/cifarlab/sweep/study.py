@@ -9,6 +9,7 @@ Such a surplus trial ends at once as failed with `surplus` set.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -22,7 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from cifarlab.errors import UserError
-from cifarlab.messages import say
+from cifarlab.messages import say, warn
+from cifarlab.run.lock import RunBusy
 from cifarlab.sweep import trial as runs
 from cifarlab.sweep.claim import claim, heartbeat, keep_for
 from cifarlab.sweep.definition import Sweep, identity_differences
@@ -43,6 +45,12 @@ DEFINITION_ATTR = "cifarlab_sweep"
 
 class SurplusTrial(Exception):
     """Asked for after the study already held enough trials (a race between workers)."""
+
+
+class TakenOver(Exception):
+    """Another worker retried this worker's trial while it still trained it: the trial's heartbeat came later
+    than twice --heartbeat (a starved process, a slow shared database). This worker's run goes on to its
+    end; the retry, waiting for the run's lock, then resumes the finished run and records it."""
 
 
 class SweepStopped(Exception):
@@ -143,21 +151,25 @@ def _run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: "_O
                worker: Optional[str]) -> None:
     """Train `trial` with its heartbeat beating and tell Optuna how it ended, as `study.optimize` would; a
     trial stopped by a signal goes back to WAITING, kept for this worker."""
+    # skip_if_finished: another worker may have retried the trial (a late heartbeat) at any moment until here.
     try:
         with heartbeat(storage, trial):
             value = objective(trial)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     except SurplusTrial:
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except TakenOver as taken:
+        warn(str(taken))
     except (SweepStopped, KeyboardInterrupt):
-        keep_for(storage, trial, worker)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # retried meanwhile: it resumes the run
+            keep_for(storage, trial, worker)
         raise
     except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     else:
-        study.tell(trial, value)
+        study.tell(trial, value, skip_if_finished=True)
 
 
 class _Objective:
@@ -171,7 +183,10 @@ class _Objective:
         if not resumed:
             self._admit(trial)
         number = run_number(trial)
-        trial.set_user_attr(RUN_ATTR, number)
+        try:
+            trial.set_user_attr(RUN_ATTR, number)
+        except optuna.exceptions.UpdateFinishedTrialError:  # retried between the claim and here: the retry trains
+            raise TakenOver(self._taken_over(trial)) from None
         params = suggest(trial, self.sweep.space)
         cfg = self.sweep.trial_config(params)
         results = []
@@ -181,13 +196,21 @@ class _Objective:
                                                                      self.sweep.seeds), first=seed_index == 0))
             if results[-1].status != "completed":
                 break
-        self._record(trial, results)
+        try:
+            self._record(trial, results)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TakenOver(self._taken_over(trial)) from None
         status = results[-1].status
         if status == "interrupted":
             raise SweepStopped(f"trial {trial.number} stopped by a signal", results[-1].signal_number)
         if status in ("pruned", "diverged"):
             raise optuna.TrialPruned(f"{status} ({results[-1].run_dir})")
         return mean(result.score for result in results)
+
+    def _taken_over(self, trial: optuna.Trial) -> str:
+        return (f"sweep {self.sweep.name}: trial {trial.number} was retried by another worker while this one had it "
+                f"(its heartbeat came later than {2 * self.sweep.heartbeat_seconds} s; on a loaded machine, raise "
+                f"--heartbeat); the retry records its run")
 
     def _admit(self, trial: optuna.Trial) -> None:
         below = [t for t in self.study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
@@ -203,8 +226,18 @@ class _Objective:
         reporter = ReportToTrial(trial, self.sweep.monitor, first and pruner != "none", by,
                                  reported=held[0].intermediate_values if held else ())
         say(f"sweep {self.sweep.name}: trial {trial.number} -> {run_dir}")
-        with runs.lines_prefixed(f"[trial {trial.number}] "):  # K workers' lines interleave in one log
-            summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
+        waiting = False
+        while True:
+            try:
+                with runs.lines_prefixed(f"[trial {trial.number}] "):  # K workers' lines interleave in one log
+                    summary = runs.train_or_resume(cfg, run_dir, [reporter] if first else [])
+                break
+            except RunBusy:  # a worker whose heartbeat came late still trains it: its end is ours to record
+                if not waiting:
+                    say(f"sweep {self.sweep.name}: trial {trial.number}'s run {run_dir} is being trained by another "
+                        f"process (a worker whose heartbeat came late, or a resume of it); waiting for it to end")
+                    waiting = True
+                time.sleep(self.sweep.heartbeat_seconds)
         return runs.outcome(run_dir, summary, self.sweep.monitor)
 
     def _record(self, trial: optuna.Trial, results: list[runs.RunOutcome]) -> None:

@@ -23,6 +23,7 @@ from cifarlab import experiment
 from cifarlab.config import Config
 from cifarlab.errors import UserError
 from cifarlab.run.layout import LAST, checkpoint_path, previous_path
+from cifarlab.run.lock import RunLock
 from cifarlab.run.metrics import best_row, read_metrics
 from cifarlab.run.summary import Summary, read_summary
 from cifarlab.trainer.callbacks import Callback
@@ -80,15 +81,17 @@ def run_dir_for(sweep_dir: Path, run_number: int, seed_index: int, seeds: int) -
 
 def train_or_resume(cfg: Config, run_dir: Path, callbacks: list[Callback]) -> Summary:
     """Bring the run at `run_dir` to its end and return its summary: a finished run as it is, a run with
-    a checkpoint resumed from it (exact resume), anything else trained from the start."""
+    a checkpoint resumed from it (exact resume), anything else trained from the start. RunBusy (nothing
+    touched) while another process trains it."""
     summary = _summary(run_dir)
     if summary.status in ("completed", "diverged"):  # summary.json is written when a run has ended
         return summary
     last = checkpoint_path(run_dir, LAST)
     if last.exists() or previous_path(last).exists():
         return experiment.resume(run_dir, callbacks=callbacks).summary
-    if run_dir.exists():  # started but killed before its first checkpoint: nothing worth keeping
-        shutil.rmtree(run_dir)
+    if run_dir.exists():  # started but killed before its first checkpoint: nothing worth keeping, unless a
+        with RunLock(run_dir).acquire():  # live process trains it still (RunBusy: `study.py` waits for it)
+            shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return experiment.train(cfg, run_dir=run_dir, callbacks=callbacks).summary
 
