@@ -1078,6 +1078,57 @@ CASES.append(Case("sweep-killed-two-workers", "sweep", _kill_and_rerun("--heartb
                   accept(_resumed)))
 
 
+def _pause_trainer(ctx: Context, folder: Path) -> Result:
+    """A `--workers 2` sweep whose training worker is stopped (SIGSTOP: a starved or suspended process) for
+    twice `--heartbeat` and more, then continued: the other worker retries its trial. The sweep must end with
+    exit 0 and the trial trained once (round 5 saw exit codes [1, 2] here)."""
+    argv = ["sweep", "smoke", "data.val_split=64", *FAST, "train.epochs=3", "checkpoint.every_steps=2", "--grid",
+            "optim.lr=0.05", "--dir", "s", "--workers", "2", "--heartbeat", "1"]
+    start = time.monotonic()
+    process = subprocess.Popen([str(CLI), *argv], cwd=folder, env=ctx.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    saved = "s/trials/*/checkpoints/last.pt"
+    while time.monotonic() < deadline and process.poll() is None and not list(folder.glob(saved)):
+        time.sleep(0.1)
+    run_dirs = [path.resolve() for path in folder.glob("s/trials/*")]
+    paused = []
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    for pid in children.read_text().split() if process.poll() is None else []:
+        try:
+            if any(Path(os.readlink(f"/proc/{pid}/fd/{fd}")) in run_dirs for fd in os.listdir(f"/proc/{pid}/fd")):
+                os.kill(int(pid), signal.SIGSTOP)
+                paused.append(int(pid))
+        except OSError:
+            continue
+    time.sleep(4)
+    for pid in paused:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        err += "\ntimed out after 300 s"
+    if not paused:
+        err += "\nwarning: no worker was paused (the case did not happen)"
+    rows = sorted(folder.glob("s/trials/*/metrics.csv"))
+    if process.returncode == 0 and rows:
+        keys = [tuple(line.split(",")[:3]) for line in rows[0].read_text().splitlines()[1:]]
+        if len(keys) != len(set(keys)):
+            err += f"\nwarning: metrics.csv repeats epochs {keys}"
+    return Result(process.returncode, out, err, folder, time.monotonic() - start)
+
+
+def _paused_then_done(result: Result) -> Optional[str]:
+    if "no worker was paused" in result.err:
+        return "no worker was paused: the case did not happen"
+    return _resumed(result)
+
+
+CASES.append(Case("sweep-worker-paused-past-heartbeat", "sweep", _pause_trainer, accept(_paused_then_done)))
+
+
 # ---------------------------------------------------------------------------------------- other commands
 
 for name, argv, words, setup in [

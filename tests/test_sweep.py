@@ -562,7 +562,7 @@ def _one_trial_sweep(tmp_path: Path):
 
 
 def _retry(study, storage, trial) -> None:
-    """What a worker that finds `trial`'s heartbeat stale does (Optuna's fail_stale_trials): FAIL it, enqueue a retry."""
+    """What a worker finding `trial`'s heartbeat stale does (Optuna's fail_stale_trials): FAIL it, enqueue a retry."""
     from optuna.trial import TrialState
 
     from cifarlab.sweep.claim import trial_id
@@ -649,3 +649,38 @@ def test_a_retry_waits_for_a_run_another_process_still_trains_and_never_removes_
     trials = study.get_trials(deepcopy=False)
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.COMPLETE)]
     assert read_summary(run_dir).status == "completed"
+
+
+@pytest.mark.slow
+def test_a_worker_paused_past_its_heartbeat_then_resumed_still_ends_the_sweep_with_its_trial_trained_once(tmp_path):
+    """The adversarial round's `[1, 2]`: a `--workers 2` sweep whose training worker is stopped (SIGSTOP, as
+    a starved or suspended process) for longer than twice `--heartbeat`. The other worker retries the
+    trial; before, the paused worker then crashed on Optuna's 'already finished' (exit 1) and the retry on
+    the run's lock (exit 2). Now the sweep exits 0 with the trial's run trained once."""
+    command = [sys.executable, "-m", "cifarlab", "sweep", "smoke", *FAST, "train.epochs=3", "checkpoint.every_steps=2",
+               "--grid", "optim.lr=0.05", "--dir", str(tmp_path / "s"), "--workers", "2", "--heartbeat", "1"]
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "s" / "trials").glob("*/checkpoints/last.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "no trial saved a checkpoint"
+        time.sleep(0.05)
+    run_dir = next((tmp_path / "s" / "trials").iterdir()).resolve()
+    trainer = [pid for pid in _worker_pids(process.pid) if _holds(pid, run_dir)]
+    assert len(trainer) == 1
+    os.kill(trainer[0], signal.SIGSTOP)
+    time.sleep(4)  # twice the heartbeat, and the other worker's look
+    os.kill(trainer[0], signal.SIGCONT)
+    err = process.communicate(timeout=600)[1]
+    assert process.returncode == 0, err[-3000:]
+    assert "trial 0 was retried by another worker while this one had it" in err
+    assert _states(_trials(tmp_path / "s", "smoke-grid")) == {"FAIL": 1, "COMPLETE": 1}
+    rows = [(row.kind, row.epoch, row.step) for row in read_metrics(run_dir)]
+    assert len(rows) == len(set(rows)) and read_summary(run_dir).status == "completed"
+
+
+def _holds(pid: int, folder: Path) -> bool:
+    """Does process `pid` hold `folder` open (a run's lock is a descriptor on its directory)?"""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(folder) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
