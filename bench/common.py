@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # run by hand from a checkout
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from cifarlab.config import load_config
-from cifarlab.trainer.autotune import device_identity
+from cifarlab.trainer.precision_cache import device_identity
 
 
 def machine() -> str:

@@ -26,7 +26,8 @@ from common import bare_epoch, bench_config, load, median_ratio, paired, timed
 from cifarlab.data.prepare import load_data
 from cifarlab.models.registry import list_models
 from cifarlab.runtime import make_runtime
-from cifarlab.trainer.autotune import CACHE_ENV, choose_precision
+from cifarlab.trainer.autotune import choose_precision
+from cifarlab.trainer.precision_cache import CACHE_ENV
 from cifarlab.trainer.build import build_state
 
 PRECISIONS = ("fp32", "bf16")

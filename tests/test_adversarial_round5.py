@@ -12,7 +12,7 @@ from cifarlab.config import load_config, validate, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.run.field_checks import FieldProblem
 from cifarlab.run.model_card import check_card_fields
-from cifarlab.trainer import autotune
+from cifarlab.trainer import autotune, precision_cache
 
 # ------------------------------------------------------------------------ settings past the run's end
 
@@ -87,13 +87,13 @@ def test_a_card_blames_the_list_that_does_not_fit_its_channels(change, blamed):
                                     "measured " + "1.20x fp32 " * 60, 5, None, "fastest, trust me"])
 def test_a_hand_edited_precision_reason_is_measured_again_not_printed(reason, tmp_path, monkeypatch):
     """Round 4: the cache's reason was printed and kept in summary.json as it stood in the file."""
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(precision_cache.CACHE_ENV, str(tmp_path))
     key = {"candidates": ["fp32", "bf16"], "model": "convnet"}
-    autotune.write_cached(key, autotune.PrecisionChoice("bf16", "measured 1.25x fp32 on this CPU, 3.3 s"))
-    assert autotune.read_cached(key).reason.startswith("measured 1.25x fp32 on this CPU, 3.3 s; cached in ")
+    precision_cache.write_cached(key, precision_cache.PrecisionChoice("bf16", "measured 1.25x fp32 on this CPU, 3.3 s"))
+    assert precision_cache.read_cached(key).reason.startswith("measured 1.25x fp32 on this CPU, 3.3 s; cached in ")
     (path,) = (tmp_path / "autotune").glob("precision-*.json")
     path.write_text(json.dumps({**json.loads(path.read_text()), "reason": reason}))
-    assert autotune.read_cached(key) is None
+    assert precision_cache.read_cached(key) is None
 
 
 @pytest.mark.parametrize("seconds, chosen, where", [
@@ -106,7 +106,7 @@ def test_every_reason_the_probe_writes_reads_back_as_a_measurement(seconds, chos
     detail = ("3.3 s, timing 64 of the batch's 512 images a step, while other processes used 35% of the CPU: "
               "measured again once the machine is quiet")  # the longest detail choose_precision writes
     reason = autotune.measured_reason(seconds, chosen, list(seconds), where, detail)
-    assert autotune.is_measured_reason(reason), reason
+    assert precision_cache.is_measured_reason(reason), reason
 
 
 # -------------------------------------------------------------------------------------- the Python API

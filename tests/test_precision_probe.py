@@ -15,7 +15,7 @@ from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment.resumable import recorded_precision
 from cifarlab.runtime import resolve_precision
-from cifarlab.trainer import autotune, machine_load
+from cifarlab.trainer import autotune, machine_load, precision_cache
 from cifarlab.trainer.autotune import (
     PrecisionChoice,
     Timings,
@@ -34,7 +34,7 @@ SMOKE = ["output.report=false", *FAST]
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty cache folder of its own, and no forced answer (the suite may run with one)."""
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(precision_cache.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
     return tmp_path / "cache" / "autotune"
 
@@ -353,7 +353,7 @@ def _within(seconds: float, call, fifo):
 def test_an_unwritable_cache_folder_only_costs_a_measurement(tmp_path, monkeypatch, measured):
     monkeypatch.delenv("CIFARLAB_CPU_AUTO_PRECISION", raising=False)
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "file"))  # its autotune/ cannot be made
+    monkeypatch.setenv(precision_cache.CACHE_ENV, str(tmp_path / "file"))  # its autotune/ cannot be made
     calls = measured({"fp32": 1.0, "bf16": 0.5})
     cfg = load_config("smoke", [])
     for _ in range(2):
@@ -362,11 +362,11 @@ def test_an_unwritable_cache_folder_only_costs_a_measurement(tmp_path, monkeypat
 
 
 def test_the_cache_follows_xdg_cache_home_unless_cifarlab_cache_is_set(monkeypatch, tmp_path):
-    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    monkeypatch.delenv(precision_cache.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert autotune.cache_dir() == tmp_path / "xdg" / "cifarlab" / "autotune"
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "mine"))
-    assert autotune.cache_dir() == tmp_path / "mine" / "autotune"
+    assert precision_cache.cache_dir() == tmp_path / "xdg" / "cifarlab" / "autotune"
+    monkeypatch.setenv(precision_cache.CACHE_ENV, str(tmp_path / "mine"))
+    assert precision_cache.cache_dir() == tmp_path / "mine" / "autotune"
 
 
 # ------------------------------------------------------------------------------------------ runs
