@@ -8,6 +8,7 @@ turns, CPU time does not.
 
     python bench/frontier.py fmnist-fast --seeds 0 1 --set train.epochs=3 data.val_split=5000 \
         --variant base= --variant ema=train.ema=0.99 --variant ls0=optim.label_smoothing=0
+    python bench/frontier.py fmnist-fast --seeds 0 --variant "pr=progressive=20:5,24:8"   # progressive resizing
 """
 from __future__ import annotations
 
@@ -23,14 +24,49 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import common
 
+PROGRESSIVE = "progressive="  # a screen-only lever, not a config key: `progressive=20:5,24:8` (below)
+
+
+def progressive_resizing(plan: str):
+    """A callback that trains the first epochs on smaller images: `20:5,24:8` is 20x20 pixels in epochs 0-4,
+    24x24 in 5-7, full size after (bilinear, antialiased, after augmentation; evaluation stays at full size).
+    Written here, in the screen, to measure the lever before the loader grows an option for it: the convnet's
+    global max-pool takes any size, so only the batches change."""
+    import torch
+    import torch.nn.functional as F
+
+    from cifarlab.trainer.callbacks import Callback
+
+    stages = sorted((int(until), int(size)) for size, until in (item.split(":") for item in plan.split(",")))
+
+    class Progressive(Callback):
+        def on_fit_start(self, state):
+            loader = state.objects.train_loader
+            full = loader.make_batch
+
+            def make_batch(indices, epoch=0, batch_index=0):
+                inputs, labels = full(indices, epoch, batch_index)
+                size = next((size for until, size in stages if epoch < until), None)
+                if size is not None and size < inputs.shape[-1]:
+                    inputs = F.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False).contiguous(memory_format=torch.channels_last)
+                return inputs, labels
+
+            loader.make_batch = make_batch
+
+    return Progressive()
+
 
 def child(recipe: str, seed: int, overrides: list[str]) -> dict:
     from cifarlab.experiment import train
 
+    plans = [item[len(PROGRESSIVE):] for item in overrides if item.startswith(PROGRESSIVE)]
+    overrides = [item for item in overrides if not item.startswith(PROGRESSIVE)]
     with tempfile.TemporaryDirectory() as out_dir:
         summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
                                  "output.tensorboard=false", "output.progress=none", "train.threads=1",
-                                 *overrides]).summary.to_json()  # summary.json's keys
+                                 *overrides], callbacks=[progressive_resizing(plan) for plan in plans]
+                        ).summary.to_json()  # summary.json's keys
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {key: summary.get(key) for key in ("status", "final_val_acc", "final_test_acc", "best_val_acc",
                                               "best_test_acc", "train_seconds", "precision")} | \
