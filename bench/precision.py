@@ -27,8 +27,8 @@ from cifarlab.data.prepare import load_data
 from cifarlab.models.registry import list_models
 from cifarlab.runtime import make_runtime
 from cifarlab.trainer.autotune import choose_precision
-from cifarlab.trainer.precision_cache import CACHE_ENV
 from cifarlab.trainer.build import build_state
+from cifarlab.trainer.precision_cache import CACHE_ENV
 
 PRECISIONS = ("fp32", "bf16")
 CPU_FLAGS = ("avx512_bf16", "amx_tile", "amx_bf16")
