@@ -133,7 +133,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
     """A nested dict as `{"optim.lr": 0.1, ...}` (a space's entries are leaves: each is one distribution)."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value and prefix.count(".") < 8:
+        if isinstance(value, dict) and value:
             flat.update(_leaves(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
