@@ -8,6 +8,11 @@
 #   fast     `cifarlab train fast` on CIFAR-shaped synthetic data: eager, then train.compile=reduce-overhead
 #   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed
 #   augment  bench/augment_cost.py: launches and GPU ms per batch of each augmentation (not in the default set)
+#   precision  bench/precision.py at each model's batch: fp32 (TF32), bf16, fp16 side by side, and what
+#            `precision: auto`'s probe picks (issue 25: within 15% of the fastest?); not in the default set
+#   auto     `cifarlab train fast` (4 epochs, CIFAR-shaped): precision auto (its probe line), then each
+#            candidate pinned, images/s from summary.json side by side; not in the default set
+# Issue 25's GPU call, most important first:  bash bench/gpu_session.sh precision syncs auto fmnist speed
 # Where one call may run at most 10 minutes, split them: `speed graphs`, then `syncs fast`, then `fmnist`.
 # If .device/whl holds wheels (a machine without our pure-Python dependencies), they are installed first.
 set -uo pipefail
@@ -41,7 +46,7 @@ import json, pathlib, sys
 runs = sorted(pathlib.Path(sys.argv[1]).glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime)
 s = json.loads(runs[-1].read_text())
 keys = ("status", "final_test_acc", "best_test_acc", "train_seconds", "compile_seconds", "wall_seconds",
-        "train_images_per_second", "precision", "device")
+        "train_images_per_second", "precision", "precision_source", "device")
 print({k: s.get(k) for k in keys})
 EOF
 }
@@ -66,6 +71,15 @@ for s in "${stages[@]}"; do
       run_fast reduce-overhead "${CIFAR_SHAPED[@]}" train.compile=reduce-overhead ;;
     fmnist) run_fast fmnist data.dataset=fashion_mnist ;;
     augment) stage augment 120 "$PY" bench/augment_cost.py ;;
-    *) echo "unknown stage $s (speed, graphs, syncs, fast, fmnist, augment)" >&2; exit 2 ;;
+    precision)
+      for case in fastnet:1024 custom_resnet:512 resnet18:128 convnet:512; do
+        stage "precision-${case%%:*}" 60 "$PY" bench/precision.py --models "${case%%:*}" --batch-size "${case##*:}" \
+          --steps 20 --repeats 5
+      done ;;
+    auto)
+      for precision in auto fp32 bf16 fp16; do
+        run_fast "auto-$precision" "${CIFAR_SHAPED[@]}" train.epochs=4 "train.precision=$precision"
+      done ;;
+    *) echo "unknown stage $s (speed, graphs, syncs, fast, fmnist, augment, precision, auto)" >&2; exit 2 ;;
   esac
 done
