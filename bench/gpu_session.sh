@@ -6,7 +6,8 @@
 #   graphs   the same with train.compile=reduce-overhead (captured steps; resnet18/128 needs them for 20k img/s)
 #   syncs    pytest -m gpu: no CUDA sync inside a training step (set_sync_debug_mode="error"), augmentation
 #   fast     `cifarlab train fast` on CIFAR-shaped synthetic data: eager, then train.compile=reduce-overhead
-#   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed
+#   fmnist   `cifarlab train fast` on real Fashion-MNIST (accuracy on real data), when it is installed;
+#            SEEDS="0 1 2" for several seeds
 #   augment  bench/augment_cost.py: launches and GPU ms per batch of each augmentation (not in the default set)
 #   precision  bench/precision.py at each model's batch: fp32 (TF32), bf16, fp16 side by side, and what
 #            `precision: auto`'s probe picks (issue 25: within 15% of the fastest?); not in the default set
@@ -65,11 +66,13 @@ for s in "${stages[@]}"; do
   case $s in
     speed) stage speed 200 "$PY" bench/gpu_speed.py ;;
     graphs) stage graphs 360 "$PY" bench/gpu_speed.py --compile reduce-overhead ;;
-    syncs) stage syncs 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_no_sync.py tests/test_augment.py ;;
+    syncs) stage syncs 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_no_sync.py tests/test_augment.py \
+             tests/test_precision_probe.py ;;
     fast)
       run_fast eager "${CIFAR_SHAPED[@]}"
       run_fast reduce-overhead "${CIFAR_SHAPED[@]}" train.compile=reduce-overhead ;;
-    fmnist) run_fast fmnist data.dataset=fashion_mnist ;;
+    fmnist)  # SEEDS="0 1 2" for the spread
+      for seed in ${SEEDS:-0}; do run_fast "fmnist-seed$seed" data.dataset=fashion_mnist "seed=$seed"; done ;;
     augment) stage augment 120 "$PY" bench/augment_cost.py ;;
     precision)
       for case in fastnet:1024 custom_resnet:512 resnet18:128 convnet:512; do

@@ -229,6 +229,20 @@ def test_a_batch_too_big_for_the_budget_is_probed_on_a_slice_and_the_line_says_s
         "512 images a step)"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_probe_times_the_whole_batch_once_each_candidate_is_warm(cache):
+    # On an H100 the first step of each candidate (cuDNN's kernel search) took 0.3-1 s and the next 3-10 ms; a
+    # probe that counted it sliced fastnet's batch of 1024 to 16 images and measured bf16 at 0.01x fp32.
+    cfg = load_config("fast", [])
+    device = torch.device("cuda")
+    order = autotune.candidates(device)
+    timings = autotune.measure_precisions(cfg.model, cfg.optim, (1024, 3, 32, 32), 10, device, True, order)
+    assert timings.batch == 1024
+    ratios = autotune.speedups(timings.seconds_per_step, "fp32")
+    assert all(0.4 < ratios[name] < 2.5 for name in order), timings
+
+
 # ------------------------------------------------------------------------------------------ forced and cached
 
 def test_a_forced_answer_is_taken_without_measuring(cache, measured, monkeypatch):

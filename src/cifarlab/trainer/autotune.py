@@ -49,6 +49,7 @@ MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so
 BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)
 WALL_CAP_SECONDS = 6.0  # and never more wall time than this after a round (a very busy machine)
 SAMPLE_SECONDS = 0.02  # steps in one timing: enough to last this long (tiny models take ~1 ms a step)
+CUDA_SAMPLE_SECONDS = 0.1  # on CUDA each timing ends in a synchronisation: enough steps that its bubble is small
 WARMUP_AGREE, WARMUP_MAX_STEPS = 0.15, 6  # warm until two consecutive steps agree within 15% (at most 6 steps)
 WARMUP_SHARE = 0.6  # of the budget the warm-ups may take, shared equally by the candidates
 STEPS_PER_CANDIDATE = 5  # what a candidate's warm-up and rounds usually take: sizes the probe's batch slice
@@ -149,7 +150,8 @@ def _settled(times: Sequence[float], agree: float = WARMUP_AGREE) -> bool:
 
 
 def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
-               budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS) -> dict[str, Optional[float]]:
+               budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS,
+               sample_seconds: float = SAMPLE_SECONDS) -> dict[str, Optional[float]]:
     """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
     safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`), then alternating rounds until
     the answer is clear or `budget` (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are
@@ -193,7 +195,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
         if len(timed) < 2 or _clear(others, rounds + 1):  # the settled warm-up step counts as a round
             break
         if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
-            repeat = max(1, min(16, math.ceil(SAMPLE_SECONDS / max(min(timed), 1e-6))))
+            repeat = max(1, min(16, math.ceil(sample_seconds / max(min(timed), 1e-6))))
         next_round = (clock() - round_started) * (repeat if rounds == 1 else 1)
         if clock() - started + next_round > budget or time.perf_counter() - wall_started > wall_budget:
             break
@@ -267,17 +269,30 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         labels = torch.randint(0, num_classes, (N,), device=device)
         clock = _clock(device)
         budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
-        begin = clock()
+        if device.type == "cuda":
+            # The whole batch (a step takes milliseconds), and one untimed step of each candidate first, outside
+            # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels, and
+            # on an H100 that step took 0.3-1 s where the next took 3-10 ms, so a probe that counted it (and
+            # sliced the batch from it) measured bf16 and fp16 at 0.01x fp32 (bench/README.md). The run would
+            # pay its own precision's search anyway; cuDNN keeps the results for it.
+            n = N
+            steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs, labels)
+                     for name in order}
+            for step in steps.values():
+                _step(step)
+            seconds = time_steps(steps, clock, budget, sample_seconds=CUDA_SAMPLE_SECONDS)
+        else:
+            begin = clock()
 
-        def safest_step(n: int) -> float:
-            step_begin = clock()
-            _step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
-            return clock() - step_begin
+            def safest_step(n: int) -> float:
+                step_begin = clock()
+                _step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
+                return clock() - step_begin
 
-        n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
-        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
-                 for name in order}
-        seconds = time_steps(steps, clock, budget - (clock() - begin))
+            n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
+            steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
+                     for name in order}
+            seconds = time_steps(steps, clock, budget - (clock() - begin))
     return Timings(seconds, time.perf_counter() - started, batch=n,
                    others_share=machine_load.others_share(load_mark, machine_load.mark()))
 
