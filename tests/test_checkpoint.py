@@ -14,7 +14,6 @@ from cifarlab import atomic
 from cifarlab.errors import UserError
 from cifarlab.run import checkpoint as ckpt
 from cifarlab.run.checkpoint import load_checkpoint, load_checkpoint_with_path, save_checkpoint
-from cifarlab.trainer.optim import load_optimizer_state
 
 
 def _payload(step: int) -> dict:
@@ -124,23 +123,3 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     path.write_bytes(data + ckpt.TRAILER_TAG + hashlib.sha256(data).hexdigest().encode() + b"\n")
     with pytest.raises(UserError, match="corrupt or not a cifarlab checkpoint \\(UnpicklingError\\)"):
         load_checkpoint(path)
-
-
-def test_a_resumed_optimizer_keeps_this_machines_implementation_and_the_files_numbers():
-    # A run trained on a GPU saves fused=True in its optimizer's groups; resumed on a CPU it must step with
-    # the CPU's implementation, while lr, momentum and the momentum buffers come from the file.
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    trained = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.randn(4, 3)).sum().backward()
-    trained.step()
-    saved = trained.state_dict()
-    saved["param_groups"][0].update(fused=True, foreach=False, lr=0.05)
-    resumed = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-    load_optimizer_state(resumed, saved)
-    group = resumed.param_groups[0]
-    assert not group["fused"] and group["foreach"] is None
-    assert (group["lr"], group["momentum"]) == (0.05, 0.9)
-    weight = model.weight
-    assert torch.equal(resumed.state[weight]["momentum_buffer"], trained.state[weight]["momentum_buffer"])
-    resumed.step()  # steps with the CPU's own kernels

@@ -35,12 +35,6 @@ CASES = {  # id: (recipe, overrides)
     "smoke-mix-color": ("smoke", ["augment.mixup={p: 0.5}", "augment.cutmix={p: 0.5}", "augment.color={p: 0.5}"]),
     "smoke-accumulate": ("smoke", ["train.batch_size=8", "train.accumulate=2", "augment.mixup={}"]),
 }
-# fp16 with a GradScaler, on CUDA only (a CPU run measures instead): an unfused optimizer's step reads the
-# scaler's overflow flag on the host every step; the fused one (trainer/optim.py) takes it on the device.
-CUDA_CASES = {
-    "custom-resnet-fp16": ("custom-resnet-fp16", ["train.precision=fp16"]),
-    "smoke-adam-fp16": ("smoke", ["optim.name=adam", "train.precision=fp16"]),
-}
 # The full-size networks take seconds for three CPU steps: slow (the small ones keep the fast tier honest).
 STEP_CASES = [pytest.param(case, marks=[pytest.mark.slow] * (CASES[case][0] != "smoke" and case.startswith("resnet18")))
               for case in CASES]
@@ -48,7 +42,7 @@ STEPS = 3
 
 
 def tiny_state(tmp_path: Path, case: str):
-    recipe, overrides = {**CASES, **CUDA_CASES}[case]
+    recipe, overrides = CASES[case]
     cfg = load_config(recipe, QUIET + SMALL_DATA + overrides)
     return build_state(cfg, make_runtime(cfg.train, cfg.seed), load_data(cfg.data), tmp_path)
 
@@ -102,8 +96,7 @@ def test_training_steps_make_no_host_sync(tmp_path, case):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", ["fast", "fast-ema", "fast-ema-every-2", "fast-lookahead",
-                                  "custom-resnet-onecycle", "resnet18-steplr", "smoke-mix-color", "smoke-accumulate",
-                                  *CUDA_CASES])
+                                  "custom-resnet-onecycle", "resnet18-steplr", "smoke-mix-color", "smoke-accumulate"])
 def test_training_steps_make_no_cuda_sync(tmp_path, case):
     state = tiny_state(tmp_path, case)
     state.objects.train_model.train()

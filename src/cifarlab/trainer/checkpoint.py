@@ -15,7 +15,6 @@ import torch
 from cifarlab.errors import UserError
 from cifarlab.run.checkpoint import FORMAT_VERSION, Checkpoint, StoredOutcome, outcome, versions
 from cifarlab.run.model_card import ModelCard
-from cifarlab.trainer.optim import load_optimizer_state
 from cifarlab.trainer.outcome import EARLY_STOPPED, Stop, Why
 from cifarlab.trainer.state import Progress
 
@@ -63,8 +62,7 @@ _READ_ONLY = None  # a key a restore does not put back: the card, config and ver
 FIELDS = {
     "format": (lambda s: FORMAT_VERSION, _READ_ONLY),
     "model": (lambda s: s.objects.model.state_dict(), lambda s, v, p: s.objects.model.load_state_dict(v)),
-    "optimizer": (lambda s: s.objects.optimizer.state_dict(),
-                  lambda s, v, p: load_optimizer_state(s.objects.optimizer, v)),
+    "optimizer": (lambda s: s.objects.optimizer.state_dict(), lambda s, v, p: s.objects.optimizer.load_state_dict(v)),
     "schedule": (lambda s: s.objects.schedule.state_dict(), lambda s, v, p: s.objects.schedule.load_state_dict(v)),
     "lr_used": (lambda s: s.objects.schedule.lr_used,
                 lambda s, v, p: setattr(s.objects.schedule, "lr_used", s.objects.schedule.lr if v is None else v)),

@@ -33,41 +33,13 @@ def param_groups(model: nn.Module, cfg) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """`cfg` is the `optim` section; see `param_groups`. On CUDA the fused implementation: one kernel for
-    every parameter (fewer launches where a small model's step is launch-bound), and under fp16 the
-    GradScaler hands it the overflow flag on the device instead of reading it on the host before every step
-    (an unfused step waited for the GPU each time: `fast` trained at 35k img/s in fp16 against 58k in fp32
-    on an H100, bench/README.md)."""
+    """`cfg` is the `optim` section; see `param_groups`."""
     params = param_groups(model, cfg)
-    implementation = {"fused": True} if _all_on_cuda(params) else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, **implementation)
+                               weight_decay=cfg.weight_decay)
     kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return kind(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                **implementation)
-
-
-def _all_on_cuda(groups: list[dict]) -> bool:
-    params = [p for group in groups for p in group["params"]]
-    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
-
-
-IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """`optimizer.load_state_dict(state)`, keeping this optimizer's implementation (fused, foreach, ...):
-    torch restores those from the file, so a run trained on a GPU (fused) and resumed on a CPU would step
-    with the GPU's kernel choice. The numbers (lr, momentum, buffers) come from the file."""
-    kept = [{key: group[key] for key in IMPLEMENTATION_KEYS if key in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, implementation in zip(optimizer.param_groups, kept):
-        for key in IMPLEMENTATION_KEYS:
-            if key in implementation:
-                group[key] = implementation[key]
-            else:
-                group.pop(key, None)
+    return kind(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 class Schedule:
