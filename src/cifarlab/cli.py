@@ -11,6 +11,7 @@ from pathlib import Path
 from cifarlab import commands
 from cifarlab.analysis.gradcam_figure import MAX_GRADCAM_IMAGES
 from cifarlab.errors import UserError
+from cifarlab.launch import exit_code
 from cifarlab.run.layout import LR_FIND, LR_FIND_PLOT, example_checkpoint
 
 EXAMPLES = """examples:
@@ -293,7 +294,10 @@ def main(argv=None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made training
     # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = parse(argv)
+    return exit_code(_run(parse(argv)))
+
+
+def _run(args) -> int:
     try:
         if getattr(args, "import_modules", None):  # --import: the user's model code registers itself
             from cifarlab.models.registry import import_user_modules

@@ -5,6 +5,7 @@ error) still ask whether they are rank 0 before they print, and importing torch 
 from __future__ import annotations
 
 import os
+import sys
 
 from cifarlab.errors import UserError
 
@@ -42,3 +43,33 @@ def is_rank_zero() -> bool:
         return launch_ranks()[0] == 0
     except UserError:  # the error itself is reported by make_runtime, by rank 0 as every process thinks
         return True
+
+
+_joined_group = False
+
+
+def joined_process_group() -> None:
+    """Called by `runtime.init_distributed` once this process is in a torch.distributed group."""
+    global _joined_group
+    _joined_group = True
+
+
+def exit_code(code: int) -> int:
+    """`code`, for a command whose process never joined a group; a process that did ends here, without the
+    interpreter's shutdown. Why: a DistributedDataParallel wrapper keeps its gloo group alive in C++ after
+    `destroy_process_group()` and after the wrapper is freed (its worker threads still run: 4 threads after
+    destroying, 1 without DDP; torch 2.13), and tearing that down during interpreter finalization aborted
+    2 of 46 finished two-process CPU runs (`terminate called without an active exception`, SIGABRT), so
+    torchrun failed jobs whose every file was written. The run's files are closed by then (checkpoints,
+    summary.json, TensorBoard's writer, the trackers' runs); only the streams are left to flush."""
+    if not _joined_group:
+        return code
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to say there
+            pass
+    os._exit(code)

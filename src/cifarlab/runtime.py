@@ -19,7 +19,12 @@ import numpy as np
 import torch
 
 from cifarlab.errors import UserError
-from cifarlab.launch import is_rank_zero, launch_ranks, whole_env  # noqa: F401 (is_rank_zero: used from here)
+from cifarlab.launch import (  # noqa: F401 (is_rank_zero: used from here)
+    is_rank_zero,
+    joined_process_group,
+    launch_ranks,
+    whole_env,
+)
 from cifarlab.messages import warn
 
 CPU_AUTO_ENV = "CIFARLAB_CPU_AUTO_PRECISION"
@@ -139,6 +144,7 @@ def init_distributed(device: torch.device) -> Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        joined_process_group()
     if dist.get_rank() == 0:
         _warn_restarts_with_shared_store()
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=_local_rank())
