@@ -232,8 +232,8 @@ def test_a_batch_too_big_for_the_budget_is_probed_on_a_slice_and_the_line_says_s
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_the_probe_times_the_whole_batch_once_each_candidate_is_warm(cache):
-    # On an H100 the first step of each candidate (cuDNN's kernel search) took 0.3-1 s and the next 3-10 ms; a
-    # probe that counted it sliced fastnet's batch of 1024 to 16 images and measured bf16 at 0.01x fp32.
+    # On an H100 the first step of each candidate is cuDNN's kernel search; a probe that counted it sliced
+    # fastnet's batch of 1024 to 16 images and measured bf16 at 0.01x fp32.
     cfg = load_config("fast", [])
     device = torch.device("cuda")
     order = autotune.candidates(device)

@@ -271,10 +271,10 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
         if device.type == "cuda":
             # The whole batch (a step takes milliseconds), and one untimed step of each candidate first, outside
-            # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels, and
-            # on an H100 that step took 0.3-1 s where the next took 3-10 ms, so a probe that counted it (and
-            # sliced the batch from it) measured bf16 and fp16 at 0.01x fp32 (bench/README.md). The run would
-            # pay its own precision's search anyway; cuDNN keeps the results for it.
+            # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels. On an
+            # H100 a probe that counted it (and sliced the batch from it) measured bf16 and fp16 at 0.00-0.01x
+            # fp32 where whole loops ran them at 0.76-1.20x (bench/README.md). The run would pay its own
+            # precision's search anyway; cuDNN keeps the results for it.
             n = N
             steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs, labels)
                      for name in order}
