@@ -9,6 +9,7 @@ turns, CPU time does not.
     python bench/frontier.py fmnist-fast --seeds 0 1 --set train.epochs=3 data.val_split=5000 \
         --variant base= --variant ema=train.ema=0.99 --variant ls0=optim.label_smoothing=0
     python bench/frontier.py fmnist-fast --seeds 0 --variant "pr=progressive=20:5,24:8"   # progressive resizing
+    python bench/frontier.py fmnist-fast --seeds 0 1 --variant base= --variant wi=whiten=init --variant wf=whiten=frozen
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import common
 
 PROGRESSIVE = "progressive="  # a screen-only lever, not a config key: `progressive=20:5,24:8` (below)
+WHITEN = "whiten="  # another: `whiten=init` or `whiten=frozen` (below)
+SCREEN_ONLY = (PROGRESSIVE, WHITEN)
 
 
 def progressive_resizing(plan: str):
@@ -57,15 +60,52 @@ def progressive_resizing(plan: str):
     return Progressive()
 
 
+def whitened_first_layer(mode: str, eps: float = 5e-4):
+    """A callback that sets the network's first convolution to whiten its k x k input patches before training:
+    the leading out_channels/2 eigenvectors of the training patches' covariance and their negatives, each
+    scaled by 1/sqrt(eigenvalue + eps) (airbench's whitening layer, Page 2018, which fastnet has as an extra
+    2x2 layer; here convnet's own 3x3 first layer takes the filters, so a step costs the same). `init`
+    trains them from there, `frozen` keeps them. Written in the screen, as progressive resizing was, to
+    measure the lever before convnet grows an option for it."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from cifarlab.trainer.callbacks import Callback
+
+    if mode not in ("init", "frozen"):
+        raise SystemExit(f"whiten= takes init or frozen, got {mode!r}")
+
+    class Whiten(Callback):
+        def on_fit_start(self, state):
+            conv = next(m for m in state.objects.model.modules() if isinstance(m, nn.Conv2d))
+            loader = state.objects.train_loader
+            sample = loader.make_batch(torch.arange(min(5000, loader.num_images), device=conv.weight.device))[0]
+            C, k = conv.in_channels, conv.kernel_size[0]
+            patches = F.unfold(sample.double(), k).transpose(1, 2).reshape(-1, C * k * k)
+            patches = patches - patches.mean(0)
+            eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+            top = eigenvalues.argsort(descending=True)[:min(conv.out_channels // 2, C * k * k)]
+            filters = eigenvectors[:, top].T / torch.sqrt(eigenvalues[top].clamp_min(0) + eps)[:, None]
+            filters = torch.cat([filters, -filters]).reshape(-1, C, k, k)
+            with torch.no_grad():
+                conv.weight[:len(filters)] = filters.to(conv.weight.dtype)
+            if mode == "frozen":
+                conv.weight.requires_grad_(False)  # no gradient: SGD and its weight decay skip it
+
+    return Whiten()
+
+
 def child(recipe: str, seed: int, overrides: list[str]) -> dict:
     from cifarlab.experiment import train
 
-    plans = [item[len(PROGRESSIVE):] for item in overrides if item.startswith(PROGRESSIVE)]
-    overrides = [item for item in overrides if not item.startswith(PROGRESSIVE)]
+    callbacks = [progressive_resizing(item[len(PROGRESSIVE):]) for item in overrides if item.startswith(PROGRESSIVE)]
+    callbacks += [whitened_first_layer(item[len(WHITEN):]) for item in overrides if item.startswith(WHITEN)]
+    overrides = [item for item in overrides if not item.startswith(SCREEN_ONLY)]
     with tempfile.TemporaryDirectory() as out_dir:
         summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
                                  "output.tensorboard=false", "output.progress=none", "train.threads=1",
-                                 *overrides], callbacks=[progressive_resizing(plan) for plan in plans]
+                                 *overrides], callbacks=callbacks
                         ).summary.to_json()  # summary.json's keys
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {key: summary.get(key) for key in ("status", "final_val_acc", "final_test_acc", "best_val_acc",
