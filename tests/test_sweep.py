@@ -459,6 +459,44 @@ def test_storage_must_be_an_optuna_database_or_new(tmp_path, capsys, make, refus
     assert tree_hashes(tmp_path) == before and not (tmp_path / "s").exists()
 
 
+KILLED_IN_A_TRANSACTION = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA cache_size=1")  # pages spill to the file mid-transaction: the journal is hot
+connection.execute("BEGIN IMMEDIATE")
+connection.execute("CREATE TABLE half_written (x)")
+connection.executemany("INSERT INTO half_written VALUES (?)", [(i,) for i in range(5000)])
+print("in the transaction", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_study_left_mid_transaction_by_a_killed_process_is_rolled_back_and_joined(tmp_path):
+    # kill -9 of a sweep inside a write (a heartbeat, a trial's report) leaves study.db-journal, which only a
+    # writer may roll back: the read-only check of the file failed ("attempt to write a readonly database",
+    # exit 2) and the killed sweep could not be resumed (the adversarial round's sweep-killed-user-module-resumes).
+    import sqlite3
+
+    db = tmp_path / "study.db"
+    _open(tmp_path, [], storage=f"sqlite:///{db}")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_IN_A_TRANSACTION, str(db)], stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline().strip() == "in the transaction"
+    writer.kill()
+    writer.wait()
+    journal = db.with_name("study.db-journal")
+    assert journal.stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the case is the one the round hit
+        sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True).execute("SELECT name FROM sqlite_master").fetchall()
+    study = _open(tmp_path, [], storage=f"sqlite:///{db}")
+    assert not journal.exists()
+    with sqlite3.connect(db) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    connection.close()
+    assert "half_written" not in tables and "studies" in tables  # back to the last commit
+    assert study.study_name
+
+
 @pytest.mark.parametrize("codes, states, expected", [
     ([0, 0], ["COMPLETE", "COMPLETE"], 0),
     ([0, -9], ["COMPLETE", "FAIL", "COMPLETE"], 0),  # killed; the other worker retried its trial and finished

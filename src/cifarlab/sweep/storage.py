@@ -80,18 +80,37 @@ def check_sqlite_file(url: str) -> None:
     if header != SQLITE_HEADER:
         raise UserError(f"--storage {url!r}: {path} is not an SQLite database; give a new file or an Optuna "
                         f"study's database")
+    journal = path.with_name(path.name + "-journal")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_SECONDS)
+        tables = _tables(path, "ro")
+    except sqlite3.OperationalError as err:
+        if not journal.exists():
+            raise UserError(f"--storage {url!r}: {path} cannot be read as SQLite ({err})") from None
+        # A process killed inside a write transaction (a sweep worker's heartbeat, kill -9) leaves a hot journal
+        # that only a writer may roll back, and a read-only connection then fails with "attempt to write a
+        # readonly database". Open it as any writer would, Optuna included: SQLite restores the database to
+        # its last commit from the journal.
         try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            connection.close()
+            tables = _tables(path, "rw")
+        except sqlite3.Error as rw_err:
+            raise UserError(f"--storage {url!r}: {path} has an unfinished transaction of a killed process "
+                            f"({journal.name}) that could not be rolled back ({rw_err}); make both files "
+                            f"writable and run again") from None
     except sqlite3.Error as err:
         raise UserError(f"--storage {url!r}: {path} cannot be read as SQLite ({err})") from None
     if tables and not OPTUNA_TABLES <= tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UserError(f"--storage {url!r}: {path} is an SQLite database but not an Optuna study's (its tables: "
                         f"{shown}); a sweep would add Optuna's tables to it: give a new file")
+
+
+def _tables(path: Path, mode: str) -> set[str]:
+    """The table names of the SQLite file at `path`, opened with `mode` ro or rw."""
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=SQLITE_BUSY_SECONDS)
+    try:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        connection.close()
 
 
 def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
