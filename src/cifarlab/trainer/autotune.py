@@ -272,7 +272,7 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         if device.type == "cuda":
             # The whole batch (a step takes milliseconds), and one untimed step of each candidate first, outside
             # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels. On an
-            # H100 a probe that counted it (and sliced the batch from it) measured bf16 and fp16 at 0.00-0.01x
+            # H100 a probe that counted it (and sliced the batch from it) measured bf16 and fp16 at 0.00-0.66x
             # fp32 where whole loops ran them at 0.76-1.20x (bench/README.md). The run would pay its own
             # precision's search anyway; cuDNN keeps the results for it.
             n = N
