@@ -56,17 +56,22 @@ def timed(work: Callable[[], int]) -> float:
 
 def bare_epoch(state, batches) -> int:
     """The minimum, as anyone would write it: forward, loss, backward, step over `batches` (no schedule,
-    metrics, EMA, callbacks or syncs); returns the images it trained on."""
+    metrics, EMA, callbacks or syncs; under fp16 the run's GradScaler step, without which nobody trains in
+    fp16); returns the images it trained on."""
     objects, precision = state.objects, state.runtime.precision
     model, optimizer, loss_fn = objects.train_model, objects.optimizer, objects.loss_fn
+    scaled = objects.grad_step if precision.name == "fp16" else None
     model.train()
     images = 0
     for inputs, labels in batches:
         with precision.autocast():
             loss = loss_fn(model(inputs), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaled is not None:
+            scaled(loss)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         images += labels.shape[0]
     return images
 

@@ -31,7 +31,6 @@ from cifarlab.models.registry import list_models
 from cifarlab.runtime import make_runtime
 from cifarlab.trainer.autotune import candidates, choose_precision
 from cifarlab.trainer.build import build_state
-from cifarlab.trainer.optim import GradStep
 from cifarlab.trainer.precision_cache import CACHE_ENV
 
 WITHIN = 1.15  # the probe's pick must train at least 1/WITHIN as fast as the fastest candidate
@@ -76,7 +75,7 @@ def measure(model: str, args, precisions) -> dict[str, list[float]]:
         def rate(precision: str):
             state = states[precision]
             clock = timed if torch.cuda.is_available() else cpu_timed
-            return lambda: clock(lambda: scaled_epoch(state, state.objects.train_loader.batches(0)))
+            return lambda: clock(lambda: bare_epoch(state, state.objects.train_loader.batches(0)))
 
         for precision in precisions:
             rate(precision)()  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first steps
@@ -85,24 +84,6 @@ def measure(model: str, args, precisions) -> dict[str, list[float]]:
             for precision in precisions:
                 rates[precision].append(rate(precision)())
         return rates
-
-
-def scaled_epoch(state, batches) -> int:
-    """`bare_epoch` with the run's gradient step: fp16 scales its loss with a GradScaler, as a run does (a bare
-    fp16 step without one is not a step anyone should train with); returns the images it trained on."""
-    objects, precision = state.objects, state.runtime.precision
-    model, loss_fn = objects.train_model, objects.loss_fn
-    grad_step = GradStep(objects.optimizer, precision.make_scaler(), None) if precision.name == "fp16" else None
-    if grad_step is None:
-        return bare_epoch(state, batches)
-    model.train()
-    images = 0
-    for inputs, labels in batches:
-        with precision.autocast():
-            loss = loss_fn(model(inputs), labels)
-        grad_step(loss)
-        images += inputs.shape[0]
-    return images
 
 
 def cpu_timed(work) -> float:

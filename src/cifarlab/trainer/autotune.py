@@ -269,6 +269,7 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         labels = torch.randint(0, num_classes, (N,), device=device)
         clock = _clock(device)
         budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
+        begin = clock()
         if device.type == "cuda":
             # The whole batch (a step takes milliseconds), and one untimed step of each candidate first, outside
             # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels. On an
@@ -276,22 +277,20 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
             # fp32 where whole loops ran them at 0.76-1.20x (bench/README.md). The run would pay its own
             # precision's search anyway; cuDNN keeps the results for it.
             n = N
-            steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs, labels)
-                     for name in order}
-            for step in steps.values():
-                _step(step)
-            seconds = time_steps(steps, clock, budget, sample_seconds=CUDA_SAMPLE_SECONDS)
         else:
-            begin = clock()
-
             def safest_step(n: int) -> float:
                 step_begin = clock()
                 _step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
                 return clock() - step_begin
 
             n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
-            steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
-                     for name in order}
+        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
+                 for name in order}
+        if device.type == "cuda":
+            for step in steps.values():
+                _step(step)
+            seconds = time_steps(steps, clock, budget, sample_seconds=CUDA_SAMPLE_SECONDS)
+        else:
             seconds = time_steps(steps, clock, budget - (clock() - begin))
     return Timings(seconds, time.perf_counter() - started, batch=n,
                    others_share=machine_load.others_share(load_mark, machine_load.mark()))
