@@ -706,7 +706,12 @@ def test_a_worker_paused_past_its_heartbeat_then_resumed_still_ends_the_sweep_wi
     trainer = [pid for pid in _worker_pids(process.pid) if _holds(pid, run_dir)]
     assert len(trainer) == 1
     os.kill(trainer[0], signal.SIGSTOP)
-    time.sleep(4)  # twice the heartbeat, and the other worker's look
+    # Paused until the other worker has retried the trial (its heartbeat is stale after twice 1 s, and the
+    # other worker looks between its own steps): a fixed 4 s was too short on a loaded machine, where that
+    # worker was still starting, and the case did not happen.
+    paused_until = time.monotonic() + 120
+    while time.monotonic() < paused_until and "FAIL" not in _states(_trials(tmp_path / "s", "smoke-grid")):
+        time.sleep(0.5)
     os.kill(trainer[0], signal.SIGCONT)
     err = process.communicate(timeout=600)[1]
     assert process.returncode == 0, err[-3000:]
