@@ -51,7 +51,8 @@ def curve(step, steps: int) -> list[float]:
 
 def probe_recipes(names: list[str]) -> None:
     from cifarlab.recipe_files import list_recipes
-    from cifarlab.trainer.autotune import candidates, decide, measure_precisions, speedups
+    from cifarlab.trainer.autotune import candidates, measure_precisions
+    from cifarlab.trainer.step_race import decide, speedups
 
     cpu = torch.device("cpu")
     for recipe in names or [name for name in list_recipes() if name not in ("folder", "smoke")]:

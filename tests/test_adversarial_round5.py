@@ -12,7 +12,7 @@ from cifarlab.config import load_config, validate, validate_recorded
 from cifarlab.errors import UserError
 from cifarlab.run.field_checks import FieldProblem
 from cifarlab.run.model_card import check_card_fields
-from cifarlab.trainer import autotune, precision_cache
+from cifarlab.trainer import precision_cache, step_race
 
 # ------------------------------------------------------------------------ settings past the run's end
 
@@ -105,7 +105,7 @@ def test_a_hand_edited_precision_reason_is_measured_again_not_printed(reason, tm
 def test_every_reason_the_probe_writes_reads_back_as_a_measurement(seconds, chosen, where):
     detail = ("3.3 s, timing 64 of the batch's 512 images a step, while other processes used 35% of the CPU: "
               "measured again once the machine is quiet")  # the longest detail choose_precision writes
-    reason = autotune.measured_reason(seconds, chosen, list(seconds), where, detail)
+    reason = step_race.measured_reason(seconds, chosen, list(seconds), where, detail)
     assert precision_cache.is_measured_reason(reason), reason
 
 

@@ -15,15 +15,9 @@ from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.experiment.resumable import recorded_precision
 from cifarlab.runtime import resolve_precision
-from cifarlab.trainer import autotune, machine_load, precision_cache
-from cifarlab.trainer.autotune import (
-    PrecisionChoice,
-    Timings,
-    choose_precision,
-    decide,
-    measured_reason,
-    time_steps,
-)
+from cifarlab.trainer import autotune, machine_load, precision_cache, step_race
+from cifarlab.trainer.autotune import PrecisionChoice, Timings, choose_precision
+from cifarlab.trainer.step_race import decide, measured_reason, time_steps
 
 CPU = torch.device("cpu")
 CPU_ORDER = ("fp32", "bf16")
@@ -147,13 +141,13 @@ def test_a_candidate_far_slower_in_its_warm_up_is_not_stepped_again_past_the_bud
 
 def test_warm_up_lasts_until_two_consecutive_steps_agree():
     fake = FakeDevice()
-    times = autotune.warm_up(fake.step("bf16", [0.5, 0.3, 0.1, 0.07, 0.065]), fake.clock, deadline=10.0)
+    times = step_race.warm_up(fake.step("bf16", [0.5, 0.3, 0.1, 0.07, 0.065]), fake.clock, deadline=10.0)
     assert times == pytest.approx([0.5, 0.3, 0.1, 0.07, 0.065])  # 0.07 and 0.065 agree within 15%
     fake = FakeDevice()  # never settling: at most WARMUP_MAX_STEPS
-    times = autotune.warm_up(fake.step("bf16", [0.4, 0.2, 0.4, 0.2, 0.4, 0.2, 0.4, 0.2]), fake.clock, deadline=10.0)
-    assert len(times) == autotune.WARMUP_MAX_STEPS
+    times = step_race.warm_up(fake.step("bf16", [0.4, 0.2, 0.4, 0.2, 0.4, 0.2, 0.4, 0.2]), fake.clock, deadline=10.0)
+    assert len(times) == step_race.WARMUP_MAX_STEPS
     fake = FakeDevice()  # past its deadline it stops, settled or not
-    assert autotune.warm_up(fake.step("bf16", [0.5, 0.3, 0.1]), fake.clock, deadline=0.6) == pytest.approx([0.5, 0.3])
+    assert step_race.warm_up(fake.step("bf16", [0.5, 0.3, 0.1]), fake.clock, deadline=0.6) == pytest.approx([0.5, 0.3])
 
 
 def test_a_candidate_whose_kernels_warm_up_slowly_is_timed_once_warm():
@@ -178,12 +172,12 @@ def test_the_probe_times_a_slice_of_the_batch_only_when_a_full_step_would_not_fi
         return seconds, asked
 
     small, asked = step_seconds(0.0005)  # convnet width 8 at batch 256: 0.14 s a step
-    assert autotune.probe_batch(256, small, target_seconds=0.3) == 256 and asked == [16, 64]
+    assert step_race.probe_batch(256, small, target_seconds=0.3) == 256 and asked == [16, 64]
     big, asked = step_seconds(0.02)  # custom_resnet on one core: 10 s a step at batch 512
-    assert autotune.probe_batch(512, big, target_seconds=0.3) == 16 and asked == [16]
+    assert step_race.probe_batch(512, big, target_seconds=0.3) == 16 and asked == [16]
     middle, _ = step_seconds(0.004)
-    assert autotune.probe_batch(512, middle, target_seconds=0.3) == 64  # 64 fits, 256 would not
-    assert autotune.probe_batch(8, big, target_seconds=0.01) == 8  # a batch under the first slice: as it is
+    assert step_race.probe_batch(512, middle, target_seconds=0.3) == 64  # 64 fits, 256 would not
+    assert step_race.probe_batch(8, big, target_seconds=0.01) == 8  # a batch under the first slice: as it is
 
 
 def test_time_steps_keeps_measuring_a_close_call_within_its_budget():
@@ -222,7 +216,7 @@ def test_a_batch_too_big_for_the_budget_is_probed_on_a_slice_and_the_line_says_s
     cfg = load_config("smoke", [])
     timings = autotune.measure_precisions(cfg.model, cfg.optim, (2048, 1, 28, 28), 10, CPU, True, CPU_ORDER,
                                           budget_seconds=0.02)
-    assert autotune.FIRST_SLICE <= timings.batch < 2048 and timings.seconds_per_step["fp32"] > 0
+    assert step_race.FIRST_SLICE <= timings.batch < 2048 and timings.seconds_per_step["fp32"] > 0
     measured({"fp32": 1.0, "bf16": 0.5}, batch=32)
     choice = choose_precision(cfg.model, cfg.optim, (512, 1, 28, 28), 10, CPU, True)
     assert choice.line() == "precision: bf16 (measured 2.00x fp32 on this CPU, 0.4 s, timing 32 of the batch's " \
@@ -239,7 +233,7 @@ def test_on_cuda_the_probe_times_the_whole_batch_once_each_candidate_is_warm(cac
     order = autotune.candidates(device)
     timings = autotune.measure_precisions(cfg.model, cfg.optim, (1024, 3, 32, 32), 10, device, True, order)
     assert timings.batch == 1024
-    ratios = autotune.speedups(timings.seconds_per_step, "fp32")
+    ratios = step_race.speedups(timings.seconds_per_step, "fp32")
     assert all(0.4 < ratios[name] < 2.5 for name in order), timings
 
 

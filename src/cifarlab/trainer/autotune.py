@@ -24,17 +24,17 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
 4. `decide`: the safest candidate unless a less safe one is at least MARGIN faster; a candidate whose
    loss is not finite, or whose step fails, is out. fp16 always trains with a GradScaler.
 
-More knobs fit the same shape: a list of candidates, a way to build the step under each, `time_steps` and
-`decide`. torch.compile is not measured, and stays off: its compile alone (10-600 s on a CPU) is a hundred
-times the budget, and where it was measured (convnet width 8, 1 thread) the compiled step ran at 0.84x eager
+The race (warm-ups, alternating rounds, `decide`) is model-free and lives in trainer/step_race.py. More knobs
+fit the same shape: a list of candidates, a way to build the step under each, `time_steps` and `decide`.
+torch.compile is not measured, and stays off: its compile alone (10-600 s on a CPU) is a hundred times the
+budget, and where it was measured (convnet width 8, 1 thread) the compiled step ran at 0.84x eager
 (docs/precision.md).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -44,17 +44,10 @@ from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
 from cifarlab.trainer import machine_load
 from cifarlab.trainer.optim import GradStep, build_optimizer
 from cifarlab.trainer.precision_cache import PrecisionChoice, cache_key, read_cached, write_cached
+from cifarlab.trainer.step_race import BUDGET_SECONDS, decide, measured_reason, probe_batch, time_steps, try_step
 
-MARGIN = 1.10  # a less safe candidate must be this much faster than the pick so far (no flapping on noise)
-BUDGET_SECONDS = 3.0  # the whole measurement, warm-up included (CPU seconds per thread on a CPU)
-WALL_CAP_SECONDS = 6.0  # and never more wall time than this after a round (a very busy machine)
-SAMPLE_SECONDS = 0.02  # steps in one timing: enough to last this long (tiny models take ~1 ms a step)
 CUDA_SAMPLE_SECONDS = 0.1  # on CUDA each timing ends in a synchronisation: enough steps that its bubble is small
-WARMUP_AGREE, WARMUP_MAX_STEPS = 0.15, 6  # warm until two consecutive steps agree within 15% (at most 6 steps)
-WARMUP_SHARE = 0.6  # of the budget the warm-ups may take, shared equally by the candidates
 STEPS_PER_CANDIDATE = 5  # what a candidate's warm-up and rounds usually take: sizes the probe's batch slice
-FIRST_SLICE = 16  # the smallest slice of the batch the probe times
-MIN_ROUNDS, MAX_ROUNDS = 3, 12
 AUTO = "auto"
 
 
@@ -65,41 +58,6 @@ def candidates(device: torch.device) -> tuple[str, ...]:
         return ("fp32", "bf16")
     bf16 = torch.cuda.get_device_capability(device)[0] >= 8 and torch.cuda.is_bf16_supported()
     return ("fp32", "bf16", "fp16") if bf16 else ("fp32", "fp16")
-
-
-# ------------------------------------------------------------------------------------------ the decision
-
-def decide(seconds_per_step: Mapping[str, Optional[float]], order: Sequence[str], margin: float = MARGIN) -> str:
-    """The candidate to train with, from measured seconds per step (None: out, its loss was not finite or its
-    step failed). `order` is safest first: a later candidate replaces the pick only when it is at least
-    `margin` times faster, so a near tie keeps the safer one. With none measured, the safest."""
-    measured = [name for name in order if seconds_per_step.get(name) is not None]
-    if not measured:
-        return order[0]
-    pick = measured[0]
-    for name in measured[1:]:
-        if seconds_per_step[pick] >= margin * seconds_per_step[name]:
-            pick = name
-    return pick
-
-
-def speedups(seconds_per_step: Mapping[str, Optional[float]], baseline: str) -> dict[str, Optional[float]]:
-    """Each candidate's step rate as a multiple of `baseline`'s (None where either is out)."""
-    base = seconds_per_step.get(baseline)
-    return {name: (base / seconds if base and seconds else None) for name, seconds in seconds_per_step.items()}
-
-
-def measured_reason(seconds_per_step: Mapping[str, Optional[float]], chosen: str, order: Sequence[str],
-                    where: str, detail: str) -> str:
-    """`measured 1.31x fp32 on this CPU, 2.1 s` (the pick against the baseline first, then the others)."""
-    baseline, ratios = order[0], speedups(seconds_per_step, order[0])
-
-    def ratio(name: str) -> str:
-        return f"{ratios[name]:.2f}x" if ratios[name] is not None else "out (non-finite loss or a failed step)"
-
-    others = [f"{name} {ratio(name)}" for name in order[1:] if name != chosen]
-    head = f"{ratio(chosen)} {baseline}" if chosen != baseline else f"{others.pop(0)} {baseline}"
-    return f"measured {', '.join([head, *others])} on {where}, {detail}"
 
 
 # ------------------------------------------------------------------------------------------ the measurement
@@ -113,124 +71,6 @@ class Timings:
     wall_seconds: float
     batch: Optional[int] = None
     others_share: Optional[float] = None
-
-
-def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
-    """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
-    baseline: a factor of 4 either way is clear at once, a factor of 2 after two rounds (one can be a
-    neighbour's burst); after MIN_ROUNDS, anything outside [1, margin x 1.1] (near the margin needs more)."""
-    known = [r for r in ratios.values() if r is not None]
-    if all(r <= 0.25 or r >= 4.0 for r in known):
-        return True
-    if rounds >= 2 and all(r <= 0.5 or r >= 2.0 for r in known):
-        return True
-    return rounds >= MIN_ROUNDS and all(r < 1.0 or r > margin * 1.1 for r in known)
-
-
-def warm_up(step: Callable[[], torch.Tensor], clock: Callable[[], float], deadline: float,
-            max_steps: int = WARMUP_MAX_STEPS, agree: float = WARMUP_AGREE) -> Optional[list[float]]:
-    """Steps until two consecutive ones agree within `agree` (the step time has settled), `max_steps` were
-    taken, or `clock()` passed `deadline`; returns their times, or None where the candidate is out (its loss
-    was not finite or its step failed). Why adaptive: oneDNN creates and caches its primitives on the first
-    steps of a shape, and its bf16 (AMX) kernels took 2-4 steps to settle here where fp32 took 2-3
-    (bench/probe_warmup.py); one fixed warm-up step once made bf16 look 0.54x fp32 on a machine where whole
-    runs were 1.63x faster."""
-    times: list[float] = []
-    while True:
-        begin = clock()
-        if not _finite(_step(step)):
-            return None
-        times.append(clock() - begin)
-        if _settled(times, agree) or len(times) >= max_steps or clock() > deadline:
-            return times
-
-
-def _settled(times: Sequence[float], agree: float = WARMUP_AGREE) -> bool:
-    return len(times) >= 2 and max(times[-2:]) <= (1 + agree) * min(times[-2:])
-
-
-def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
-               budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS,
-               sample_seconds: float = SAMPLE_SECONDS) -> dict[str, Optional[float]]:
-    """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
-    safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`), then alternating rounds until
-    the answer is clear or `budget` (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are
-    spent. The warm-up's last steps count as timings, and decide alone once the budget is spent. `clock()` must include
-    waiting for the device."""
-    started, wall_started = clock(), time.perf_counter()
-    names, out, unsettled = list(steps), set(), set()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for index, name in enumerate(names):
-        deadline = started + budget * WARMUP_SHARE * (index + 1) / len(names)
-        times = warm_up(steps[name], clock, deadline)
-        if times is None:
-            out.add(name)
-        else:
-            samples[name].append(min(times[-2:]))
-            unsettled |= set() if _settled(times) else {name}
-
-    def best() -> dict[str, Optional[float]]:
-        # The fastest timing of each: a neighbour's load and OpenMP threads spinning while they wait for a
-        # descheduled sibling only ever add time (as the matmul peak probe in throughput.py keeps its best).
-        return {name: (min(samples[name]) if name not in out and samples[name] else None) for name in names}
-
-    others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
-    over_budget = clock() - started > budget or time.perf_counter() - wall_started > wall_budget
-    if over_budget or (not unsettled and _clear(others, 1)):
-        # Past the budget the warm-ups decide (a model whose every slice is slow: resnet18 at 16 images),
-        # as does a fourfold gap after settled warm-ups (bf16 at 0.04x fp32 took 15 s a step here); a
-        # warm-up cut short within the budget is no measure yet, so rounds follow.
-        return best()
-    repeat = 1
-    for rounds in range(1, MAX_ROUNDS + 1):
-        round_started = clock()
-        for name in [name for name in (names if rounds % 2 else names[::-1]) if name not in out]:
-            begin = clock()
-            losses = [_step(steps[name]) for _ in range(repeat)]
-            samples[name].append((clock() - begin) / repeat)
-            if not all(_finite(loss) for loss in losses):  # read after the clock stopped
-                out.add(name)
-        timed = [seconds for seconds in best().values() if seconds is not None]
-        others = {name: r for name, r in speedups(best(), names[0]).items() if name != names[0]}
-        if len(timed) < 2 or _clear(others, rounds + 1):  # the settled warm-up step counts as a round
-            break
-        if rounds == 1:  # enough steps per timing that a tiny model's step is not lost in the clock's noise
-            repeat = max(1, min(16, math.ceil(sample_seconds / max(min(timed), 1e-6))))
-        next_round = (clock() - round_started) * (repeat if rounds == 1 else 1)
-        if clock() - started + next_round > budget or time.perf_counter() - wall_started > wall_budget:
-            break
-    return best()
-
-
-def probe_batch(batch: int, step_seconds: Callable[[int], float], target_seconds: float,
-                first_slice: int = FIRST_SLICE) -> int:
-    """The images per probe step: the run's `batch` where a step of it should take at most `target_seconds`,
-    else the largest slice on the ladder first_slice, 4x, 16x, ... that should. `step_seconds(n)` times one step
-    of n images; the next rung is predicted per image from it (a first step at a shape, and a smaller one,
-    only overestimate: a slice can come out smaller than needed, never over budget).
-    Why a slice is sound: bf16/fp32 per image at slices of 16-64 images was within ~10% of the ratio at the
-    run's batch for the built-in models here (bench/probe_warmup.py, docs/precision.md), while a full step of
-    custom_resnet at batch 512 takes 10 s or more on one core."""
-    size = min(batch, first_slice)
-    while size < batch:
-        bigger = min(batch, 4 * size)
-        if step_seconds(size) * bigger / size > target_seconds:
-            return size
-        size = bigger
-    return batch
-
-
-def _step(step: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
-    """One step's loss, or None where it raised (the candidate is out, not the run)."""
-    try:
-        return step().detach()
-    except Exception:  # e.g. an op with no bf16 kernel in a user's model: that candidate cannot train it
-        return None
-
-
-def _finite(loss: Optional[torch.Tensor]) -> bool:
-    # note: a CPU-GPU sync point, once per timing, after its clock has stopped
-    return loss is not None and bool(torch.isfinite(loss).all())
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, inputs: torch.Tensor,
@@ -280,7 +120,7 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         else:
             def safest_step(n: int) -> float:
                 step_begin = clock()
-                _step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
+                try_step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
                 return clock() - step_begin
 
             n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
@@ -288,7 +128,7 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
                  for name in order}
         if device.type == "cuda":
             for step in steps.values():
-                _step(step)
+                try_step(step)
             seconds = time_steps(steps, clock, budget, sample_seconds=CUDA_SAMPLE_SECONDS)
         else:
             seconds = time_steps(steps, clock, budget - (clock() - begin))
