@@ -10,6 +10,7 @@ turns, CPU time does not.
         --variant base= --variant ema=train.ema=0.99 --variant ls0=optim.label_smoothing=0
     python bench/frontier.py fmnist-fast --seeds 0 --variant "pr=progressive=20:5,24:8"   # progressive resizing
     python bench/frontier.py fmnist-fast --seeds 0 1 --variant base= --variant wi=whiten=init --variant wf=whiten=frozen
+    python bench/frontier.py fmnist-fast --seeds 0 --variant base= --variant nores=drop=features.5
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import common
 
 PROGRESSIVE = "progressive="  # a screen-only lever, not a config key: `progressive=20:5,24:8` (below)
 WHITEN = "whiten="  # another: `whiten=init` or `whiten=frozen` (below)
-SCREEN_ONLY = (PROGRESSIVE, WHITEN)
+DROP = "drop="  # another: `drop=features.5` trains without that layer (below)
+SCREEN_ONLY = (PROGRESSIVE, WHITEN, DROP)
 
 
 def progressive_resizing(plan: str):
@@ -96,11 +98,32 @@ def whitened_first_layer(mode: str, eps: float = 5e-4):
     return Whiten()
 
 
+def dropped_layer(name: str):
+    """A callback that replaces one submodule of the network (`features.5`: convnet's last residual, the two
+    128-channel convolutions on 3x3 maps, 16% of a step in the profile) with the identity before training, to
+    measure what that layer buys against what it costs. Its parameters stay in the optimizer without a
+    gradient, so SGD and weight decay skip them."""
+    from torch import nn
+
+    from cifarlab.trainer.callbacks import Callback
+
+    class Drop(Callback):
+        def on_fit_start(self, state):
+            parent_name, _, child_name = name.rpartition(".")
+            parent = state.objects.model.get_submodule(parent_name)
+            if not hasattr(parent, child_name):
+                raise SystemExit(f"drop= names no layer of the model: {name!r}")
+            setattr(parent, child_name, nn.Identity())
+
+    return Drop()
+
+
 def child(recipe: str, seed: int, overrides: list[str]) -> dict:
     from cifarlab.experiment import train
 
     callbacks = [progressive_resizing(item[len(PROGRESSIVE):]) for item in overrides if item.startswith(PROGRESSIVE)]
     callbacks += [whitened_first_layer(item[len(WHITEN):]) for item in overrides if item.startswith(WHITEN)]
+    callbacks += [dropped_layer(item[len(DROP):]) for item in overrides if item.startswith(DROP)]
     overrides = [item for item in overrides if not item.startswith(SCREEN_ONLY)]
     with tempfile.TemporaryDirectory() as out_dir:
         summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
