@@ -11,6 +11,7 @@ turns, CPU time does not.
     python bench/frontier.py fmnist-fast --seeds 0 --variant "pr=progressive=20:5,24:8"   # progressive resizing
     python bench/frontier.py fmnist-fast --seeds 0 1 --variant base= --variant wi=whiten=init --variant wf=whiten=frozen
     python bench/frontier.py fmnist-fast --seeds 0 --variant base= --variant nores=drop=features.5
+    python bench/frontier.py fmnist-fast --seeds 0 --variant base= --variant gelu=act=gelu --variant ceil=pool=ceil
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import common
 PROGRESSIVE = "progressive="  # a screen-only lever, not a config key: `progressive=20:5,24:8` (below)
 WHITEN = "whiten="  # another: `whiten=init` or `whiten=frozen` (below)
 DROP = "drop="  # another: `drop=features.5` trains without that layer (below)
-SCREEN_ONLY = (PROGRESSIVE, WHITEN, DROP)
+ACT = "act="  # another: `act=gelu` swaps every ReLU for a GELU (below)
+POOL = "pool="  # another: `pool=ceil` rounds max-pooled sizes up (7x7 -> 4x4, not 3x3) (below)
+SCREEN_ONLY = (PROGRESSIVE, WHITEN, DROP, ACT, POOL)
 
 
 def progressive_resizing(plan: str):
@@ -118,12 +121,38 @@ def dropped_layer(name: str):
     return Drop()
 
 
+def swapped_modules(kind: str, value: str):
+    """A callback that changes the network's modules before training: `act=gelu` puts a GELU (exact, as
+    airbench's blocks have) where each ReLU was; `pool=ceil` sets ceil_mode on every max-pool, which changes
+    only convnet's last one (7x7 -> 4x4 instead of 3x3, so its last residual sees the 7th row and column and
+    costs 16/9 as much). Neither has parameters, so the optimizer built before is unaffected."""
+    from torch import nn
+
+    from cifarlab.trainer.callbacks import Callback
+
+    if (kind, value) not in (("act", "gelu"), ("pool", "ceil")):
+        raise SystemExit(f"{kind}= takes {'gelu' if kind == 'act' else 'ceil'}, got {value!r}")
+
+    class Swap(Callback):
+        def on_fit_start(self, state):
+            for module in list(state.objects.model.modules()):
+                for name, layer in list(module.named_children()):
+                    if kind == "act" and isinstance(layer, nn.ReLU):
+                        setattr(module, name, nn.GELU())
+                    elif kind == "pool" and isinstance(layer, nn.MaxPool2d):
+                        layer.ceil_mode = True
+
+    return Swap()
+
+
 def child(recipe: str, seed: int, overrides: list[str]) -> dict:
     from cifarlab.experiment import train
 
     callbacks = [progressive_resizing(item[len(PROGRESSIVE):]) for item in overrides if item.startswith(PROGRESSIVE)]
     callbacks += [whitened_first_layer(item[len(WHITEN):]) for item in overrides if item.startswith(WHITEN)]
     callbacks += [dropped_layer(item[len(DROP):]) for item in overrides if item.startswith(DROP)]
+    callbacks += [swapped_modules(item.split("=")[0], item.partition("=")[2]) for item in overrides
+                  if item.startswith((ACT, POOL))]
     overrides = [item for item in overrides if not item.startswith(SCREEN_ONLY)]
     with tempfile.TemporaryDirectory() as out_dir:
         summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",

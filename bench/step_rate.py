@@ -6,6 +6,12 @@ The variants take turns (w8 fp32, w8 bf16, w16 fp32, ..., then again), so a chan
 them alike; each figure is the median (min-max) over `--repeats`.
 
     OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 8 16 --precisions fp32 bf16
+    OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 16 --precisions bf16 bf32 --levers nchw compile fused
+
+`--levers` adds, for each width and precision, the same step with one change: `nchw` (contiguous tensors, not
+channels_last), `compile` (torch.compile, default mode; its compile time is printed, not counted in the
+rates) or `fused` (SGD's fused kernel). Precision `bf32` is fp32 tensors with oneDNN doing convolutions and
+matmuls in bf16 inside (`torch.backends.mkldnn.*.fp32_precision = "bf16"`), where autocast's `bf16` casts.
 """
 from __future__ import annotations
 
@@ -20,17 +26,22 @@ from common import machine
 from cifarlab.models.registry import create_model
 
 
-def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int]):
+def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int], lever: str = ""):
     torch.manual_seed(0)
     model = create_model("convnet", num_classes=10, in_channels=shape[0], width=width)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    inputs = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+    layout = torch.contiguous_format if lever == "nchw" else torch.channels_last
+    model = model.to(memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                fused=lever == "fused" or None)
+    inputs = torch.randn(batch, *shape).contiguous(memory_format=layout)
     labels = torch.randint(0, 10, (batch,))
+    forward = torch.compile(model) if lever == "compile" else model
+    inner = "bf16" if precision == "bf32" else "none"  # the global switch, set by every variant's step
 
     def step() -> None:
+        torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = inner
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(inputs), labels, label_smoothing=0.1)
+            loss = F.cross_entropy(forward(inputs), labels, label_smoothing=0.1)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -41,7 +52,9 @@ def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "bf32"])
+    parser.add_argument("--levers", nargs="*", default=[], choices=["nchw", "compile", "fused"],
+                        help="also time each width and precision with this one change (see above)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per turn")
@@ -49,11 +62,15 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     print(f"machine: {machine()}; batch {args.batch_size}, shape {tuple(args.shape)}", flush=True)
-    variants = [(w, p) for w in args.widths for p in args.precisions]
-    steps = {v: make_step(*v, args.batch_size, tuple(args.shape)) for v in variants}
+    variants = [(w, p, lever) for w in args.widths for p in args.precisions for lever in ["", *args.levers]]
+    steps = {(w, p, lever): make_step(w, p, args.batch_size, tuple(args.shape), lever) for w, p, lever in variants}
     for v in variants:
+        started = time.perf_counter()
         for _ in range(args.warmup):
             steps[v]()
+        if v[2] == "compile":
+            print(f"width {v[0]} {v[1]} compile: compiling and {args.warmup} warm-up steps took "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
     wall, cpu = {v: [] for v in variants}, {v: [] for v in variants}
     for _ in range(args.repeats):
         for v in variants:
@@ -67,9 +84,9 @@ def main(argv=None) -> None:
     def spread(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
-    print("| convnet width | precision | img/s (wall) | img per CPU s |\n|---|---|---|---|")
-    for width, precision in variants:
-        print(f"| {width} | {precision} | {spread(wall[width, precision])} | {spread(cpu[width, precision])} |")
+    print("| convnet width | precision | lever | img/s (wall) | img per CPU s |\n|---|---|---|---|---|")
+    for v in variants:
+        print(f"| {v[0]} | {v[1]} | {v[2] or '-'} | {spread(wall[v])} | {spread(cpu[v])} |")
 
 
 if __name__ == "__main__":

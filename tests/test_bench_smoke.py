@@ -51,3 +51,36 @@ def test_the_frontier_screen_prints_a_row_per_variant():
     rows = [line for line in done.stdout.splitlines() if line.startswith("| base |") or line.startswith("| ls0 |")]
     assert len(rows) == 2 and "error" not in done.stdout, done.stdout
     assert all(row.split("|")[3].strip() != "-" and row.split("|")[6].strip() == "1" for row in rows), rows
+
+
+def test_the_frontier_swaps_activations_and_pooling_as_its_levers_say(monkeypatch):
+    """`act=gelu` leaves no ReLU in convnet; `pool=ceil` makes its last residual see 4x4 maps, not 3x3."""
+    import torch
+    from torch import nn
+
+    from cifarlab.models.registry import create_model
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import frontier
+
+    model = create_model("convnet", num_classes=10, in_channels=1, width=2)
+    state = type("State", (), {"objects": type("Objects", (), {"model": model})})()
+    for lever in ("act=gelu", "pool=ceil"):
+        frontier.swapped_modules(*lever.split("=")).on_fit_start(state)
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 8
+    assert model.features[:6](torch.randn(1, 1, 28, 28)).shape[-2:] == (4, 4)
+    with pytest.raises(SystemExit, match="takes gelu"):
+        frontier.swapped_modules("act", "silu")
+
+
+@pytest.mark.slow  # a subprocess timing a few tiny steps per variant
+def test_step_rate_times_every_width_precision_and_lever():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "step_rate.py"), "--widths", "2", "--precisions",
+                           "fp32", "bf32", "--levers", "nchw", "fused", "--batch-size", "8", "--steps", "2",
+                           "--warmup", "1", "--repeats", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:4] for line in done.stdout.splitlines() if line.startswith("| 2 |")]
+    assert sorted((p.strip(), lever.strip()) for _, p, lever in rows) == sorted(
+        (p, lever) for p in ("fp32", "bf32") for lever in ("-", "nchw", "fused")), done.stdout
