@@ -1,10 +1,10 @@
 """Screen levers of the CPU frontier (issue 25) side by side: each variant of a recipe over a few seeds.
 
-Each (variant, seed) is one child process at one thread (`OMP_NUM_THREADS=1`, `train.threads=1`), `--parallel`
-of them at a time, so variants share the machine's load alike. A child reports its validation accuracy (what a
-lever is chosen on), its test accuracy (reported, never chosen on) and its process CPU seconds for the whole run
-(data, precision probe and evaluations included): on a shared machine the wall clock counts other processes'
-turns, CPU time does not.
+Each (variant, seed) is one child process at one thread (`OMP_NUM_THREADS=1`, `train.threads=1`; `--threads N`
+for N, as a run of the recipe on this machine would), `--parallel` of them at a time, so variants share the
+machine's load alike. A child reports its validation accuracy (what a lever is chosen on), its test accuracy
+(reported, never chosen on) and its process CPU seconds for the whole run (data, precision probe and evaluations
+included): on a shared machine the wall clock counts other processes' turns, CPU time does not.
 
     python bench/frontier.py fmnist-fast --seeds 0 1 --set train.epochs=3 data.val_split=5000 \
         --variant base= --variant ema=train.ema=0.99 --variant ls0=optim.label_smoothing=0
@@ -12,6 +12,7 @@ turns, CPU time does not.
     python bench/frontier.py fmnist-fast --seeds 0 1 --variant base= --variant wi=whiten=init --variant wf=whiten=frozen
     python bench/frontier.py fmnist-fast --seeds 0 --variant base= --variant nores=drop=features.5
     python bench/frontier.py fmnist-fast --seeds 0 --variant base= --variant gelu=act=gelu --variant ceil=pool=ceil
+    python bench/frontier.py fmnist-fast --seeds 1 2 --parallel 1 --threads 2 --variant f32=fp32=features.0.0
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ WHITEN = "whiten="  # another: `whiten=init` or `whiten=frozen` (below)
 DROP = "drop="  # another: `drop=features.5` trains without that layer (below)
 ACT = "act="  # another: `act=gelu` swaps every ReLU for a GELU (below)
 POOL = "pool="  # another: `pool=ceil` rounds max-pooled sizes up (7x7 -> 4x4, not 3x3) (below)
-SCREEN_ONLY = (PROGRESSIVE, WHITEN, DROP, ACT, POOL)
+FP32 = "fp32="  # another: `fp32=features.0.0` runs that layer outside autocast, in float32 (below)
+SCREEN_ONLY = (PROGRESSIVE, WHITEN, DROP, ACT, POOL, FP32)
 
 
 def progressive_resizing(plan: str):
@@ -145,18 +147,45 @@ def swapped_modules(kind: str, value: str):
     return Swap()
 
 
-def child(recipe: str, seed: int, overrides: list[str]) -> dict:
+def float32_layer(name: str):
+    """A callback that runs one submodule outside autocast, in float32 (`features.0.0`: convnet's first
+    convolution, 1 -> 16 channels on 28x28, 0.6% of the FLOPs). Under bf16 its rounded output reaches every
+    later layer: on real batches of a trained model that made the weight gradients 0.07-0.13 from float64
+    where a float32 first layer made them 0.06-0.08 (bench/README.md, session 12)."""
+    import torch
+
+    from cifarlab.trainer.callbacks import Callback
+
+    class Float32(Callback):
+        def on_fit_start(self, state):
+            try:
+                layer = state.objects.model.get_submodule(name)
+            except AttributeError:
+                raise SystemExit(f"fp32= names no layer of the model: {name!r}") from None
+            inner = layer.forward
+
+            def forward(inputs):
+                with torch.autocast(inputs.device.type, enabled=False):
+                    return inner(inputs.float())
+
+            layer.forward = forward
+
+    return Float32()
+
+
+def child(recipe: str, seed: int, overrides: list[str], threads: int = 1) -> dict:
     from cifarlab.experiment import train
 
     callbacks = [progressive_resizing(item[len(PROGRESSIVE):]) for item in overrides if item.startswith(PROGRESSIVE)]
     callbacks += [whitened_first_layer(item[len(WHITEN):]) for item in overrides if item.startswith(WHITEN)]
     callbacks += [dropped_layer(item[len(DROP):]) for item in overrides if item.startswith(DROP)]
+    callbacks += [float32_layer(item[len(FP32):]) for item in overrides if item.startswith(FP32)]
     callbacks += [swapped_modules(item.split("=")[0], item.partition("=")[2]) for item in overrides
                   if item.startswith((ACT, POOL))]
     overrides = [item for item in overrides if not item.startswith(SCREEN_ONLY)]
     with tempfile.TemporaryDirectory() as out_dir:
         summary = train(recipe, [f"seed={seed}", f"output.dir={out_dir}", "output.report=false",
-                                 "output.tensorboard=false", "output.progress=none", "train.threads=1",
+                                 "output.tensorboard=false", "output.progress=none", f"train.threads={threads}",
                                  *overrides], callbacks=callbacks
                         ).summary.to_json()  # summary.json's keys
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -165,9 +194,9 @@ def child(recipe: str, seed: int, overrides: list[str]) -> dict:
         {"cpu_seconds": usage.ru_utime + usage.ru_stime}
 
 
-def run_one(recipe: str, seed: int, overrides: list[str]) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    done = subprocess.run([sys.executable, __file__, "--child", recipe, str(seed), json.dumps(overrides)],
+def run_one(recipe: str, seed: int, overrides: list[str], threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    done = subprocess.run([sys.executable, __file__, "--child", recipe, str(seed), json.dumps(overrides), str(threads)],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
@@ -190,6 +219,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=KEY=VALUE[;KEY=VALUE]",
                         help="a named variant and its overrides (separated by ';'; `base=` for none)")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per run (1: the screens' way)")
     args = parser.parse_args(argv)
     variants = {}
     for spec in args.variant:
@@ -199,7 +229,7 @@ def main(argv=None) -> None:
     print(f"machine: {common.machine()}; {args.recipe} {' '.join(args.set)}", flush=True)
     results = {}
     with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {pool.submit(run_one, args.recipe, seed, [*args.set, *variants[name]]): (name, seed)
+        futures = {pool.submit(run_one, args.recipe, seed, [*args.set, *variants[name]], args.threads): (name, seed)
                    for name, seed in jobs}
         for future in as_completed(futures):  # each as it ends, so a stopped screen keeps what it measured
             name, seed = futures[future]
@@ -215,6 +245,6 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))))
+        print(json.dumps(child(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))))
     else:
         main()

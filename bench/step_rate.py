@@ -37,9 +37,13 @@ def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int
     labels = torch.randint(0, 10, (batch,))
     forward = torch.compile(model) if lever == "compile" else model
     inner = "bf16" if precision == "bf32" else "none"  # the global switch, set by every variant's step
+    switch = hasattr(torch.backends.mkldnn, "conv")  # recent torch only: older ones have no such switch
+    if precision == "bf32" and not switch:
+        raise SystemExit(f"precision bf32 needs torch.backends.mkldnn.conv.fp32_precision (torch {torch.__version__})")
 
     def step() -> None:
-        torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = inner
+        if switch:
+            torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = inner
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(forward(inputs), labels, label_smoothing=0.1)
         loss.backward()

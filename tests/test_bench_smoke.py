@@ -74,6 +74,26 @@ def test_the_frontier_swaps_activations_and_pooling_as_its_levers_say(monkeypatc
         frontier.swapped_modules("act", "silu")
 
 
+def test_the_frontier_runs_a_named_layer_in_float32_under_autocast(monkeypatch):
+    """`fp32=features.0.0`: that layer's output is float32 inside a bf16 autocast, the next layer's bf16."""
+    import torch
+
+    from cifarlab.models.registry import create_model
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import frontier
+
+    model = create_model("convnet", num_classes=10, in_channels=1, width=2)
+    state = type("State", (), {"objects": type("Objects", (), {"model": model})})()
+    frontier.float32_layer("features.0.0").on_fit_start(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model.features[0][0](torch.randn(1, 1, 28, 28))
+        second = model.features[1][0](first)
+    assert (first.dtype, second.dtype) == (torch.float32, torch.bfloat16)
+    with pytest.raises(SystemExit, match="names no layer"):
+        frontier.float32_layer("features.9").on_fit_start(state)
+
+
 @pytest.mark.slow  # a subprocess timing a few tiny steps per variant
 def test_step_rate_times_every_width_precision_and_lever():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
