@@ -135,3 +135,25 @@ def test_unknown_model_and_norm_are_user_errors():
         create_model("resnet19")
     with pytest.raises(UserError, match="model.norm"):
         create_model("resnet18", norm="batchnorm")
+
+
+def test_convnet_fp32_first_runs_only_the_first_convolution_in_float32_under_autocast():
+    """`fp32_first`: the first convolution's output is float32 inside a bf16 autocast and the next one's bf16;
+    the parameters (so checkpoints) are the default's, and without autocast the forward is the default's."""
+    torch.manual_seed(0)
+    plain = create_model("convnet", num_classes=10, in_channels=1, width=4)
+    first = create_model("convnet", num_classes=10, in_channels=1, width=4, fp32_first=True)
+    first.load_state_dict(plain.state_dict())
+    dtypes = {}
+    for name in ("features.0.0", "features.1.0"):
+        first.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    x = torch.randn(4, 1, 28, 28)
+    plain.eval(), first.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first(x).float().sum().backward()
+    assert dtypes == {"features.0.0": torch.float32, "features.1.0": torch.bfloat16}
+    assert first.features[0][0].weight.grad is not None and first.features[0][0].weight.grad.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(first(x), plain(x))
+    with pytest.raises(UserError, match="fp32_first"):
+        create_model("convnet", num_classes=10, fp32_first="yes")
