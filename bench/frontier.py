@@ -151,7 +151,8 @@ def float32_layer(name: str):
     """A callback that runs one submodule outside autocast, in float32 (`features.0.0`: convnet's first
     convolution, 1 -> 16 channels on 28x28, 0.6% of the FLOPs). Under bf16 its rounded output reaches every
     later layer: on real batches of a trained model that made the weight gradients 0.07-0.13 from float64
-    where a float32 first layer made them 0.06-0.08 (bench/README.md, session 12)."""
+    where a float32 first layer made them 0.06-0.08 (bench/README.md, session 12). It paid, so convnet has it as
+    `model.options.fp32_first`; this lever stays for any other layer or model."""
     import torch
 
     from cifarlab.trainer.callbacks import Callback
