@@ -53,18 +53,29 @@ def test_the_frontier_screen_prints_a_row_per_variant():
     assert all(row.split("|")[3].strip() != "-" and row.split("|")[6].strip() == "1" for row in rows), rows
 
 
-def test_the_frontier_swaps_activations_and_pooling_as_its_levers_say(monkeypatch):
+@pytest.fixture
+def frontier(monkeypatch):
+    """bench/frontier.py as a module (it imports bench/common.py by its plain name)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import frontier
+
+    return frontier
+
+
+def fit_state_of(model):
+    """What a screen lever's `on_fit_start` reads: `state.objects.model`."""
+    return type("State", (), {"objects": type("Objects", (), {"model": model})})()
+
+
+def test_the_frontier_swaps_activations_and_pooling_as_its_levers_say(frontier):
     """`act=gelu` leaves no ReLU in convnet; `pool=ceil` makes its last residual see 4x4 maps, not 3x3."""
     import torch
     from torch import nn
 
     from cifarlab.models.registry import create_model
 
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import frontier
-
     model = create_model("convnet", num_classes=10, in_channels=1, width=2)
-    state = type("State", (), {"objects": type("Objects", (), {"model": model})})()
+    state = fit_state_of(model)
     for lever in ("act=gelu", "pool=ceil"):
         frontier.swapped_modules(*lever.split("=")).on_fit_start(state)
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
@@ -74,17 +85,14 @@ def test_the_frontier_swaps_activations_and_pooling_as_its_levers_say(monkeypatc
         frontier.swapped_modules("act", "silu")
 
 
-def test_the_frontier_runs_a_named_layer_in_float32_under_autocast(monkeypatch):
+def test_the_frontier_runs_a_named_layer_in_float32_under_autocast(frontier):
     """`fp32=features.0.0`: that layer's output is float32 inside a bf16 autocast, the next layer's bf16."""
     import torch
 
     from cifarlab.models.registry import create_model
 
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import frontier
-
     model = create_model("convnet", num_classes=10, in_channels=1, width=2)
-    state = type("State", (), {"objects": type("Objects", (), {"model": model})})()
+    state = fit_state_of(model)
     frontier.float32_layer("features.0.0").on_fit_start(state)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         first = model.features[0][0](torch.randn(1, 1, 28, 28))
