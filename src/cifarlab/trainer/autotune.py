@@ -13,8 +13,11 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
    its key is ignored and measured again, never an error.
 3. Otherwise `measure_precisions`: a throwaway copy of the run's model and optimizer (lr 0, so the weights
    cannot blow up on random images and no candidate is dropped for a divergence that is not its fault), at
-   the run's batch shape and memory format, on random images, with every RNG put back afterwards. Where a
-   full step would not fit the budget (`probe_batch`), a slice of the batch is timed instead. Each candidate
+   the run's batch shape and memory format, on random images, with every RNG put back afterwards. On a CPU a
+   scout comes first (`scout`): two steps of each candidate at 2 images, and one five times slower than the
+   safest there is out with no race (bf16 where oneDNN emulates it: a step of it alone could take 12 s).
+   Where a full step of the slowest candidate would not fit the budget (`probe_batch`), a slice of the batch
+   is timed instead. Each candidate
    (`candidates`) is warmed up until its step time settles (`warm_up`: oneDNN and cuDNN pick their kernels
    on the first steps, and oneDNN's bf16 ones took up to 5 steps here), then rounds of steps alternate
    between the candidates, timed in CPU seconds of the process on a CPU (as the MFU probe in throughput.py:
@@ -44,7 +47,17 @@ from cifarlab.runtime import CPU_AUTO_ENV, Precision, forced_cpu_precision
 from cifarlab.trainer import machine_load
 from cifarlab.trainer.optim import GradStep, build_optimizer
 from cifarlab.trainer.precision_cache import PrecisionChoice, cache_key, read_cached, write_cached
-from cifarlab.trainer.step_race import BUDGET_SECONDS, decide, measured_reason, probe_batch, time_steps, try_step
+from cifarlab.trainer.step_race import (
+    BUDGET_SECONDS,
+    SCOUT_SLICE,
+    decide,
+    hopeless,
+    measured_reason,
+    probe_batch,
+    scout,
+    time_steps,
+    try_step,
+)
 
 CUDA_SAMPLE_SECONDS = 0.1  # on CUDA each timing ends in a synchronisation: enough steps that its bubble is small
 STEPS_PER_CANDIDATE = 5  # what a candidate's warm-up and rounds usually take: sizes the probe's batch slice
@@ -109,29 +122,35 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
         labels = torch.randint(0, num_classes, (N,), device=device)
         clock = _clock(device)
         budget = budget_seconds * (torch.get_num_threads() if device.type != "cuda" else 1)
-        begin = clock()
+
+        def step_at(name: str, n: int) -> Callable[[], torch.Tensor]:
+            return make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
+
         if device.type == "cuda":
             # The whole batch (a step takes milliseconds), and one untimed step of each candidate first, outside
             # the budget: the first step at a shape and dtype runs cuDNN's kernel search and loads kernels. On an
             # H100 a probe that counted it (and sliced the batch from it) measured bf16 and fp16 at 0.00-0.66x
             # fp32 where whole loops ran them at 0.76-1.20x (bench/README.md). The run would pay its own
             # precision's search anyway; cuDNN keeps the results for it.
-            n = N
-        else:
-            def safest_step(n: int) -> float:
-                step_begin = clock()
-                try_step(make_step(model, optimizer, Precision(order[0], device.type), inputs[:n], labels[:n]))
-                return clock() - step_begin
-
-            n = probe_batch(N, safest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
-        steps = {name: make_step(model, optimizer, Precision(name, device.type), inputs[:n], labels[:n])
-                 for name in order}
-        if device.type == "cuda":
+            n, steps = N, {name: step_at(name, N) for name in order}
             for step in steps.values():
                 try_step(step)
             seconds = time_steps(steps, clock, budget, sample_seconds=CUDA_SAMPLE_SECONDS)
         else:
-            seconds = time_steps(steps, clock, budget - (clock() - begin))
+            begin = clock()
+            n = min(N, SCOUT_SLICE)
+            seconds = scout({name: step_at(name, n) for name in order}, clock, budget)
+            if not hopeless(seconds, order):  # (a CPU has two candidates: with one out, nothing is left to race)
+                def slowest_step(n: int) -> float:  # the slice must fit the slowest candidate's steps
+                    times = []
+                    for name in order:
+                        step_begin = clock()
+                        try_step(step_at(name, n)())
+                        times.append(clock() - step_begin)
+                    return max(times)
+
+                n = probe_batch(N, slowest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
+                seconds = time_steps({name: step_at(name, n) for name in order}, clock, budget - (clock() - begin))
     return Timings(seconds, time.perf_counter() - started, batch=n,
                    others_share=machine_load.others_share(load_mark, machine_load.mark()))
 
