@@ -182,8 +182,8 @@ def scout(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], f
 
 def hopeless(seconds: Mapping[str, Optional[float]], order: Sequence[str]) -> list[str]:
     """The candidates the scout put out of the race: measured there, and HOPELESS times slower than the
-    safest. A step of 2 images is mostly costs every precision pays, which narrow a gap: on the EPYC above,
-    bf16 was 1.7-12x slower at 2 images where it was 5.8-16x slower at 16, for every built-in model."""
+    safest. A step of 2 images is mostly costs every precision pays, which narrow a gap: on that EPYC (2
+    threads) bf16 was 1.7-9.5x slower at 2 images where it was 5.8-16x slower at 16, for each built-in model."""
     base = seconds.get(order[0])
     return [name for name in order[1:] if base and seconds.get(name) and seconds[name] > HOPELESS * base]
 
