@@ -150,6 +150,18 @@ def test_warm_up_lasts_until_two_consecutive_steps_agree():
     assert step_race.warm_up(fake.step("bf16", [0.5, 0.3, 0.1]), fake.clock, deadline=0.6) == pytest.approx([0.5, 0.3])
 
 
+def test_a_step_already_taken_at_the_slice_counts_as_the_first_of_the_warm_up():
+    # The probe's ladder steps each candidate once at the slice it then races at: emulated bf16 at 16 images
+    # is 0.65 CPU s a step, and stepping it a third time put cifar10-quick's probe over its 3 s.
+    fake = FakeDevice()
+    seconds = time_steps({"fp32": fake.step("fp32", 0.05), "bf16": fake.step("bf16", 0.65)}, fake.clock, budget=3.0,
+                         taken={"fp32": 0.055, "bf16": 0.66})
+    assert decide(seconds, CPU_ORDER) == "fp32" and fake.steps == {"fp32": 1, "bf16": 1}
+    fake = FakeDevice()  # a taken first step that was slow (kernels being created) does not settle it
+    times = step_race.warm_up(fake.step("bf16", [0.1, 0.09]), fake.clock, deadline=10.0, taken=[0.3])
+    assert times == pytest.approx([0.3, 0.1, 0.09])
+
+
 def test_a_candidate_whose_kernels_warm_up_slowly_is_timed_once_warm():
     # bf16 steps slow for three steps, then 2x fp32. After one warm-up step and two rounds, bf16 measured
     # 0.42x and the answer looked clear (fp32); a short probe once put bf16 at 0.54x fp32 on the machine
@@ -204,6 +216,17 @@ def test_the_scout_leaves_everything_else_to_the_race(bf16, why):
     seconds = step_race.scout({"fp32": fake.step("fp32", [0.037, 0.019]), "bf16": fake.step("bf16", bf16)}, fake.clock,
                               budget=6.0)
     assert fake.steps == {"fp32": 2, "bf16": 2} and step_race.hopeless(seconds, CPU_ORDER) == [], why
+
+
+@pytest.mark.parametrize("seconds, budget_left, race", [
+    ({"fp32": 0.25, "bf16": 0.9}, 6.0, False),  # 3.6x, but a 16-image bf16 step (~7 s) would not fit: no race
+    ({"fp32": 0.25, "bf16": 0.9}, 10.0, True),
+    ({"fp32": 0.1, "bf16": 0.07}, 3.0, True),  # bf16 faster (AMX): raced at 16 images or more, as before
+    ({"fp32": 0.019, "bf16": 0.09}, 6.0, False),  # hopeless: 4.7x
+    ({"fp32": None, "bf16": 0.05}, 6.0, True),  # fp32 failed at 2 images: the race judges
+])
+def test_the_race_follows_the_scout_only_where_it_can_fit_and_decide_something(seconds, budget_left, race):
+    assert step_race.worth_a_race(seconds, CPU_ORDER, 2, budget_left) == race
 
 
 def test_a_step_that_fails_at_the_scout_is_left_for_the_race_to_judge():

@@ -14,8 +14,9 @@ How (`choose_precision`), where `train.precision` is `auto` (or `fp16` on a CPU,
 3. Otherwise `measure_precisions`: a throwaway copy of the run's model and optimizer (lr 0, so the weights
    cannot blow up on random images and no candidate is dropped for a divergence that is not its fault), at
    the run's batch shape and memory format, on random images, with every RNG put back afterwards. On a CPU a
-   scout comes first (`scout`): two steps of each candidate at 2 images, and one five times slower than the
-   safest there is out with no race (bf16 where oneDNN emulates it: a step of it alone could take 12 s).
+   scout comes first (`scout`): two steps of each candidate at 2 images, and one four times slower than the
+   safest there is out with no race (bf16 where oneDNN emulates it: a step of it alone could take 12 s), as
+   is a race that could not fit the budget (`worth_a_race`).
    Where a full step of the slowest candidate would not fit the budget (`probe_batch`), a slice of the batch
    is timed instead. Each candidate
    (`candidates`) is warmed up until its step time settles (`warm_up`: oneDNN and cuDNN pick their kernels
@@ -51,12 +52,12 @@ from cifarlab.trainer.step_race import (
     BUDGET_SECONDS,
     SCOUT_SLICE,
     decide,
-    hopeless,
     measured_reason,
     probe_batch,
     scout,
     time_steps,
     try_step,
+    worth_a_race,
 )
 
 CUDA_SAMPLE_SECONDS = 0.1  # on CUDA each timing ends in a synchronisation: enough steps that its bubble is small
@@ -140,17 +141,22 @@ def measure_precisions(model_cfg, optim_cfg, shape: tuple[int, int, int, int], n
             begin = clock()
             n = min(N, SCOUT_SLICE)
             seconds = scout({name: step_at(name, n) for name in order}, clock, budget)
-            if not hopeless(seconds, order):  # (a CPU has two candidates: with one out, nothing is left to race)
+            if worth_a_race(seconds, order, n, budget - (clock() - begin)):
+                ladder: dict[int, dict[str, float]] = {}
+
                 def slowest_step(n: int) -> float:  # the slice must fit the slowest candidate's steps
-                    times = []
+                    ladder[n] = {}
                     for name in order:
                         step_begin = clock()
                         try_step(step_at(name, n)())
-                        times.append(clock() - step_begin)
-                    return max(times)
+                        ladder[n][name] = clock() - step_begin
+                    return max(ladder[n].values())
 
                 n = probe_batch(N, slowest_step, budget / (len(order) * STEPS_PER_CANDIDATE))
-                seconds = time_steps({name: step_at(name, n) for name in order}, clock, budget - (clock() - begin))
+                # a ladder step at the slice raced is each candidate's first warm-up step (one bf16 step of
+                # cifar10-quick's model at 16 images: ~0.65 CPU s where bf16 is emulated)
+                seconds = time_steps({name: step_at(name, n) for name in order}, clock, budget - (clock() - begin),
+                                     taken=ladder.get(n))
     return Timings(seconds, time.perf_counter() - started, batch=n,
                    others_share=machine_load.others_share(load_mark, machine_load.mark()))
 

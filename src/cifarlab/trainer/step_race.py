@@ -23,7 +23,7 @@ WARMUP_AGREE, WARMUP_MAX_STEPS = 0.15, 6  # warm until two consecutive steps agr
 WARMUP_SHARE = 0.6  # of the budget the warm-ups may take, shared equally by the candidates
 FIRST_SLICE = 16  # the smallest slice of the batch the probe races at
 SCOUT_SLICE = 2  # images a step of the scout takes (not 1: a user's BatchNorm1d cannot train on one image)
-HOPELESS = 5.0  # a candidate this many times slower than the safest at the scout is out of the race
+HOPELESS = 4.0  # a candidate this many times slower than the safest at the scout is out of the race
 SCOUT_SHARE = 0.25  # a scout step that took this share of the budget is not taken twice
 MIN_ROUNDS, MAX_ROUNDS = 3, 12
 
@@ -78,14 +78,16 @@ def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = M
 
 
 def warm_up(step: Callable[[], torch.Tensor], clock: Callable[[], float], deadline: float,
-            max_steps: int = WARMUP_MAX_STEPS, agree: float = WARMUP_AGREE) -> Optional[list[float]]:
+            max_steps: int = WARMUP_MAX_STEPS, agree: float = WARMUP_AGREE,
+            taken: Sequence[float] = ()) -> Optional[list[float]]:
     """Steps until two consecutive ones agree within `agree` (the step time has settled), `max_steps` were
-    taken, or `clock()` passed `deadline`; returns their times, or None where the candidate is out (its loss
+    taken, or `clock()` passed `deadline`; returns their times (after `taken`, the times of steps of the same
+    shape already taken), or None where the candidate is out (its loss
     was not finite or its step failed). Why adaptive: oneDNN creates and caches its primitives on the first
     steps of a shape, and its bf16 (AMX) kernels took 2-4 steps to settle here where fp32 took 2-3
     (bench/probe_warmup.py); one fixed warm-up step once made bf16 look 0.54x fp32 on a machine where whole
     runs were 1.63x faster."""
-    times: list[float] = []
+    times = list(taken)
     while True:
         begin = clock()
         if not finite(try_step(step)):
@@ -101,9 +103,11 @@ def _settled(times: Sequence[float], agree: float = WARMUP_AGREE) -> bool:
 
 def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], float],
                budget: float = BUDGET_SECONDS, wall_budget: float = WALL_CAP_SECONDS,
-               sample_seconds: float = SAMPLE_SECONDS) -> dict[str, Optional[float]]:
+               sample_seconds: float = SAMPLE_SECONDS,
+               taken: Optional[Mapping[str, float]] = None) -> dict[str, Optional[float]]:
     """Seconds per step of each of `steps` (name -> a function taking one training step, returning its loss),
-    safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`), then alternating rounds until
+    safest first: each warmed up (`warm_up`, within WARMUP_SHARE of `budget`; a step of it already `taken` at
+    the same shape counts as its first), then alternating rounds until
     the answer is clear or `budget` (in `clock`'s seconds, warm-up included) or `wall_budget` wall seconds are
     spent. The warm-up's last steps count as timings, and decide alone once the budget is spent. `clock()` must include
     waiting for the device."""
@@ -112,7 +116,7 @@ def time_steps(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index, name in enumerate(names):
         deadline = started + budget * WARMUP_SHARE * (index + 1) / len(names)
-        times = warm_up(steps[name], clock, deadline)
+        times = warm_up(steps[name], clock, deadline, taken=[taken[name]] if taken and name in taken else [])
         if times is None:
             out.add(name)
         else:
@@ -182,10 +186,24 @@ def scout(steps: Mapping[str, Callable[[], torch.Tensor]], clock: Callable[[], f
 
 def hopeless(seconds: Mapping[str, Optional[float]], order: Sequence[str]) -> list[str]:
     """The candidates the scout put out of the race: measured there, and HOPELESS times slower than the
-    safest. A step of 2 images is mostly costs every precision pays, which narrow a gap: on that EPYC (2
-    threads) bf16 was 1.7-9.5x slower at 2 images where it was 5.8-16x slower at 16, for each built-in model."""
+    safest, the factor the race itself calls clear at once (`_clear`). A step of 2 images is mostly costs
+    every precision pays, which narrow a gap: on that EPYC (2 threads) bf16 was 1.7-9.5x slower at 2 images
+    where it was 5.8-16x slower at 16, for each built-in model."""
     base = seconds.get(order[0])
     return [name for name in order[1:] if base and seconds.get(name) and seconds[name] > HOPELESS * base]
+
+
+def worth_a_race(seconds: Mapping[str, Optional[float]], order: Sequence[str], images: int,
+                 budget_left: float) -> bool:
+    """Whether to race after the scout (`seconds`: its seconds per step at `images` images): no candidate is
+    hopeless, and a step of the slowest at FIRST_SLICE images fits in `budget_left`, predicted per image
+    from the scout (an overestimate: a small step carries the same fixed costs). Where it would not, the
+    race could not run within the budget, and the scout's figures decide. Why both: on the EPYC a scout once
+    left bf16 in the race for custom_resnet (under 5x slower at 2 images, where it had measured 9.3x), and
+    the race at 16 images then took 13 s of wall time (a bf16 step there: 8.5 CPU s)."""
+    measured = [t for t in seconds.values() if t is not None]
+    slowest = max(measured, default=0.0)
+    return not hopeless(seconds, order) and slowest * FIRST_SLICE / images <= budget_left
 
 
 def probe_batch(batch: int, step_seconds: Callable[[int], float], target_seconds: float,
