@@ -1,4 +1,6 @@
 """Every registered model: shapes, gradients, determinism; plus each model's own promises."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -122,6 +124,23 @@ def test_fastnet_widths_option():
         create_model("fastnet", widths=[16, 32])
     with pytest.raises(UserError, match=r"widths must be 3 whole numbers in 1\.\.4096"):  # refused, not allocated
         create_model("fastnet", widths=[100_000, 2, 2])
+
+
+def test_convnet_widths_option_sets_each_stage():
+    """`widths` gives each stage its own channels (a narrow start on the 28x28 maps, a wide end); `width` alone
+    is the same network as widths (w, 2w, 4w, 8w), parameter for parameter."""
+    model = create_model("convnet", num_classes=10, in_channels=1, widths=[4, 6, 10, 24])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 6, 6, 6, 10, 24, 24, 24]
+    assert model.classifier.in_features == 24 and model(images(1, 28)).shape == (2, 10)
+    plain, spelled = (create_model("convnet", num_classes=10, in_channels=1, **options)
+                      for options in ({"width": 4}, {"widths": [4, 8, 16, 32]}))
+    assert [p.shape for p in plain.state_dict().values()] == [p.shape for p in spelled.state_dict().values()]
+    for bad, said in (([4, 8, 16], "4 whole numbers in 1..2048"), ([4, 8, 0, 32], "4 whole numbers"),
+                      ([4, 8, 16, 4096], "got [4, 8, 16, 4096]"),  # refused, not allocated
+                      ([4, 8.5, 16, 32], "a list of whole numbers"), ([4, True, 16, 32], "a list of whole numbers")):
+        with pytest.raises(UserError, match=re.escape(said)):
+            create_model("convnet", num_classes=10, widths=bad)
 
 
 @pytest.mark.parametrize("name", list_models())

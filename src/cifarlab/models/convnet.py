@@ -6,12 +6,16 @@ block after the first and last) at a chosen width.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from cifarlab.errors import UserError
 from cifarlab.models.norm import check_factory_args, norm_layer
 from cifarlab.models.registry import register_model
+
+MAX_WIDTH = 2048  # width's 256 times 8: the widest last stage `width` alone can make
 
 
 def _block(in_channels: int, out_channels: int, norm: str, pool: bool) -> nn.Sequential:
@@ -31,22 +35,23 @@ class Residual(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """prep(w) -> [2w pool + residual] -> [4w pool] -> [8w pool + residual] -> global max pool -> linear."""
+    """prep(a) -> [b pool + residual] -> [c pool] -> [d pool + residual] -> global max pool -> linear, where
+    (a, b, c, d) = `widths`, by default (w, 2w, 4w, 8w)."""
 
-    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, width: int,
+    def __init__(self, num_classes: int, in_channels: int, norm: str, dropout: float, widths: Sequence[int],
                  fp32_first: bool = False):
         super().__init__()
-        w = width
+        a, b, c, d = widths
         self.fp32_first = fp32_first
         self.features = nn.Sequential(
-            _block(in_channels, w, norm, False),
-            _block(w, 2 * w, norm, True), Residual(2 * w, norm),
-            _block(2 * w, 4 * w, norm, True),
-            _block(4 * w, 8 * w, norm, True), Residual(8 * w, norm),
+            _block(in_channels, a, norm, False),
+            _block(a, b, norm, True), Residual(b, norm),
+            _block(b, c, norm, True),
+            _block(c, d, norm, True), Residual(d, norm),
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(8 * w, num_classes)
+        self.classifier = nn.Linear(d, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fp32_first and torch.is_autocast_enabled(x.device.type):
@@ -63,10 +68,18 @@ class ConvNet(nn.Module):
 
 @register_model("convnet", classifier="classifier")
 def convnet(num_classes: int = 10, in_channels: int = 3, norm: str = "batch", dropout: float = 0.0,
-            width: int = 16, fp32_first: bool = False, **options) -> nn.Module:
-    """Options: `width` (channels of the first layer; the last has 8x that), default 16; `fp32_first` (run the
-    first convolution in float32 when training under bf16/fp16 autocast), default false."""
+            width: int = 16, widths: Optional[Sequence[int]] = None, fp32_first: bool = False,
+            **options) -> nn.Module:
+    """Options: `width` (channels of the first layer; the last has 8x that), default 16; `widths` (the four
+    stages' channels, prep to last, in place of `width`'s w, 2w, 4w, 8w: a narrow start on the large
+    maps and a wide end on the small ones); `fp32_first` (run the first convolution in float32 when training
+    under bf16/fp16 autocast), default false."""
     check_factory_args("convnet", norm, dropout, options)
     if not 1 <= width <= 256:
         raise UserError(f"model.options.width must be in 1..256, got {width}")
-    return ConvNet(num_classes, in_channels, norm, dropout, width, fp32_first)
+    if widths is None:
+        widths = (width, 2 * width, 4 * width, 8 * width)
+    elif not (len(widths) == 4 and all(1 <= w <= MAX_WIDTH for w in widths)):
+        raise UserError(f"model.options.widths must be 4 whole numbers in 1..{MAX_WIDTH} (prep, then the three "
+                        f"stages), got {list(widths)!r}")
+    return ConvNet(num_classes, in_channels, norm, dropout, tuple(widths), fp32_first)

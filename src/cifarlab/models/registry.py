@@ -116,7 +116,9 @@ def _describe(expected) -> str:
     if typing.get_origin(expected) in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(expected))
     if typing.get_origin(expected) in (list, tuple, collections.abc.Sequence):
-        return "a list"
+        items = {bool: "true or false values", int: "whole numbers", float: "numbers", str: "strings"}
+        args = typing.get_args(expected)
+        return f"a list of {items[args[0]]}" if args and args[0] in items else "a list"
     return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 

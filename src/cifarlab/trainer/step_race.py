@@ -23,7 +23,9 @@ WARMUP_AGREE, WARMUP_MAX_STEPS = 0.15, 6  # warm until two consecutive steps agr
 WARMUP_SHARE = 0.6  # of the budget the warm-ups may take, shared equally by the candidates
 FIRST_SLICE = 16  # the smallest slice of the batch the probe races at
 SCOUT_SLICE = 2  # images a step of the scout takes (not 1: a user's BatchNorm1d cannot train on one image)
-HOPELESS = 4.0  # a candidate this many times slower than the safest at the scout is out of the race
+CLEAR_AT_ONCE = 4.0  # a factor between two candidates' steps that no further timing would reverse: the race
+# stops at once on it, and the scout puts a candidate that many times slower than the safest out of the race
+HOPELESS = CLEAR_AT_ONCE
 SCOUT_SHARE = 0.25  # a scout step that took this share of the budget is not taken twice
 MIN_ROUNDS, MAX_ROUNDS = 3, 12
 
@@ -67,10 +69,10 @@ def measured_reason(seconds_per_step: Mapping[str, Optional[float]], chosen: str
 
 def _clear(ratios: Mapping[str, Optional[float]], rounds: int, margin: float = MARGIN) -> bool:
     """Whether more rounds could no longer change the answer, from the other candidates' speed-ups over the
-    baseline: a factor of 4 either way is clear at once, a factor of 2 after two rounds (one can be a
-    neighbour's burst); after MIN_ROUNDS, anything outside [1, margin x 1.1] (near the margin needs more)."""
+    baseline: a factor of CLEAR_AT_ONCE either way is clear at once, a factor of 2 after two rounds (one can be
+    a neighbour's burst); after MIN_ROUNDS, anything outside [1, margin x 1.1] (near the margin needs more)."""
     known = [r for r in ratios.values() if r is not None]
-    if all(r <= 0.25 or r >= 4.0 for r in known):
+    if all(r <= 1 / CLEAR_AT_ONCE or r >= CLEAR_AT_ONCE for r in known):
         return True
     if rounds >= 2 and all(r <= 0.5 or r >= 2.0 for r in known):
         return True
