@@ -7,6 +7,10 @@ them alike; each figure is the median (min-max) over `--repeats`.
 
     OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 8 16 --precisions fp32 bf16
     OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 16 --precisions bf16 bf32 --levers nchw compile fused
+    OMP_WAIT_POLICY=PASSIVE python bench/step_rate.py --widths 8 16 8,16,48,96 --precisions fp32
+
+A width is one number (convnet's `width`: stages of w, 2w, 4w, 8w channels) or four joined by commas
+(its `widths`: each stage's channels).
 
 `--levers` adds, for each width and precision, the same step with one change: `nchw` (contiguous tensors, not
 channels_last), `compile` (torch.compile, default mode; its compile time is printed, not counted in the
@@ -26,9 +30,26 @@ from common import machine
 from cifarlab.models.registry import create_model
 
 
-def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int], lever: str = ""):
+def shape_option(width: str) -> dict:
+    """`16` -> {width: 16}; `8,16,48,96` -> {widths: [8, 16, 48, 96]}."""
+    numbers = [int(part) for part in width.split(",")]
+    return {"width": numbers[0]} if len(numbers) == 1 else {"widths": numbers}
+
+
+def width_arg(text: str) -> str:
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 4):
+        raise argparse.ArgumentTypeError(f"a width is a whole number (16) or four joined by commas "
+                                         f"(8,16,48,96), not {text!r}")
+    return text
+
+
+def make_step(width: str, precision: str, batch: int, shape: tuple[int, int, int], lever: str = ""):
     torch.manual_seed(0)
-    model = create_model("convnet", num_classes=10, in_channels=shape[0], width=width)
+    model = create_model("convnet", num_classes=10, in_channels=shape[0], **shape_option(width))
     layout = torch.contiguous_format if lever == "nchw" else torch.channels_last
     model = model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
@@ -55,7 +76,8 @@ def make_step(width: int, precision: str, batch: int, shape: tuple[int, int, int
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--widths", nargs="+", type=width_arg, default=["8", "16"],
+                        help="convnet widths: 16, or four stages' channels as 8,16,48,96")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "bf32"])
     parser.add_argument("--levers", nargs="*", default=[], choices=["nchw", "compile", "fused"],
                         help="also time each width and precision with this one change (see above)")

@@ -105,10 +105,12 @@ def test_the_frontier_runs_a_named_layer_in_float32_under_autocast(frontier):
 @pytest.mark.slow  # a subprocess timing a few tiny steps per variant
 def test_step_rate_times_every_width_precision_and_lever():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "step_rate.py"), "--widths", "2", "--precisions",
-                           "fp32", "bf32", "--levers", "nchw", "fused", "--batch-size", "8", "--steps", "2",
-                           "--warmup", "1", "--repeats", "1"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "step_rate.py"), "--widths", "2", "2,3,4,5",
+                           "--precisions", "fp32", "bf32", "--levers", "nchw", "fused", "--batch-size", "8",
+                           "--steps", "2", "--warmup", "1", "--repeats", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|")[1:4] for line in done.stdout.splitlines() if line.startswith("| 2 |")]
     assert sorted((p.strip(), lever.strip()) for _, p, lever in rows) == sorted(
         (p, lever) for p in ("fp32", "bf32") for lever in ("-", "nchw", "fused")), done.stdout
+    assert "| 2,3,4,5 | fp32 | - |" in done.stdout  # a width per stage: convnet's `widths`
