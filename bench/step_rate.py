@@ -31,19 +31,19 @@ from cifarlab.models.registry import create_model
 
 
 def shape_option(width: str) -> dict:
-    """`16` -> {width: 16}; `8,16,48,96` -> {widths: [8, 16, 48, 96]}."""
+    """`16` -> {width: 16}; `8,16,48,96` -> {widths: [8, 16, 48, 96]}; ValueError for anything else."""
     numbers = [int(part) for part in width.split(",")]
+    if len(numbers) not in (1, 4):
+        raise ValueError(width)
     return {"width": numbers[0]} if len(numbers) == 1 else {"widths": numbers}
 
 
 def width_arg(text: str) -> str:
     try:
-        numbers = [int(part) for part in text.split(",")]
+        shape_option(text)
     except ValueError:
-        numbers = []
-    if len(numbers) not in (1, 4):
         raise argparse.ArgumentTypeError(f"a width is a whole number (16) or four joined by commas "
-                                         f"(8,16,48,96), not {text!r}")
+                                         f"(8,16,48,96), not {text!r}") from None
     return text
 
 
