@@ -20,7 +20,8 @@ from cifarlab.trainer.precision_cache import device_identity
 
 
 def machine() -> str:
-    """One line: CPU model, cores torch uses, whether bf16 is fast, and the load average at the time."""
+    """One line: CPU model, cores torch uses, whether bf16 is fast, OpenMP's wait policy (idle threads spin or
+    sleep: on some CPUs a 1.2-1.3x difference, bench/README.md) and the load average at the time."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as info:
@@ -29,7 +30,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, CPU flags: {_bf16_flags()}, load average {load()}")
+            f"{gpu}, CPU flags: {_bf16_flags()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+            f"load average {load()}")
 
 
 def _bf16_flags() -> str:

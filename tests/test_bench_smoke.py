@@ -114,3 +114,28 @@ def test_step_rate_times_every_width_precision_and_lever():
     assert sorted((p.strip(), lever.strip()) for _, p, lever in rows) == sorted(
         (p, lever) for p in ("fp32", "bf32") for lever in ("-", "nchw", "fused")), done.stdout
     assert "| 2,3,4,5 | fp32 | - |" in done.stdout  # a width per stage: convnet's `widths`
+
+
+def test_the_reference_way_runs_its_one_cycle_to_the_end_inside_its_budget(monkeypatch):
+    """bench/time_to_accuracy.py's reference loop: steps at the starting lr while it times them, then exactly the
+    one-cycle it planned from that rate, up to its peak and down to its last lr (no step past it, none left)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import time_to_accuracy
+    import torch
+
+    from cifarlab.config import load_config
+
+    cfg = load_config("fmnist-fast", [])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    used = []  # the lr of every step taken
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    loader = [(torch.randn(2, 1, 2, 2), torch.randint(0, 3, (2,))) for _ in range(7)]
+    images, seconds = time_to_accuracy.train_reference(model, optimizer, loader, cfg, budget_seconds=0.3,
+                                                       probe_steps=12, warmup_steps=3)
+    start = 0.1 / cfg.schedule.div_factor
+    assert images == 2 * len(used) and len(used) > 13 and 0 < seconds < 30, (images, seconds, len(used))
+    assert used[:13] == [pytest.approx(start)] * 13, used[:13]  # the timed steps, then the cycle's first
+    assert max(used) == pytest.approx(0.1, rel=0.02) and min(used) > 0, (max(used), min(used))
+    assert used[-1] == pytest.approx(start / cfg.schedule.final_div_factor, rel=0.02), used[-3:]

@@ -292,7 +292,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made training
-    # steps 2-4x slower (bench/README.md); idle, it costs nothing measurable. Read when torch loads.
+    # steps 2-4x slower (bench/README.md). Idle, sleeping costs time on some CPUs (a whole run 1.1-1.2x
+    # longer on an AMD EPYC Zen 3, +6% on a Xeon): a user with the machine to themselves sets
+    # OMP_WAIT_POLICY=ACTIVE, and we keep the choice that cannot go badly wrong. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return exit_code(_run(parse(argv)))
 
