@@ -21,7 +21,7 @@ from cifarlab.trainer.precision_cache import device_identity
 
 def machine() -> str:
     """One line: CPU model, cores torch uses, whether bf16 is fast, OpenMP's wait policy (idle threads spin or
-    sleep: on some CPUs a 1.2-1.3x difference, bench/README.md) and the load average at the time."""
+    sleep: a 1.1-1.3x difference on some CPUs, bench/README.md) and the load average at the time."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as info:

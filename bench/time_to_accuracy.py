@@ -127,7 +127,7 @@ def train_reference(model, optimizer, loader, cfg, budget_seconds: float, probe_
     worker to start, which would plan too few steps) at the one-cycle's starting lr plans the schedule over
     the steps that fit in the rest of the budget. Returns (images trained, wall seconds).
 
-    Fifty steps (about 8 s at 2 threads): over steps 2..20, three runs of a 251 s budget planned 184, 230 and
+    Fifty steps (about 8 s at 2 threads): over steps 2..20, three runs of a 251 s budget trained 184, 230 and
     292 s on an AMD EPYC (Zen 3), the worker and the loop sharing two cores unevenly at the start."""
     sched = cfg.schedule
     peaks = [group["lr"] for group in optimizer.param_groups]

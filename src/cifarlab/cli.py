@@ -293,7 +293,7 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made training
     # steps 2-4x slower (bench/README.md). Idle, sleeping costs time on some CPUs (a whole run 1.1-1.2x
-    # longer on an AMD EPYC Zen 3, +6% on a Xeon): a user with the machine to themselves sets
+    # longer on an AMD EPYC Zen 3; bare steps 6% slower on a Xeon): a user with the machine to themselves sets
     # OMP_WAIT_POLICY=ACTIVE, and we keep the choice that cannot go badly wrong. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return exit_code(_run(parse(argv)))
