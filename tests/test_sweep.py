@@ -436,13 +436,34 @@ def _optuna_db_with_another_study(path: Path) -> Path:
     return path
 
 
+def _optuna_schema_half_made(path: Path, extra_table: Optional[str] = None) -> Path:
+    """What a second worker found once (1 of 3 whole-suite runs, an AMD EPYC Zen 3): the first worker's Optuna had
+    made `studies` and `version_info` and not yet the rest (SQLite commits each CREATE TABLE on its own)."""
+    import sqlite3
+
+    optuna.storages.RDBStorage(f"sqlite:///{path}")  # the schema, and version_info's row, as Optuna writes them
+    connection = sqlite3.connect(path)
+    with connection:
+        for (table,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            if table not in ("studies", "version_info"):
+                connection.execute(f"DROP TABLE {table}")
+        if extra_table:
+            connection.execute(f"CREATE TABLE {extra_table} (text TEXT)")
+    connection.close()
+    return path
+
+
 @pytest.mark.parametrize("make, refused", [
     (_sqlite_with_a_table, "is an SQLite database but not an Optuna study's (its tables: notes)"),
     (lambda p: p.write_text("my notes\n") and p, "is not an SQLite database"),
     (lambda p: p.mkdir() or p, "names a folder"),
     (lambda p: p.write_bytes(b"") and p, None),
     (_optuna_db_with_another_study, None),
-], ids=["another-sqlite-database", "a-text-file", "a-folder", "an-empty-file", "an-optuna-database"])
+    (_optuna_schema_half_made, None),
+    (lambda p: _optuna_schema_half_made(p, "notes"),
+     "not an Optuna study's (its tables: notes, studies, version_info)"),
+], ids=["another-sqlite-database", "a-text-file", "a-folder", "an-empty-file", "an-optuna-database",
+        "a-schema-another-worker-is-making", "optuna-names-beside-a-table-of-yours"])
 def test_storage_must_be_an_optuna_database_or_new(tmp_path, capsys, make, refused):
     from _runs import tree_hashes
 

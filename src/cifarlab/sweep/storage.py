@@ -51,6 +51,14 @@ def check_url(url: str) -> None:
 
 
 OPTUNA_TABLES = {"studies", "trials", "version_info"}  # what every Optuna RDB schema version has
+# Every table an Optuna schema makes (Optuna 5's, and alembic's own when Optuna upgrades one): a database holding
+# only some of them is a schema another worker is making this moment (SQLite commits each CREATE TABLE on its
+# own), or one a killed worker left half made; Optuna completes it (open_storage retries the creation race).
+OPTUNA_SCHEMA = OPTUNA_TABLES | {
+    "study_directions", "study_system_attributes", "study_user_attributes", "trial_heartbeats",
+    "trial_intermediate_values", "trial_params", "trial_system_attributes", "trial_user_attributes", "trial_values",
+    "alembic_version",
+}
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -98,7 +106,7 @@ def check_sqlite_file(url: str) -> None:
                             f"writable and run again") from None
     except sqlite3.Error as err:
         raise UserError(f"--storage {url!r}: {path} cannot be read as SQLite ({err})") from None
-    if tables and not OPTUNA_TABLES <= tables:
+    if tables and not OPTUNA_TABLES <= tables and not tables <= OPTUNA_SCHEMA:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UserError(f"--storage {url!r}: {path} is an SQLite database but not an Optuna study's (its tables: "
                         f"{shown}); a sweep would add Optuna's tables to it: give a new file")
